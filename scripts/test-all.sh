@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting and lint gates, unit, conformance, property, crash,
+# corruption, CLI and doc tests, the fuzz corpus, and the examples. What CI runs (see .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "cargo test (all features)"
+cargo test --all-features --no-fail-fast 2>&1 | tee target/test-all.log
+
+step "cargo test --no-default-features (memory only builds and passes)"
+cargo test --no-default-features --lib
+
+grep -E '^test result:' target/test-all.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "\nall tests: %d passed, %d failed, %d ignored\n", p, f, i}'

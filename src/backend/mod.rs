@@ -1,0 +1,96 @@
+//! The storage primitives every backend implements, and nothing more.
+//!
+//! A backend stores two kinds of things: named append-only **logs** of opaque event frames, and
+//! content-addressed **blobs**. It knows nothing of checkpoints, ids, versions or projections: those
+//! are computed above it, in [`crate::store`], in one place, so backends cannot drift apart.
+//!
+//! # Contract
+//!
+//! An implementation of [`Backend`]:
+//! - **must** number the frames of a log with consecutive sequence numbers starting at 1, and report
+//!   the next one with [`Backend::next_seq`] (1 for a log never appended to);
+//! - **must** make [`Backend::append`] compare-and-append: for every [`LogAppend`] in the call, the
+//!   log's next sequence number must equal `expected_seq`, otherwise nothing at all is written and
+//!   the call returns [`Error::Conflict`]. When every check passes, all frames of all logs in the call
+//!   become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
+//! - **must** make an append durable before returning (unless the user relaxed durability, e.g.
+//!   `sled://...?sync=false`), and make every blob put before an append at least as durable as it;
+//! - **must** never reuse a sequence number: [`Backend::truncate`] removes frames but keeps the
+//!   log's next sequence number, and the log stays listed by [`Backend::list_logs`];
+//! - **must** return frames and blobs byte for byte as given; verification (checksums, hashes) is
+//!   done above the backend, which only reports what it holds;
+//! - **must** treat [`Backend::put_blobs`] as idempotent: putting a hash that exists is a no-op;
+//! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`).
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+pub mod memory;
+#[cfg(feature = "sled")]
+pub mod sled;
+
+/// A blob's content address (see [`crate::codec::blob::address`]).
+pub type BlobHash = [u8; 32];
+
+/// One log's part of an atomic [`Backend::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAppend {
+    /// The log (one per execution).
+    pub log: String,
+    /// The sequence number the first frame must get: the log's next sequence number as the writer
+    /// last saw it.
+    pub expected_seq: u64,
+    /// The frames, in order; the i-th gets `expected_seq + i`.
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// The primitives a storage engine provides. See the [module documentation](self) for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for messages (`memory`, `sled`, ...).
+    fn name(&self) -> &'static str;
+
+    /// The sequence number the next frame appended to `log` will get (1 for an unknown log).
+    async fn next_seq(&self, log: &str) -> Result<u64>;
+
+    /// Atomically appends frames to one or more logs, each fenced by its expected sequence number.
+    /// Returns [`crate::Error::Conflict`] (writing nothing) when any log has moved on.
+    async fn append(&self, appends: Vec<LogAppend>) -> Result<()>;
+
+    /// Up to `limit` frames of `log` with sequence numbers `>= from`, in ascending order.
+    async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+
+    /// Every log that has been appended to, in no particular order.
+    async fn list_logs(&self) -> Result<Vec<String>>;
+
+    /// Removes the frames of `log` with sequence numbers `< before`; keeps its next sequence number.
+    async fn truncate(&self, log: &str, before: u64) -> Result<()>;
+
+    /// Stores blobs under their hashes; a hash already present is left as it is.
+    async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()>;
+
+    /// The blob stored under `hash`, if any.
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>>;
+
+    /// Whether a blob is stored under `hash`.
+    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
+        Ok(self.get_blob(hash).await?.is_some())
+    }
+
+    /// The hashes of every stored blob.
+    async fn list_blobs(&self) -> Result<Vec<BlobHash>>;
+
+    /// Deletes blobs; unknown hashes are ignored.
+    async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<()>;
+
+    /// Bytes the backend occupies on its medium, when it can tell.
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,817 @@
+//! The embedded, durable [`Backend`], on [sled](https://docs.rs/sled/0.34.7).
+//!
+//! # Layout
+//!
+//! Everything is in sled's default tree, under one-byte key prefixes, so that a single
+//! `apply_batch` is atomic across frames, high-water marks and blobs:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `b'e'` + `u16` BE length of the log name + log name + `u64` BE sequence | the frame |
+//! | `b'l'` + log name | the log's next sequence number, `u64` BE (present for every log ever appended to) |
+//! | `b'b'` + 32-byte hash | the blob |
+//!
+//! # Concurrency and durability
+//!
+//! A process owns a sled directory exclusively (sled locks it), so an in-process mutex held while
+//! the high-water marks are read, checked and written back in one atomic batch makes
+//! [`Backend::append`] a compare-and-append. With `sync` on, an append returns only once sled has
+//! flushed it; concurrent appends share flushes (group commit): the first to need one flushes for
+//! every batch applied before it started, and the others wait for it instead of flushing again.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{Backend, BlobHash, LogAppend};
+use crate::error::{Error, Result};
+
+/// The backend's name in errors.
+const NAME: &str = "sled";
+/// Key prefix of a frame.
+const FRAME: u8 = b'e';
+/// Key prefix of a log's next sequence number.
+const LOG: u8 = b'l';
+/// Key prefix of a blob.
+const BLOB: u8 = b'b';
+
+/// A [`Backend`] storing everything in one sled database directory; see the
+/// [module documentation](self).
+///
+/// Only one `SledBackend` (in one process) may have a directory open at a time; share it as
+/// `Arc<SledBackend>` (or `Arc<dyn Backend>`). Dropping the last reference closes the database and
+/// releases the directory.
+pub struct SledBackend {
+    db: sled::Db,
+    path: PathBuf,
+    sync: bool,
+    /// Held while an append (or a truncate) reads, checks and writes the high-water marks.
+    append_lock: Mutex<()>,
+    /// How many append batches have been applied; an append's ticket is the value after its own.
+    written: AtomicU64,
+    /// Every append whose ticket is at most this is durable.
+    flushed: AtomicU64,
+    /// Held by the one task flushing for the group.
+    flush_lock: tokio::sync::Mutex<()>,
+    /// How many flushes were made, to check that appends share them.
+    #[cfg(test)]
+    flushes: AtomicU64,
+}
+
+impl fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not `sled::Db`'s own Debug, which prints the whole database.
+        f.debug_struct("SledBackend")
+            .field("path", &self.path)
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`Error::Backend`] from the sled backend.
+fn backend_error(
+    context: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: context.into(),
+        source: Box::new(source),
+    }
+}
+
+/// The key prefix of every frame of `log`: `b'e'`, the name's length (`u16` BE), the name.
+fn frame_prefix(log: &str) -> Result<Vec<u8>> {
+    let len = u16::try_from(log.len()).map_err(|_| {
+        Error::InvalidInput(format!(
+            "log name of {} bytes is too long for the sled backend (at most {} bytes)",
+            log.len(),
+            u16::MAX
+        ))
+    })?;
+    let mut key = Vec::with_capacity(1 + 2 + log.len() + 8);
+    key.push(FRAME);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(log.as_bytes());
+    Ok(key)
+}
+
+/// The key of frame `seq` of the log whose [`frame_prefix`] is `prefix`.
+fn frame_key(prefix: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The key of `log`'s next sequence number.
+fn log_key(log: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + log.len());
+    key.push(LOG);
+    key.extend_from_slice(log.as_bytes());
+    key
+}
+
+/// The key of a blob.
+fn blob_key(hash: &BlobHash) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = BLOB;
+    key[1..].copy_from_slice(hash);
+    key
+}
+
+/// Lowercase hex, for messages.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The total size of the files under `dir`, recursively (symbolic links are not followed; entries
+/// that vanish while walking, as sled rewrites its files, are skipped).
+fn dir_size(dir: &Path) -> io::Result<u64> {
+    let mut total: u64 = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = match entry.path().symlink_metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
+impl SledBackend {
+    /// Opens (creating it if needed) the sled database in the directory `path`.
+    ///
+    /// With `sync`, every append is flushed to disk before it returns (concurrent appends share a
+    /// flush); without it, sled flushes on its own schedule (about every half second) and on
+    /// [`Backend::flush`], and a crash may lose the latest appends (never half of one).
+    ///
+    /// Fails with [`Error::Backend`] when the directory cannot be created or the database cannot be
+    /// opened, typically because another process has it open.
+    pub fn open(path: &Path, sync: bool) -> Result<Self> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            backend_error(
+                format!("creating the database directory {}", path.display()),
+                e,
+            )
+        })?;
+        let db = sled::Config::new().path(path).open().map_err(|e| {
+            backend_error(
+                format!(
+                    "opening the database in {} (another process may hold it: sled allows one \
+                     process per directory)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(SledBackend {
+            db,
+            path: path.to_path_buf(),
+            sync,
+            append_lock: Mutex::new(()),
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            flushes: AtomicU64::new(0),
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the append lock. Nothing is left half-done under it (a batch applies or not), so a
+    /// poisoned lock is taken as it is.
+    fn append_lock(&self) -> MutexGuard<'_, ()> {
+        self.append_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stored next sequence number of `log` (1 when it was never appended to).
+    fn read_next_seq(&self, log: &str) -> Result<u64> {
+        let value = self
+            .db
+            .get(log_key(log))
+            .map_err(|e| backend_error(format!("reading the next sequence of log {log:?}"), e))?;
+        match value {
+            None => Ok(1),
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    location: format!("log {log:?}"),
+                    reason: format!(
+                        "its stored next sequence number is {} bytes long, expected 8",
+                        bytes.len()
+                    ),
+                })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    /// Checks every part of an append against the stored high-water marks (a log appearing more
+    /// than once is checked against what the earlier parts leave it at) and returns each part's
+    /// first sequence number. Called with the append lock held.
+    fn check_appends(&self, appends: &[LogAppend]) -> Result<Vec<u64>> {
+        let mut pending: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        let mut starts = Vec::with_capacity(appends.len());
+        for append in appends {
+            let actual = match pending.get(append.log.as_str()) {
+                Some(&next) => next,
+                None => self.read_next_seq(&append.log)?,
+            };
+            if actual != append.expected_seq {
+                return Err(Error::Conflict {
+                    log: append.log.clone(),
+                    expected: append.expected_seq,
+                    actual,
+                });
+            }
+            let next = u64::try_from(append.frames.len())
+                .ok()
+                .and_then(|len| actual.checked_add(len))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "appending {} frames to log {:?} at sequence {actual} overflows the \
+                         sequence numbers",
+                        append.frames.len(),
+                        append.log
+                    ))
+                })?;
+            pending.insert(append.log.as_str(), next);
+            starts.push(actual);
+        }
+        Ok(starts)
+    }
+
+    /// Returns once the append batch numbered `ticket` is durable, flushing for the whole group
+    /// when no one else is.
+    async fn wait_durable(&self, ticket: u64) -> Result<()> {
+        if self.flushed.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        let _leader = self.flush_lock.lock().await;
+        if self.flushed.load(Ordering::Acquire) >= ticket {
+            // The previous leader's flush started after our batch was applied.
+            return Ok(());
+        }
+        self.flush_everything("flushing appends to disk").await
+    }
+
+    /// Flushes sled, then records every batch applied before the flush started as durable.
+    async fn flush_everything(&self, context: &str) -> Result<()> {
+        let target = self.written.load(Ordering::Acquire);
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| backend_error(format!("{context} in {}", self.path.display()), e))?;
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        #[cfg(test)]
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for SledBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn next_seq(&self, log: &str) -> Result<u64> {
+        self.read_next_seq(log)
+    }
+
+    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
+        let ticket = {
+            let _guard = self.append_lock();
+            let starts = self.check_appends(&appends)?;
+            let mut batch = sled::Batch::default();
+            let mut writes = false;
+            let mut logs = Vec::new();
+            for (append, start) in appends.into_iter().zip(starts) {
+                if append.frames.is_empty() {
+                    // Only a check: an empty append does not create the log.
+                    continue;
+                }
+                let prefix = frame_prefix(&append.log)?;
+                let mut seq = start;
+                for frame in append.frames {
+                    batch.insert(frame_key(&prefix, seq), frame);
+                    seq += 1;
+                }
+                // A log appearing twice is written twice; the later value (the higher one) wins.
+                batch.insert(log_key(&append.log), &seq.to_be_bytes()[..]);
+                writes = true;
+                logs.push(append.log);
+            }
+            if !writes {
+                return Ok(());
+            }
+            self.db
+                .apply_batch(batch)
+                .map_err(|e| backend_error(format!("appending to logs {logs:?}"), e))?;
+            self.written.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        if self.sync {
+            self.wait_durable(ticket).await?;
+        }
+        Ok(())
+    }
+
+    async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let prefix = frame_prefix(log)?;
+        let start = frame_key(&prefix, from);
+        let end = frame_key(&prefix, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.db.range(start..=end).take(limit) {
+            let (key, value) = item.map_err(|e| {
+                backend_error(format!("reading log {log:?} from sequence {from}"), e)
+            })?;
+            let seq = key
+                .get(prefix.len()..)
+                .and_then(|rest| <[u8; 8]>::try_from(rest).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt {
+                    location: format!("log {log:?}"),
+                    reason: format!("frame key {} does not end in an 8-byte sequence", hex(&key)),
+                })?;
+            out.push((seq, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn list_logs(&self) -> Result<Vec<String>> {
+        let mut logs = Vec::new();
+        for item in self.db.scan_prefix([LOG]) {
+            let (key, _) = item.map_err(|e| backend_error("listing the logs", e))?;
+            let name = key.get(1..).unwrap_or_default();
+            let name = String::from_utf8(name.to_vec()).map_err(|_| Error::Corrupt {
+                location: format!("log key {}", hex(&key)),
+                reason: "the log name is not valid UTF-8".to_owned(),
+            })?;
+            logs.push(name);
+        }
+        Ok(logs)
+    }
+
+    async fn truncate(&self, log: &str, before: u64) -> Result<()> {
+        let prefix = frame_prefix(log)?;
+        let start = frame_key(&prefix, 0);
+        let end = frame_key(&prefix, before);
+        // Under the append lock, so that a truncate and an append are one before the other.
+        let _guard = self.append_lock();
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for key in self.db.range(start..end).keys() {
+            let key = key.map_err(|e| {
+                backend_error(
+                    format!("reading log {log:?} to truncate it before {before}"),
+                    e,
+                )
+            })?;
+            batch.remove(key);
+            any = true;
+        }
+        if any {
+            self.db.apply_batch(batch).map_err(|e| {
+                backend_error(
+                    format!("truncating log {log:?} before sequence {before}"),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for (hash, bytes) in blobs {
+            let key = blob_key(&hash);
+            let present = self
+                .db
+                .contains_key(key)
+                .map_err(|e| backend_error(format!("looking up blob {}", hex(&hash)), e))?;
+            if !present {
+                batch.insert(&key[..], bytes);
+                any = true;
+            }
+        }
+        if any {
+            self.db
+                .apply_batch(batch)
+                .map_err(|e| backend_error("storing blobs", e))?;
+        }
+        Ok(())
+    }
+
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
+        let value = self
+            .db
+            .get(blob_key(hash))
+            .map_err(|e| backend_error(format!("reading blob {}", hex(hash)), e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
+        self.db
+            .contains_key(blob_key(hash))
+            .map_err(|e| backend_error(format!("looking up blob {}", hex(hash)), e))
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
+        let mut hashes = Vec::new();
+        for key in self.db.scan_prefix([BLOB]).keys() {
+            let key = key.map_err(|e| backend_error("listing the blobs", e))?;
+            let hash = key
+                .get(1..)
+                .and_then(|rest| BlobHash::try_from(rest).ok())
+                .ok_or_else(|| Error::Corrupt {
+                    location: format!("blob key {}", hex(&key)),
+                    reason: "the key is not a 32-byte hash".to_owned(),
+                })?;
+            hashes.push(hash);
+        }
+        Ok(hashes)
+    }
+
+    async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for hash in hashes {
+            batch.remove(&blob_key(hash)[..]);
+        }
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| backend_error(format!("deleting {} blobs", hashes.len()), e))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_everything("flushing to disk").await
+    }
+
+    /// The total size of the files in the database directory.
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        let size = dir_size(&self.path).map_err(|e| {
+            backend_error(
+                format!("measuring the database directory {}", self.path.display()),
+                e,
+            )
+        })?;
+        Ok(Some(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn frames(items: &[&str]) -> Vec<Vec<u8>> {
+        items.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    fn part(log: &str, expected_seq: u64, items: &[&str]) -> LogAppend {
+        LogAppend {
+            log: log.to_owned(),
+            expected_seq,
+            frames: frames(items),
+        }
+    }
+
+    fn open(sync: bool) -> (tempfile::TempDir, SledBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open(&dir.path().join("db"), sync).unwrap();
+        (dir, backend)
+    }
+
+    #[tokio::test]
+    async fn next_seq_of_unknown_log_is_one() {
+        let (_dir, b) = open(false);
+        assert_eq!(b.next_seq("nope").await.unwrap(), 1);
+        assert!(b.list_logs().await.unwrap().is_empty());
+        assert_eq!(b.name(), "sled");
+    }
+
+    #[tokio::test]
+    async fn append_then_scan_returns_frames_from_one() {
+        let (_dir, b) = open(true);
+        b.append(vec![part("a", 1, &["x", "y", "z"])])
+            .await
+            .unwrap();
+        assert_eq!(b.next_seq("a").await.unwrap(), 4);
+        assert_eq!(
+            b.scan("a", 1, 100).await.unwrap(),
+            vec![(1, b"x".to_vec()), (2, b"y".to_vec()), (3, b"z".to_vec())]
+        );
+        b.append(vec![part("a", 4, &["w"])]).await.unwrap();
+        assert_eq!(b.scan("a", 0, 100).await.unwrap().len(), 4);
+        assert_eq!(b.list_logs().await.unwrap(), vec!["a".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn logs_with_prefix_names_stay_apart() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("a", 1, &["a1"]), part("ab", 1, &["ab1", "ab2"])])
+            .await
+            .unwrap();
+        assert_eq!(
+            b.scan("a", 1, 100).await.unwrap(),
+            vec![(1, b"a1".to_vec())]
+        );
+        assert_eq!(b.scan("ab", 1, 100).await.unwrap().len(), 2);
+        b.truncate("a", 10).await.unwrap();
+        assert_eq!(b.scan("ab", 1, 100).await.unwrap().len(), 2);
+        let mut logs = b.list_logs().await.unwrap();
+        logs.sort();
+        assert_eq!(logs, vec!["a".to_owned(), "ab".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn stale_expected_seq_conflicts_and_writes_nothing() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("a", 1, &["x"])]).await.unwrap();
+        match b.append(vec![part("a", 1, &["y"])]).await.unwrap_err() {
+            Error::Conflict {
+                log,
+                expected,
+                actual,
+            } => {
+                assert_eq!(log, "a");
+                assert_eq!(expected, 1);
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(b.next_seq("a").await.unwrap(), 2);
+        assert_eq!(b.scan("a", 1, 100).await.unwrap(), vec![(1, b"x".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn multi_log_append_is_all_or_nothing() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("b", 1, &["b1"])]).await.unwrap();
+        let err = b
+            .append(vec![part("a", 1, &["a1", "a2"]), part("b", 1, &["b2"])])
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict());
+        assert_eq!(b.next_seq("a").await.unwrap(), 1);
+        assert!(b.scan("a", 1, 100).await.unwrap().is_empty());
+        assert_eq!(b.list_logs().await.unwrap(), vec!["b".to_owned()]);
+
+        b.append(vec![part("a", 1, &["a1", "a2"]), part("b", 2, &["b2"])])
+            .await
+            .unwrap();
+        assert_eq!(b.next_seq("a").await.unwrap(), 3);
+        assert_eq!(b.next_seq("b").await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn same_log_twice_in_one_call_is_checked_in_order() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("a", 1, &["1", "2"]), part("a", 3, &["3"])])
+            .await
+            .unwrap();
+        assert_eq!(b.next_seq("a").await.unwrap(), 4);
+        assert_eq!(b.scan("a", 1, 100).await.unwrap().len(), 3);
+        let err = b
+            .append(vec![part("a", 4, &["4"]), part("a", 4, &["4bis"])])
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict());
+        assert_eq!(b.next_seq("a").await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn empty_append_is_only_a_check() {
+        let (_dir, b) = open(true);
+        b.append(vec![part("a", 1, &[])]).await.unwrap();
+        assert!(b.list_logs().await.unwrap().is_empty());
+        assert!(b
+            .append(vec![part("a", 2, &[])])
+            .await
+            .unwrap_err()
+            .is_conflict());
+        b.append(Vec::new()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn truncate_keeps_next_seq_and_listing() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("a", 1, &["1", "2", "3", "4"])])
+            .await
+            .unwrap();
+        b.truncate("a", 3).await.unwrap();
+        assert_eq!(
+            b.scan("a", 1, 100).await.unwrap(),
+            vec![(3, b"3".to_vec()), (4, b"4".to_vec())]
+        );
+        assert_eq!(b.next_seq("a").await.unwrap(), 5);
+        b.truncate("a", u64::MAX).await.unwrap();
+        assert!(b.scan("a", 1, 100).await.unwrap().is_empty());
+        assert_eq!(b.next_seq("a").await.unwrap(), 5);
+        assert_eq!(b.list_logs().await.unwrap(), vec!["a".to_owned()]);
+        b.append(vec![part("a", 5, &["5"])]).await.unwrap();
+        assert_eq!(b.scan("a", 1, 100).await.unwrap(), vec![(5, b"5".to_vec())]);
+        b.truncate("nope", 10).await.unwrap();
+        assert_eq!(b.list_logs().await.unwrap(), vec!["a".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn blobs_are_idempotent_and_deletable() {
+        let (_dir, b) = open(false);
+        let h1 = [1u8; 32];
+        let h2 = [2u8; 32];
+        b.put_blobs(vec![(h1, b"one".to_vec()), (h2, b"two".to_vec())])
+            .await
+            .unwrap();
+        b.put_blobs(vec![(h1, b"other".to_vec())]).await.unwrap();
+        assert_eq!(b.get_blob(&h1).await.unwrap(), Some(b"one".to_vec()));
+        assert_eq!(b.get_blob(&h2).await.unwrap(), Some(b"two".to_vec()));
+        assert!(b.has_blob(&h1).await.unwrap());
+        assert!(!b.has_blob(&[3u8; 32]).await.unwrap());
+        assert_eq!(b.get_blob(&[3u8; 32]).await.unwrap(), None);
+        let mut listed = b.list_blobs().await.unwrap();
+        listed.sort();
+        assert_eq!(listed, vec![h1, h2]);
+        b.delete_blobs(&[h1, [9u8; 32]]).await.unwrap();
+        assert!(!b.has_blob(&h1).await.unwrap());
+        assert_eq!(b.list_blobs().await.unwrap(), vec![h2]);
+        // Blobs and logs do not see each other.
+        assert!(b.list_logs().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn scan_with_limit_and_from_in_the_middle() {
+        let (_dir, b) = open(false);
+        let items: Vec<String> = (1..=10).map(|i| format!("f{i}")).collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        b.append(vec![part("a", 1, &refs)]).await.unwrap();
+        assert_eq!(
+            b.scan("a", 4, 3).await.unwrap(),
+            vec![
+                (4, b"f4".to_vec()),
+                (5, b"f5".to_vec()),
+                (6, b"f6".to_vec())
+            ]
+        );
+        assert_eq!(b.scan("a", 9, 100).await.unwrap().len(), 2);
+        assert!(b.scan("a", 11, 100).await.unwrap().is_empty());
+        assert!(b.scan("a", 1, 0).await.unwrap().is_empty());
+        assert!(b.scan("nope", 1, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopen_after_drop_sees_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let b = SledBackend::open(&path, true).unwrap();
+            assert_eq!(b.path(), path.as_path());
+            b.put_blobs(vec![([7u8; 32], b"blob".to_vec())])
+                .await
+                .unwrap();
+            b.append(vec![part("a", 1, &["1", "2", "3"]), part("b", 1, &["x"])])
+                .await
+                .unwrap();
+            b.truncate("a", 2).await.unwrap();
+            b.flush().await.unwrap();
+        }
+        let b = SledBackend::open(&path, true).unwrap();
+        assert_eq!(b.next_seq("a").await.unwrap(), 4);
+        assert_eq!(b.next_seq("b").await.unwrap(), 2);
+        assert_eq!(
+            b.scan("a", 1, 100).await.unwrap(),
+            vec![(2, b"2".to_vec()), (3, b"3".to_vec())]
+        );
+        assert_eq!(b.scan("b", 1, 100).await.unwrap(), vec![(1, b"x".to_vec())]);
+        let mut logs = b.list_logs().await.unwrap();
+        logs.sort();
+        assert_eq!(logs, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            b.get_blob(&[7u8; 32]).await.unwrap(),
+            Some(b"blob".to_vec())
+        );
+        assert!(b.stored_bytes().await.unwrap().unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn second_open_of_a_held_directory_is_a_backend_error() {
+        let (dir, _b) = open(false);
+        match SledBackend::open(&dir.path().join("db"), false) {
+            Err(Error::Backend {
+                backend, context, ..
+            }) => {
+                assert_eq!(backend, "sled");
+                assert!(context.contains("another process"), "{context}");
+            }
+            other => panic!("expected a backend error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_synced_appends_share_flushes() {
+        let (_dir, b) = open(true);
+        let b = Arc::new(b);
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let b = Arc::clone(&b);
+            tasks.push(tokio::spawn(async move {
+                let log = format!("log-{t}");
+                for i in 0..100u64 {
+                    b.append(vec![LogAppend {
+                        log: log.clone(),
+                        expected_seq: i + 1,
+                        frames: vec![format!("{t}:{i}").into_bytes()],
+                    }])
+                    .await?;
+                }
+                Ok::<_, Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        for t in 0..8 {
+            let log = format!("log-{t}");
+            assert_eq!(b.next_seq(&log).await.unwrap(), 101);
+            let got = b.scan(&log, 1, 1000).await.unwrap();
+            assert_eq!(got.len(), 100);
+            for (i, (seq, frame)) in got.into_iter().enumerate() {
+                assert_eq!(seq, i as u64 + 1);
+                assert_eq!(frame, format!("{t}:{i}").into_bytes());
+            }
+        }
+        assert_eq!(b.written.load(Ordering::Acquire), 800);
+        assert_eq!(b.flushed.load(Ordering::Acquire), 800);
+        // Group commit: far fewer flushes than appends.
+        let flushes = b.flushes.load(Ordering::Relaxed);
+        assert!(flushes < 800, "{flushes} flushes for 800 appends");
+        println!("{flushes} flushes for 800 synced appends");
+        assert_eq!(b.list_logs().await.unwrap().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_file_in_place_of_the_directory_is_a_backend_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        match SledBackend::open(&file, true) {
+            Err(Error::Backend {
+                backend, context, ..
+            }) => {
+                assert_eq!(backend, "sled");
+                assert!(context.contains(&file.display().to_string()), "{context}");
+            }
+            other => panic!("expected a backend error, got {other:?}"),
+        }
+        // And a directory below a file.
+        assert!(matches!(
+            SledBackend::open(&file.join("db"), true),
+            Err(Error::Backend { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn corrupt_next_seq_is_reported() {
+        let (_dir, b) = open(false);
+        b.db.insert(log_key("bad"), &b"xyz"[..]).unwrap();
+        let err = b.next_seq("bad").await.unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("bad"), "{err}");
+        assert!(b
+            .append(vec![part("bad", 1, &["x"])])
+            .await
+            .unwrap_err()
+            .is_corrupt());
+        b.db.insert([LOG, 0xff, 0xfe], &1u64.to_be_bytes()[..])
+            .unwrap();
+        assert!(b.list_logs().await.unwrap_err().is_corrupt());
+    }
+}

@@ -1,0 +1,280 @@
+//! The model a user sees: [`Checkpoint`], [`CheckpointId`] and metadata.
+//!
+//! A checkpoint is one saved step of an execution: the state after the step, the node that ran,
+//! free-form metadata, and the position the log gave it. Its state is held as a MessagePack value
+//! tree (shared, cheap to clone) and decoded into the caller's type on demand.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::value;
+use crate::error::{Error, Result};
+
+/// Metadata of a checkpoint: string keys, JSON-like values. Ordered, so output is stable.
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
+/// Longest accepted execution id or node name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Checks an execution id: 1 to 256 bytes, no control characters.
+pub fn validate_execution_id(id: &str) -> Result<()> {
+    validate_name("execution id", id)
+}
+
+pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidInput(format!("{what} must not be empty")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidInput(format!(
+            "{what} {:?}... is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "{what} {name:?} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// The identity of a saved checkpoint: its execution and the version the log assigned.
+///
+/// Written `EXECUTION@VERSION` (`exec-1@17`): readable in a terminal, parsed back with
+/// [`str::parse`]. The execution id may itself contain `@`; the version follows the last one.
+/// Loading by id reads one event of one execution, so no global index is needed.
+///
+/// ```
+/// use ckpt::CheckpointId;
+/// let id: CheckpointId = "exec-1@17".parse()?;
+/// assert_eq!(id.execution_id(), "exec-1");
+/// assert_eq!(id.version(), 17);
+/// assert_eq!(id.to_string(), "exec-1@17");
+/// # Ok::<(), ckpt::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckpointId {
+    execution_id: Arc<str>,
+    version: u64,
+}
+
+impl CheckpointId {
+    /// The id of `version` in `execution_id`. Fails on an invalid execution id.
+    pub fn new(execution_id: &str, version: u64) -> Result<Self> {
+        validate_execution_id(execution_id)?;
+        Ok(Self::new_unchecked(execution_id.into(), version))
+    }
+
+    pub(crate) fn new_unchecked(execution_id: Arc<str>, version: u64) -> Self {
+        CheckpointId {
+            execution_id,
+            version,
+        }
+    }
+
+    /// The execution this checkpoint belongs to.
+    pub fn execution_id(&self) -> &str {
+        &self.execution_id
+    }
+
+    /// The version (log sequence number) within the execution; 0 for a checkpoint not yet saved.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.execution_id, self.version)
+    }
+}
+
+impl fmt::Debug for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CheckpointId({self})")
+    }
+}
+
+impl FromStr for CheckpointId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let refuse = |why: &str| {
+            Error::InvalidInput(format!(
+                "checkpoint id {s:?} {why}; expected EXECUTION@VERSION, e.g. exec-1@17"
+            ))
+        };
+        let (exec, version) = s.rsplit_once('@').ok_or_else(|| refuse("has no '@'"))?;
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse("has a version that is not a number"));
+        }
+        let version: u64 = version.parse().map_err(|_| refuse("has a version too large"))?;
+        CheckpointId::new(exec, version)
+    }
+}
+
+impl Serialize for CheckpointId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckpointId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One step of an execution: its state, the node that produced it, metadata, and (once saved)
+/// the identity and position the log gave it.
+///
+/// ```
+/// use ckpt::Checkpoint;
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct State { messages: Vec<String>, step: u32 }
+///
+/// let state = State { messages: vec!["hi".into()], step: 1 };
+/// let cp = Checkpoint::new("exec-1", "plan", &state)?.with_metadata("step", 1);
+/// assert_eq!(cp.state::<State>()?, state);
+/// assert_eq!(cp.state_json()?["messages"][0], "hi");
+/// # Ok::<(), ckpt::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Checkpoint {
+    /// `EXECUTION@VERSION`; the version is 0 until the checkpoint is saved.
+    pub id: CheckpointId,
+    /// The execution (one run of a graph) this checkpoint belongs to.
+    pub execution_id: String,
+    /// The node (step) that produced this state.
+    pub node_name: String,
+    /// Free-form metadata: string keys, JSON-like values.
+    pub metadata: Metadata,
+    /// Assigned by the log on save: strictly increasing within an execution, never reused.
+    pub version: u64,
+    /// Set by save.
+    pub timestamp: SystemTime,
+    /// The previous checkpoint of the execution, or the source of a fork.
+    pub parent: Option<CheckpointId>,
+    pub(crate) state: Arc<rmpv::Value>,
+    /// Size in bytes of the state's MessagePack encoding.
+    pub(crate) state_size: u64,
+}
+
+impl Checkpoint {
+    /// A new, unsaved checkpoint of `execution_id` holding `state` (any `Serialize`).
+    ///
+    /// Fails with [`Error::InvalidInput`] on an empty or over-long execution id or node name, and with
+    /// [`Error::Codec`] when the state cannot be encoded.
+    pub fn new<S: Serialize + ?Sized>(execution_id: &str, node_name: &str, state: &S) -> Result<Self> {
+        validate_execution_id(execution_id)?;
+        validate_name("node name", node_name)?;
+        let (state, state_size) = value::from_serialize(state)?;
+        Ok(Checkpoint {
+            id: CheckpointId::new_unchecked(execution_id.into(), 0),
+            execution_id: execution_id.to_owned(),
+            node_name: node_name.to_owned(),
+            metadata: Metadata::new(),
+            version: 0,
+            timestamp: SystemTime::UNIX_EPOCH,
+            parent: None,
+            state: Arc::new(state),
+            state_size,
+        })
+    }
+
+    /// Adds (or replaces) a metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Decodes the state into `T`.
+    pub fn state<T: DeserializeOwned>(&self) -> Result<T> {
+        value::to_deserialize(&self.state).map_err(|e| match e {
+            Error::Codec { source, .. } => Error::Codec {
+                context: format!("decoding the state of checkpoint {} into the requested type", self.id),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The state as JSON (binary becomes an array of numbers, non-string map keys become strings).
+    pub fn state_json(&self) -> Result<serde_json::Value> {
+        Ok(value::to_json(&self.state))
+    }
+
+    /// The state as a MessagePack value tree.
+    pub fn state_value(&self) -> &rmpv::Value {
+        &self.state
+    }
+
+    /// Size in bytes of the state's MessagePack encoding.
+    pub fn state_size(&self) -> u64 {
+        self.state_size
+    }
+
+    /// Whether this checkpoint has been saved (has a version).
+    pub fn is_saved(&self) -> bool {
+        self.version > 0
+    }
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("id", &self.id)
+            .field("node_name", &self.node_name)
+            .field("metadata", &self.metadata)
+            .field("timestamp", &self.timestamp)
+            .field("parent", &self.parent)
+            .field("state_size", &self.state_size)
+            .finish()
+    }
+}
+
+/// Equal when identity, headers and state are equal.
+impl PartialEq for Checkpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.execution_id == other.execution_id
+            && self.node_name == other.node_name
+            && self.metadata == other.metadata
+            && self.version == other.version
+            && self.timestamp == other.timestamp
+            && self.parent == other.parent
+            && self.state == other.state
+    }
+}
+
+/// A checkpoint without its state, as [`crate::Store::history`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointHeader {
+    /// `EXECUTION@VERSION`.
+    pub id: CheckpointId,
+    /// The execution.
+    pub execution_id: String,
+    /// The node that produced the state.
+    pub node_name: String,
+    /// The checkpoint's metadata.
+    pub metadata: Metadata,
+    /// The version.
+    pub version: u64,
+    /// When it was saved.
+    pub timestamp: SystemTime,
+    /// The previous checkpoint, or the fork source.
+    pub parent: Option<CheckpointId>,
+    /// Size of the state's MessagePack encoding.
+    pub state_size: u64,
+    /// Bytes of its log frame (long values live in shared blobs and are not counted).
+    pub stored_size: u64,
+}

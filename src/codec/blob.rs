@@ -1,0 +1,131 @@
+//! Content-addressed blobs: their address, their stored form, and verification on read.
+//!
+//! Stored form: `[format 1][codec: 0 raw | 1 zstd][uncompressed length: u32 LE][payload]`. The
+//! address is computed over the uncompressed content, so the same content has one address
+//! whatever its compression, and every read is checked against it.
+
+use std::io::Read;
+
+use crate::backend::BlobHash;
+use crate::error::{Error, Result};
+
+const FORMAT: u8 = 1;
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+const HEADER_LEN: usize = 6;
+/// Content shorter than this is stored raw: zstd's frame overhead would eat the gain.
+const COMPRESS_MIN: usize = 64;
+/// Largest content a blob may hold.
+pub const MAX_BLOB_LEN: usize = 1 << 30;
+/// zstd level: fast, and most of the gain on text.
+pub(crate) const ZSTD_LEVEL: i32 = 3;
+
+/// The content address of `content`. Every chunk address in ckpt is computed here and only here,
+/// so that a keyed (encrypted) store can switch to keyed hashes in one place.
+pub fn address(content: &[u8]) -> BlobHash {
+    *blake3::hash(content).as_bytes()
+}
+
+/// Hex form of a hash, for messages.
+pub fn hex(hash: &BlobHash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The stored form of `content` (compressed when that pays).
+pub fn encode(content: &[u8]) -> Result<Vec<u8>> {
+    if content.len() > MAX_BLOB_LEN {
+        return Err(Error::InvalidInput(format!(
+            "a single value of {} bytes exceeds the {MAX_BLOB_LEN}-byte limit",
+            content.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + content.len());
+    if content.len() >= COMPRESS_MIN {
+        let compressed = zstd::bulk::compress(content, ZSTD_LEVEL)
+            .map_err(|e| Error::codec("compressing a blob", e))?;
+        if compressed.len() < content.len() {
+            push_header(&mut out, CODEC_ZSTD, content.len());
+            out.extend_from_slice(&compressed);
+            return Ok(out);
+        }
+    }
+    push_header(&mut out, CODEC_RAW, content.len());
+    out.extend_from_slice(content);
+    Ok(out)
+}
+
+fn push_header(out: &mut Vec<u8>, codec: u8, len: usize) {
+    out.push(FORMAT);
+    out.push(codec);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+}
+
+/// Decodes a stored blob and verifies it against `hash`; any mismatch is [`Error::Corrupt`].
+pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::corrupt(format!("blob {}", hex(hash)), reason);
+    if stored.len() < HEADER_LEN {
+        return Err(corrupt(format!("{} bytes is shorter than a blob header", stored.len())));
+    }
+    if stored[0] != FORMAT {
+        return Err(corrupt(format!("unknown blob format {}", stored[0])));
+    }
+    let len = u32::from_le_bytes([stored[2], stored[3], stored[4], stored[5]]) as usize;
+    let payload = &stored[HEADER_LEN..];
+    let content = match stored[1] {
+        CODEC_RAW => payload.to_vec(),
+        CODEC_ZSTD => decompress_bounded(payload, len).map_err(corrupt)?,
+        other => return Err(corrupt(format!("unknown blob codec {other}"))),
+    };
+    if content.len() != len {
+        return Err(corrupt(format!(
+            "content is {} bytes, the header says {len}",
+            content.len()
+        )));
+    }
+    if address(&content) != *hash {
+        return Err(corrupt("content does not match its hash".into()));
+    }
+    Ok(content)
+}
+
+/// Decompresses zstd `payload` expected to hold `len` bytes, never allocating more than it
+/// actually decodes (plus one byte to detect overlong output).
+pub(crate) fn decompress_bounded(payload: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    if len > MAX_BLOB_LEN {
+        return Err(format!("declared length {len} exceeds the limit"));
+    }
+    let decoder = zstd::stream::read::Decoder::new(payload).map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::with_capacity(len.min(1 << 20));
+    decoder
+        .take(len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_small_and_large() {
+        for content in [b"".to_vec(), b"hi".to_vec(), vec![b'a'; 100_000]] {
+            let h = address(&content);
+            let stored = encode(&content).unwrap();
+            assert_eq!(decode(&h, &stored).unwrap(), content);
+        }
+        assert!(encode(&vec![b'a'; 100_000]).unwrap().len() < 1000);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let content = b"the quick brown fox jumps over the lazy dog, again and again and again".repeat(3);
+        let h = address(&content);
+        let stored = encode(&content).unwrap();
+        for i in 0..stored.len() {
+            let mut bad = stored.clone();
+            bad[i] ^= 0x5a;
+            assert!(decode(&h, &bad).unwrap_err().is_corrupt(), "byte {i}");
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Event frames: the bytes of one log entry, and the events they carry.
+//!
+//! ```text
+//! frame   = [format: 1][flags][payload][checksum: 8 bytes]
+//! payload = header value, then (saves only) body value          (MessagePack)
+//!           zstd-compressed, prefixed by its length as u32 LE, when flags & 1
+//! checksum = first 8 bytes of blake3(len(log) as u32 LE, log, seq as u64 LE, format, flags, payload)
+//! ```
+//! The checksum binds a frame to its log and sequence number, so a frame that is damaged, or
+//! that turns up in the wrong place, is reported as [`Error::Corrupt`] naming both.
+//!
+//! Header values: `[1, node, metadata, timestamp_us, parent, state_size, body_kind, base]` for a
+//! save (parent: nil, `[version]` in the same execution, or `[execution, version]`; body_kind 0 is
+//! a snapshot of the stored-form state, 1 a delta from version `base`), `[2, version]` for a
+//! delete, `[3]` for a clear.
+
+use std::io::Cursor;
+
+use rmpv::Value;
+
+use super::tree::{self, Op};
+use super::{blob, value};
+use crate::checkpoint::Metadata;
+use crate::error::{Error, Result};
+
+const FORMAT: u8 = 1;
+const FLAG_ZSTD: u8 = 1;
+const CHECKSUM_LEN: usize = 8;
+/// Payloads at least this long are compressed when that pays.
+const COMPRESS_MIN: usize = 512;
+
+const KIND_SAVE: u64 = 1;
+const KIND_DELETE: u64 = 2;
+const KIND_CLEAR: u64 = 3;
+
+/// A reference to the parent checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    /// `None` when the parent is in the same execution.
+    pub execution: Option<String>,
+    /// The parent's version.
+    pub version: u64,
+}
+
+/// How a save stores its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// The whole state, in stored form (long leaves are blob references).
+    Snapshot(Value),
+    /// Ops that turn the state of version `base` (same execution) into this one.
+    Delta {
+        /// The version whose state the ops apply to.
+        base: u64,
+        /// The changes, values in stored form.
+        ops: Vec<Op>,
+    },
+}
+
+/// What a save records besides its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaveHeader {
+    /// The node that produced the state.
+    pub node: String,
+    /// The checkpoint's metadata.
+    pub metadata: Metadata,
+    /// Microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// The previous checkpoint, or the fork source.
+    pub parent: Option<ParentRef>,
+    /// Size of the state's MessagePack encoding.
+    pub state_size: u64,
+    /// `None` for a snapshot, `Some(base)` for a delta.
+    pub delta_base: Option<u64>,
+}
+
+/// One log entry, decoded except for a save's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A checkpoint was saved; its version is the frame's sequence number.
+    Save(SaveHeader),
+    /// The checkpoint `version` was deleted.
+    Delete(u64),
+    /// Every checkpoint before this frame was cleared.
+    Clear,
+}
+
+impl Body {
+    /// The MessagePack bytes of this body, as [`encode_save`] takes them.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Body::Snapshot(v) => value::encode(v),
+            Body::Delta { ops, .. } => value::encode(&tree::ops_to_value(ops)),
+        }
+    }
+}
+
+/// Encodes a save frame; `body` is [`Body::encode`]'s output (a snapshot when
+/// `header.delta_base` is `None`, a delta otherwise).
+pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Result<Vec<u8>> {
+    let parent = match &header.parent {
+        None => Value::Nil,
+        Some(ParentRef { execution: None, version }) => Value::Array(vec![(*version).into()]),
+        Some(ParentRef { execution: Some(e), version }) => {
+            Value::Array(vec![e.as_str().into(), (*version).into()])
+        }
+    };
+    let head = Value::Array(vec![
+        KIND_SAVE.into(),
+        header.node.as_str().into(),
+        metadata_to_value(&header.metadata),
+        header.timestamp_us.into(),
+        parent,
+        header.state_size.into(),
+        u64::from(header.delta_base.is_some()).into(),
+        header.delta_base.unwrap_or(0).into(),
+    ]);
+    let mut payload = value::encode(&head);
+    payload.extend_from_slice(body);
+    seal(log, seq, payload)
+}
+
+/// Encodes a delete frame.
+pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
+    seal(log, seq, value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])))
+}
+
+/// Encodes a clear frame.
+pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
+    seal(log, seq, value::encode(&Value::Array(vec![KIND_CLEAR.into()])))
+}
+
+fn seal(log: &str, seq: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(payload.len() + 2 + CHECKSUM_LEN);
+    frame.push(FORMAT);
+    let compressed = if payload.len() >= COMPRESS_MIN {
+        zstd::bulk::compress(&payload, blob::ZSTD_LEVEL)
+            .ok()
+            .filter(|c| c.len() + 4 < payload.len())
+    } else {
+        None
+    };
+    match compressed {
+        Some(c) => {
+            frame.push(FLAG_ZSTD);
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&c);
+        }
+        None => {
+            frame.push(0);
+            frame.extend_from_slice(&payload);
+        }
+    }
+    let sum = checksum(log, seq, &frame);
+    frame.extend_from_slice(&sum);
+    Ok(frame)
+}
+
+fn checksum(log: &str, seq: u64, body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(log.len() as u32).to_le_bytes());
+    h.update(log.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(body);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(&h.finalize().as_bytes()[..CHECKSUM_LEN]);
+    out
+}
+
+/// A verified, decompressed frame: its event, and a save's still-encoded body.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The event.
+    pub event: Event,
+    /// For a save: the MessagePack bytes of its body (decode with [`decode_body`]).
+    pub body: Vec<u8>,
+}
+
+/// Verifies and decodes the frame stored at `seq` of `log`. Never panics; any damage is
+/// [`Error::Corrupt`] naming the log and sequence.
+pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
+    let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
+    if frame.len() < 2 + CHECKSUM_LEN {
+        return Err(corrupt(format!("{} bytes is shorter than a frame", frame.len())));
+    }
+    let (body, sum) = frame.split_at(frame.len() - CHECKSUM_LEN);
+    if checksum(log, seq, body) != sum {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    if body[0] != FORMAT {
+        return Err(corrupt(format!(
+            "frame format {} is newer than this ckpt understands (1); upgrade ckpt",
+            body[0]
+        )));
+    }
+    let payload = match body[1] {
+        0 => body[2..].to_vec(),
+        FLAG_ZSTD if body.len() >= 6 => {
+            let len = u32::from_le_bytes([body[2], body[3], body[4], body[5]]) as usize;
+            let out = blob::decompress_bounded(&body[6..], len).map_err(&corrupt)?;
+            if out.len() != len {
+                return Err(corrupt("decompressed length differs from the header".into()));
+            }
+            out
+        }
+        flags => return Err(corrupt(format!("unknown frame flags {flags:#x}"))),
+    };
+    let mut cursor = Cursor::new(&payload[..]);
+    let head = rmpv::decode::read_value_with_max_depth(&mut cursor, value::MAX_DEPTH)
+        .map_err(|e| corrupt(format!("invalid header: {e}")))?;
+    let rest = payload[cursor.position() as usize..].to_vec();
+    let event = event_from_value(head).map_err(|e| corrupt(format!("invalid header: {e}")))?;
+    if !matches!(event, Event::Save(_)) && !rest.is_empty() {
+        return Err(corrupt("trailing bytes after the event".into()));
+    }
+    Ok(Decoded { event, body: rest })
+}
+
+/// Decodes a save's body bytes (from [`decode`]).
+pub fn decode_body(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Result<Body> {
+    let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
+    let v = value::decode(body).map_err(|e| corrupt(format!("invalid body: {e}")))?;
+    Ok(match header.delta_base {
+        None => Body::Snapshot(v),
+        Some(base) => Body::Delta {
+            base,
+            ops: tree::ops_from_value(v).map_err(|e| corrupt(format!("invalid delta: {e}")))?,
+        },
+    })
+}
+
+fn event_from_value(head: Value) -> Result<Event, String> {
+    let Value::Array(fields) = head else {
+        return Err("not an array".into());
+    };
+    let kind = fields.first().and_then(Value::as_u64).ok_or("no event kind")?;
+    match (kind, fields.len()) {
+        (KIND_SAVE, 8) => save_from_fields(fields),
+        (KIND_DELETE, 2) => Ok(Event::Delete(fields[1].as_u64().ok_or("delete without a version")?)),
+        (KIND_CLEAR, 1) => Ok(Event::Clear),
+        (k, n) => Err(format!("unknown event kind {k} with {n} fields")),
+    }
+}
+
+fn save_from_fields(fields: Vec<Value>) -> Result<Event, String> {
+    let mut f = fields.into_iter().skip(1);
+    let mut next = || f.next().ok_or("missing field");
+    let node = match next()? {
+        Value::String(s) => s.into_str().ok_or("node name is not UTF-8")?,
+        _ => return Err("node name is not a string".into()),
+    };
+    let metadata = metadata_from_value(next()?)?;
+    let timestamp_us = next()?.as_u64().ok_or("timestamp is not an integer")?;
+    let parent = match next()? {
+        Value::Nil => None,
+        Value::Array(p) => match p.as_slice() {
+            [v] => Some(ParentRef {
+                execution: None,
+                version: v.as_u64().ok_or("parent version")?,
+            }),
+            [Value::String(e), v] => Some(ParentRef {
+                execution: Some(e.as_str().ok_or("parent execution is not UTF-8")?.to_owned()),
+                version: v.as_u64().ok_or("parent version")?,
+            }),
+            _ => return Err("malformed parent".into()),
+        },
+        _ => return Err("malformed parent".into()),
+    };
+    let state_size = next()?.as_u64().ok_or("state size is not an integer")?;
+    let is_delta = next()?.as_u64().ok_or("body kind")?;
+    let base = next()?.as_u64().ok_or("delta base")?;
+    let delta_base = match is_delta {
+        0 => None,
+        1 => Some(base),
+        _ => return Err("unknown body kind".into()),
+    };
+    Ok(Event::Save(SaveHeader {
+        node,
+        metadata,
+        timestamp_us,
+        parent,
+        state_size,
+        delta_base,
+    }))
+}
+
+/// Metadata as a MessagePack map.
+pub fn metadata_to_value(metadata: &Metadata) -> Value {
+    Value::Map(
+        metadata
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+            .collect(),
+    )
+}
+
+fn metadata_from_value(v: Value) -> Result<Metadata, String> {
+    let Value::Map(entries) = v else {
+        return Err("metadata is not a map".into());
+    };
+    entries
+        .into_iter()
+        .map(|(k, v)| match k {
+            Value::String(s) => Ok((
+                s.into_str().ok_or("metadata key is not UTF-8")?,
+                value::to_json(&v),
+            )),
+            _ => Err("metadata key is not a string".to_string()),
+        })
+        .collect()
+}
+
+/// A JSON value as MessagePack (numbers keep their integer or float kind).
+pub fn json_to_value(j: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match j {
+        J::Null => Value::Nil,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::F64(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(a) => Value::Array(a.iter().map(json_to_value).collect()),
+        J::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SaveHeader {
+        let mut metadata = Metadata::new();
+        metadata.insert("source".into(), "loop".into());
+        metadata.insert("step".into(), 3.into());
+        metadata.insert("nested".into(), serde_json::json!({"a": [1.5, -2, null]}));
+        SaveHeader {
+            node: "plan".into(),
+            metadata,
+            timestamp_us: 1_700_000_000_000_000,
+            parent: Some(ParentRef { execution: Some("other".into()), version: 4 }),
+            state_size: 77,
+            delta_base: Some(4),
+        }
+    }
+
+    #[test]
+    fn save_round_trips() {
+        let body = Body::Delta {
+            base: 4,
+            ops: vec![Op::Set(vec!["step".into()], 5.into())],
+        };
+        let frame = encode_save("exec", 9, &header(), &body.encode()).unwrap();
+        let d = decode("exec", 9, &frame).unwrap();
+        let Event::Save(h) = d.event else { panic!("not a save") };
+        assert_eq!(h, header());
+        assert_eq!(decode_body("exec", 9, &h, &d.body).unwrap(), body);
+    }
+
+    #[test]
+    fn large_snapshot_is_compressed_and_round_trips() {
+        let mut h = header();
+        h.delta_base = None;
+        let body = Body::Snapshot(Value::from("abc".repeat(1000)));
+        let frame = encode_save("exec", 1, &h, &body.encode()).unwrap();
+        assert!(frame.len() < 500);
+        let d = decode("exec", 1, &frame).unwrap();
+        let Event::Save(h2) = d.event else { panic!("not a save") };
+        assert_eq!(decode_body("exec", 1, &h2, &d.body).unwrap(), body);
+    }
+
+    #[test]
+    fn frames_are_bound_to_their_place_and_flips_are_caught() {
+        let frame = encode_delete("exec", 3, 2).unwrap();
+        assert_eq!(decode("exec", 3, &frame).unwrap().event, Event::Delete(2));
+        assert!(decode("exec", 4, &frame).unwrap_err().is_corrupt());
+        assert!(decode("exex", 3, &frame).unwrap_err().is_corrupt());
+        for i in 0..frame.len() {
+            let mut bad = frame.clone();
+            bad[i] ^= 1;
+            assert!(decode("exec", 3, &bad).unwrap_err().is_corrupt());
+        }
+        assert_eq!(decode("e", 1, &encode_clear("e", 1).unwrap()).unwrap().event, Event::Clear);
+    }
+}

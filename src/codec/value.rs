@@ -1,0 +1,143 @@
+//! User state as a MessagePack value tree (`rmpv::Value`), and the conversions around it.
+//!
+//! A state is serialized once with rmp-serde (structs as maps, so field names survive and
+//! [`crate::Checkpoint::state_json`] is meaningful) and held as a value tree: the diff and the
+//! content-addressed layout in [`super::tree`] work on that tree.
+
+use std::io::Cursor;
+
+use rmpv::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::tree::REF_EXT_TYPE;
+use crate::error::{Error, Result};
+
+/// Deepest nesting accepted in a state or decoded from storage. Deeper input is refused with an
+/// error instead of exhausting a thread's stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Serializes a user value into a value tree; returns it with the size of its MessagePack encoding.
+pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> {
+    let bytes = rmp_serde::to_vec_named(state).map_err(|e| Error::codec("encoding state", e))?;
+    let value = decode(&bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the state cannot be stored: {e} (is it nested deeper than {MAX_DEPTH} levels?)"
+        ))
+    })?;
+    if contains_reserved_ext(&value, 0) {
+        return Err(Error::InvalidInput(format!(
+            "the state contains a MessagePack extension of type {REF_EXT_TYPE}, which ckpt reserves for its own references"
+        )));
+    }
+    Ok((value, bytes.len() as u64))
+}
+
+fn contains_reserved_ext(value: &Value, depth: usize) -> bool {
+    match value {
+        Value::Ext(t, _) => *t == REF_EXT_TYPE,
+        Value::Array(items) => items.iter().any(|v| contains_reserved_ext(v, depth + 1)),
+        Value::Map(entries) => entries
+            .iter()
+            .any(|(k, v)| contains_reserved_ext(k, depth + 1) || contains_reserved_ext(v, depth + 1)),
+        _ => false,
+    }
+}
+
+/// Decodes a value tree into a user type.
+pub fn to_deserialize<T: DeserializeOwned>(value: &Value) -> Result<T> {
+    let bytes = encode(value);
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(&bytes[..]));
+    de.set_max_depth(MAX_DEPTH + 8);
+    T::deserialize(&mut de).map_err(|e| Error::codec("decoding state into the requested type", e))
+}
+
+/// The MessagePack encoding of a value tree.
+pub fn encode(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the MessagePack encoding of `value` to `out`.
+pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(out, value);
+}
+
+/// Decodes one value from `bytes`, refusing trailing bytes and nesting deeper than [`MAX_DEPTH`].
+pub fn decode(bytes: &[u8]) -> Result<Value, String> {
+    let mut cursor = Cursor::new(bytes);
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
+        .map_err(|e| format!("invalid MessagePack: {e}"))?;
+    if cursor.position() as usize != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - cursor.position() as usize
+        ));
+    }
+    Ok(value)
+}
+
+/// The value as JSON: binary becomes an array of numbers, non-string map keys their JSON text,
+/// non-finite floats null, extensions `{"ext": type, "data": [...]}`.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Nil => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Integer(i) => {
+            if let Some(u) = i.as_u64() {
+                J::from(u)
+            } else if let Some(s) = i.as_i64() {
+                J::from(s)
+            } else {
+                J::Null
+            }
+        }
+        Value::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
+        Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Value::Binary(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+        Value::Array(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (json_key(k), to_json(v)))
+                .collect(),
+        ),
+        Value::Ext(t, data) => serde_json::json!({ "ext": t, "data": data }),
+    }
+}
+
+fn json_key(key: &Value) -> String {
+    match key {
+        Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => to_json(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let mut bytes = vec![0x91u8; 100_000]; // fixarray of 1, nested
+        bytes.push(0xc0);
+        assert!(decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        assert!(decode(&[0xc0, 0xc0]).is_err());
+        assert_eq!(decode(&[0xc0]).unwrap(), Value::Nil);
+    }
+
+    #[test]
+    fn reserved_extension_is_detected() {
+        let v = Value::Array(vec![Value::Ext(REF_EXT_TYPE, vec![0; 32])]);
+        assert!(contains_reserved_ext(&v, 0));
+        assert!(!contains_reserved_ext(&Value::Ext(1, vec![]), 0));
+    }
+}

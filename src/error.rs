@@ -1,0 +1,119 @@
+//! The one public error type of the crate.
+//!
+//! Every message names what failed and where (the execution, the checkpoint id, the log sequence or
+//! the blob hash), so that a person reading it can act on it. Backends keep their own error types
+//! private and surface them as [`Error::Backend`] with the original error as `source`.
+
+use std::error::Error as StdError;
+
+/// A boxed error from a lower layer (a backend driver, the codec).
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Everything that can go wrong in ckpt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The checkpoint, version or execution does not exist (or was deleted or cleared).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked up, e.g. `checkpoint exec-1@17`.
+        what: String,
+    },
+
+    /// An optimistic-concurrency check failed: another writer appended first.
+    #[error("conflict on execution {log:?}: expected next sequence {expected}, the log is at {actual}; another writer appended first, re-read and retry")]
+    Conflict {
+        /// The execution (log) that was appended to.
+        log: String,
+        /// The next sequence number the writer expected.
+        expected: u64,
+        /// The log's actual next sequence number.
+        actual: u64,
+    },
+
+    /// Bytes read from storage failed verification (checksum, hash, format).
+    #[error("corrupt data at {location}: {reason}")]
+    Corrupt {
+        /// Where: `log exec-1 seq 17` or `blob 3fa1...`.
+        location: String,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// A store URL could not be understood.
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given, with any password removed.
+        url: String,
+        /// Why it was refused and what would be accepted.
+        reason: String,
+    },
+
+    /// An argument was refused before anything was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// State or metadata could not be encoded, or a stored state could not be decoded into the
+    /// requested type.
+    #[error("codec error: {context}")]
+    Codec {
+        /// What was being encoded or decoded.
+        context: String,
+        /// The serializer's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The storage backend failed.
+    #[error("{backend} backend failed: {context}")]
+    Backend {
+        /// Which backend (`sled`, `memory`, ...).
+        backend: &'static str,
+        /// The operation that failed.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// A [`Error::Corrupt`] at `location`.
+    pub(crate) fn corrupt(location: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            location: location.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`Error::Codec`] wrapping a serializer error.
+    pub(crate) fn codec(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Codec {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A [`Error::NotFound`].
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    /// True for [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// True for [`Error::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// True for [`Error::Corrupt`].
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

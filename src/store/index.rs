@@ -1,0 +1,174 @@
+//! The projection of one execution's log: which versions exist, which are live, their headers and
+//! how each one's state is stored. Built by folding the log's events in order, kept in memory and
+//! advanced from the log's tail, never trusted beyond the sequence number it has seen.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rmpv::Value;
+
+use crate::codec::frame::{Decoded, Event, SaveHeader};
+use crate::error::{Error, Result};
+
+/// Where a save's state starts: the snapshot its delta chain begins at, and the chain's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chain {
+    /// Sequence number of the snapshot the chain starts at.
+    pub start: u64,
+    /// Deltas applied after the snapshot (0 for a snapshot).
+    pub len: u32,
+    /// Bytes of those deltas.
+    pub delta_bytes: u64,
+    /// Bytes of the snapshot.
+    pub snapshot_bytes: u64,
+}
+
+impl Chain {
+    pub fn snapshot(seq: u64, bytes: u64) -> Self {
+        Chain {
+            start: seq,
+            len: 0,
+            delta_bytes: 0,
+            snapshot_bytes: bytes,
+        }
+    }
+
+    pub fn extend(&self, delta_bytes: u64) -> Self {
+        Chain {
+            start: self.start,
+            len: self.len + 1,
+            delta_bytes: self.delta_bytes + delta_bytes,
+            snapshot_bytes: self.snapshot_bytes,
+        }
+    }
+}
+
+/// One save, as the projection knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct SaveEntry {
+    pub header: SaveHeader,
+    pub deleted: bool,
+    pub chain: Chain,
+    /// Bytes of the frame as stored.
+    pub frame_len: u64,
+}
+
+/// A version's state in both forms: as the user sees it, and as stored (long leaves as blob
+/// references).
+#[derive(Debug, Clone)]
+pub(crate) struct CachedState {
+    pub version: u64,
+    pub logical: Arc<Value>,
+    pub stored: Arc<Value>,
+}
+
+/// The projection of one execution.
+#[derive(Debug)]
+pub(crate) struct ExecIndex {
+    pub log: Arc<str>,
+    /// Every frame below this sequence number has been folded in.
+    pub next_seq: u64,
+    /// Saves since the last clear, live and deleted, by version.
+    pub saves: BTreeMap<u64, SaveEntry>,
+    pub live_count: usize,
+    /// The state of the newest save (live or not), which the next save is diffed against.
+    pub newest_state: Option<CachedState>,
+}
+
+impl ExecIndex {
+    pub fn new(log: Arc<str>) -> Self {
+        ExecIndex {
+            log,
+            next_seq: 1,
+            saves: BTreeMap::new(),
+            live_count: 0,
+            newest_state: None,
+        }
+    }
+
+    /// Forgets everything, to be rebuilt from the log.
+    pub fn reset(&mut self) {
+        *self = ExecIndex::new(self.log.clone());
+    }
+
+    /// Folds the event stored at `seq` into the projection.
+    pub fn apply(&mut self, seq: u64, decoded: &Decoded, frame_len: u64) -> Result<()> {
+        match &decoded.event {
+            Event::Save(header) => {
+                self.apply_save(seq, header.clone(), decoded.body.len() as u64, frame_len)?
+            }
+            Event::Delete(version) => self.apply_delete(*version),
+            Event::Clear => self.apply_clear(),
+        }
+        self.next_seq = self.next_seq.max(seq + 1);
+        Ok(())
+    }
+
+    pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) -> Result<()> {
+        let chain = match header.delta_base {
+            None => Chain::snapshot(seq, body_len),
+            Some(base) => self
+                .saves
+                .get(&base)
+                .map(|b| b.chain.extend(body_len))
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        format!("execution {:?} seq {seq}", self.log),
+                        format!("delta from version {base}, which is not in the log"),
+                    )
+                })?,
+        };
+        self.saves.insert(
+            seq,
+            SaveEntry {
+                header,
+                deleted: false,
+                chain,
+                frame_len,
+            },
+        );
+        self.live_count += 1;
+        Ok(())
+    }
+
+    pub fn apply_delete(&mut self, version: u64) {
+        if let Some(e) = self.saves.get_mut(&version) {
+            if !e.deleted {
+                e.deleted = true;
+                self.live_count -= 1;
+            }
+        }
+    }
+
+    pub fn apply_clear(&mut self) {
+        self.saves.clear();
+        self.live_count = 0;
+        self.newest_state = None;
+    }
+
+    /// Live saves, oldest first.
+    pub fn live(&self) -> impl DoubleEndedIterator<Item = (u64, &SaveEntry)> {
+        self.saves
+            .iter()
+            .filter(|(_, e)| !e.deleted)
+            .map(|(v, e)| (*v, e))
+    }
+
+    pub fn live_entry(&self, version: u64) -> Option<&SaveEntry> {
+        self.saves.get(&version).filter(|e| !e.deleted)
+    }
+
+    pub fn latest_live(&self) -> Option<u64> {
+        self.live().next_back().map(|(v, _)| v)
+    }
+
+    /// The newest save, live or deleted: the base of the next delta.
+    pub fn newest_save(&self) -> Option<(u64, &SaveEntry)> {
+        self.saves.iter().next_back().map(|(v, e)| (*v, e))
+    }
+
+    /// The cached state of `version`, if it is the newest save's.
+    pub fn cached_state(&self, version: u64) -> Option<CachedState> {
+        self.newest_state.as_ref().filter(|c| c.version == version).cloned()
+    }
+}

@@ -1,0 +1,1079 @@
+//! The projection layer: every operation a user asks for, derived from the backend primitives.
+//!
+//! A [`Store`] turns checkpoints into events appended to one log per execution, and answers load,
+//! list, latest, history, fork and the rest by folding those logs ([`index`]). Projections are
+//! cached in memory, but the log is the truth: every answer first checks the log's tail, so a
+//! reopened store, or a second `Store` on the same backend, sees the same thing.
+//!
+//! States are stored as snapshots or deltas ([`crate::codec::tree`]): a save records only what
+//! changed since the previous save, and a snapshot is written when the deltas since the last one
+//! outweigh it (or the chain grows long), so loading any version reads one snapshot and a bounded
+//! number of small deltas.
+
+mod index;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rmpv::Value;
+use tokio::sync::{broadcast, OwnedMutexGuard, RwLock};
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, BlobHash, LogAppend};
+use crate::checkpoint::{validate_execution_id, Checkpoint, CheckpointHeader, CheckpointId};
+use crate::codec::frame::{self, Body, ParentRef, SaveHeader};
+use crate::codec::tree::{self, Lifted};
+use crate::codec::{blob, value};
+use crate::error::{Error, Result};
+use crate::url::StoreUrl;
+use index::{CachedState, Chain, ExecIndex, SaveEntry};
+
+pub use watch::Watch;
+
+/// Longest run of deltas before a snapshot is forced; bounds the work of loading an old version.
+const MAX_CHAIN: u32 = 100;
+/// Deltas may add up to this many bytes before a snapshot, however small the snapshot.
+const MIN_DELTA_BUDGET: u64 = 4096;
+/// How often a conflicting append is retried before the conflict is returned.
+const MAX_CONFLICT_RETRIES: usize = 16;
+/// Frames read per backend scan.
+const SCAN_PAGE: usize = 1024;
+/// Decoded blobs kept in memory (content-addressed, so never stale).
+const BLOB_CACHE_BYTES: usize = 64 << 20;
+
+/// A filter for [`Store::history`]: newest first, optionally before a version, limited, and
+/// restricted to checkpoints whose metadata holds given values.
+///
+/// ```
+/// use ckpt::HistoryQuery;
+/// let q = HistoryQuery::default().before(100).limit(20).metadata("source", "loop");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+    metadata: Vec<(String, serde_json::Value)>,
+    node: Option<String>,
+}
+
+impl HistoryQuery {
+    /// Only versions strictly below `version`.
+    pub fn before(mut self, version: u64) -> Self {
+        self.before = Some(version);
+        self
+    }
+
+    /// At most `n` headers.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Only checkpoints whose metadata has `key` equal to `value` (repeatable: all must hold).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Only checkpoints saved by node `name`.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    fn matches(&self, version: u64, header: &SaveHeader) -> bool {
+        self.before.is_none_or(|b| version < b)
+            && self.node.as_ref().is_none_or(|n| *n == header.node)
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| header.metadata.get(k) == Some(v))
+    }
+}
+
+/// One execution, as [`Store::executions`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionSummary {
+    /// The execution id.
+    pub execution_id: String,
+    /// Live checkpoints.
+    pub checkpoints: usize,
+    /// Version of the newest live checkpoint.
+    pub latest_version: u64,
+    /// Node of the newest live checkpoint.
+    pub latest_node: String,
+    /// When the newest live checkpoint was saved.
+    pub last_timestamp: SystemTime,
+    /// Bytes of this execution's frames in the log (blobs are shared, so not counted).
+    pub log_bytes: u64,
+}
+
+/// What [`Store::gc`] reclaimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Log frames removed (deleted and cleared checkpoints no live checkpoint depends on).
+    pub frames_removed: u64,
+    /// Blobs removed because no remaining frame references them.
+    pub blobs_removed: u64,
+    /// Blobs kept.
+    pub blobs_kept: u64,
+}
+
+/// Bytes this store handed to its backend since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Frames appended.
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub frame_bytes: u64,
+    /// Blobs put (only those the store did not know to exist).
+    pub blobs: u64,
+    /// Bytes of those blobs, as stored (compressed).
+    pub blob_bytes: u64,
+}
+
+/// The seed interface: what a runtime needs to checkpoint and resume, as a trait object
+/// (`Arc<dyn CheckpointStore>`). [`Store`] implements it.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// Saves a checkpoint; returns it as stored (with id, version, timestamp and parent).
+    async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint>;
+    /// Loads one checkpoint, or [`Error::NotFound`].
+    async fn load(&self, id: &CheckpointId) -> Result<Checkpoint>;
+    /// Every live checkpoint of an execution, oldest first.
+    async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>>;
+    /// Deletes one checkpoint, or [`Error::NotFound`].
+    async fn delete(&self, id: &CheckpointId) -> Result<()>;
+    /// Removes every checkpoint of an execution.
+    async fn clear(&self, execution_id: &str) -> Result<()>;
+    /// The newest live checkpoint of an execution.
+    async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
+        Ok(self.list(execution_id).await?.pop())
+    }
+}
+
+/// A checkpoint store on any backend. Cheap to clone: clones share caches and the backend.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ckpt::Error> {
+/// use ckpt::{Checkpoint, HistoryQuery, Store};
+///
+/// let store = Store::open("memory://").await?;
+/// let mut ids = Vec::new();
+/// for step in 1..=3 {
+///     let state = serde_json::json!({ "messages": vec!["hi"; step], "step": step });
+///     let cp = Checkpoint::new("exec-1", "chat", &state)?.with_metadata("step", step);
+///     ids.push(store.save(cp).await?.id);
+/// }
+/// let latest = store.latest("exec-1").await?.expect("saved above");
+/// assert_eq!(latest.state_json()?["step"], 3);
+/// assert_eq!(latest.parent, Some(ids[1].clone()));
+///
+/// let old = store.load(&ids[0]).await?;
+/// assert_eq!(old.state_json()?["messages"].as_array().map(Vec::len), Some(1));
+///
+/// let history = store.history("exec-1", HistoryQuery::default().limit(2)).await?;
+/// assert_eq!(history.iter().map(|h| h.version).collect::<Vec<_>>(), [ids[2].version(), ids[1].version()]);
+///
+/// let fork = store.fork(&ids[0], "exec-2").await?;
+/// assert_eq!(fork.parent, Some(ids[0].clone()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    executions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ExecIndex>>>>,
+    blob_cache: Mutex<BlobCache>,
+    /// Saves hold it shared from their first blob put to their append; gc holds it exclusively,
+    /// so gc never sweeps a blob whose event is still on its way. Shared by every store of this
+    /// process on the same backend.
+    gc_lock: Arc<RwLock<()>>,
+    saved: broadcast::Sender<(Arc<str>, u64)>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    frames: AtomicU64,
+    frame_bytes: AtomicU64,
+    blobs: AtomicU64,
+    blob_bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct BlobCache {
+    values: HashMap<BlobHash, Value>,
+    bytes: usize,
+}
+
+/// A checkpoint waiting to be appended, with how it must be stored.
+struct Pending {
+    checkpoint: Checkpoint,
+    parent: Option<ParentRef>,
+    force_snapshot: bool,
+}
+
+/// What a precondition on a save expects the execution's latest version to be.
+#[derive(Clone, Copy)]
+enum Expect {
+    Any,
+    Latest(Option<u64>),
+}
+
+/// One execution's part of an append in flight.
+struct Prepared {
+    append: LogAppend,
+    /// Per save: header, body length, frame length, the checkpoint as stored.
+    saves: Vec<(SaveHeader, u64, u64, Checkpoint)>,
+    newest_state: Option<CachedState>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store a URL names: `memory://`, `sled://PATH` (options: `?sync=false`), or a
+    /// bare directory path (sled). See [`crate::url`].
+    pub async fn open(url: &str) -> Result<Store> {
+        match StoreUrl::parse(url)? {
+            StoreUrl::Memory => Ok(Store::memory()),
+            #[cfg(feature = "sled")]
+            StoreUrl::Sled { path, sync } => {
+                let backend =
+                    tokio::task::spawn_blocking(move || crate::backend::sled::SledBackend::open(&path, sync))
+                        .await
+                        .map_err(|e| Error::Backend {
+                            backend: "sled",
+                            context: "opening the database".into(),
+                            source: Box::new(e),
+                        })??;
+                Ok(Store::with_backend(Arc::new(backend)))
+            }
+            #[cfg(not(feature = "sled"))]
+            StoreUrl::Sled { .. } => Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "this build of ckpt has no sled backend (enable the `sled` feature)".into(),
+            }),
+        }
+    }
+
+    /// A store in memory: for tests and ephemeral runs.
+    pub fn memory() -> Store {
+        Store::with_backend(Arc::new(MemoryBackend::new()))
+    }
+
+    /// A store on a backend. Several stores may share one backend; each sees the others' writes.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
+        let (saved, _) = broadcast::channel(1024);
+        Store {
+            inner: Arc::new(Inner {
+                gc_lock: shared_gc_lock(&backend),
+                backend,
+                executions: Mutex::new(HashMap::new()),
+                blob_cache: Mutex::new(BlobCache::default()),
+                saved,
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The backend this store writes to.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// What this store has written so far.
+    pub fn write_stats(&self) -> WriteStats {
+        let s = &self.inner.stats;
+        WriteStats {
+            frames: s.frames.load(Ordering::Relaxed),
+            frame_bytes: s.frame_bytes.load(Ordering::Relaxed),
+            blobs: s.blobs.load(Ordering::Relaxed),
+            blob_bytes: s.blob_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Saves a checkpoint and returns it as stored: with its id, version, timestamp and parent
+    /// (the execution's previous live checkpoint). Durable when it returns (on a durable backend).
+    ///
+    /// A save that races another writer of the same execution is retried on top of it, so both
+    /// are kept; use [`Store::save_after`] to fail instead.
+    pub async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
+        let mut saved = self.save_pending(vec![Pending::plain(checkpoint)], Expect::Any).await?;
+        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves a checkpoint only if the execution's newest live checkpoint is still `parent`
+    /// (`None`: the execution has none). Otherwise nothing is written and the result is
+    /// [`Error::Conflict`]: optimistic concurrency for writers that must not interleave.
+    pub async fn save_after(&self, checkpoint: Checkpoint, parent: Option<&CheckpointId>) -> Result<Checkpoint> {
+        if let Some(p) = parent {
+            if p.execution_id() != checkpoint.execution_id {
+                return Err(Error::InvalidInput(format!(
+                    "save_after: parent {p} is not in execution {:?}",
+                    checkpoint.execution_id
+                )));
+            }
+        }
+        let expect = Expect::Latest(parent.map(CheckpointId::version));
+        let mut saved = self.save_pending(vec![Pending::plain(checkpoint)], expect).await?;
+        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves several checkpoints (of one or more executions) atomically: after an error, none of
+    /// them is stored. Returned in the order given.
+    pub async fn save_batch(&self, checkpoints: Vec<Checkpoint>) -> Result<Vec<Checkpoint>> {
+        self.save_pending(checkpoints.into_iter().map(Pending::plain).collect(), Expect::Any)
+            .await
+    }
+
+    /// Loads one checkpoint with its state. [`Error::NotFound`] if it never existed, was
+    /// deleted, or its execution was cleared.
+    pub async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
+        self.at_version(id.execution_id(), id.version()).await
+    }
+
+    /// The checkpoint of `execution_id` at `version`.
+    pub async fn at_version(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
+        validate_execution_id(execution_id)?;
+        let mut idx = self.index(execution_id).await?;
+        let entry = idx
+            .live_entry(version)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("checkpoint {execution_id}@{version}")))?;
+        let state = self.state_of(&mut idx, version).await?.logical;
+        Ok(self.checkpoint(&idx.log, version, &entry, state))
+    }
+
+    /// The newest live checkpoint of an execution, if any.
+    pub async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
+        validate_execution_id(execution_id)?;
+        let mut idx = self.index(execution_id).await?;
+        let Some(version) = idx.latest_live() else {
+            return Ok(None);
+        };
+        let entry = idx.saves[&version].clone();
+        let state = self.state_of(&mut idx, version).await?.logical;
+        Ok(Some(self.checkpoint(&idx.log, version, &entry, state)))
+    }
+
+    /// Every live checkpoint of an execution with its state, oldest first (empty if none).
+    pub async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
+        validate_execution_id(execution_id)?;
+        let idx = self.index(execution_id).await?;
+        let Some((first, _)) = idx.live().next() else {
+            return Ok(Vec::new());
+        };
+        let start = idx.saves[&first].chain.start;
+        let frames = self.scan_range(&idx.log, start, idx.next_seq).await?;
+        let mut state: Option<Value> = None;
+        let mut out = Vec::with_capacity(idx.live_count);
+        for (seq, bytes) in &frames {
+            let Some(entry) = idx.saves.get(seq) else { continue };
+            let body = self.decode_body(&idx.log, *seq, bytes)?;
+            state = Some(self.apply_body(&idx.log, *seq, state, body)?);
+            if !entry.deleted {
+                if let Some(s) = &state {
+                    let logical = Arc::new(self.resolve(&idx.log, *seq, s).await?);
+                    out.push(self.checkpoint(&idx.log, *seq, entry, logical));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Headers of live checkpoints, newest first, filtered by `query`. No state is read, so this
+    /// is fast on long executions.
+    pub async fn history(&self, execution_id: &str, query: HistoryQuery) -> Result<Vec<CheckpointHeader>> {
+        validate_execution_id(execution_id)?;
+        let idx = self.index(execution_id).await?;
+        Ok(idx
+            .live()
+            .rev()
+            .filter(|(v, e)| query.matches(*v, &e.header))
+            .take(query.limit.unwrap_or(usize::MAX))
+            .map(|(v, e)| self.header(&idx.log, v, e))
+            .collect())
+    }
+
+    /// Deletes one checkpoint (a tombstone in the log); the others are untouched.
+    pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
+        let exec = id.execution_id();
+        let handle = self.handle(exec);
+        let mut idx = handle.lock().await;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            self.refresh(&mut idx).await?;
+            if idx.live_entry(id.version()).is_none() {
+                return Err(Error::not_found(format!("checkpoint {id}")));
+            }
+            let seq = idx.next_seq;
+            let frame = frame::encode_delete(exec, seq, id.version())?;
+            match self.append_one(exec, seq, frame).await {
+                Ok(()) => {
+                    idx.apply_delete(id.version());
+                    idx.next_seq = seq + 1;
+                    return Ok(());
+                }
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.gave_up(exec))
+    }
+
+    /// Removes every checkpoint of an execution from every projection. Versions are never
+    /// reused: a later save continues above the cleared ones.
+    pub async fn clear(&self, execution_id: &str) -> Result<()> {
+        validate_execution_id(execution_id)?;
+        let handle = self.handle(execution_id);
+        let mut idx = handle.lock().await;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            self.refresh(&mut idx).await?;
+            if idx.saves.is_empty() {
+                return Ok(());
+            }
+            let seq = idx.next_seq;
+            let frame = frame::encode_clear(execution_id, seq)?;
+            match self.append_one(execution_id, seq, frame).await {
+                Ok(()) => {
+                    idx.apply_clear();
+                    idx.next_seq = seq + 1;
+                    return Ok(());
+                }
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.gave_up(execution_id))
+    }
+
+    /// Starts execution `new_execution` from a copy of checkpoint `id` (its state, node and
+    /// metadata); the copy's parent is `id`. `new_execution` must have no live checkpoints.
+    pub async fn fork(&self, id: &CheckpointId, new_execution: &str) -> Result<Checkpoint> {
+        validate_execution_id(new_execution)?;
+        if new_execution == id.execution_id() {
+            return Err(Error::InvalidInput(format!(
+                "cannot fork {id} into its own execution; name a new execution id"
+            )));
+        }
+        let source = self.load(id).await?;
+        let copy = Checkpoint {
+            id: CheckpointId::new_unchecked(new_execution.into(), 0),
+            execution_id: new_execution.to_owned(),
+            version: 0,
+            parent: None,
+            ..source
+        };
+        let pending = Pending {
+            checkpoint: copy,
+            parent: Some(ParentRef {
+                execution: Some(id.execution_id().to_owned()),
+                version: id.version(),
+            }),
+            force_snapshot: true,
+        };
+        let mut saved = self.save_pending(vec![pending], Expect::Latest(None)).await.map_err(|e| match e {
+            Error::Conflict { .. } => Error::InvalidInput(format!(
+                "cannot fork {id} into {new_execution:?}: that execution already has checkpoints"
+            )),
+            other => other,
+        })?;
+        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Every execution with at least one live checkpoint, by id.
+    pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
+        let mut logs = self.inner.backend.list_logs().await?;
+        logs.sort();
+        let mut out = Vec::new();
+        for log in logs {
+            let idx = self.index(&log).await?;
+            let latest = idx.live().next_back();
+            if let Some((version, e)) = latest {
+                out.push(ExecutionSummary {
+                    execution_id: log.clone(),
+                    checkpoints: idx.live_count,
+                    latest_version: version,
+                    latest_node: e.header.node.clone(),
+                    last_timestamp: from_micros(e.header.timestamp_us),
+                    log_bytes: idx.saves.values().map(|e| e.frame_len).sum(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stream of the checkpoints saved to `execution_id` from now on, by this store or any
+    /// other writer of the same backend (other writers are noticed within `poll` of their save;
+    /// this store's saves at once). Ends only when dropped.
+    pub fn watch(&self, execution_id: &str) -> Watch {
+        Watch::new(self.clone(), execution_id, Duration::from_millis(50))
+    }
+
+    /// Reclaims space: removes log frames of cleared and deleted checkpoints that no live
+    /// checkpoint's state depends on, and every blob no remaining frame references. Never
+    /// removes anything a live checkpoint needs. Saves through this store wait while it runs;
+    /// other processes must not write to the backend during gc.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let _exclusive = self.inner.gc_lock.write().await;
+        let backend = &self.inner.backend;
+        let mut report = GcReport::default();
+        let mut referenced = HashSet::new();
+        for log in backend.list_logs().await? {
+            let handle = self.handle(&log);
+            let mut idx = handle.lock().await;
+            self.refresh(&mut idx).await?;
+            // Keep from the snapshot the oldest live checkpoint's chain starts at; with nothing
+            // live, nothing (the next save is then a snapshot, see `prepare`).
+            let keep_from = idx
+                .live()
+                .next()
+                .map_or(idx.next_seq, |(_, e)| e.chain.start);
+            let frames = self.scan_range(&idx.log, 1, idx.next_seq).await?;
+            for (seq, bytes) in &frames {
+                if *seq < keep_from {
+                    report.frames_removed += 1;
+                    continue;
+                }
+                if idx.saves.contains_key(seq) {
+                    match self.decode_body(&idx.log, *seq, bytes)? {
+                        Body::Snapshot(v) => tree::collect_refs(&v, &mut referenced),
+                        Body::Delta { ops, .. } => tree::collect_op_refs(&ops, &mut referenced),
+                    }
+                }
+            }
+            if frames.first().is_some_and(|(s, _)| *s < keep_from) {
+                backend.truncate(&log, keep_from).await?;
+            }
+            idx.saves.retain(|v, _| *v >= keep_from);
+            if idx.saves.is_empty() {
+                idx.newest_state = None;
+            }
+        }
+        let mut dead = Vec::new();
+        for hash in backend.list_blobs().await? {
+            if referenced.contains(&hash) {
+                report.blobs_kept += 1;
+            } else {
+                dead.push(hash);
+            }
+        }
+        report.blobs_removed = dead.len() as u64;
+        backend.delete_blobs(&dead).await?;
+        backend.flush().await?;
+        if let Ok(mut cache) = self.inner.blob_cache.lock() {
+            *cache = BlobCache::default();
+        }
+        Ok(report)
+    }
+
+    /// Makes everything written durable (saves already are, unless durability was relaxed).
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.backend.flush().await
+    }
+
+    // ---- saving ----
+
+    async fn save_pending(&self, pending: Vec<Pending>, expect: Expect) -> Result<Vec<Checkpoint>> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Group by execution (order kept within each), lock executions in id order.
+        let mut groups: BTreeMap<String, Vec<(usize, Pending)>> = BTreeMap::new();
+        for (i, p) in pending.into_iter().enumerate() {
+            validate_execution_id(&p.checkpoint.execution_id)?;
+            groups.entry(p.checkpoint.execution_id.clone()).or_default().push((i, p));
+        }
+        let total: usize = groups.values().map(Vec::len).sum();
+        // Taken before the execution locks, in the same order as gc, so the two cannot deadlock.
+        let _shared = self.inner.gc_lock.read().await;
+        let mut guards: Vec<OwnedMutexGuard<ExecIndex>> = Vec::with_capacity(groups.len());
+        for exec in groups.keys() {
+            guards.push(self.handle(exec).lock_owned().await);
+        }
+        for attempt in 0..MAX_CONFLICT_RETRIES {
+            let mut prepared = Vec::with_capacity(groups.len());
+            let mut lifted = Vec::new();
+            for (idx, group) in guards.iter_mut().zip(groups.values()) {
+                self.refresh(idx).await?;
+                if let Expect::Latest(v) = expect {
+                    let actual = idx.latest_live();
+                    if actual != v {
+                        return Err(Error::Conflict {
+                            log: idx.log.to_string(),
+                            expected: v.unwrap_or(0),
+                            actual: actual.unwrap_or(0),
+                        });
+                    }
+                }
+                prepared.push(self.prepare(idx, group, &mut lifted).await?);
+            }
+            self.put_blobs(lifted).await?;
+            let appends: Vec<LogAppend> = prepared.iter().map(|p| p.append.clone()).collect();
+            let bytes: u64 = appends.iter().flat_map(|a| &a.frames).map(|f| f.len() as u64).sum();
+            match self.inner.backend.append(appends).await {
+                Ok(()) => {
+                    self.count_frames(total as u64, bytes);
+                    let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
+                    for ((idx, group), p) in guards.iter_mut().zip(groups.values()).zip(prepared) {
+                        let log = idx.log.clone();
+                        for ((header, body_len, frame_len, cp), (i, _)) in p.saves.into_iter().zip(group) {
+                            let version = cp.version;
+                            idx.apply_save(version, header, body_len, frame_len)?;
+                            let _ = self.inner.saved.send((log.clone(), version));
+                            out.push((*i, cp));
+                        }
+                        idx.next_seq = p.append.expected_seq + p.append.frames.len() as u64;
+                        idx.newest_state = p.newest_state;
+                    }
+                    out.sort_by_key(|(i, _)| *i);
+                    return Ok(out.into_iter().map(|(_, cp)| cp).collect());
+                }
+                Err(Error::Conflict { .. }) if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.gave_up(groups.keys().next().map_or("", String::as_str)))
+    }
+
+    /// Encodes the frames of one execution's pending saves on top of its current projection.
+    async fn prepare(&self, idx: &mut ExecIndex, group: &[(usize, Pending)], lifted: &mut Vec<Lifted>) -> Result<Prepared> {
+        let log = idx.log.clone();
+        let mut seq = idx.next_seq;
+        let mut parent = idx.latest_live();
+        // Deltas build on the newest save (live or deleted) while anything is live; gc keeps
+        // exactly those saves' chains.
+        let newest = idx.newest_save().filter(|_| parent.is_some()).map(|(v, e)| (v, e.chain));
+        let mut base: Option<(CachedState, Chain)> = match newest {
+            Some((v, chain)) => Some((self.state_of(idx, v).await?, chain)),
+            None => None,
+        };
+        let mut frames = Vec::with_capacity(group.len());
+        let mut saves = Vec::with_capacity(group.len());
+        for (_, p) in group {
+            let cp = &p.checkpoint;
+            let (stored, body, delta_base, chain) = match &base {
+                Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
+                    let ops = tree::externalize_ops(&tree::diff(&b.logical, &cp.state), lifted);
+                    let mut stored = Value::clone(&b.stored);
+                    tree::apply(&mut stored, &ops).map_err(|e| {
+                        Error::corrupt(format!("checkpoint {log}@{}", b.version), format!("cached state does not take its own delta: {e}"))
+                    })?;
+                    let delta = value::encode(&tree::ops_to_value(&ops));
+                    let len = delta.len() as u64;
+                    if chain.delta_bytes + len <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET) {
+                        (stored, delta, Some(b.version), chain.extend(len))
+                    } else {
+                        let snapshot = value::encode(&stored);
+                        let chain = Chain::snapshot(seq, snapshot.len() as u64);
+                        (stored, snapshot, None, chain)
+                    }
+                }
+                _ => {
+                    let stored = tree::externalize(&cp.state, lifted);
+                    let snapshot = value::encode(&stored);
+                    let chain = Chain::snapshot(seq, snapshot.len() as u64);
+                    (stored, snapshot, None, chain)
+                }
+            };
+            let timestamp_us = now_micros();
+            let header = SaveHeader {
+                node: cp.node_name.clone(),
+                metadata: cp.metadata.clone(),
+                timestamp_us,
+                parent: p.parent.clone().or(parent.map(|version| ParentRef { execution: None, version })),
+                state_size: cp.state_size,
+                delta_base,
+            };
+            let frame = frame::encode_save(&log, seq, &header, &body)?;
+            let mut saved = cp.clone();
+            saved.version = seq;
+            saved.id = CheckpointId::new_unchecked(log.clone(), seq);
+            saved.timestamp = from_micros(timestamp_us);
+            saved.parent = self.parent_id(&log, &header.parent);
+            saves.push((header, body.len() as u64, frame.len() as u64, saved));
+            frames.push(frame);
+            let state = CachedState {
+                version: seq,
+                logical: cp.state.clone(),
+                stored: Arc::new(stored),
+            };
+            base = Some((state, chain));
+            parent = Some(seq);
+            seq += 1;
+        }
+        Ok(Prepared {
+            append: LogAppend {
+                log: log.to_string(),
+                expected_seq: idx.next_seq,
+                frames,
+            },
+            newest_state: base.map(|(s, _)| s),
+            saves,
+        })
+    }
+
+    /// Puts lifted leaves (each once) before the frames that reference them.
+    async fn put_blobs(&self, lifted: Vec<Lifted>) -> Result<()> {
+        if lifted.is_empty() {
+            return Ok(());
+        }
+        let mut seen = HashSet::with_capacity(lifted.len());
+        let mut stored = Vec::with_capacity(lifted.len());
+        let mut bytes = 0u64;
+        for (hash, content) in lifted {
+            if seen.insert(hash) {
+                let b = blob::encode(&content)?;
+                bytes += b.len() as u64;
+                stored.push((hash, b));
+            }
+        }
+        let n = stored.len() as u64;
+        self.inner.backend.put_blobs(stored).await?;
+        let s = &self.inner.stats;
+        s.blobs.fetch_add(n, Ordering::Relaxed);
+        s.blob_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn append_one(&self, log: &str, seq: u64, frame: Vec<u8>) -> Result<()> {
+        let len = frame.len() as u64;
+        self.inner
+            .backend
+            .append(vec![LogAppend {
+                log: log.to_owned(),
+                expected_seq: seq,
+                frames: vec![frame],
+            }])
+            .await?;
+        self.count_frames(1, len);
+        Ok(())
+    }
+
+    fn count_frames(&self, n: u64, bytes: u64) {
+        self.inner.stats.frames.fetch_add(n, Ordering::Relaxed);
+        self.inner.stats.frame_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn gave_up(&self, log: &str) -> Error {
+        Error::Backend {
+            backend: self.inner.backend.name(),
+            context: format!(
+                "execution {log:?}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends from other writers"
+            ),
+            source: "too much contention".into(),
+        }
+    }
+
+    // ---- reading ----
+
+    fn handle(&self, exec: &str) -> Arc<tokio::sync::Mutex<ExecIndex>> {
+        let mut map = match self.inner.executions.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(exec.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ExecIndex::new(exec.into()))))
+            .clone()
+    }
+
+    /// The execution's projection, brought up to the log's tail.
+    async fn index(&self, exec: &str) -> Result<OwnedMutexGuard<ExecIndex>> {
+        let mut idx = self.handle(exec).lock_owned().await;
+        self.refresh(&mut idx).await?;
+        Ok(idx)
+    }
+
+    /// Folds any frames appended since the projection was last brought up to date. A gap (frames
+    /// removed by gc before this projection saw them) rebuilds it from the log.
+    async fn refresh(&self, idx: &mut ExecIndex) -> Result<()> {
+        let tail = self.inner.backend.next_seq(&idx.log).await?;
+        if tail == idx.next_seq {
+            return Ok(());
+        }
+        if tail < idx.next_seq {
+            idx.reset();
+        }
+        let mut rebuilt = idx.next_seq == 1;
+        loop {
+            let from = idx.next_seq;
+            let page = self.inner.backend.scan(&idx.log, from, SCAN_PAGE).await?;
+            let gap = page.first().map_or(from < tail, |(s, _)| *s != from);
+            if gap && !rebuilt {
+                idx.reset();
+                rebuilt = true;
+                continue;
+            }
+            let Some((last, _)) = page.last() else { break };
+            let last = *last;
+            for (seq, bytes) in &page {
+                let decoded = frame::decode(&idx.log, *seq, bytes)?;
+                idx.apply(*seq, &decoded, bytes.len() as u64)?;
+            }
+            idx.next_seq = last + 1;
+            if page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        idx.next_seq = idx.next_seq.max(tail);
+        Ok(())
+    }
+
+    async fn scan_range(&self, log: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while next < to {
+            let want = ((to - next) as usize).min(SCAN_PAGE);
+            let page = self.inner.backend.scan(log, next, want).await?;
+            let Some((last, _)) = page.last() else { break };
+            next = last + 1;
+            out.extend(page.into_iter().filter(|(s, _)| *s < to));
+        }
+        Ok(out)
+    }
+
+    /// The state of `version` (a save in `idx`), from the cache or rebuilt from its chain.
+    async fn state_of(&self, idx: &mut ExecIndex, version: u64) -> Result<CachedState> {
+        if let Some(s) = idx.cached_state(version) {
+            return Ok(s);
+        }
+        let start = idx
+            .saves
+            .get(&version)
+            .map(|e| e.chain.start)
+            .ok_or_else(|| Error::not_found(format!("checkpoint {}@{version}", idx.log)))?;
+        let frames = self.scan_range(&idx.log, start, version + 1).await?;
+        let mut state = None;
+        for (seq, bytes) in &frames {
+            if idx.saves.contains_key(seq) {
+                let body = self.decode_body(&idx.log, *seq, bytes)?;
+                state = Some(self.apply_body(&idx.log, *seq, state, body)?);
+            }
+        }
+        let stored = state.ok_or_else(|| {
+            Error::corrupt(format!("execution {:?} seq {version}", idx.log), "the save's frame is missing from the log")
+        })?;
+        let logical = Arc::new(self.resolve(&idx.log, version, &stored).await?);
+        let state = CachedState {
+            version,
+            logical,
+            stored: Arc::new(stored),
+        };
+        if idx.newest_save().is_some_and(|(v, _)| v == version) {
+            idx.newest_state = Some(state.clone());
+        }
+        Ok(state)
+    }
+
+    fn decode_body(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Body> {
+        let decoded = frame::decode(log, seq, bytes)?;
+        match decoded.event {
+            frame::Event::Save(h) => frame::decode_body(log, seq, &h, &decoded.body),
+            _ => Err(Error::corrupt(
+                format!("execution {log:?} seq {seq}"),
+                "expected a save, found another event",
+            )),
+        }
+    }
+
+    fn apply_body(&self, log: &str, seq: u64, state: Option<Value>, body: Body) -> Result<Value> {
+        match (body, state) {
+            (Body::Snapshot(v), _) => Ok(v),
+            (Body::Delta { ops, .. }, Some(mut s)) => {
+                tree::apply(&mut s, &ops)
+                    .map_err(|e| Error::corrupt(format!("execution {log:?} seq {seq}"), format!("delta does not apply: {e}")))?;
+                Ok(s)
+            }
+            (Body::Delta { base, .. }, None) => Err(Error::corrupt(
+                format!("execution {log:?} seq {seq}"),
+                format!("delta from version {base}, whose state is not in the log"),
+            )),
+        }
+    }
+
+    /// Replaces blob references in a stored-form state by the (verified) content.
+    async fn resolve(&self, log: &str, version: u64, stored: &Value) -> Result<Value> {
+        let mut refs = HashSet::new();
+        tree::collect_refs(stored, &mut refs);
+        if refs.is_empty() {
+            return Ok(stored.clone());
+        }
+        let mut found: HashMap<BlobHash, Value> = HashMap::with_capacity(refs.len());
+        {
+            let cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
+            for h in &refs {
+                if let Some(v) = cache.values.get(h) {
+                    found.insert(*h, v.clone());
+                }
+            }
+        }
+        let mut fetched = Vec::new();
+        let missing: Vec<BlobHash> = refs.into_iter().filter(|h| !found.contains_key(h)).collect();
+        for h in &missing {
+            let stored_blob = self.inner.backend.get_blob(h).await?.ok_or_else(|| {
+                Error::corrupt(
+                    format!("blob {}", blob::hex(h)),
+                    format!("missing, but referenced by checkpoint {log}@{version}"),
+                )
+            })?;
+            let content = blob::decode(h, &stored_blob)?;
+            let leaf = value::decode(&content)
+                .map_err(|e| Error::corrupt(format!("blob {}", blob::hex(h)), e))?;
+            fetched.push((*h, leaf.clone(), content.len()));
+            found.insert(*h, leaf);
+        }
+        if !fetched.is_empty() {
+            let mut cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
+            for (h, leaf, len) in fetched {
+                if cache.bytes + len > BLOB_CACHE_BYTES {
+                    *cache = BlobCache::default();
+                }
+                cache.bytes += len;
+                cache.values.insert(h, leaf);
+            }
+        }
+        tree::substitute(stored, &|h| found.get(h).cloned()).ok_or_else(|| {
+            Error::corrupt(format!("checkpoint {log}@{version}"), "a blob reference could not be resolved")
+        })
+    }
+
+    fn checkpoint(&self, log: &Arc<str>, version: u64, entry: &SaveEntry, state: Arc<Value>) -> Checkpoint {
+        let h = &entry.header;
+        Checkpoint {
+            id: CheckpointId::new_unchecked(log.clone(), version),
+            execution_id: log.to_string(),
+            node_name: h.node.clone(),
+            metadata: h.metadata.clone(),
+            version,
+            timestamp: from_micros(h.timestamp_us),
+            parent: self.parent_id(log, &h.parent),
+            state,
+            state_size: h.state_size,
+        }
+    }
+
+    fn header(&self, log: &Arc<str>, version: u64, entry: &SaveEntry) -> CheckpointHeader {
+        let h = &entry.header;
+        CheckpointHeader {
+            id: CheckpointId::new_unchecked(log.clone(), version),
+            execution_id: log.to_string(),
+            node_name: h.node.clone(),
+            metadata: h.metadata.clone(),
+            version,
+            timestamp: from_micros(h.timestamp_us),
+            parent: self.parent_id(log, &h.parent),
+            state_size: h.state_size,
+            stored_size: entry.frame_len,
+        }
+    }
+
+    fn parent_id(&self, log: &Arc<str>, parent: &Option<ParentRef>) -> Option<CheckpointId> {
+        parent.as_ref().map(|p| match &p.execution {
+            None => CheckpointId::new_unchecked(log.clone(), p.version),
+            Some(e) => CheckpointId::new_unchecked(e.as_str().into(), p.version),
+        })
+    }
+
+    /// Checkpoints of `exec` with versions `>= from` that are live now, and the sequence number to
+    /// continue from (used by [`Watch`]).
+    pub(crate) async fn saved_since(&self, exec: &str, from: u64) -> Result<(Vec<Checkpoint>, u64)> {
+        let (versions, next): (Vec<u64>, u64) = {
+            let idx = self.index(exec).await?;
+            let v = idx.live().filter(|(v, _)| *v >= from).map(|(v, _)| v).collect();
+            (v, idx.next_seq)
+        };
+        let mut out = Vec::with_capacity(versions.len());
+        for v in versions {
+            match self.at_version(exec, v).await {
+                Ok(cp) => out.push(cp),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, next.max(from)))
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<(Arc<str>, u64)> {
+        self.inner.saved.subscribe()
+    }
+}
+
+impl Pending {
+    fn plain(checkpoint: Checkpoint) -> Self {
+        Pending {
+            checkpoint,
+            parent: None,
+            force_snapshot: false,
+        }
+    }
+}
+
+/// The gc lock of `backend`, shared by every store of this process on it.
+fn shared_gc_lock(backend: &Arc<dyn Backend>) -> Arc<RwLock<()>> {
+    type Locks = Mutex<HashMap<usize, std::sync::Weak<RwLock<()>>>>;
+    static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
+    let key = Arc::as_ptr(backend) as *const () as usize;
+    let mut locks = match LOCKS.get_or_init(Locks::default).lock() {
+        Ok(l) => l,
+        Err(p) => p.into_inner(),
+    };
+    locks.retain(|_, w| w.strong_count() > 0);
+    if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(RwLock::new(()));
+    locks.insert(key, Arc::downgrade(&lock));
+    lock
+}
+
+fn poisoned() -> Error {
+    Error::InvalidInput("an earlier panic left a store lock poisoned; reopen the store".into())
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn from_micros(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
+
+#[async_trait]
+impl CheckpointStore for Store {
+    async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
+        Store::save(self, checkpoint).await
+    }
+    async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
+        Store::load(self, id).await
+    }
+    async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
+        Store::list(self, execution_id).await
+    }
+    async fn delete(&self, id: &CheckpointId) -> Result<()> {
+        Store::delete(self, id).await
+    }
+    async fn clear(&self, execution_id: &str) -> Result<()> {
+        Store::clear(self, execution_id).await
+    }
+    async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
+        Store::latest(self, execution_id).await
+    }
+}

@@ -1,0 +1,117 @@
+//! [`Watch`]: a live stream of one execution's new checkpoints.
+//!
+//! Saves made through the same [`Store`] wake the watcher at once (an in-process broadcast);
+//! saves by other writers of the backend are found by checking the log's tail every poll
+//! interval. Either way the log is read, so what the stream yields is what is stored.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::Store;
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+
+/// The checkpoints saved to one execution after [`Store::watch`] was called, in version order.
+/// A checkpoint deleted before the watcher reads it is skipped. Errors are yielded and the stream
+/// goes on.
+pub struct Watch {
+    inner: BoxStream<'static, Result<Checkpoint>>,
+}
+
+struct State {
+    store: Store,
+    execution: Arc<str>,
+    rx: broadcast::Receiver<(Arc<str>, u64)>,
+    /// The first version not yet yielded; found on the first poll.
+    cursor: Option<u64>,
+    pending: VecDeque<Checkpoint>,
+    poll: Duration,
+}
+
+impl Watch {
+    pub(crate) fn new(store: Store, execution: &str, poll: Duration) -> Self {
+        // Subscribe now, so in-process saves made before the first poll are not missed.
+        let state = State {
+            rx: store.subscribe(),
+            store,
+            execution: execution.into(),
+            cursor: None,
+            pending: VecDeque::new(),
+            poll,
+        };
+        let inner = futures_util::stream::unfold(state, |mut s| async move {
+            let item = s.next_item().await;
+            Some((item, s))
+        })
+        .boxed();
+        Watch { inner }
+    }
+}
+
+impl State {
+    async fn next_item(&mut self) -> Result<Checkpoint> {
+        loop {
+            if let Some(cp) = self.pending.pop_front() {
+                return Ok(cp);
+            }
+            let cursor = match self.cursor {
+                Some(c) => c,
+                None => {
+                    let c = self.start_cursor().await?;
+                    self.cursor = Some(c);
+                    c
+                }
+            };
+            let (found, next) = self.store.saved_since(&self.execution, cursor).await?;
+            self.cursor = Some(next);
+            if !found.is_empty() {
+                self.pending.extend(found);
+                continue;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// The log's tail when watching began: the tail now, or earlier if this process saved since.
+    async fn start_cursor(&mut self) -> Result<u64> {
+        let mut cursor = self.store.backend().next_seq(&self.execution).await?;
+        while let Ok((exec, version)) = self.rx.try_recv() {
+            if exec == self.execution {
+                cursor = cursor.min(version);
+            }
+        }
+        Ok(cursor)
+    }
+
+    async fn wait(&mut self) {
+        let deadline = tokio::time::sleep(self.poll);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                msg = self.rx.recv() => match msg {
+                    Ok((exec, _)) if exec != self.execution => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => return,
+                    Err(RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<Checkpoint>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
