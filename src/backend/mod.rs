@@ -11,7 +11,7 @@
 //!   the next one with [`Backend::next_seq`] (1 for a log never appended to);
 //! - **must** make [`Backend::append`] compare-and-append: for every [`LogAppend`] in the call, the
 //!   log's next sequence number must equal `expected_seq`, otherwise nothing at all is written and
-//!   the call returns [`Error::Conflict`]. When every check passes, all frames of all logs in the call
+//!   the call returns [`crate::Error::Conflict`]. When every check passes, all frames of all logs in the call
 //!   become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
 //! - **must** make an append durable before returning (unless the user relaxed durability, e.g.
 //!   `sled://...?sync=false`), and make every blob put before an append at least as durable as it;
@@ -36,7 +36,7 @@ pub mod sled;
 pub type BlobHash = [u8; 32];
 
 /// One log's part of an atomic [`Backend::append`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogAppend {
     /// The log (one per execution).
     pub log: String,
@@ -59,6 +59,21 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Atomically appends frames to one or more logs, each fenced by its expected sequence number.
     /// Returns [`crate::Error::Conflict`] (writing nothing) when any log has moved on.
     async fn append(&self, appends: Vec<LogAppend>) -> Result<()>;
+
+    /// Stores `blobs` and appends `appends` as [`Backend::append`] does: on a conflict the
+    /// frames are not written (the blobs may be). Backends that can do both in one atomic write
+    /// (and one flush); the default puts the blobs first, so a failed append leaves at most
+    /// unreferenced blobs, which gc reclaims.
+    async fn append_with_blobs(
+        &self,
+        appends: Vec<LogAppend>,
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+    ) -> Result<()> {
+        if !blobs.is_empty() {
+            self.put_blobs(blobs).await?;
+        }
+        self.append(appends).await
+    }
 
     /// Up to `limit` frames of `log` with sequence numbers `>= from`, in ascending order.
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;

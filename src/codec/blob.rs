@@ -64,7 +64,10 @@ fn push_header(out: &mut Vec<u8>, codec: u8, len: usize) {
 pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::corrupt(format!("blob {}", hex(hash)), reason);
     if stored.len() < HEADER_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than a blob header", stored.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than a blob header",
+            stored.len()
+        )));
     }
     if stored[0] != FORMAT {
         return Err(corrupt(format!("unknown blob format {}", stored[0])));
@@ -119,7 +122,8 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_detected() {
-        let content = b"the quick brown fox jumps over the lazy dog, again and again and again".repeat(3);
+        let content =
+            b"the quick brown fox jumps over the lazy dog, again and again and again".repeat(3);
         let h = address(&content);
         let stored = encode(&content).unwrap();
         for i in 0..stored.len() {

@@ -99,10 +99,14 @@ impl Body {
 pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Result<Vec<u8>> {
     let parent = match &header.parent {
         None => Value::Nil,
-        Some(ParentRef { execution: None, version }) => Value::Array(vec![(*version).into()]),
-        Some(ParentRef { execution: Some(e), version }) => {
-            Value::Array(vec![e.as_str().into(), (*version).into()])
-        }
+        Some(ParentRef {
+            execution: None,
+            version,
+        }) => Value::Array(vec![(*version).into()]),
+        Some(ParentRef {
+            execution: Some(e),
+            version,
+        }) => Value::Array(vec![e.as_str().into(), (*version).into()]),
     };
     let head = Value::Array(vec![
         KIND_SAVE.into(),
@@ -121,12 +125,20 @@ pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Res
 
 /// Encodes a delete frame.
 pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
-    seal(log, seq, value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])))
+    seal(
+        log,
+        seq,
+        value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])),
+    )
 }
 
 /// Encodes a clear frame.
 pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
-    seal(log, seq, value::encode(&Value::Array(vec![KIND_CLEAR.into()])))
+    seal(
+        log,
+        seq,
+        value::encode(&Value::Array(vec![KIND_CLEAR.into()])),
+    )
 }
 
 fn seal(log: &str, seq: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
@@ -180,7 +192,10 @@ pub struct Decoded {
 pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
     if frame.len() < 2 + CHECKSUM_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than a frame", frame.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than a frame",
+            frame.len()
+        )));
     }
     let (body, sum) = frame.split_at(frame.len() - CHECKSUM_LEN);
     if checksum(log, seq, body) != sum {
@@ -198,7 +213,9 @@ pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
             let len = u32::from_le_bytes([body[2], body[3], body[4], body[5]]) as usize;
             let out = blob::decompress_bounded(&body[6..], len).map_err(&corrupt)?;
             if out.len() != len {
-                return Err(corrupt("decompressed length differs from the header".into()));
+                return Err(corrupt(
+                    "decompressed length differs from the header".into(),
+                ));
             }
             out
         }
@@ -232,10 +249,15 @@ fn event_from_value(head: Value) -> Result<Event, String> {
     let Value::Array(fields) = head else {
         return Err("not an array".into());
     };
-    let kind = fields.first().and_then(Value::as_u64).ok_or("no event kind")?;
+    let kind = fields
+        .first()
+        .and_then(Value::as_u64)
+        .ok_or("no event kind")?;
     match (kind, fields.len()) {
         (KIND_SAVE, 8) => save_from_fields(fields),
-        (KIND_DELETE, 2) => Ok(Event::Delete(fields[1].as_u64().ok_or("delete without a version")?)),
+        (KIND_DELETE, 2) => Ok(Event::Delete(
+            fields[1].as_u64().ok_or("delete without a version")?,
+        )),
         (KIND_CLEAR, 1) => Ok(Event::Clear),
         (k, n) => Err(format!("unknown event kind {k} with {n} fields")),
     }
@@ -258,7 +280,11 @@ fn save_from_fields(fields: Vec<Value>) -> Result<Event, String> {
                 version: v.as_u64().ok_or("parent version")?,
             }),
             [Value::String(e), v] => Some(ParentRef {
-                execution: Some(e.as_str().ok_or("parent execution is not UTF-8")?.to_owned()),
+                execution: Some(
+                    e.as_str()
+                        .ok_or("parent execution is not UTF-8")?
+                        .to_owned(),
+                ),
                 version: v.as_u64().ok_or("parent version")?,
             }),
             _ => return Err("malformed parent".into()),
@@ -347,7 +373,10 @@ mod tests {
             node: "plan".into(),
             metadata,
             timestamp_us: 1_700_000_000_000_000,
-            parent: Some(ParentRef { execution: Some("other".into()), version: 4 }),
+            parent: Some(ParentRef {
+                execution: Some("other".into()),
+                version: 4,
+            }),
             state_size: 77,
             delta_base: Some(4),
         }
@@ -361,7 +390,9 @@ mod tests {
         };
         let frame = encode_save("exec", 9, &header(), &body.encode()).unwrap();
         let d = decode("exec", 9, &frame).unwrap();
-        let Event::Save(h) = d.event else { panic!("not a save") };
+        let Event::Save(h) = d.event else {
+            panic!("not a save")
+        };
         assert_eq!(h, header());
         assert_eq!(decode_body("exec", 9, &h, &d.body).unwrap(), body);
     }
@@ -374,7 +405,9 @@ mod tests {
         let frame = encode_save("exec", 1, &h, &body.encode()).unwrap();
         assert!(frame.len() < 500);
         let d = decode("exec", 1, &frame).unwrap();
-        let Event::Save(h2) = d.event else { panic!("not a save") };
+        let Event::Save(h2) = d.event else {
+            panic!("not a save")
+        };
         assert_eq!(decode_body("exec", 1, &h2, &d.body).unwrap(), body);
     }
 
@@ -389,6 +422,11 @@ mod tests {
             bad[i] ^= 1;
             assert!(decode("exec", 3, &bad).unwrap_err().is_corrupt());
         }
-        assert_eq!(decode("e", 1, &encode_clear("e", 1).unwrap()).unwrap().event, Event::Clear);
+        assert_eq!(
+            decode("e", 1, &encode_clear("e", 1).unwrap())
+                .unwrap()
+                .event,
+            Event::Clear
+        );
     }
 }

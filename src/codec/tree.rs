@@ -275,9 +275,7 @@ fn child_mut<'a>(node: &'a mut Value, seg: &Value) -> Result<&'a mut Value, Stri
             .map(|(_, v)| v)
             .ok_or_else(|| "path through a missing map key".to_string()),
         Value::Array(items) => {
-            let i = seg
-                .as_u64()
-                .ok_or("array index that is not an integer")?;
+            let i = seg.as_u64().ok_or("array index that is not an integer")?;
             items
                 .get_mut(i as usize)
                 .ok_or_else(|| "array index out of range".to_string())
@@ -317,7 +315,9 @@ pub fn ops_to_value(ops: &[Op]) -> Value {
     Value::Array(
         ops.iter()
             .map(|op| match op {
-                Op::Set(p, v) => Value::Array(vec![OP_SET.into(), Value::Array(p.clone()), v.clone()]),
+                Op::Set(p, v) => {
+                    Value::Array(vec![OP_SET.into(), Value::Array(p.clone()), v.clone()])
+                }
                 Op::Remove(p) => Value::Array(vec![OP_REMOVE.into(), Value::Array(p.clone())]),
                 Op::Splice(p, keep, items) => Value::Array(vec![
                     OP_SPLICE.into(),
@@ -343,7 +343,10 @@ fn op_from_value(value: Value) -> Result<Op, String> {
         return Err("delta op is not an array".into());
     };
     let mut parts = parts.into_iter();
-    let code = parts.next().and_then(|c| c.as_u64()).ok_or("delta op without a code")?;
+    let code = parts
+        .next()
+        .and_then(|c| c.as_u64())
+        .ok_or("delta op without a code")?;
     let Some(Value::Array(path)) = parts.next() else {
         return Err("delta op without a path".into());
     };
@@ -400,7 +403,10 @@ mod tests {
         check(json!([1, 2, 3]), json!([1, 5, 3]));
         check(json!([1, 2, 3]), json!([1]));
         check(json!([1, 2, 3]), json!([]));
-        check(json!({"a": {"b": [1, {"c": 2}]}}), json!({"a": {"b": [1, {"c": 3, "d": null}]}}));
+        check(
+            json!({"a": {"b": [1, {"c": 2}]}}),
+            json!({"a": {"b": [1, {"c": 3, "d": null}]}}),
+        );
     }
 
     #[test]
@@ -425,6 +431,13 @@ mod tests {
         let mut x = v(serde_json::json!([1]));
         assert!(apply(&mut x, &[Op::Splice(vec![], 5, vec![])]).is_err());
         assert!(apply(&mut x, &[Op::Remove(vec![])]).is_err());
-        assert!(apply(&mut x, &[Op::Set(vec![Value::from(7u64), Value::from(1u64)], Value::Nil)]).is_err());
+        assert!(apply(
+            &mut x,
+            &[Op::Set(
+                vec![Value::from(7u64), Value::from(1u64)],
+                Value::Nil
+            )]
+        )
+        .is_err());
     }
 }

@@ -25,7 +25,7 @@ pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> 
             "the state cannot be stored: {e} (is it nested deeper than {MAX_DEPTH} levels?)"
         ))
     })?;
-    if contains_reserved_ext(&value, 0) {
+    if contains_reserved_ext(&value) {
         return Err(Error::InvalidInput(format!(
             "the state contains a MessagePack extension of type {REF_EXT_TYPE}, which ckpt reserves for its own references"
         )));
@@ -33,13 +33,13 @@ pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> 
     Ok((value, bytes.len() as u64))
 }
 
-fn contains_reserved_ext(value: &Value, depth: usize) -> bool {
+fn contains_reserved_ext(value: &Value) -> bool {
     match value {
         Value::Ext(t, _) => *t == REF_EXT_TYPE,
-        Value::Array(items) => items.iter().any(|v| contains_reserved_ext(v, depth + 1)),
+        Value::Array(items) => items.iter().any(contains_reserved_ext),
         Value::Map(entries) => entries
             .iter()
-            .any(|(k, v)| contains_reserved_ext(k, depth + 1) || contains_reserved_ext(v, depth + 1)),
+            .any(|(k, v)| contains_reserved_ext(k) || contains_reserved_ext(v)),
         _ => false,
     }
 }
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn reserved_extension_is_detected() {
         let v = Value::Array(vec![Value::Ext(REF_EXT_TYPE, vec![0; 32])]);
-        assert!(contains_reserved_ext(&v, 0));
-        assert!(!contains_reserved_ext(&Value::Ext(1, vec![]), 0));
+        assert!(contains_reserved_ext(&v));
+        assert!(!contains_reserved_ext(&Value::Ext(1, vec![])));
     }
 }

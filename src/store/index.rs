@@ -104,7 +104,13 @@ impl ExecIndex {
         Ok(())
     }
 
-    pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) -> Result<()> {
+    pub fn apply_save(
+        &mut self,
+        seq: u64,
+        header: SaveHeader,
+        body_len: u64,
+        frame_len: u64,
+    ) -> Result<()> {
         let chain = match header.delta_base {
             None => Chain::snapshot(seq, body_len),
             Some(base) => self
@@ -169,6 +175,9 @@ impl ExecIndex {
 
     /// The cached state of `version`, if it is the newest save's.
     pub fn cached_state(&self, version: u64) -> Option<CachedState> {
-        self.newest_state.as_ref().filter(|c| c.version == version).cloned()
+        self.newest_state
+            .as_ref()
+            .filter(|c| c.version == version)
+            .cloned()
     }
 }

@@ -209,10 +209,32 @@ struct Stats {
     blob_bytes: AtomicU64,
 }
 
+/// Decoded leaves by address, bounded in bytes (emptied when full: cheap, and good enough for
+/// the access pattern of replaying one execution at a time).
 #[derive(Default)]
 struct BlobCache {
     values: HashMap<BlobHash, Value>,
     bytes: usize,
+}
+
+impl BlobCache {
+    fn insert(&mut self, hash: BlobHash, leaf: Value) {
+        let len = leaf_bytes(&leaf);
+        if self.bytes + len > BLOB_CACHE_BYTES {
+            *self = BlobCache::default();
+        }
+        if self.values.insert(hash, leaf).is_none() {
+            self.bytes += len;
+        }
+    }
+}
+
+fn leaf_bytes(leaf: &Value) -> usize {
+    match leaf {
+        Value::String(s) => s.as_bytes().len(),
+        Value::Binary(b) => b.len(),
+        _ => 16,
+    }
 }
 
 /// A checkpoint waiting to be appended, with how it must be stored.
@@ -253,14 +275,15 @@ impl Store {
             StoreUrl::Memory => Ok(Store::memory()),
             #[cfg(feature = "sled")]
             StoreUrl::Sled { path, sync } => {
-                let backend =
-                    tokio::task::spawn_blocking(move || crate::backend::sled::SledBackend::open(&path, sync))
-                        .await
-                        .map_err(|e| Error::Backend {
-                            backend: "sled",
-                            context: "opening the database".into(),
-                            source: Box::new(e),
-                        })??;
+                let backend = tokio::task::spawn_blocking(move || {
+                    crate::backend::sled::SledBackend::open(&path, sync)
+                })
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: "sled",
+                    context: "opening the database".into(),
+                    source: Box::new(e),
+                })??;
                 Ok(Store::with_backend(Arc::new(backend)))
             }
             #[cfg(not(feature = "sled"))]
@@ -313,14 +336,22 @@ impl Store {
     /// A save that races another writer of the same execution is retried on top of it, so both
     /// are kept; use [`Store::save_after`] to fail instead.
     pub async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
-        let mut saved = self.save_pending(vec![Pending::plain(checkpoint)], Expect::Any).await?;
-        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        let mut saved = self
+            .save_pending(vec![Pending::plain(checkpoint)], Expect::Any)
+            .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
     }
 
     /// Saves a checkpoint only if the execution's newest live checkpoint is still `parent`
     /// (`None`: the execution has none). Otherwise nothing is written and the result is
     /// [`Error::Conflict`]: optimistic concurrency for writers that must not interleave.
-    pub async fn save_after(&self, checkpoint: Checkpoint, parent: Option<&CheckpointId>) -> Result<Checkpoint> {
+    pub async fn save_after(
+        &self,
+        checkpoint: Checkpoint,
+        parent: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
         if let Some(p) = parent {
             if p.execution_id() != checkpoint.execution_id {
                 return Err(Error::InvalidInput(format!(
@@ -330,15 +361,22 @@ impl Store {
             }
         }
         let expect = Expect::Latest(parent.map(CheckpointId::version));
-        let mut saved = self.save_pending(vec![Pending::plain(checkpoint)], expect).await?;
-        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        let mut saved = self
+            .save_pending(vec![Pending::plain(checkpoint)], expect)
+            .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
     }
 
     /// Saves several checkpoints (of one or more executions) atomically: after an error, none of
     /// them is stored. Returned in the order given.
     pub async fn save_batch(&self, checkpoints: Vec<Checkpoint>) -> Result<Vec<Checkpoint>> {
-        self.save_pending(checkpoints.into_iter().map(Pending::plain).collect(), Expect::Any)
-            .await
+        self.save_pending(
+            checkpoints.into_iter().map(Pending::plain).collect(),
+            Expect::Any,
+        )
+        .await
     }
 
     /// Loads one checkpoint with its state. [`Error::NotFound`] if it never existed, was
@@ -383,7 +421,9 @@ impl Store {
         let mut state: Option<Value> = None;
         let mut out = Vec::with_capacity(idx.live_count);
         for (seq, bytes) in &frames {
-            let Some(entry) = idx.saves.get(seq) else { continue };
+            let Some(entry) = idx.saves.get(seq) else {
+                continue;
+            };
             let body = self.decode_body(&idx.log, *seq, bytes)?;
             state = Some(self.apply_body(&idx.log, *seq, state, body)?);
             if !entry.deleted {
@@ -398,7 +438,11 @@ impl Store {
 
     /// Headers of live checkpoints, newest first, filtered by `query`. No state is read, so this
     /// is fast on long executions.
-    pub async fn history(&self, execution_id: &str, query: HistoryQuery) -> Result<Vec<CheckpointHeader>> {
+    pub async fn history(
+        &self,
+        execution_id: &str,
+        query: HistoryQuery,
+    ) -> Result<Vec<CheckpointHeader>> {
         validate_execution_id(execution_id)?;
         let idx = self.index(execution_id).await?;
         Ok(idx
@@ -486,13 +530,18 @@ impl Store {
             }),
             force_snapshot: true,
         };
-        let mut saved = self.save_pending(vec![pending], Expect::Latest(None)).await.map_err(|e| match e {
-            Error::Conflict { .. } => Error::InvalidInput(format!(
+        let mut saved = self
+            .save_pending(vec![pending], Expect::Latest(None))
+            .await
+            .map_err(|e| match e {
+                Error::Conflict { .. } => Error::InvalidInput(format!(
                 "cannot fork {id} into {new_execution:?}: that execution already has checkpoints"
             )),
-            other => other,
-        })?;
-        saved.pop().ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+                other => other,
+            })?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
     }
 
     /// Every execution with at least one live checkpoint, by id.
@@ -596,7 +645,10 @@ impl Store {
         let mut groups: BTreeMap<String, Vec<(usize, Pending)>> = BTreeMap::new();
         for (i, p) in pending.into_iter().enumerate() {
             validate_execution_id(&p.checkpoint.execution_id)?;
-            groups.entry(p.checkpoint.execution_id.clone()).or_default().push((i, p));
+            groups
+                .entry(p.checkpoint.execution_id.clone())
+                .or_default()
+                .push((i, p));
         }
         let total: usize = groups.values().map(Vec::len).sum();
         // Taken before the execution locks, in the same order as gc, so the two cannot deadlock.
@@ -622,28 +674,49 @@ impl Store {
                 }
                 prepared.push(self.prepare(idx, group, &mut lifted).await?);
             }
-            self.put_blobs(lifted).await?;
-            let appends: Vec<LogAppend> = prepared.iter().map(|p| p.append.clone()).collect();
-            let bytes: u64 = appends.iter().flat_map(|a| &a.frames).map(|f| f.len() as u64).sum();
-            match self.inner.backend.append(appends).await {
+            let blobs = self.encode_blobs(lifted)?;
+            let appends: Vec<LogAppend> = prepared
+                .iter_mut()
+                .map(|p| std::mem::take(&mut p.append))
+                .collect();
+            let bytes: u64 = appends
+                .iter()
+                .flat_map(|a| &a.frames)
+                .map(|f| f.len() as u64)
+                .sum();
+            let tails: Vec<u64> = appends
+                .iter()
+                .map(|a| a.expected_seq + a.frames.len() as u64)
+                .collect();
+            self.count_blobs(&blobs);
+            match self.inner.backend.append_with_blobs(appends, blobs).await {
                 Ok(()) => {
                     self.count_frames(total as u64, bytes);
                     let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
-                    for ((idx, group), p) in guards.iter_mut().zip(groups.values()).zip(prepared) {
+                    for (((idx, group), p), tail) in guards
+                        .iter_mut()
+                        .zip(groups.values())
+                        .zip(prepared)
+                        .zip(tails)
+                    {
                         let log = idx.log.clone();
-                        for ((header, body_len, frame_len, cp), (i, _)) in p.saves.into_iter().zip(group) {
+                        for ((header, body_len, frame_len, cp), (i, _)) in
+                            p.saves.into_iter().zip(group)
+                        {
                             let version = cp.version;
                             idx.apply_save(version, header, body_len, frame_len)?;
                             let _ = self.inner.saved.send((log.clone(), version));
                             out.push((*i, cp));
                         }
-                        idx.next_seq = p.append.expected_seq + p.append.frames.len() as u64;
+                        idx.next_seq = tail;
                         idx.newest_state = p.newest_state;
                     }
                     out.sort_by_key(|(i, _)| *i);
                     return Ok(out.into_iter().map(|(_, cp)| cp).collect());
                 }
-                Err(Error::Conflict { .. }) if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES => {
+                Err(Error::Conflict { .. })
+                    if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES =>
+                {
                     continue
                 }
                 Err(e) => return Err(e),
@@ -653,13 +726,21 @@ impl Store {
     }
 
     /// Encodes the frames of one execution's pending saves on top of its current projection.
-    async fn prepare(&self, idx: &mut ExecIndex, group: &[(usize, Pending)], lifted: &mut Vec<Lifted>) -> Result<Prepared> {
+    async fn prepare(
+        &self,
+        idx: &mut ExecIndex,
+        group: &[(usize, Pending)],
+        lifted: &mut Vec<Lifted>,
+    ) -> Result<Prepared> {
         let log = idx.log.clone();
         let mut seq = idx.next_seq;
         let mut parent = idx.latest_live();
         // Deltas build on the newest save (live or deleted) while anything is live; gc keeps
         // exactly those saves' chains.
-        let newest = idx.newest_save().filter(|_| parent.is_some()).map(|(v, e)| (v, e.chain));
+        let newest = idx
+            .newest_save()
+            .filter(|_| parent.is_some())
+            .map(|(v, e)| (v, e.chain));
         let mut base: Option<(CachedState, Chain)> = match newest {
             Some((v, chain)) => Some((self.state_of(idx, v).await?, chain)),
             None => None,
@@ -673,7 +754,10 @@ impl Store {
                     let ops = tree::externalize_ops(&tree::diff(&b.logical, &cp.state), lifted);
                     let mut stored = Value::clone(&b.stored);
                     tree::apply(&mut stored, &ops).map_err(|e| {
-                        Error::corrupt(format!("checkpoint {log}@{}", b.version), format!("cached state does not take its own delta: {e}"))
+                        Error::corrupt(
+                            format!("checkpoint {log}@{}", b.version),
+                            format!("cached state does not take its own delta: {e}"),
+                        )
                     })?;
                     let delta = value::encode(&tree::ops_to_value(&ops));
                     let len = delta.len() as u64;
@@ -697,7 +781,10 @@ impl Store {
                 node: cp.node_name.clone(),
                 metadata: cp.metadata.clone(),
                 timestamp_us,
-                parent: p.parent.clone().or(parent.map(|version| ParentRef { execution: None, version })),
+                parent: p.parent.clone().or(parent.map(|version| ParentRef {
+                    execution: None,
+                    version,
+                })),
                 state_size: cp.state_size,
                 delta_base,
             };
@@ -729,27 +816,23 @@ impl Store {
         })
     }
 
-    /// Puts lifted leaves (each once) before the frames that reference them.
-    async fn put_blobs(&self, lifted: Vec<Lifted>) -> Result<()> {
-        if lifted.is_empty() {
-            return Ok(());
-        }
+    /// The stored form of lifted leaves (each once), counted in the write stats.
+    fn encode_blobs(&self, lifted: Vec<Lifted>) -> Result<Vec<(BlobHash, Vec<u8>)>> {
         let mut seen = HashSet::with_capacity(lifted.len());
         let mut stored = Vec::with_capacity(lifted.len());
-        let mut bytes = 0u64;
         for (hash, content) in lifted {
             if seen.insert(hash) {
-                let b = blob::encode(&content)?;
-                bytes += b.len() as u64;
-                stored.push((hash, b));
+                stored.push((hash, blob::encode(&content)?));
             }
         }
-        let n = stored.len() as u64;
-        self.inner.backend.put_blobs(stored).await?;
+        Ok(stored)
+    }
+
+    fn count_blobs(&self, blobs: &[(BlobHash, Vec<u8>)]) {
         let s = &self.inner.stats;
-        s.blobs.fetch_add(n, Ordering::Relaxed);
-        s.blob_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
+        s.blobs.fetch_add(blobs.len() as u64, Ordering::Relaxed);
+        let bytes: usize = blobs.iter().map(|(_, b)| b.len()).sum();
+        s.blob_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     async fn append_one(&self, log: &str, seq: u64, frame: Vec<u8>) -> Result<()> {
@@ -768,7 +851,10 @@ impl Store {
 
     fn count_frames(&self, n: u64, bytes: u64) {
         self.inner.stats.frames.fetch_add(n, Ordering::Relaxed);
-        self.inner.stats.frame_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.inner
+            .stats
+            .frame_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn gave_up(&self, log: &str) -> Error {
@@ -867,7 +953,10 @@ impl Store {
             }
         }
         let stored = state.ok_or_else(|| {
-            Error::corrupt(format!("execution {:?} seq {version}", idx.log), "the save's frame is missing from the log")
+            Error::corrupt(
+                format!("execution {:?} seq {version}", idx.log),
+                "the save's frame is missing from the log",
+            )
         })?;
         let logical = Arc::new(self.resolve(&idx.log, version, &stored).await?);
         let state = CachedState {
@@ -896,8 +985,12 @@ impl Store {
         match (body, state) {
             (Body::Snapshot(v), _) => Ok(v),
             (Body::Delta { ops, .. }, Some(mut s)) => {
-                tree::apply(&mut s, &ops)
-                    .map_err(|e| Error::corrupt(format!("execution {log:?} seq {seq}"), format!("delta does not apply: {e}")))?;
+                tree::apply(&mut s, &ops).map_err(|e| {
+                    Error::corrupt(
+                        format!("execution {log:?} seq {seq}"),
+                        format!("delta does not apply: {e}"),
+                    )
+                })?;
                 Ok(s)
             }
             (Body::Delta { base, .. }, None) => Err(Error::corrupt(
@@ -914,46 +1007,51 @@ impl Store {
         if refs.is_empty() {
             return Ok(stored.clone());
         }
-        let mut found: HashMap<BlobHash, Value> = HashMap::with_capacity(refs.len());
-        {
+        let missing: Vec<BlobHash> = {
             let cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
-            for h in &refs {
-                if let Some(v) = cache.values.get(h) {
-                    found.insert(*h, v.clone());
-                }
-            }
-        }
-        let mut fetched = Vec::new();
-        let missing: Vec<BlobHash> = refs.into_iter().filter(|h| !found.contains_key(h)).collect();
+            refs.into_iter()
+                .filter(|h| !cache.values.contains_key(h))
+                .collect()
+        };
+        // Fetched leaves are kept here too: the cache may evict them before substitution.
+        let mut fetched: HashMap<BlobHash, Value> = HashMap::with_capacity(missing.len());
         for h in &missing {
-            let stored_blob = self.inner.backend.get_blob(h).await?.ok_or_else(|| {
-                Error::corrupt(
-                    format!("blob {}", blob::hex(h)),
-                    format!("missing, but referenced by checkpoint {log}@{version}"),
-                )
-            })?;
-            let content = blob::decode(h, &stored_blob)?;
-            let leaf = value::decode(&content)
-                .map_err(|e| Error::corrupt(format!("blob {}", blob::hex(h)), e))?;
-            fetched.push((*h, leaf.clone(), content.len()));
-            found.insert(*h, leaf);
+            fetched.insert(*h, self.fetch_leaf(log, version, h).await?);
         }
-        if !fetched.is_empty() {
-            let mut cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
-            for (h, leaf, len) in fetched {
-                if cache.bytes + len > BLOB_CACHE_BYTES {
-                    *cache = BlobCache::default();
-                }
-                cache.bytes += len;
-                cache.values.insert(h, leaf);
-            }
+        let mut cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
+        let resolved = tree::substitute(stored, &|h| {
+            fetched.get(h).or_else(|| cache.values.get(h)).cloned()
+        });
+        for (h, leaf) in fetched {
+            cache.insert(h, leaf);
         }
-        tree::substitute(stored, &|h| found.get(h).cloned()).ok_or_else(|| {
-            Error::corrupt(format!("checkpoint {log}@{version}"), "a blob reference could not be resolved")
+        resolved.ok_or_else(|| {
+            Error::corrupt(
+                format!("checkpoint {log}@{version}"),
+                "a blob reference could not be resolved",
+            )
         })
     }
 
-    fn checkpoint(&self, log: &Arc<str>, version: u64, entry: &SaveEntry, state: Arc<Value>) -> Checkpoint {
+    /// Reads, verifies and decodes the leaf stored in blob `hash`.
+    async fn fetch_leaf(&self, log: &str, version: u64, hash: &BlobHash) -> Result<Value> {
+        let stored = self.inner.backend.get_blob(hash).await?.ok_or_else(|| {
+            Error::corrupt(
+                format!("blob {}", blob::hex(hash)),
+                format!("missing, but referenced by checkpoint {log}@{version}"),
+            )
+        })?;
+        let content = blob::decode(hash, &stored)?;
+        value::decode(&content).map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))
+    }
+
+    fn checkpoint(
+        &self,
+        log: &Arc<str>,
+        version: u64,
+        entry: &SaveEntry,
+        state: Arc<Value>,
+    ) -> Checkpoint {
         let h = &entry.header;
         Checkpoint {
             id: CheckpointId::new_unchecked(log.clone(), version),
@@ -992,10 +1090,18 @@ impl Store {
 
     /// Checkpoints of `exec` with versions `>= from` that are live now, and the sequence number to
     /// continue from (used by [`Watch`]).
-    pub(crate) async fn saved_since(&self, exec: &str, from: u64) -> Result<(Vec<Checkpoint>, u64)> {
+    pub(crate) async fn saved_since(
+        &self,
+        exec: &str,
+        from: u64,
+    ) -> Result<(Vec<Checkpoint>, u64)> {
         let (versions, next): (Vec<u64>, u64) = {
             let idx = self.index(exec).await?;
-            let v = idx.live().filter(|(v, _)| *v >= from).map(|(v, _)| v).collect();
+            let v = idx
+                .live()
+                .filter(|(v, _)| *v >= from)
+                .map(|(v, _)| v)
+                .collect();
             (v, idx.next_seq)
         };
         let mut out = Vec::with_capacity(versions.len());
