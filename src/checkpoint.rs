@@ -116,7 +116,9 @@ impl FromStr for CheckpointId {
         if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
             return Err(refuse("has a version that is not a number"));
         }
-        let version: u64 = version.parse().map_err(|_| refuse("has a version too large"))?;
+        let version: u64 = version
+            .parse()
+            .map_err(|_| refuse("has a version too large"))?;
         CheckpointId::new(exec, version)
     }
 }
@@ -174,7 +176,11 @@ impl Checkpoint {
     ///
     /// Fails with [`Error::InvalidInput`] on an empty or over-long execution id or node name, and with
     /// [`Error::Codec`] when the state cannot be encoded.
-    pub fn new<S: Serialize + ?Sized>(execution_id: &str, node_name: &str, state: &S) -> Result<Self> {
+    pub fn new<S: Serialize + ?Sized>(
+        execution_id: &str,
+        node_name: &str,
+        state: &S,
+    ) -> Result<Self> {
         validate_execution_id(execution_id)?;
         validate_name("node name", node_name)?;
         let (state, state_size) = value::from_serialize(state)?;
@@ -192,7 +198,11 @@ impl Checkpoint {
     }
 
     /// Adds (or replaces) a metadata entry.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
     }
@@ -201,7 +211,10 @@ impl Checkpoint {
     pub fn state<T: DeserializeOwned>(&self) -> Result<T> {
         value::to_deserialize(&self.state).map_err(|e| match e {
             Error::Codec { source, .. } => Error::Codec {
-                context: format!("decoding the state of checkpoint {} into the requested type", self.id),
+                context: format!(
+                    "decoding the state of checkpoint {} into the requested type",
+                    self.id
+                ),
                 source,
             },
             other => other,

@@ -117,7 +117,11 @@ pub fn redact(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
             format!("{scheme}://{masked}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -133,17 +137,25 @@ mod tests {
         assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
         assert_eq!(
             StoreUrl::parse("sled://./data?sync=false").unwrap(),
-            StoreUrl::Sled { path: "./data".into(), sync: false }
+            StoreUrl::Sled {
+                path: "./data".into(),
+                sync: false
+            }
         );
         assert_eq!(
             StoreUrl::parse("/tmp/x").unwrap(),
-            StoreUrl::Sled { path: "/tmp/x".into(), sync: true }
+            StoreUrl::Sled {
+                path: "/tmp/x".into(),
+                sync: true
+            }
         );
     }
 
     #[test]
     fn refuses_with_reasons_and_no_passwords() {
-        let e = StoreUrl::parse("postgres://bob:hunter2@db/app").unwrap_err().to_string();
+        let e = StoreUrl::parse("postgres://bob:hunter2@db/app")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PostgreSQL") && !e.contains("hunter2"), "{e}");
         assert!(StoreUrl::parse("sled://x?sink=1").is_err());
         assert!(StoreUrl::parse("ftp://x").is_err());
