@@ -236,6 +236,23 @@ impl Checkpoint {
         self.state_size
     }
 
+    /// Checks what a save stores besides the state (the fields are public, so they may have been
+    /// changed since [`Checkpoint::new`]): ids and names, and metadata nesting.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_execution_id(&self.execution_id)?;
+        validate_name("node name", &self.node_name)?;
+        for (key, v) in &self.metadata {
+            if value::json_depth(v) > value::MAX_DEPTH {
+                return Err(Error::InvalidInput(format!(
+                    "metadata {key:?} of a checkpoint of {:?} is nested deeper than {} levels",
+                    self.execution_id,
+                    value::MAX_DEPTH
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this checkpoint has been saved (has a version).
     pub fn is_saved(&self) -> bool {
         self.version > 0

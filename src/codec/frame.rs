@@ -222,8 +222,8 @@ pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
         flags => return Err(corrupt(format!("unknown frame flags {flags:#x}"))),
     };
     let mut cursor = Cursor::new(&payload[..]);
-    let head = rmpv::decode::read_value_with_max_depth(&mut cursor, value::MAX_DEPTH)
-        .map_err(|e| corrupt(format!("invalid header: {e}")))?;
+    let head =
+        value::read_prefix(&mut cursor).map_err(|e| corrupt(format!("invalid header: {e}")))?;
     let rest = payload[cursor.position() as usize..].to_vec();
     let event = event_from_value(head).map_err(|e| corrupt(format!("invalid header: {e}")))?;
     if !matches!(event, Event::Save(_)) && !rest.is_empty() {

@@ -13,14 +13,22 @@ use serde::Serialize;
 use super::tree::REF_EXT_TYPE;
 use crate::error::{Error, Result};
 
-/// Deepest nesting accepted in a state or decoded from storage. Deeper input is refused with an
-/// error instead of exhausting a thread's stack.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of containers (arrays, maps) accepted in a state or in metadata. Deeper input is
+/// refused with an error instead of exhausting a thread's stack.
+pub const MAX_DEPTH: usize = 64;
+/// Container levels ckpt itself wraps around a state when storing it (a delta op list and op).
+const STORAGE_WRAPPING: usize = 4;
+
+/// rmpv's depth limit for `levels` nested containers: it counts each container twice (once for
+/// the value, once for its contents), plus the innermost scalar.
+fn rmpv_limit(levels: usize) -> usize {
+    2 * levels + 2
+}
 
 /// Serializes a user value into a value tree; returns it with the size of its MessagePack encoding.
 pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> {
     let bytes = rmp_serde::to_vec_named(state).map_err(|e| Error::codec("encoding state", e))?;
-    let value = decode(&bytes).map_err(|e| {
+    let value = decode_with_levels(&bytes, MAX_DEPTH).map_err(|e| {
         Error::InvalidInput(format!(
             "the state cannot be stored: {e} (is it nested deeper than {MAX_DEPTH} levels?)"
         ))
@@ -65,10 +73,30 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
     let _ = rmpv::encode::write_value(out, value);
 }
 
-/// Decodes one value from `bytes`, refusing trailing bytes and nesting deeper than [`MAX_DEPTH`].
+/// Decodes one stored value from `bytes`, refusing trailing bytes and nesting deeper than a state
+/// may be ([`MAX_DEPTH`]) plus what storage wraps around it.
 pub fn decode(bytes: &[u8]) -> Result<Value, String> {
+    decode_with_levels(bytes, MAX_DEPTH + STORAGE_WRAPPING)
+}
+
+/// Reads one value from the front of `cursor`, with the stored-value depth limit.
+pub fn read_prefix(cursor: &mut Cursor<&[u8]>) -> Result<Value, String> {
+    rmpv::decode::read_value_with_max_depth(cursor, rmpv_limit(MAX_DEPTH + STORAGE_WRAPPING))
+        .map_err(|e| format!("invalid MessagePack: {e}"))
+}
+
+/// The nesting depth of containers in a JSON value (a scalar is 0).
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn decode_with_levels(bytes: &[u8], levels: usize) -> Result<Value, String> {
     let mut cursor = Cursor::new(bytes);
-    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, rmpv_limit(levels))
         .map_err(|e| format!("invalid MessagePack: {e}"))?;
     if cursor.position() as usize != bytes.len() {
         return Err(format!(
@@ -113,7 +141,41 @@ pub fn to_json(value: &Value) -> serde_json::Value {
 fn json_key(key: &Value) -> String {
     match key {
         Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => to_json(other).to_string(),
+        other => {
+            let mut out = String::new();
+            key_text(other, &mut out);
+            out
+        }
+    }
+}
+
+/// JSON-like text of a non-string map key. Keys nested in it are written unescaped, so the text
+/// grows linearly with the key (escaping at every level would grow it exponentially).
+fn key_text(key: &Value, out: &mut String) {
+    match key {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                key_text(v, out);
+            }
+            out.push(']');
+        }
+        Value::Map(entries) => {
+            out.push('{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                key_text(k, out);
+                out.push(':');
+                key_text(v, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&to_json(scalar).to_string()),
     }
 }
 
@@ -129,6 +191,30 @@ mod tests {
     }
 
     #[test]
+    fn states_at_the_depth_limit_survive_storage_wrapping() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_DEPTH - 1 {
+            deep = serde_json::json!([deep]);
+        }
+        let state = serde_json::json!({ "a": deep });
+        let (v, _) = from_serialize(&state).unwrap();
+        let wrapped = Value::Array(vec![Value::Array(vec![0.into(), Value::Array(vec![]), v])]);
+        assert!(decode(&encode(&wrapped)).is_ok());
+        let too_deep = serde_json::json!({ "a": [deep] });
+        assert!(from_serialize(&too_deep).is_err());
+    }
+
+    #[test]
+    fn nested_container_keys_render_in_linear_size() {
+        let mut key = Value::from("k");
+        for _ in 0..40 {
+            key = Value::Map(vec![(key, Value::Nil)]);
+        }
+        let v = Value::Map(vec![(key, Value::from(1))]);
+        assert!(to_json(&v).to_string().len() < 1000);
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         assert!(decode(&[0xc0, 0xc0]).is_err());
         assert_eq!(decode(&[0xc0]).unwrap(), Value::Nil);
@@ -139,5 +225,19 @@ mod tests {
         let v = Value::Array(vec![Value::Ext(REF_EXT_TYPE, vec![0; 32])]);
         assert!(contains_reserved_ext(&v));
         assert!(!contains_reserved_ext(&Value::Ext(1, vec![])));
+    }
+}
+#[cfg(test)]
+mod depth_typed {
+    #[test]
+    fn typed_decode_accepts_the_deepest_state() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..super::MAX_DEPTH - 1 {
+            deep = serde_json::json!([deep]);
+        }
+        let state = serde_json::json!({ "a": deep });
+        let (v, _) = super::from_serialize(&state).unwrap();
+        let back: serde_json::Value = super::to_deserialize(&v).unwrap();
+        assert_eq!(back, state);
     }
 }

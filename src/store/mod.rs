@@ -644,7 +644,7 @@ impl Store {
         // Group by execution (order kept within each), lock executions in id order.
         let mut groups: BTreeMap<String, Vec<(usize, Pending)>> = BTreeMap::new();
         for (i, p) in pending.into_iter().enumerate() {
-            validate_execution_id(&p.checkpoint.execution_id)?;
+            p.checkpoint.validate()?;
             groups
                 .entry(p.checkpoint.execution_id.clone())
                 .or_default()

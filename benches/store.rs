@@ -1,0 +1,267 @@
+//! Criterion benchmarks of the store, on a durable sled store (`sync=true`: every save waits
+//! for the disk) in a temporary directory, and on memory for comparison.
+//!
+//! - `save/conversation`: one save of a conversation that grows by one 600-byte message (random
+//!   letters) per save. So that the state does not grow without bound over criterion's many
+//!   iterations, a conversation ends after 200 messages and the next save starts a new
+//!   execution: the states saved range from 1 to 200 messages (0.6 to 120 KB).
+//! - `load_latest/warm`: the latest checkpoint of a 200-message conversation, from the store that
+//!   saved it. `load_latest/cold`: the same from a new `Store` over the same backend each time
+//!   (what a restarted process pays: the log is folded and the state rebuilt).
+//! - `load_old` and `history_20` use one execution of 10,000 checkpoints, built once in setup
+//!   (in batches of 250 saves). Its state is `{messages, step}` where each step appends one
+//!   100-byte message, and the list restarts empty every 50 steps: states stay under ~6 KB so
+//!   setup is fast, while saves remain the typical one-message delta. `load_old` loads a random
+//!   version (a snapshot plus a chain of deltas); `history_20` reads the 20 newest headers.
+//!
+//! Sample sizes are small (20 samples, 3 s) so that `cargo bench` finishes in a few minutes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde::Serialize;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+
+use ckpt::{Checkpoint, HistoryQuery, Store};
+
+const LONG_EXEC: &str = "long-exec";
+const LONG_STEPS: u64 = 10_000;
+const LONG_WINDOW: usize = 50;
+const LONG_BATCH: u64 = 250;
+const CONVERSATION_CAP: usize = 200;
+
+#[derive(Serialize)]
+struct Conversation<'a> {
+    messages: &'a [String],
+    step: u64,
+}
+
+/// xorshift64* (no `rand` dependency needed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn letters(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        (0..len)
+            .map(|_| char::from(ALPHABET[(self.next() >> 32) as usize % ALPHABET.len()]))
+            .collect()
+    }
+}
+
+/// A store to benchmark, with the directory that holds it.
+struct Fixture {
+    name: &'static str,
+    store: Store,
+    _dir: Option<TempDir>,
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn fixtures(rt: &Runtime) -> Vec<Fixture> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("db");
+    let url = path.to_str().expect("a UTF-8 temporary path").to_owned();
+    let sled = rt.block_on(Store::open(&url)).expect("open sled");
+    vec![
+        Fixture {
+            name: "sled",
+            store: sled,
+            _dir: Some(dir),
+        },
+        Fixture {
+            name: "memory",
+            store: Store::memory(),
+            _dir: None,
+        },
+    ]
+}
+
+/// Saves a conversation of `n` messages of 600 bytes to `exec`, one save per message.
+async fn conversation(store: &Store, exec: &str, n: usize, rng: &mut XorShift) {
+    let mut messages = Vec::with_capacity(n);
+    for step in 1..=n as u64 {
+        messages.push(rng.letters(600));
+        let state = Conversation {
+            messages: &messages,
+            step,
+        };
+        let cp = Checkpoint::new(exec, "chat", &state).expect("checkpoint");
+        store.save(cp).await.expect("save");
+    }
+}
+
+/// The 10,000-checkpoint execution (see the module documentation).
+async fn long_execution(store: &Store) {
+    let mut rng = XorShift::new(10_000);
+    let mut messages: Vec<String> = Vec::with_capacity(LONG_WINDOW);
+    let mut batch = Vec::with_capacity(LONG_BATCH as usize);
+    for step in 1..=LONG_STEPS {
+        if messages.len() == LONG_WINDOW {
+            messages.clear();
+        }
+        messages.push(rng.letters(100));
+        let state = Conversation {
+            messages: &messages,
+            step,
+        };
+        let cp = Checkpoint::new(LONG_EXEC, "chat", &state)
+            .expect("checkpoint")
+            .with_metadata("step", step);
+        batch.push(cp);
+        if batch.len() as u64 == LONG_BATCH {
+            store
+                .save_batch(std::mem::take(&mut batch))
+                .await
+                .expect("save batch");
+        }
+    }
+    let latest = store.latest(LONG_EXEC).await.expect("latest");
+    assert_eq!(latest.map(|c| c.version), Some(LONG_STEPS));
+}
+
+fn bench_save(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
+    let mut group = c.benchmark_group("save");
+    for f in fixtures {
+        #[derive(Default)]
+        struct Conv {
+            exec: u64,
+            messages: Vec<String>,
+            rng: Option<XorShift>,
+        }
+        let conv = Rc::new(RefCell::new(Conv::default()));
+        group.bench_function(format!("conversation/{}", f.name), |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let store = f.store.clone();
+                let conv = conv.clone();
+                async move {
+                    let mut c = std::mem::take(&mut *conv.borrow_mut());
+                    let mut rng = c.rng.take().unwrap_or_else(|| XorShift::new(1));
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        if c.messages.len() == CONVERSATION_CAP || c.exec == 0 {
+                            c.exec += 1;
+                            c.messages.clear();
+                        }
+                        c.messages.push(rng.letters(600));
+                        let state = Conversation {
+                            messages: &c.messages,
+                            step: c.messages.len() as u64,
+                        };
+                        let cp = Checkpoint::new(&format!("save-{}", c.exec), "chat", &state)
+                            .expect("checkpoint");
+                        store.save(cp).await.expect("save");
+                    }
+                    let elapsed = start.elapsed();
+                    c.rng = Some(rng);
+                    *conv.borrow_mut() = c;
+                    elapsed
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_load_latest(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
+    let mut group = c.benchmark_group("load_latest");
+    for f in fixtures {
+        let exec = "latest-exec";
+        rt.block_on(conversation(
+            &f.store,
+            exec,
+            CONVERSATION_CAP,
+            &mut XorShift::new(2),
+        ));
+        group.bench_function(format!("warm/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let store = f.store.clone();
+                async move { store.latest(exec).await.expect("latest").expect("saved") }
+            })
+        });
+        group.bench_function(format!("cold/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let store = Store::with_backend(f.store.backend().clone());
+                async move { store.latest(exec).await.expect("latest").expect("saved") }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_long_execution(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
+    for f in fixtures {
+        rt.block_on(long_execution(&f.store));
+    }
+    let mut group = c.benchmark_group("load_old");
+    for f in fixtures {
+        let mut rng = XorShift::new(3);
+        group.bench_function(format!("random_of_10k/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let version = 1 + rng.next() % LONG_STEPS;
+                let store = f.store.clone();
+                async move { store.at_version(LONG_EXEC, version).await.expect("load") }
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("history_20");
+    for f in fixtures {
+        group.bench_function(format!("of_10k/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let store = f.store.clone();
+                async move {
+                    let h = store
+                        .history(LONG_EXEC, HistoryQuery::default().limit(20))
+                        .await
+                        .expect("history");
+                    assert_eq!(h.len(), 20);
+                    h
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = runtime();
+    let fixtures = fixtures(&rt);
+    bench_save(c, &rt, &fixtures);
+    bench_load_latest(c, &rt, &fixtures);
+    bench_long_execution(c, &rt, &fixtures);
+    rt.block_on(async {
+        for f in &fixtures {
+            f.store.flush().await.expect("flush");
+        }
+    });
+}
+
+criterion_group! {
+    name = store;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(store);

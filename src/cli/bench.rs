@@ -1,0 +1,414 @@
+//! `ckpt bench`: measures the store on a workload and reports one JSON line (`--json`) or a
+//! short summary.
+//!
+//! The `conversation` workload: `--threads` executions save concurrently (one tokio task each,
+//! on the multi-thread runtime), each `--steps` times in sequence. At step n an execution's state
+//! is `{messages: [every earlier message, one new message of random letters], step: n}`, saved by
+//! node `chat` with metadata `{source: "loop", step: n}`. Then it times reads: the latest
+//! checkpoint of each execution, a list of one execution, 50 random old versions, and 20 histories
+//! of 20 headers; flushes, closes the store, and measures what it occupies.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use ckpt::url::{redact, StoreUrl};
+use ckpt::{Checkpoint, HistoryQuery, Store};
+
+use super::fmt;
+use super::{say, unix_millis, CliResult, Context, Failure, Global};
+
+/// Options of `ckpt bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The workload to run
+    #[arg(long, value_enum, default_value_t = Workload::Conversation)]
+    pub workload: Workload,
+    /// Executions saving concurrently (one async task each)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: u32,
+    /// Saves per execution, one after the other
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub steps: u32,
+    /// Length in bytes of each new message (random ASCII letters)
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub message_bytes: u32,
+    /// Seed of the pseudo-random generator (xorshift) for message text and the versions read
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print the results as one JSON line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The workloads `ckpt bench` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Chat-like executions: every save adds one message to a growing list of messages
+    Conversation,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Conversation => "conversation",
+        }
+    }
+}
+
+/// Old versions loaded at random.
+const RANDOM_LOADS: usize = 50;
+/// Histories read, and headers per history.
+const HISTORY_RUNS: usize = 20;
+const HISTORY_LIMIT: usize = 20;
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    workload: &'static str,
+    store: String,
+    threads: u32,
+    steps: u32,
+    saves: u64,
+    seconds: f64,
+    saves_per_s: f64,
+    load_latest_ms: f64,
+    load_random_ms: f64,
+    list_ms: f64,
+    history_ms: f64,
+    bytes_logical: u64,
+    bytes_written: u64,
+    bytes_stored: Option<u64>,
+}
+
+/// The state of the conversation workload.
+#[derive(Serialize)]
+struct Conversation<'a> {
+    messages: &'a [String],
+    step: u32,
+}
+
+/// Runs `ckpt bench`.
+pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
+    // Without a store, a fresh sled database in a scratch directory removed afterwards.
+    let scratch;
+    let url = match &global.store {
+        Some(url) => url.clone(),
+        None => {
+            scratch = ScratchDir::create()?;
+            scratch.url()?
+        }
+    };
+    let parsed = StoreUrl::parse(&url)?;
+    let store = Store::open(&url).await?;
+    let stamp = unix_millis();
+    let executions: Vec<String> = (1..=args.threads)
+        .map(|n| format!("bench-{n}-{stamp}"))
+        .collect();
+    for exec in &executions {
+        if let Some(latest) = store.latest(exec).await? {
+            return Err(Failure::new(format!(
+                "execution {exec} already has checkpoints (latest {}); the benchmark only writes \
+                 to new executions: run it again, or use another --store",
+                latest.id
+            ))
+            .into());
+        }
+    }
+
+    // Saves.
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(executions.len());
+    for (n, exec) in executions.iter().enumerate() {
+        let rng = XorShift::new(args.seed.wrapping_add(n as u64));
+        let task = conversation(
+            store.clone(),
+            exec.clone(),
+            args.steps,
+            args.message_bytes,
+            rng,
+        );
+        tasks.push(tokio::spawn(task));
+    }
+    let mut bytes_logical = 0;
+    for task in tasks {
+        bytes_logical += task.await.context("a benchmark task failed")??;
+    }
+    let elapsed = started.elapsed();
+    let saves = u64::from(args.threads) * u64::from(args.steps);
+
+    // Reads.
+    let mut rng = XorShift::new(args.seed ^ 0x5eed_f00d_4ead_0001);
+    let mut latest = Vec::with_capacity(executions.len());
+    for exec in &executions {
+        let t = Instant::now();
+        let cp = store.latest(exec).await?;
+        latest.push(t.elapsed());
+        let version = cp.map_or(0, |c| c.version);
+        if version != u64::from(args.steps) {
+            return Err(Failure::new(format!(
+                "execution {exec}: latest version is {version} after {} saves",
+                args.steps
+            ))
+            .into());
+        }
+    }
+    let t = Instant::now();
+    let listed = store.list(&executions[0]).await?;
+    let list = t.elapsed();
+    if listed.len() != args.steps as usize {
+        return Err(Failure::new(format!(
+            "execution {}: listed {} checkpoints after {} saves",
+            executions[0],
+            listed.len(),
+            args.steps
+        ))
+        .into());
+    }
+    drop(listed);
+    let mut random = Vec::with_capacity(RANDOM_LOADS);
+    for _ in 0..RANDOM_LOADS {
+        let exec = &executions[(rng.next() % executions.len() as u64) as usize];
+        let version = 1 + rng.next() % u64::from(args.steps);
+        let t = Instant::now();
+        store.at_version(exec, version).await?;
+        random.push(t.elapsed());
+    }
+    let mut history = Vec::with_capacity(HISTORY_RUNS);
+    for _ in 0..HISTORY_RUNS {
+        let t = Instant::now();
+        let headers = store
+            .history(&executions[0], HistoryQuery::default().limit(HISTORY_LIMIT))
+            .await?;
+        history.push(t.elapsed());
+        std::hint::black_box(headers);
+    }
+
+    // What it cost.
+    store.flush().await?;
+    let stats = store.write_stats();
+    let bytes_written = stats.frame_bytes + stats.blob_bytes;
+    let bytes_stored = match &parsed {
+        StoreUrl::Sled { path, .. } => {
+            drop(store);
+            let path = path.clone();
+            Some(
+                tokio::task::spawn_blocking(move || dir_size(&path))
+                    .await
+                    .context("measuring the store directory")?
+                    .context("measuring the store directory")?,
+            )
+        }
+        _ => {
+            let bytes = store.backend().stored_bytes().await?;
+            drop(store);
+            bytes
+        }
+    };
+
+    let seconds = elapsed.as_secs_f64();
+    let report = Report {
+        workload: args.workload.name(),
+        store: redact(&url),
+        threads: args.threads,
+        steps: args.steps,
+        saves,
+        seconds: round3(seconds),
+        saves_per_s: round3(saves as f64 / seconds.max(1e-9)),
+        load_latest_ms: median_ms(latest),
+        load_random_ms: median_ms(random),
+        list_ms: round3(list.as_secs_f64() * 1e3),
+        history_ms: median_ms(history),
+        bytes_logical,
+        bytes_written,
+        bytes_stored,
+    };
+    if args.json {
+        say!("{}", serde_json::to_string(&report)?)?;
+    } else {
+        print_summary(&report)?;
+    }
+    Ok(())
+}
+
+/// One execution of the conversation workload; returns the bytes of state it offered.
+async fn conversation(
+    store: Store,
+    exec: String,
+    steps: u32,
+    message_bytes: u32,
+    mut rng: XorShift,
+) -> ckpt::Result<u64> {
+    let mut messages: Vec<String> = Vec::with_capacity(steps as usize);
+    let mut logical = 0;
+    for step in 1..=steps {
+        messages.push(rng.letters(message_bytes as usize));
+        let state = Conversation {
+            messages: &messages,
+            step,
+        };
+        let checkpoint = Checkpoint::new(&exec, "chat", &state)?
+            .with_metadata("source", "loop")
+            .with_metadata("step", step);
+        logical += checkpoint.state_size();
+        store.save(checkpoint).await?;
+    }
+    Ok(logical)
+}
+
+fn print_summary(r: &Report) -> CliResult {
+    say!(
+        "{} workload on {}: {} executions x {} steps = {} saves in {:.2} s ({:.1} saves/s)",
+        r.workload,
+        r.store,
+        r.threads,
+        r.steps,
+        r.saves,
+        r.seconds,
+        r.saves_per_s
+    )?;
+    say!(
+        "reads (median): latest {:.3} ms, random old version {:.3} ms, list of {} {:.3} ms, \
+         history of {HISTORY_LIMIT} {:.3} ms",
+        r.load_latest_ms,
+        r.load_random_ms,
+        r.steps,
+        r.list_ms,
+        r.history_ms
+    )?;
+    let stored = r
+        .bytes_stored
+        .map_or_else(|| "unknown".to_owned(), fmt::bytes);
+    say!(
+        "bytes: {} of state offered, {} written (frames and blobs), {} stored",
+        fmt::bytes(r.bytes_logical),
+        fmt::bytes(r.bytes_written),
+        stored
+    )?;
+    Ok(())
+}
+
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    let n = samples.len();
+    let median = match n {
+        0 => return 0.0,
+        _ if n % 2 == 1 => samples[n / 2].as_secs_f64(),
+        _ => (samples[n / 2 - 1].as_secs_f64() + samples[n / 2].as_secs_f64()) / 2.0,
+    };
+    round3(median * 1e3)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// Total size of the files under `path`.
+fn dir_size(path: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> CliResult<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "ckpt-bench-{}-{}",
+            std::process::id(),
+            unix_millis()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating a scratch directory {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    fn url(&self) -> CliResult<String> {
+        self.0.to_str().map(str::to_owned).ok_or_else(|| {
+            Failure::new(format!(
+                "the temporary directory {} is not valid UTF-8; pass --store",
+                self.0.display()
+            ))
+            .into()
+        })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// xorshift64*: small, fast, and good enough for benchmark text. Seeded through splitmix64 so
+/// that any seed (0 included) gives a good start.
+#[derive(Debug, Clone)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        XorShift(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `len` random ASCII letters (a-z, A-Z).
+    fn letters(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        (0..len)
+            .map(|_| char::from(ALPHABET[(self.next() >> 32) as usize % ALPHABET.len()]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xorshift_is_repeatable_and_spreads() {
+        let a = XorShift::new(42).letters(600);
+        assert_eq!(a, XorShift::new(42).letters(600));
+        assert_ne!(a, XorShift::new(43).letters(600));
+        assert_eq!(a.len(), 600);
+        assert!(a.bytes().all(|b| b.is_ascii_alphabetic()));
+        assert!(
+            a.bytes().any(|b| b.is_ascii_uppercase()) && a.bytes().any(|b| b.is_ascii_lowercase())
+        );
+        assert!(XorShift::new(0).next() != 0);
+    }
+
+    #[test]
+    fn medians() {
+        let ms = |v: &[u64]| median_ms(v.iter().map(|&x| Duration::from_millis(x)).collect());
+        assert_eq!(ms(&[3, 1, 2]), 2.0);
+        assert_eq!(ms(&[4, 1, 2, 3]), 2.5);
+        assert_eq!(ms(&[]), 0.0);
+    }
+}

@@ -1,0 +1,242 @@
+//! The `ckpt` binary, run as a user would: exit codes, output, and error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ckpt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(args)
+        .env_remove("CKPT_STORE")
+        .output()
+        .expect("the ckpt binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn store_arg(dir: &Path) -> String {
+    dir.join("store")
+        .to_str()
+        .expect("temp dir is UTF-8")
+        .to_owned()
+}
+
+#[test]
+fn demo_crashes_resumes_and_prints_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_arg(dir.path());
+    let out = ckpt(&["--store", &store, "demo", "--steps", "4"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("resuming from demo-"), "{stdout}");
+    assert!(stdout.contains("(step 2)"), "{stdout}");
+    // "resuming from demo-<millis>@2 (step 2)"
+    let resumed = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("resuming from "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a resuming line");
+    let (exec, version) = resumed.rsplit_once('@').expect("an id");
+    assert_eq!(version, "2");
+    // One history line per step: version, id, node, time and metadata.
+    let history: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("history of"))
+        .filter(|l| l.contains(&format!("{exec}@")) && l.contains("source=demo"))
+        .collect();
+    assert_eq!(history.len(), 4, "{stdout}");
+    for (i, (line, node)) in history
+        .iter()
+        .zip(["plan", "search", "answer", "plan"])
+        .enumerate()
+    {
+        let v = i + 1;
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[0], v.to_string(), "{line}");
+        assert_eq!(cols[1], format!("{exec}@{v}"), "{line}");
+        assert_eq!(cols[2], node, "{line}");
+        assert!(line.contains(&format!("step={v}")), "{line}");
+    }
+    assert!(stdout.contains("stored 4 checkpoints"), "{stdout}");
+
+    // The store is durable: a second run (a new execution) works on the same directory.
+    let again = ckpt(&["demo", "--steps", "2", "--store", &store]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("resuming from"));
+}
+
+#[test]
+fn demo_on_memory_resumes_too() {
+    let out = ckpt(&["--store", "memory://", "demo", "--steps", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("(step 1)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn bench_prints_one_consistent_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_arg(dir.path());
+    let out = ckpt(&[
+        "bench",
+        "--workload",
+        "conversation",
+        "--threads",
+        "2",
+        "--steps",
+        "20",
+        "--json",
+        "--store",
+        &store,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let num = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number in {r}"))
+    };
+    assert_eq!(r["workload"], "conversation");
+    assert_eq!(r["store"], store.as_str());
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["steps"], 20);
+    assert_eq!(r["saves"], 40);
+    assert!(num("seconds") > 0.0);
+    assert!(num("saves_per_s") > 0.0);
+    let implied = num("saves") / num("seconds");
+    assert!((implied / num("saves_per_s") - 1.0).abs() < 0.1, "{r}");
+    for k in ["load_latest_ms", "load_random_ms", "list_ms", "history_ms"] {
+        assert!(num(k) >= 0.0, "{k} in {r}");
+    }
+    // 40 states, the last of each execution holding 20 messages of ~600 bytes.
+    assert!(num("bytes_logical") > 2.0 * 20.0 * 600.0, "{r}");
+    assert!(num("bytes_written") > 0.0, "{r}");
+    // Deltas and shared blobs: far less is written than the states offered.
+    assert!(num("bytes_written") < num("bytes_logical"), "{r}");
+    assert!(num("bytes_stored") > 0.0, "{r}");
+
+    // The same store again: new executions, so it works; and memory:// reports its own size.
+    let again = ckpt(&[
+        "bench",
+        "--threads",
+        "1",
+        "--steps",
+        "3",
+        "--json",
+        "--store",
+        &store,
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let mem = ckpt(&[
+        "bench",
+        "--threads",
+        "1",
+        "--steps",
+        "3",
+        "--json",
+        "--store",
+        "memory://",
+    ]);
+    assert!(mem.status.success(), "{}", text(&mem.stderr));
+    let r: serde_json::Value = serde_json::from_str(text(&mem.stdout).trim()).unwrap();
+    assert!(r["bytes_stored"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
+fn bench_without_a_store_uses_a_scratch_directory_and_removes_it() {
+    let out = ckpt(&["bench", "--threads", "1", "--steps", "2", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let store = r["store"].as_str().expect("the store is named");
+    assert!(store.contains("ckpt-bench-"), "{r}");
+    assert!(!Path::new(store).exists(), "{store} was left behind");
+    assert!(r["bytes_stored"].as_u64().unwrap() > 0, "{r}");
+
+    let human = ckpt(&["bench", "--threads", "1", "--steps", "2"]);
+    assert!(human.status.success(), "{}", text(&human.stderr));
+    let stdout = text(&human.stdout);
+    assert!(
+        stdout.contains("conversation workload on") && stdout.contains("saves/s"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_invalid_url_is_a_helpful_error() {
+    for args in [
+        &["--store", "ftp://x", "demo"][..],
+        &["bench", "--store", "ftp://x", "--steps", "2", "--json"][..],
+    ] {
+        let out = ckpt(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains("ftp"), "{stderr}");
+        assert!(
+            stderr.contains("memory://") && stderr.contains("sled://"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn passwords_are_not_echoed() {
+    let out = ckpt(&["--store", "postgres://bob:hunter2@db/app", "demo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("PostgreSQL"), "{all}");
+}
+
+#[test]
+fn usage_errors_exit_non_zero() {
+    let out = ckpt(&["bench", "--workload", "nope"]);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("conversation"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(ckpt(&["bench", "--threads", "0"]).status.code(), Some(2));
+    assert_eq!(ckpt(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(ckpt(&[]).status.code(), Some(2));
+}
+
+#[test]
+fn help_describes_every_option() {
+    let top = text(&ckpt(&["--help"]).stdout);
+    for word in ["--store", "CKPT_STORE", "demo", "bench", "./ckpt-data"] {
+        assert!(top.contains(word), "{word} missing from:\n{top}");
+    }
+    let bench = text(&ckpt(&["bench", "--help"]).stdout);
+    for word in [
+        "--workload",
+        "--threads",
+        "--steps",
+        "--seed",
+        "--json",
+        "--store",
+        "--message-bytes",
+        "conversation",
+    ] {
+        assert!(bench.contains(word), "{word} missing from:\n{bench}");
+    }
+    let demo = text(&ckpt(&["demo", "--help"]).stdout);
+    assert!(demo.contains("--steps"), "{demo}");
+}
