@@ -4,6 +4,7 @@
 //! address is computed over the uncompressed content, so the same content has one address
 //! whatever its compression, and every read is checked against it.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::backend::BlobHash;
@@ -41,8 +42,7 @@ pub fn encode(content: &[u8]) -> Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(HEADER_LEN + content.len());
     if content.len() >= COMPRESS_MIN {
-        let compressed = zstd::bulk::compress(content, ZSTD_LEVEL)
-            .map_err(|e| Error::codec("compressing a blob", e))?;
+        let compressed = compress(content).map_err(|e| Error::codec("compressing a blob", e))?;
         if compressed.len() < content.len() {
             push_header(&mut out, CODEC_ZSTD, content.len());
             out.extend_from_slice(&compressed);
@@ -91,11 +91,50 @@ pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
     Ok(content)
 }
 
-/// Decompresses zstd `payload` expected to hold `len` bytes, never allocating more than it
+thread_local! {
+    // Creating a zstd context costs more than compressing a 600-byte message: reuse one per thread.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// zstd-compresses `data` at [`ZSTD_LEVEL`] with this thread's context.
+pub(crate) fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        compressor.compress(data)
+    })
+}
+
+/// Outputs up to this size are decompressed in one call into a buffer of the declared size;
+/// larger ones stream, so a damaged length cannot make us allocate much before failing.
+const BULK_DECOMPRESS_MAX: usize = 1 << 20;
+
+/// Decompresses zstd `payload` expected to hold `len` bytes, never allocating much more than it
 /// actually decodes (plus one byte to detect overlong output).
 pub(crate) fn decompress_bounded(payload: &[u8], len: usize) -> Result<Vec<u8>, String> {
     if len > MAX_BLOB_LEN {
         return Err(format!("declared length {len} exceeds the limit"));
+    }
+    if len <= BULK_DECOMPRESS_MAX {
+        return DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let decompressor = match slot.as_mut() {
+                Some(d) => d,
+                None => {
+                    slot.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?)
+                }
+            };
+            // One spare byte, so output longer than declared is detected, not truncated.
+            let mut out = Vec::with_capacity(len + 1);
+            decompressor
+                .decompress_to_buffer(payload, &mut out)
+                .map_err(|e| format!("zstd: {e}"))?;
+            Ok(out)
+        });
     }
     let decoder = zstd::stream::read::Decoder::new(payload).map_err(|e| format!("zstd: {e}"))?;
     let mut out = Vec::with_capacity(len.min(1 << 20));

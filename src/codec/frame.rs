@@ -145,7 +145,7 @@ fn seal(log: &str, seq: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
     let mut frame = Vec::with_capacity(payload.len() + 2 + CHECKSUM_LEN);
     frame.push(FORMAT);
     let compressed = if payload.len() >= COMPRESS_MIN {
-        zstd::bulk::compress(&payload, blob::ZSTD_LEVEL)
+        blob::compress(&payload)
             .ok()
             .filter(|c| c.len() + 4 < payload.len())
     } else {
