@@ -40,6 +40,9 @@ const MAX_CHAIN: u32 = 100;
 const MIN_DELTA_BUDGET: u64 = 4096;
 /// How often a conflicting append is retried before the conflict is returned.
 const MAX_CONFLICT_RETRIES: usize = 16;
+/// Executions whose projection (and newest state) a store keeps in memory; beyond this, idle
+/// ones are dropped and rebuilt from their log when next used.
+const MAX_CACHED_EXECUTIONS: usize = 1024;
 /// Frames read per backend scan.
 const SCAN_PAGE: usize = 1024;
 /// Decoded blobs kept in memory (content-addressed, so never stale).
@@ -874,6 +877,10 @@ impl Store {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
+        if map.len() >= MAX_CACHED_EXECUTIONS && !map.contains_key(exec) {
+            // Projections are rebuilt from the log on demand: forget those nobody is using.
+            map.retain(|_, idx| Arc::strong_count(idx) > 1);
+        }
         map.entry(exec.to_owned())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ExecIndex::new(exec.into()))))
             .clone()
