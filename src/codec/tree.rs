@@ -189,22 +189,24 @@ fn find_key(entries: &[(Value, Value)], key: &Value, hint: usize) -> Option<usiz
     entries.iter().position(|(k, _)| k == key)
 }
 
-/// Whether applying per-key ops to `a` yields `b`'s key order (kept keys in order, new keys
-/// appended) and neither map has duplicate keys; otherwise the whole map is replaced.
+/// Whether applying per-key ops to `a` yields `b`'s key order (kept keys in `a`'s order, then the
+/// new keys in `b`'s order) and neither map has duplicate keys; otherwise the whole map is
+/// replaced.
 fn map_diff_keeps_order(a: &[(Value, Value)], b: &[(Value, Value)]) -> bool {
-    let kept: Vec<&Value> = a
+    if !no_duplicate_keys(a) || !no_duplicate_keys(b) {
+        return false;
+    }
+    let kept = a
         .iter()
         .enumerate()
         .filter(|(i, (k, _))| find_key(b, k, *i).is_some())
-        .map(|(_, (k, _))| k)
-        .collect();
-    let in_b_order: Vec<&Value> = b
+        .map(|(_, (k, _))| k);
+    let added = b
         .iter()
         .enumerate()
-        .filter(|(j, (k, _))| find_key(a, k, *j).is_some())
-        .map(|(_, (k, _))| k)
-        .collect();
-    kept == in_b_order && no_duplicate_keys(a) && no_duplicate_keys(b)
+        .filter(|(j, (k, _))| find_key(a, k, *j).is_none())
+        .map(|(_, (k, _))| k);
+    kept.chain(added).eq(b.iter().map(|(k, _)| k))
 }
 
 fn no_duplicate_keys(entries: &[(Value, Value)]) -> bool {
@@ -398,6 +400,8 @@ mod tests {
         use serde_json::json;
         check(json!(1), json!("x"));
         check(json!({"a": 1, "b": 2}), json!({"b": 2, "a": 1}));
+        check(json!({"b": 1}), json!({"a": 1, "b": 1}));
+        check(json!({"b": 1, "c": 2}), json!({"c": 2, "a": 0, "b": 1}));
         check(json!({"a": 1, "b": 2}), json!({"a": 1}));
         check(json!({"a": 1}), json!({"a": 1, "c": [1, 2]}));
         check(json!([1, 2, 3]), json!([1, 5, 3]));

@@ -39,7 +39,7 @@ const MAX_CHAIN: u32 = 100;
 /// Deltas may add up to this many bytes before a snapshot, however small the snapshot.
 const MIN_DELTA_BUDGET: u64 = 4096;
 /// How often a conflicting append is retried before the conflict is returned.
-const MAX_CONFLICT_RETRIES: usize = 16;
+const MAX_CONFLICT_RETRIES: u32 = 32;
 /// Executions whose projection (and newest state) a store keeps in memory; beyond this, idle
 /// ones are dropped and rebuilt from their log when next used.
 const MAX_CACHED_EXECUTIONS: usize = 1024;
@@ -201,6 +201,9 @@ struct Inner {
     /// process on the same backend.
     gc_lock: Arc<RwLock<()>>,
     saved: broadcast::Sender<(Arc<str>, u64)>,
+    /// Per execution, the log tail this store last saw (for [`Store::watch`], which must start
+    /// where the store is without waiting for the backend).
+    known_tails: Mutex<HashMap<Arc<str>, u64>>,
     stats: Stats,
 }
 
@@ -312,6 +315,7 @@ impl Store {
                 executions: Mutex::new(HashMap::new()),
                 blob_cache: Mutex::new(BlobCache::default()),
                 saved,
+                known_tails: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
             }),
         }
@@ -462,7 +466,7 @@ impl Store {
         let exec = id.execution_id();
         let handle = self.handle(exec);
         let mut idx = handle.lock().await;
-        for _ in 0..MAX_CONFLICT_RETRIES {
+        for attempt in 0..MAX_CONFLICT_RETRIES {
             self.refresh(&mut idx).await?;
             if idx.live_entry(id.version()).is_none() {
                 return Err(Error::not_found(format!("checkpoint {id}")));
@@ -473,9 +477,10 @@ impl Store {
                 Ok(()) => {
                     idx.apply_delete(id.version());
                     idx.next_seq = seq + 1;
+                    self.note_tail(&idx);
                     return Ok(());
                 }
-                Err(Error::Conflict { .. }) => continue,
+                Err(Error::Conflict { .. }) => backoff(attempt).await,
                 Err(e) => return Err(e),
             }
         }
@@ -488,7 +493,7 @@ impl Store {
         validate_execution_id(execution_id)?;
         let handle = self.handle(execution_id);
         let mut idx = handle.lock().await;
-        for _ in 0..MAX_CONFLICT_RETRIES {
+        for attempt in 0..MAX_CONFLICT_RETRIES {
             self.refresh(&mut idx).await?;
             if idx.saves.is_empty() {
                 return Ok(());
@@ -499,9 +504,10 @@ impl Store {
                 Ok(()) => {
                     idx.apply_clear();
                     idx.next_seq = seq + 1;
+                    self.note_tail(&idx);
                     return Ok(());
                 }
-                Err(Error::Conflict { .. }) => continue,
+                Err(Error::Conflict { .. }) => backoff(attempt).await,
                 Err(e) => return Err(e),
             }
         }
@@ -570,8 +576,10 @@ impl Store {
     }
 
     /// A stream of the checkpoints saved to `execution_id` from now on, by this store or any
-    /// other writer of the same backend (other writers are noticed within `poll` of their save;
-    /// this store's saves at once). Ends only when dropped.
+    /// other writer of the same backend (this store's saves wake it at once, other writers' within
+    /// 50 ms). "Now" is the log tail as this store last saw it, or as the backend reports it at
+    /// this call; a backend that cannot answer without waiting (a network server) is asked at the
+    /// stream's first poll instead. Ends only when dropped.
     pub fn watch(&self, execution_id: &str) -> Watch {
         Watch::new(self.clone(), execution_id, Duration::from_millis(50))
     }
@@ -713,6 +721,7 @@ impl Store {
                         }
                         idx.next_seq = tail;
                         idx.newest_state = p.newest_state;
+                        self.note_tail(idx);
                     }
                     out.sort_by_key(|(i, _)| *i);
                     return Ok(out.into_iter().map(|(_, cp)| cp).collect());
@@ -720,7 +729,7 @@ impl Store {
                 Err(Error::Conflict { .. })
                     if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES =>
                 {
-                    continue
+                    backoff(attempt).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -925,7 +934,29 @@ impl Store {
             }
         }
         idx.next_seq = idx.next_seq.max(tail);
+        self.note_tail(idx);
         Ok(())
+    }
+
+    /// Records the tail `idx` has reached, for watchers starting later.
+    fn note_tail(&self, idx: &ExecIndex) {
+        let mut tails = match self.inner.known_tails.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        if tails.len() >= MAX_CACHED_EXECUTIONS * 16 {
+            tails.clear();
+        }
+        tails.insert(idx.log.clone(), idx.next_seq);
+    }
+
+    /// The log tail of `exec` as this store last saw it, if it has looked.
+    pub(crate) fn known_tail(&self, exec: &str) -> Option<u64> {
+        let tails = match self.inner.known_tails.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        tails.get(exec).copied()
     }
 
     async fn scan_range(&self, log: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -1153,6 +1184,19 @@ fn shared_gc_lock(backend: &Arc<dyn Backend>) -> Arc<RwLock<()>> {
     let lock = Arc::new(RwLock::new(()));
     locks.insert(key, Arc::downgrade(&lock));
     lock
+}
+
+/// Waits before retrying a conflicting append: exponential (0.1 ms doubling, at most 25 ms) with
+/// jitter, so writers that collided do not collide again in lockstep.
+async fn backoff(attempt: u32) {
+    let ceiling_us = (100u64 << attempt.min(8)).min(25_000);
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    tokio::time::sleep(Duration::from_micros(
+        ceiling_us / 2 + jitter % (ceiling_us / 2 + 1),
+    ))
+    .await;
 }
 
 fn poisoned() -> Error {

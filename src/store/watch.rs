@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, Stream, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::Store;
@@ -30,6 +31,8 @@ struct State {
     rx: broadcast::Receiver<(Arc<str>, u64)>,
     /// The first version not yet yielded; found on the first poll.
     cursor: Option<u64>,
+    /// The log tail the store knew of when watching began, if it had looked at this execution.
+    known_tail: Option<u64>,
     pending: VecDeque<Checkpoint>,
     poll: Duration,
 }
@@ -39,6 +42,7 @@ impl Watch {
         // Subscribe now, so in-process saves made before the first poll are not missed.
         let state = State {
             rx: store.subscribe(),
+            known_tail: tail_now(&store, execution),
             store,
             execution: execution.into(),
             cursor: None,
@@ -52,6 +56,19 @@ impl Watch {
         .boxed();
         Watch { inner }
     }
+}
+
+/// The execution's tail as of now, without waiting: the tail this store last saw (so its own
+/// saves in flight are not skipped), else the backend's if it answers at once (memory and sled
+/// do), else unknown (found at the first poll).
+fn tail_now(store: &Store, execution: &str) -> Option<u64> {
+    store.known_tail(execution).or_else(|| {
+        store
+            .backend()
+            .next_seq(execution)
+            .now_or_never()
+            .and_then(Result::ok)
+    })
 }
 
 impl State {
@@ -78,9 +95,14 @@ impl State {
         }
     }
 
-    /// The log's tail when watching began: the tail now, or earlier if this process saved since.
+    /// Where watching began: the tail the store knew of at [`Store::watch`] (so saves in flight
+    /// then, or made by other writers before the first poll, are not missed), else the log's
+    /// tail at the first poll; earlier if this store saved in between.
     async fn start_cursor(&mut self) -> Result<u64> {
-        let mut cursor = self.store.backend().next_seq(&self.execution).await?;
+        let mut cursor = match self.known_tail {
+            Some(tail) => tail,
+            None => self.store.backend().next_seq(&self.execution).await?,
+        };
         while let Ok((exec, version)) = self.rx.try_recv() {
             if exec == self.execution {
                 cursor = cursor.min(version);

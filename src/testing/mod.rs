@@ -1,0 +1,237 @@
+//! The conformance suite: every behaviour a [`Store`] promises, as one scenario per function, run
+//! against any storage a [`Harness`] can open.
+//!
+//! A backend author implements [`Harness`] (open a store on *the same* storage every time it is
+//! called, so that a second call is a "reopen") and adds one line to a test file:
+//!
+//! ```ignore
+//! // tests/conformance.rs of a crate with a backend `MyBackend`
+//! struct MyHarness { backend: std::sync::Arc<MyBackend> }
+//!
+//! #[async_trait::async_trait]
+//! impl ckpt::testing::Harness for MyHarness {
+//!     async fn open(&self) -> ckpt::Store { ckpt::Store::with_backend(self.backend.clone()) }
+//!     fn name(&self) -> &'static str { "mine" }
+//! }
+//!
+//! ckpt::conformance_tests!(mine, MyHarness { backend: std::sync::Arc::new(MyBackend::new()) });
+//! ```
+//!
+//! [`conformance_tests!`](crate::conformance_tests) expands to a module holding one
+//! `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` per scenario, each on a fresh
+//! harness, so the calling crate needs `tokio` (features `macros`, `rt-multi-thread`) among its
+//! dev-dependencies. Each scenario can also be called on its own (`ckpt::testing::fork_copies_the_source(&h).await`);
+//! a scenario panics with a message naming the harness and what differed.
+//!
+//! This crate runs the suite on [`MemoryHarness`] and (feature `sled`) [`SledHarness`] in
+//! `tests/conformance.rs`.
+
+mod helpers;
+mod scenarios;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::backend::memory::MemoryBackend;
+use crate::Store;
+
+pub use scenarios::*;
+
+/// Storage the conformance suite runs on.
+///
+/// Every call to [`Harness::open`] must open the *same* underlying storage, as a process restart
+/// would: a store opened later must see everything saved through stores opened earlier. Scenarios
+/// drop every store (and every clone of it) before calling `open` again, because some storage
+/// engines (sled) lock their directory; a harness whose storage can be open twice at the same time
+/// says so with [`Harness::allows_concurrent_opens`].
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// Opens a [`Store`] on this harness's storage; every call opens the same storage (a
+    /// "reopen"). Panics when the storage cannot be opened.
+    async fn open(&self) -> Store;
+
+    /// A short name for messages (`memory`, `sled`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Whether two stores returned by [`Harness::open`] may be alive at the same time (true for
+    /// in-memory storage, false for sled, which locks its directory). When false, the scenarios
+    /// that need two live stores build the second one with
+    /// `Store::with_backend(first.backend().clone())`.
+    fn allows_concurrent_opens(&self) -> bool {
+        false
+    }
+}
+
+/// A [`Harness`] on one shared [`MemoryBackend`]: every [`Harness::open`] is a new
+/// `Store::with_backend` on the same `Arc`, so nothing cached in a store survives a reopen but
+/// everything stored does.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHarness {
+    backend: Arc<MemoryBackend>,
+}
+
+impl MemoryHarness {
+    /// A harness on a new, empty memory backend.
+    pub fn new() -> Self {
+        MemoryHarness {
+            backend: Arc::new(MemoryBackend::new()),
+        }
+    }
+
+    /// The backend every store of this harness shares.
+    pub fn backend(&self) -> &Arc<MemoryBackend> {
+        &self.backend
+    }
+}
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    async fn open(&self) -> Store {
+        Store::with_backend(self.backend.clone())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn allows_concurrent_opens(&self) -> bool {
+        true
+    }
+}
+
+/// A [`Harness`] on a sled database in a temporary directory, removed when the harness is dropped.
+/// Every [`Harness::open`] is a `Store::open` of that directory (durable saves, `sync=true`).
+#[cfg(feature = "sled")]
+#[derive(Debug)]
+pub struct SledHarness {
+    dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "sled")]
+impl SledHarness {
+    /// A harness on a new temporary directory. Panics when none can be created.
+    pub fn new() -> Self {
+        let dir = match tempfile::Builder::new()
+            .prefix("ckpt-conformance-")
+            .tempdir()
+        {
+            Ok(dir) => dir,
+            Err(e) => panic!("sled harness: cannot create a temporary directory: {e}"),
+        };
+        SledHarness { dir }
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+#[cfg(feature = "sled")]
+impl Default for SledHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "sled")]
+#[async_trait]
+impl Harness for SledHarness {
+    async fn open(&self) -> Store {
+        // sled releases its directory lock when the last handle is dropped; a reopen right after a
+        // drop may briefly find it still held by sled's background flusher, so retry for a while.
+        let path = self.dir.path().to_string_lossy().into_owned();
+        let mut last = None;
+        for _ in 0..100 {
+            match Store::open(&path).await {
+                Ok(store) => return store,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        match last {
+            Some(e) => panic!("sled harness: cannot open {path}: {e}"),
+            None => unreachable!("the loop runs at least once"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+}
+
+/// Expands to a module `$name` with one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`
+/// per conformance scenario, each building a fresh harness with `$harness` (an expression of a
+/// type implementing [`Harness`](crate::testing::Harness)) and running the scenario on it.
+///
+/// ```ignore
+/// ckpt::conformance_tests!(memory, ckpt::testing::MemoryHarness::new());
+/// ```
+///
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($name:ident, $harness:expr) => {
+        mod $name {
+            $crate::__conformance_scenarios!(
+                $harness;
+                round_trips_nested_states,
+                round_trips_deep_states,
+                round_trips_unicode,
+                round_trips_binary,
+                round_trips_empty_states,
+                round_trips_edit_sequences,
+                round_trips_map_key_orders,
+                metadata_round_trips,
+                round_trips_large_states,
+                versions_ids_parents_and_timestamps,
+                list_latest_and_at_version,
+                not_found_names_what_was_missing,
+                history_is_newest_first_and_filters,
+                delete_hides_exactly_one_checkpoint,
+                delete_of_the_latest_moves_latest_back,
+                clear_removes_only_its_execution,
+                clear_never_reuses_versions,
+                fork_copies_the_source,
+                fork_refuses_bad_sources_and_targets,
+                save_batch_is_ordered_and_consecutive,
+                save_batch_is_all_or_nothing,
+                executions_summarise_live_checkpoints,
+                reopen_keeps_every_projection,
+                two_stores_see_each_other,
+                concurrent_saves_are_all_kept,
+                save_after_checks_the_latest,
+                save_after_races_have_one_winner,
+                backend_append_is_compare_and_append,
+                backend_blobs_follow_the_contract,
+                concurrent_plain_saves_from_two_stores,
+                plain_saves_survive_contention,
+                watch_yields_new_saves_in_order,
+                watch_starts_at_the_call,
+                gc_reclaims_cleared_and_deleted,
+                gc_keeps_blobs_shared_with_live_checkpoints,
+                gc_does_not_break_other_stores,
+                deltas_keep_storage_small,
+                long_delta_chains_load_every_version,
+                invalid_input_is_refused_and_harmless,
+            );
+        }
+    };
+}
+
+/// Implementation detail of [`conformance_tests!`](crate::conformance_tests): one test per
+/// scenario name.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_scenarios {
+    ($harness:expr; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let harness = $harness;
+                $crate::testing::$scenario(&harness).await;
+            }
+        )*
+    };
+}

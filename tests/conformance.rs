@@ -1,0 +1,8 @@
+//! The conformance suite (`ckpt::testing`) on every backend of this crate.
+
+#![cfg(feature = "testing")]
+
+ckpt::conformance_tests!(memory, ckpt::testing::MemoryHarness::new());
+
+#[cfg(feature = "sled")]
+ckpt::conformance_tests!(sled, ckpt::testing::SledHarness::new());
