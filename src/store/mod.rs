@@ -1,7 +1,7 @@
 //! The projection layer: every operation a user asks for, derived from the backend primitives.
 //!
 //! A [`Store`] turns checkpoints into events appended to one log per execution, and answers load,
-//! list, latest, history, fork and the rest by folding those logs ([`index`]). Projections are
+//! list, latest, history, fork and the rest by folding those logs (module `index`). Projections are
 //! cached in memory, but the log is the truth: every answer first checks the log's tail, so a
 //! reopened store, or a second `Store` on the same backend, sees the same thing.
 //!

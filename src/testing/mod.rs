@@ -212,6 +212,7 @@ macro_rules! conformance_tests {
                 gc_reclaims_cleared_and_deleted,
                 gc_keeps_blobs_shared_with_live_checkpoints,
                 gc_does_not_break_other_stores,
+                gc_racing_saves_keeps_every_live_checkpoint,
                 deltas_keep_storage_small,
                 long_delta_chains_load_every_version,
                 invalid_input_is_refused_and_harmless,
