@@ -21,13 +21,14 @@ pub enum Error {
     },
 
     /// An optimistic-concurrency check failed: another writer appended first.
-    #[error("conflict on execution {log:?}: expected next sequence {expected}, the log is at {actual}; another writer appended first, re-read and retry")]
+    #[error("conflict on execution {log:?}: the writer expected position {expected}, the log is at {actual}; another writer got there first: re-read the latest checkpoint and retry")]
     Conflict {
         /// The execution (log) that was appended to.
         log: String,
-        /// The next sequence number the writer expected.
+        /// What the writer expected: the log's next sequence number (an append), or the latest
+        /// version (`Store::save_after`; 0 for none).
         expected: u64,
-        /// The log's actual next sequence number.
+        /// What it found.
         actual: u64,
     },
 

@@ -441,12 +441,12 @@ fn run_blocking(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> 
     runtime.block_on(run(harness, ops))
 }
 
-/// 24 cases per backend; `CKPT_MODEL_CASES=N` runs more (for a long hunt).
+/// 96 cases per backend; `CKPT_MODEL_CASES=N` runs more (for a long hunt).
 fn config() -> ProptestConfig {
     let cases = std::env::var("CKPT_MODEL_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(96);
     ProptestConfig {
         cases,
         max_shrink_iters: 512,
@@ -456,12 +456,12 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// Sequences of up to 40 operations; `CKPT_MODEL_OPS=N` allows longer ones.
+/// Sequences of up to 60 operations; `CKPT_MODEL_OPS=N` allows longer ones.
 fn max_ops() -> usize {
     std::env::var("CKPT_MODEL_OPS")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(60)
 }
 
 proptest! {
