@@ -119,7 +119,13 @@ fn bench_prints_one_consistent_json_line() {
     assert!(num("saves_per_s") > 0.0);
     let implied = num("saves") / num("seconds");
     assert!((implied / num("saves_per_s") - 1.0).abs() < 0.1, "{r}");
-    for k in ["load_latest_ms", "load_random_ms", "list_ms", "history_ms"] {
+    for k in [
+        "load_latest_ms",
+        "load_latest_cold_ms",
+        "load_random_ms",
+        "list_ms",
+        "history_ms",
+    ] {
         assert!(num(k) >= 0.0, "{k} in {r}");
     }
     // 40 states, the last of each execution holding 20 messages of ~600 bytes.

@@ -83,7 +83,8 @@ pub enum Command {
     /// a list of one execution, 50 random old versions, and 20 histories of 20 headers.
     ///
     /// JSON keys: workload, store, threads, steps, saves, seconds, saves_per_s,
-    /// load_latest_ms, load_random_ms, list_ms, history_ms, bytes_logical (state offered),
+    /// load_latest_ms, load_latest_cold_ms (from a store that has cached nothing), load_random_ms,
+    /// list_ms, history_ms, bytes_logical (state offered),
     /// bytes_written (frames and blobs handed to the backend), bytes_stored (on disk: the
     /// directory of a sled store; null when the backend cannot tell). Refuses to write to
     /// executions that already have checkpoints.
