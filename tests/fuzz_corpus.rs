@@ -162,7 +162,17 @@ fn blob_corpus() {
             None => Err("shorter than a hash".into()),
         };
         let ops = decode_ops(data);
-        if name.contains("-ops-") {
+        let manifest = tree::Manifest::decode(data).map(|m| {
+            let chunks = data
+                .chunks(7)
+                .take(m.chunks.len())
+                .map(<[u8]>::to_vec)
+                .collect();
+            let _ = m.assemble(chunks);
+        });
+        if name.contains("-manifest-") {
+            manifest
+        } else if name.contains("-ops-") {
             ops
         } else if name.contains("-fixed-") {
             fixed

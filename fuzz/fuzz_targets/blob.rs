@@ -3,6 +3,8 @@
 //! - `blob::decode` of the input with a fixed hash, and of the input after its first 32 bytes
 //!   with those bytes as the hash (so a seed can carry a matching hash); a decoded blob's content
 //!   is then decoded as the value leaf it holds, as the store does.
+//! - `tree::Manifest::decode` of the input (a chunked leaf's manifest), and `assemble` of a
+//!   decoded manifest from chunks cut out of the input;
 //! - `tree::ops_from_value` on `value::decode` of the input; decoded ops are applied to a fixed
 //!   state, and where they apply, `tree::diff` of the two states must turn one into the other.
 
@@ -52,8 +54,16 @@ fn has_float(v: &Value) -> bool {
     }
 }
 
+fn decode_manifest(data: &[u8]) {
+    if let Ok(m) = tree::Manifest::decode(data) {
+        let chunks = data.chunks(7).take(m.chunks.len()).map(<[u8]>::to_vec).collect();
+        let _ = m.assemble(chunks);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     decode_blob(&FIXED_HASH, data);
+    decode_manifest(data);
     if let Some((hash, stored)) = data.split_first_chunk::<32>() {
         decode_blob(hash, stored);
     }

@@ -95,6 +95,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(self.get_blob(hash).await?.is_some())
     }
 
+    /// Those of `hashes` that are not stored (in any order), so writers can skip sending content
+    /// the backend already has.
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
+        let mut missing = Vec::new();
+        for h in hashes {
+            if !self.has_blob(h).await? {
+                missing.push(*h);
+            }
+        }
+        Ok(missing)
+    }
+
     /// The hashes of every stored blob.
     async fn list_blobs(&self) -> Result<Vec<BlobHash>>;
 

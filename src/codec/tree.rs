@@ -6,6 +6,11 @@
 //! thereby stored once, however many versions and executions hold it. Only leaves are replaced, so
 //! a path into the tree never passes through a reference.
 //!
+//! Leaves of [`CHUNKED_MIN`] bytes or more (a long document, a transcript that grows) are split
+//! into content-defined chunks (FastCDC) and referenced through a manifest blob
+//! ([`CHUNKED_EXT_TYPE`]) listing them: a leaf that changes a little, or grows at its end, costs
+//! its changed chunks and a new manifest, not its whole length again.
+//!
 //! **Deltas.** A save normally records only what changed since its base state, as a list of
 //! [`Op`]s found by [`diff`]: set a path, remove a map key, or splice an array (keep a prefix, append
 //! elements). A conversation that gains one message per step costs one small op per save.
@@ -19,8 +24,130 @@ use crate::backend::BlobHash;
 
 /// The MessagePack extension type of a blob reference.
 pub const REF_EXT_TYPE: i8 = 0x43;
+/// The MessagePack extension type of a chunked-leaf reference (its blob is a [`Manifest`]).
+pub const CHUNKED_EXT_TYPE: i8 = 0x44;
 /// Leaves whose encoding is at least this long are stored as blobs.
 pub const EXTERNAL_MIN: usize = 256;
+/// Leaves at least this long are stored as content-defined chunks.
+pub const CHUNKED_MIN: usize = 64 * 1024;
+/// FastCDC chunk sizes: minimum, average, maximum.
+const CHUNK_SIZES: (usize, usize, usize) = (8 * 1024, 32 * 1024, 128 * 1024);
+
+/// Whether an extension type is one ckpt uses for its own references (and refuses in states).
+pub fn is_reserved_ext(ext_type: i8) -> bool {
+    ext_type == REF_EXT_TYPE || ext_type == CHUNKED_EXT_TYPE
+}
+
+/// A reference found in a stored tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ref {
+    /// A blob holding one leaf's MessagePack encoding.
+    Leaf(BlobHash),
+    /// A blob holding a [`Manifest`] of the leaf's chunks.
+    Chunked(BlobHash),
+}
+
+impl Ref {
+    /// The blob this reference names.
+    pub fn hash(&self) -> BlobHash {
+        match self {
+            Ref::Leaf(h) | Ref::Chunked(h) => *h,
+        }
+    }
+}
+
+/// The list of chunks a long leaf was split into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Whether the leaf is binary (otherwise a string).
+    pub binary: bool,
+    /// The leaf's length in bytes.
+    pub len: u64,
+    /// Chunk blobs, in order; their contents concatenated are the leaf's bytes.
+    pub chunks: Vec<BlobHash>,
+}
+
+impl Manifest {
+    /// `[binary, len, [hash, ...]]` as MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        super::value::encode(&Value::Array(vec![
+            Value::Boolean(self.binary),
+            self.len.into(),
+            Value::Array(
+                self.chunks
+                    .iter()
+                    .map(|h| Value::Binary(h.to_vec()))
+                    .collect(),
+            ),
+        ]))
+    }
+
+    /// Inverse of [`Manifest::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let value = super::value::decode(bytes)?;
+        let Value::Array(parts) = value else {
+            return Err("manifest is not an array".into());
+        };
+        match parts.as_slice() {
+            [Value::Boolean(binary), len, Value::Array(chunks)] => Ok(Manifest {
+                binary: *binary,
+                len: len.as_u64().ok_or("manifest length is not an integer")?,
+                chunks: chunks
+                    .iter()
+                    .map(|c| match c {
+                        Value::Binary(b) => b
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| "chunk hash is not 32 bytes".to_string()),
+                        _ => Err("chunk hash is not binary".to_string()),
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+            _ => Err("malformed manifest".into()),
+        }
+    }
+
+    /// Joins the chunks' contents into the leaf, checking the length and (for strings) UTF-8.
+    pub fn assemble(&self, chunks: Vec<Vec<u8>>) -> Result<Value, String> {
+        let bytes: Vec<u8> = chunks.concat();
+        if bytes.len() as u64 != self.len {
+            return Err(format!(
+                "chunks add up to {} bytes, the manifest says {}",
+                bytes.len(),
+                self.len
+            ));
+        }
+        if self.binary {
+            Ok(Value::Binary(bytes))
+        } else {
+            String::from_utf8(bytes)
+                .map(Value::from)
+                .map_err(|_| "chunked string is not UTF-8".to_string())
+        }
+    }
+}
+
+/// Splits a long leaf into chunks, pushes them and their manifest to `lifted`, and returns the
+/// chunked reference.
+fn chunk_leaf(bytes: &[u8], binary: bool, lifted: &mut Vec<Lifted>) -> Value {
+    let (min, avg, max) = CHUNK_SIZES;
+    let mut chunks = Vec::new();
+    for c in fastcdc::v2020::FastCDC::new(bytes, min, avg, max) {
+        let content = bytes[c.offset..c.offset + c.length].to_vec();
+        let hash = blob::address(&content);
+        chunks.push(hash);
+        lifted.push((hash, content));
+    }
+    let manifest = Manifest {
+        binary,
+        len: bytes.len() as u64,
+        chunks,
+    }
+    .encode();
+    let hash = blob::address(&manifest);
+    lifted.push((hash, manifest));
+    Value::Ext(CHUNKED_EXT_TYPE, hash.to_vec())
+}
 
 /// A leaf lifted out of a state: its address and content (the leaf's MessagePack encoding).
 pub type Lifted = (BlobHash, Vec<u8>);
@@ -28,6 +155,10 @@ pub type Lifted = (BlobHash, Vec<u8>);
 /// Replaces long leaves of `value` by references, pushing their content to `lifted`.
 pub fn externalize(value: &Value, lifted: &mut Vec<Lifted>) -> Value {
     match value {
+        Value::String(s) if s.as_bytes().len() >= CHUNKED_MIN => {
+            chunk_leaf(s.as_bytes(), false, lifted)
+        }
+        Value::Binary(b) if b.len() >= CHUNKED_MIN => chunk_leaf(b, true, lifted),
         Value::String(_) | Value::Binary(_) if leaf_len(value) >= EXTERNAL_MIN => {
             let content = super::value::encode(value);
             let hash = blob::address(&content);
@@ -59,16 +190,22 @@ pub fn reference(hash: &BlobHash) -> Value {
     Value::Ext(REF_EXT_TYPE, hash.to_vec())
 }
 
-/// The blob a reference points to, if `value` is one.
-pub fn as_reference(value: &Value) -> Option<BlobHash> {
+/// The reference `value` is, if it is one.
+pub fn as_ref(value: &Value) -> Option<Ref> {
     match value {
-        Value::Ext(REF_EXT_TYPE, data) => data.as_slice().try_into().ok(),
+        Value::Ext(REF_EXT_TYPE, data) => data.as_slice().try_into().ok().map(Ref::Leaf),
+        Value::Ext(CHUNKED_EXT_TYPE, data) => data.as_slice().try_into().ok().map(Ref::Chunked),
         _ => None,
     }
 }
 
-/// Adds every blob referenced in `value` to `out`.
-pub fn collect_refs(value: &Value, out: &mut HashSet<BlobHash>) {
+/// The blob a reference points to, if `value` is one.
+pub fn as_reference(value: &Value) -> Option<BlobHash> {
+    as_ref(value).map(|r| r.hash())
+}
+
+/// Adds every reference in `value` to `out`.
+pub fn collect_refs(value: &Value, out: &mut HashSet<Ref>) {
     match value {
         Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
         Value::Map(entries) => entries.iter().for_each(|(k, v)| {
@@ -76,8 +213,8 @@ pub fn collect_refs(value: &Value, out: &mut HashSet<BlobHash>) {
             collect_refs(v, out);
         }),
         other => {
-            if let Some(h) = as_reference(other) {
-                out.insert(h);
+            if let Some(r) = as_ref(other) {
+                out.insert(r);
             }
         }
     }
@@ -301,8 +438,8 @@ pub fn externalize_ops(ops: &[Op], lifted: &mut Vec<Lifted>) -> Vec<Op> {
         .collect()
 }
 
-/// Adds every blob referenced by `ops` to `out`.
-pub fn collect_op_refs(ops: &[Op], out: &mut HashSet<BlobHash>) {
+/// Adds every reference in the values `ops` carry to `out`.
+pub fn collect_op_refs(ops: &[Op], out: &mut HashSet<Ref>) {
     for op in ops {
         match op {
             Op::Set(_, v) => collect_refs(v, out),
@@ -426,6 +563,41 @@ mod tests {
         let content = lifted[0].1.clone();
         let back = substitute(&stored, &|_| super::super::value::decode(&content).ok()).unwrap();
         assert_eq!(back, value);
+    }
+
+    #[test]
+    fn long_leaves_are_chunked_and_growing_them_reuses_chunks() {
+        let text: String = (0..300_000u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+            .collect();
+        let mut first = Vec::new();
+        let r1 = externalize(&Value::from(text.as_str()), &mut first);
+        assert!(matches!(as_ref(&r1), Some(Ref::Chunked(_))));
+        assert!(first.len() > 3, "{} blobs", first.len());
+        let grown = format!("{text}{}", "z".repeat(1000));
+        let mut second = Vec::new();
+        externalize(&Value::from(grown.as_str()), &mut second);
+        let old: HashSet<BlobHash> = first.iter().map(|(h, _)| *h).collect();
+        let new_bytes: usize = second
+            .iter()
+            .filter(|(h, _)| !old.contains(h))
+            .map(|(_, c)| c.len())
+            .sum();
+        assert!(
+            new_bytes < 140_000,
+            "growing by 1 KB wrote {new_bytes} new bytes"
+        );
+        // Reassemble from the manifest.
+        let (mh, mbytes) = second.last().unwrap().clone();
+        let m = Manifest::decode(&mbytes).unwrap();
+        assert_eq!(blob::address(&mbytes), mh);
+        let contents: Vec<Vec<u8>> = m
+            .chunks
+            .iter()
+            .map(|h| second.iter().find(|(x, _)| x == h).unwrap().1.clone())
+            .collect();
+        assert_eq!(m.assemble(contents).unwrap(), Value::from(grown.as_str()));
+        assert!(Manifest::decode(&[0xc0]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rmpv::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::tree::REF_EXT_TYPE;
+use super::tree::{is_reserved_ext, CHUNKED_EXT_TYPE, REF_EXT_TYPE};
 use crate::error::{Error, Result};
 
 /// Deepest nesting of containers (arrays, maps) accepted in a state or in metadata. Deeper input is
@@ -35,7 +35,7 @@ pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> 
     })?;
     if contains_reserved_ext(&value) {
         return Err(Error::InvalidInput(format!(
-            "the state contains a MessagePack extension of type {REF_EXT_TYPE}, which ckpt reserves for its own references"
+            "the state contains a MessagePack extension of type {REF_EXT_TYPE} or {CHUNKED_EXT_TYPE}, which ckpt reserves for its own references"
         )));
     }
     Ok((value, bytes.len() as u64))
@@ -43,7 +43,7 @@ pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> 
 
 fn contains_reserved_ext(value: &Value) -> bool {
     match value {
-        Value::Ext(t, _) => *t == REF_EXT_TYPE,
+        Value::Ext(t, _) => is_reserved_ext(*t),
         Value::Array(items) => items.iter().any(contains_reserved_ext),
         Value::Map(entries) => entries
             .iter()

@@ -624,6 +624,7 @@ impl Store {
                 idx.newest_state = None;
             }
         }
+        let referenced = self.with_chunks(referenced).await?;
         let mut dead = Vec::new();
         for hash in backend.list_blobs().await? {
             if referenced.contains(&hash) {
@@ -685,7 +686,7 @@ impl Store {
                 }
                 prepared.push(self.prepare(idx, group, &mut lifted).await?);
             }
-            let blobs = self.encode_blobs(lifted)?;
+            let blobs = self.encode_blobs(lifted).await?;
             let appends: Vec<LogAppend> = prepared
                 .iter_mut()
                 .map(|p| std::mem::take(&mut p.append))
@@ -828,12 +829,27 @@ impl Store {
         })
     }
 
-    /// The stored form of lifted leaves (each once), counted in the write stats.
-    fn encode_blobs(&self, lifted: Vec<Lifted>) -> Result<Vec<(BlobHash, Vec<u8>)>> {
+    /// The stored form of the lifted leaves and chunks the backend does not have yet (each once).
+    async fn encode_blobs(&self, lifted: Vec<Lifted>) -> Result<Vec<(BlobHash, Vec<u8>)>> {
         let mut seen = HashSet::with_capacity(lifted.len());
-        let mut stored = Vec::with_capacity(lifted.len());
+        let lifted: Vec<Lifted> = lifted
+            .into_iter()
+            .filter(|(h, _)| seen.insert(*h))
+            .collect();
+        if lifted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashes: Vec<BlobHash> = lifted.iter().map(|(h, _)| *h).collect();
+        let missing: HashSet<BlobHash> = self
+            .inner
+            .backend
+            .missing_blobs(&hashes)
+            .await?
+            .into_iter()
+            .collect();
+        let mut stored = Vec::with_capacity(missing.len());
         for (hash, content) in lifted {
-            if seen.insert(hash) {
+            if missing.contains(&hash) {
                 stored.push((hash, blob::encode(&content)?));
             }
         }
@@ -1045,16 +1061,20 @@ impl Store {
         if refs.is_empty() {
             return Ok(stored.clone());
         }
-        let missing: Vec<BlobHash> = {
+        let missing: Vec<tree::Ref> = {
             let cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
             refs.into_iter()
-                .filter(|h| !cache.values.contains_key(h))
+                .filter(|r| !cache.values.contains_key(&r.hash()))
                 .collect()
         };
         // Fetched leaves are kept here too: the cache may evict them before substitution.
         let mut fetched: HashMap<BlobHash, Value> = HashMap::with_capacity(missing.len());
-        for h in &missing {
-            fetched.insert(*h, self.fetch_leaf(log, version, h).await?);
+        for r in &missing {
+            let leaf = match r {
+                tree::Ref::Leaf(h) => self.fetch_leaf(log, version, h).await?,
+                tree::Ref::Chunked(h) => self.fetch_chunked(log, version, h).await?,
+            };
+            fetched.insert(r.hash(), leaf);
         }
         let mut cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
         let resolved = tree::substitute(stored, &|h| {
@@ -1071,16 +1091,57 @@ impl Store {
         })
     }
 
-    /// Reads, verifies and decodes the leaf stored in blob `hash`.
-    async fn fetch_leaf(&self, log: &str, version: u64, hash: &BlobHash) -> Result<Value> {
+    /// Reads and verifies blob `hash`, which `referrer` needs.
+    async fn fetch_blob(&self, referrer: &str, hash: &BlobHash) -> Result<Vec<u8>> {
         let stored = self.inner.backend.get_blob(hash).await?.ok_or_else(|| {
             Error::corrupt(
                 format!("blob {}", blob::hex(hash)),
-                format!("missing, but referenced by checkpoint {log}@{version}"),
+                format!("missing, but referenced by {referrer}"),
             )
         })?;
-        let content = blob::decode(hash, &stored)?;
+        blob::decode(hash, &stored)
+    }
+
+    /// Reads, verifies and decodes the leaf stored in blob `hash`.
+    async fn fetch_leaf(&self, log: &str, version: u64, hash: &BlobHash) -> Result<Value> {
+        let content = self
+            .fetch_blob(&format!("checkpoint {log}@{version}"), hash)
+            .await?;
         value::decode(&content).map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))
+    }
+
+    /// Reads and verifies the manifest `hash`.
+    async fn fetch_manifest(&self, referrer: &str, hash: &BlobHash) -> Result<tree::Manifest> {
+        let content = self.fetch_blob(referrer, hash).await?;
+        tree::Manifest::decode(&content)
+            .map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))
+    }
+
+    /// Reassembles the leaf whose chunks manifest `hash` lists, verifying every chunk.
+    async fn fetch_chunked(&self, log: &str, version: u64, hash: &BlobHash) -> Result<Value> {
+        let referrer = format!("checkpoint {log}@{version}");
+        let manifest = self.fetch_manifest(&referrer, hash).await?;
+        let mut chunks = Vec::with_capacity(manifest.chunks.len());
+        for chunk in &manifest.chunks {
+            chunks.push(self.fetch_blob(&referrer, chunk).await?);
+        }
+        manifest
+            .assemble(chunks)
+            .map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))
+    }
+
+    /// The blobs `refs` name, with the chunks of every chunked leaf among them (for gc's mark).
+    async fn with_chunks(&self, refs: HashSet<tree::Ref>) -> Result<HashSet<BlobHash>> {
+        let mut out = HashSet::with_capacity(refs.len());
+        for r in refs {
+            out.insert(r.hash());
+            if let tree::Ref::Chunked(h) = r {
+                // A manifest that cannot be read stops gc: its chunks would look unreferenced.
+                let manifest = self.fetch_manifest("a live checkpoint (gc)", &h).await?;
+                out.extend(manifest.chunks);
+            }
+        }
+        Ok(out)
     }
 
     fn checkpoint(

@@ -214,6 +214,7 @@ macro_rules! conformance_tests {
                 gc_does_not_break_other_stores,
                 gc_racing_saves_keeps_every_live_checkpoint,
                 deltas_keep_storage_small,
+                growing_long_strings_cost_what_changed,
                 long_delta_chains_load_every_version,
                 invalid_input_is_refused_and_harmless,
             );
