@@ -2,31 +2,40 @@
 //!
 //! # Layout
 //!
-//! Everything is in sled's default tree, under one-byte key prefixes, so that a single
-//! `apply_batch` is atomic across frames, high-water marks and blobs:
+//! Everything is in sled's default tree, under one-byte key prefixes:
 //!
 //! | key | value |
 //! | --- | --- |
 //! | `b'e'` + `u16` BE length of the log name + log name + `u64` BE sequence | the frame |
-//! | `b'l'` + log name | the log's next sequence number, `u64` BE (present for every log ever appended to) |
+//! | `b'l'` + log name | a high-water mark for the log's next sequence number, `u64` BE (present for every log ever appended to; the next sequence number is the larger of it and one past the last frame) |
 //! | `b'b'` + 32-byte hash | the blob |
+//!
+//! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends (module `wal`).
 //!
 //! # Concurrency and durability
 //!
 //! A process owns a sled directory exclusively (sled locks it), so an in-process mutex held while
-//! the high-water marks are read, checked and written back in one atomic batch makes
-//! [`Backend::append`] a compare-and-append. With `sync` on, an append returns only once sled has
-//! flushed it; concurrent appends share flushes (group commit): the first to need one flushes for
-//! every batch applied before it started, and the others wait for it instead of flushing again.
+//! the next sequence numbers are read, checked and the writes applied makes [`Backend::append`] a
+//! compare-and-append. An append of one frame is applied as plain inserts (blobs, frame, mark),
+//! of several frames as one atomic batch: sled makes a batch atomic by sealing its I/O buffer and
+//! handing it to its thread pool, which on a 2-core machine costs more than the writes.
+//!
+//! With `sync` on, an append returns once its writes are in the write-ahead log and the log has
+//! been `fdatasync`ed; concurrent appends share one write and one sync (group commit: the first
+//! to need one writes every record queued before it, the others wait for it). sled itself flushes
+//! on its own schedule; when the WAL is full, or before a truncate or blob delete (which a replay
+//! must not undo), sled is flushed and the WAL restarts. Opening replays the WAL, so a crash
+//! (power loss included) loses no acknowledged append, and never half of one.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
+use super::wal::Wal;
 use super::{Backend, BlobHash, LogAppend};
 use crate::error::{Error, Result};
 
@@ -59,6 +68,12 @@ pub struct SledBackend {
     flushed: AtomicU64,
     /// Held by the one task flushing for the group.
     flush_lock: tokio::sync::Mutex<()>,
+    /// With `sync`: the write-ahead log that makes appends durable, and the records of applied
+    /// appends waiting for the next group write (pushed, and tickets drawn, under this lock).
+    wal: Option<Arc<Mutex<Wal>>>,
+    wal_pending: Mutex<Vec<Vec<u8>>>,
+    /// Appends up to this ticket were in a group write that failed.
+    failed: AtomicU64,
     /// How many flushes were made, to check that appends share them.
     #[cfg(test)]
     flushes: AtomicU64,
@@ -192,6 +207,7 @@ impl SledBackend {
                     e,
                 )
             })?;
+        let wal = recover_wal(&db, path, sync)?;
         Ok(SledBackend {
             db,
             path: path.to_path_buf(),
@@ -200,6 +216,9 @@ impl SledBackend {
             written: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
+            wal: wal.map(|w| Arc::new(Mutex::new(w))),
+            wal_pending: Mutex::new(Vec::new()),
+            failed: AtomicU64::new(0),
             #[cfg(test)]
             flushes: AtomicU64::new(0),
         })
@@ -218,14 +237,16 @@ impl SledBackend {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The stored next sequence number of `log` (1 when it was never appended to).
+    /// The next sequence number of `log` (1 when it was never appended to): one past its last
+    /// frame, or its stored high-water mark if that is higher (after a truncation, or an append
+    /// whose frame a crash lost after its mark was written).
     fn read_next_seq(&self, log: &str) -> Result<u64> {
         let value = self
             .db
             .get(log_key(log))
             .map_err(|e| backend_error(format!("reading the next sequence of log {log:?}"), e))?;
-        match value {
-            None => Ok(1),
+        let mark = match value {
+            None => 1,
             Some(bytes) => {
                 let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
                     location: format!("log {log:?}"),
@@ -234,9 +255,29 @@ impl SledBackend {
                         bytes.len()
                     ),
                 })?;
-                Ok(u64::from_be_bytes(bytes))
+                u64::from_be_bytes(bytes)
             }
-        }
+        };
+        let prefix = frame_prefix(log)?;
+        let last = self
+            .db
+            .range(frame_key(&prefix, 0)..=frame_key(&prefix, u64::MAX))
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(|e| backend_error(format!("reading the last frame of log {log:?}"), e))?;
+        let after_last = match last {
+            None => 1,
+            Some(key) => key
+                .get(prefix.len()..)
+                .and_then(|rest| <[u8; 8]>::try_from(rest).ok())
+                .map(|b| u64::from_be_bytes(b).saturating_add(1))
+                .ok_or_else(|| Error::Corrupt {
+                    location: format!("log {log:?}"),
+                    reason: format!("frame key {} does not end in an 8-byte sequence", hex(&key)),
+                })?,
+        };
+        Ok(mark.max(after_last))
     }
 
     /// Checks every part of an append against the stored high-water marks (a log appearing more
@@ -285,7 +326,92 @@ impl SledBackend {
             // The previous leader's flush started after our batch was applied.
             return Ok(());
         }
-        self.flush_everything("flushing appends to disk").await
+        if self.failed.load(Ordering::Acquire) >= ticket {
+            return Err(backend_error(
+                format!("making appends durable in {}", self.path.display()),
+                io::Error::other("the group write that carried this append failed"),
+            ));
+        }
+        match &self.wal {
+            Some(wal) => self.write_wal_group(wal).await,
+            None => self.flush_everything("flushing appends to disk").await,
+        }
+    }
+
+    /// Writes every queued WAL record in one write and one fdatasync (called by the group's
+    /// leader, holding the flush lock). When they do not fit, flushes sled instead, which makes
+    /// everything applied durable, and restarts the WAL.
+    async fn write_wal_group(&self, wal: &Arc<Mutex<Wal>>) -> Result<()> {
+        let (records, target) = {
+            let mut pending = lock(&self.wal_pending);
+            (
+                std::mem::take(&mut *pending),
+                self.written.load(Ordering::Acquire),
+            )
+        };
+        let wal = Arc::clone(wal);
+        let db = self.db.clone();
+        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut wal = lock(&wal);
+            if wal.fits(&records) && wal.append(&records).is_ok() {
+                return Ok(());
+            }
+            // Too big for the WAL, or the WAL write failed: a sled flush makes everything
+            // applied durable, after which the WAL may start over.
+            db.flush().map_err(io::Error::other)?;
+            wal.restart()
+        })
+        .await
+        .map_err(|e| backend_error(format!("writing the WAL in {}", self.path.display()), e))
+        .and_then(|r| {
+            r.map_err(|e| backend_error(format!("writing the WAL in {}", self.path.display()), e))
+        });
+        if let Err(e) = written {
+            // The records are gone from the queue: their writers must not be told they are
+            // durable by a later group.
+            self.failed.fetch_max(target, Ordering::AcqRel);
+            return Err(e);
+        }
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        #[cfg(test)]
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Before a write that the WAL cannot undo on replay (a truncate, a blob delete): makes
+    /// everything applied durable in sled and empties the WAL, so no record replays data the
+    /// write removes.
+    async fn checkpoint_wal(&self) -> Result<()> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let _leader = self.flush_lock.lock().await;
+        let target = {
+            let mut pending = lock(&self.wal_pending);
+            pending.clear();
+            self.written.load(Ordering::Acquire)
+        };
+        let wal = Arc::clone(wal);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            db.flush().map_err(io::Error::other)?;
+            lock(&wal).restart()
+        })
+        .await
+        .map_err(|e| {
+            backend_error(
+                format!("checkpointing the WAL in {}", self.path.display()),
+                e,
+            )
+        })?
+        .map_err(|e| {
+            backend_error(
+                format!("checkpointing the WAL in {}", self.path.display()),
+                e,
+            )
+        })?;
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Flushes sled, then records every batch applied before the flush started as durable.
@@ -328,14 +454,17 @@ impl Backend for SledBackend {
         let ticket = {
             let _guard = self.append_lock();
             let starts = self.check_appends(&appends)?;
-            let mut batch = sled::Batch::default();
-            // Content-addressed: rewriting a present blob stores the same content again, which
-            // is cheaper than looking each one up first.
-            let mut writes = !blobs.is_empty();
+            // Writes in order: blobs, then each log's frames and its new next sequence number.
+            let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut record = WalRecord::default();
+            let logging = self.wal.is_some();
             for (hash, bytes) in blobs {
-                batch.insert(&blob_key(&hash)[..], bytes);
+                // Content-addressed: rewriting a present blob stores the same content again,
+                // which is cheaper than looking each one up first.
+                writes.push((blob_key(&hash).to_vec(), bytes));
             }
             let mut logs = Vec::new();
+            let mut frames = 0;
             for (append, start) in appends.into_iter().zip(starts) {
                 if append.frames.is_empty() {
                     // Only a check: an empty append does not create the log.
@@ -344,20 +473,51 @@ impl Backend for SledBackend {
                 let prefix = frame_prefix(&append.log)?;
                 let mut seq = start;
                 for frame in append.frames {
-                    batch.insert(frame_key(&prefix, seq), frame);
+                    writes.push((frame_key(&prefix, seq), frame));
                     seq += 1;
+                    frames += 1;
                 }
                 // A log appearing twice is written twice; the later value (the higher one) wins.
-                batch.insert(log_key(&append.log), &seq.to_be_bytes()[..]);
-                writes = true;
+                if logging {
+                    record.raise(&log_key(&append.log), seq);
+                }
+                writes.push((log_key(&append.log), seq.to_be_bytes().to_vec()));
                 logs.push(append.log);
             }
-            if !writes {
+            if writes.is_empty() {
                 return Ok(());
             }
-            self.db
-                .apply_batch(batch)
-                .map_err(|e| backend_error(format!("appending to logs {logs:?}"), e))?;
+            if logging {
+                for (key, value) in writes.iter().filter(|(k, _)| k[0] != LOG) {
+                    record.insert(key, value);
+                }
+            }
+            let context = || format!("appending to logs {logs:?}");
+            if frames == 1 {
+                // One frame: inserts in order (blobs, frame, high-water mark). A crash between
+                // them leaves at most blobs nothing references, or a complete frame the
+                // high-water mark does not cover yet, which `read_next_seq` counts. sled makes a
+                // batch atomic by sealing its I/O buffer, which costs more than the writes.
+                for (key, value) in writes {
+                    self.db
+                        .insert(key, value)
+                        .map_err(|e| backend_error(context(), e))?;
+                }
+            } else {
+                let mut batch = sled::Batch::default();
+                for (key, value) in writes {
+                    batch.insert(key, value);
+                }
+                self.db
+                    .apply_batch(batch)
+                    .map_err(|e| backend_error(context(), e))?;
+            }
+            // The record joins the queue in the order the batch was applied, and its ticket is
+            // drawn with it, so a group write of the queue covers exactly the tickets drawn.
+            let mut pending = lock(&self.wal_pending);
+            if logging {
+                pending.push(record.into_bytes());
+            }
             self.written.fetch_add(1, Ordering::AcqRel) + 1
         };
         if self.sync {
@@ -403,6 +563,7 @@ impl Backend for SledBackend {
     }
 
     async fn truncate(&self, log: &str, before: u64) -> Result<()> {
+        self.checkpoint_wal().await?;
         let prefix = frame_prefix(log)?;
         let start = frame_key(&prefix, 0);
         let end = frame_key(&prefix, before);
@@ -487,6 +648,7 @@ impl Backend for SledBackend {
         if hashes.is_empty() {
             return Ok(());
         }
+        self.checkpoint_wal().await?;
         let mut batch = sled::Batch::default();
         for hash in hashes {
             batch.remove(&blob_key(hash)[..]);
@@ -512,6 +674,126 @@ impl Backend for SledBackend {
     }
 }
 
+impl Drop for SledBackend {
+    /// A clean close leaves an empty WAL: sled is flushed (it holds everything the WAL does) and
+    /// the WAL restarted, so only a crash leaves records to replay.
+    fn drop(&mut self) {
+        if let Some(wal) = &self.wal {
+            if self.db.flush().is_ok() {
+                let _ = lock(wal).restart();
+            }
+        }
+    }
+}
+
+/// The WAL's file name in the database directory, and its size (pre-zeroed; a full WAL costs
+/// one sled flush and restarts).
+const WAL_FILE: &str = "ckpt-wal";
+const WAL_SIZE: u64 = 256 * 1024;
+
+/// Takes a mutex whose data stays consistent however a holder ended (nothing is left half-done
+/// under these locks), so a poisoned one is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The sled writes of one append, as a WAL record: `[kind u8][key len u32][key][value len u32]
+/// [value]` repeated; kind 0 inserts, kind 1 raises a log's next sequence number (u64 BE) to at
+/// least the value (replay never lowers one that sled already holds).
+#[derive(Default)]
+struct WalRecord(Vec<u8>);
+
+const WAL_INSERT: u8 = 0;
+const WAL_RAISE: u8 = 1;
+
+impl WalRecord {
+    fn push(&mut self, kind: u8, key: &[u8], value: &[u8]) {
+        self.0.push(kind);
+        self.0.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(key);
+        self.0
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(value);
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.push(WAL_INSERT, key, value);
+    }
+
+    fn raise(&mut self, key: &[u8], next_seq: u64) {
+        self.push(WAL_RAISE, key, &next_seq.to_be_bytes());
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Applies one WAL record to sled (idempotent: replaying it again changes nothing).
+fn replay_record(db: &sled::Db, record: &[u8]) -> Result<()> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        location: "the sled backend's write-ahead log".to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut rest = record;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if rest.len() < n {
+            return Err(corrupt("a record ends in the middle of a write"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let read_len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let mut batch = sled::Batch::default();
+    loop {
+        let kind = match take(1) {
+            Ok(k) => k[0],
+            Err(_) => break,
+        };
+        let key = take(4).map(read_len).and_then(&mut take)?.to_vec();
+        let value = take(4).map(read_len).and_then(&mut take)?.to_vec();
+        match kind {
+            WAL_INSERT => batch.insert(key, value),
+            WAL_RAISE => {
+                let new: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("a sequence number is not 8 bytes"))?;
+                let current = db
+                    .get(&key)
+                    .map_err(|e| backend_error("replaying the write-ahead log", e))?;
+                let keep = current.is_some_and(|c| c.as_ref() >= &new[..]);
+                if !keep {
+                    batch.insert(key, &new[..]);
+                }
+            }
+            _ => return Err(corrupt("unknown write kind")),
+        }
+    }
+    db.apply_batch(batch)
+        .map_err(|e| backend_error("replaying the write-ahead log", e))
+}
+
+/// Opens the WAL in `dir` (when `sync`, or when one is left from a synced run), replays what it
+/// holds into sled, makes that durable, and restarts it. Returns it when `sync`.
+fn recover_wal(db: &sled::Db, dir: &Path, sync: bool) -> Result<Option<Wal>> {
+    let path = dir.join(WAL_FILE);
+    if !sync && !path.exists() {
+        return Ok(None);
+    }
+    let context = || format!("recovering the write-ahead log {}", path.display());
+    let (mut wal, records) = Wal::open(&path, WAL_SIZE).map_err(|e| backend_error(context(), e))?;
+    for record in &records {
+        replay_record(db, record)?;
+    }
+    if !records.is_empty() {
+        db.flush().map_err(|e| backend_error(context(), e))?;
+    }
+    wal.restart().map_err(|e| backend_error(context(), e))?;
+    Ok(sync.then_some(wal))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -534,6 +816,78 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = SledBackend::open(&dir.path().join("db"), sync).unwrap();
         (dir, backend)
+    }
+
+    /// Simulates a crash that loses everything sled had not flushed: the WAL as it was before
+    /// a clean close is put into an empty database directory, whose open must replay it.
+    async fn reopen_from_wal_only(dir: &Path, b: SledBackend) -> SledBackend {
+        let wal = std::fs::read(dir.join("db").join(WAL_FILE)).unwrap();
+        drop(b);
+        let fresh = dir.join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::write(fresh.join(WAL_FILE), wal).unwrap();
+        SledBackend::open(&fresh, true).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_wal_alone_restores_every_synced_append() {
+        let (dir, b) = open(true);
+        b.append(vec![part("a", 1, &["1"])]).await.unwrap();
+        b.append_with_blobs(
+            vec![part("a", 2, &["2"])],
+            vec![([7; 32], b"blob".to_vec())],
+        )
+        .await
+        .unwrap();
+        b.append(vec![part("a", 3, &["3", "4"]), part("b", 1, &["x"])])
+            .await
+            .unwrap();
+        let b = reopen_from_wal_only(dir.path(), b).await;
+        assert_eq!(b.next_seq("a").await.unwrap(), 5);
+        assert_eq!(b.next_seq("b").await.unwrap(), 2);
+        let got: Vec<Vec<u8>> = b
+            .scan("a", 1, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(got, frames(&["1", "2", "3", "4"]));
+        assert_eq!(b.get_blob(&[7; 32]).await.unwrap(), Some(b"blob".to_vec()));
+        let mut logs = b.list_logs().await.unwrap();
+        logs.sort();
+        assert_eq!(logs, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn the_wal_never_replays_what_a_truncate_or_blob_delete_removed() {
+        let (dir, b) = open(true);
+        b.append_with_blobs(
+            vec![part("a", 1, &["1", "2"])],
+            vec![([7; 32], b"blob".to_vec())],
+        )
+        .await
+        .unwrap();
+        b.truncate("a", 3).await.unwrap();
+        b.delete_blobs(&[[7; 32]]).await.unwrap();
+        let b = reopen_from_wal_only(dir.path(), b).await;
+        assert!(b.scan("a", 1, 10).await.unwrap().is_empty());
+        assert_eq!(b.get_blob(&[7; 32]).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_frame_without_its_high_water_mark_still_counts() {
+        let (_dir, b) = open(false);
+        b.append(vec![part("a", 1, &["1"])]).await.unwrap();
+        // As if a crash had kept the frame but not the mark written after it.
+        let prefix = frame_prefix("a").unwrap();
+        b.db.insert(frame_key(&prefix, 2), &b"2"[..]).unwrap();
+        assert_eq!(b.next_seq("a").await.unwrap(), 3);
+        let stale = b.append(vec![part("a", 2, &["again"])]).await.unwrap_err();
+        assert!(
+            matches!(stale, Error::Conflict { actual: 3, .. }),
+            "{stale:?}"
+        );
     }
 
     #[tokio::test]
