@@ -498,10 +498,17 @@ impl Backend for SledBackend {
                 // them leaves at most blobs nothing references, or a complete frame the
                 // high-water mark does not cover yet, which `read_next_seq` counts. sled makes a
                 // batch atomic by sealing its I/O buffer, which costs more than the writes.
+                let mut done: Vec<Vec<u8>> = Vec::with_capacity(writes.len());
                 for (key, value) in writes {
-                    self.db
-                        .insert(key, value)
-                        .map_err(|e| backend_error(context(), e))?;
+                    if let Err(e) = self.db.insert(&key, value) {
+                        // Take back a frame already written, so a failed append leaves no
+                        // checkpoint behind (blobs left over are reclaimed by gc).
+                        for k in done.iter().filter(|k| k[0] == FRAME) {
+                            let _ = self.db.remove(k);
+                        }
+                        return Err(backend_error(context(), e));
+                    }
+                    done.push(key);
                 }
             } else {
                 let mut batch = sled::Batch::default();
