@@ -39,7 +39,7 @@ async fn crash_child_writer() {
 async fn sigkill_keeps_every_acknowledged_save() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<(u64, u64)> = Vec::new();
-    for round in 0..2 {
+    for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -62,14 +62,14 @@ async fn sigkill_keeps_every_acknowledged_save() {
             let (v, s) = rest.split_once(' ').unwrap();
             acked.push((v.parse().unwrap(), s.parse().unwrap()));
             seen += 1;
-            if seen == 150 + round * 37 {
+            if seen == 300 + round * 97 {
                 child.kill().unwrap(); // SIGKILL on Unix
                 break;
             }
         }
         child.wait().unwrap();
         assert!(
-            seen >= 150,
+            seen >= 300,
             "round {round}: the child acknowledged only {seen} saves"
         );
     }

@@ -696,7 +696,7 @@ impl Drop for SledBackend {
 /// The WAL's file name in the database directory, and its size (pre-zeroed; a full WAL costs
 /// one sled flush and restarts).
 const WAL_FILE: &str = "ckpt-wal";
-const WAL_SIZE: u64 = 256 * 1024;
+const WAL_SIZE: u64 = 128 * 1024;
 
 /// Takes a mutex whose data stays consistent however a holder ended (nothing is left half-done
 /// under these locks), so a poisoned one is taken as it is.
