@@ -31,8 +31,7 @@ use crate::error::Result;
 pub mod memory;
 #[cfg(feature = "sled")]
 pub mod sled;
-#[cfg(feature = "sled")]
-mod wal;
+pub mod wal;
 
 /// A blob's content address (see [`crate::codec::blob::address`]).
 pub type BlobHash = [u8; 32];

@@ -10,7 +10,7 @@
 //! | `b'l'` + log name | a high-water mark for the log's next sequence number, `u64` BE (present for every log ever appended to; the next sequence number is the larger of it and one past the last frame) |
 //! | `b'b'` + 32-byte hash | the blob |
 //!
-//! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends (module `wal`).
+//! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends ([`super::wal`]).
 //!
 //! # Concurrency and durability
 //!
@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::wal::Wal;
+use super::wal::{self, Wal, WalRecord, WalWrite};
 use super::{Backend, BlobHash, LogAppend};
 use crate::error::{Error, Result};
 
@@ -704,78 +704,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The sled writes of one append, as a WAL record: `[kind u8][key len u32][key][value len u32]
-/// [value]` repeated; kind 0 inserts, kind 1 raises a log's next sequence number (u64 BE) to at
-/// least the value (replay never lowers one that sled already holds).
-#[derive(Default)]
-struct WalRecord(Vec<u8>);
-
-const WAL_INSERT: u8 = 0;
-const WAL_RAISE: u8 = 1;
-
-impl WalRecord {
-    fn push(&mut self, kind: u8, key: &[u8], value: &[u8]) {
-        self.0.push(kind);
-        self.0.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(key);
-        self.0
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(value);
-    }
-
-    fn insert(&mut self, key: &[u8], value: &[u8]) {
-        self.push(WAL_INSERT, key, value);
-    }
-
-    fn raise(&mut self, key: &[u8], next_seq: u64) {
-        self.push(WAL_RAISE, key, &next_seq.to_be_bytes());
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        self.0
-    }
-}
-
 /// Applies one WAL record to sled (idempotent: replaying it again changes nothing).
 fn replay_record(db: &sled::Db, record: &[u8]) -> Result<()> {
-    let corrupt = |reason: &str| Error::Corrupt {
-        location: "the sled backend's write-ahead log".to_owned(),
-        reason: reason.to_owned(),
-    };
-    let mut rest = record;
-    let mut take = |n: usize| -> Result<&[u8]> {
-        if rest.len() < n {
-            return Err(corrupt("a record ends in the middle of a write"));
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let read_len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
     let mut batch = sled::Batch::default();
-    loop {
-        let kind = match take(1) {
-            Ok(k) => k[0],
-            Err(_) => break,
-        };
-        let key = take(4).map(read_len).and_then(&mut take)?.to_vec();
-        let value = take(4).map(read_len).and_then(&mut take)?.to_vec();
-        match kind {
-            WAL_INSERT => batch.insert(key, value),
-            WAL_RAISE => {
-                let new: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("a sequence number is not 8 bytes"))?;
+    let writes = wal::parse_record(record).map_err(|reason| Error::Corrupt {
+        location: "the sled backend's write-ahead log".to_owned(),
+        reason,
+    })?;
+    for write in writes {
+        match write {
+            WalWrite::Insert(key, value) => batch.insert(key, value),
+            WalWrite::Raise(key, new) => {
                 let current = db
                     .get(&key)
                     .map_err(|e| backend_error("replaying the write-ahead log", e))?;
-                let keep = current.is_some_and(|c| c.as_ref() >= &new[..]);
-                if !keep {
+                if current.is_none_or(|c| c.as_ref() < &new[..]) {
                     batch.insert(key, &new[..]);
                 }
             }
-            _ => return Err(corrupt("unknown write kind")),
         }
     }
     db.apply_batch(batch)

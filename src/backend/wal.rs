@@ -78,37 +78,14 @@ impl Wal {
 
     /// The payloads of the current generation's records; leaves the WAL positioned after them.
     fn read_records(&mut self) -> io::Result<Vec<Vec<u8>>> {
-        let mut header = [0u8; HEADER_LEN as usize];
-        self.file.read_exact_at(&mut header, 0)?;
-        let (body, sum) = header.split_at(HEADER_LEN as usize - CHECKSUM_LEN);
-        if &body[..8] != MAGIC || checksum(&[body]) != sum {
-            // A new file, or a header torn while restarting (which happens only after the
-            // database was made durable): nothing to replay.
-            return Ok(Vec::new());
+        let mut contents = vec![0u8; self.size as usize];
+        self.file.read_exact_at(&mut contents, 0)?;
+        let parsed = parse(&contents);
+        if let Some(generation) = parsed.generation {
+            self.generation = generation;
         }
-        self.generation = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
-        let mut records = Vec::new();
-        let mut offset = HEADER_LEN;
-        while offset + RECORD_OVERHEAD as u64 <= self.size {
-            let mut head = [0u8; 12];
-            self.file.read_exact_at(&mut head, offset)?;
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
-            let generation = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
-            let end = offset + RECORD_OVERHEAD as u64 + len;
-            if generation != self.generation || end > self.size {
-                break;
-            }
-            let mut rest = vec![0u8; len as usize + CHECKSUM_LEN];
-            self.file.read_exact_at(&mut rest, offset + 12)?;
-            let (payload, sum) = rest.split_at(len as usize);
-            if checksum(&[&head, payload]) != sum {
-                break;
-            }
-            records.push(payload.to_vec());
-            offset = end;
-        }
-        self.offset = offset;
-        Ok(records)
+        self.offset = parsed.end;
+        Ok(parsed.records)
     }
 
     /// Whether `payloads` fit after the records already written.
@@ -161,6 +138,129 @@ impl Wal {
     }
 }
 
+/// The writes of one append, as a WAL record payload: `[kind u8][key len u32][key][value len u32]
+/// [value]` repeated; kind 0 inserts, kind 1 raises a log's next sequence number (u64 BE) to at
+/// least the value (replay never lowers one that sled already holds).
+#[derive(Debug, Default)]
+pub struct WalRecord(Vec<u8>);
+
+const WAL_INSERT: u8 = 0;
+const WAL_RAISE: u8 = 1;
+
+impl WalRecord {
+    fn push(&mut self, kind: u8, key: &[u8], value: &[u8]) {
+        self.0.push(kind);
+        self.0.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(key);
+        self.0
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(value);
+    }
+
+    /// Records an insert.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.push(WAL_INSERT, key, value);
+    }
+
+    /// Records raising the next sequence number stored under `key` to at least `next_seq`.
+    pub fn raise(&mut self, key: &[u8], next_seq: u64) {
+        self.push(WAL_RAISE, key, &next_seq.to_be_bytes());
+    }
+
+    /// The record's payload.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// One write of a WAL record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalWrite {
+    /// Insert `value` under `key`.
+    Insert(Vec<u8>, Vec<u8>),
+    /// Raise the next sequence number stored under `key` to at least this.
+    Raise(Vec<u8>, [u8; 8]),
+}
+
+/// Decodes a record's writes (bytes read back from disk: never panics).
+pub fn parse_record(record: &[u8]) -> Result<Vec<WalWrite>, String> {
+    let corrupt = |reason: &str| reason.to_owned();
+    let mut rest = record;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if rest.len() < n {
+            return Err(corrupt("a record ends in the middle of a write"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let read_len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let mut writes = Vec::new();
+    while let Ok(kind) = take(1).map(|k| k[0]) {
+        let key = take(4).map(read_len).and_then(&mut take)?.to_vec();
+        let value = take(4).map(read_len).and_then(&mut take)?;
+        writes.push(match kind {
+            WAL_INSERT => WalWrite::Insert(key, value.to_vec()),
+            WAL_RAISE => WalWrite::Raise(
+                key,
+                value
+                    .try_into()
+                    .map_err(|_| corrupt("a sequence number is not 8 bytes"))?,
+            ),
+            _ => return Err(corrupt("unknown write kind")),
+        });
+    }
+    Ok(writes)
+}
+
+/// What a WAL file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The header's generation; `None` when the header does not verify (a new or torn file).
+    pub generation: Option<u64>,
+    /// Payloads of the records of that generation, up to the first that does not verify.
+    pub records: Vec<Vec<u8>>,
+    /// Where the next record goes.
+    pub end: u64,
+}
+
+/// Reads the records of a WAL file's contents. Never panics; anything that does not verify ends
+/// the records (it is a write a crash tore, or an older generation's leftovers).
+pub fn parse(file: &[u8]) -> Parsed {
+    let mut parsed = Parsed {
+        generation: None,
+        records: Vec::new(),
+        end: HEADER_LEN,
+    };
+    let Some((body, rest)) = file.split_at_checked(HEADER_LEN as usize - CHECKSUM_LEN) else {
+        return parsed;
+    };
+    if &body[..8] != MAGIC || rest.get(..CHECKSUM_LEN) != Some(&checksum(&[body])[..]) {
+        return parsed;
+    }
+    let generation = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
+    parsed.generation = Some(generation);
+    let mut offset = HEADER_LEN as usize;
+    while let Some(head) = file.get(offset..offset + 12) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let record_generation = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
+        let end = offset + RECORD_OVERHEAD + len;
+        let (Some(payload), Some(sum)) = (
+            file.get(offset + 12..offset + 12 + len),
+            file.get(end - CHECKSUM_LEN..end),
+        ) else {
+            break;
+        };
+        if record_generation != generation || checksum(&[head, payload]) != sum {
+            break;
+        }
+        parsed.records.push(payload.to_vec());
+        offset = end;
+    }
+    parsed.end = offset as u64;
+    parsed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +302,39 @@ mod tests {
         file.write_all_at(&[0xff], torn_at + 13).unwrap();
         let (_, records) = Wal::open(&path, 4096).unwrap();
         assert_eq!(records, [b"kept".to_vec()]);
+        // Any prefix of a file parses without panicking, and never yields more.
+        let contents = std::fs::read(&path).unwrap();
+        for cut in 0..200 {
+            assert!(parse(&contents[..cut]).records.len() <= 1);
+        }
+    }
+
+    #[test]
+    fn record_payloads_round_trip_and_refuse_damage() {
+        let mut r = WalRecord::default();
+        r.insert(b"k1", b"v1");
+        r.raise(b"l", 9);
+        let bytes = r.into_bytes();
+        assert_eq!(
+            parse_record(&bytes).unwrap(),
+            [
+                WalWrite::Insert(b"k1".to_vec(), b"v1".to_vec()),
+                WalWrite::Raise(b"l".to_vec(), 9u64.to_be_bytes())
+            ]
+        );
+        // A cut between writes leaves the earlier ones; a cut inside a write is an error.
+        let first_write = 1 + 4 + 2 + 4 + 2;
+        for cut in 1..bytes.len() {
+            let parsed = parse_record(&bytes[..cut]);
+            if cut == first_write {
+                assert_eq!(parsed.unwrap().len(), 1);
+            } else {
+                assert!(parsed.is_err(), "cut at {cut}");
+            }
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 7;
+        assert!(parse_record(&bad).is_err());
     }
 
     #[test]
