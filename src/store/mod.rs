@@ -257,6 +257,13 @@ enum Expect {
     Latest(Option<u64>),
 }
 
+/// An event that marks checkpoints gone.
+#[derive(Clone, Copy)]
+enum Marker {
+    Delete(u64),
+    Clear,
+}
+
 /// One execution's part of an append in flight.
 struct Prepared {
     append: LogAppend,
@@ -463,19 +470,40 @@ impl Store {
 
     /// Deletes one checkpoint (a tombstone in the log); the others are untouched.
     pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
-        let exec = id.execution_id();
+        self.append_marker(id.execution_id(), Marker::Delete(id.version()))
+            .await
+    }
+
+    /// Removes every checkpoint of an execution from every projection. Versions are never
+    /// reused: a later save continues above the cleared ones.
+    pub async fn clear(&self, execution_id: &str) -> Result<()> {
+        validate_execution_id(execution_id)?;
+        self.append_marker(execution_id, Marker::Clear).await
+    }
+
+    /// Appends a delete or clear event on top of the execution's current projection, retrying
+    /// when another writer appended first.
+    async fn append_marker(&self, exec: &str, marker: Marker) -> Result<()> {
         let handle = self.handle(exec);
         let mut idx = handle.lock().await;
         for attempt in 0..MAX_CONFLICT_RETRIES {
             self.refresh(&mut idx).await?;
-            if idx.live_entry(id.version()).is_none() {
-                return Err(Error::not_found(format!("checkpoint {id}")));
-            }
             let seq = idx.next_seq;
-            let frame = frame::encode_delete(exec, seq, id.version())?;
+            let frame = match marker {
+                Marker::Delete(version) if idx.live_entry(version).is_none() => {
+                    return Err(Error::not_found(format!("checkpoint {exec}@{version}")));
+                }
+                Marker::Delete(version) => frame::encode_delete(exec, seq, version)?,
+                // Nothing to clear: no event.
+                Marker::Clear if idx.saves.is_empty() => return Ok(()),
+                Marker::Clear => frame::encode_clear(exec, seq)?,
+            };
             match self.append_one(exec, seq, frame).await {
                 Ok(()) => {
-                    idx.apply_delete(id.version());
+                    match marker {
+                        Marker::Delete(version) => idx.apply_delete(version),
+                        Marker::Clear => idx.apply_clear(),
+                    }
                     idx.next_seq = seq + 1;
                     self.note_tail(&idx);
                     return Ok(());
@@ -485,33 +513,6 @@ impl Store {
             }
         }
         Err(self.gave_up(exec))
-    }
-
-    /// Removes every checkpoint of an execution from every projection. Versions are never
-    /// reused: a later save continues above the cleared ones.
-    pub async fn clear(&self, execution_id: &str) -> Result<()> {
-        validate_execution_id(execution_id)?;
-        let handle = self.handle(execution_id);
-        let mut idx = handle.lock().await;
-        for attempt in 0..MAX_CONFLICT_RETRIES {
-            self.refresh(&mut idx).await?;
-            if idx.saves.is_empty() {
-                return Ok(());
-            }
-            let seq = idx.next_seq;
-            let frame = frame::encode_clear(execution_id, seq)?;
-            match self.append_one(execution_id, seq, frame).await {
-                Ok(()) => {
-                    idx.apply_clear();
-                    idx.next_seq = seq + 1;
-                    self.note_tail(&idx);
-                    return Ok(());
-                }
-                Err(Error::Conflict { .. }) => backoff(attempt).await,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(self.gave_up(execution_id))
     }
 
     /// Starts execution `new_execution` from a copy of checkpoint `id` (its state, node and
