@@ -226,18 +226,16 @@ mod tests {
         assert!(contains_reserved_ext(&v));
         assert!(!contains_reserved_ext(&Value::Ext(1, vec![])));
     }
-}
-#[cfg(test)]
-mod depth_typed {
+
     #[test]
     fn typed_decode_accepts_the_deepest_state() {
         let mut deep = serde_json::json!(1);
-        for _ in 0..super::MAX_DEPTH - 1 {
+        for _ in 0..MAX_DEPTH - 1 {
             deep = serde_json::json!([deep]);
         }
         let state = serde_json::json!({ "a": deep });
-        let (v, _) = super::from_serialize(&state).unwrap();
-        let back: serde_json::Value = super::to_deserialize(&v).unwrap();
+        let (v, _) = from_serialize(&state).unwrap();
+        let back: serde_json::Value = to_deserialize(&v).unwrap();
         assert_eq!(back, state);
     }
 }
