@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bundle;
 pub mod checkpoint;
 pub mod codec;
 pub mod error;

@@ -279,6 +279,42 @@ fn write_wal_seeds() {
     std::fs::write(out.join("invalid-record-unknown-kind"), bad).unwrap();
 }
 
+// ---- bundle ----
+
+#[test]
+fn bundle_corpus() {
+    run_corpus("bundle", |_, data| {
+        let bundle = ckpt::bundle::Bundle::decode(data).map_err(|e| e.to_string())?;
+        let again = ckpt::bundle::Bundle::decode(&bundle.encode()).map_err(|e| e.to_string())?;
+        assert_eq!(again, bundle, "a decoded bundle must re-encode to itself");
+        Ok(())
+    });
+}
+
+/// Writes the bundle seeds: an export of a small real store, and damaged copies of it.
+#[test]
+#[ignore = "writes fuzz/corpus/bundle; run by hand to regenerate the seeds"]
+fn write_bundle_seeds() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bytes = rt.block_on(async {
+        let store = ckpt::Store::memory();
+        for i in 0..3 {
+            let state = serde_json::json!({ "i": i, "text": "b".repeat(300 + i) });
+            let cp = ckpt::Checkpoint::new("bundle-seed", "n", &state).unwrap();
+            store.save(cp).await.unwrap();
+        }
+        store.export_all().await.unwrap().encode()
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("valid-three-saves"), &bytes).unwrap();
+    std::fs::write(out.join("valid-empty"), ckpt::bundle::Bundle::default().encode()).unwrap();
+    std::fs::write(out.join("invalid-truncated"), &bytes[..bytes.len() - 10]).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 1;
+    std::fs::write(out.join("invalid-flipped"), flipped).unwrap();
+}
+
 // ---- the seeds ----
 
 /// Writes the `valid-*` and `invalid-*` seeds. Valid frames, blobs and deltas are taken from a

@@ -141,6 +141,13 @@ impl Backend for MemoryBackend {
         Ok(self.state().logs.keys().cloned().collect())
     }
 
+    async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
+        let mut state = self.state();
+        let entry = state.logs.entry(log.to_owned()).or_default();
+        entry.next_seq = entry.next_seq.max(next_seq);
+        Ok(())
+    }
+
     async fn truncate(&self, log: &str, before: u64) -> Result<()> {
         if let Some(log) = self.state().logs.get_mut(log) {
             // `split_off` keeps `>= before` in the returned map.

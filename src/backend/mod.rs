@@ -82,6 +82,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Every log that has been appended to, in no particular order.
     async fn list_logs(&self) -> Result<Vec<String>>;
 
+    /// Raises the next sequence number of `log` to `next_seq` if it is lower (never lowers it),
+    /// creating the log if needed; writes no frame. Lets frames copied from another store keep
+    /// their sequence numbers when the source's log no longer starts at 1.
+    async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()>;
+
     /// Removes the frames of `log` with sequence numbers `< before`; keeps its next sequence number.
     async fn truncate(&self, log: &str, before: u64) -> Result<()>;
 

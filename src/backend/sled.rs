@@ -569,6 +569,29 @@ impl Backend for SledBackend {
         Ok(logs)
     }
 
+    async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
+        let ticket = {
+            let _guard = self.append_lock();
+            if self.read_next_seq(log)? >= next_seq {
+                return Ok(());
+            }
+            self.db
+                .insert(log_key(log), &next_seq.to_be_bytes()[..])
+                .map_err(|e| backend_error(format!("raising the next sequence of log {log:?}"), e))?;
+            let mut pending = lock(&self.wal_pending);
+            if self.wal.is_some() {
+                let mut record = WalRecord::default();
+                record.raise(&log_key(log), next_seq);
+                pending.push(record.into_bytes());
+            }
+            self.written.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        if self.sync {
+            self.wait_durable(ticket).await?;
+        }
+        Ok(())
+    }
+
     async fn truncate(&self, log: &str, before: u64) -> Result<()> {
         self.checkpoint_wal().await?;
         let prefix = frame_prefix(log)?;

@@ -11,6 +11,7 @@
 //! number of small deltas.
 
 mod index;
+mod transfer;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::url::StoreUrl;
 use index::{CachedState, Chain, ExecIndex, SaveEntry};
 
+pub use transfer::ImportReport;
 pub use watch::Watch;
 
 /// Longest run of deltas before a snapshot is forced; bounds the work of loading an old version.

@@ -215,6 +215,7 @@ macro_rules! conformance_tests {
                 gc_racing_saves_keeps_every_live_checkpoint,
                 deltas_keep_storage_small,
                 growing_long_strings_cost_what_changed,
+                export_import_keeps_everything,
                 long_delta_chains_load_every_version,
                 invalid_input_is_refused_and_harmless,
             );
