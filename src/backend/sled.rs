@@ -577,7 +577,9 @@ impl Backend for SledBackend {
             }
             self.db
                 .insert(log_key(log), &next_seq.to_be_bytes()[..])
-                .map_err(|e| backend_error(format!("raising the next sequence of log {log:?}"), e))?;
+                .map_err(|e| {
+                    backend_error(format!("raising the next sequence of log {log:?}"), e)
+                })?;
             let mut pending = lock(&self.wal_pending);
             if self.wal.is_some() {
                 let mut record = WalRecord::default();
