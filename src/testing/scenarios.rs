@@ -2801,7 +2801,7 @@ pub async fn export_import_keeps_everything(h: &dyn Harness) {
     );
     assert_cps_eq(
         &must(other.list("xb").await, "list"),
-        &[fork.clone()],
+        std::slice::from_ref(&fork),
         format!("[{name}] xb after import"),
     );
     // New saves continue above the imported versions.
