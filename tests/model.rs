@@ -114,7 +114,7 @@ impl Model {
     fn grow(&mut self, base: &serde_json::Value, msg_len: usize) -> serde_json::Value {
         self.counter += 1;
         let mut messages = base["messages"].as_array().cloned().unwrap_or_default();
-        messages.push(json!({ "role": if self.counter % 2 == 0 { "user" } else { "assistant" }, "text": text(self.counter, msg_len) }));
+        messages.push(json!({ "role": if self.counter.is_multiple_of(2) { "user" } else { "assistant" }, "text": text(self.counter, msg_len) }));
         json!({ "messages": messages, "step": base["step"].as_u64().unwrap_or(0) + 1 })
     }
 
