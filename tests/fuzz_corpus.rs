@@ -308,7 +308,11 @@ fn write_bundle_seeds() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("valid-three-saves"), &bytes).unwrap();
-    std::fs::write(out.join("valid-empty"), ckpt::bundle::Bundle::default().encode()).unwrap();
+    std::fs::write(
+        out.join("valid-empty"),
+        ckpt::bundle::Bundle::default().encode(),
+    )
+    .unwrap();
     std::fs::write(out.join("invalid-truncated"), &bytes[..bytes.len() - 10]).unwrap();
     let mut flipped = bytes.clone();
     flipped[bytes.len() / 2] ^= 1;

@@ -6,9 +6,26 @@
 //! [`Command::run`].
 
 mod bench;
+mod clear;
+mod copy;
+mod delete;
 mod demo;
+mod diff;
 mod error;
+mod executions;
+mod export;
 mod fmt;
+mod fork;
+mod gc;
+mod grep;
+mod history;
+mod import;
+mod log;
+mod prune;
+mod show;
+mod stats;
+mod verify;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -89,6 +106,40 @@ pub enum Command {
     /// directory of a sled store; null when the backend cannot tell). Refuses to write to
     /// executions that already have checkpoints.
     Bench(bench::BenchArgs),
+    /// Write executions, exactly as stored, to a portable, checksummed bundle file.
+    Export(export::ExportArgs),
+    /// Read a bundle file into the store, keeping ids, versions, timestamps and metadata.
+    Import(import::ImportArgs),
+    /// Copy executions from one store to another (any backends), exactly as stored.
+    Copy(copy::CopyArgs),
+    /// List every execution: checkpoints, latest version, last node, last saved, stored size.
+    Executions(executions::ExecutionsArgs),
+    /// Show an execution's checkpoints, newest first: version, id, node, time, size, metadata.
+    History(history::HistoryArgs),
+    /// Show one checkpoint (ID or EXEC@VERSION): its header and its state, or a part of it.
+    Show(show::ShowArgs),
+    /// Show the structural difference between the states of two checkpoints.
+    Diff(diff::DiffArgs),
+    /// Show an execution's checkpoints oldest first; with -p, each with its diff to the previous.
+    Log(log::LogArgs),
+    /// Find the versions whose state contains a text (or matches PATH=VALUE), and the first.
+    Grep(grep::GrepArgs),
+    /// Print checkpoints of an execution as they are saved (a live tail).
+    Watch(watch::WatchArgs),
+    /// Start a new execution from a copy of a checkpoint.
+    Fork(fork::ForkArgs),
+    /// Delete one checkpoint (asks for confirmation on a terminal; --yes for scripts).
+    Delete(delete::DeleteArgs),
+    /// Delete every checkpoint of an execution (asks for confirmation on a terminal; --yes for scripts).
+    Clear(clear::ClearArgs),
+    /// Apply retention: keep the latest N and/or delete checkpoints older than a duration.
+    Prune(prune::PruneArgs),
+    /// Reclaim the space of deleted and cleared checkpoints; report what was freed.
+    Gc(gc::GcArgs),
+    /// Check every frame checksum and blob hash; exit 1 listing what is corrupt.
+    Verify(verify::VerifyArgs),
+    /// Logical bytes offered vs bytes stored, per execution and in total.
+    Stats(stats::StatsArgs),
 }
 
 impl Command {
@@ -96,6 +147,23 @@ impl Command {
         match self {
             Command::Demo(args) => demo::run(args, global).await,
             Command::Bench(args) => bench::run(args, global).await,
+            Command::Export(args) => export::run(args, global).await,
+            Command::Import(args) => import::run(args, global).await,
+            Command::Copy(args) => copy::run(args, global).await,
+            Command::Executions(args) => executions::run(args, global).await,
+            Command::History(args) => history::run(args, global).await,
+            Command::Show(args) => show::run(args, global).await,
+            Command::Diff(args) => diff::run(args, global).await,
+            Command::Log(args) => log::run(args, global).await,
+            Command::Grep(args) => grep::run(args, global).await,
+            Command::Watch(args) => watch::run(args, global).await,
+            Command::Fork(args) => fork::run(args, global).await,
+            Command::Delete(args) => delete::run(args, global).await,
+            Command::Clear(args) => clear::run(args, global).await,
+            Command::Prune(args) => prune::run(args, global).await,
+            Command::Gc(args) => gc::run(args, global).await,
+            Command::Verify(args) => verify::run(args, global).await,
+            Command::Stats(args) => stats::run(args, global).await,
         }
     }
 }

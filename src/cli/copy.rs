@@ -1,0 +1,82 @@
+//! `ckpt copy`: executions from one store to another (any backends), exactly as stored.
+
+use clap::Args;
+use serde_json::json;
+
+use ckpt::url::redact;
+use ckpt::Store;
+
+use super::{say, CliResult, Context, Failure, Global};
+
+/// Options of `ckpt copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The source store URL
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The target store URL
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Executions to copy
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub executions: Vec<String>,
+    /// Copy every execution of the source
+    #[arg(long)]
+    pub all: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ckpt copy`: exports from `--from` and imports into `--to`, one execution at a time,
+/// reporting each on stderr as it goes.
+pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
+    if args.from == args.to {
+        return Err(Failure::new("--from and --to name the same store").into());
+    }
+    let source = Store::open(&args.from)
+        .await
+        .with_context(|| format!("opening the source {}", redact(&args.from)))?;
+    let target = Store::open(&args.to)
+        .await
+        .with_context(|| format!("opening the target {}", redact(&args.to)))?;
+    let names = if args.all {
+        let mut logs = source.backend().list_logs().await?;
+        logs.sort();
+        logs
+    } else {
+        args.executions.clone()
+    };
+    let (mut frames, mut blobs) = (0u64, 0u64);
+    for (i, name) in names.iter().enumerate() {
+        let bundle = source.export(std::slice::from_ref(name)).await?;
+        let report = target
+            .import(&bundle)
+            .await
+            .with_context(|| format!("copying execution {name}"))?;
+        frames += report.frames;
+        blobs += report.blobs;
+        eprintln!(
+            "[{}/{}] {name}: {} frames, {} new blobs",
+            i + 1,
+            names.len(),
+            report.frames,
+            report.blobs
+        );
+    }
+    if args.json {
+        say!(
+            "{}",
+            json!({ "executions": names, "frames": frames, "blobs": blobs,
+                    "from": redact(&args.from), "to": redact(&args.to) })
+        )?;
+    } else {
+        say!(
+            "copied {} executions ({frames} log frames, {blobs} new blobs) from {} to {}",
+            names.len(),
+            redact(&args.from),
+            redact(&args.to)
+        )?;
+    }
+    Ok(())
+}

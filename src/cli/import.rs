@@ -1,0 +1,61 @@
+//! `ckpt import`: a bundle file into the store, keeping ids, versions, timestamps and metadata.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use ckpt::bundle::Bundle;
+use ckpt::Store;
+
+use super::{say, CliResult, Context, Global};
+
+/// Options of `ckpt import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle file (written by `ckpt export`)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ckpt import`. The whole file is verified before anything is written, and executions
+/// that already exist in the store are refused.
+pub async fn run(args: ImportArgs, global: &Global) -> CliResult {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let bundle = Bundle::decode(&bytes)
+        .with_context(|| format!("reading bundle {}", args.file.display()))?;
+    let store = Store::open(global.store_url()).await?;
+    let report = store
+        .import(&bundle)
+        .await
+        .context("importing; nothing was written if the bundle or a name was refused")?;
+    if args.json {
+        say!(
+            "{}",
+            json!({
+                "executions": report.executions,
+                "frames": report.frames,
+                "blobs": report.blobs,
+                "names": bundle.logs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            })
+        )?;
+    } else {
+        say!(
+            "imported {} executions ({} log frames, {} new blobs): {}",
+            report.executions,
+            report.frames,
+            report.blobs,
+            bundle
+                .logs
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `ckpt prune`: retention. Deletes the live checkpoints beyond the newest N of an execution
+//! and/or older than a duration, never the latest one and never one a run is waiting on.
+
+use std::time::{Duration, SystemTime};
+
+use clap::{ArgGroup, Args};
+use serde::Serialize;
+
+use ckpt::{CheckpointHeader, CheckpointId, HistoryQuery};
+
+use super::delete::{confirm, open_store};
+use super::fmt;
+use super::{say, CliResult, Context, Failure, Global};
+
+/// Options of `ckpt prune`.
+///
+/// A checkpoint is deleted when it matches the given rules: with --keep-latest N, when it is
+/// not among the newest N live checkpoints of its execution; with --older-than DURATION, when
+/// it was saved longer than DURATION ago; with both, only when both hold. Two kinds are never
+/// deleted, whatever the rules say: the latest checkpoint of an execution (runs resume from
+/// it), and a checkpoint whose metadata has "interrupted": true (a run is waiting on it).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "A checkpoint is deleted when it matches the given rules: with --keep-latest N, when it is not among the newest N live checkpoints of its execution; with --older-than DURATION, when it was saved longer than DURATION ago; with both, only when both hold. Two kinds are never deleted, whatever the rules say: the latest checkpoint of an execution (runs resume from it), and a checkpoint whose metadata has \"interrupted\": true (a run is waiting on it)."
+)]
+#[command(group(ArgGroup::new("target").required(true).args(["exec", "all"])))]
+#[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep_latest", "older_than"])))]
+pub struct PruneArgs {
+    /// The execution to prune
+    #[arg(value_name = "EXEC")]
+    pub exec: Option<String>,
+    /// Prune every execution in the store
+    #[arg(long)]
+    pub all: bool,
+    /// Keep the newest N live checkpoints of each execution (at least 1 is always kept: the
+    /// latest)
+    #[arg(long, value_name = "N")]
+    pub keep_latest: Option<usize>,
+    /// Delete checkpoints saved longer ago than this: a number and a unit, s (seconds),
+    /// m (minutes), h (hours) or d (days), e.g. 30s, 15m, 12h, 7d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// List what would be deleted, and change nothing (no confirmation needed)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete without asking. Required when stdin is not a terminal (scripts, pipes) unless
+    /// --dry-run; on a terminal, without it ckpt lists what will go and asks [y/N]
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as one JSON document: {"dry_run": bool, "deleted_total": N,
+    /// "executions": [{"execution", "deleted": [versions], "kept": N,
+    /// "kept_interrupted": [versions]}]}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `30s`, `15m`, `12h`, `7d`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 30s, 15m, 12h or 7d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?} does not start with a number: write e.g. 30s, 15m, 12h or 7d")
+    })?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use s, m, h or d (e.g. 30s, 15m, 12h, 7d)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+/// What happens to one execution.
+#[derive(Debug, Serialize)]
+struct ExecPlan {
+    execution: String,
+    /// Versions deleted (or, with --dry-run, that would be), oldest first.
+    deleted: Vec<u64>,
+    /// Live checkpoints left afterwards.
+    kept: usize,
+    /// Versions the rules matched but that were kept because their metadata says
+    /// `"interrupted": true`.
+    kept_interrupted: Vec<u64>,
+    #[serde(skip)]
+    doomed: Vec<CheckpointHeader>,
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    dry_run: bool,
+    deleted_total: usize,
+    executions: Vec<ExecPlan>,
+}
+
+fn interrupted(h: &CheckpointHeader) -> bool {
+    h.metadata.get("interrupted") == Some(&serde_json::Value::Bool(true))
+}
+
+/// Decides, for headers newest first, which go.
+fn plan(exec: &str, headers: Vec<CheckpointHeader>, args: &PruneArgs, now: SystemTime) -> ExecPlan {
+    let total = headers.len();
+    let mut doomed = Vec::new();
+    let mut kept_interrupted = Vec::new();
+    for (i, h) in headers.into_iter().enumerate() {
+        if i == 0 {
+            continue; // the latest: never
+        }
+        let beyond = args.keep_latest.is_none_or(|n| i >= n);
+        let old = args
+            .older_than
+            .is_none_or(|d| now.duration_since(h.timestamp).is_ok_and(|age| age >= d));
+        if !(beyond && old) {
+            continue;
+        }
+        if interrupted(&h) {
+            kept_interrupted.push(h.version);
+        } else {
+            doomed.push(h);
+        }
+    }
+    doomed.reverse();
+    kept_interrupted.reverse();
+    ExecPlan {
+        execution: exec.to_owned(),
+        deleted: doomed.iter().map(|h| h.version).collect(),
+        kept: total - doomed.len(),
+        kept_interrupted,
+        doomed,
+    }
+}
+
+fn versions(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `ckpt prune`.
+pub async fn run(args: PruneArgs, global: &Global) -> CliResult {
+    let store = open_store(global).await?;
+    let execs: Vec<String> = match &args.exec {
+        Some(exec) => vec![exec.clone()],
+        None => store
+            .executions()
+            .await
+            .context("listing the executions")?
+            .into_iter()
+            .map(|s| s.execution_id)
+            .collect(),
+    };
+    let now = SystemTime::now();
+    let mut plans = Vec::new();
+    for exec in &execs {
+        let headers = store
+            .history(exec, HistoryQuery::default())
+            .await
+            .with_context(|| format!("reading the history of execution {exec}"))?;
+        if headers.is_empty() && args.exec.is_some() {
+            return Err(Failure::new(format!(
+                "execution {exec} has no live checkpoints (see `ckpt executions`); nothing deleted"
+            ))
+            .into());
+        }
+        plans.push(plan(exec, headers, &args, now));
+    }
+    let total: usize = plans.iter().map(|p| p.deleted.len()).sum();
+
+    if total > 0 && !args.dry_run {
+        if !args.yes {
+            let mut err = std::io::stderr().lock();
+            for p in plans.iter().filter(|p| !p.deleted.is_empty()) {
+                use std::io::Write as _;
+                for h in &p.doomed {
+                    writeln!(
+                        err,
+                        "  {}  node {}  saved {}",
+                        h.id,
+                        h.node_name,
+                        fmt::utc(h.timestamp)
+                    )
+                    .context("writing the list of checkpoints to delete")?;
+                }
+            }
+        }
+        let execs_touched = plans.iter().filter(|p| !p.deleted.is_empty()).count();
+        confirm(
+            &format!(
+                "delete these {total} checkpoint{} from {execs_touched} execution{}?",
+                if total == 1 { "" } else { "s" },
+                if execs_touched == 1 { "" } else { "s" }
+            ),
+            args.yes,
+        )?;
+        for p in &plans {
+            for h in &p.doomed {
+                let id: &CheckpointId = &h.id;
+                store
+                    .delete(id)
+                    .await
+                    .with_context(|| format!("deleting {id} (the ones before it are deleted)"))?;
+            }
+        }
+        store.flush().await.context("flushing the store")?;
+    }
+
+    if args.json {
+        let report = Report {
+            dry_run: args.dry_run,
+            deleted_total: total,
+            executions: plans,
+        };
+        say!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for p in &plans {
+        let mut line = format!("{}: {verb} {}", p.execution, p.deleted.len());
+        if !p.deleted.is_empty() {
+            line.push_str(&format!(" (versions {})", versions(&p.deleted)));
+        }
+        line.push_str(&format!(", {} kept", p.kept));
+        if !p.kept_interrupted.is_empty() {
+            line.push_str(&format!(
+                " (interrupted, kept: {})",
+                versions(&p.kept_interrupted)
+            ));
+        }
+        say!("{line}")?;
+    }
+    if plans.is_empty() {
+        say!("no executions: nothing to prune")?;
+    } else if args.dry_run {
+        say!("dry run: {total} checkpoint(s) would be deleted; nothing changed")?;
+    } else if total > 0 {
+        say!("{total} checkpoint(s) deleted; run `ckpt gc` to reclaim their space")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The operating subcommands of the `ckpt` binary (fork, delete, clear, prune, gc, verify,
+//! stats) run against real sled stores: each test builds a store with the library, closes it
+//! (sled allows one process per directory), runs the binary, and checks the result by reopening
+//! the store with the library.
+
+#![cfg(feature = "sled")]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Store};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// A long string (stored as a blob) distinct per execution and step.
+fn long_text(exec: &str, step: u64) -> String {
+    format!(
+        "{exec}-{step}: {}",
+        "lorem ipsum dolor sit amet ".repeat(16)
+    )
+}
+
+fn state(exec: &str, step: u64) -> Value {
+    json!({ "step": step, "notes": long_text(exec, step) })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs `f` on the store at `path`, then closes the store and its runtime.
+fn with_store<R, F: Future<Output = R>>(path: &Path, f: impl FnOnce(Store) -> F) -> R {
+    let rt = runtime();
+    let out = rt.block_on(async {
+        let url = path.to_str().expect("temp dir is UTF-8");
+        let store = Store::open(url).await.expect("open the store");
+        let out = f(store.clone()).await;
+        store.flush().await.expect("flush");
+        out
+    });
+    drop(rt);
+    out
+}
+
+/// A store with execution `a` (versions 1-4) and `b` (versions 1-3, version 2 interrupted).
+fn fixture() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store");
+    with_store(&path, |store| async move {
+        for (step, node) in (1..=4).zip(["plan", "search", "answer", "plan"]) {
+            let cp = Checkpoint::new("a", node, &state("a", step))
+                .expect("checkpoint")
+                .with_metadata("step", step);
+            store.save(cp).await.expect("save a");
+        }
+        for step in 1..=3 {
+            let mut cp = Checkpoint::new("b", "work", &state("b", step)).expect("checkpoint");
+            if step == 2 {
+                cp = cp.with_metadata("interrupted", true);
+            }
+            store.save(cp).await.expect("save b");
+        }
+    });
+    (dir, path)
+}
+
+fn live(path: &Path, exec: &str) -> Vec<u64> {
+    let exec = exec.to_owned();
+    with_store(path, |store| async move {
+        let mut v: Vec<u64> = store
+            .history(&exec, HistoryQuery::default())
+            .await
+            .expect("history")
+            .iter()
+            .map(|h| h.version)
+            .collect();
+        v.sort_unstable();
+        v
+    })
+}
+
+fn ckpt(path: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .arg("--store")
+        .arg(path)
+        .args(args)
+        .env_remove("CKPT_STORE")
+        .output()
+        .expect("the ckpt binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Asserts exit code 1 and returns stderr.
+fn fails(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
+}
+
+fn json_of(out: &Output) -> Value {
+    let stdout = ok(out);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+const REFUSAL: &str =
+    "refusing to delete without confirmation: stdin is not a terminal; pass --yes";
+
+#[test]
+fn fork_prints_the_new_id_and_parent_and_the_fork_persists() {
+    let (_dir, path) = fixture();
+    let report = json_of(&ckpt(&path, &["fork", "a@3", "c", "--json"]));
+    assert_eq!(report["parent"], "a@3", "{report}");
+    assert_eq!(report["execution"], "c", "{report}");
+    let new_id = report["id"].as_str().expect("id").to_owned();
+    assert!(new_id.starts_with("c@"), "{report}");
+
+    let human = ok(&ckpt(&path, &["fork", "a@2", "d"]));
+    assert!(human.contains("d@") && human.contains("a@2"), "{human}");
+
+    let (latest, source) = with_store(&path, |store| async move {
+        let latest = store.latest("c").await.expect("latest").expect("c exists");
+        let source = store.at_version("a", 3).await.expect("a@3");
+        (latest, source)
+    });
+    assert_eq!(latest.id.to_string(), new_id);
+    assert_eq!(
+        latest.parent,
+        Some("a@3".parse::<CheckpointId>().expect("id"))
+    );
+    assert_eq!(
+        latest.state_json().expect("state"),
+        source.state_json().expect("state")
+    );
+    // Forking into an execution that has checkpoints fails and says so.
+    let err = fails(&ckpt(&path, &["fork", "a@1", "b"]));
+    assert!(err.contains("already has checkpoints"), "{err}");
+}
+
+#[test]
+fn delete_and_clear_refuse_without_yes_when_stdin_is_not_a_terminal() {
+    let (_dir, path) = fixture();
+    let err = fails(&ckpt(&path, &["delete", "a@2"]));
+    assert!(err.contains(REFUSAL), "{err}");
+    let err = fails(&ckpt(&path, &["clear", "a"]));
+    assert!(err.contains(REFUSAL), "{err}");
+    assert_eq!(live(&path, "a"), [1, 2, 3, 4]);
+
+    let out = ok(&ckpt(&path, &["delete", "a@2", "--yes"]));
+    assert!(out.contains("deleted a@2"), "{out}");
+    assert_eq!(live(&path, "a"), [1, 3, 4]);
+
+    let out = ok(&ckpt(&path, &["clear", "b", "--yes"]));
+    assert!(out.contains("cleared b: 3 checkpoints deleted"), "{out}");
+    assert!(live(&path, "b").is_empty());
+    assert_eq!(live(&path, "a"), [1, 3, 4]);
+}
+
+#[test]
+fn delete_and_clear_of_unknown_targets_fail_and_change_nothing() {
+    let (_dir, path) = fixture();
+    let err = fails(&ckpt(&path, &["delete", "a@99", "--yes"]));
+    assert!(err.contains("no checkpoint a@99"), "{err}");
+    let err = fails(&ckpt(&path, &["delete", "nope@1", "--yes"]));
+    assert!(err.contains("no checkpoint nope@1"), "{err}");
+    let err = fails(&ckpt(&path, &["delete", "a-without-version", "--yes"]));
+    assert!(err.contains("not a checkpoint id"), "{err}");
+    let err = fails(&ckpt(&path, &["clear", "nope", "--yes"]));
+    assert!(err.contains("nope has no live checkpoints"), "{err}");
+    assert_eq!(live(&path, "a"), [1, 2, 3, 4]);
+    assert_eq!(live(&path, "b"), [1, 2, 3]);
+}
+
+#[test]
+fn prune_dry_run_lists_and_changes_nothing() {
+    let (_dir, path) = fixture();
+    let report = json_of(&ckpt(
+        &path,
+        &["prune", "a", "--keep-latest", "2", "--dry-run", "--json"],
+    ));
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["deleted_total"], 2);
+    assert_eq!(report["executions"][0]["execution"], "a");
+    assert_eq!(report["executions"][0]["deleted"], json!([1, 2]));
+    let human = ok(&ckpt(
+        &path,
+        &["prune", "a", "--keep-latest", "2", "--dry-run"],
+    ));
+    assert!(
+        human.contains("a: would delete 2 (versions 1, 2)"),
+        "{human}"
+    );
+    assert_eq!(live(&path, "a"), [1, 2, 3, 4]);
+
+    // Without --dry-run and --yes, stdin not a terminal: refused.
+    let err = fails(&ckpt(&path, &["prune", "a", "--keep-latest", "2"]));
+    assert!(err.contains(REFUSAL), "{err}");
+    assert_eq!(live(&path, "a"), [1, 2, 3, 4]);
+    // A rule and a target are required (usage error).
+    assert_eq!(ckpt(&path, &["prune", "a"]).status.code(), Some(2));
+    assert_eq!(
+        ckpt(&path, &["prune", "--keep-latest", "1"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn prune_keep_latest_one_keeps_the_latest_and_interrupted_ones() {
+    let (_dir, path) = fixture();
+    let report = json_of(&ckpt(
+        &path,
+        &["prune", "--all", "--keep-latest", "1", "--yes", "--json"],
+    ));
+    assert_eq!(report["deleted_total"], 4, "{report}");
+    let b = &report["executions"][1];
+    assert_eq!(b["execution"], "b");
+    assert_eq!(b["deleted"], json!([1]));
+    assert_eq!(b["kept_interrupted"], json!([2]));
+    assert_eq!(live(&path, "a"), [4]);
+    assert_eq!(live(&path, "b"), [2, 3]);
+}
+
+#[test]
+fn prune_never_deletes_the_latest_even_when_everything_is_old() {
+    let (_dir, path) = fixture();
+    let out = ok(&ckpt(&path, &["prune", "a", "--older-than", "0s", "--yes"]));
+    assert!(
+        out.contains("a: deleted 3 (versions 1, 2, 3), 1 kept"),
+        "{out}"
+    );
+    assert_eq!(live(&path, "a"), [4]);
+    // Young checkpoints are not "older than a day".
+    let out = ok(&ckpt(&path, &["prune", "b", "--older-than", "1d", "--yes"]));
+    assert!(out.contains("b: deleted 0"), "{out}");
+    assert_eq!(live(&path, "b"), [1, 2, 3]);
+    let bad = ckpt(&path, &["prune", "b", "--older-than", "3 weeks", "--yes"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn gc_after_clear_removes_blobs() {
+    let (_dir, path) = fixture();
+    ok(&ckpt(&path, &["clear", "a", "--yes"]));
+    let report = json_of(&ckpt(&path, &["gc", "--json"]));
+    assert!(
+        report["blobs_removed"].as_u64().expect("blobs_removed") > 0,
+        "{report}"
+    );
+    assert!(
+        report["frames_removed"].as_u64().expect("frames_removed") > 0,
+        "{report}"
+    );
+    assert!(
+        report["blobs_kept"].as_u64().expect("blobs_kept") > 0,
+        "{report}"
+    );
+    assert!(report["stored_bytes_before"].is_u64(), "{report}");
+    assert_eq!(live(&path, "b"), [1, 2, 3]);
+    // Nothing left to collect.
+    let again = json_of(&ckpt(&path, &["gc", "--json"]));
+    assert_eq!(again["blobs_removed"], 0, "{again}");
+    let human = ok(&ckpt(&path, &["gc"]));
+    assert!(human.contains("blobs removed   0"), "{human}");
+}
+
+#[test]
+fn verify_passes_a_healthy_store_and_names_a_flipped_frame() {
+    let (_dir, path) = fixture();
+    let out = ok(&ckpt(&path, &["verify"]));
+    assert!(out.contains("ok: no damage found"), "{out}");
+    let report = json_of(&ckpt(&path, &["verify", "--json"]));
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["frames_checked"], 7);
+    assert_eq!(report["checkpoints_checked"], 7);
+    assert!(
+        report["blobs_checked"].as_u64().expect("blobs") >= 7,
+        "{report}"
+    );
+
+    flip_frame_byte(&path, "a", 2);
+    let out = ckpt(&path, &["verify"]);
+    let err = fails(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("execution \"a\" seq 2"), "{stdout}");
+    assert!(stdout.contains("checksum mismatch"), "{stdout}");
+    assert!(err.contains("damaged"), "{err}");
+    let out = ckpt(&path, &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["ok"], false);
+    let frames: Vec<&Value> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter(|p| p["kind"] == "frame")
+        .collect();
+    assert_eq!(frames.len(), 1, "{report}");
+}
+
+/// Flips one byte of a frame directly in the closed sled database.
+fn flip_frame_byte(path: &Path, log: &str, seq: u64) {
+    let mut key = vec![b'e'];
+    key.extend_from_slice(&(log.len() as u16).to_be_bytes());
+    key.extend_from_slice(log.as_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut last = None;
+    for _ in 0..100 {
+        match sled::Config::new()
+            .path(path)
+            .segment_size(64 * 1024)
+            .open()
+        {
+            Ok(db) => {
+                let mut value = db
+                    .get(&key)
+                    .expect("read")
+                    .expect("the frame exists")
+                    .to_vec();
+                let middle = value.len() / 2;
+                value[middle] ^= 0x55;
+                db.insert(&key, value).expect("write");
+                db.flush().expect("flush");
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot open sled in {}: {last:?}", path.display());
+}
+
+#[test]
+fn stats_totals_are_the_sums_of_the_executions() {
+    let (_dir, path) = fixture();
+    let report = json_of(&ckpt(&path, &["stats", "--json"]));
+    let execs = report["executions"].as_array().expect("executions");
+    assert_eq!(execs.len(), 2, "{report}");
+    let sum = |key: &str| -> u64 {
+        execs
+            .iter()
+            .map(|e| e[key].as_u64().expect("a number"))
+            .sum()
+    };
+    let totals = &report["totals"];
+    assert!(sum("logical_bytes") > 0, "{report}");
+    assert!(sum("log_bytes") > 0, "{report}");
+    assert_eq!(totals["logical_bytes"].as_u64(), Some(sum("logical_bytes")));
+    assert_eq!(totals["log_bytes"].as_u64(), Some(sum("log_bytes")));
+    assert_eq!(totals["checkpoints"].as_u64(), Some(sum("checkpoints")));
+    assert_eq!(totals["checkpoints"], 7);
+    assert!(
+        totals["blob_bytes"].as_u64().expect("blob bytes") > 0,
+        "{report}"
+    );
+    assert!(
+        totals["stored_bytes"].as_u64().expect("stored bytes") > 0,
+        "{report}"
+    );
+    let ratio = totals["ratio"].as_f64().expect("ratio");
+    let expected = totals["logical_bytes"].as_f64().expect("n")
+        / (totals["log_bytes"].as_f64().expect("n") + totals["blob_bytes"].as_f64().expect("n"));
+    assert!((ratio - expected).abs() < 1e-9, "{report}");
+    let human = ok(&ckpt(&path, &["stats"]));
+    assert!(human.contains("dedup+compression ratio"), "{human}");
+}
