@@ -189,7 +189,7 @@ pub async fn run(args: GrepArgs, global: &Global) -> CliResult {
         if let Some((first, _)) = matches.first() {
             say!("")?;
             say!(
-                "first seen in {} ({}, {} UTC); {} of {} live versions {what}",
+                "first seen in {} ({}, {} UTC); {} of {} live versions match ({what})",
                 first.id,
                 first.node_name,
                 fmt::utc(first.timestamp),
