@@ -388,3 +388,49 @@ fn stats_totals_are_the_sums_of_the_executions() {
     let human = ok(&ckpt(&path, &["stats"]));
     assert!(human.contains("dedup+compression ratio"), "{human}");
 }
+
+/// Runs `ckpt --store PATH ARGS` on a pseudo-terminal (util-linux `script`), typing `input`.
+fn ckpt_on_a_terminal(path: &Path, args: &str, input: &str) -> Output {
+    use std::io::Write as _;
+    let command = format!(
+        "{} --store {} {args}",
+        env!("CARGO_BIN_EXE_ckpt"),
+        path.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("CKPT_STORE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs (it gives the command a terminal)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("type the answer");
+    child.wait_with_output().expect("script finishes")
+}
+
+#[test]
+fn delete_and_clear_ask_on_a_terminal_and_obey_the_answer() {
+    let (_dir, path) = fixture();
+    let no = ckpt_on_a_terminal(&path, "delete a@2", "n\n");
+    assert!(!no.status.success(), "answering n must fail");
+    let shown = text(&no.stdout);
+    assert!(
+        shown.contains("[y/N]") && shown.contains("nothing deleted"),
+        "{shown}"
+    );
+    assert_eq!(live(&path, "a"), [1, 2, 3, 4]);
+
+    let yes = ckpt_on_a_terminal(&path, "delete a@2", "y\n");
+    assert!(yes.status.success(), "{}", text(&yes.stdout));
+    assert_eq!(live(&path, "a"), [1, 3, 4]);
+
+    let no = ckpt_on_a_terminal(&path, "clear a", "\n");
+    assert!(!no.status.success(), "an empty answer must not clear");
+    assert_eq!(live(&path, "a"), [1, 3, 4]);
+}

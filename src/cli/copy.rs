@@ -29,7 +29,7 @@ pub struct CopyArgs {
 }
 
 /// Runs `ckpt copy`: exports from `--from` and imports into `--to`, one execution at a time,
-/// reporting each on stderr as it goes.
+/// with a progress bar on a terminal.
 pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
     if args.from == args.to {
         return Err(Failure::new("--from and --to name the same store").into());
@@ -48,7 +48,9 @@ pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
         args.executions.clone()
     };
     let (mut frames, mut blobs) = (0u64, 0u64);
-    for (i, name) in names.iter().enumerate() {
+    let progress = super::progress::bar(names.len() as u64, "copying");
+    for name in &names {
+        progress.set_message(format!("copying {name}"));
         let bundle = source.export(std::slice::from_ref(name)).await?;
         let report = target
             .import(&bundle)
@@ -56,14 +58,9 @@ pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
             .with_context(|| format!("copying execution {name}"))?;
         frames += report.frames;
         blobs += report.blobs;
-        eprintln!(
-            "[{}/{}] {name}: {} frames, {} new blobs",
-            i + 1,
-            names.len(),
-            report.frames,
-            report.blobs
-        );
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     if args.json {
         say!(
             "{}",

@@ -21,6 +21,7 @@ mod grep;
 mod history;
 mod import;
 mod log;
+mod progress;
 mod prune;
 mod show;
 mod stats;

@@ -66,7 +66,11 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
         problems: Vec::new(),
     };
 
+    let blobs = backend.list_blobs().await.context("listing the blobs")?;
+    // Drawn only when stderr is a terminal (indicatif hides it otherwise).
+    let progress = super::progress::bar((2 * logs.len() + blobs.len()) as u64, "verifying");
     for log in &logs {
+        progress.inc(1);
         let mut from = 0;
         loop {
             let page = backend
@@ -98,7 +102,8 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
         }
     }
 
-    for hash in backend.list_blobs().await.context("listing the blobs")? {
+    for hash in blobs {
+        progress.inc(1);
         report.blobs_checked += 1;
         let stored = backend
             .get_blob(&hash)
@@ -120,6 +125,7 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
     }
 
     for log in &logs {
+        progress.inc(1);
         match store.list(log).await {
             Ok(checkpoints) => report.checkpoints_checked += checkpoints.len() as u64,
             Err(e) => report.problems.push(Problem {
@@ -128,6 +134,7 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
             }),
         }
     }
+    progress.finish_and_clear();
     report.ok = report.problems.is_empty();
 
     if args.json {
