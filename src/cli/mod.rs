@@ -90,29 +90,6 @@ impl Global {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a small research agent that saves a checkpoint after every step, crashes half way,
-    /// and resumes from its latest checkpoint; then print its history.
-    Demo(demo::DemoArgs),
-    /// Measure saves and loads on a workload; print a summary, or one JSON line with --json.
-    ///
-    /// The conversation workload: --threads executions save concurrently, each --steps times;
-    /// at step n the state holds every earlier message plus one new one of --message-bytes
-    /// random letters. Then it times reads (medians): the latest checkpoint of each execution,
-    /// a list of one execution, 50 random old versions, and 20 histories of 20 headers.
-    ///
-    /// JSON keys: workload, store, threads, steps, saves, seconds, saves_per_s,
-    /// load_latest_ms, load_latest_cold_ms (from a store that has cached nothing), load_random_ms,
-    /// list_ms, history_ms, bytes_logical (state offered),
-    /// bytes_written (frames and blobs handed to the backend), bytes_stored (on disk: the
-    /// directory of a sled store; null when the backend cannot tell). Refuses to write to
-    /// executions that already have checkpoints.
-    Bench(bench::BenchArgs),
-    /// Write executions, exactly as stored, to a portable, checksummed bundle file.
-    Export(export::ExportArgs),
-    /// Read a bundle file into the store, keeping ids, versions, timestamps and metadata.
-    Import(import::ImportArgs),
-    /// Copy executions from one store to another (any backends), exactly as stored.
-    Copy(copy::CopyArgs),
     /// List every execution: checkpoints, latest version, last node, last saved, stored size.
     Executions(executions::ExecutionsArgs),
     /// Show an execution's checkpoints, newest first: version, id, node, time, size, metadata.
@@ -141,6 +118,29 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Logical bytes offered vs bytes stored, per execution and in total.
     Stats(stats::StatsArgs),
+    /// Write executions, exactly as stored, to a portable, checksummed bundle file.
+    Export(export::ExportArgs),
+    /// Read a bundle file into the store, keeping ids, versions, timestamps and metadata.
+    Import(import::ImportArgs),
+    /// Copy executions from one store to another (any backends), exactly as stored.
+    Copy(copy::CopyArgs),
+    /// Run a small research agent that saves a checkpoint after every step, crashes half way,
+    /// and resumes from its latest checkpoint; then print its history.
+    Demo(demo::DemoArgs),
+    /// Measure saves and loads on a workload; print a summary, or one JSON line with --json.
+    ///
+    /// The conversation workload: --threads executions save concurrently, each --steps times;
+    /// at step n the state holds every earlier message plus one new one of --message-bytes
+    /// random letters. Then it times reads (medians): the latest checkpoint of each execution,
+    /// a list of one execution, 50 random old versions, and 20 histories of 20 headers.
+    ///
+    /// JSON keys: workload, store, threads, steps, saves, seconds, saves_per_s,
+    /// load_latest_ms, load_latest_cold_ms (from a store that has cached nothing), load_random_ms,
+    /// list_ms, history_ms, bytes_logical (state offered),
+    /// bytes_written (frames and blobs handed to the backend), bytes_stored (on disk: the
+    /// directory of a sled store; null when the backend cannot tell). Refuses to write to
+    /// executions that already have checkpoints.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
