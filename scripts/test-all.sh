@@ -15,6 +15,12 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo test (all features)"
 cargo test --all-features --no-fail-fast 2>&1 | tee target/test-all.log
 
+step "examples (each must run to completion)"
+for example in examples/*.rs; do
+  name=$(basename "$example" .rs)
+  cargo run --quiet --all-features --example "$name"
+done
+
 step "cargo test --no-default-features (memory only builds and passes)"
 cargo test --no-default-features --lib
 

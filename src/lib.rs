@@ -32,6 +32,8 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod codec;
 pub mod error;
+#[cfg(feature = "graph")]
+pub mod graph;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,0 +1,545 @@
+//! A durable graph-execution runtime on top of a [`CheckpointStore`].
+//!
+//! Build a [`StateGraph`] of async nodes (each takes the state and returns the new state), connect
+//! them with static or conditional edges, [`StateGraph::compile`] it, then run it with
+//! [`CompiledGraph::invoke`] or [`CompiledGraph::stream`]. With a checkpointer configured, a
+//! checkpoint is saved after every node (metadata `step`, `next`, `source`), so a run that crashed
+//! or failed can be continued with [`CompiledGraph::resume_latest`], paused with interrupts,
+//! edited with [`CompiledGraph::update_state`], and resumed from any earlier checkpoint
+//! ([`CompiledGraph::resume`]).
+//!
+//! This slice runs one node per step: a node has at most one outgoing edge (static or
+//! conditional), and a conditional edge names one node (or [`END`]). Fan-out is not supported.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use ckpt::graph::{CompileConfig, Outcome, RunConfig, StateGraph, END};
+//! use ckpt::{CheckpointStore, Store};
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct Counter { n: u32 }
+//!
+//! async fn inc(mut s: Counter) -> Result<Counter, std::io::Error> {
+//!     s.n += 1;
+//!     Ok(s)
+//! }
+//!
+//! let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
+//! let mut g = StateGraph::<Counter>::new();
+//! g.add_node("inc", inc);
+//! g.add_conditional_edges("inc", |s: &Counter| if s.n >= 3 { END.into() } else { "inc".into() });
+//! g.set_entry_point("inc");
+//! let app = g.compile(CompileConfig::default().checkpointer(store.clone()))?;
+//! let out = app.invoke(Counter { n: 0 }, RunConfig::execution_id("count-1")).await?;
+//! assert!(matches!(out, Outcome::Finished(Counter { n: 3 })));
+//! assert_eq!(store.list("count-1").await?.len(), 3);
+//! # Ok(()) }
+//! ```
+
+mod run;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::checkpoint::{validate_name, CheckpointId};
+use crate::error::BoxError;
+use crate::store::CheckpointStore;
+
+pub use run::{CompiledGraph, GraphStream};
+
+/// The name of the virtual node that ends a run: route to it to finish.
+pub const END: &str = "__end__";
+
+/// The node name of the checkpoint saved for a run's input (before its entry node ran).
+pub const INPUT: &str = "__input__";
+
+/// What a graph's state must be: serializable (to be checkpointed), cloneable (to be retried),
+/// and sendable across tasks.
+pub trait GraphState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> GraphState for T {}
+
+pub(crate) type NodeFn<S> = Arc<dyn Fn(S) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
+pub(crate) type RouteFn<S> = Arc<dyn Fn(&S) -> String + Send + Sync>;
+
+/// Everything that can go wrong building or running a graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// Two nodes were added with the same name.
+    #[error("duplicate node name {0:?}: every node needs a unique name")]
+    DuplicateNode(String),
+
+    /// A node was given a name the runtime reserves ([`END`], [`INPUT`]).
+    #[error("node name {0:?} is reserved by the graph runtime; choose another name")]
+    ReservedName(String),
+
+    /// A node name is not acceptable as a checkpoint node name (empty, too long, control
+    /// characters).
+    #[error("invalid node name {node:?}: {reason}")]
+    InvalidNodeName {
+        /// The name.
+        node: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// An edge, the entry point or an interrupt names a node that was never added.
+    #[error("unknown node {node:?} in {context}")]
+    UnknownNode {
+        /// The name that matches no node.
+        node: String,
+        /// Where it was used, e.g. `the edge "plan" -> "act"`.
+        context: String,
+    },
+
+    /// No entry point was set.
+    #[error("the graph has no entry point; call set_entry_point")]
+    MissingEntryPoint,
+
+    /// A node cannot be reached from the entry point.
+    #[error("node {node:?} is unreachable from the entry point {entry:?}")]
+    Unreachable {
+        /// The unreachable node.
+        node: String,
+        /// The entry point.
+        entry: String,
+    },
+
+    /// A node has no outgoing edge (every node needs one; an edge to [`END`] counts).
+    #[error("node {0:?} has no outgoing edge; add an edge (to END to finish there) or a conditional edge")]
+    NoOutgoingEdge(String),
+
+    /// A node has more than one outgoing edge (fan-out is not supported).
+    #[error("node {0:?} has more than one outgoing edge; parallel branches are not supported, use one edge or one conditional edge")]
+    MultipleEdges(String),
+
+    /// A conditional edge returned a name that is neither a node nor [`END`].
+    #[error("the conditional edge of node {from:?} routed to unknown node {to:?}")]
+    InvalidRoute {
+        /// The node whose conditional edge ran.
+        from: String,
+        /// What it returned.
+        to: String,
+    },
+
+    /// A node failed (after its retries).
+    #[error("node {node:?} failed: {source}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Its last error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The checkpointer failed (or a state could not be encoded or decoded); nothing after this
+    /// was saved.
+    #[error("checkpoint store: {0}")]
+    Store(#[from] crate::Error),
+
+    /// An operation needs a checkpointer and the graph was compiled without one.
+    #[error("this operation needs a checkpointer; compile with CompileConfig::checkpointer")]
+    NoCheckpointer,
+
+    /// The execution has no checkpoint to resume from.
+    #[error("execution {0:?} has no checkpoint to resume from; invoke it with its input instead")]
+    NoCheckpoint(String),
+
+    /// A checkpoint cannot be resumed by this graph (wrong execution, metadata not written by
+    /// this runtime, or naming a node this graph does not have).
+    #[error("cannot resume from checkpoint {id}: {reason}")]
+    InvalidCheckpoint {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// Why.
+        reason: String,
+    },
+
+    /// The run took more steps than [`RunConfig::recursion_limit`] allows.
+    #[error("recursion limit of {limit} steps reached without finishing; raise RunConfig::recursion_limit or check the graph for an endless loop")]
+    RecursionLimit {
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The task running a streamed graph panicked or was cancelled.
+    #[error("the graph run task failed: {0}")]
+    Task(String),
+}
+
+/// How often a node is attempted, and how long to wait between attempts (doubling each time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// `attempts` tries in all (at least 1), waiting `backoff`, then twice that, and so on, between
+    /// them.
+    pub fn new(attempts: u32, backoff: Duration) -> Self {
+        RetryPolicy {
+            attempts: attempts.max(1),
+            backoff,
+        }
+    }
+
+    /// Attempts in all.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The wait before the second attempt.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// The wait after failed attempt `n` (1-based).
+    pub(crate) fn delay_after(&self, n: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+    }
+}
+
+impl Default for RetryPolicy {
+    /// One attempt, no retry.
+    fn default() -> Self {
+        RetryPolicy::new(1, Duration::ZERO)
+    }
+}
+
+/// How a graph is compiled: its checkpointer (optional) and its interrupts.
+#[derive(Clone, Default)]
+pub struct CompileConfig {
+    pub(crate) checkpointer: Option<Arc<dyn CheckpointStore>>,
+    pub(crate) interrupt_before: BTreeSet<String>,
+    pub(crate) interrupt_after: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for CompileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompileConfig")
+            .field("checkpointer", &self.checkpointer.is_some())
+            .field("interrupt_before", &self.interrupt_before)
+            .field("interrupt_after", &self.interrupt_after)
+            .finish()
+    }
+}
+
+impl CompileConfig {
+    /// Saves a checkpoint after every node to `store`.
+    pub fn checkpointer(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.checkpointer = Some(store);
+        self
+    }
+
+    /// Pauses before these nodes run (needs a checkpointer).
+    pub fn interrupt_before<'a>(mut self, nodes: impl IntoIterator<Item = &'a str>) -> Self {
+        self.interrupt_before
+            .extend(nodes.into_iter().map(str::to_owned));
+        self
+    }
+
+    /// Pauses after these nodes ran and their checkpoint was saved (needs a checkpointer).
+    pub fn interrupt_after<'a>(mut self, nodes: impl IntoIterator<Item = &'a str>) -> Self {
+        self.interrupt_after
+            .extend(nodes.into_iter().map(str::to_owned));
+        self
+    }
+}
+
+/// How one run is made: its execution id, the step limit, and the stream's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    pub(crate) execution_id: String,
+    pub(crate) recursion_limit: usize,
+    pub(crate) buffer: usize,
+}
+
+impl RunConfig {
+    /// A run of execution `id` (the checkpoints' execution id), with at most 100 steps and a
+    /// stream buffer of 64 events.
+    pub fn execution_id(id: impl Into<String>) -> Self {
+        RunConfig {
+            execution_id: id.into(),
+            recursion_limit: 100,
+            buffer: 64,
+        }
+    }
+
+    /// At most `n` nodes run in this call; one more is [`GraphError::RecursionLimit`].
+    pub fn recursion_limit(mut self, n: usize) -> Self {
+        self.recursion_limit = n;
+        self
+    }
+
+    /// Events [`CompiledGraph::stream`] buffers before the run waits for the consumer (at least 1).
+    pub fn buffer(mut self, n: usize) -> Self {
+        self.buffer = n.max(1);
+        self
+    }
+}
+
+/// How a run ended (errors aside).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<S> {
+    /// The run reached [`END`]; the final state.
+    Finished(S),
+    /// The run paused at an interrupt; resume it with [`CompiledGraph::resume`].
+    Interrupted {
+        /// The checkpoint to resume from.
+        checkpoint: CheckpointId,
+        /// The state at that checkpoint.
+        state: S,
+        /// The node(s) that run next (empty when the next step is [`END`]).
+        next: Vec<String>,
+    },
+}
+
+impl<S> Outcome<S> {
+    /// The state, finished or interrupted.
+    pub fn state(&self) -> &S {
+        match self {
+            Outcome::Finished(s) | Outcome::Interrupted { state: s, .. } => s,
+        }
+    }
+
+    /// Whether the run reached [`END`].
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Outcome::Finished(_))
+    }
+}
+
+/// What a streamed run reports, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphEvent<S> {
+    /// A node is about to run.
+    NodeStart {
+        /// The node.
+        node: String,
+        /// Its step number in the execution (1 for the first node).
+        step: u64,
+    },
+    /// A node returned.
+    NodeEnd {
+        /// The node.
+        node: String,
+        /// Its step number.
+        step: u64,
+        /// The state it returned.
+        state: S,
+    },
+    /// A checkpoint was saved (and is durable).
+    CheckpointSaved {
+        /// Its id.
+        id: CheckpointId,
+        /// Its version.
+        version: u64,
+    },
+    /// The run paused; the last event.
+    Interrupted {
+        /// The checkpoint to resume from.
+        checkpoint: CheckpointId,
+        /// The node(s) that run next.
+        next: Vec<String>,
+    },
+    /// The run reached [`END`]; the last event.
+    Finished {
+        /// The final state.
+        state: S,
+    },
+}
+
+pub(crate) enum Edge<S> {
+    To(String),
+    Conditional(RouteFn<S>),
+}
+
+/// A graph under construction: nodes, edges and an entry point. Mistakes are reported by
+/// [`StateGraph::compile`].
+pub struct StateGraph<S> {
+    nodes: Vec<(String, NodeFn<S>, RetryPolicy)>,
+    edges: Vec<(String, Edge<S>)>,
+    entry: Option<String>,
+}
+
+impl<S: GraphState> Default for StateGraph<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: GraphState> StateGraph<S> {
+    /// An empty graph.
+    pub fn new() -> Self {
+        StateGraph {
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            entry: None,
+        }
+    }
+
+    /// Adds a node: an async function from the state to the new state, attempted once.
+    pub fn add_node<F, Fut, E>(&mut self, name: impl Into<String>, node: F) -> &mut Self
+    where
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.add_node_with_retry(name, node, RetryPolicy::default())
+    }
+
+    /// Adds a node that is retried on error according to `retry`.
+    pub fn add_node_with_retry<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+        retry: RetryPolicy,
+    ) -> &mut Self
+    where
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let f: NodeFn<S> = Arc::new(move |s: S| {
+            let fut = node(s);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.nodes.push((name.into(), f, retry));
+        self
+    }
+
+    /// After `from` runs, `to` runs (`to` may be [`END`]).
+    pub fn add_edge(&mut self, from: impl Into<String>, to: impl Into<String>) -> &mut Self {
+        self.edges.push((from.into(), Edge::To(to.into())));
+        self
+    }
+
+    /// After `from` runs, `route` picks the next node from the new state (or returns [`END`]).
+    pub fn add_conditional_edges<F>(&mut self, from: impl Into<String>, route: F) -> &mut Self
+    where
+        F: Fn(&S) -> String + Send + Sync + 'static,
+    {
+        self.edges
+            .push((from.into(), Edge::Conditional(Arc::new(route))));
+        self
+    }
+
+    /// The node a fresh run starts at.
+    pub fn set_entry_point(&mut self, node: impl Into<String>) -> &mut Self {
+        self.entry = Some(node.into());
+        self
+    }
+
+    /// Checks the graph and returns a runnable one.
+    ///
+    /// Refused, with the node named: duplicate or reserved node names, a missing or unknown entry
+    /// point, an edge from or to an unknown node, a node with no outgoing edge or more than one,
+    /// a node not reachable from the entry point, an interrupt on an unknown node, and
+    /// interrupts without a checkpointer ([`GraphError::NoCheckpointer`]).
+    ///
+    /// The targets of a conditional edge are only known when it runs, so a node that has a
+    /// conditional edge is assumed to reach every node; an unknown target it returns at run time
+    /// is [`GraphError::InvalidRoute`].
+    pub fn compile(self, config: CompileConfig) -> Result<CompiledGraph<S>, GraphError> {
+        let mut nodes = BTreeMap::new();
+        for (name, f, retry) in self.nodes {
+            if name == END || name == INPUT {
+                return Err(GraphError::ReservedName(name));
+            }
+            if let Err(e) = validate_name("node name", &name) {
+                return Err(GraphError::InvalidNodeName {
+                    node: name,
+                    reason: e.to_string(),
+                });
+            }
+            if nodes.contains_key(&name) {
+                return Err(GraphError::DuplicateNode(name));
+            }
+            nodes.insert(name, (f, retry));
+        }
+        let entry = self.entry.ok_or(GraphError::MissingEntryPoint)?;
+        if !nodes.contains_key(&entry) {
+            return Err(GraphError::UnknownNode {
+                node: entry,
+                context: "the entry point".into(),
+            });
+        }
+        let mut edges: BTreeMap<String, Edge<S>> = BTreeMap::new();
+        for (from, edge) in self.edges {
+            if !nodes.contains_key(&from) {
+                let context = match &edge {
+                    Edge::To(to) => format!("the edge {from:?} -> {to:?}"),
+                    Edge::Conditional(_) => format!("the conditional edge from {from:?}"),
+                };
+                return Err(GraphError::UnknownNode {
+                    node: from,
+                    context,
+                });
+            }
+            if let Edge::To(to) = &edge {
+                if to != END && !nodes.contains_key(to) {
+                    return Err(GraphError::UnknownNode {
+                        node: to.clone(),
+                        context: format!("the edge {from:?} -> {to:?}"),
+                    });
+                }
+            }
+            if edges.contains_key(&from) {
+                return Err(GraphError::MultipleEdges(from));
+            }
+            edges.insert(from, edge);
+        }
+        if let Some(name) = nodes.keys().find(|n| !edges.contains_key(*n)) {
+            return Err(GraphError::NoOutgoingEdge(name.clone()));
+        }
+        // Reachability from the entry point.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut queue: VecDeque<&str> = VecDeque::from([entry.as_str()]);
+        let mut everything = false;
+        while let Some(n) = queue.pop_front() {
+            if !seen.insert(n) {
+                continue;
+            }
+            match edges.get(n) {
+                Some(Edge::To(to)) if to != END => queue.push_back(to),
+                Some(Edge::Conditional(_)) => everything = true,
+                _ => {}
+            }
+        }
+        if !everything {
+            if let Some(name) = nodes.keys().find(|n| !seen.contains(n.as_str())) {
+                return Err(GraphError::Unreachable {
+                    node: name.clone(),
+                    entry,
+                });
+            }
+        }
+        for (set, what) in [
+            (&config.interrupt_before, "interrupt_before"),
+            (&config.interrupt_after, "interrupt_after"),
+        ] {
+            if let Some(n) = set.iter().find(|n| !nodes.contains_key(*n)) {
+                return Err(GraphError::UnknownNode {
+                    node: n.clone(),
+                    context: what.into(),
+                });
+            }
+        }
+        if config.checkpointer.is_none()
+            && !(config.interrupt_before.is_empty() && config.interrupt_after.is_empty())
+        {
+            return Err(GraphError::NoCheckpointer);
+        }
+        Ok(CompiledGraph::new(nodes, edges, entry, config))
+    }
+}
