@@ -34,6 +34,8 @@ pub mod codec;
 pub mod error;
 #[cfg(feature = "graph")]
 pub mod graph;
+#[cfg(feature = "graph")]
+pub mod prebuilt;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
