@@ -1,0 +1,231 @@
+//! Crash recovery of the graph runtime with a real SIGKILL: a child process (this test binary,
+//! re-run with an env var) runs a 50-step graph on a durable sled store, each step appending its
+//! step number to a side-effect file; the parent kills it mid-run at a random step, then continues
+//! the same execution in-process with `invoke` and checks the final state and that no step whose
+//! checkpoint was saved before the kill ran again.
+
+#![cfg(all(feature = "sled", feature = "graph"))]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ckpt::graph::{CompileConfig, CompiledGraph, Outcome, RunConfig, StateGraph, END};
+use ckpt::{CheckpointStore, Store};
+use serde::{Deserialize, Serialize};
+
+const STORE_ENV: &str = "CKPT_GRAPH_CRASH_STORE";
+const EFFECTS_ENV: &str = "CKPT_GRAPH_CRASH_EFFECTS";
+const EXEC: &str = "crash-exec";
+const STEPS: u32 = 50;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct St {
+    n: u32,
+    seen: Vec<u32>,
+    sum: u64,
+}
+
+/// The 50-step graph: "step" loops on itself until `n == 50`. Each run of the node appends its
+/// step number to `effects` (the side effect), then sleeps ~2 ms so a kill lands mid-run.
+fn graph(effects: PathBuf, store: Option<Arc<dyn CheckpointStore>>) -> CompiledGraph<St> {
+    let mut g = StateGraph::<St>::new();
+    g.add_node("step", move |mut s: St| {
+        let effects = effects.clone();
+        async move {
+            s.n += 1;
+            s.seen.push(s.n);
+            s.sum += u64::from(s.n) * u64::from(s.n);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&effects)?;
+            writeln!(f, "{}", s.n)?;
+            f.flush()?;
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, std::io::Error>(s)
+        }
+    });
+    g.add_conditional_edges("step", |s: &St| {
+        if s.n >= STEPS {
+            END.into()
+        } else {
+            "step".into()
+        }
+    });
+    g.set_entry_point("step");
+    let mut config = CompileConfig::default();
+    if let Some(store) = store {
+        config = config.checkpointer(store);
+    }
+    g.compile(config).expect("the graph compiles")
+}
+
+fn effect_lines(path: &Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    // Only complete lines: the child may be killed mid-write (a single small write, but be safe).
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .map(|l| l.parse().expect("a step number"))
+        .collect()
+}
+
+/// xorshift64, seeded from the clock.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The child half: only does anything when started by `sigkill_mid_graph_resumes_exactly`.
+#[tokio::test]
+async fn crash_child() {
+    let (Ok(dir), Ok(effects)) = (std::env::var(STORE_ENV), std::env::var(EFFECTS_ENV)) else {
+        return;
+    };
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(Store::open(&dir).await.expect("child opens the store"));
+    let app = graph(PathBuf::from(effects), Some(store));
+    let out = app
+        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .await
+        .expect("child run");
+    assert!(out.is_finished());
+}
+
+#[tokio::test]
+async fn sigkill_mid_graph_resumes_exactly() {
+    // The reference: one uninterrupted run, no checkpointer.
+    let ref_dir = tempfile::tempdir().unwrap();
+    let ref_effects = ref_dir.path().join("effects");
+    let reference = match graph(ref_effects.clone(), None)
+        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .await
+        .unwrap()
+    {
+        Outcome::Finished(s) => s,
+        other => panic!("reference run did not finish: {other:?}"),
+    };
+    assert_eq!(reference.n, STEPS);
+    assert_eq!(effect_lines(&ref_effects), (1..=STEPS).collect::<Vec<_>>());
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("graph_crash seed: {seed}");
+    let mut rng = XorShift(seed);
+
+    for round in 0..2 {
+        let target = 5 + (rng.next() % 36) as usize; // 5..=40
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("db");
+        let effects = dir.path().join("effects");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(STORE_ENV, &store_dir)
+            .env(EFFECTS_ENV, &effects)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if effect_lines(&effects).len() >= target {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("round {round}: the child exited early ({status}) before step {target}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "round {round}: the child made no progress"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        let before = effect_lines(&effects);
+
+        let store = Store::open(store_dir.to_str().unwrap()).await.unwrap();
+        let saved = store.list(EXEC).await.unwrap();
+        let checkpointed = saved.len() as u32;
+        println!(
+            "round {round}: target {target}, {} side effects and {checkpointed} checkpoints at the kill",
+            before.len()
+        );
+        assert!(
+            checkpointed < STEPS,
+            "round {round}: the kill landed after the run finished"
+        );
+        // Side effects before the kill: exactly steps 1..=L, with L the checkpointed step or the
+        // one after it (running when killed).
+        let l = before.len() as u32;
+        assert_eq!(before, (1..=l).collect::<Vec<_>>(), "round {round}");
+        assert!(
+            l == checkpointed || l == checkpointed + 1,
+            "round {round}: {l} side effects but {checkpointed} checkpoints"
+        );
+        if let Some(last) = saved.last() {
+            let s: St = last.state().unwrap();
+            assert_eq!(
+                s.n, checkpointed,
+                "round {round}: the last checkpoint's step"
+            );
+        }
+
+        let store: Arc<dyn CheckpointStore> = Arc::new(store);
+        let out = graph(effects.clone(), Some(store.clone()))
+            .invoke(St::default(), RunConfig::execution_id(EXEC))
+            .await
+            .unwrap();
+        let Outcome::Finished(state) = out else {
+            panic!("round {round}: the continued run did not finish: {out:?}");
+        };
+        assert_eq!(state, reference, "round {round}: final state");
+        assert_eq!(store.list(EXEC).await.unwrap().len(), STEPS as usize);
+
+        let after = effect_lines(&effects);
+        let mut counts = vec![0usize; STEPS as usize + 1];
+        for step in &after {
+            counts[*step as usize] += 1;
+        }
+        let mut duplicated = Vec::new();
+        for step in 1..=STEPS {
+            let c = counts[step as usize];
+            assert!(c >= 1, "round {round}: step {step} never ran");
+            if c > 1 {
+                assert_eq!(c, 2, "round {round}: step {step} ran {c} times");
+                assert!(
+                    step > checkpointed,
+                    "round {round}: step {step} ran again though its checkpoint was saved"
+                );
+                duplicated.push(step);
+            }
+        }
+        assert!(
+            duplicated.len() <= 1,
+            "round {round}: steps {duplicated:?} ran twice"
+        );
+        assert_eq!(
+            after.len(),
+            STEPS as usize + duplicated.len(),
+            "round {round}"
+        );
+    }
+}
