@@ -8,8 +8,12 @@
 //! edited with [`CompiledGraph::update_state`], and resumed from any earlier checkpoint
 //! ([`CompiledGraph::resume`]).
 //!
-//! This slice runs one node per step: a node has at most one outgoing edge (static or
-//! conditional), and a conditional edge names one node (or [`END`]). Fan-out is not supported.
+//! A node has at most one outgoing edge: static, conditional (naming one node or [`END`]), or a
+//! fan-out ([`StateGraph::add_fan_out`]): several branch nodes that run concurrently in one step
+//! on clones of the state, whose results a merge function combines before execution continues at
+//! a join node. A branch that finishes is saved at once as a *pending write* of its step (a
+//! checkpoint with metadata `pending_write: true`), so a run that crashed or failed in another
+//! branch resumes by running only the branches that did not finish.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -69,6 +73,7 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> GraphState
 
 pub(crate) type NodeFn<S> = Arc<dyn Fn(S) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
 pub(crate) type RouteFn<S> = Arc<dyn Fn(&S) -> String + Send + Sync>;
+pub(crate) type MergeFn<S> = Arc<dyn Fn(S, Vec<(String, S)>) -> S + Send + Sync>;
 
 /// Everything that can go wrong building or running a graph.
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +123,21 @@ pub enum GraphError {
     #[error("node {0:?} has no outgoing edge; add an edge (to END to finish there) or a conditional edge")]
     NoOutgoingEdge(String),
 
-    /// A node has more than one outgoing edge (fan-out is not supported).
-    #[error("node {0:?} has more than one outgoing edge; parallel branches are not supported, use one edge or one conditional edge")]
+    /// A node has more than one outgoing edge (use [`StateGraph::add_fan_out`] for parallel
+    /// branches).
+    #[error("node {0:?} has more than one outgoing edge; use one edge, one conditional edge, or one fan-out (add_fan_out) for parallel branches")]
     MultipleEdges(String),
+
+    /// A fan-out is malformed (no branches, a branch listed twice, a branch that has its own
+    /// edge, is the entry point, the join, or the target of another edge, or an interrupt on a
+    /// branch).
+    #[error("invalid fan-out from {from:?}: {reason}")]
+    InvalidFanOut {
+        /// The node the fan-out leaves from.
+        from: String,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A conditional edge returned a name that is neither a node nor [`END`].
     #[error("the conditional edge of node {from:?} routed to unknown node {to:?}")]
@@ -362,6 +379,11 @@ pub enum GraphEvent<S> {
 pub(crate) enum Edge<S> {
     To(String),
     Conditional(RouteFn<S>),
+    FanOut {
+        branches: Vec<String>,
+        join: String,
+        merge: MergeFn<S>,
+    },
 }
 
 /// A graph under construction: nodes, edges and an entry point. Mistakes are reported by
@@ -434,6 +456,42 @@ impl<S: GraphState> StateGraph<S> {
         self
     }
 
+    /// After `from` runs, the `branches` run concurrently (each with its retry policy) on clones
+    /// of the state `from` returned; when all have finished, `merge` combines that state and the
+    /// branches' results (in the order `branches` lists them) into the new state, and execution
+    /// continues at `join` (a node, or [`END`]).
+    ///
+    /// All branches count as one step. With a checkpointer, each branch's result is saved as soon
+    /// as it finishes, as a pending write (node name the branch, metadata `pending_write: true`,
+    /// `branch`, `fan_out_from`, `fan_out_base` and `step`); the merged state is then saved as the
+    /// step's checkpoint (node name `from`, metadata `source: "join"`). Resuming a run that
+    /// stopped during the step reuses the pending writes and runs only the missing branches.
+    ///
+    /// A branch node has no edge of its own (its way out is the join), is not the entry point,
+    /// and is not the target of any other edge.
+    pub fn add_fan_out<I, B, M>(
+        &mut self,
+        from: impl Into<String>,
+        branches: I,
+        join: impl Into<String>,
+        merge: M,
+    ) -> &mut Self
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<String>,
+        M: Fn(S, Vec<(String, S)>) -> S + Send + Sync + 'static,
+    {
+        self.edges.push((
+            from.into(),
+            Edge::FanOut {
+                branches: branches.into_iter().map(Into::into).collect(),
+                join: join.into(),
+                merge: Arc::new(merge),
+            },
+        ));
+        self
+    }
+
     /// The node a fresh run starts at.
     pub fn set_entry_point(&mut self, node: impl Into<String>) -> &mut Self {
         self.entry = Some(node.into());
@@ -480,6 +538,7 @@ impl<S: GraphState> StateGraph<S> {
                 let context = match &edge {
                     Edge::To(to) => format!("the edge {from:?} -> {to:?}"),
                     Edge::Conditional(_) => format!("the conditional edge from {from:?}"),
+                    Edge::FanOut { .. } => format!("the fan-out from {from:?}"),
                 };
                 return Err(GraphError::UnknownNode {
                     node: from,
@@ -494,12 +553,78 @@ impl<S: GraphState> StateGraph<S> {
                     });
                 }
             }
+            if let Edge::FanOut { branches, join, .. } = &edge {
+                for to in branches.iter().chain(std::iter::once(join)) {
+                    let end_join = to == join && to == END;
+                    if !end_join && !nodes.contains_key(to) {
+                        return Err(GraphError::UnknownNode {
+                            node: to.clone(),
+                            context: format!("the fan-out from {from:?}"),
+                        });
+                    }
+                }
+            }
             if edges.contains_key(&from) {
                 return Err(GraphError::MultipleEdges(from));
             }
             edges.insert(from, edge);
         }
-        if let Some(name) = nodes.keys().find(|n| !edges.contains_key(*n)) {
+        // Fan-out branches: their way out is the join, and only their fan-out leads to them.
+        let mut branch_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for (from, edge) in &edges {
+            let Edge::FanOut { branches, join, .. } = edge else {
+                continue;
+            };
+            let invalid = |reason: String| GraphError::InvalidFanOut {
+                from: from.clone(),
+                reason,
+            };
+            if branches.is_empty() {
+                return Err(invalid("it has no branches".into()));
+            }
+            for (i, b) in branches.iter().enumerate() {
+                if branches[..i].contains(b) {
+                    return Err(invalid(format!("branch {b:?} is listed twice")));
+                }
+                if b == join {
+                    return Err(invalid(format!("branch {b:?} is also the join node")));
+                }
+                if *b == entry {
+                    return Err(invalid(format!("branch {b:?} is the entry point")));
+                }
+                if edges.contains_key(b) {
+                    return Err(invalid(format!(
+                        "branch {b:?} has its own outgoing edge; a branch continues at the join node {join:?}"
+                    )));
+                }
+                if config.interrupt_before.contains(b) || config.interrupt_after.contains(b) {
+                    return Err(invalid(format!(
+                        "branch {b:?} has an interrupt; interrupts on branches are not supported (interrupt after {from:?} or before {join:?} instead)"
+                    )));
+                }
+                if let Some(other) = branch_of.insert(b, from) {
+                    return Err(invalid(format!(
+                        "branch {b:?} is also a branch of the fan-out from {other:?}"
+                    )));
+                }
+            }
+        }
+        for (from, edge) in &edges {
+            if let Edge::To(to) = edge {
+                if let Some(fan) = branch_of.get(to.as_str()) {
+                    return Err(GraphError::InvalidFanOut {
+                        from: (*fan).to_owned(),
+                        reason: format!(
+                            "branch {to:?} is also the target of the edge {from:?} -> {to:?}"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(name) = nodes
+            .keys()
+            .find(|n| !edges.contains_key(*n) && !branch_of.contains_key(n.as_str()))
+        {
             return Err(GraphError::NoOutgoingEdge(name.clone()));
         }
         // Reachability from the entry point.
@@ -513,6 +638,12 @@ impl<S: GraphState> StateGraph<S> {
             match edges.get(n) {
                 Some(Edge::To(to)) if to != END => queue.push_back(to),
                 Some(Edge::Conditional(_)) => everything = true,
+                Some(Edge::FanOut { branches, join, .. }) => {
+                    queue.extend(branches.iter().map(String::as_str));
+                    if join != END {
+                        queue.push_back(join);
+                    }
+                }
                 _ => {}
             }
         }

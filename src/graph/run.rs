@@ -1,10 +1,11 @@
 //! The compiled graph: the execution loop, checkpoints, interrupts, resume and streaming.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::join_all;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,8 @@ impl<S> Clone for CompiledGraph<S> {
 struct Inner<S> {
     nodes: BTreeMap<String, (NodeFn<S>, RetryPolicy)>,
     edges: BTreeMap<String, Edge<S>>,
+    /// Every node that is a branch of a fan-out.
+    branches: BTreeSet<String>,
     entry: String,
     config: CompileConfig,
 }
@@ -40,8 +43,10 @@ struct Inner<S> {
 /// Where a run stands between two steps.
 struct Cursor<S> {
     state: S,
-    /// The node to run next, or [`END`].
+    /// The node to run next, or [`END`] (ignored when `fan` is set).
     next: String,
+    /// When the next step is the fan-out leaving this node: its branches run next.
+    fan: Option<String>,
     /// The step of the last node that ran (0 before the first).
     step: u64,
     /// The checkpoint holding `state`, if one was saved, and whether it records an interrupt
@@ -63,6 +68,10 @@ impl<S> Stream for GraphStream<S> {
     }
 }
 
+fn is_pending_write(cp: &Checkpoint) -> bool {
+    cp.metadata.get("pending_write") == Some(&serde_json::Value::Bool(true))
+}
+
 fn next_list(next: &str) -> Vec<String> {
     if next == END {
         Vec::new()
@@ -78,10 +87,19 @@ impl<S: GraphState> CompiledGraph<S> {
         entry: String,
         config: CompileConfig,
     ) -> Self {
+        let branches = edges
+            .values()
+            .filter_map(|e| match e {
+                Edge::FanOut { branches, .. } => Some(branches.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         CompiledGraph {
             inner: Arc::new(Inner {
                 nodes,
                 edges,
+                branches,
                 entry,
                 config,
             }),
@@ -160,6 +178,7 @@ impl<S: GraphState> CompiledGraph<S> {
             });
         }
         let cp = self.store()?.load(checkpoint).await?;
+        let cp = self.resolve(cp).await?;
         let cursor = self.cursor_from(&cp)?;
         self.run_loop(cursor, &config, None).await
     }
@@ -172,6 +191,7 @@ impl<S: GraphState> CompiledGraph<S> {
             .latest(execution_id)
             .await?
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.to_owned()))?;
+        let cp = self.resolve(cp).await?;
         let cursor = self.cursor_from(&cp)?;
         self.run_loop(cursor, &RunConfig::execution_id(execution_id), None)
             .await
@@ -188,17 +208,84 @@ impl<S: GraphState> CompiledGraph<S> {
     ) -> Result<CheckpointId, GraphError> {
         let store = self.store()?;
         let source = store.load(checkpoint).await?;
+        let source = self.resolve(source).await?;
         let cursor = self.cursor_from(&source)?;
         let interrupted = cursor.last.as_ref().is_some_and(|(_, _, i)| *i);
         let mut cp = Checkpoint::new(&source.execution_id, &source.node_name, &state)?
             .with_metadata("step", cursor.step)
-            .with_metadata("next", next_list(&cursor.next))
+            .with_metadata("next", self.next_names(&cursor))
             .with_metadata("source", "update")
             .with_metadata("updated_from", checkpoint.to_string());
         if interrupted {
             cp = cp.with_metadata("interrupted", true);
         }
         Ok(store.save(cp).await?.id)
+    }
+
+    /// A pending write (a branch's result, saved during a fan-out step) is not a run position:
+    /// the position is the checkpoint the fan-out step started from.
+    async fn resolve(&self, cp: Checkpoint) -> Result<Checkpoint, GraphError> {
+        if !is_pending_write(&cp) {
+            return Ok(cp);
+        }
+        let base = cp
+            .metadata
+            .get("fan_out_base")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| GraphError::InvalidCheckpoint {
+                id: cp.id.clone(),
+                reason: "it is a pending write without a \"fan_out_base\" version".into(),
+            })?;
+        let id = CheckpointId::new(&cp.execution_id, base)?;
+        Ok(self.store()?.load(&id).await?)
+    }
+
+    /// The node(s) that run after `cur`, as a checkpoint's `next` metadata lists them.
+    fn next_names(&self, cur: &Cursor<S>) -> Vec<String> {
+        match &cur.fan {
+            Some(from) => self.fan_branches(from),
+            None => next_list(&cur.next),
+        }
+    }
+
+    fn fan_branches(&self, from: &str) -> Vec<String> {
+        match self.inner.edges.get(from) {
+            Some(Edge::FanOut { branches, .. }) => branches.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The branch results of the fan-out from `from` that started at checkpoint `base`, saved as
+    /// pending writes after it (the first one of each branch).
+    async fn pending_writes(
+        &self,
+        store: &Arc<dyn CheckpointStore>,
+        exec: &str,
+        from: &str,
+        base: &CheckpointId,
+    ) -> Result<BTreeMap<String, S>, GraphError> {
+        let branches = self.fan_branches(from);
+        let mut done = BTreeMap::new();
+        for cp in store.list(exec).await? {
+            if cp.version <= base.version()
+                || !is_pending_write(&cp)
+                || cp.metadata.get("fan_out_from").and_then(|v| v.as_str()) != Some(from)
+                || cp
+                    .metadata
+                    .get("fan_out_base")
+                    .and_then(serde_json::Value::as_u64)
+                    != Some(base.version())
+            {
+                continue;
+            }
+            let Some(branch) = cp.metadata.get("branch").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            if branches.iter().any(|b| b == branch) && !done.contains_key(branch) {
+                done.insert(branch.to_owned(), cp.state()?);
+            }
+        }
+        Ok(done)
     }
 
     /// The run position a checkpoint records.
@@ -214,7 +301,14 @@ impl<S: GraphState> CompiledGraph<S> {
             .ok_or_else(|| {
                 invalid("its metadata has no \"next\" list; it was not saved by a graph".into())
             })?;
+        let fan = match self.inner.edges.get(&cp.node_name) {
+            Some(Edge::FanOut { branches, .. }) if !next.is_empty() && *branches == next => {
+                Some(cp.node_name.clone())
+            }
+            _ => None,
+        };
         let next = match next.as_slice() {
+            _ if fan.is_some() => END.to_owned(),
             [] => END.to_owned(),
             [one] if self.inner.nodes.contains_key(one) => one.clone(),
             [one] => {
@@ -233,6 +327,7 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(Cursor {
             state: cp.state()?,
             next,
+            fan,
             step,
             last: Some((cp.id.clone(), cp.node_name.clone(), interrupted)),
         })
@@ -246,6 +341,7 @@ impl<S: GraphState> CompiledGraph<S> {
     ) -> Result<Outcome<S>, GraphError> {
         if let Some(store) = &self.inner.config.checkpointer {
             if let Some(cp) = store.latest(&config.execution_id).await? {
+                let cp = self.resolve(cp).await?;
                 let cursor = self.cursor_from(&cp)?;
                 return self.run_loop(cursor, &config, events).await;
             }
@@ -253,6 +349,7 @@ impl<S: GraphState> CompiledGraph<S> {
         let cursor = Cursor {
             state: input,
             next: self.inner.entry.clone(),
+            fan: None,
             step: 0,
             last: None,
         };
@@ -279,7 +376,7 @@ impl<S: GraphState> CompiledGraph<S> {
         let exec = config.execution_id.as_str();
         let mut ran = 0usize;
         loop {
-            if cur.next == END {
+            if cur.fan.is_none() && cur.next == END {
                 if streaming {
                     emit(GraphEvent::Finished {
                         state: cur.state.clone(),
@@ -288,9 +385,10 @@ impl<S: GraphState> CompiledGraph<S> {
                 }
                 return Ok(Outcome::Finished(cur.state));
             }
-            let node = cur.next.clone();
+            let node = cur.fan.clone().unwrap_or_else(|| cur.next.clone());
             let honoured = cur.last.as_ref().is_some_and(|(_, _, i)| *i);
-            if cfg.interrupt_before.contains(&node) && !honoured {
+            // Interrupts on fan-out branches are refused at compile time.
+            if cur.fan.is_none() && cfg.interrupt_before.contains(&node) && !honoured {
                 // Make sure a checkpoint records the pause (and that it was honoured).
                 let store = self.store()?;
                 let (node_name, source) = match &cur.last {
@@ -308,38 +406,142 @@ impl<S: GraphState> CompiledGraph<S> {
                     version: saved.version,
                 })
                 .await;
-                return self.interrupted(saved.id, cur.state, &node, &emit).await;
+                return self
+                    .interrupted(saved.id, cur.state, next_list(&node), &emit)
+                    .await;
             }
             if ran >= config.recursion_limit {
                 return Err(GraphError::RecursionLimit {
                     limit: config.recursion_limit,
                 });
             }
+            let resuming = ran == 0;
             ran += 1;
             let step = cur.step + 1;
-            emit(GraphEvent::NodeStart {
-                node: node.clone(),
-                step,
-            })
-            .await;
-            let state = self.run_node(&node, cur.state).await?;
-            if streaming {
-                emit(GraphEvent::NodeEnd {
+            let (state, next, source, pause_after) = if cur.fan.is_some() {
+                // `node` is the node the fan-out leaves from; its branches run now.
+                let (branches, join, merge) = match self.inner.edges.get(&node) {
+                    Some(Edge::FanOut {
+                        branches,
+                        join,
+                        merge,
+                    }) => (branches, join, merge),
+                    _ => return Err(GraphError::NoOutgoingEdge(node)),
+                };
+                let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
+                let mut done = BTreeMap::new();
+                if resuming {
+                    if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
+                        done = self.pending_writes(store, exec, &node, base).await?;
+                    }
+                }
+                let runs = branches
+                    .iter()
+                    .filter(|b| !done.contains_key(*b))
+                    .map(|branch| {
+                        let input = cur.state.clone();
+                        let (emit, base, node, join) = (&emit, &base, &node, join);
+                        async move {
+                            emit(GraphEvent::NodeStart {
+                                node: branch.clone(),
+                                step,
+                            })
+                            .await;
+                            let out = self.run_node(branch, input).await?;
+                            if streaming {
+                                emit(GraphEvent::NodeEnd {
+                                    node: branch.clone(),
+                                    step,
+                                    state: out.clone(),
+                                })
+                                .await;
+                            }
+                            if let (Some(store), Some(base)) = (&cfg.checkpointer, base) {
+                                // The pending write: this branch is not run again on resume.
+                                let cp = Checkpoint::new(exec, branch, &out)?
+                                    .with_metadata("step", step)
+                                    .with_metadata("next", next_list(join))
+                                    .with_metadata("source", "pending_write")
+                                    .with_metadata("pending_write", true)
+                                    .with_metadata("branch", branch.as_str())
+                                    .with_metadata("fan_out_from", node.as_str())
+                                    .with_metadata("fan_out_base", base.version());
+                                let saved = store.save(cp).await?;
+                                emit(GraphEvent::CheckpointSaved {
+                                    id: saved.id.clone(),
+                                    version: saved.version,
+                                })
+                                .await;
+                            }
+                            Ok::<_, GraphError>((branch.clone(), out))
+                        }
+                    });
+                // Every branch runs to its end (and is saved) even when another fails.
+                let mut failure = None;
+                for res in join_all(runs).await {
+                    match res {
+                        Ok((branch, out)) => {
+                            done.insert(branch, out);
+                        }
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                let results = branches
+                    .iter()
+                    .filter_map(|b| done.remove(b).map(|s| (b.clone(), s)))
+                    .collect();
+                let merged = merge(cur.state, results);
+                (merged, join.clone(), "join", false)
+            } else {
+                emit(GraphEvent::NodeStart {
                     node: node.clone(),
                     step,
-                    state: state.clone(),
                 })
                 .await;
-            }
-            let next = self.route(&node, &state)?;
-            let pause_after = cfg.interrupt_after.contains(&node);
-            let pause_before = next != END && cfg.interrupt_before.contains(&next);
-            let mut last = None;
+                let state = self.run_node(&node, cur.state).await?;
+                if streaming {
+                    emit(GraphEvent::NodeEnd {
+                        node: node.clone(),
+                        step,
+                        state: state.clone(),
+                    })
+                    .await;
+                }
+                let next = match self.inner.edges.get(&node) {
+                    Some(Edge::FanOut { .. }) => END.to_owned(),
+                    _ => self.route(&node, &state)?,
+                };
+                (state, next, "loop", cfg.interrupt_after.contains(&node))
+            };
+            let fan = if cur.fan.is_none()
+                && matches!(self.inner.edges.get(&node), Some(Edge::FanOut { .. }))
+            {
+                Some(node.clone())
+            } else {
+                None
+            };
+            let next_cur = Cursor {
+                state,
+                next,
+                fan,
+                step,
+                last: None,
+            };
+            let next_names = self.next_names(&next_cur);
+            let pause_before = next_cur.fan.is_none()
+                && next_cur.next != END
+                && cfg.interrupt_before.contains(&next_cur.next);
+            cur = next_cur;
             if let Some(store) = &cfg.checkpointer {
-                let mut cp = Checkpoint::new(exec, &node, &state)?
+                let mut cp = Checkpoint::new(exec, &node, &cur.state)?
                     .with_metadata("step", step)
-                    .with_metadata("next", next_list(&next))
-                    .with_metadata("source", "loop");
+                    .with_metadata("next", next_names.clone())
+                    .with_metadata("source", source);
                 if pause_after || pause_before {
                     cp = cp.with_metadata("interrupted", true);
                 }
@@ -349,20 +551,14 @@ impl<S: GraphState> CompiledGraph<S> {
                     version: saved.version,
                 })
                 .await;
-                last = Some((saved.id, node.clone(), pause_after || pause_before));
+                cur.last = Some((saved.id, node.clone(), pause_after || pause_before));
             }
-            cur = Cursor {
-                state,
-                next,
-                step,
-                last,
-            };
             if pause_after || pause_before {
                 let id = match &cur.last {
                     Some((id, _, _)) => id.clone(),
                     None => return Err(GraphError::NoCheckpointer),
                 };
-                return self.interrupted(id, cur.state, &cur.next, &emit).await;
+                return self.interrupted(id, cur.state, next_names, &emit).await;
             }
         }
     }
@@ -371,14 +567,13 @@ impl<S: GraphState> CompiledGraph<S> {
         &self,
         checkpoint: CheckpointId,
         state: S,
-        next: &str,
+        next: Vec<String>,
         emit: &F,
     ) -> Result<Outcome<S>, GraphError>
     where
         F: Fn(GraphEvent<S>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let next = next_list(next);
         emit(GraphEvent::Interrupted {
             checkpoint: checkpoint.clone(),
             next: next.clone(),
@@ -425,7 +620,10 @@ impl<S: GraphState> CompiledGraph<S> {
             Some(Edge::To(to)) => Ok(to.clone()),
             Some(Edge::Conditional(f)) => {
                 let to = f(state);
-                if to == END || self.inner.nodes.contains_key(&to) {
+                // A fan-out branch is only reached through its fan-out.
+                if to == END
+                    || (self.inner.nodes.contains_key(&to) && !self.inner.branches.contains(&to))
+                {
                     Ok(to)
                 } else {
                     Err(GraphError::InvalidRoute {
@@ -434,7 +632,7 @@ impl<S: GraphState> CompiledGraph<S> {
                     })
                 }
             }
-            None => Err(GraphError::NoOutgoingEdge(node.to_owned())),
+            Some(Edge::FanOut { .. }) | None => Err(GraphError::NoOutgoingEdge(node.to_owned())),
         }
     }
 }

@@ -1,0 +1,345 @@
+//! Parallel branches (`StateGraph::add_fan_out`) of the graph runtime, with pending writes, on
+//! the memory and sled stores.
+#![cfg(all(feature = "graph", feature = "sled"))]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ckpt::graph::{CompileConfig, GraphError, Outcome, RunConfig, StateGraph, END};
+use ckpt::{Checkpoint, CheckpointStore};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct St {
+    log: Vec<String>,
+}
+
+type NodeOut = BoxFuture<'static, Result<St, std::io::Error>>;
+
+/// A node that sleeps `ms`, then appends its name; fails on its first `fail_first` calls.
+fn node(
+    name: &'static str,
+    calls: Arc<AtomicUsize>,
+    ms: u64,
+    fail_first: usize,
+) -> impl Fn(St) -> NodeOut + Send + Sync + 'static {
+    move |mut s: St| {
+        let call = calls.fetch_add(1, SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if call < fail_first {
+                return Err(std::io::Error::other(format!("{name} failed")));
+            }
+            s.log.push(name.to_owned());
+            Ok(s)
+        })
+    }
+}
+
+/// The state before the step, then what each branch appended, in declared order.
+fn merge(mut base: St, results: Vec<(String, St)>) -> St {
+    let n = base.log.len();
+    for (_, s) in results {
+        base.log.extend(s.log.into_iter().skip(n));
+    }
+    base
+}
+
+const BRANCHES: [&str; 3] = ["b1", "b2", "b3"];
+const SLEEPS: [u64; 3] = [200, 150, 100];
+
+struct Calls {
+    start: Arc<AtomicUsize>,
+    branches: Vec<Arc<AtomicUsize>>,
+    done: Arc<AtomicUsize>,
+}
+
+impl Calls {
+    fn new() -> Self {
+        Calls {
+            start: Arc::default(),
+            branches: (0..3).map(|_| Arc::default()).collect(),
+            done: Arc::default(),
+        }
+    }
+
+    fn branches(&self) -> Vec<usize> {
+        self.branches.iter().map(|c| c.load(SeqCst)).collect()
+    }
+}
+
+/// start -> {b1, b2, b3} -> done -> END; branch `fail` (index) fails on its first call.
+fn fan_graph(calls: &Calls, fail: Option<usize>) -> StateGraph<St> {
+    let mut g = StateGraph::<St>::new();
+    g.add_node("start", node("start", calls.start.clone(), 0, 0));
+    for (i, b) in BRANCHES.iter().enumerate() {
+        let fails = usize::from(fail == Some(i));
+        g.add_node(*b, node(b, calls.branches[i].clone(), SLEEPS[i], fails));
+    }
+    g.add_node("done", node("done", calls.done.clone(), 0, 0));
+    g.add_fan_out("start", BRANCHES, "done", merge)
+        .add_edge("done", END)
+        .set_entry_point("start");
+    g
+}
+
+fn expected() -> St {
+    St {
+        log: ["start", "b1", "b2", "b3", "done"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+fn with_store(store: &Arc<dyn CheckpointStore>) -> CompileConfig {
+    CompileConfig::default().checkpointer(store.clone())
+}
+
+fn finished(out: Result<Outcome<St>, GraphError>) -> St {
+    match out {
+        Ok(Outcome::Finished(s)) => s,
+        other => panic!("expected Finished, got {other:?}"),
+    }
+}
+
+fn next_of(cp: &Checkpoint) -> Vec<String> {
+    serde_json::from_value(cp.metadata["next"].clone()).expect("next is a list")
+}
+
+fn is_pending(cp: &Checkpoint) -> bool {
+    cp.metadata.get("pending_write") == Some(&serde_json::Value::Bool(true))
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> =
+                        std::sync::Arc::new(ckpt::Store::memory());
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::TempDir::new().expect("temp dir");
+                    let store = ckpt::Store::open(dir.path().to_str().expect("utf-8 path"))
+                        .await
+                        .expect("open sled");
+                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> = std::sync::Arc::new(store);
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    fan_out_runs_concurrently_and_merges_in_order,
+    branch_failure_resumes_only_the_missing_branch,
+    interrupt_after_the_fan_out_source,
+);
+
+async fn fan_out_runs_concurrently_and_merges_in_order(store: Arc<dyn CheckpointStore>) {
+    let calls = Calls::new();
+    let app = fan_graph(&calls, None).compile(with_store(&store)).unwrap();
+    let t = Instant::now();
+    let out = finished(
+        app.invoke(St::default(), RunConfig::execution_id("fan"))
+            .await,
+    );
+    let elapsed = t.elapsed();
+    assert_eq!(out, expected());
+    // Sleeps of 200 + 150 + 100 ms: sequential would take 450 ms.
+    assert!(elapsed < Duration::from_millis(400), "took {elapsed:?}");
+    assert_eq!(calls.branches(), [1, 1, 1]);
+
+    let list = store.list("fan").await.unwrap();
+    let nodes: Vec<&str> = list.iter().map(|c| c.node_name.as_str()).collect();
+    // start, the pending writes in the order the branches finished, the merge, done.
+    assert_eq!(nodes, ["start", "b3", "b2", "b1", "start", "done"]);
+    assert_eq!(next_of(&list[0]), BRANCHES);
+    assert_eq!(list[0].metadata["step"], 1);
+    for (cp, branch) in list[1..4].iter().zip(["b3", "b2", "b1"]) {
+        assert!(is_pending(cp), "{:?}", cp.metadata);
+        assert_eq!(cp.metadata["branch"], branch);
+        assert_eq!(cp.metadata["fan_out_from"], "start");
+        assert_eq!(cp.metadata["fan_out_base"], list[0].version);
+        assert_eq!(cp.metadata["step"], 2);
+        assert_eq!(next_of(cp), ["done"]);
+        assert_eq!(cp.state::<St>().unwrap().log, ["start", branch]);
+    }
+    assert!(!is_pending(&list[4]));
+    assert_eq!(list[4].metadata["source"], "join");
+    assert_eq!(list[4].metadata["step"], 2);
+    assert_eq!(next_of(&list[4]), ["done"]);
+    assert_eq!(
+        list[4].state::<St>().unwrap().log,
+        ["start", "b1", "b2", "b3"]
+    );
+    assert_eq!(list[5].metadata["step"], 3);
+    assert!(next_of(&list[5]).is_empty());
+
+    // A finished execution is not run again.
+    let again = finished(
+        app.invoke(St::default(), RunConfig::execution_id("fan"))
+            .await,
+    );
+    assert_eq!(again, expected());
+    assert_eq!(calls.branches(), [1, 1, 1]);
+}
+
+async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn CheckpointStore>) {
+    for (exec, by_invoke) in [("crash-resume", false), ("crash-invoke", true)] {
+        let calls = Calls::new();
+        let app = fan_graph(&calls, Some(1))
+            .compile(with_store(&store))
+            .unwrap();
+        let err = app
+            .invoke(St::default(), RunConfig::execution_id(exec))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GraphError::Node { node, .. } if node == "b2"),
+            "{err}"
+        );
+        // b1 and b3 finished, and were saved as pending writes.
+        let list = store.list(exec).await.unwrap();
+        let pending: Vec<&str> = list
+            .iter()
+            .filter(|c| is_pending(c))
+            .map(|c| c.node_name.as_str())
+            .collect();
+        assert_eq!(pending, ["b3", "b1"]);
+        assert_eq!(list.len(), 3, "start and two pending writes");
+        assert_eq!(calls.branches(), [1, 1, 1]);
+
+        let out = if by_invoke {
+            app.invoke(St::default(), RunConfig::execution_id(exec))
+                .await
+        } else {
+            app.resume_latest(exec).await
+        };
+        assert_eq!(finished(out), expected());
+        // Only b2 ran again.
+        assert_eq!(calls.branches(), [1, 2, 1]);
+        assert_eq!(calls.start.load(SeqCst), 1);
+        assert_eq!(calls.done.load(SeqCst), 1);
+
+        let list = store.list(exec).await.unwrap();
+        let nodes: Vec<&str> = list.iter().map(|c| c.node_name.as_str()).collect();
+        assert_eq!(nodes, ["start", "b3", "b1", "b2", "start", "done"]);
+        assert_eq!(list[4].metadata["source"], "join");
+    }
+}
+
+async fn interrupt_after_the_fan_out_source(store: Arc<dyn CheckpointStore>) {
+    let calls = Calls::new();
+    let app = fan_graph(&calls, None)
+        .compile(with_store(&store).interrupt_after(["start"]))
+        .unwrap();
+    let out = app
+        .invoke(St::default(), RunConfig::execution_id("pause"))
+        .await
+        .unwrap();
+    let Outcome::Interrupted {
+        checkpoint, next, ..
+    } = out
+    else {
+        panic!("expected Interrupted, got {out:?}");
+    };
+    assert_eq!(next, BRANCHES);
+    assert_eq!(calls.branches(), [0, 0, 0]);
+    let out = finished(app.resume("pause", &checkpoint).await);
+    assert_eq!(out, expected());
+    assert_eq!(calls.branches(), [1, 1, 1]);
+}
+
+#[tokio::test]
+async fn fan_out_without_checkpointer() {
+    let calls = Calls::new();
+    let app = fan_graph(&calls, None)
+        .compile(CompileConfig::default())
+        .unwrap();
+    let out = finished(
+        app.invoke(St::default(), RunConfig::execution_id("x"))
+            .await,
+    );
+    assert_eq!(out, expected());
+}
+
+#[tokio::test]
+async fn fan_out_compile_errors() {
+    let calls = Calls::new();
+    let err = |g: StateGraph<St>| match g.compile(CompileConfig::default()) {
+        Err(e) => e,
+        Ok(_) => panic!("expected a compile error"),
+    };
+    let base = || {
+        let mut g = StateGraph::<St>::new();
+        g.add_node("start", node("start", calls.start.clone(), 0, 0))
+            .add_node("b1", node("b1", calls.branches[0].clone(), 0, 0))
+            .add_node("b2", node("b2", calls.branches[1].clone(), 0, 0))
+            .add_node("done", node("done", calls.done.clone(), 0, 0))
+            .add_edge("done", END)
+            .set_entry_point("start");
+        g
+    };
+
+    // Unknown branch.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2", "nope"], "done", merge);
+    let e = err(g);
+    assert!(
+        matches!(&e, GraphError::UnknownNode { node, .. } if node == "nope"),
+        "{e}"
+    );
+
+    // Unknown join.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2"], "nowhere", merge);
+    let e = err(g);
+    assert!(
+        matches!(&e, GraphError::UnknownNode { node, .. } if node == "nowhere"),
+        "{e}"
+    );
+
+    // A branch with its own edge.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2"], "done", merge)
+        .add_edge("b2", "done");
+    let e = err(g);
+    assert!(
+        matches!(&e, GraphError::InvalidFanOut { from, reason } if from == "start" && reason.contains("\"b2\"")),
+        "{e}"
+    );
+
+    // The fan-out source with another edge.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2"], "done", merge)
+        .add_edge("start", "done");
+    let e = err(g);
+    assert!(
+        matches!(&e, GraphError::MultipleEdges(n) if n == "start"),
+        "{e}"
+    );
+
+    // A branch that is the entry point.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2"], "done", merge)
+        .set_entry_point("b1");
+    let e = err(g);
+    assert!(matches!(&e, GraphError::InvalidFanOut { .. }), "{e}");
+
+    // Branches and join count as reachable, and branches need no edge: this compiles.
+    let mut g = base();
+    g.add_fan_out("start", ["b1", "b2"], "done", merge);
+    assert!(g.compile(CompileConfig::default()).is_ok());
+}
