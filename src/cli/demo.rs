@@ -14,7 +14,7 @@ use ckpt::backend::Backend;
 use ckpt::url::{redact, StoreUrl};
 use ckpt::{Checkpoint, HistoryQuery, Store, WriteStats};
 
-use super::fmt::{self, Table};
+use super::fmt;
 use super::{say, CliResult, Global};
 
 /// Options of `ckpt demo`.
@@ -191,16 +191,7 @@ pub async fn run(args: DemoArgs, global: &Global) -> CliResult {
     history.reverse();
     say!("")?;
     say!("history of {execution} (oldest first):")?;
-    let mut table = Table::new(&[">VERSION", "ID", "NODE", "TIME (UTC)", "METADATA"]);
-    for h in &history {
-        table.row(vec![
-            h.version.to_string(),
-            h.id.to_string(),
-            h.node_name.clone(),
-            fmt::utc(h.timestamp),
-            fmt::metadata(&h.metadata),
-        ]);
-    }
+    let table = fmt::headers_table(&history);
     for line in table.lines("  ") {
         say!("{line}")?;
     }

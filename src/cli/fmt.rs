@@ -51,6 +51,21 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Checkpoint headers as a table: version, id, node, time, metadata (in the order given).
+pub fn headers_table(headers: &[ckpt::CheckpointHeader]) -> Table {
+    let mut table = Table::new(&[">VERSION", "ID", "NODE", "TIME (UTC)", "METADATA"]);
+    for h in headers {
+        table.row(vec![
+            h.version.to_string(),
+            h.id.to_string(),
+            h.node_name.clone(),
+            utc(h.timestamp),
+            metadata(&h.metadata),
+        ]);
+    }
+    table
+}
+
 /// Metadata as `key=value` pairs; strings unquoted, other values as JSON.
 pub fn metadata(m: &Metadata) -> String {
     m.iter()

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use ckpt::HistoryQuery;
 
 use super::diff::{diff_values, use_color};
-use super::fmt::{self, Table};
+use super::fmt;
 use super::show::{open_store, require_execution, Head};
 use super::{say, CliResult, Context as _, Global};
 
@@ -62,16 +62,7 @@ pub async fn run(args: LogArgs, global: &Global) -> CliResult {
             say!("{}", Value::Array(doc))?;
             return Ok(());
         }
-        let mut table = Table::new(&[">VERSION", "ID", "NODE", "TIME (UTC)", "METADATA"]);
-        for h in &headers {
-            table.row(vec![
-                h.version.to_string(),
-                h.id.to_string(),
-                h.node_name.clone(),
-                fmt::utc(h.timestamp),
-                fmt::metadata(&h.metadata),
-            ]);
-        }
+        let table = fmt::headers_table(&headers);
         for line in table.lines("") {
             say!("{line}")?;
         }
