@@ -440,22 +440,9 @@ impl<S: GraphState> CompiledGraph<S> {
                     .filter(|b| !done.contains_key(*b))
                     .map(|branch| {
                         let input = cur.state.clone();
-                        let (emit, base, node, join) = (&emit, &base, &node, join);
+                        let (emit, base, node, join, events) = (&emit, &base, &node, join, &events);
                         async move {
-                            emit(GraphEvent::NodeStart {
-                                node: branch.clone(),
-                                step,
-                            })
-                            .await;
-                            let out = self.run_node(branch, input).await?;
-                            if streaming {
-                                emit(GraphEvent::NodeEnd {
-                                    node: branch.clone(),
-                                    step,
-                                    state: out.clone(),
-                                })
-                                .await;
-                            }
+                            let out = self.run_node_reported(branch, step, input, events).await?;
                             if let (Some(store), Some(base)) = (&cfg.checkpointer, base) {
                                 // The pending write: this branch is not run again on resume.
                                 let cp = Checkpoint::new(exec, branch, &out)?
@@ -498,20 +485,9 @@ impl<S: GraphState> CompiledGraph<S> {
                 let merged = merge(cur.state, results);
                 (merged, join.clone(), "join", false)
             } else {
-                emit(GraphEvent::NodeStart {
-                    node: node.clone(),
-                    step,
-                })
-                .await;
-                let state = self.run_node(&node, cur.state).await?;
-                if streaming {
-                    emit(GraphEvent::NodeEnd {
-                        node: node.clone(),
-                        step,
-                        state: state.clone(),
-                    })
-                    .await;
-                }
+                let state = self
+                    .run_node_reported(&node, step, cur.state, &events)
+                    .await?;
                 let next = match self.inner.edges.get(&node) {
                     Some(Edge::FanOut { .. }) => END.to_owned(),
                     _ => self.route(&node, &state)?,
@@ -584,6 +560,35 @@ impl<S: GraphState> CompiledGraph<S> {
             state,
             next,
         })
+    }
+
+    /// Runs one node, reporting its start and (with the state it returned) its end to a stream.
+    async fn run_node_reported(
+        &self,
+        node: &str,
+        step: u64,
+        state: S,
+        events: &Option<EventTx<S>>,
+    ) -> Result<S, GraphError> {
+        let Some(tx) = events else {
+            return self.run_node(node, state).await;
+        };
+        // A dropped stream does not stop the run.
+        let _ = tx
+            .send(Ok(GraphEvent::NodeStart {
+                node: node.to_owned(),
+                step,
+            }))
+            .await;
+        let out = self.run_node(node, state).await?;
+        let _ = tx
+            .send(Ok(GraphEvent::NodeEnd {
+                node: node.to_owned(),
+                step,
+                state: out.clone(),
+            }))
+            .await;
+        Ok(out)
     }
 
     /// Runs one node with its retry policy.
