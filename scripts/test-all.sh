@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting and lint gates, unit, conformance, property, crash,
-# corruption, CLI and doc tests, the fuzz corpus, and the examples. What CI runs (see .ci/run).
+# corruption, CLI and doc tests, the fuzz corpus, and the examples, with the PostgreSQL and Redis
+# servers they need started first (scripts/servers.sh). What CI runs (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,13 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
+
+step "test servers: PostgreSQL, redis-server, Redis Cluster (127.0.0.1, stopped on exit)"
+trap 'scripts/servers.sh stop' EXIT
+eval "$(scripts/servers.sh start)"
+: "${CKPT_TEST_POSTGRES_URL:?PostgreSQL did not start}"
+: "${CKPT_TEST_REDIS_URL:?redis-server did not start}"
+: "${CKPT_TEST_REDIS_CLUSTER_URL:?Redis Cluster did not start}"
 
 step "cargo test (all features)"
 cargo test --all-features --no-fail-fast 2>&1 | tee target/test-all.log

@@ -5,10 +5,41 @@
 //! | `memory://` | in-process memory, gone with the process |
 //! | `sled://PATH`, or a bare `PATH` | embedded sled database in directory `PATH` (the default) |
 //! | `sled://PATH?sync=false` | the same, without waiting for the disk on each save |
+//! | `sqlite://PATH` | SQLite database file `PATH` (feature `sqlite`) |
+//! | `postgres://user@host:port/db`, `postgresql://...` | PostgreSQL (feature `postgres`) |
+//! | `redis://host:port/db`, `rediss://...` | one Redis server, streams (feature `redis`) |
+//! | `redis+cluster://host1:port,host2:port` | Redis Cluster (feature `redis`) |
+//!
+//! The server backends parse their own options from the query string (pool sizes, timeouts, TLS,
+//! TTL); see each backend's module. A URL is never shown with its password: [`RawUrl`]'s `Debug`
+//! and every error redact it.
 
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+
+/// A URL as the user gave it, for a backend to parse its own options from. Its `Debug` output and
+/// [`RawUrl::redacted`] never show a password; [`RawUrl::expose`] returns it whole, for connecting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawUrl(String);
+
+impl RawUrl {
+    /// The whole URL, password included: only for handing to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl std::fmt::Debug for RawUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
 
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,17 +54,15 @@ pub enum StoreUrl {
         /// Whether each save waits for its flush to disk (default true).
         sync: bool,
     },
+    /// `sqlite://PATH[?options]`.
+    Sqlite(RawUrl),
+    /// `postgres://...` or `postgresql://...`.
+    Postgres(RawUrl),
+    /// `redis://...` or `rediss://...` (TLS).
+    Redis(RawUrl),
+    /// `redis+cluster://host1:port,host2:port[?options]`.
+    RedisCluster(RawUrl),
 }
-
-/// Schemes that name backends of later releases or of features not compiled in.
-const KNOWN_ELSEWHERE: &[(&str, &str)] = &[
-    ("sqlite", "SQLite"),
-    ("postgres", "PostgreSQL"),
-    ("postgresql", "PostgreSQL"),
-    ("redis", "Redis"),
-    ("rediss", "Redis (TLS)"),
-    ("redis+cluster", "Redis Cluster"),
-];
 
 impl StoreUrl {
     /// Parses a store URL. Errors never repeat a password that was in the URL.
@@ -67,14 +96,18 @@ impl StoreUrl {
             }
             "sled" => {
                 if location.is_empty() {
-                    return Err(invalid("sled:// needs a directory, e.g. sled://./ckpt-data".into()));
+                    return Err(invalid(
+                        "sled:// needs a directory, e.g. sled://./ckpt-data".into(),
+                    ));
                 }
                 let mut sync = true;
                 for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
                     match pair.split_once('=') {
-                        Some(("sync", v)) => sync = parse_bool(v).ok_or_else(|| {
-                            invalid(format!("sync must be true or false, got {v:?}"))
-                        })?,
+                        Some(("sync", v)) => {
+                            sync = parse_bool(v).ok_or_else(|| {
+                                invalid(format!("sync must be true or false, got {v:?}"))
+                            })?
+                        }
                         _ => {
                             return Err(invalid(format!(
                                 "unknown option {pair:?}; sled:// accepts sync=true|false"
@@ -87,19 +120,34 @@ impl StoreUrl {
                     sync,
                 })
             }
-            other => match KNOWN_ELSEWHERE.iter().find(|(s, _)| *s == other) {
-                Some((_, name)) => Err(invalid(format!(
-                    "the {name} backend is not part of this build of ckpt; available: memory://, sled://PATH"
-                ))),
-                None => Err(invalid(format!(
-                    "unknown scheme {other:?}; use memory://, sled://PATH, or a directory path"
-                ))),
-            },
+            "sqlite" => {
+                if location.is_empty() {
+                    return Err(invalid(
+                        "sqlite:// needs a file, e.g. sqlite://./ckpt.db".into(),
+                    ));
+                }
+                Ok(StoreUrl::Sqlite(RawUrl(url.to_owned())))
+            }
+            "postgres" | "postgresql" => Ok(StoreUrl::Postgres(RawUrl(url.to_owned()))),
+            "redis" | "rediss" => Ok(StoreUrl::Redis(RawUrl(url.to_owned()))),
+            "redis+cluster" | "rediss+cluster" => {
+                if location.is_empty() {
+                    return Err(invalid(
+                        "redis+cluster:// needs at least one node, e.g. redis+cluster://127.0.0.1:7000"
+                            .into(),
+                    ));
+                }
+                Ok(StoreUrl::RedisCluster(RawUrl(url.to_owned())))
+            }
+            other => Err(invalid(format!(
+                "unknown scheme {other:?}; use memory://, sled://PATH, a directory path, \
+                 sqlite://PATH, postgres://..., redis://... or redis+cluster://..."
+            ))),
         }
     }
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
@@ -107,11 +155,13 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// `url` with any password (`user:password@`) replaced by `***`.
+/// `url` with any password (`user:password@`, or a `password=` query option) replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
+    let rest = redact_query_password(rest);
+    let rest = rest.as_str();
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
@@ -124,8 +174,25 @@ pub fn redact(url: &str) -> String {
             };
             format!("{scheme}://{masked}@{host}{tail}")
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
     }
+}
+
+/// `rest` with the values of `password=` / `pass=` query options replaced by `***`.
+fn redact_query_password(rest: &str) -> String {
+    let Some((head, query)) = rest.split_once('?') else {
+        return rest.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if matches!(k.to_ascii_lowercase().as_str(), "password" | "pass") => {
+                format!("{k}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -152,11 +219,25 @@ mod tests {
     }
 
     #[test]
-    fn refuses_with_reasons_and_no_passwords() {
-        let e = StoreUrl::parse("postgres://bob:hunter2@db/app")
+    fn server_urls_never_show_their_password() {
+        let parsed = StoreUrl::parse("postgres://bob:hunter2@db/app").unwrap();
+        assert!(matches!(parsed, StoreUrl::Postgres(_)));
+        let debug = format!("{parsed:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("bob"),
+            "{debug}"
+        );
+        let e = StoreUrl::parse("ftp://bob:hunter2@x/")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("PostgreSQL") && !e.contains("hunter2"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = redact("postgres://db/app?sslmode=require&password=hunter2");
+        assert_eq!(e, "postgres://db/app?sslmode=require&password=***");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn refuses_with_reasons_and_no_passwords() {
         assert!(StoreUrl::parse("sled://x?sink=1").is_err());
         assert!(StoreUrl::parse("ftp://x").is_err());
         assert!(StoreUrl::parse("").is_err());

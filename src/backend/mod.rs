@@ -23,6 +23,7 @@
 //! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`).
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -32,6 +33,25 @@ pub mod memory;
 #[cfg(feature = "sled")]
 pub mod sled;
 pub mod wal;
+
+/// Connection settings for the server backends, set with [`crate::StoreBuilder`]; each `Some`
+/// overrides the same option in the URL's query. Backends that have no use for a setting ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Most connections a pool keeps open (`max_connections=`).
+    pub max_connections: Option<u32>,
+    /// Connections a pool keeps open when idle (`min_connections=`).
+    pub min_connections: Option<u32>,
+    /// Longest a pooled connection is reused before it is replaced (`max_lifetime=30m`).
+    pub max_lifetime: Option<Duration>,
+    /// Longest a call waits for a free connection (`acquire_timeout=5s`).
+    pub acquire_timeout: Option<Duration>,
+    /// Longest one backend call may take, retries included, before it fails (`timeout=30s`).
+    pub timeout: Option<Duration>,
+    /// Expire an execution this long after its last save (`ttl=24h`; backends with expiry).
+    pub ttl: Option<Duration>,
+}
 
 /// A blob's content address (see [`crate::codec::blob::address`]).
 pub type BlobHash = [u8; 32];
@@ -121,6 +141,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;
+
+    /// Waits until `log` may have a frame numbered `next_seq` or later, or until `timeout` has
+    /// passed, whichever is first; used by [`crate::Store::watch`]. Returning early is always
+    /// allowed (the caller rechecks the log), so the default just sleeps for `timeout`: the watcher
+    /// then polls. Backends with notifications (PostgreSQL LISTEN, Redis XREAD BLOCK) wake at once
+    /// when another process or machine appends.
+    async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
+        let _ = (log, next_seq);
+        tokio::time::sleep(timeout).await;
+        Ok(())
+    }
 
     /// Bytes the backend occupies on its medium, when it can tell.
     async fn stored_bytes(&self) -> Result<Option<u64>> {

@@ -10,6 +10,7 @@
 //! outweigh it (or the chain grows long), so loading any version reads one snapshot and a bounded
 //! number of small deltas.
 
+mod builder;
 mod index;
 mod transfer;
 mod watch;
@@ -30,9 +31,9 @@ use crate::codec::frame::{self, Body, ParentRef, SaveHeader};
 use crate::codec::tree::{self, Lifted};
 use crate::codec::{blob, value};
 use crate::error::{Error, Result};
-use crate::url::StoreUrl;
 use index::{CachedState, Chain, ExecIndex, SaveEntry};
 
+pub use builder::StoreBuilder;
 pub use transfer::ImportReport;
 pub use watch::Watch;
 
@@ -286,27 +287,12 @@ impl Store {
     /// Opens the store a URL names: `memory://`, `sled://PATH` (options: `?sync=false`), or a
     /// bare directory path (sled). See [`crate::url`].
     pub async fn open(url: &str) -> Result<Store> {
-        match StoreUrl::parse(url)? {
-            StoreUrl::Memory => Ok(Store::memory()),
-            #[cfg(feature = "sled")]
-            StoreUrl::Sled { path, sync } => {
-                let backend = tokio::task::spawn_blocking(move || {
-                    crate::backend::sled::SledBackend::open(&path, sync)
-                })
-                .await
-                .map_err(|e| Error::Backend {
-                    backend: "sled",
-                    context: "opening the database".into(),
-                    source: Box::new(e),
-                })??;
-                Ok(Store::with_backend(Arc::new(backend)))
-            }
-            #[cfg(not(feature = "sled"))]
-            StoreUrl::Sled { .. } => Err(Error::InvalidUrl {
-                url: url.to_owned(),
-                reason: "this build of ckpt has no sled backend (enable the `sled` feature)".into(),
-            }),
-        }
+        Store::builder(url).open().await
+    }
+
+    /// A [`StoreBuilder`] for `url`: connection settings (pool sizes, timeouts, TTL) in code.
+    pub fn builder(url: &str) -> StoreBuilder {
+        StoreBuilder::new(url)
     }
 
     /// A store in memory: for tests and ephemeral runs.

@@ -91,7 +91,7 @@ impl State {
                 self.pending.extend(found);
                 continue;
             }
-            self.wait().await;
+            self.wait(next).await;
         }
     }
 
@@ -111,8 +111,22 @@ impl State {
         Ok(cursor)
     }
 
-    async fn wait(&mut self) {
-        let deadline = tokio::time::sleep(self.poll);
+    /// Waits for a save to the execution at or after `next`: one made through this process's
+    /// stores (broadcast), or one the backend reports (a notification, or the poll interval).
+    async fn wait(&mut self, next: u64) {
+        let backend = self.store.backend().clone();
+        let execution = self.execution.clone();
+        let poll = self.poll;
+        let deadline = async move {
+            if backend
+                .wait_for_append(&execution, next, poll)
+                .await
+                .is_err()
+            {
+                // A failing backend must not turn the watch into a busy loop.
+                tokio::time::sleep(poll).await;
+            }
+        };
         tokio::pin!(deadline);
         loop {
             tokio::select! {
