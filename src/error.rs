@@ -41,6 +41,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another process holds what this call needs (e.g. a gc is already running); nothing was
+    /// changed, and trying again later will work.
+    #[error("busy: {what}")]
+    Busy {
+        /// What is busy, since when, and when to try again.
+        what: String,
+    },
+
     /// A store URL could not be understood.
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl {

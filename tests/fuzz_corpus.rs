@@ -394,6 +394,7 @@ async fn write_seed_corpus() {
                     frame::encode_delete(FRAME_LOG, FRAME_SEQ, *v).unwrap(),
                 ),
                 Event::Clear => ("clear", frame::encode_clear(FRAME_LOG, FRAME_SEQ).unwrap()),
+                Event::Gc(m) => ("gc", frame::encode_gc(FRAME_LOG, FRAME_SEQ, *m).unwrap()),
             };
             let n = kinds.entry(kind.to_owned()).or_default();
             *n += 1;

@@ -142,6 +142,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;
 
+    /// Whether [`Backend::append`] is atomic across different logs, as the contract asks. A
+    /// backend that can only make one log's append atomic (Redis Cluster: logs live in different
+    /// hash slots) returns false and refuses multi-log appends; the store then cannot fence saves
+    /// against a gc running in another process (see `store::reclaim`).
+    fn atomic_across_logs(&self) -> bool {
+        true
+    }
+
     /// Waits until `log` may have a frame numbered `next_seq` or later, or until `timeout` has
     /// passed, whichever is first; used by [`crate::Store::watch`]. Returning early is always
     /// allowed (the caller rechecks the log), so the default just sleeps for `timeout`: the watcher

@@ -41,7 +41,7 @@ pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
         .await
         .with_context(|| format!("opening the target {}", redact(&args.to)))?;
     let names = if args.all {
-        let mut logs = source.backend().list_logs().await?;
+        let mut logs = source.execution_logs().await?;
         logs.sort();
         logs
     } else {

@@ -55,7 +55,7 @@ struct Report {
 pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
     let backend = store.backend().clone();
-    let mut logs = backend.list_logs().await.context("listing the logs")?;
+    let mut logs = store.execution_logs().await.context("listing the logs")?;
     logs.sort();
     let mut report = Report {
         ok: true,

@@ -12,7 +12,8 @@
 //! Header values: `[1, node, metadata, timestamp_us, parent, state_size, body_kind, base]` for a
 //! save (parent: nil, `[version]` in the same execution, or `[execution, version]`; body_kind 0 is
 //! a snapshot of the stored-form state, 1 a delta from version `base`), `[2, version]` for a
-//! delete, `[3]` for a clear.
+//! delete, `[3]` for a clear, and `[4, begin, time_us, lease_us]` for a gc mark (only in the
+//! store's reserved gc log, see `store::reclaim`).
 
 use std::io::Cursor;
 
@@ -32,6 +33,7 @@ const COMPRESS_MIN: usize = 512;
 const KIND_SAVE: u64 = 1;
 const KIND_DELETE: u64 = 2;
 const KIND_CLEAR: u64 = 3;
+const KIND_GC: u64 = 4;
 
 /// A reference to the parent checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,19 @@ pub enum Event {
     Delete(u64),
     /// Every checkpoint before this frame was cleared.
     Clear,
+    /// A gc began (`begin`) or ended; only found in the store's reserved gc log.
+    Gc(GcMark),
+}
+
+/// A mark in the reserved gc log: gc runs between a begin mark and the end mark after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcMark {
+    /// Whether this mark begins a gc (else it ends one, finished or abandoned).
+    pub begin: bool,
+    /// When the mark was written, in microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// For a begin mark: how long the gc may run; past that, writers may end it.
+    pub lease_us: u64,
 }
 
 impl Body {
@@ -129,6 +144,20 @@ pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
         log,
         seq,
         value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])),
+    )
+}
+
+/// Encodes a gc mark frame.
+pub fn encode_gc(log: &str, seq: u64, mark: GcMark) -> Result<Vec<u8>> {
+    seal(
+        log,
+        seq,
+        value::encode(&Value::Array(vec![
+            KIND_GC.into(),
+            u64::from(mark.begin).into(),
+            mark.time_us.into(),
+            mark.lease_us.into(),
+        ])),
     )
 }
 
@@ -259,6 +288,23 @@ fn event_from_value(head: Value) -> Result<Event, String> {
             fields[1].as_u64().ok_or("delete without a version")?,
         )),
         (KIND_CLEAR, 1) => Ok(Event::Clear),
+        (KIND_GC, 4) => {
+            let field = |i: usize, what: &str| {
+                fields[i]
+                    .as_u64()
+                    .ok_or_else(|| format!("gc mark {what} is not an integer"))
+            };
+            let begin = match field(1, "kind")? {
+                0 => false,
+                1 => true,
+                k => return Err(format!("unknown gc mark kind {k}")),
+            };
+            Ok(Event::Gc(GcMark {
+                begin,
+                time_us: field(2, "time")?,
+                lease_us: field(3, "lease")?,
+            }))
+        }
         (k, n) => Err(format!("unknown event kind {k} with {n} fields")),
     }
 }
@@ -428,5 +474,13 @@ mod tests {
                 .event,
             Event::Clear
         );
+        let mark = GcMark {
+            begin: true,
+            time_us: 7,
+            lease_us: 9,
+        };
+        let frame = encode_gc("g", 2, mark).unwrap();
+        assert_eq!(decode("g", 2, &frame).unwrap().event, Event::Gc(mark));
+        assert!(decode("g", 3, &frame).unwrap_err().is_corrupt());
     }
 }

@@ -99,6 +99,12 @@ impl ExecIndex {
             }
             Event::Delete(version) => self.apply_delete(*version),
             Event::Clear => self.apply_clear(),
+            Event::Gc(_) => {
+                return Err(Error::corrupt(
+                    format!("execution {:?} seq {seq}", self.log),
+                    "a gc mark in an execution's log",
+                ))
+            }
         }
         self.next_seq = self.next_seq.max(seq + 1);
         Ok(())

@@ -12,6 +12,7 @@
 
 mod builder;
 mod index;
+mod reclaim;
 mod transfer;
 mod watch;
 
@@ -43,6 +44,9 @@ const MAX_CHAIN: u32 = 100;
 const MIN_DELTA_BUDGET: u64 = 4096;
 /// How often a conflicting append is retried before the conflict is returned.
 const MAX_CONFLICT_RETRIES: u32 = 32;
+/// How often a save is prepared again because a gc elsewhere began before it landed; each time
+/// it first waits for that gc to end, so only back-to-back gc runs can use these up.
+const MAX_FENCE_RETRIES: u32 = 1000;
 /// Executions whose projection (and newest state) a store keeps in memory; beyond this, idle
 /// ones are dropped and rebuilt from their log when next used.
 const MAX_CACHED_EXECUTIONS: usize = 1024;
@@ -203,6 +207,9 @@ struct Inner {
     /// so gc never sweeps a blob whose event is still on its way. Shared by every store of this
     /// process on the same backend.
     gc_lock: Arc<RwLock<()>>,
+    /// The gc log's next sequence number as last read while no gc ran; 0 when unknown (see
+    /// `reclaim`).
+    gc_next: AtomicU64,
     saved: broadcast::Sender<(Arc<str>, u64)>,
     /// Per execution, the log tail this store last saw (for [`Store::watch`], which must start
     /// where the store is without waiting for the backend).
@@ -306,6 +313,7 @@ impl Store {
         Store {
             inner: Arc::new(Inner {
                 gc_lock: shared_gc_lock(&backend),
+                gc_next: AtomicU64::new(0),
                 backend,
                 executions: Mutex::new(HashMap::new()),
                 blob_cache: Mutex::new(BlobCache::default()),
@@ -544,7 +552,7 @@ impl Store {
 
     /// Every execution with at least one live checkpoint, by id.
     pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
-        let mut logs = self.inner.backend.list_logs().await?;
+        let mut logs = self.execution_logs().await?;
         logs.sort();
         let mut out = Vec::new();
         for log in logs {
@@ -564,6 +572,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Every execution that has a log in the backend, live checkpoints or not, in no particular
+    /// order (the backend's logs, less the store's own).
+    pub async fn execution_logs(&self) -> Result<Vec<String>> {
+        let mut logs = self.inner.backend.list_logs().await?;
+        logs.retain(|log| !reclaim::is_reserved_log(log));
+        Ok(logs)
+    }
+
     /// A stream of the checkpoints saved to `execution_id` from now on, by this store or any
     /// other writer of the same backend (this store's saves wake it at once, other writers' within
     /// 50 ms). "Now" is the log tail as this store last saw it, or as the backend reports it at
@@ -575,14 +591,31 @@ impl Store {
 
     /// Reclaims space: removes log frames of cleared and deleted checkpoints that no live
     /// checkpoint's state depends on, and every blob no remaining frame references. Never
-    /// removes anything a live checkpoint needs. Saves through this store wait while it runs;
-    /// other processes must not write to the backend during gc.
+    /// removes anything a live checkpoint needs. Safe while other tasks, processes and machines
+    /// save: saves of this process wait while it runs, and saves elsewhere that raced it are
+    /// fenced off and redone (see the `reclaim` module; on Redis Cluster only this process's
+    /// saves are). Returns [`Error::Busy`] while another gc runs.
     pub async fn gc(&self) -> Result<GcReport> {
         let _exclusive = self.inner.gc_lock.write().await;
+        let started = std::time::Instant::now();
+        let begin = self.begin_gc(reclaim::DEFAULT_LEASE).await?;
+        let result = self.collect_garbage(started, reclaim::DEFAULT_LEASE).await;
+        let ended = self.end_gc(begin + 1).await;
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+
+    /// gc's work, between its begin and end marks.
+    async fn collect_garbage(
+        &self,
+        started: std::time::Instant,
+        lease: Duration,
+    ) -> Result<GcReport> {
         let backend = &self.inner.backend;
         let mut report = GcReport::default();
         let mut referenced = HashSet::new();
-        for log in backend.list_logs().await? {
+        for log in self.execution_logs().await? {
             let handle = self.handle(&log);
             let mut idx = handle.lock().await;
             self.refresh(&mut idx).await?;
@@ -623,6 +656,16 @@ impl Store {
             }
         }
         report.blobs_removed = dead.len() as u64;
+        if started.elapsed() > lease / 2 {
+            // Writers elsewhere may soon end this gc as abandoned; deleting now could race them.
+            return Err(Error::Busy {
+                what: format!(
+                    "gc ran longer than half its lease ({} s) before deleting blobs; nothing was \
+                     deleted, run gc again",
+                    lease.as_secs()
+                ),
+            });
+        }
         backend.delete_blobs(&dead).await?;
         backend.flush().await?;
         if let Ok(mut cache) = self.inner.blob_cache.lock() {
@@ -658,7 +701,11 @@ impl Store {
         for exec in groups.keys() {
             guards.push(self.handle(exec).lock_owned().await);
         }
-        for attempt in 0..MAX_CONFLICT_RETRIES {
+        let mut fenced_off = 0;
+        let mut attempt = 0;
+        while attempt < MAX_CONFLICT_RETRIES {
+            // Read before any blob is checked or written: see `reclaim`.
+            let fence = self.gc_fence().await?;
             let mut prepared = Vec::with_capacity(groups.len());
             let mut lifted = Vec::new();
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
@@ -676,7 +723,7 @@ impl Store {
                 prepared.push(self.prepare(idx, group, &mut lifted).await?);
             }
             let blobs = self.encode_blobs(lifted).await?;
-            let appends: Vec<LogAppend> = prepared
+            let mut appends: Vec<LogAppend> = prepared
                 .iter_mut()
                 .map(|p| std::mem::take(&mut p.append))
                 .collect();
@@ -690,6 +737,7 @@ impl Store {
                 .map(|a| a.expected_seq + a.frames.len() as u64)
                 .collect();
             self.count_blobs(&blobs);
+            appends.extend(fence);
             match self.inner.backend.append_with_blobs(appends, blobs).await {
                 Ok(()) => {
                     self.count_frames(total as u64, bytes);
@@ -716,10 +764,16 @@ impl Store {
                     out.sort_by_key(|(i, _)| *i);
                     return Ok(out.into_iter().map(|(_, cp)| cp).collect());
                 }
+                // A gc began elsewhere: prepare again once it has ended, whatever `expect`.
+                Err(e) if reclaim::is_fence_conflict(&e) && fenced_off < MAX_FENCE_RETRIES => {
+                    fenced_off += 1;
+                    self.forget_gc_fence();
+                }
                 Err(Error::Conflict { .. })
                     if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES =>
                 {
                     backoff(attempt).await;
+                    attempt += 1;
                 }
                 Err(e) => return Err(e),
             }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::Store;
+use super::{reclaim, Store};
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
 use crate::checkpoint::validate_execution_id;
@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 
 /// Frames appended per backend call on import.
 const IMPORT_PAGE: usize = 256;
+/// How often an import page is retried after a gc elsewhere fenced it off.
+const MAX_FENCE_RETRIES: u32 = 32;
 
 /// What [`Store::import`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl Store {
 
     /// Bundles every execution that has a log in this store (see [`Store::export`]).
     pub async fn export_all(&self) -> Result<Bundle> {
-        let mut logs = self.backend().list_logs().await?;
+        let mut logs = self.execution_logs().await?;
         logs.sort();
         self.export(&logs).await
     }
@@ -96,6 +98,53 @@ impl Store {
                 )));
             }
         }
+        let _shared = self.inner.gc_lock.read().await;
+        let mut report = ImportReport::default();
+        // Blobs before the frames that reference them, after reading the gc fence (`reclaim`).
+        let mut fence = self.gc_fence().await?;
+        report.blobs = self.put_missing_blobs(bundle).await?;
+        for log in &bundle.logs {
+            backend.raise_next_seq(&log.name, log.first_seq).await?;
+            let mut expected = log.first_seq;
+            let mut pages = log.frames.chunks(IMPORT_PAGE);
+            let mut page = pages.next();
+            let mut attempt = 0;
+            while let Some(frames) = page {
+                let n = frames.len() as u64;
+                let mut appends = vec![LogAppend {
+                    log: log.name.clone(),
+                    expected_seq: expected,
+                    frames: frames.iter().map(|(_, f)| f.clone()).collect(),
+                }];
+                appends.extend(fence.clone());
+                match backend.append(appends).await {
+                    Ok(()) => {
+                        expected += n;
+                        report.frames += n;
+                        page = pages.next();
+                    }
+                    // A gc began elsewhere and may have taken blobs not referenced yet: put
+                    // them again once it has ended.
+                    Err(e) if reclaim::is_fence_conflict(&e) && attempt < MAX_FENCE_RETRIES => {
+                        attempt += 1;
+                        self.forget_gc_fence();
+                        fence = self.gc_fence().await?;
+                        report.blobs += self.put_missing_blobs(bundle).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            backend.raise_next_seq(&log.name, log.next_seq).await?;
+            report.executions += 1;
+        }
+        Ok(report)
+    }
+}
+
+impl Store {
+    /// Puts the bundle's blobs the backend does not have; returns how many.
+    async fn put_missing_blobs(&self, bundle: &Bundle) -> Result<u64> {
+        let backend = self.backend();
         let hashes: Vec<_> = bundle.blobs.iter().map(|(h, _)| *h).collect();
         let missing: HashSet<_> = backend.missing_blobs(&hashes).await?.into_iter().collect();
         let new_blobs: Vec<_> = bundle
@@ -104,32 +153,9 @@ impl Store {
             .filter(|(h, _)| missing.contains(h))
             .cloned()
             .collect();
-        let mut report = ImportReport {
-            blobs: new_blobs.len() as u64,
-            ..ImportReport::default()
-        };
-        // Blobs before the frames that reference them.
+        let n = new_blobs.len() as u64;
         backend.put_blobs(new_blobs).await?;
-        for log in &bundle.logs {
-            backend.raise_next_seq(&log.name, log.first_seq).await?;
-            let mut expected = log.first_seq;
-            for page in log.frames.chunks(IMPORT_PAGE) {
-                let frames: Vec<Vec<u8>> = page.iter().map(|(_, f)| f.clone()).collect();
-                let n = frames.len() as u64;
-                backend
-                    .append(vec![LogAppend {
-                        log: log.name.clone(),
-                        expected_seq: expected,
-                        frames,
-                    }])
-                    .await?;
-                expected += n;
-                report.frames += n;
-            }
-            backend.raise_next_seq(&log.name, log.next_seq).await?;
-            report.executions += 1;
-        }
-        Ok(report)
+        Ok(n)
     }
 }
 

@@ -26,6 +26,7 @@
 //! This crate runs the suite on [`MemoryHarness`] and (feature `sled`) [`SledHarness`] in
 //! `tests/conformance.rs`.
 
+mod elsewhere;
 mod helpers;
 mod scenarios;
 
@@ -36,6 +37,7 @@ use async_trait::async_trait;
 use crate::backend::memory::MemoryBackend;
 use crate::Store;
 
+pub use elsewhere::Elsewhere;
 pub use scenarios::*;
 
 /// Storage the conformance suite runs on.
@@ -213,6 +215,8 @@ macro_rules! conformance_tests {
                 gc_keeps_blobs_shared_with_live_checkpoints,
                 gc_does_not_break_other_stores,
                 gc_racing_saves_keeps_every_live_checkpoint,
+                gc_elsewhere_never_takes_what_a_save_needs,
+                a_dead_gc_is_ended_after_its_lease,
                 deltas_keep_storage_small,
                 growing_long_strings_cost_what_changed,
                 export_import_keeps_everything,

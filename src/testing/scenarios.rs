@@ -2710,6 +2710,159 @@ pub async fn gc_racing_saves_keeps_every_live_checkpoint(h: &dyn Harness) {
     }
 }
 
+/// gc in one process while another saves (a store on [`crate::testing::Elsewhere`]: no shared
+/// lock): the saver relies on blobs that exist but that only cleared checkpoints reference, the
+/// very blobs gc deletes. The gc fence must make every such save either land before gc looks, or
+/// notice gc and write its blobs again: every acknowledged checkpoint loads after a final gc.
+pub async fn gc_elsewhere_never_takes_what_a_save_needs(h: &dyn Harness) {
+    let name = h.name();
+    let here = h.open().await;
+    let there = Store::with_backend(std::sync::Arc::new(super::Elsewhere(
+        here.backend().clone(),
+    )));
+    let steps = 120u64;
+    let pool = |i: u64| text("pooled", i, 700);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(4);
+    // Makes blob `pool(i)` exist with nothing live referencing it, then hands `i` over.
+    let churn = {
+        let store = here.clone();
+        tokio::spawn(async move {
+            for i in 0..steps {
+                let cp = must(
+                    Checkpoint::new("churn", "n", &json!({ "p": pool(i) })),
+                    "cp",
+                );
+                must(store.save(cp).await, "churn save");
+                must(store.clear("churn").await, "churn clear");
+                if tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let saver = {
+        let store = there.clone();
+        tokio::spawn(async move {
+            let mut saved = Vec::new();
+            while let Some(i) = rx.recv().await {
+                let state = json!({ "p": pool(i), "i": i });
+                let cp = must(Checkpoint::new("user", "n", &state), "cp");
+                saved.push(must(store.save(cp).await, "save while gc runs elsewhere"));
+            }
+            saved
+        })
+    };
+    let collector = {
+        let store = here.clone();
+        let done = churn;
+        tokio::spawn(async move {
+            let mut runs = 0u32;
+            while !done.is_finished() {
+                match store.gc().await {
+                    Ok(_) => runs += 1,
+                    Err(Error::Busy { .. }) => {}
+                    Err(e) => panic!("gc: {e}"),
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            runs
+        })
+    };
+    let saved = saver.await.expect("saver task");
+    let runs = collector.await.expect("gc task");
+    must(here.gc().await, "final gc");
+    assert_eq!(
+        saved.len() as u64,
+        steps,
+        "[{name}] every save was acknowledged"
+    );
+    assert!(runs > 0, "[{name}] gc never ran");
+    let fresh = Store::with_backend(here.backend().clone());
+    for cp in &saved {
+        match fresh.load(&cp.id).await {
+            Ok(loaded) => assert_cp_eq(&loaded, cp, format!("[{name}] {}", cp.id)),
+            Err(e) => panic!(
+                "[{name}] {} was acknowledged but does not load after gc ran elsewhere \
+                 ({runs} gc runs): {e}",
+                cp.id
+            ),
+        }
+    }
+}
+
+/// A gc that died (a begin mark, no end) blocks saves only until its lease runs out; then a
+/// writer ends it, and both saves and the next gc go on. A live gc makes another gc `Busy`.
+pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
+    use crate::codec::frame::{encode_gc, GcMark};
+    let name = h.name();
+    let store = h.open().await;
+    if !store.backend().atomic_across_logs() {
+        return;
+    }
+    let backend = store.backend().clone();
+    let gc_log = "\u{1}gc";
+    let next = must(backend.next_seq(gc_log).await, "next_seq");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let begin = |lease_us| GcMark {
+        begin: true,
+        time_us: now_us,
+        lease_us,
+    };
+    // A gc elsewhere that holds a long lease: gc here is Busy.
+    let frame = must(encode_gc(gc_log, next, begin(3_600_000_000)), "encode");
+    let append = LogAppend {
+        log: gc_log.into(),
+        expected_seq: next,
+        frames: vec![frame],
+    };
+    must(backend.append(vec![append]).await, "append a begin mark");
+    match store.gc().await {
+        Err(Error::Busy { what }) => assert!(what.contains("gc"), "[{name}] {what}"),
+        other => panic!("[{name}] gc while another holds its lease: {other:?}"),
+    }
+    // It ends; then one that dies with a short lease.
+    let end = GcMark {
+        begin: false,
+        time_us: now_us,
+        lease_us: 0,
+    };
+    let frame = must(encode_gc(gc_log, next + 1, end), "encode");
+    let append = LogAppend {
+        log: gc_log.into(),
+        expected_seq: next + 1,
+        frames: vec![frame],
+    };
+    must(backend.append(vec![append]).await, "append an end mark");
+    let frame = must(encode_gc(gc_log, next + 2, begin(300_000)), "encode");
+    let append = LogAppend {
+        log: gc_log.into(),
+        expected_seq: next + 2,
+        frames: vec![frame],
+    };
+    must(
+        backend.append(vec![append]).await,
+        "append a dying begin mark",
+    );
+    let fresh = Store::with_backend(std::sync::Arc::new(super::Elsewhere(backend.clone())));
+    let saved = must(
+        fresh.save(nth_checkpoint("after-dead-gc", 1)).await,
+        "save after a dead gc's lease",
+    );
+    assert_eq!(saved.version, 1, "[{name}] saved");
+    let after = must(backend.next_seq(gc_log).await, "next_seq");
+    assert_eq!(after, next + 4, "[{name}] the writer ended the dead gc");
+    must(store.gc().await, "gc after the dead one was ended");
+    let executions = must(store.executions().await, "executions");
+    assert!(
+        executions
+            .iter()
+            .all(|e| !e.execution_id.starts_with('\u{1}')),
+        "[{name}] the gc log is not an execution"
+    );
+}
+
 /// A long string that grows a little with every save (a transcript, a scratchpad) is stored as
 /// content-defined chunks: each save costs its new chunks and a manifest, not the whole string
 /// again; every version loads exactly, after gc and after a reopen.

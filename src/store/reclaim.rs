@@ -1,0 +1,202 @@
+//! Safe reclamation across processes: the gc fence.
+//!
+//! gc deletes blobs that no frame references and frames no live checkpoint needs. A save in
+//! flight elsewhere may have checked that a blob exists (or written it) but not yet appended the
+//! frame that references it; if gc ran in between, the frame would point at nothing. Within one
+//! process a lock orders the two. Across processes and machines a reserved log, the **gc log**,
+//! does it, through the backend's own compare-and-append:
+//!
+//! - gc appends a *begin* mark to the gc log before it reads anything, and an *end* mark when it
+//!   is done. An even number of marks means no gc is running.
+//! - Every save reads the gc log's next sequence number while no gc runs (cached between saves),
+//!   *before* it checks or writes any blob, and appends its frames together with an empty,
+//!   fenced append to the gc log at that number: the append succeeds only if no gc has begun
+//!   since. So a frame that lands was appended before any gc began that could have missed it,
+//!   and that gc sees it; a save that loses the race gets a conflict on the gc log, waits until
+//!   the gc has ended, and prepares again (finding whatever gc deleted missing, and writing it).
+//! - A gc that dies leaves its begin mark. Its *lease* bounds that: past it, a writer ends the gc
+//!   with an end mark and carries on. gc itself stops before deleting anything once half its
+//!   lease has gone by, so a slow gc never deletes while writers have moved on.
+//!
+//! The fence needs appends that are atomic across logs. A backend that cannot give that (Redis
+//! Cluster, where each execution lives in its own hash slot) reports it with
+//! [`crate::backend::Backend::atomic_across_logs`]; there, gc is safe against saves of its own
+//! process only, and must not run while other processes save.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{backoff, now_micros, Store};
+use crate::backend::LogAppend;
+use crate::codec::frame::{self, Event, GcMark};
+use crate::error::{Error, Result};
+
+/// The reserved log holding gc marks. Execution ids cannot contain control characters, so no
+/// execution can ever share its name.
+pub(crate) const GC_LOG: &str = "\u{1}gc";
+/// How long a gc may run before writers may end it (and it stops itself at half of this).
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(600);
+
+/// Whether `log` is one of the store's own logs rather than an execution's.
+pub(crate) fn is_reserved_log(log: &str) -> bool {
+    log.starts_with('\u{1}')
+}
+
+/// With `next` the gc log's next sequence number: no gc is running (an even number of marks).
+fn no_gc_running(next: u64) -> bool {
+    next % 2 == 1
+}
+
+impl Store {
+    /// The fence a save appends with: an empty append to the gc log at its current next
+    /// sequence number, read while no gc runs. `None` when the backend cannot fence.
+    pub(super) async fn gc_fence(&self) -> Result<Option<LogAppend>> {
+        let backend = &self.inner.backend;
+        if !backend.atomic_across_logs() {
+            return Ok(None);
+        }
+        let cached = self.inner.gc_next.load(Ordering::Acquire);
+        let next = if cached != 0 {
+            cached
+        } else {
+            self.wait_for_no_gc().await?
+        };
+        Ok(Some(LogAppend {
+            log: GC_LOG.to_owned(),
+            expected_seq: next,
+            frames: Vec::new(),
+        }))
+    }
+
+    /// Drops the cached gc position, after a save's fence failed (a gc began elsewhere).
+    pub(super) fn forget_gc_fence(&self) {
+        self.inner.gc_next.store(0, Ordering::Release);
+    }
+
+    /// Waits until no gc runs (ending one whose lease ran out) and returns the gc log's next
+    /// sequence number.
+    async fn wait_for_no_gc(&self) -> Result<u64> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let next = self.inner.backend.next_seq(GC_LOG).await?;
+            if no_gc_running(next) {
+                self.inner.gc_next.store(next, Ordering::Release);
+                return Ok(next);
+            }
+            let mark = self.running_gc(next).await?;
+            if lease_ended(&mark) {
+                self.end_gc(next).await?;
+                continue;
+            }
+            if started.elapsed() > Duration::from_micros(mark.lease_us) {
+                // Unreachable unless clocks disagree wildly; never wait forever.
+                return Err(Error::Busy {
+                    what: format!(
+                        "a gc began at {} (unix µs) with a lease of {} s and has not ended; \
+                         check the clocks of the machines sharing this store",
+                        mark.time_us,
+                        mark.lease_us / 1_000_000
+                    ),
+                });
+            }
+            backoff(attempt.min(8)).await;
+            attempt += 1;
+        }
+    }
+
+    /// The begin mark of the gc that is running (the gc log's last frame).
+    async fn running_gc(&self, next: u64) -> Result<GcMark> {
+        let seq = next - 1;
+        let frames = self.inner.backend.scan(GC_LOG, seq, 1).await?;
+        let Some((_, bytes)) = frames.into_iter().find(|(s, _)| *s == seq) else {
+            // Truncated or missing: treat it as a gc whose lease ran out.
+            return Ok(GcMark {
+                begin: true,
+                time_us: 0,
+                lease_us: 0,
+            });
+        };
+        match frame::decode(GC_LOG, seq, &bytes)?.event {
+            Event::Gc(mark) if mark.begin => Ok(mark),
+            _ => Err(Error::corrupt(
+                format!("the gc log at seq {seq}"),
+                "expected a gc begin mark",
+            )),
+        }
+    }
+
+    /// Appends a begin mark, waiting out nothing: returns its sequence number, or
+    /// [`Error::Busy`] when another gc holds its lease.
+    pub(super) async fn begin_gc(&self, lease: Duration) -> Result<u64> {
+        for attempt in 0..super::MAX_CONFLICT_RETRIES {
+            let next = self.inner.backend.next_seq(GC_LOG).await?;
+            if !no_gc_running(next) {
+                let mark = self.running_gc(next).await?;
+                if !lease_ended(&mark) {
+                    return Err(Error::Busy {
+                        what: format!(
+                            "another gc is running (began at {} unix µs, lease {} s); \
+                             run gc again when it has finished",
+                            mark.time_us,
+                            mark.lease_us / 1_000_000
+                        ),
+                    });
+                }
+                self.end_gc(next).await?;
+                continue;
+            }
+            let mark = GcMark {
+                begin: true,
+                time_us: now_micros(),
+                lease_us: lease.as_micros().min(u128::from(u64::MAX)) as u64,
+            };
+            match self.append_gc_mark(next, mark).await {
+                Ok(()) => {
+                    self.forget_gc_fence();
+                    return Ok(next);
+                }
+                Err(Error::Conflict { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Busy {
+            what: "the gc log kept changing; run gc again".into(),
+        })
+    }
+
+    /// Appends an end mark at `seq`; a conflict means another writer ended that gc first.
+    pub(super) async fn end_gc(&self, seq: u64) -> Result<()> {
+        let mark = GcMark {
+            begin: false,
+            time_us: now_micros(),
+            lease_us: 0,
+        };
+        match self.append_gc_mark(seq, mark).await {
+            Ok(()) | Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn append_gc_mark(&self, seq: u64, mark: GcMark) -> Result<()> {
+        let frame = frame::encode_gc(GC_LOG, seq, mark)?;
+        self.inner
+            .backend
+            .append(vec![LogAppend {
+                log: GC_LOG.to_owned(),
+                expected_seq: seq,
+                frames: vec![frame],
+            }])
+            .await
+    }
+}
+
+/// Whether a running gc's lease has run out, by this machine's clock.
+fn lease_ended(mark: &GcMark) -> bool {
+    now_micros() > mark.time_us.saturating_add(mark.lease_us)
+}
+
+/// Whether an error is a save's fence failing (a gc began), not a conflict on the save's log.
+pub(super) fn is_fence_conflict(e: &Error) -> bool {
+    matches!(e, Error::Conflict { log, .. } if log == GC_LOG)
+}
