@@ -44,6 +44,6 @@ pub mod url;
 pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata};
 pub use error::{Error, Result};
 pub use store::{
-    CheckpointStore, ExecutionSummary, GcReport, HistoryQuery, Store, StoreBuilder, Watch,
-    WriteStats,
+    CheckpointStore, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery, PruneReport,
+    RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch, WriteStats,
 };

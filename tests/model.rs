@@ -9,10 +9,10 @@
 #![cfg(feature = "testing")]
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ckpt::testing::Harness;
-use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Metadata, Store};
+use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Metadata, RetentionPolicy, Store};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::json;
@@ -41,6 +41,9 @@ enum Op {
     Gc,
     /// Save one checkpoint per `(exec, msg_len)` in one atomic batch.
     SaveBatch { execs: Vec<(usize, usize)> },
+    /// Retention: keep the newest `keep` checkpoints of every execution (and every interrupted
+    /// one), or with `drop_all`, drop every execution whose latest is not interrupted.
+    Prune { keep: usize, drop_all: bool },
 }
 
 fn msg_len() -> impl Strategy<Value = usize> {
@@ -58,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::Gc),
         2 => proptest::collection::vec((exec(), msg_len()), 0..=3).prop_map(|execs| Op::SaveBatch { execs }),
+        1 => (1..5usize, proptest::bool::weighted(0.3)).prop_map(|(keep, drop_all)| Op::Prune { keep, drop_all }),
     ]
 }
 
@@ -127,9 +131,15 @@ impl Model {
             Checkpoint::new(exec, &format!("node-{}", self.counter % 3), state),
             "Checkpoint::new",
         )?;
-        Ok(cp
+        let cp = cp
             .with_metadata("n", self.counter)
-            .with_metadata("parity", self.counter % 2))
+            .with_metadata("parity", self.counter % 2);
+        // Some checkpoints are where a run waits (retention must keep them).
+        Ok(if self.counter.is_multiple_of(5) {
+            cp.with_metadata("interrupted", true)
+        } else {
+            cp
+        })
     }
 
     /// Records a checkpoint the store saved (or forked) into `exec`, after checking its version is
@@ -230,6 +240,36 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                     .retain(|c| c.id != victim);
                 model.gone.push(victim);
             }
+        }
+        Op::Prune { keep, drop_all } => {
+            let policy = if *drop_all {
+                RetentionPolicy::default().drop_untouched(Duration::ZERO)
+            } else {
+                RetentionPolicy::default().keep_latest(*keep)
+            };
+            let report = ok(store.prune(&policy).await, "prune")?;
+            let mut deleted = 0;
+            let mut dropped = 0;
+            for live in model.live.values_mut() {
+                let interrupted = |c: &ModelCp| c.metadata.get("interrupted") == Some(&json!(true));
+                let newest_first: Vec<ModelCp> = live.drain(..).rev().collect();
+                if *drop_all && newest_first.first().is_some_and(|c| !interrupted(c)) {
+                    dropped += 1;
+                    model.gone.extend(newest_first.into_iter().map(|c| c.id));
+                    continue;
+                }
+                for (i, c) in newest_first.into_iter().enumerate() {
+                    if *drop_all || i < *keep || interrupted(&c) {
+                        live.insert(0, c);
+                    } else {
+                        deleted += 1;
+                        model.gone.push(c.id);
+                    }
+                }
+            }
+            model.live.retain(|_, l| !l.is_empty());
+            prop_assert_eq!(report.checkpoints_deleted, deleted, "prune: deleted");
+            prop_assert_eq!(report.executions_dropped, dropped, "prune: dropped");
         }
         Op::Clear { exec } => {
             let exec = EXECS[*exec];

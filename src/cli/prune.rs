@@ -1,12 +1,12 @@
 //! `ckpt prune`: retention. Deletes the live checkpoints beyond the newest N of an execution
 //! and/or older than a duration, never the latest one and never one a run is waiting on.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 use serde::Serialize;
 
-use ckpt::{CheckpointHeader, CheckpointId, HistoryQuery};
+use ckpt::{ExecutionPlan, RetentionPolicy};
 
 use super::delete::{confirm, open_store};
 use super::fmt;
@@ -24,7 +24,7 @@ use super::{say, CliResult, Context, Failure, Global};
     after_help = "A checkpoint is deleted when it matches the given rules: with --keep-latest N, when it is not among the newest N live checkpoints of its execution; with --older-than DURATION, when it was saved longer than DURATION ago; with both, only when both hold. Two kinds are never deleted, whatever the rules say: the latest checkpoint of an execution (runs resume from it), and a checkpoint whose metadata has \"interrupted\": true (a run is waiting on it)."
 )]
 #[command(group(ArgGroup::new("target").required(true).args(["exec", "all"])))]
-#[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep_latest", "older_than"])))]
+#[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep_latest", "older_than", "drop_untouched"])))]
 pub struct PruneArgs {
     /// The execution to prune
     #[arg(value_name = "EXEC")]
@@ -40,6 +40,10 @@ pub struct PruneArgs {
     /// m (minutes), h (hours) or d (days), e.g. 30s, 15m, 12h, 7d
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub older_than: Option<Duration>,
+    /// Drop (clear) whole executions whose latest checkpoint is older than this, unless that
+    /// checkpoint is interrupted (same units as --older-than)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drop_untouched: Option<Duration>,
     /// List what would be deleted, and change nothing (no confirmation needed)
     #[arg(long)]
     pub dry_run: bool,
@@ -48,7 +52,7 @@ pub struct PruneArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Print the result as one JSON document: {"dry_run": bool, "deleted_total": N,
-    /// "executions": [{"execution", "deleted": [versions], "kept": N,
+    /// "executions": [{"execution", "dropped": bool, "deleted": [versions], "kept": N,
     /// "kept_interrupted": [versions]}]}
     #[arg(long)]
     pub json: bool,
@@ -84,6 +88,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Serialize)]
 struct ExecPlan {
     execution: String,
+    /// Whether the whole execution is dropped (--drop-untouched).
+    dropped: bool,
     /// Versions deleted (or, with --dry-run, that would be), oldest first.
     deleted: Vec<u64>,
     /// Live checkpoints left afterwards.
@@ -91,8 +97,18 @@ struct ExecPlan {
     /// Versions the rules matched but that were kept because their metadata says
     /// `"interrupted": true`.
     kept_interrupted: Vec<u64>,
-    #[serde(skip)]
-    doomed: Vec<CheckpointHeader>,
+}
+
+impl ExecPlan {
+    fn of(plan: &ExecutionPlan) -> Self {
+        ExecPlan {
+            execution: plan.execution_id.clone(),
+            dropped: plan.drop,
+            deleted: plan.delete.iter().map(|h| h.version).collect(),
+            kept: plan.kept,
+            kept_interrupted: plan.kept_interrupted.clone(),
+        }
+    }
 }
 
 /// What `--json` prints.
@@ -103,41 +119,18 @@ struct Report {
     executions: Vec<ExecPlan>,
 }
 
-fn interrupted(h: &CheckpointHeader) -> bool {
-    h.metadata.get("interrupted") == Some(&serde_json::Value::Bool(true))
-}
-
-/// Decides, for headers newest first, which go.
-fn plan(exec: &str, headers: Vec<CheckpointHeader>, args: &PruneArgs, now: SystemTime) -> ExecPlan {
-    let total = headers.len();
-    let mut doomed = Vec::new();
-    let mut kept_interrupted = Vec::new();
-    for (i, h) in headers.into_iter().enumerate() {
-        if i == 0 {
-            continue; // the latest: never
-        }
-        let beyond = args.keep_latest.is_none_or(|n| i >= n);
-        let old = args
-            .older_than
-            .is_none_or(|d| now.duration_since(h.timestamp).is_ok_and(|age| age >= d));
-        if !(beyond && old) {
-            continue;
-        }
-        if interrupted(&h) {
-            kept_interrupted.push(h.version);
-        } else {
-            doomed.push(h);
-        }
+fn policy(args: &PruneArgs) -> RetentionPolicy {
+    let mut policy = RetentionPolicy::default();
+    if let Some(n) = args.keep_latest {
+        policy = policy.keep_latest(n);
     }
-    doomed.reverse();
-    kept_interrupted.reverse();
-    ExecPlan {
-        execution: exec.to_owned(),
-        deleted: doomed.iter().map(|h| h.version).collect(),
-        kept: total - doomed.len(),
-        kept_interrupted,
-        doomed,
+    if let Some(age) = args.older_than {
+        policy = policy.older_than(age);
     }
+    if let Some(age) = args.drop_untouched {
+        policy = policy.drop_untouched(age);
+    }
+    policy
 }
 
 fn versions(v: &[u64]) -> String {
@@ -157,29 +150,37 @@ pub async fn run(args: PruneArgs, global: &Global) -> CliResult {
             .map(|s| s.execution_id)
             .collect(),
     };
-    let now = SystemTime::now();
     let mut plans = Vec::new();
+    let policy = policy(&args);
     for exec in &execs {
-        let headers = store
-            .history(exec, HistoryQuery::default())
+        let plan = store
+            .retention_plan_for(exec, &policy)
             .await
             .with_context(|| format!("reading the history of execution {exec}"))?;
-        if headers.is_empty() && args.exec.is_some() {
-            return Err(Failure::new(format!(
-                "execution {exec} has no live checkpoints (see `ckpt executions`); nothing deleted"
-            ))
-            .into());
+        match plan {
+            Some(plan) => plans.push(plan),
+            None if args.exec.is_some() => {
+                return Err(Failure::new(format!(
+                    "execution {exec} has no live checkpoints (see `ckpt executions`); nothing deleted"
+                ))
+                .into());
+            }
+            None => {}
         }
-        plans.push(plan(exec, headers, &args, now));
     }
-    let total: usize = plans.iter().map(|p| p.deleted.len()).sum();
+    let total: usize = plans.iter().map(|p| p.delete.len()).sum();
+    let dropped = plans.iter().filter(|p| p.drop).count();
 
-    if total > 0 && !args.dry_run {
+    if total + dropped > 0 && !args.dry_run {
         if !args.yes {
             let mut err = std::io::stderr().lock();
-            for p in plans.iter().filter(|p| !p.deleted.is_empty()) {
+            for p in &plans {
                 use std::io::Write as _;
-                for h in &p.doomed {
+                if p.drop {
+                    writeln!(err, "  all of execution {} (untouched)", p.execution_id)
+                        .context("writing the list of checkpoints to delete")?;
+                }
+                for h in &p.delete {
                     writeln!(
                         err,
                         "  {}  node {}  saved {}",
@@ -191,26 +192,33 @@ pub async fn run(args: PruneArgs, global: &Global) -> CliResult {
                 }
             }
         }
-        let execs_touched = plans.iter().filter(|p| !p.deleted.is_empty()).count();
+        let execs_touched = plans
+            .iter()
+            .filter(|p| p.drop || !p.delete.is_empty())
+            .count();
+        let what = match (total, dropped) {
+            (t, 0) => format!("these {t} checkpoint{}", if t == 1 { "" } else { "s" }),
+            (0, d) => format!("these {d} execution{} whole", if d == 1 { "" } else { "s" }),
+            (t, d) => format!(
+                "these {t} checkpoint{} and {d} whole execution{}",
+                if t == 1 { "" } else { "s" },
+                if d == 1 { "" } else { "s" }
+            ),
+        };
         confirm(
             &format!(
-                "delete these {total} checkpoint{} from {execs_touched} execution{}?",
-                if total == 1 { "" } else { "s" },
+                "delete {what} from {execs_touched} execution{}?",
                 if execs_touched == 1 { "" } else { "s" }
             ),
             args.yes,
         )?;
-        for p in &plans {
-            for h in &p.doomed {
-                let id: &CheckpointId = &h.id;
-                store
-                    .delete(id)
-                    .await
-                    .with_context(|| format!("deleting {id} (the ones before it are deleted)"))?;
-            }
-        }
+        store
+            .apply_retention(&plans)
+            .await
+            .context("deleting (what was deleted before the error stays deleted)")?;
         store.flush().await.context("flushing the store")?;
     }
+    let plans: Vec<ExecPlan> = plans.iter().map(ExecPlan::of).collect();
 
     if args.json {
         let report = Report {
@@ -227,6 +235,10 @@ pub async fn run(args: PruneArgs, global: &Global) -> CliResult {
         "deleted"
     };
     for p in &plans {
+        if p.dropped {
+            say!("{}: {verb} the whole execution (untouched)", p.execution)?;
+            continue;
+        }
         let mut line = format!("{}: {verb} {}", p.execution, p.deleted.len());
         if !p.deleted.is_empty() {
             line.push_str(&format!(" (versions {})", versions(&p.deleted)));

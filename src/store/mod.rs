@@ -13,6 +13,7 @@
 mod builder;
 mod index;
 mod reclaim;
+mod retention;
 mod transfer;
 mod watch;
 
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use index::{CachedState, Chain, ExecIndex, SaveEntry};
 
 pub use builder::StoreBuilder;
+pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use transfer::ImportReport;
 pub use watch::Watch;
 
@@ -272,6 +274,8 @@ enum Expect {
 enum Marker {
     Delete(u64),
     Clear,
+    /// Clear, but only while `version` is still the latest live checkpoint.
+    ClearIfLatest(u64),
 }
 
 /// One execution's part of an append in flight.
@@ -468,18 +472,21 @@ impl Store {
     pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
         self.append_marker(id.execution_id(), Marker::Delete(id.version()))
             .await
+            .map(drop)
     }
 
     /// Removes every checkpoint of an execution from every projection. Versions are never
     /// reused: a later save continues above the cleared ones.
     pub async fn clear(&self, execution_id: &str) -> Result<()> {
         validate_execution_id(execution_id)?;
-        self.append_marker(execution_id, Marker::Clear).await
+        self.append_marker(execution_id, Marker::Clear)
+            .await
+            .map(drop)
     }
 
     /// Appends a delete or clear event on top of the execution's current projection, retrying
-    /// when another writer appended first.
-    async fn append_marker(&self, exec: &str, marker: Marker) -> Result<()> {
+    /// when another writer appended first. Returns whether an event was appended.
+    async fn append_marker(&self, exec: &str, marker: Marker) -> Result<bool> {
         let handle = self.handle(exec);
         let mut idx = handle.lock().await;
         for attempt in 0..MAX_CONFLICT_RETRIES {
@@ -491,18 +498,21 @@ impl Store {
                 }
                 Marker::Delete(version) => frame::encode_delete(exec, seq, version)?,
                 // Nothing to clear: no event.
-                Marker::Clear if idx.saves.is_empty() => return Ok(()),
-                Marker::Clear => frame::encode_clear(exec, seq)?,
+                Marker::Clear if idx.saves.is_empty() => return Ok(false),
+                Marker::ClearIfLatest(version) if idx.latest_live() != Some(version) => {
+                    return Ok(false)
+                }
+                Marker::Clear | Marker::ClearIfLatest(_) => frame::encode_clear(exec, seq)?,
             };
             match self.append_one(exec, seq, frame).await {
                 Ok(()) => {
                     match marker {
                         Marker::Delete(version) => idx.apply_delete(version),
-                        Marker::Clear => idx.apply_clear(),
+                        Marker::Clear | Marker::ClearIfLatest(_) => idx.apply_clear(),
                     }
                     idx.next_seq = seq + 1;
                     self.note_tail(&idx);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(Error::Conflict { .. }) => backoff(attempt).await,
                 Err(e) => return Err(e),

@@ -217,6 +217,7 @@ macro_rules! conformance_tests {
                 gc_racing_saves_keeps_every_live_checkpoint,
                 gc_elsewhere_never_takes_what_a_save_needs,
                 a_dead_gc_is_ended_after_its_lease,
+                retention_keeps_what_it_must,
                 deltas_keep_storage_small,
                 growing_long_strings_cost_what_changed,
                 export_import_keeps_everything,

@@ -2863,6 +2863,130 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     );
 }
 
+/// Retention keeps exactly what it must: the newest N, every interrupted checkpoint and every
+/// latest one; drops untouched executions unless a run waits on their latest, and spares one
+/// saved to after the plan; what remains loads and lists as before; the background task prunes
+/// on its own.
+pub async fn retention_keeps_what_it_must(h: &dyn Harness) {
+    use crate::RetentionPolicy;
+    let name = h.name();
+    let store = h.open().await;
+    let mut a = Vec::new();
+    for i in 1..=6u64 {
+        let mut cp = nth_checkpoint("ret-a", i);
+        if i == 3 {
+            cp = cp.with_metadata("interrupted", true);
+        }
+        a.push(must(store.save(cp).await, "save"));
+    }
+    save_n(&store, "ret-b", 1).await;
+    let b_latest = must(
+        store
+            .save(nth_checkpoint("ret-b", 2).with_metadata("interrupted", true))
+            .await,
+        "save",
+    );
+    save_n(&store, "ret-c", 1).await;
+
+    let report = must(
+        store
+            .prune(&RetentionPolicy::default().keep_latest(2))
+            .await,
+        "prune",
+    );
+    assert_eq!(report.checkpoints_deleted, 3, "[{name}] keep_latest(2)");
+    let kept = vec![a[2].clone(), a[4].clone(), a[5].clone()];
+    assert_cps_eq(
+        &must(store.list("ret-a").await, "list"),
+        &kept,
+        format!("[{name}] ret-a after keep_latest(2)"),
+    );
+    for cp in &kept {
+        assert_cp_eq(
+            &must(store.load(&cp.id).await, "load"),
+            cp,
+            format!("[{name}] {}", cp.id),
+        );
+    }
+    assert_eq!(
+        must(store.list("ret-b").await, "list").len(),
+        2,
+        "[{name}] ret-b had only 2 (one is the latest)"
+    );
+
+    let report = must(
+        store
+            .prune(&RetentionPolicy::default().drop_untouched(Duration::ZERO))
+            .await,
+        "prune untouched",
+    );
+    assert_eq!(
+        report.executions_dropped, 2,
+        "[{name}] ret-a and ret-c dropped"
+    );
+    assert!(
+        must(store.list("ret-a").await, "list").is_empty(),
+        "[{name}] ret-a gone"
+    );
+    assert_eq!(
+        must(store.latest("ret-b").await, "latest").map(|c| c.id),
+        Some(b_latest.id.clone()),
+        "[{name}] an interrupted latest keeps its execution"
+    );
+
+    // A save between the plan and the drop spares the execution.
+    save_n(&store, "ret-d", 2).await;
+    let plans = must(
+        store
+            .retention_plan(&RetentionPolicy::default().drop_untouched(Duration::ZERO))
+            .await,
+        "plan",
+    );
+    assert!(
+        plans.iter().any(|p| p.execution_id == "ret-d" && p.drop),
+        "[{name}] plan"
+    );
+    let fresh = must(
+        store.save(nth_checkpoint("ret-d", 3)).await,
+        "save after plan",
+    );
+    let report = must(store.apply_retention(&plans).await, "apply");
+    assert_eq!(report.executions_spared, 1, "[{name}] ret-d spared");
+    assert_eq!(
+        must(store.latest("ret-d").await, "latest").map(|c| c.id),
+        Some(fresh.id),
+        "[{name}] the save after the plan survives"
+    );
+
+    let refused = store
+        .prune(&RetentionPolicy::default().keep_latest(0))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "[{name}] keep_latest(0): {refused:?}"
+    );
+
+    let task = store.spawn_retention(
+        RetentionPolicy::default().keep_latest(1),
+        Duration::from_millis(20),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = must(store.list("ret-d").await, "list").len();
+        if left == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[{name}] the background task left {left} checkpoints (last error: {:?})",
+            task.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(task.last_error(), None, "[{name}] background retention");
+    task.stop();
+}
+
 /// A long string that grows a little with every save (a transcript, a scratchpad) is stored as
 /// content-defined chunks: each save costs its new chunks and a manifest, not the whole string
 /// again; every version loads exactly, after gc and after a reopen.
