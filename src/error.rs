@@ -41,6 +41,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// Encrypted data could not be opened: no key, the wrong key, or bytes that were changed or
+    /// moved; or plaintext found where only encrypted data may be. Nothing is returned from it.
+    #[error("cannot decrypt {location} (key {key_id}): {reason}")]
+    Decrypt {
+        /// Where: `execution exec-1 seq 17`, `blob 3fa1...`, or the store.
+        location: String,
+        /// The key id the data names (`?` when unknown or not applicable).
+        key_id: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     /// Another process holds what this call needs (e.g. a gc is already running); nothing was
     /// changed, and trying again later will work.
     #[error("busy: {what}")]

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod bundle;
 pub mod checkpoint;
 pub mod codec;
+pub mod crypto;
 pub mod error;
 #[cfg(feature = "graph")]
 pub mod graph;

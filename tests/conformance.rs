@@ -6,3 +6,15 @@ ckpt::conformance_tests!(memory, ckpt::testing::MemoryHarness::new());
 
 #[cfg(feature = "sled")]
 ckpt::conformance_tests!(sled, ckpt::testing::SledHarness::new());
+
+// The same suite through encryption at rest.
+ckpt::conformance_tests!(
+    memory_encrypted,
+    ckpt::testing::Encrypted::new("memory+key", ckpt::testing::MemoryHarness::new())
+);
+
+#[cfg(feature = "sled")]
+ckpt::conformance_tests!(
+    sled_encrypted,
+    ckpt::testing::Encrypted::new("sled+key", ckpt::testing::SledHarness::new())
+);

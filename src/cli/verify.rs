@@ -4,7 +4,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use ckpt::codec::{blob, frame};
+use ckpt::codec::blob;
 
 use super::delete::open_store;
 use super::{say, CliResult, Context, Failure, Global};
@@ -82,12 +82,7 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
             };
             for (seq, bytes) in &page {
                 report.frames_checked += 1;
-                let checked = frame::decode(log, *seq, bytes).and_then(|d| match &d.event {
-                    frame::Event::Save(header) => {
-                        frame::decode_body(log, *seq, header, &d.body).map(|_| ())
-                    }
-                    _ => Ok(()),
-                });
+                let checked = store.verify_frame(log, *seq, bytes).await;
                 if let Err(e) = checked {
                     report.problems.push(Problem {
                         kind: "frame",
@@ -114,7 +109,11 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
                 "blob {}: listed but could not be read (removed while verifying?)",
                 blob::hex(&hash)
             )),
-            Some(bytes) => blob::decode(&hash, &bytes).err().map(|e| e.to_string()),
+            Some(bytes) => store
+                .verify_blob(&hash, &bytes)
+                .await
+                .err()
+                .map(|e| e.to_string()),
         };
         if let Some(message) = problem {
             report.problems.push(Problem {

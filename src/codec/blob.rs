@@ -8,9 +8,12 @@ use std::cell::RefCell;
 use std::io::Read;
 
 use crate::backend::BlobHash;
+use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
 
 const FORMAT: u8 = 1;
+/// A sealed blob ([`crate::crypto`]): `[2][sealed stored form]`.
+const FORMAT_SEALED: u8 = 2;
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 const HEADER_LEN: usize = 6;
@@ -24,7 +27,16 @@ pub(crate) const ZSTD_LEVEL: i32 = 3;
 /// The content address of `content`. Every chunk address in ckpt is computed here and only here,
 /// so that a keyed (encrypted) store can switch to keyed hashes in one place.
 pub fn address(content: &[u8]) -> BlobHash {
-    *blake3::hash(content).as_bytes()
+    address_in(content, None)
+}
+
+/// The address of `content` in a store: a keyed blake3 hash when the store is encrypted, so
+/// that addresses reveal nothing about contents to whoever lacks the key.
+pub fn address_in(content: &[u8], key: Option<&[u8; 32]>) -> BlobHash {
+    match key {
+        Some(k) => *blake3::keyed_hash(k, content).as_bytes(),
+        None => *blake3::hash(content).as_bytes(),
+    }
 }
 
 /// Hex form of a hash, for messages.
@@ -60,8 +72,67 @@ fn push_header(out: &mut Vec<u8>, codec: u8, len: usize) {
     out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
+/// [`encode`], sealed under `hash` with `cipher` when the store is encrypted.
+pub(crate) fn encode_in(
+    hash: &BlobHash,
+    content: &[u8],
+    cipher: Option<&StoreCipher>,
+) -> Result<Vec<u8>> {
+    let stored = encode(content)?;
+    match cipher {
+        None => Ok(stored),
+        Some(c) => {
+            let sealed = c.seal_blob(hash, &stored)?;
+            let mut out = Vec::with_capacity(1 + sealed.len());
+            out.push(FORMAT_SEALED);
+            out.extend_from_slice(&sealed);
+            Ok(out)
+        }
+    }
+}
+
+/// [`decode`] in a store that may be encrypted: with `cipher` the blob must be sealed under
+/// `hash` (the AEAD then vouches for its content, whose keyed address may be under an older
+/// key); without, a sealed blob is [`Error::Decrypt`].
+pub(crate) fn decode_in(
+    hash: &BlobHash,
+    stored: &[u8],
+    cipher: Option<&StoreCipher>,
+) -> Result<Vec<u8>> {
+    let location = || format!("blob {}", hex(hash));
+    match (stored.first(), cipher) {
+        (Some(&FORMAT_SEALED), Some(c)) => {
+            let opened = c.open_blob(hash, &stored[1..])?;
+            decode_unchecked(hash, &opened)
+        }
+        (Some(&FORMAT_SEALED), None) => Err(Error::Decrypt {
+            location: location(),
+            key_id: "?".into(),
+            reason: "the store is encrypted: open it with its key".into(),
+        }),
+        (_, Some(c)) => Err(Error::Decrypt {
+            location: location(),
+            key_id: c.sealing_id().to_string(),
+            reason: "a plaintext blob in an encrypted store: refused".into(),
+        }),
+        (_, None) => decode(hash, stored),
+    }
+}
+
 /// Decodes a stored blob and verifies it against `hash`; any mismatch is [`Error::Corrupt`].
 pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
+    let content = decode_unchecked(hash, stored)?;
+    if address(&content) != *hash {
+        return Err(Error::corrupt(
+            format!("blob {}", hex(hash)),
+            "content does not match its hash",
+        ));
+    }
+    Ok(content)
+}
+
+/// Decodes a stored form without checking the content against its address.
+fn decode_unchecked(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::corrupt(format!("blob {}", hex(hash)), reason);
     if stored.len() < HEADER_LEN {
         return Err(corrupt(format!(
@@ -84,9 +155,6 @@ pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
             "content is {} bytes, the header says {len}",
             content.len()
         )));
-    }
-    if address(&content) != *hash {
-        return Err(corrupt("content does not match its hash".into()));
     }
     Ok(content)
 }

@@ -22,10 +22,13 @@ use rmpv::Value;
 use super::tree::{self, Op};
 use super::{blob, value};
 use crate::checkpoint::Metadata;
+use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
 
 const FORMAT: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
+/// The rest of the frame is sealed ([`crate::crypto`]): it opens to `[flags][payload]`.
+const FLAG_SEALED: u8 = 2;
 const CHECKSUM_LEN: usize = 8;
 /// Payloads at least this long are compressed when that pays.
 const COMPRESS_MIN: usize = 512;
@@ -34,6 +37,7 @@ const KIND_SAVE: u64 = 1;
 const KIND_DELETE: u64 = 2;
 const KIND_CLEAR: u64 = 3;
 const KIND_GC: u64 = 4;
+const KIND_STORE: u64 = 5;
 
 /// A reference to the parent checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +90,18 @@ pub enum Event {
     Clear,
     /// A gc began (`begin`) or ended; only found in the store's reserved gc log.
     Gc(GcMark),
+    /// What an encrypted store is; only found in the store's reserved descriptor log.
+    Store(StoreDescriptor),
+}
+
+/// An encrypted store's descriptor: its id (bound into every sealed frame and blob) and a check
+/// value sealed with the key that writes, so a wrong key is reported when the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreDescriptor {
+    /// The store's random id.
+    pub store_id: [u8; 16],
+    /// A known value sealed with the writing key (see `store::encryption`).
+    pub key_check: Vec<u8>,
 }
 
 /// A mark in the reserved gc log: gc runs between a begin mark and the end mark after it.
@@ -112,6 +128,17 @@ impl Body {
 /// Encodes a save frame; `body` is [`Body::encode`]'s output (a snapshot when
 /// `header.delta_base` is `None`, a delta otherwise).
 pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Result<Vec<u8>> {
+    encode_save_in(log, seq, header, body, None)
+}
+
+/// [`encode_save`], sealed with `cipher` when the store is encrypted.
+pub(crate) fn encode_save_in(
+    log: &str,
+    seq: u64,
+    header: &SaveHeader,
+    body: &[u8],
+    cipher: Option<&StoreCipher>,
+) -> Result<Vec<u8>> {
     let parent = match &header.parent {
         None => Value::Nil,
         Some(ParentRef {
@@ -135,15 +162,26 @@ pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Res
     ]);
     let mut payload = value::encode(&head);
     payload.extend_from_slice(body);
-    seal(log, seq, payload)
+    seal(log, seq, payload, cipher)
 }
 
 /// Encodes a delete frame.
 pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
+    encode_delete_in(log, seq, version, None)
+}
+
+/// [`encode_delete`], sealed with `cipher` when the store is encrypted.
+pub(crate) fn encode_delete_in(
+    log: &str,
+    seq: u64,
+    version: u64,
+    cipher: Option<&StoreCipher>,
+) -> Result<Vec<u8>> {
     seal(
         log,
         seq,
         value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])),
+        cipher,
     )
 }
 
@@ -158,21 +196,62 @@ pub fn encode_gc(log: &str, seq: u64, mark: GcMark) -> Result<Vec<u8>> {
             mark.time_us.into(),
             mark.lease_us.into(),
         ])),
+        None,
+    )
+}
+
+/// Encodes a store descriptor frame.
+pub fn encode_store(log: &str, seq: u64, d: &StoreDescriptor) -> Result<Vec<u8>> {
+    seal(
+        log,
+        seq,
+        value::encode(&Value::Array(vec![
+            KIND_STORE.into(),
+            Value::Binary(d.store_id.to_vec()),
+            Value::Binary(d.key_check.clone()),
+        ])),
+        None,
     )
 }
 
 /// Encodes a clear frame.
 pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
+    encode_clear_in(log, seq, None)
+}
+
+/// [`encode_clear`], sealed with `cipher` when the store is encrypted.
+pub(crate) fn encode_clear_in(
+    log: &str,
+    seq: u64,
+    cipher: Option<&StoreCipher>,
+) -> Result<Vec<u8>> {
     seal(
         log,
         seq,
         value::encode(&Value::Array(vec![KIND_CLEAR.into()])),
+        cipher,
     )
 }
 
-fn seal(log: &str, seq: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
-    let mut frame = Vec::with_capacity(payload.len() + 2 + CHECKSUM_LEN);
+fn seal(log: &str, seq: u64, payload: Vec<u8>, cipher: Option<&StoreCipher>) -> Result<Vec<u8>> {
+    let inner = inner_bytes(payload);
+    let mut frame = Vec::with_capacity(inner.len() + 64 + CHECKSUM_LEN);
     frame.push(FORMAT);
+    match cipher {
+        Some(c) => {
+            frame.push(FLAG_SEALED);
+            frame.extend_from_slice(&c.seal_frame(log, seq, &inner)?);
+        }
+        None => frame.extend_from_slice(&inner),
+    }
+    let sum = checksum(log, seq, &frame);
+    frame.extend_from_slice(&sum);
+    Ok(frame)
+}
+
+/// `[flags][payload]`, the payload compressed when that pays.
+fn inner_bytes(payload: Vec<u8>) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 5);
     let compressed = if payload.len() >= COMPRESS_MIN {
         blob::compress(&payload)
             .ok()
@@ -191,9 +270,7 @@ fn seal(log: &str, seq: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
             frame.extend_from_slice(&payload);
         }
     }
-    let sum = checksum(log, seq, &frame);
-    frame.extend_from_slice(&sum);
-    Ok(frame)
+    frame
 }
 
 fn checksum(log: &str, seq: u64, body: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -219,6 +296,17 @@ pub struct Decoded {
 /// Verifies and decodes the frame stored at `seq` of `log`. Never panics; any damage is
 /// [`Error::Corrupt`] naming the log and sequence.
 pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
+    decode_in(log, seq, frame, None)
+}
+
+/// [`decode`] in a store that may be encrypted: with `cipher`, the frame must be sealed for this
+/// very place (else [`Error::Decrypt`]); without, a sealed frame is [`Error::Decrypt`].
+pub(crate) fn decode_in(
+    log: &str,
+    seq: u64,
+    frame: &[u8],
+    cipher: Option<&StoreCipher>,
+) -> Result<Decoded> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
     if frame.len() < 2 + CHECKSUM_LEN {
         return Err(corrupt(format!(
@@ -236,11 +324,41 @@ pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
             body[0]
         )));
     }
-    let payload = match body[1] {
-        0 => body[2..].to_vec(),
-        FLAG_ZSTD if body.len() >= 6 => {
-            let len = u32::from_le_bytes([body[2], body[3], body[4], body[5]]) as usize;
-            let out = blob::decompress_bounded(&body[6..], len).map_err(&corrupt)?;
+    let opened;
+    let inner: &[u8] = match (body[1], cipher) {
+        (FLAG_SEALED, Some(c)) => {
+            opened = c.open_frame(log, seq, &body[2..])?;
+            &opened
+        }
+        (FLAG_SEALED, None) => {
+            return Err(Error::Decrypt {
+                location: format!("execution {log:?} seq {seq}"),
+                key_id: "?".into(),
+                reason: "the store is encrypted: open it with its key (Store::builder(..)\
+                         .encryption(key), or ?key_env=VAR in the URL)"
+                    .into(),
+            })
+        }
+        (_, Some(c)) => {
+            return Err(Error::Decrypt {
+                location: format!("execution {log:?} seq {seq}"),
+                key_id: c.sealing_id().to_string(),
+                reason: "a plaintext frame in an encrypted store: refused (it was not written \
+                         by this store's keys)"
+                    .into(),
+            })
+        }
+        (_, None) => &body[1..],
+    };
+    if inner.is_empty() {
+        return Err(corrupt("no flags byte".into()));
+    }
+    let (flags, rest) = (inner[0], &inner[1..]);
+    let payload = match flags {
+        0 => rest.to_vec(),
+        FLAG_ZSTD if rest.len() >= 4 => {
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let out = blob::decompress_bounded(&rest[4..], len).map_err(&corrupt)?;
             if out.len() != len {
                 return Err(corrupt(
                     "decompressed length differs from the header".into(),
@@ -303,6 +421,21 @@ fn event_from_value(head: Value) -> Result<Event, String> {
                 begin,
                 time_us: field(2, "time")?,
                 lease_us: field(3, "lease")?,
+            }))
+        }
+        (KIND_STORE, 3) => {
+            let store_id = match &fields[1] {
+                Value::Binary(b) => <[u8; 16]>::try_from(b.as_slice())
+                    .map_err(|_| "store id is not 16 bytes".to_string())?,
+                _ => return Err("store id is not binary".into()),
+            };
+            let key_check = match &fields[2] {
+                Value::Binary(b) => b.clone(),
+                _ => return Err("key check is not binary".into()),
+            };
+            Ok(Event::Store(StoreDescriptor {
+                store_id,
+                key_check,
             }))
         }
         (k, n) => Err(format!("unknown event kind {k} with {n} fields")),

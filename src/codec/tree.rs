@@ -129,14 +129,12 @@ impl Manifest {
 
 /// Splits a long leaf into chunks, pushes them and their manifest to `lifted`, and returns the
 /// chunked reference.
-fn chunk_leaf(bytes: &[u8], binary: bool, lifted: &mut Vec<Lifted>) -> Value {
+fn chunk_leaf(bytes: &[u8], binary: bool, lifted: &mut Lifting) -> Value {
     let (min, avg, max) = CHUNK_SIZES;
     let mut chunks = Vec::new();
     for c in fastcdc::v2020::FastCDC::new(bytes, min, avg, max) {
         let content = bytes[c.offset..c.offset + c.length].to_vec();
-        let hash = blob::address(&content);
-        chunks.push(hash);
-        lifted.push((hash, content));
+        chunks.push(lifted.lift(content));
     }
     let manifest = Manifest {
         binary,
@@ -144,25 +142,47 @@ fn chunk_leaf(bytes: &[u8], binary: bool, lifted: &mut Vec<Lifted>) -> Value {
         chunks,
     }
     .encode();
-    let hash = blob::address(&manifest);
-    lifted.push((hash, manifest));
+    let hash = lifted.lift(manifest);
     Value::Ext(CHUNKED_EXT_TYPE, hash.to_vec())
 }
 
 /// A leaf lifted out of a state: its address and content (the leaf's MessagePack encoding).
 pub type Lifted = (BlobHash, Vec<u8>);
 
+/// What [`externalize`] lifts out of states, and how it addresses it (plain blake3, or keyed
+/// in an encrypted store).
+#[derive(Debug, Default)]
+pub struct Lifting {
+    /// The lifted leaves, chunks and manifests, in the order met (duplicates possible).
+    pub blobs: Vec<Lifted>,
+    address_key: Option<[u8; 32]>,
+}
+
+impl Lifting {
+    /// Lifting with keyed addresses under `key` (or plain ones for `None`).
+    pub fn keyed(key: Option<&[u8; 32]>) -> Self {
+        Lifting {
+            blobs: Vec::new(),
+            address_key: key.copied(),
+        }
+    }
+
+    fn lift(&mut self, content: Vec<u8>) -> BlobHash {
+        let hash = blob::address_in(&content, self.address_key.as_ref());
+        self.blobs.push((hash, content));
+        hash
+    }
+}
+
 /// Replaces long leaves of `value` by references, pushing their content to `lifted`.
-pub fn externalize(value: &Value, lifted: &mut Vec<Lifted>) -> Value {
+pub fn externalize(value: &Value, lifted: &mut Lifting) -> Value {
     match value {
         Value::String(s) if s.as_bytes().len() >= CHUNKED_MIN => {
             chunk_leaf(s.as_bytes(), false, lifted)
         }
         Value::Binary(b) if b.len() >= CHUNKED_MIN => chunk_leaf(b, true, lifted),
         Value::String(_) | Value::Binary(_) if leaf_len(value) >= EXTERNAL_MIN => {
-            let content = super::value::encode(value);
-            let hash = blob::address(&content);
-            lifted.push((hash, content));
+            let hash = lifted.lift(super::value::encode(value));
             reference(&hash)
         }
         Value::Array(items) => Value::Array(items.iter().map(|v| externalize(v, lifted)).collect()),
@@ -424,7 +444,7 @@ fn child_mut<'a>(node: &'a mut Value, seg: &Value) -> Result<&'a mut Value, Stri
 }
 
 /// Replaces long leaves in the values carried by `ops` by references (see [`externalize`]).
-pub fn externalize_ops(ops: &[Op], lifted: &mut Vec<Lifted>) -> Vec<Op> {
+pub fn externalize_ops(ops: &[Op], lifted: &mut Lifting) -> Vec<Op> {
     ops.iter()
         .map(|op| match op {
             Op::Set(p, v) => Op::Set(p.clone(), externalize(v, lifted)),
@@ -554,8 +574,9 @@ mod tests {
     fn long_leaves_become_references_and_come_back() {
         let long = "x".repeat(1000);
         let value = v(serde_json::json!({"m": [long.clone(), "short"]}));
-        let mut lifted = Vec::new();
-        let stored = externalize(&value, &mut lifted);
+        let mut lifting = Lifting::default();
+        let stored = externalize(&value, &mut lifting);
+        let lifted = lifting.blobs;
         assert_eq!(lifted.len(), 1);
         let mut refs = HashSet::new();
         collect_refs(&stored, &mut refs);
@@ -570,13 +591,15 @@ mod tests {
         let text: String = (0..300_000u32)
             .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
             .collect();
-        let mut first = Vec::new();
+        let mut first = Lifting::default();
         let r1 = externalize(&Value::from(text.as_str()), &mut first);
+        let first = first.blobs;
         assert!(matches!(as_ref(&r1), Some(Ref::Chunked(_))));
         assert!(first.len() > 3, "{} blobs", first.len());
         let grown = format!("{text}{}", "z".repeat(1000));
-        let mut second = Vec::new();
+        let mut second = Lifting::default();
         externalize(&Value::from(grown.as_str()), &mut second);
+        let second = second.blobs;
         let old: HashSet<BlobHash> = first.iter().map(|(h, _)| *h).collect();
         let new_bytes: usize = second
             .iter()
@@ -598,6 +621,27 @@ mod tests {
             .collect();
         assert_eq!(m.assemble(contents).unwrap(), Value::from(grown.as_str()));
         assert!(Manifest::decode(&[0xc0]).is_err());
+    }
+
+    #[test]
+    fn keyed_lifting_hides_addresses_but_keeps_dedup() {
+        let long = Value::from("y".repeat(1000));
+        let key = [7u8; 32];
+        let mut a = Lifting::keyed(Some(&key));
+        let mut b = Lifting::keyed(Some(&key));
+        let mut plain = Lifting::default();
+        externalize(&long, &mut a);
+        externalize(&long, &mut b);
+        externalize(&long, &mut plain);
+        assert_eq!(
+            a.blobs[0].0, b.blobs[0].0,
+            "same key, same content: one address"
+        );
+        assert_ne!(
+            a.blobs[0].0, plain.blobs[0].0,
+            "keyed differs from plain blake3"
+        );
+        assert_ne!(a.blobs[0].0, blob::address(&a.blobs[0].1));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::Store;
 use crate::backend::{Backend, ConnectOptions};
+use crate::crypto::Key;
 use crate::error::{Error, Result};
 use crate::url::StoreUrl;
 
@@ -27,6 +28,8 @@ use crate::url::StoreUrl;
 pub struct StoreBuilder {
     url: String,
     options: ConnectOptions,
+    /// The writing key first, then older keys that still open.
+    keys: Vec<Key>,
 }
 
 impl StoreBuilder {
@@ -34,6 +37,7 @@ impl StoreBuilder {
         StoreBuilder {
             url: url.to_owned(),
             options: ConnectOptions::default(),
+            keys: Vec::new(),
         }
     }
 
@@ -73,16 +77,84 @@ impl StoreBuilder {
         self
     }
 
+    /// Encrypts everything the store writes with `key` (see [`crate::crypto`]). A new store
+    /// becomes encrypted at its first write; a plaintext store refuses a key. Replaces an
+    /// earlier `encryption` key (which then only decrypts).
+    pub fn encryption(mut self, key: Key) -> Self {
+        self.keys.insert(0, key);
+        self
+    }
+
+    /// An older key that still decrypts what it sealed (key rotation: the newest writes).
+    pub fn decryption_key(mut self, key: Key) -> Self {
+        self.keys.push(key);
+        self
+    }
+
     /// The connection settings made so far.
     pub fn options(&self) -> &ConnectOptions {
         &self.options
     }
 
     /// Opens the store.
+    ///
+    /// The URL may name environment variables holding keys (`?key_env=CKPT_KEY`, several
+    /// separated by commas: the first writes, all decrypt); the keys themselves never appear in
+    /// a URL. Keys given in code come before keys from the URL.
     pub async fn open(self) -> Result<Store> {
-        let backend = open_backend(StoreUrl::parse(&self.url)?, &self.options).await?;
-        Ok(Store::with_backend(backend))
+        let (url, key_vars) = take_key_env(&self.url)?;
+        let mut keys = self.keys;
+        for var in key_vars {
+            keys.push(key_from_env(&url, &var)?);
+        }
+        let backend = open_backend(StoreUrl::parse(&url)?, &self.options).await?;
+        Ok(Store::with_backend_and_keys(backend, keys))
     }
+}
+
+/// `url` without its `key_env` option, and the variables that option names.
+fn take_key_env(url: &str) -> Result<(String, Vec<String>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), Vec::new()));
+    };
+    let mut vars = Vec::new();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("key_env", names)) => {
+                vars.extend(names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from));
+            }
+            Some(("key", _)) => {
+                return Err(Error::InvalidUrl {
+                    url: crate::url::redact(base),
+                    reason: "a key never goes in a URL (URLs end up in logs and shell history);                              put it in an environment variable and name it: ?key_env=CKPT_KEY"
+                        .into(),
+                })
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, vars))
+}
+
+/// The key in environment variable `var` (64 hex digits).
+fn key_from_env(url: &str, var: &str) -> Result<Key> {
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: crate::url::redact(url),
+        reason,
+    };
+    let value = std::env::var(var).map_err(|_| {
+        invalid(format!(
+            "key_env names {var}, which is not set; set it to the store's key (64 hex digits, \
+             e.g. from `ckpt keygen`)"
+        ))
+    })?;
+    Key::from_hex(&value).map_err(|e| invalid(format!("the key in {var}: {e}")))
 }
 
 /// The backend a parsed URL names, opened.

@@ -99,10 +99,10 @@ impl ExecIndex {
             }
             Event::Delete(version) => self.apply_delete(*version),
             Event::Clear => self.apply_clear(),
-            Event::Gc(_) => {
+            Event::Gc(_) | Event::Store(_) => {
                 return Err(Error::corrupt(
                     format!("execution {:?} seq {seq}", self.log),
-                    "a gc mark in an execution's log",
+                    "a store-internal event in an execution's log",
                 ))
             }
         }

@@ -11,6 +11,7 @@
 //! number of small deltas.
 
 mod builder;
+mod encryption;
 mod index;
 mod reclaim;
 mod retention;
@@ -212,6 +213,10 @@ struct Inner {
     /// The gc log's next sequence number as last read while no gc ran; 0 when unknown (see
     /// `reclaim`).
     gc_next: AtomicU64,
+    /// The keys the store was opened with (the first writes).
+    keys: Vec<crate::crypto::Key>,
+    /// How the store seals, found on first use (see `encryption`).
+    crypto: tokio::sync::OnceCell<encryption::Crypto>,
     saved: broadcast::Sender<(Arc<str>, u64)>,
     /// Per execution, the log tail this store last saw (for [`Store::watch`], which must start
     /// where the store is without waiting for the backend).
@@ -313,11 +318,28 @@ impl Store {
 
     /// A store on a backend. Several stores may share one backend; each sees the others' writes.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
+        Store::with_backend_and_keys(backend, Vec::new())
+    }
+
+    /// A new store on `backend` with this store's keys (and nothing else of it: no cache, no
+    /// lock), as another process opening the same storage would be.
+    pub fn with_same_keys(&self, backend: Arc<dyn Backend>) -> Store {
+        Store::with_backend_and_keys(backend, self.inner.keys.clone())
+    }
+
+    /// A store on a backend, sealing with `keys[0]` and opening with any of `keys` (see
+    /// [`crate::crypto`]); with no keys, [`Store::with_backend`].
+    pub fn with_backend_and_keys(
+        backend: Arc<dyn Backend>,
+        keys: Vec<crate::crypto::Key>,
+    ) -> Store {
         let (saved, _) = broadcast::channel(1024);
         Store {
             inner: Arc::new(Inner {
                 gc_lock: shared_gc_lock(&backend),
                 gc_next: AtomicU64::new(0),
+                keys,
+                crypto: tokio::sync::OnceCell::new(),
                 backend,
                 executions: Mutex::new(HashMap::new()),
                 blob_cache: Mutex::new(BlobCache::default()),
@@ -487,6 +509,9 @@ impl Store {
     /// Appends a delete or clear event on top of the execution's current projection, retrying
     /// when another writer appended first. Returns whether an event was appended.
     async fn append_marker(&self, exec: &str, marker: Marker) -> Result<bool> {
+        let crypto = self.crypto().await?;
+        crypto.check_writable()?;
+        let cipher = crypto.cipher();
         let handle = self.handle(exec);
         let mut idx = handle.lock().await;
         for attempt in 0..MAX_CONFLICT_RETRIES {
@@ -496,13 +521,15 @@ impl Store {
                 Marker::Delete(version) if idx.live_entry(version).is_none() => {
                     return Err(Error::not_found(format!("checkpoint {exec}@{version}")));
                 }
-                Marker::Delete(version) => frame::encode_delete(exec, seq, version)?,
+                Marker::Delete(version) => frame::encode_delete_in(exec, seq, version, cipher)?,
                 // Nothing to clear: no event.
                 Marker::Clear if idx.saves.is_empty() => return Ok(false),
                 Marker::ClearIfLatest(version) if idx.latest_live() != Some(version) => {
                     return Ok(false)
                 }
-                Marker::Clear | Marker::ClearIfLatest(_) => frame::encode_clear(exec, seq)?,
+                Marker::Clear | Marker::ClearIfLatest(_) => {
+                    frame::encode_clear_in(exec, seq, cipher)?
+                }
             };
             match self.append_one(exec, seq, frame).await {
                 Ok(()) => {
@@ -705,6 +732,9 @@ impl Store {
                 .push((i, p));
         }
         let total: usize = groups.values().map(Vec::len).sum();
+        let crypto = self.crypto().await?;
+        crypto.check_writable()?;
+        let cipher = crypto.cipher();
         // Taken before the execution locks, in the same order as gc, so the two cannot deadlock.
         let _shared = self.inner.gc_lock.read().await;
         let mut guards: Vec<OwnedMutexGuard<ExecIndex>> = Vec::with_capacity(groups.len());
@@ -717,7 +747,7 @@ impl Store {
             // Read before any blob is checked or written: see `reclaim`.
             let fence = self.gc_fence().await?;
             let mut prepared = Vec::with_capacity(groups.len());
-            let mut lifted = Vec::new();
+            let mut lifted = tree::Lifting::keyed(cipher.map(|c| c.address_key()));
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
                 self.refresh(idx).await?;
                 if let Expect::Latest(v) = expect {
@@ -730,9 +760,9 @@ impl Store {
                         });
                     }
                 }
-                prepared.push(self.prepare(idx, group, &mut lifted).await?);
+                prepared.push(self.prepare(idx, group, &mut lifted, cipher).await?);
             }
-            let blobs = self.encode_blobs(lifted).await?;
+            let blobs = self.encode_blobs(lifted.blobs, cipher).await?;
             let mut appends: Vec<LogAppend> = prepared
                 .iter_mut()
                 .map(|p| std::mem::take(&mut p.append))
@@ -796,7 +826,8 @@ impl Store {
         &self,
         idx: &mut ExecIndex,
         group: &[(usize, Pending)],
-        lifted: &mut Vec<Lifted>,
+        lifted: &mut tree::Lifting,
+        cipher: Option<&crate::crypto::StoreCipher>,
     ) -> Result<Prepared> {
         let log = idx.log.clone();
         let mut seq = idx.next_seq;
@@ -854,7 +885,7 @@ impl Store {
                 state_size: cp.state_size,
                 delta_base,
             };
-            let frame = frame::encode_save(&log, seq, &header, &body)?;
+            let frame = frame::encode_save_in(&log, seq, &header, &body, cipher)?;
             let mut saved = cp.clone();
             saved.version = seq;
             saved.id = CheckpointId::new_unchecked(log.clone(), seq);
@@ -883,7 +914,11 @@ impl Store {
     }
 
     /// The stored form of the lifted leaves and chunks the backend does not have yet (each once).
-    async fn encode_blobs(&self, lifted: Vec<Lifted>) -> Result<Vec<(BlobHash, Vec<u8>)>> {
+    async fn encode_blobs(
+        &self,
+        lifted: Vec<Lifted>,
+        cipher: Option<&crate::crypto::StoreCipher>,
+    ) -> Result<Vec<(BlobHash, Vec<u8>)>> {
         let mut seen = HashSet::with_capacity(lifted.len());
         let lifted: Vec<Lifted> = lifted
             .into_iter()
@@ -903,7 +938,7 @@ impl Store {
         let mut stored = Vec::with_capacity(missing.len());
         for (hash, content) in lifted {
             if missing.contains(&hash) {
-                stored.push((hash, blob::encode(&content)?));
+                stored.push((hash, blob::encode_in(&hash, &content, cipher)?));
             }
         }
         Ok(stored)
@@ -974,6 +1009,7 @@ impl Store {
     /// Folds any frames appended since the projection was last brought up to date. A gap (frames
     /// removed by gc before this projection saw them) rebuilds it from the log.
     async fn refresh(&self, idx: &mut ExecIndex) -> Result<()> {
+        self.crypto().await?;
         let tail = self.inner.backend.next_seq(&idx.log).await?;
         if tail == idx.next_seq {
             return Ok(());
@@ -994,7 +1030,7 @@ impl Store {
             let Some((last, _)) = page.last() else { break };
             let last = *last;
             for (seq, bytes) in &page {
-                let decoded = frame::decode(&idx.log, *seq, bytes)?;
+                let decoded = frame::decode_in(&idx.log, *seq, bytes, self.cipher()?)?;
                 idx.apply(*seq, &decoded, bytes.len() as u64)?;
             }
             idx.next_seq = last + 1;
@@ -1078,7 +1114,7 @@ impl Store {
     }
 
     fn decode_body(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Body> {
-        let decoded = frame::decode(log, seq, bytes)?;
+        let decoded = frame::decode_in(log, seq, bytes, self.cipher()?)?;
         match decoded.event {
             frame::Event::Save(h) => frame::decode_body(log, seq, &h, &decoded.body),
             _ => Err(Error::corrupt(
@@ -1146,13 +1182,14 @@ impl Store {
 
     /// Reads and verifies blob `hash`, which `referrer` needs.
     async fn fetch_blob(&self, referrer: &str, hash: &BlobHash) -> Result<Vec<u8>> {
+        let cipher = self.crypto().await?.cipher();
         let stored = self.inner.backend.get_blob(hash).await?.ok_or_else(|| {
             Error::corrupt(
                 format!("blob {}", blob::hex(hash)),
                 format!("missing, but referenced by {referrer}"),
             )
         })?;
-        blob::decode(hash, &stored)
+        blob::decode_in(hash, &stored, cipher)
     }
 
     /// Reads, verifies and decodes the leaf stored in blob `hash`.

@@ -163,6 +163,46 @@ impl Harness for SledHarness {
     }
 }
 
+/// A [`Harness`] that runs another harness's storage encrypted: every store it opens seals
+/// with one random key, so the whole suite runs through encryption at rest.
+pub struct Encrypted<H> {
+    inner: H,
+    name: &'static str,
+    key: crate::crypto::Key,
+}
+
+impl<H: Harness> Encrypted<H> {
+    /// `inner`'s storage, encrypted; `name` names it in messages (e.g. `sled+key`).
+    pub fn new(name: &'static str, inner: H) -> Self {
+        Encrypted {
+            inner,
+            name,
+            key: crate::crypto::Key::generate(),
+        }
+    }
+
+    /// The key every store of this harness seals with.
+    pub fn key(&self) -> &crate::crypto::Key {
+        &self.key
+    }
+}
+
+#[async_trait]
+impl<H: Harness> Harness for Encrypted<H> {
+    async fn open(&self) -> Store {
+        let plain = self.inner.open().await;
+        Store::with_backend_and_keys(plain.backend().clone(), vec![self.key.clone()])
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn allows_concurrent_opens(&self) -> bool {
+        self.inner.allows_concurrent_opens()
+    }
+}
+
 /// Expands to a module `$name` with one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`
 /// per conformance scenario, each building a fresh harness with `$harness` (an expression of a
 /// type implementing [`Harness`](crate::testing::Harness)) and running the scenario on it.

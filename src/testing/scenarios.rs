@@ -1561,7 +1561,7 @@ pub async fn two_stores_see_each_other(h: &dyn Harness) {
     let two = if h.allows_concurrent_opens() {
         h.open().await
     } else {
-        Store::with_backend(one.backend().clone())
+        one.with_same_keys(one.backend().clone())
     };
     let a = save_n(&one, "two", 2).await;
     assert_cps_eq(
@@ -1758,8 +1758,8 @@ pub async fn save_after_races_have_one_winner(h: &dyn Harness) {
     let name = h.name();
     let store = h.open().await;
     save_n(&store, "race", 1).await;
-    let s1 = Store::with_backend(store.backend().clone());
-    let s2 = Store::with_backend(store.backend().clone());
+    let s1 = store.with_same_keys(store.backend().clone());
+    let s2 = store.with_same_keys(store.backend().clone());
     for round in 0..5u64 {
         let latest =
             must(s1.latest("race").await, "latest").unwrap_or_else(|| panic!("[{name}] no latest"));
@@ -2016,7 +2016,7 @@ async fn saves_from_several_stores(h: &dyn Harness, exec: &'static str, stores: 
     let store = h.open().await;
     let writers: Vec<_> = (0..stores)
         .map(|w| {
-            let s = Store::with_backend(store.backend().clone());
+            let s = store.with_same_keys(store.backend().clone());
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 for i in 1..=saves {
@@ -2121,7 +2121,7 @@ pub async fn watch_yields_new_saves_in_order(h: &dyn Harness) {
         format!("[{name}] watched saves of the same store"),
     );
 
-    let other = Store::with_backend(store.backend().clone());
+    let other = store.with_same_keys(store.backend().clone());
     let writer = tokio::spawn(async move {
         let mut out = Vec::new();
         for i in 6..=8 {
@@ -2162,7 +2162,7 @@ pub async fn watch_yields_new_saves_in_order(h: &dyn Harness) {
 pub async fn watch_starts_at_the_call(h: &dyn Harness) {
     let name = h.name();
     let store = h.open().await;
-    let other = Store::with_backend(store.backend().clone());
+    let other = store.with_same_keys(store.backend().clone());
     save_n(&other, "ws", 1).await;
     let mut w = store.watch("ws");
     let a = save_one(&other, "ws", 2).await;
@@ -2497,7 +2497,7 @@ pub async fn long_delta_chains_load_every_version(h: &dyn Harness) {
 pub async fn gc_does_not_break_other_stores(h: &dyn Harness) {
     let name = h.name();
     let one = h.open().await;
-    let two = Store::with_backend(one.backend().clone());
+    let two = one.with_same_keys(one.backend().clone());
     let shared = json!({ "doc": text("gc-other", 1, 800) });
     let first = must(
         two.save(must(Checkpoint::new("gco-x", "n", &shared), "cp"))
@@ -2717,7 +2717,7 @@ pub async fn gc_racing_saves_keeps_every_live_checkpoint(h: &dyn Harness) {
 pub async fn gc_elsewhere_never_takes_what_a_save_needs(h: &dyn Harness) {
     let name = h.name();
     let here = h.open().await;
-    let there = Store::with_backend(std::sync::Arc::new(super::Elsewhere(
+    let there = here.with_same_keys(std::sync::Arc::new(super::Elsewhere(
         here.backend().clone(),
     )));
     let steps = 120u64;
@@ -2777,7 +2777,7 @@ pub async fn gc_elsewhere_never_takes_what_a_save_needs(h: &dyn Harness) {
         "[{name}] every save was acknowledged"
     );
     assert!(runs > 0, "[{name}] gc never ran");
-    let fresh = Store::with_backend(here.backend().clone());
+    let fresh = here.with_same_keys(here.backend().clone());
     for cp in &saved {
         match fresh.load(&cp.id).await {
             Ok(loaded) => assert_cp_eq(&loaded, cp, format!("[{name}] {}", cp.id)),
@@ -2845,7 +2845,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
         backend.append(vec![append]).await,
         "append a dying begin mark",
     );
-    let fresh = Store::with_backend(std::sync::Arc::new(super::Elsewhere(backend.clone())));
+    let fresh = store.with_same_keys(std::sync::Arc::new(super::Elsewhere(backend.clone())));
     let saved = must(
         fresh.save(nth_checkpoint("after-dead-gc", 1)).await,
         "save after a dead gc's lease",
@@ -3038,6 +3038,15 @@ pub async fn growing_long_strings_cost_what_changed(h: &dyn Harness) {
 pub async fn export_import_keeps_everything(h: &dyn Harness) {
     let name = h.name();
     let store = h.open().await;
+    if must(store.is_encrypted().await, "is_encrypted") {
+        save_blobs(&store, "xa", 1).await;
+        let refused = store.export(&["xa".to_string()]).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidInput(_))),
+            "[{name}] export of an encrypted store: {refused:?}"
+        );
+        return;
+    }
     let a = save_blobs(&store, "xa", 5).await;
     must(store.delete(&a[0].id).await, "delete");
     must(store.delete(&a[1].id).await, "delete");

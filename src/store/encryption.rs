@@ -1,0 +1,199 @@
+//! Whether a store is encrypted, and with what: read once per [`Store`] from the reserved
+//! descriptor log, created by the first keyed store to write.
+//!
+//! Fail closed: an encrypted store opened without a key reads nothing and refuses to write; a
+//! store opened with keys none of which wrote it is refused when first used; a plaintext store
+//! opened with a key is refused (encryption is chosen when a store is created); a plaintext
+//! frame or blob met in an encrypted store is an error, never data.
+
+use std::sync::Arc;
+
+use super::reclaim::is_reserved_log;
+use super::Store;
+use crate::backend::LogAppend;
+use crate::codec::frame::{self, Event, StoreDescriptor};
+use crate::crypto::{Key, Keyring, StoreCipher};
+use crate::error::{Error, Result};
+
+/// The reserved log holding the descriptor of an encrypted store (none for a plaintext store).
+pub(crate) const STORE_LOG: &str = "\u{1}store";
+/// What the descriptor's key check seals.
+const KEY_CHECK: &[u8] = b"ckpt store key check";
+
+/// How a store seals what it writes.
+#[derive(Debug)]
+pub(crate) enum Crypto {
+    /// A plaintext store opened without keys.
+    Plain,
+    /// An encrypted store opened with a key that opens it.
+    Sealed(Arc<StoreCipher>),
+    /// An encrypted store opened without any key: nothing can be read or written.
+    Locked,
+}
+
+impl Crypto {
+    /// The cipher for reading and writing, `None` for a plaintext (or locked) store.
+    pub(crate) fn cipher(&self) -> Option<&StoreCipher> {
+        match self {
+            Crypto::Sealed(c) => Some(c),
+            Crypto::Plain | Crypto::Locked => None,
+        }
+    }
+
+    /// Refuses writes to a locked store.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match self {
+            Crypto::Locked => Err(locked()),
+            Crypto::Plain | Crypto::Sealed(_) => Ok(()),
+        }
+    }
+}
+
+fn locked() -> Error {
+    Error::Decrypt {
+        location: "the store".into(),
+        key_id: "?".into(),
+        reason: "the store is encrypted and was opened without a key: nothing can be read or \
+                 written. Open it with Store::builder(url).encryption(key), or with \
+                 ?key_env=VAR in the URL"
+            .into(),
+    }
+}
+
+impl Store {
+    /// How this store seals, found on first use.
+    pub(crate) async fn crypto(&self) -> Result<&Crypto> {
+        self.inner
+            .crypto
+            .get_or_try_init(|| self.find_crypto())
+            .await
+    }
+
+    /// The cipher for synchronous decoding, once [`Store::crypto`] has run; fails closed when
+    /// keys are configured but it has not.
+    pub(crate) fn cipher(&self) -> Result<Option<&StoreCipher>> {
+        match self.inner.crypto.get() {
+            Some(c) => Ok(c.cipher()),
+            None if self.inner.keys.is_empty() => Ok(None),
+            None => Err(Error::Decrypt {
+                location: "the store".into(),
+                key_id: "?".into(),
+                reason: "encryption was not set up before reading (a bug in ckpt)".into(),
+            }),
+        }
+    }
+
+    /// Whether the store is encrypted (whether or not it was opened with its key).
+    pub async fn is_encrypted(&self) -> Result<bool> {
+        Ok(!matches!(self.crypto().await?, Crypto::Plain))
+    }
+
+    /// Verifies a frame of this store as stored at `seq` of `log`: its checksum, its seal (in
+    /// an encrypted store) and its encoding, body included.
+    pub async fn verify_frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<()> {
+        let cipher = self.crypto().await?.cipher();
+        let decoded = frame::decode_in(log, seq, bytes, cipher)?;
+        match &decoded.event {
+            Event::Save(header) => frame::decode_body(log, seq, header, &decoded.body).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Verifies a blob of this store stored under `hash`: its seal (in an encrypted store) or
+    /// its content hash, and its encoding.
+    pub async fn verify_blob(&self, hash: &crate::backend::BlobHash, bytes: &[u8]) -> Result<()> {
+        let cipher = self.crypto().await?.cipher();
+        crate::codec::blob::decode_in(hash, bytes, cipher).map(drop)
+    }
+
+    async fn find_crypto(&self) -> Result<Crypto> {
+        let keys = &self.inner.keys;
+        for _ in 0..8 {
+            match (self.read_descriptor().await?, Keyring::new(keys)) {
+                (Some(d), Some(ring)) => return open_with(d, ring).map(Crypto::Sealed),
+                (Some(_), None) => return Ok(Crypto::Locked),
+                (None, None) => return Ok(Crypto::Plain),
+                (None, Some(ring)) => {
+                    let logs = self.inner.backend.list_logs().await?;
+                    if logs.iter().any(|l| !is_reserved_log(l)) {
+                        return Err(Error::Decrypt {
+                            location: "the store".into(),
+                            key_id: ring.sealing_id().to_string(),
+                            reason: "this store was created without encryption and holds \
+                                     plaintext checkpoints; encryption is chosen when a store \
+                                     is created: open it without a key, or save into a new store"
+                                .into(),
+                        });
+                    }
+                    if self.create_descriptor(&ring).await? {
+                        continue;
+                    }
+                }
+            }
+        }
+        Err(Error::Busy {
+            what: "the store's descriptor kept changing while it was being read".into(),
+        })
+    }
+
+    /// The newest descriptor, if the store is encrypted.
+    async fn read_descriptor(&self) -> Result<Option<StoreDescriptor>> {
+        let frames = self.inner.backend.scan(STORE_LOG, 1, usize::MAX).await?;
+        let Some((seq, bytes)) = frames.last() else {
+            return Ok(None);
+        };
+        match frame::decode(STORE_LOG, *seq, bytes)?.event {
+            Event::Store(d) => Ok(Some(d)),
+            _ => Err(Error::corrupt(
+                format!("the store descriptor at seq {seq}"),
+                "not a store descriptor",
+            )),
+        }
+    }
+
+    /// Writes the first descriptor (false if another writer did first: read theirs).
+    async fn create_descriptor(&self, ring: &Keyring) -> Result<bool> {
+        let store_id = random_id();
+        let check = StoreCipher::new(ring.clone(), store_id).seal_frame(STORE_LOG, 0, KEY_CHECK)?;
+        let d = StoreDescriptor {
+            store_id,
+            key_check: check,
+        };
+        let append = LogAppend {
+            log: STORE_LOG.to_owned(),
+            expected_seq: 1,
+            frames: vec![frame::encode_store(STORE_LOG, 1, &d)?],
+        };
+        match self.inner.backend.append(vec![append]).await {
+            Ok(()) | Err(Error::Conflict { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The cipher of a store described by `d`, if `ring` holds the key that wrote its check.
+fn open_with(d: StoreDescriptor, ring: Keyring) -> Result<Arc<StoreCipher>> {
+    let cipher = StoreCipher::new(ring, d.store_id);
+    cipher
+        .open_frame(STORE_LOG, 0, &d.key_check)
+        .map_err(|e| match e {
+            Error::Decrypt { key_id, .. } => Error::Decrypt {
+                location: "the store".into(),
+                reason: format!(
+                    "the store was encrypted with key {key_id}, which is not among the keys it \
+                     was opened with ({}); open it with that key",
+                    cipher.sealing_id()
+                ),
+                key_id,
+            },
+            other => other,
+        })?;
+    Ok(Arc::new(cipher))
+}
+
+fn random_id() -> [u8; 16] {
+    let key = Key::generate();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&blake3::hash(key.to_hex().as_bytes()).as_bytes()[..16]);
+    id
+}
