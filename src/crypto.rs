@@ -289,6 +289,11 @@ impl StoreCipher {
     pub(crate) fn sealing_id(&self) -> KeyId {
         self.ring.sealing_id()
     }
+
+    /// Whether `sealed` (as [`Keyring::seal`] makes it) is sealed with the newest key.
+    pub(crate) fn sealed_with_newest(&self, sealed: &[u8]) -> bool {
+        sealed.get(..KEY_ID_LEN) == Some(&self.sealing_id().0[..])
+    }
 }
 
 #[cfg(test)]

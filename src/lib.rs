@@ -46,5 +46,5 @@ pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata};
 pub use error::{Error, Result};
 pub use store::{
     CheckpointStore, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery, PruneReport,
-    RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch, WriteStats,
+    RekeyReport, RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch, WriteStats,
 };

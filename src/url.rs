@@ -71,7 +71,10 @@ impl StoreUrl {
             url: redact(url),
             reason,
         };
-        let url = url.trim();
+        // `key_env` names where the encryption keys are, for any backend; the store builder
+        // reads it (see `StoreBuilder::open`), the backends never see it.
+        let without_keys = strip_option(url.trim(), "key_env");
+        let url = without_keys.as_str();
         if url.is_empty() {
             return Err(invalid(
                 "empty; use memory://, sled://PATH, or a directory path".into(),
@@ -175,6 +178,22 @@ pub fn redact(url: &str) -> String {
             format!("{scheme}://{masked}@{host}{tail}")
         }
         None => format!("{scheme}://{rest}"),
+    }
+}
+
+/// `url` without the query option `name` (and without a `?` left empty).
+pub(crate) fn strip_option(url: &str, name: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
     }
 }
 

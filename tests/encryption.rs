@@ -291,8 +291,73 @@ async fn key_rotation_writes_with_the_newest_and_reads_with_all() {
     let only_k1 = keyed(&backend, vec![k1.clone()]);
     assert_decrypt(only_k1.load(&new.id).await, &k2.id().to_string());
     // Dropping k1 before a rekey: the store names the key it needs.
-    let only_k2 = keyed(&backend, vec![k2]);
+    let only_k2 = keyed(&backend, vec![k2.clone()]);
     assert_decrypt(only_k2.load(&old.id).await, &k1.id().to_string());
+
+    // Rekey under k2 (k1 still there to open); then k2 alone opens everything, k1 nothing.
+    let report = rotated.rekey().await.unwrap();
+    assert!(report.frames >= 1 && report.blobs >= 1, "{report:?}");
+    assert_eq!(
+        rotated.rekey().await.unwrap(),
+        Default::default(),
+        "a second rekey has nothing to do"
+    );
+    let only_k2 = keyed(&backend, vec![k2]);
+    for cp in [&old, &new] {
+        assert_eq!(
+            only_k2.load(&cp.id).await.unwrap().state_json().unwrap(),
+            cp.state_json().unwrap()
+        );
+    }
+    save(&only_k2, "r", 3).await;
+    assert_decrypt(keyed(&backend, vec![k1]).load(&old.id).await, "");
+}
+
+#[tokio::test]
+async fn rekey_on_sled_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let (k1, k2) = (Key::generate(), Key::generate());
+    let store = Store::builder(&path)
+        .encryption(k1.clone())
+        .open()
+        .await
+        .unwrap();
+    let saved: Vec<Checkpoint> = futures_util::future::join_all((1..=4).map(|i| {
+        let store = store.clone();
+        async move { save(&store, &format!("s{i}"), i).await }
+    }))
+    .await;
+    drop(store);
+    let store = reopen_with(&path, vec![k2.clone(), k1]).await;
+    let report = store.rekey().await.unwrap();
+    assert!(report.frames >= 4, "{report:?}");
+    drop(store);
+    let store = reopen_with(&path, vec![k2]).await;
+    for cp in &saved {
+        assert_eq!(
+            store.load(&cp.id).await.unwrap().state_json().unwrap(),
+            cp.state_json().unwrap()
+        );
+    }
+}
+
+async fn reopen_with(path: &str, keys: Vec<Key>) -> Store {
+    for _ in 0..100 {
+        let mut b = Store::builder(path);
+        for (i, k) in keys.iter().enumerate() {
+            b = if i == 0 {
+                b.encryption(k.clone())
+            } else {
+                b.decryption_key(k.clone())
+            };
+        }
+        if let Ok(s) = b.open().await {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("cannot reopen {path}");
 }
 
 /// The raw files of an encrypted sled store never hold the secret; a plaintext store's do

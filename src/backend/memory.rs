@@ -184,6 +184,27 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        if let Some(log) = self.state().logs.get_mut(log) {
+            for (seq, bytes) in frames {
+                if let Some(frame) = log.frames.get_mut(&seq) {
+                    *frame = bytes;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let mut state = self.state();
+        for (hash, bytes) in blobs {
+            if let Some(blob) = state.blobs.get_mut(&hash) {
+                *blob = bytes;
+            }
+        }
+        Ok(())
+    }
+
     async fn flush(&self) -> Result<()> {
         Ok(())
     }

@@ -139,6 +139,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes blobs; unknown hashes are ignored.
     async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()>;
 
+    /// Replaces the bytes of existing frames of `log` (sequence numbers that hold no frame are
+    /// skipped), durably and atomically per call. Only [`crate::Store::rekey`] uses it, to
+    /// re-seal frames under a new key: content and place stay the same. The default refuses.
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let _ = (log, frames);
+        Err(crate::Error::InvalidInput(format!(
+            "re-sealing frames in place (rekey) is not supported by the {} backend",
+            self.name()
+        )))
+    }
+
+    /// Replaces the stored bytes of existing blobs (unknown hashes are skipped), durably. Only
+    /// [`crate::Store::rekey`] uses it. The default refuses.
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let _ = blobs;
+        Err(crate::Error::InvalidInput(format!(
+            "re-sealing blobs in place (rekey) is not supported by the {} backend",
+            self.name()
+        )))
+    }
+
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;
 

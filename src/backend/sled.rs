@@ -690,6 +690,49 @@ impl Backend for SledBackend {
             .map_err(|e| backend_error(format!("deleting {} blobs", hashes.len()), e))
     }
 
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        // The WAL must not replay the old bytes over the new ones after a crash.
+        self.checkpoint_wal().await?;
+        let prefix = frame_prefix(log)?;
+        let mut batch = sled::Batch::default();
+        {
+            let _guard = self.append_lock();
+            for (seq, bytes) in frames {
+                let key = frame_key(&prefix, seq);
+                let present = self
+                    .db
+                    .contains_key(&key)
+                    .map_err(|e| backend_error(format!("looking up log {log:?} seq {seq}"), e))?;
+                if present {
+                    batch.insert(key, bytes);
+                }
+            }
+            self.db
+                .apply_batch(batch)
+                .map_err(|e| backend_error(format!("rewriting frames of log {log:?}"), e))?;
+        }
+        self.flush_everything("flushing rewritten frames").await
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.checkpoint_wal().await?;
+        let mut batch = sled::Batch::default();
+        for (hash, bytes) in blobs {
+            let key = blob_key(&hash);
+            let present = self
+                .db
+                .contains_key(key)
+                .map_err(|e| backend_error(format!("looking up blob {}", hex(&hash)), e))?;
+            if present {
+                batch.insert(&key[..], bytes);
+            }
+        }
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| backend_error("rewriting blobs", e))?;
+        self.flush_everything("flushing rewritten blobs").await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.flush_everything("flushing to disk").await
     }

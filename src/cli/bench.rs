@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Seed of the pseudo-random generator (xorshift) for message text and the versions read
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Encrypt the store with a fresh random key (to measure encryption's cost)
+    #[arg(long)]
+    pub encrypt: bool,
     /// Print the results as one JSON line
     #[arg(long)]
     pub json: bool,
@@ -69,6 +72,7 @@ const HISTORY_LIMIT: usize = 20;
 struct Report {
     workload: &'static str,
     store: String,
+    encrypted: bool,
     threads: u32,
     steps: u32,
     saves: u64,
@@ -103,7 +107,11 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         }
     };
     let parsed = StoreUrl::parse(&url)?;
-    let store = Store::open(&url).await?;
+    let mut builder = Store::builder(&url);
+    if args.encrypt {
+        builder = builder.encryption(ckpt::crypto::Key::generate());
+    }
+    let store = builder.open().await?;
     let stamp = unix_millis();
     let executions: Vec<String> = (1..=args.threads)
         .map(|n| format!("bench-{n}-{stamp}"))
@@ -158,7 +166,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     }
     // The same from a store that has cached nothing (as after a restart): each execution's index
     // is built from its log and its latest state rebuilt from a snapshot and deltas.
-    let cold = Store::with_backend(store.backend().clone());
+    let cold = store.with_same_keys(store.backend().clone());
     let mut latest_cold = Vec::with_capacity(executions.len());
     for exec in &executions {
         let t = Instant::now();
@@ -224,6 +232,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     let report = Report {
         workload: args.workload.name(),
         store: redact(&url),
+        encrypted: args.encrypt,
         threads: args.threads,
         steps: args.steps,
         saves,

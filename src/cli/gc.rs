@@ -11,10 +11,10 @@ use super::{say, CliResult, Context, Global};
 ///
 /// Removes the log frames of deleted and cleared checkpoints that no live checkpoint depends
 /// on, and every blob no remaining frame references. Never removes anything a live checkpoint
-/// needs. No other process may write to the store while it runs.
+/// needs. Safe while other processes save (they wait, or redo a save that raced it); one gc at a time.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Removes the log frames of deleted and cleared checkpoints that no live checkpoint depends on, and every blob no remaining frame references. Never removes anything a live checkpoint needs. No other process may write to the store while it runs."
+    after_help = "Removes the log frames of deleted and cleared checkpoints that no live checkpoint depends on, and every blob no remaining frame references. Never removes anything a live checkpoint needs. Safe while other processes save (they wait, or redo a save that raced it); one gc at a time."
 )]
 pub struct GcArgs {
     /// Print the result as one JSON document: {"frames_removed", "blobs_removed",

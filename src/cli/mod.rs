@@ -20,6 +20,7 @@ mod gc;
 mod grep;
 mod history;
 mod import;
+mod keys;
 mod log;
 mod progress;
 mod prune;
@@ -116,6 +117,10 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Check every frame checksum and blob hash; exit 1 listing what is corrupt.
     Verify(verify::VerifyArgs),
+    /// Print a new random encryption key (64 hex digits) and its id.
+    Keygen(keys::KeygenArgs),
+    /// Seal everything again with the store's newest key, so older keys can be dropped.
+    Rekey(keys::RekeyArgs),
     /// Logical bytes offered vs bytes stored, per execution and in total.
     Stats(stats::StatsArgs),
     /// Write executions, exactly as stored, to a portable, checksummed bundle file.
@@ -147,6 +152,8 @@ impl Command {
     async fn run(self, global: &Global) -> CliResult {
         match self {
             Command::Demo(args) => demo::run(args, global).await,
+            Command::Keygen(args) => keys::keygen(args, global).await,
+            Command::Rekey(args) => keys::rekey(args, global).await,
             Command::Bench(args) => bench::run(args, global).await,
             Command::Export(args) => export::run(args, global).await,
             Command::Import(args) => import::run(args, global).await,

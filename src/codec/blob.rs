@@ -119,6 +119,23 @@ pub(crate) fn decode_in(
     }
 }
 
+/// The blob stored under `hash`, sealed again with `cipher`'s newest key; `None` when it
+/// already is. Verifies it first.
+pub(crate) fn reseal(
+    hash: &BlobHash,
+    stored: &[u8],
+    cipher: &StoreCipher,
+) -> Result<Option<Vec<u8>>> {
+    decode_in(hash, stored, Some(cipher))?;
+    if cipher.sealed_with_newest(&stored[1..]) {
+        return Ok(None);
+    }
+    let inner = cipher.open_blob(hash, &stored[1..])?;
+    let mut out = vec![FORMAT_SEALED];
+    out.extend_from_slice(&cipher.seal_blob(hash, &inner)?);
+    Ok(Some(out))
+}
+
 /// Decodes a stored blob and verifies it against `hash`; any mismatch is [`Error::Corrupt`].
 pub fn decode(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
     let content = decode_unchecked(hash, stored)?;

@@ -60,7 +60,105 @@ fn locked() -> Error {
     }
 }
 
+/// What [`Store::rekey`] re-sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Frames sealed again with the newest key.
+    pub frames: u64,
+    /// Blobs sealed again with the newest key.
+    pub blobs: u64,
+}
+
 impl Store {
+    /// Seals everything again with the newest key (the one given to
+    /// [`crate::StoreBuilder::encryption`]); afterwards the older keys can be dropped. Open the
+    /// store with the new key first and the old ones after it (`?key_env=NEW,OLD`). Saves and gc,
+    /// here and in other processes, wait while it runs (it holds the gc log, see `reclaim`);
+    /// stop writers still configured with an old key as the writing key first. Interrupted, it
+    /// can simply run again. Chunk addresses stay as they were (keyed hashes under the old key).
+    pub async fn rekey(&self) -> Result<RekeyReport> {
+        let cipher = match self.crypto().await? {
+            Crypto::Sealed(c) => c.clone(),
+            Crypto::Plain => {
+                return Err(Error::InvalidInput(
+                    "the store is not encrypted: there is nothing to rekey".into(),
+                ))
+            }
+            Crypto::Locked => return Err(locked()),
+        };
+        let _exclusive = self.inner.gc_lock.write().await;
+        let begin = self.begin_gc(super::reclaim::DEFAULT_LEASE).await?;
+        let result = self.reseal_everything(&cipher).await;
+        let ended = self.end_gc(begin + 1).await;
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+
+    async fn reseal_everything(&self, cipher: &StoreCipher) -> Result<RekeyReport> {
+        let backend = &self.inner.backend;
+        let mut report = RekeyReport::default();
+        for log in self.execution_logs().await? {
+            let mut from = 1;
+            loop {
+                let page = backend.scan(&log, from, super::SCAN_PAGE).await?;
+                let Some(&(last, _)) = page.last() else { break };
+                let mut resealed = Vec::new();
+                for (seq, bytes) in &page {
+                    if let Some(new) = frame::reseal(&log, *seq, bytes, cipher)? {
+                        resealed.push((*seq, new));
+                    }
+                }
+                report.frames += resealed.len() as u64;
+                if !resealed.is_empty() {
+                    backend.rewrite_frames(&log, resealed).await?;
+                }
+                from = last + 1;
+            }
+        }
+        let hashes = backend.list_blobs().await?;
+        for group in hashes.chunks(256) {
+            let mut resealed = Vec::new();
+            for hash in group {
+                let Some(stored) = backend.get_blob(hash).await? else {
+                    continue;
+                };
+                if let Some(new) = crate::codec::blob::reseal(hash, &stored, cipher)? {
+                    resealed.push((*hash, new));
+                }
+            }
+            report.blobs += resealed.len() as u64;
+            if !resealed.is_empty() {
+                backend.rewrite_blobs(resealed).await?;
+            }
+        }
+        self.reseal_descriptor(cipher).await?;
+        backend.flush().await?;
+        Ok(report)
+    }
+
+    /// Appends a descriptor whose key check is sealed with the newest key, so that the older
+    /// keys are no longer needed to open the store.
+    async fn reseal_descriptor(&self, cipher: &StoreCipher) -> Result<()> {
+        let Some(d) = self.read_descriptor().await? else {
+            return Ok(());
+        };
+        if cipher.sealed_with_newest(&d.key_check) {
+            return Ok(());
+        }
+        let d = StoreDescriptor {
+            store_id: d.store_id,
+            key_check: cipher.seal_frame(STORE_LOG, 0, KEY_CHECK)?,
+        };
+        let seq = self.inner.backend.next_seq(STORE_LOG).await?;
+        let append = LogAppend {
+            log: STORE_LOG.to_owned(),
+            expected_seq: seq,
+            frames: vec![frame::encode_store(STORE_LOG, seq, &d)?],
+        };
+        self.inner.backend.append(vec![append]).await
+    }
+
     /// How this store seals, found on first use.
     pub(crate) async fn crypto(&self) -> Result<&Crypto> {
         self.inner

@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use index::{CachedState, Chain, ExecIndex, SaveEntry};
 
 pub use builder::StoreBuilder;
+pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use transfer::ImportReport;
 pub use watch::Watch;

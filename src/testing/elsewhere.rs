@@ -63,6 +63,12 @@ impl Backend for Elsewhere {
     async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
         self.0.delete_blobs(hashes).await
     }
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.0.rewrite_frames(log, frames).await
+    }
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.0.rewrite_blobs(blobs).await
+    }
     async fn flush(&self) -> Result<()> {
         self.0.flush().await
     }
