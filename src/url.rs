@@ -181,6 +181,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `url` without its `key_env` option (which the store builder reads, not the backends).
+pub fn strip_key_env(url: &str) -> String {
+    strip_option(url, "key_env")
+}
+
 /// `url` without the query option `name` (and without a `?` left empty).
 pub(crate) fn strip_option(url: &str, name: &str) -> String {
     let Some((base, query)) = url.split_once('?') else {

@@ -184,6 +184,7 @@ impl SledBackend {
     /// Fails with [`Error::Backend`] when the directory cannot be created or the database cannot be
     /// opened, typically because another process has it open.
     pub fn open(path: &Path, sync: bool) -> Result<Self> {
+        finish_compaction(path)?;
         std::fs::create_dir_all(path).map_err(|e| {
             backend_error(
                 format!("creating the database directory {}", path.display()),
@@ -746,6 +747,115 @@ impl Backend for SledBackend {
             )
         })?;
         Ok(Some(size))
+    }
+}
+
+/// What [`compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Bytes of the directory before.
+    pub bytes_before: u64,
+    /// Bytes of the directory after.
+    pub bytes_after: u64,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Rewrites the sled database in `path` into a fresh directory that holds only its live keys,
+/// and swaps it in. sled is log-structured: deleted values (cleared checkpoints, collected blobs)
+/// stay in its files until their segments are reused; after `Store::gc` and `compact`, nothing
+/// of them is left in the store's files. The database must not be open (sled allows one process
+/// per directory, and this opens it). A crash part way is finished (or undone) at the next open.
+pub fn compact(path: &Path) -> Result<CompactReport> {
+    let fail = |what: String, e: io::Error| backend_error(what, e);
+    let bytes_before =
+        dir_size(path).map_err(|e| fail(format!("measuring {}", path.display()), e))?;
+    let fresh_path = sibling(path, ".compacting");
+    let old_path = sibling(path, ".old");
+    if fresh_path.exists() {
+        std::fs::remove_dir_all(&fresh_path)
+            .map_err(|e| fail(format!("removing {}", fresh_path.display()), e))?;
+    }
+    {
+        // Through the backend, so that a WAL left by a crash is replayed first.
+        let source = SledBackend::open(path, true)?;
+        source
+            .db
+            .flush()
+            .map_err(|e| backend_error("flushing before compaction", e))?;
+        let fresh = sled::Config::new()
+            .path(&fresh_path)
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .map_err(|e| backend_error(format!("creating {}", fresh_path.display()), e))?;
+        for entry in source.db.iter() {
+            let (key, value) = entry.map_err(|e| backend_error("reading for compaction", e))?;
+            fresh
+                .insert(key, value)
+                .map_err(|e| backend_error("writing the compacted copy", e))?;
+        }
+        fresh
+            .flush()
+            .map_err(|e| backend_error("flushing the compacted copy", e))?;
+    }
+    // The copy is complete and durable: from here on, an open finishes the swap.
+    std::fs::rename(path, &old_path)
+        .map_err(|e| fail(format!("moving {} aside", path.display()), e))?;
+    std::fs::rename(&fresh_path, path).map_err(|e| {
+        fail(
+            format!("moving the compacted copy to {}", path.display()),
+            e,
+        )
+    })?;
+    remove_dir_eventually(&old_path)?;
+    let bytes_after =
+        dir_size(path).map_err(|e| fail(format!("measuring {}", path.display()), e))?;
+    Ok(CompactReport {
+        bytes_before,
+        bytes_after,
+    })
+}
+
+/// Completes a [`compact`] a crash interrupted: a complete copy whose swap did not finish is
+/// moved in, a partial copy is removed, and the old directory goes.
+fn finish_compaction(path: &Path) -> Result<()> {
+    let fresh_path = sibling(path, ".compacting");
+    let old_path = sibling(path, ".old");
+    let moved = |what: &Path, e: io::Error| {
+        backend_error(format!("finishing a compaction of {}", what.display()), e)
+    };
+    if !path.exists() && old_path.exists() && fresh_path.exists() {
+        std::fs::rename(&fresh_path, path).map_err(|e| moved(path, e))?;
+    }
+    if path.exists() {
+        if fresh_path.exists() {
+            std::fs::remove_dir_all(&fresh_path).map_err(|e| moved(path, e))?;
+        }
+        if old_path.exists() {
+            remove_dir_eventually(&old_path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a directory sled may still be closing (its flusher can hold a file a moment longer).
+fn remove_dir_eventually(dir: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    match last {
+        Some(e) => Err(backend_error(format!("removing {}", dir.display()), e)),
+        None => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod bench;
 mod clear;
+mod compact;
 mod copy;
 mod delete;
 mod demo;
@@ -75,8 +76,10 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Where checkpoints are stored: memory://, sled://PATH[?sync=false], or a directory path
-    /// (sled) [default: ./ckpt-data; for `bench`, a fresh temporary directory]
+    /// Where checkpoints are stored: memory://, sled://PATH[?sync=false], a directory path
+    /// (sled), sqlite://PATH, postgres://..., redis://..., redis+cluster://...; add
+    /// ?key_env=VAR for an encrypted store [default: ./ckpt-data; for `bench`, a fresh
+    /// temporary directory]
     #[arg(long, global = true, env = "CKPT_STORE", value_name = "URL")]
     pub store: Option<String>,
 }
@@ -117,6 +120,8 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Check every frame checksum and blob hash; exit 1 listing what is corrupt.
     Verify(verify::VerifyArgs),
+    /// Rewrite a sled store's files so that nothing deleted (cleared, collected) remains in them.
+    Compact(compact::CompactArgs),
     /// Print a new random encryption key (64 hex digits) and its id.
     Keygen(keys::KeygenArgs),
     /// Seal everything again with the store's newest key, so older keys can be dropped.
@@ -153,6 +158,7 @@ impl Command {
         match self {
             Command::Demo(args) => demo::run(args, global).await,
             Command::Keygen(args) => keys::keygen(args, global).await,
+            Command::Compact(args) => compact::run(args, global).await,
             Command::Rekey(args) => keys::rekey(args, global).await,
             Command::Bench(args) => bench::run(args, global).await,
             Command::Export(args) => export::run(args, global).await,
