@@ -296,6 +296,63 @@ impl StoreCipher {
     }
 }
 
+/// Decoders of sealed bytes under a fixed key and store id, for the fuzz targets and their
+/// seed corpus. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Key, Keyring, StoreCipher};
+    use crate::codec::{blob, frame, tree};
+    use crate::error::Result;
+
+    /// The log and sequence sealed frames are checked at.
+    pub const LOG: &str = "fuzz-exec";
+    /// See [`LOG`].
+    pub const SEQ: u64 = 7;
+
+    fn cipher() -> StoreCipher {
+        let ring = Keyring::new(&[Key::from_bytes([0x5a; 32])]);
+        StoreCipher::new(ring.expect("one key"), [0x11; 16])
+    }
+
+    /// Verifies, opens and decodes a frame as an encrypted store reads it at [`LOG`], [`SEQ`].
+    pub fn decode_sealed_frame(bytes: &[u8]) -> Result<()> {
+        let decoded = frame::decode_in(LOG, SEQ, bytes, Some(&cipher()))?;
+        if let frame::Event::Save(h) = &decoded.event {
+            frame::decode_body(LOG, SEQ, h, &decoded.body)?;
+        }
+        Ok(())
+    }
+
+    /// Opens and decodes a blob as an encrypted store reads it under `hash`.
+    pub fn decode_sealed_blob(hash: &[u8; 32], bytes: &[u8]) -> Result<()> {
+        let content = blob::decode_in(hash, bytes, Some(&cipher()))?;
+        let _ = crate::codec::value::decode(&content);
+        Ok(())
+    }
+
+    /// A sealed save frame (at [`LOG`], [`SEQ`]) and a sealed blob prefixed by its address: seeds.
+    pub fn seeds() -> Result<(Vec<u8>, Vec<u8>)> {
+        let c = cipher();
+        let header = frame::SaveHeader {
+            node: "n".into(),
+            metadata: Default::default(),
+            timestamp_us: 1,
+            parent: None,
+            state_size: 3,
+            delta_base: None,
+        };
+        let body = crate::codec::value::encode(&rmpv::Value::from("state"));
+        let f = frame::encode_save_in(LOG, SEQ, &header, &body, Some(&c))?;
+        let content = crate::codec::value::encode(&rmpv::Value::from("x".repeat(300)));
+        let mut lifting = tree::Lifting::keyed(Some(c.address_key()));
+        tree::externalize(&rmpv::Value::from("x".repeat(300)), &mut lifting);
+        let hash = lifting.blobs[0].0;
+        let mut b = hash.to_vec();
+        b.extend_from_slice(&blob::encode_in(&hash, &content, Some(&c))?);
+        Ok((f, b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

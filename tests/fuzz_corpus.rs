@@ -213,6 +213,65 @@ fn id_corpus() {
     });
 }
 
+// ---- sealed ----
+
+#[test]
+fn sealed_corpus() {
+    run_corpus("sealed", |name, data| {
+        let frame = ckpt::crypto::fuzzing::decode_sealed_frame(data).map_err(|e| e.to_string());
+        let blob = match data.split_first_chunk::<32>() {
+            Some((hash, stored)) => {
+                ckpt::crypto::fuzzing::decode_sealed_blob(hash, stored).map_err(|e| e.to_string())
+            }
+            None => Err("shorter than an address".into()),
+        };
+        match name {
+            n if n.contains("frame") => frame,
+            n if n.contains("blob") => blob,
+            _ => frame.or(blob),
+        }
+    });
+}
+
+#[test]
+#[ignore = "writes fuzz/corpus/sealed; run by hand to regenerate the seeds"]
+fn write_sealed_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sealed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (frame, blob) = ckpt::crypto::fuzzing::seeds().unwrap();
+    std::fs::write(dir.join("valid-frame"), &frame).unwrap();
+    std::fs::write(dir.join("valid-blob"), &blob).unwrap();
+    let mut flipped = frame.clone();
+    flipped[10] ^= 1;
+    std::fs::write(dir.join("invalid-frame-flipped"), &flipped).unwrap();
+    let mut cut = blob.clone();
+    cut.truncate(blob.len() - 4);
+    std::fs::write(dir.join("invalid-blob-truncated"), &cut).unwrap();
+    // A plaintext frame where a sealed one must be.
+    let plain = ckpt::codec::frame::encode_delete(
+        ckpt::crypto::fuzzing::LOG,
+        ckpt::crypto::fuzzing::SEQ,
+        1,
+    )
+    .unwrap();
+    std::fs::write(dir.join("invalid-frame-plaintext"), &plain).unwrap();
+    // The store-internal events, for the frame target.
+    let frames = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frame");
+    let mark = frame::GcMark {
+        begin: true,
+        time_us: 1_764_000_000_000_000,
+        lease_us: 600_000_000,
+    };
+    let gc = frame::encode_gc(FRAME_LOG, FRAME_SEQ, mark).unwrap();
+    std::fs::write(frames.join("valid-sealed-gc-1"), gc).unwrap();
+    let d = frame::StoreDescriptor {
+        store_id: [7; 16],
+        key_check: vec![1; 60],
+    };
+    let store = frame::encode_store(FRAME_LOG, FRAME_SEQ, &d).unwrap();
+    std::fs::write(frames.join("valid-sealed-store-1"), store).unwrap();
+}
+
 // ---- url ----
 
 #[test]

@@ -517,4 +517,10 @@ proptest! {
     fn sled_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
         run_blocking(&ckpt::testing::SledHarness::new(), &ops)?;
     }
+
+    #[test]
+    fn encrypted_memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        let harness = ckpt::testing::Encrypted::new("memory+key", ckpt::testing::MemoryHarness::new());
+        run_blocking(&harness, &ops)?;
+    }
 }
