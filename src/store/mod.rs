@@ -747,6 +747,7 @@ impl Store {
         while attempt < MAX_CONFLICT_RETRIES {
             // Read before any blob is checked or written: see `reclaim`.
             let fence = self.gc_fence().await?;
+            let unfenced = self.gc_position_unfenced().await?;
             let mut prepared = Vec::with_capacity(groups.len());
             let mut lifted = tree::Lifting::keyed(cipher.map(|c| c.address_key()));
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
@@ -763,6 +764,10 @@ impl Store {
                 }
                 prepared.push(self.prepare(idx, group, &mut lifted, cipher).await?);
             }
+            let needed = match unfenced {
+                Some(_) => lifted.blobs.clone(),
+                None => Vec::new(),
+            };
             let blobs = self.encode_blobs(lifted.blobs, cipher).await?;
             let mut appends: Vec<LogAppend> = prepared
                 .iter_mut()
@@ -781,6 +786,9 @@ impl Store {
             appends.extend(fence);
             match self.inner.backend.append_with_blobs(appends, blobs).await {
                 Ok(()) => {
+                    if let Some(position) = unfenced {
+                        self.repair_after_gc(position, &needed, cipher).await?;
+                    }
                     self.count_frames(total as u64, bytes);
                     let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
                     for (((idx, group), p), tail) in guards

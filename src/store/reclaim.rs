@@ -20,8 +20,12 @@
 //!
 //! The fence needs appends that are atomic across logs. A backend that cannot give that (Redis
 //! Cluster, where each execution lives in its own hash slot) reports it with
-//! [`crate::backend::Backend::atomic_across_logs`]; there, gc is safe against saves of its own
-//! process only, and must not run while other processes save.
+//! [`crate::backend::Backend::atomic_across_logs`]. There a save reads the gc log's position
+//! (waiting while a gc runs) before it checks blobs, appends unfenced, and reads the position
+//! again: if a gc began in between, it waits for that gc to end and puts back any blob of its
+//! state the gc took. What it saved is then whole again, but between the gc's sweep and the
+//! repair a reader can find the new checkpoint missing a blob (`Error::Corrupt`); where appends
+//! are atomic across logs that window does not exist.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -66,6 +70,47 @@ impl Store {
             expected_seq: next,
             frames: Vec::new(),
         }))
+    }
+
+    /// For a backend that cannot fence: the gc log's position, read while no gc runs, before a
+    /// save checks or writes blobs (`None` where saves are fenced instead).
+    pub(super) async fn gc_position_unfenced(&self) -> Result<Option<u64>> {
+        if self.inner.backend.atomic_across_logs() {
+            return Ok(None);
+        }
+        self.wait_for_no_gc().await.map(Some)
+    }
+
+    /// After an unfenced append: if a gc began since `position`, waits for it to end and puts
+    /// back every blob of `lifted` (all the save's state needs) that it took.
+    pub(super) async fn repair_after_gc(
+        &self,
+        mut position: u64,
+        lifted: &[crate::codec::tree::Lifted],
+        cipher: Option<&crate::crypto::StoreCipher>,
+    ) -> Result<()> {
+        let backend = &self.inner.backend;
+        for _ in 0..super::MAX_CONFLICT_RETRIES {
+            if backend.next_seq(GC_LOG).await? == position {
+                return Ok(());
+            }
+            position = self.wait_for_no_gc().await?;
+            let hashes: Vec<_> = lifted.iter().map(|(h, _)| *h).collect();
+            let missing: std::collections::HashSet<_> =
+                backend.missing_blobs(&hashes).await?.into_iter().collect();
+            let mut put = Vec::with_capacity(missing.len());
+            for (hash, content) in lifted.iter().filter(|(h, _)| missing.contains(h)) {
+                put.push((*hash, crate::codec::blob::encode_in(hash, content, cipher)?));
+            }
+            if !put.is_empty() {
+                backend.put_blobs(put).await?;
+            }
+        }
+        Err(Error::Busy {
+            what: "gc kept running while a save put back what it needs; the save is stored, \
+                   run it again to be sure its blobs are whole"
+                .into(),
+        })
     }
 
     /// Drops the cached gc position, after a save's fence failed (a gc began elsewhere).

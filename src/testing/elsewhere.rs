@@ -13,72 +13,106 @@ use crate::Result;
 /// in another process would not. Lets scenarios race two "processes" on storage (sled) that only
 /// one process can open.
 #[derive(Debug)]
-pub struct Elsewhere(pub Arc<dyn Backend>);
+pub struct Elsewhere {
+    inner: Arc<dyn Backend>,
+    atomic_across_logs: bool,
+}
+
+impl Elsewhere {
+    /// `backend` as another process sees it.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Elsewhere {
+            inner: backend,
+            atomic_across_logs: true,
+        }
+    }
+
+    /// `backend` as another process sees it, behaving like a backend that cannot append to
+    /// several logs atomically (Redis Cluster): it says so, and refuses such appends.
+    pub fn without_cross_log_atomicity(backend: Arc<dyn Backend>) -> Self {
+        Elsewhere {
+            inner: backend,
+            atomic_across_logs: false,
+        }
+    }
+
+    fn check(&self, appends: &[LogAppend]) -> Result<()> {
+        let first = appends.first().map(|a| a.log.as_str());
+        if !self.atomic_across_logs && appends.iter().any(|a| Some(a.log.as_str()) != first) {
+            return Err(crate::Error::InvalidInput(
+                "this backend cannot append to several logs atomically".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl Backend for Elsewhere {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.inner.name()
     }
     async fn next_seq(&self, log: &str) -> Result<u64> {
-        self.0.next_seq(log).await
+        self.inner.next_seq(log).await
     }
     async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        self.0.append(appends).await
+        self.check(&appends)?;
+        self.inner.append(appends).await
     }
     async fn append_with_blobs(
         &self,
         appends: Vec<LogAppend>,
         blobs: Vec<(BlobHash, Vec<u8>)>,
     ) -> Result<()> {
-        self.0.append_with_blobs(appends, blobs).await
+        self.check(&appends)?;
+        self.inner.append_with_blobs(appends, blobs).await
     }
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.0.scan(log, from, limit).await
+        self.inner.scan(log, from, limit).await
     }
     async fn list_logs(&self) -> Result<Vec<String>> {
-        self.0.list_logs().await
+        self.inner.list_logs().await
     }
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
-        self.0.raise_next_seq(log, next_seq).await
+        self.inner.raise_next_seq(log, next_seq).await
     }
     async fn truncate(&self, log: &str, before: u64) -> Result<()> {
-        self.0.truncate(log, before).await
+        self.inner.truncate(log, before).await
     }
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        self.0.put_blobs(blobs).await
+        self.inner.put_blobs(blobs).await
     }
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        self.0.get_blob(hash).await
+        self.inner.get_blob(hash).await
     }
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        self.0.has_blob(hash).await
+        self.inner.has_blob(hash).await
     }
     async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
-        self.0.missing_blobs(hashes).await
+        self.inner.missing_blobs(hashes).await
     }
     async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
-        self.0.list_blobs().await
+        self.inner.list_blobs().await
     }
     async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
-        self.0.delete_blobs(hashes).await
+        self.inner.delete_blobs(hashes).await
     }
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        self.0.rewrite_frames(log, frames).await
+        self.inner.rewrite_frames(log, frames).await
     }
     async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        self.0.rewrite_blobs(blobs).await
+        self.inner.rewrite_blobs(blobs).await
     }
     async fn flush(&self) -> Result<()> {
-        self.0.flush().await
+        self.inner.flush().await
     }
     fn atomic_across_logs(&self) -> bool {
-        self.0.atomic_across_logs()
+        self.atomic_across_logs && self.inner.atomic_across_logs()
     }
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
-        self.0.wait_for_append(log, next_seq, timeout).await
+        self.inner.wait_for_append(log, next_seq, timeout).await
     }
     async fn stored_bytes(&self) -> Result<Option<u64>> {
-        self.0.stored_bytes().await
+        self.inner.stored_bytes().await
     }
 }

@@ -256,6 +256,7 @@ macro_rules! conformance_tests {
                 gc_does_not_break_other_stores,
                 gc_racing_saves_keeps_every_live_checkpoint,
                 gc_elsewhere_never_takes_what_a_save_needs,
+                gc_elsewhere_is_repaired_without_cross_log_atomicity,
                 a_dead_gc_is_ended_after_its_lease,
                 retention_keeps_what_it_must,
                 deltas_keep_storage_small,

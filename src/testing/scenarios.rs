@@ -2715,11 +2715,23 @@ pub async fn gc_racing_saves_keeps_every_live_checkpoint(h: &dyn Harness) {
 /// very blobs gc deletes. The gc fence must make every such save either land before gc looks, or
 /// notice gc and write its blobs again: every acknowledged checkpoint loads after a final gc.
 pub async fn gc_elsewhere_never_takes_what_a_save_needs(h: &dyn Harness) {
+    gc_elsewhere(h, super::Elsewhere::new).await;
+}
+
+/// The same race where the saver's backend cannot append to several logs atomically (as Redis
+/// Cluster): its saves cannot be fenced, so each checks the gc log after appending and puts
+/// back what a gc took; every acknowledged checkpoint loads afterwards.
+pub async fn gc_elsewhere_is_repaired_without_cross_log_atomicity(h: &dyn Harness) {
+    gc_elsewhere(h, super::Elsewhere::without_cross_log_atomicity).await;
+}
+
+async fn gc_elsewhere(
+    h: &dyn Harness,
+    elsewhere: fn(std::sync::Arc<dyn crate::backend::Backend>) -> super::Elsewhere,
+) {
     let name = h.name();
     let here = h.open().await;
-    let there = here.with_same_keys(std::sync::Arc::new(super::Elsewhere(
-        here.backend().clone(),
-    )));
+    let there = here.with_same_keys(std::sync::Arc::new(elsewhere(here.backend().clone())));
     let steps = 120u64;
     let pool = |i: u64| text("pooled", i, 700);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(4);
@@ -2845,7 +2857,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
         backend.append(vec![append]).await,
         "append a dying begin mark",
     );
-    let fresh = store.with_same_keys(std::sync::Arc::new(super::Elsewhere(backend.clone())));
+    let fresh = store.with_same_keys(std::sync::Arc::new(super::Elsewhere::new(backend.clone())));
     let saved = must(
         fresh.save(nth_checkpoint("after-dead-gc", 1)).await,
         "save after a dead gc's lease",
