@@ -631,8 +631,8 @@ impl Store {
     /// checkpoint's state depends on, and every blob no remaining frame references. Never
     /// removes anything a live checkpoint needs. Safe while other tasks, processes and machines
     /// save: saves of this process wait while it runs, and saves elsewhere that raced it are
-    /// fenced off and redone (see the `reclaim` module; on Redis Cluster only this process's
-    /// saves are). Returns [`Error::Busy`] while another gc runs.
+    /// fenced off and redone (see the `reclaim` module; on Redis Cluster, repaired after the
+    /// fact). Returns [`Error::Busy`] while another gc runs.
     pub async fn gc(&self) -> Result<GcReport> {
         let _exclusive = self.inner.gc_lock.write().await;
         let started = std::time::Instant::now();
