@@ -28,6 +28,8 @@
 
 mod helpers;
 mod scenarios;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 
 use std::sync::Arc;
 
@@ -37,6 +39,8 @@ use crate::backend::memory::MemoryBackend;
 use crate::Store;
 
 pub use scenarios::*;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::*;
 
 /// Storage the conformance suite runs on.
 ///
