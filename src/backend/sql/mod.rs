@@ -281,6 +281,120 @@ pub(crate) fn end_seq(log: &str, expected: u64, count: usize) -> Result<u64> {
         })
 }
 
+/// Records an append's outcome in `turns` (see [`Turns::record`]).
+pub(crate) fn record_turn(turns: &Turns, logs: &[String], result: &Result<()>) {
+    match result {
+        Ok(()) => turns.record(logs.iter().map(String::as_str), None),
+        Err(Error::Conflict { log, .. }) => turns.record(std::iter::empty(), Some(log)),
+        Err(_) => {}
+    }
+}
+
+/// How long a writer that lost a compare-and-append keeps its place in line: longer than the
+/// store's longest backoff between retries (25 ms) plus a re-read of the log.
+const TURN_EXPIRY: Duration = Duration::from_millis(60);
+
+/// In-process fairness between writers contending on one log.
+///
+/// The store retries a conflicting save after a backoff, while the writer that just won goes on
+/// at once; against a backend that answers after a round trip (not within one task poll, as an
+/// in-memory one does), the winner then wins again and again and a loser can run out of retries.
+/// So a task whose append conflicted gets in line for the log, and an append by any other task
+/// of this process waits (briefly, bounded by [`TURN_EXPIRY`]) while an earlier loser is in line.
+/// Delaying an append never changes its outcome's correctness: the database still decides.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    lines: std::sync::Mutex<std::collections::HashMap<String, Line>>,
+    changed: tokio::sync::Notify,
+}
+
+/// The losers waiting on one log, oldest first, each with when it last lost.
+type Line = std::collections::VecDeque<(tokio::task::Id, tokio::time::Instant)>;
+
+impl Turns {
+    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Line>> {
+        // The map holds no invariant a panic could break half-way.
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the current task may append to `log` now: nobody is in line before it.
+    fn my_turn(&self, log: &str, me: tokio::task::Id) -> bool {
+        let mut lines = self.lines();
+        let Some(line) = lines.get_mut(log) else {
+            return true;
+        };
+        let now = tokio::time::Instant::now();
+        line.retain(|(_, at)| now.duration_since(*at) < TURN_EXPIRY);
+        match line.front() {
+            None => {
+                lines.remove(log);
+                true
+            }
+            Some((first, _)) => *first == me,
+        }
+    }
+
+    /// Waits until no other task of this process is in line before the current one on any of
+    /// `logs`. A line that makes no progress for [`TURN_EXPIRY`] (its first task died or gave up)
+    /// loses its first task, so the wait is bounded.
+    pub(crate) async fn wait_turn<'a>(&self, logs: impl IntoIterator<Item = &'a str>) {
+        let Some(me) = tokio::task::try_id() else {
+            return;
+        };
+        for log in logs {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.my_turn(log, me) {
+                    break;
+                }
+                // Woken by any change of any line; at the latest when the first task expires.
+                let _ = tokio::time::timeout(TURN_EXPIRY, changed).await;
+            }
+        }
+    }
+
+    /// Records the outcome of the current task's append to `logs`: a conflict on `lost` puts it in
+    /// line for that log (or refreshes its place); success takes it out of line everywhere.
+    pub(crate) fn record<'a>(&self, logs: impl IntoIterator<Item = &'a str>, lost: Option<&str>) {
+        let Some(me) = tokio::task::try_id() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let mut lines = self.lines();
+        match lost {
+            Some(log) => {
+                let line = lines.entry(log.to_owned()).or_default();
+                match line.iter_mut().find(|(id, _)| *id == me) {
+                    Some(entry) => entry.1 = now,
+                    None => line.push_back((me, now)),
+                }
+            }
+            None => {
+                let mut removed = false;
+                for log in logs {
+                    if let Some(line) = lines.get_mut(log) {
+                        let before = line.len();
+                        line.retain(|(id, _)| *id != me);
+                        removed |= line.len() != before;
+                        if line.is_empty() {
+                            lines.remove(log);
+                        }
+                    }
+                }
+                if !removed {
+                    return;
+                }
+            }
+        }
+        drop(lines);
+        self.changed.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

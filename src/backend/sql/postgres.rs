@@ -47,7 +47,9 @@ use sqlx::{Executor, Row};
 use tokio::sync::{broadcast, watch, OnceCell};
 use tokio::time::Instant;
 
-use super::{end_seq, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use super::{
+    end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
+};
 use crate::backend::{Backend, BlobHash, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
@@ -90,6 +92,7 @@ pub struct PostgresBackend {
     listener: OnceCell<Listener>,
     /// Dropped with the backend, which stops the listener task.
     stop: watch::Sender<()>,
+    turns: Turns,
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -352,6 +355,7 @@ impl PostgresBackend {
             timeout: parsed.pool.timeout,
             listener: OnceCell::new(),
             stop,
+            turns: Turns::default(),
         };
         backend.migrate().await?;
         Ok(backend)
@@ -695,10 +699,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        if appends.is_empty() {
-            return Ok(());
-        }
-        self.append_call(&appends, Vec::new()).await
+        self.append_with_blobs(appends, Vec::new()).await
     }
 
     async fn append_with_blobs(
@@ -709,7 +710,11 @@ impl Backend for PostgresBackend {
         if appends.is_empty() && blobs.is_empty() {
             return Ok(());
         }
-        self.append_call(&appends, blobs).await
+        let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
+        self.turns.wait_turn(logs.iter().map(String::as_str)).await;
+        let result = self.append_call(&appends, blobs).await;
+        record_turn(&self.turns, &logs, &result);
+        result
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {

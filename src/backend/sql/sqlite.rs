@@ -36,7 +36,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{end_seq, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use super::{
+    end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
+};
 use crate::backend::{Backend, BlobHash, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::{parse_bool, RawUrl};
@@ -72,6 +74,9 @@ pub struct SqliteBackend {
     readers: SqlitePool,
     writer: mpsc::UnboundedSender<Job>,
     timeout: Duration,
+    turns: Turns,
+    /// The connection [`Backend::next_seq`] reads on without yielding (see there).
+    tail_reader: std::sync::Mutex<SqliteConnection>,
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -155,6 +160,12 @@ impl SqliteBackend {
             Ok(Err(_)) => return Err(writer_gone("opening the database")),
             Err(_) => return Err(timed_out("opening the database", parsed.pool.timeout)),
         }
+        // No busy wait on this one: it blocks its caller's thread, so it gives up at once and the
+        // pooled (async) read takes over.
+        let tail_reader =
+            SqliteConnection::connect_with(&connect.clone().busy_timeout(Duration::ZERO))
+                .await
+                .map_err(|e| db_error("opening the database", &e))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(parsed.pool.max_connections.unwrap_or(DEFAULT_READERS))
             .min_connections(parsed.pool.min_connections)
@@ -167,6 +178,8 @@ impl SqliteBackend {
             readers,
             writer,
             timeout: parsed.pool.timeout,
+            turns: Turns::default(),
+            tail_reader: std::sync::Mutex::new(tail_reader),
         })
     }
 
@@ -211,6 +224,53 @@ impl SqliteBackend {
                 Err(_) => return Err(timed_out(what, self.timeout)),
             }
         }
+    }
+}
+
+impl SqliteBackend {
+    /// [`Backend::next_seq`] read on the dedicated connection, blocking the calling thread for
+    /// the lookup; `None` when the database is busy (or the connection is in use by a panicked
+    /// reader), to read through the pool instead.
+    fn next_seq_now(&self, log: &str) -> Option<Result<u64>> {
+        let mut conn = self.tail_reader.try_lock().ok()?;
+        let rows: std::result::Result<Vec<i64>, sqlx::Error> = block_on(
+            sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+                .bind(log)
+                .fetch_all(&mut *conn),
+        );
+        match rows {
+            Ok(rows) => Some(from_db_seq(
+                rows.first().copied().unwrap_or(1),
+                &format!("log {log:?}"),
+            )),
+            Err(e) if is_busy(&e) => None,
+            Err(e) => Some(Err(db_error(
+                format!("reading the next sequence of log {log:?}"),
+                &e,
+            ))),
+        }
+    }
+}
+
+/// Runs a future to completion on the calling thread. Only for futures that sqlx's SQLite worker
+/// thread completes (they need no async runtime).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 
@@ -665,7 +725,13 @@ impl Backend for SqliteBackend {
         NAME
     }
 
+    /// Answered without yielding when possible (a primary-key lookup in a local file takes
+    /// microseconds): a caller polling once, as [`crate::Store::watch`] does to learn where "now"
+    /// is, gets the answer. Falls back to the pool when the file is locked.
     async fn next_seq(&self, log: &str) -> Result<u64> {
+        if let Some(next) = self.next_seq_now(log) {
+            return next;
+        }
         let next: Vec<i64> = self
             .read(&format!("reading the next sequence of log {log:?}"), || {
                 sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
@@ -688,8 +754,13 @@ impl Backend for SqliteBackend {
         if appends.is_empty() && blobs.is_empty() {
             return Ok(());
         }
-        self.write(WriteOp::Append { appends, blobs }, "appending")
-            .await
+        let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
+        self.turns.wait_turn(logs.iter().map(String::as_str)).await;
+        let result = self
+            .write(WriteOp::Append { appends, blobs }, "appending")
+            .await;
+        record_turn(&self.turns, &logs, &result);
+        result
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
