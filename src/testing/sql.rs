@@ -94,6 +94,7 @@ impl Harness for SqliteHarness {
 #[derive(Debug, Clone)]
 pub struct PostgresHarness {
     url: String,
+    schema: String,
 }
 
 #[cfg(feature = "postgres")]
@@ -115,12 +116,18 @@ impl PostgresHarness {
         };
         PostgresHarness {
             url: format!("{base}{sep}schema={schema}{options}"),
+            schema,
         }
     }
 
     /// The store URL (with the harness's schema).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The harness's schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 }
 

@@ -191,8 +191,12 @@ impl DriverError {
         let mut text = error.to_string();
         let mut source = error.source();
         while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
+            let more = s.to_string();
+            // Many drivers repeat their source's message in their own.
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
             source = s.source();
         }
         DriverError(scrub(&text, secrets))

@@ -133,9 +133,7 @@ impl Queries {
         Queries {
             append: format!("SELECT {s}.ckpt_append($1, $2, $3, $4, $5, $6)"),
             next_seq: format!("SELECT next_seq FROM {s}.logs WHERE log = $1"),
-            scan: format!(
-                "SELECT seq, frame FROM {s}.frames WHERE log = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
-            ),
+            scan: scan_sql(s),
             list_logs: format!("SELECT log FROM {s}.logs"),
             raise: format!(
                 "INSERT INTO {s}.logs (log, next_seq) VALUES ($1, $2) ON CONFLICT (log) \
@@ -156,6 +154,11 @@ impl Queries {
             delete_blobs: format!("DELETE FROM {s}.blobs WHERE hash = ANY($1)"),
         }
     }
+}
+
+/// The statement [`Backend::scan`] runs on schema `s`: a range of the primary key `(log, seq)`.
+pub fn scan_sql(s: &str) -> String {
+    format!("SELECT seq, frame FROM {s}.frames WHERE log = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
 }
 
 /// The schema, version 1 (`{s}`: the schema; `{channel}`: the notification channel).
@@ -373,10 +376,14 @@ impl PostgresBackend {
 
     /// An [`Error::Backend`] for `e` while doing `what`, naming the (redacted) URL.
     fn error(&self, what: &str, e: &sqlx::Error) -> Error {
-        backend_error(
-            format!("{what} (on {})", self.url),
-            DriverError::new(e, &self.secrets),
-        )
+        let source = match e {
+            sqlx::Error::PoolTimedOut => DriverError(
+                "no connection within the acquire timeout: is the server running and reachable?"
+                    .into(),
+            ),
+            e => DriverError::new(e, &self.secrets),
+        };
+        backend_error(format!("{what} (on {})", self.url), source)
     }
 
     fn timed_out(&self, what: &str) -> Error {

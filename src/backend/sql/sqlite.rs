@@ -54,6 +54,10 @@ const DEFAULT_READERS: u32 = 4;
 /// Hashes per `IN (...)` query (SQLite allows 32766 parameters; stay far below).
 const HASH_CHUNK: usize = 500;
 
+/// The statement [`Backend::scan`] runs: a range of the primary key `(log, seq)`.
+pub const SCAN_SQL: &str =
+    "SELECT seq, frame FROM frames WHERE log = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
+
 /// The schema, version 1.
 const SCHEMA_V1: &str = "
 CREATE TABLE logs (log TEXT NOT NULL PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -771,13 +775,11 @@ impl Backend for SqliteBackend {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .read(&format!("reading log {log:?}"), || {
-                sqlx::query(
-                    "SELECT seq, frame FROM frames WHERE log = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
-                )
-                .bind(log)
-                .bind(from)
-                .bind(limit)
-                .fetch_all(&self.readers)
+                sqlx::query(SCAN_SQL)
+                    .bind(log)
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(&self.readers)
             })
             .await?;
         rows.iter()
