@@ -504,7 +504,7 @@ impl PostgresBackend {
             frames.extend(a.frames.iter().map(Vec::as_slice));
         }
         let mut blobs = blobs;
-        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        blobs.sort_by_key(|a| a.0);
         let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
         let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
 
@@ -784,7 +784,7 @@ impl Backend for PostgresBackend {
             return Ok(());
         }
         let mut blobs = blobs;
-        blobs.sort_by(|a, b| a.0.cmp(&b.0));
+        blobs.sort_by_key(|a| a.0);
         let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
         let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
         self.retry("storing blobs", || {
