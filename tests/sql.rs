@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ckpt::backend::sql::postgres::PostgresBackend;
@@ -310,6 +311,97 @@ async fn postgres_reads_one_event_of_a_long_log_through_the_index() {
     assert!(
         !plan.contains("Seq Scan") && !plan.contains("Sort"),
         "{plan}"
+    );
+}
+
+// ---- concurrent appends, watching ----
+
+/// 40 logs, two appends racing at sequence 1 on each, all at once (SQLite commits them in shared
+/// transactions): exactly one per log wins, the other gets a conflict, and the winners' frames
+/// (and blobs) are all there.
+async fn racing_appends_have_one_winner_per_log(backend: Arc<dyn Backend>) {
+    let tasks: Vec<_> = (0..80u8)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let log = format!("race-{}", i / 2);
+                let append = LogAppend {
+                    log: log.clone(),
+                    expected_seq: 1,
+                    frames: vec![vec![i], vec![i, i]],
+                };
+                let blob = ([i; 32], vec![i; 10]);
+                (i, backend.append_with_blobs(vec![append], vec![blob]).await)
+            })
+        })
+        .collect();
+    let mut winners = BTreeMap::new();
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match result {
+            Ok(()) => assert!(
+                winners.insert(i / 2, i).is_none(),
+                "two winners on log {}",
+                i / 2
+            ),
+            Err(e) => assert!(e.is_conflict(), "{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 40);
+    for (log, i) in winners {
+        let frames = backend.scan(&format!("race-{log}"), 1, 10).await.unwrap();
+        assert_eq!(frames, vec![(1, vec![i]), (2, vec![i, i])]);
+        assert_eq!(backend.get_blob(&[i; 32]).await.unwrap(), Some(vec![i; 10]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_racing_appends_have_one_winner_per_log() {
+    let h = SqliteHarness::new();
+    racing_appends_have_one_winner_per_log(Arc::new(sqlite_backend(&h.url()).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_racing_appends_have_one_winner_per_log() {
+    let h = PostgresHarness::new();
+    racing_appends_have_one_winner_per_log(Arc::new(postgres_backend(h.url()).await)).await;
+}
+
+/// A waiter on one backend wakes when another backend (as another process would) appends: the
+/// notification arrives long before the wait's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wait_for_append_wakes_on_a_notification() {
+    let h = PostgresHarness::new();
+    let watcher = Arc::new(postgres_backend(h.url()).await);
+    let writer = postgres_backend(h.url()).await;
+    // Connects the listener.
+    watcher
+        .wait_for_append("w", 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(120);
+    let started = Instant::now();
+    let waiting = {
+        let watcher = watcher.clone();
+        tokio::spawn(async move { watcher.wait_for_append("w", 1, timeout).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "returned before anything was appended"
+    );
+    writer
+        .append(vec![LogAppend {
+            log: "w".into(),
+            expected_seq: 1,
+            frames: vec![b"x".to_vec()],
+        }])
+        .await
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < timeout / 2,
+        "woke only at the timeout: no notification"
     );
 }
 
