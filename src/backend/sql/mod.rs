@@ -64,6 +64,8 @@ pub(crate) struct PoolSettings {
 pub(crate) struct ParsedOptions {
     pub pool: PoolSettings,
     pub own: Vec<(String, String)>,
+    /// Only PostgreSQL hands options to its driver.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub driver: Vec<(String, String)>,
 }
 
