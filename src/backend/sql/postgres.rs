@@ -402,6 +402,9 @@ impl PostgresBackend {
             .min_connections(parsed.pool.min_connections)
             .max_lifetime(parsed.pool.max_lifetime)
             .acquire_timeout(parsed.pool.acquire_timeout)
+            // No ping before each use (a round trip per call): a connection the server dropped
+            // fails its statement with an I/O error, which is retried on a fresh connection.
+            .test_before_acquire(false)
             .connect_lazy_with(connect);
         let (stop, _) = watch::channel(());
         let backend = PostgresBackend {

@@ -175,6 +175,8 @@ impl SqliteBackend {
             .min_connections(parsed.pool.min_connections)
             .max_lifetime(parsed.pool.max_lifetime)
             .acquire_timeout(parsed.pool.acquire_timeout)
+            // A local file: no ping needed before each use.
+            .test_before_acquire(false)
             .connect_lazy_with(connect);
         Ok(SqliteBackend {
             path,
