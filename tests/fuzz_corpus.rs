@@ -593,10 +593,10 @@ async fn write_seed_corpus() {
         ("valid-relative", "ckpt-data"),
         ("invalid-ftp", "ftp://x"),
         (
-            "invalid-postgres-password",
+            "valid-postgres-password",
             "postgres://bob:hunter2@db:5432/app?sslmode=require",
         ),
-        ("invalid-redis", "redis://:secret@localhost:6379/0"),
+        ("valid-redis", "redis://:secret@localhost:6379/0"),
         ("invalid-sled-empty", "sled://"),
         ("invalid-sled-option", "sled://x?sink=1"),
         ("invalid-memory-option", "memory://?x=1"),
