@@ -475,28 +475,15 @@ async fn serve(conn: &mut SqliteConnection, mut rx: mpsc::UnboundedReceiver<Job>
 /// Commits `jobs` in one transaction, each in its own savepoint, and answers each; if the
 /// transaction as a whole fails, commits them one by one instead.
 async fn commit_group(conn: &mut SqliteConnection, jobs: Vec<Job>) {
-    if jobs.is_empty() {
-        return;
-    }
     if jobs.len() > 1 {
-        match run_transaction(conn, &jobs).await {
-            Ok(results) => {
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
+        if let Ok(results) = run_transaction(conn, &jobs).await {
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
             }
-            Err(_) => {
-                for job in jobs {
-                    let result = run_transaction(conn, std::slice::from_ref(&job))
-                        .await
-                        .and_then(|mut r| r.pop().unwrap_or(Ok(())));
-                    let _ = job.reply.send(result);
-                }
-            }
+            return;
         }
-        return;
     }
-    for job in jobs {
+    for job in jobs.into_iter().filter(|job| !job.reply.is_closed()) {
         let result = run_transaction(conn, std::slice::from_ref(&job))
             .await
             .and_then(|mut r| r.pop().unwrap_or(Ok(())));
