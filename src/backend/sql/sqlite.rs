@@ -494,7 +494,6 @@ async fn commit_group(conn: &mut SqliteConnection, jobs: Vec<Job>) {
 /// One transaction applying `jobs`: the outer error means nothing was committed; the inner
 /// results are each job's own (a refused job was rolled back to its savepoint).
 async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<Result<()>>> {
-    let what = "writing";
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
@@ -511,7 +510,7 @@ async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Ve
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return Err(db_error(format!("{what}: committing"), &e));
+        return Err(db_error("writing: committing", &e));
     }
     Ok(results)
 }
