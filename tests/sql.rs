@@ -159,6 +159,29 @@ async fn passwords_never_appear_in_errors() {
     }
 }
 
+/// The CLI with the store URL from `CKPT_STORE` and the password from `PGPASSWORD` (read by the
+/// driver): the error names the server, never the password.
+#[test]
+fn passwords_from_the_environment_stay_out_of_cli_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .arg("demo")
+        .env("CKPT_STORE", "postgres://bob@127.0.0.1:1/app?timeout=1s")
+        .env("PGPASSWORD", "s3cr3t-from-env")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("s3cr3t"), "{all}");
+    assert!(
+        all.contains("PostgreSQL") && all.contains("127.0.0.1:1"),
+        "{all}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_options_are_checked() {
     let dir = tempfile::tempdir().unwrap();
