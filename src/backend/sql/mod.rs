@@ -463,6 +463,38 @@ mod tests {
         assert!(!format!("{e:?}").contains("hunter2"));
     }
 
+    /// A task whose append conflicted goes first: another task's append waits until the loser
+    /// has appended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losers_go_first() {
+        let turns = std::sync::Arc::new(Turns::default());
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let loser = {
+            let turns = turns.clone();
+            tokio::spawn(async move {
+                turns.record(std::iter::empty(), Some("log"));
+                let _ = lost_tx.send(());
+                let _ = go_rx.await;
+                turns.wait_turn(["log"]).await;
+                turns.record(["log"], None);
+            })
+        };
+        lost_rx.await.unwrap();
+        let other = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.wait_turn(["log"]).await })
+        };
+        // Well within TURN_EXPIRY, after which a silent loser loses its place.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(!other.is_finished(), "went before the loser");
+        go_tx.send(()).unwrap();
+        loser.await.unwrap();
+        other.await.unwrap();
+        // Nobody in line: no wait.
+        turns.wait_turn(["log", "other"]).await;
+    }
+
     #[test]
     fn backoff_is_bounded() {
         for attempt in 0..40 {
