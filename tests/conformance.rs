@@ -7,6 +7,12 @@ ckpt::conformance_tests!(memory, ckpt::testing::MemoryHarness::new());
 #[cfg(feature = "sled")]
 ckpt::conformance_tests!(sled, ckpt::testing::SledHarness::new());
 
+#[cfg(feature = "sqlite")]
+ckpt::conformance_tests!(sqlite, ckpt::testing::SqliteHarness::new());
+
+#[cfg(feature = "postgres")]
+ckpt::conformance_tests!(postgres, ckpt::testing::PostgresHarness::new());
+
 // The same suite through encryption at rest.
 ckpt::conformance_tests!(
     memory_encrypted,
@@ -17,4 +23,10 @@ ckpt::conformance_tests!(
 ckpt::conformance_tests!(
     sled_encrypted,
     ckpt::testing::Encrypted::new("sled+key", ckpt::testing::SledHarness::new())
+);
+
+#[cfg(feature = "sqlite")]
+ckpt::conformance_tests!(
+    sqlite_encrypted,
+    ckpt::testing::Encrypted::new("sqlite+key", ckpt::testing::SqliteHarness::new())
 );

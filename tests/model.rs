@@ -524,3 +524,29 @@ proptest! {
         run_blocking(&harness, &ops)?;
     }
 }
+
+/// The SQL backends cost a database (file or schema) per case: fewer cases, unless
+/// `CKPT_MODEL_CASES` asks for more.
+fn sql_config() -> ProptestConfig {
+    let mut config = config();
+    if std::env::var("CKPT_MODEL_CASES").is_err() {
+        config.cases = 24;
+    }
+    config
+}
+
+proptest! {
+    #![proptest_config(sql_config())]
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_blocking(&ckpt::testing::SqliteHarness::new(), &ops)?;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_blocking(&ckpt::testing::PostgresHarness::new(), &ops)?;
+    }
+}

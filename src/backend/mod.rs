@@ -32,6 +32,8 @@ use crate::error::Result;
 pub mod memory;
 #[cfg(feature = "sled")]
 pub mod sled;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 pub mod wal;
 
 /// Connection settings for the server backends, set with [`crate::StoreBuilder`]; each `Some`

@@ -177,7 +177,17 @@ async fn open_backend(url: StoreUrl, options: &ConnectOptions) -> Result<Arc<dyn
         }
         #[cfg(not(feature = "sled"))]
         StoreUrl::Sled { path, .. } => Err(not_built(&path.display().to_string(), "sled", "sled")),
+        #[cfg(feature = "sqlite")]
+        StoreUrl::Sqlite(url) => Ok(Arc::new(
+            crate::backend::sql::sqlite::SqliteBackend::open(&url, options).await?,
+        )),
+        #[cfg(not(feature = "sqlite"))]
         StoreUrl::Sqlite(url) => Err(not_built(&url.redacted(), "SQLite", "sqlite")),
+        #[cfg(feature = "postgres")]
+        StoreUrl::Postgres(url) => Ok(Arc::new(
+            crate::backend::sql::postgres::PostgresBackend::open(&url, options).await?,
+        )),
+        #[cfg(not(feature = "postgres"))]
         StoreUrl::Postgres(url) => Err(not_built(&url.redacted(), "PostgreSQL", "postgres")),
         StoreUrl::Redis(url) | StoreUrl::RedisCluster(url) => {
             Err(not_built(&url.redacted(), "Redis", "redis"))

@@ -29,6 +29,8 @@
 mod elsewhere;
 mod helpers;
 mod scenarios;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 
 use std::sync::Arc;
 
@@ -39,6 +41,8 @@ use crate::Store;
 
 pub use elsewhere::Elsewhere;
 pub use scenarios::*;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::*;
 
 /// Storage the conformance suite runs on.
 ///

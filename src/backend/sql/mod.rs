@@ -1,0 +1,504 @@
+//! What the SQL backends ([`sqlite`] and [`postgres`]) share: the URL options they understand,
+//! how they wrap driver errors (never with a password in them), and the bounded, jittered backoff
+//! their retries use.
+//!
+//! Both store the same three tables: `logs (log, next_seq)`, one row per log ever appended to (so
+//! a truncate keeps the next sequence number); `frames (log, seq, frame)` with the primary key
+//! `(log, seq)`, which fences concurrent appends and serves every scan; and `blobs (hash, data)`.
+//! A `ckpt_schema` table holds the schema version, so that a store written by a newer ckpt is
+//! refused instead of being written to.
+//!
+//! # URL options
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `max_connections=N` | most pooled connections | 4 (SQLite readers), 10 (PostgreSQL) |
+//! | `min_connections=N` | connections kept open when idle | 0 |
+//! | `max_lifetime=30m` | longest a connection is reused | 30m |
+//! | `acquire_timeout=10s` | longest a call waits for a connection | 10s (at most `timeout`) |
+//! | `timeout=30s` | longest one backend call may take, retries included | 30s |
+//!
+//! Durations are written `250ms`, `30s`, `15m`, `12h` or `1d`. Settings made with
+//! [`crate::StoreBuilder`] override the URL's.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::ConnectOptions;
+use crate::error::{Error, Result};
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// The pool options every SQL backend accepts, by their URL names.
+pub(crate) const POOL_OPTIONS: [&str; 5] = [
+    "max_connections",
+    "min_connections",
+    "max_lifetime",
+    "acquire_timeout",
+    "timeout",
+];
+
+/// Default for `timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default (and upper bound when `timeout` is shorter) for `acquire_timeout`.
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `max_lifetime`.
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// Pool settings after merging the URL's options with the builder's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PoolSettings {
+    pub max_connections: Option<u32>,
+    pub min_connections: u32,
+    pub max_lifetime: Duration,
+    pub acquire_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// A store URL split into its location (everything before `?`), the pool settings, the
+/// backend's own options (`key`, `value`, in order) and the options passed on to the driver.
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedOptions {
+    pub pool: PoolSettings,
+    pub own: Vec<(String, String)>,
+    /// Only PostgreSQL hands options to its driver.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub driver: Vec<(String, String)>,
+}
+
+/// Parses the query of `url` (whole URL, password included; errors are built with `redacted`).
+/// `own` are the backend's options beside the pool's; `driver` the ones handed to the driver
+/// untouched. Any other option is refused, naming it and listing the accepted ones.
+pub(crate) fn parse_options(
+    url: &str,
+    redacted: &str,
+    own: &[&str],
+    driver: &[&str],
+    builder: &ConnectOptions,
+) -> Result<ParsedOptions> {
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: redacted.to_owned(),
+        reason,
+    };
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut pool = PoolSettings {
+        max_connections: None,
+        min_connections: 0,
+        max_lifetime: DEFAULT_MAX_LIFETIME,
+        acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        timeout: DEFAULT_TIMEOUT,
+    };
+    let mut acquire_set = false;
+    let mut parsed_own = Vec::new();
+    let mut parsed_driver = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| invalid(format!("{key} must be a whole number, got {v:?}")))
+        };
+        let duration = |v: &str| parse_duration(v).map_err(|e| invalid(format!("{key}: {e}")));
+        match key {
+            "max_connections" => pool.max_connections = Some(number(value)?.max(1)),
+            "min_connections" => pool.min_connections = number(value)?,
+            "max_lifetime" => pool.max_lifetime = duration(value)?,
+            "acquire_timeout" => {
+                pool.acquire_timeout = duration(value)?;
+                acquire_set = true;
+            }
+            "timeout" => pool.timeout = duration(value)?,
+            k if own.contains(&k) => parsed_own.push((k.to_owned(), value.to_owned())),
+            k if driver.contains(&k)
+                || k.starts_with("options[") && driver.contains(&"options") =>
+            {
+                parsed_driver.push((k.to_owned(), value.to_owned()))
+            }
+            k => {
+                let mut accepted: Vec<&str> = POOL_OPTIONS.to_vec();
+                accepted.extend_from_slice(own);
+                accepted.extend_from_slice(driver);
+                return Err(invalid(format!(
+                    "unknown option {k:?}; accepted options: {}",
+                    accepted.join(", ")
+                )));
+            }
+        }
+    }
+    apply_builder(&mut pool, &mut acquire_set, builder);
+    if !acquire_set {
+        pool.acquire_timeout = pool.acquire_timeout.min(pool.timeout);
+    }
+    Ok(ParsedOptions {
+        pool,
+        own: parsed_own,
+        driver: parsed_driver,
+    })
+}
+
+/// The builder's settings, which win over the URL's.
+fn apply_builder(pool: &mut PoolSettings, acquire_set: &mut bool, builder: &ConnectOptions) {
+    if let Some(n) = builder.max_connections {
+        pool.max_connections = Some(n.max(1));
+    }
+    if let Some(n) = builder.min_connections {
+        pool.min_connections = n;
+    }
+    if let Some(d) = builder.max_lifetime {
+        pool.max_lifetime = d;
+    }
+    if let Some(d) = builder.acquire_timeout {
+        pool.acquire_timeout = d;
+        *acquire_set = true;
+    }
+    if let Some(d) = builder.timeout {
+        pool.timeout = d;
+    }
+}
+
+/// Parses `250ms`, `30s`, `15m`, `12h`, `1d`.
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let hint = "write e.g. 250ms, 30s, 15m, 12h or 1d";
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: {hint}"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number: {hint}"))?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: {hint}")),
+    };
+    n.checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
+/// A driver error as text, with every occurrence of the password removed: what the SQL backends
+/// put in [`Error::Backend`]'s `source`, so that neither `Display` nor `Debug` of an error can
+/// show a password, whatever the driver put in its message.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct DriverError(pub(crate) String);
+
+impl DriverError {
+    /// `error`'s message (with its sources), scrubbed of `secrets`.
+    pub(crate) fn new(error: &dyn std::error::Error, secrets: &[String]) -> Self {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(s) = source {
+            let more = s.to_string();
+            // Many drivers repeat their source's message in their own.
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = s.source();
+        }
+        DriverError(scrub(&text, secrets))
+    }
+}
+
+/// `text` with every one of `secrets` replaced by `***` (secrets shorter than 3 bytes would
+/// mangle ordinary text and are left alone; such a password is no secret anyway).
+pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        text = text.replace(s.as_str(), "***");
+    }
+    text
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+/// How long to wait before retry number `attempt` (0-based) of a transient failure: 20 ms doubling
+/// up to 1 s, each with up to 50% random jitter so that writers retrying together spread out.
+pub(crate) fn backoff_delay(attempt: u32) -> Duration {
+    let base = 20u64.saturating_mul(1u64 << attempt.min(6)).min(1_000);
+    let jitter = jitter_below(base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// A cheap pseudo-random number below `bound` (not cryptographic: it only spreads retries).
+fn jitter_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % bound.max(1)
+}
+
+/// A sequence number as the databases store it (a signed 64-bit integer).
+pub(crate) fn to_db_seq(seq: u64, what: &str) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| {
+        Error::InvalidInput(format!(
+            "{what}: sequence number {seq} is beyond what the SQL backends store (at most {})",
+            i64::MAX
+        ))
+    })
+}
+
+/// A sequence number read back from a database.
+pub(crate) fn from_db_seq(seq: i64, location: &str) -> Result<u64> {
+    u64::try_from(seq).map_err(|_| Error::corrupt(location, format!("negative sequence {seq}")))
+}
+
+/// A blob hash read back from a database.
+pub(crate) fn to_hash(bytes: &[u8]) -> Result<super::BlobHash> {
+    bytes.try_into().map_err(|_| {
+        Error::corrupt(
+            "blobs table",
+            format!("a hash of {} bytes instead of 32", bytes.len()),
+        )
+    })
+}
+
+/// The first sequence number after appending `count` frames at `expected`, refusing overflow.
+pub(crate) fn end_seq(log: &str, expected: u64, count: usize) -> Result<u64> {
+    u64::try_from(count)
+        .ok()
+        .and_then(|n| expected.checked_add(n))
+        .filter(|end| i64::try_from(*end).is_ok())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "appending {count} frames to log {log:?} at sequence {expected} overflows the sequence numbers"
+            ))
+        })
+}
+
+/// Records an append's outcome in `turns` (see [`Turns::record`]).
+pub(crate) fn record_turn(turns: &Turns, logs: &[String], result: &Result<()>) {
+    match result {
+        Ok(()) => turns.record(logs.iter().map(String::as_str), None),
+        Err(Error::Conflict { log, .. }) => turns.record(std::iter::empty(), Some(log)),
+        Err(_) => {}
+    }
+}
+
+/// How long a writer that lost a compare-and-append keeps its place in line: longer than the
+/// store's longest backoff between retries (25 ms) plus a re-read of the log.
+const TURN_EXPIRY: Duration = Duration::from_millis(60);
+
+/// In-process fairness between writers contending on one log.
+///
+/// The store retries a conflicting save after a backoff, while the writer that just won goes on
+/// at once; against a backend that answers after a round trip (not within one task poll, as an
+/// in-memory one does), the winner then wins again and again and a loser can run out of retries.
+/// So a task whose append conflicted gets in line for the log, and an append by any other task
+/// of this process waits (briefly, bounded by [`TURN_EXPIRY`]) while an earlier loser is in line.
+/// Delaying an append never changes its outcome's correctness: the database still decides.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    lines: std::sync::Mutex<std::collections::HashMap<String, Line>>,
+    changed: tokio::sync::Notify,
+}
+
+/// The losers waiting on one log, oldest first, each with when it last lost.
+type Line = std::collections::VecDeque<(tokio::task::Id, tokio::time::Instant)>;
+
+impl Turns {
+    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Line>> {
+        // The map holds no invariant a panic could break half-way.
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the current task may append to `log` now: nobody is in line before it.
+    fn my_turn(&self, log: &str, me: tokio::task::Id) -> bool {
+        let mut lines = self.lines();
+        let Some(line) = lines.get_mut(log) else {
+            return true;
+        };
+        let now = tokio::time::Instant::now();
+        line.retain(|(_, at)| now.duration_since(*at) < TURN_EXPIRY);
+        match line.front() {
+            None => {
+                lines.remove(log);
+                true
+            }
+            Some((first, _)) => *first == me,
+        }
+    }
+
+    /// Waits until no other task of this process is in line before the current one on any of
+    /// `logs`. A line that makes no progress for [`TURN_EXPIRY`] (its first task died or gave up)
+    /// loses its first task, so the wait is bounded.
+    pub(crate) async fn wait_turn<'a>(&self, logs: impl IntoIterator<Item = &'a str>) {
+        let Some(me) = tokio::task::try_id() else {
+            return;
+        };
+        for log in logs {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.my_turn(log, me) {
+                    break;
+                }
+                // Woken by any change of any line; at the latest when the first task expires.
+                let _ = tokio::time::timeout(TURN_EXPIRY, changed).await;
+            }
+        }
+    }
+
+    /// Records the outcome of the current task's append to `logs`: a conflict on `lost` puts it in
+    /// line for that log (or refreshes its place); success takes it out of line everywhere.
+    pub(crate) fn record<'a>(&self, logs: impl IntoIterator<Item = &'a str>, lost: Option<&str>) {
+        let Some(me) = tokio::task::try_id() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let mut lines = self.lines();
+        match lost {
+            Some(log) => {
+                let line = lines.entry(log.to_owned()).or_default();
+                match line.iter_mut().find(|(id, _)| *id == me) {
+                    Some(entry) => entry.1 = now,
+                    None => line.push_back((me, now)),
+                }
+            }
+            None => {
+                let mut removed = false;
+                for log in logs {
+                    if let Some(line) = lines.get_mut(log) {
+                        let before = line.len();
+                        line.retain(|(id, _)| *id != me);
+                        removed |= line.len() != before;
+                        if line.is_empty() {
+                            lines.remove(log);
+                        }
+                    }
+                }
+                if !removed {
+                    return;
+                }
+            }
+        }
+        drop(lines);
+        self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("15w").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn options_merge_with_the_builder_winning() {
+        let builder = ConnectOptions {
+            max_connections: Some(7),
+            ..ConnectOptions::default()
+        };
+        let url = "sqlite://x.db?max_connections=2&timeout=5s&sync=false";
+        let parsed = parse_options(url, url, &["sync"], &[], &builder).unwrap();
+        assert_eq!(parsed.pool.max_connections, Some(7));
+        assert_eq!(parsed.pool.timeout, Duration::from_secs(5));
+        assert_eq!(parsed.pool.acquire_timeout, Duration::from_secs(5));
+        assert_eq!(parsed.own, vec![("sync".to_owned(), "false".to_owned())]);
+    }
+
+    #[test]
+    fn unknown_options_are_named_with_the_accepted_ones() {
+        let url = "postgres://h/db?colour=red";
+        let e = parse_options(
+            url,
+            url,
+            &["schema"],
+            &["sslmode"],
+            &ConnectOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("colour") && e.contains("schema") && e.contains("sslmode"));
+        assert!(e.contains("max_connections"), "{e}");
+        let e = parse_options(
+            "postgres://h/db?timeout=soon",
+            "",
+            &[],
+            &[],
+            &ConnectOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn driver_errors_are_scrubbed() {
+        let io = std::io::Error::other("cannot reach bob:hunter2@db");
+        let e = DriverError::new(&io, &["hunter2".to_owned()]);
+        assert!(!e.to_string().contains("hunter2"));
+        assert!(!format!("{e:?}").contains("hunter2"));
+    }
+
+    /// A task whose append conflicted goes first: another task's append waits until the loser
+    /// has appended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losers_go_first() {
+        let turns = std::sync::Arc::new(Turns::default());
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let loser = {
+            let turns = turns.clone();
+            tokio::spawn(async move {
+                turns.record(std::iter::empty(), Some("log"));
+                let _ = lost_tx.send(());
+                let _ = go_rx.await;
+                turns.wait_turn(["log"]).await;
+                turns.record(["log"], None);
+            })
+        };
+        lost_rx.await.unwrap();
+        let other = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.wait_turn(["log"]).await })
+        };
+        // Well within TURN_EXPIRY, after which a silent loser loses its place.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(!other.is_finished(), "went before the loser");
+        go_tx.send(()).unwrap();
+        loser.await.unwrap();
+        other.await.unwrap();
+        // Nobody in line: no wait.
+        turns.wait_turn(["log", "other"]).await;
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 0..40 {
+            assert!(backoff_delay(attempt) <= Duration::from_millis(1_000));
+        }
+    }
+}

@@ -1,0 +1,892 @@
+//! The SQLite [`Backend`] (`sqlite://PATH`), through sqlx: one database file, shareable by several
+//! processes.
+//!
+//! # Layout
+//!
+//! The tables of the [SQL backends](super): `logs` and `frames` (`WITHOUT ROWID`, keyed by
+//! `log` and `(log, seq)`), `blobs` keyed by hash, and `ckpt_schema` with the schema version.
+//!
+//! # Writes: one writer, group commit
+//!
+//! Every write goes through one writer thread owning one connection. It takes every write queued
+//! while it was busy and commits them in one `BEGIN IMMEDIATE` transaction (one fsync for all):
+//! each write runs inside its own savepoint, so a write that conflicts (its compare-and-append
+//! fails) is rolled back alone while the others commit. Should a statement fail in a way that may
+//! poison the transaction, the whole transaction is rolled back and its writes are retried one by
+//! one. `BEGIN IMMEDIATE` takes SQLite's write lock first, so the compare-and-append is fenced
+//! across processes too; the primary key `(log, seq)` is the last line of defence.
+//!
+//! Reads use a pool of connections: the database runs in WAL mode, so they never wait for the
+//! writer. `synchronous=FULL` (the default) makes each commit durable; `sync=false` relaxes it to
+//! `NORMAL` (a power loss may lose the latest saves, never half of one).
+//!
+//! # URL options
+//!
+//! The [pool options](super), plus `sync=true|false`. `max_connections` sizes the read pool.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
+};
+use crate::backend::{Backend, BlobHash, ConnectOptions, LogAppend};
+use crate::error::{Error, Result};
+use crate::url::{parse_bool, RawUrl};
+
+/// The backend's name in errors.
+const NAME: &str = "SQLite";
+/// The schema version this code writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 256;
+/// Default size of the read pool.
+const DEFAULT_READERS: u32 = 4;
+/// Hashes per `IN (...)` query (SQLite allows 32766 parameters; stay far below).
+const HASH_CHUNK: usize = 500;
+
+/// The statement [`Backend::scan`] runs: a range of the primary key `(log, seq)`.
+pub const SCAN_SQL: &str =
+    "SELECT seq, frame FROM frames WHERE log = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
+
+/// The schema, version 1.
+const SCHEMA_V1: &str = "
+CREATE TABLE logs (log TEXT NOT NULL PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE frames (
+    log TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    frame BLOB NOT NULL,
+    PRIMARY KEY (log, seq)
+) WITHOUT ROWID;
+CREATE TABLE blobs (hash BLOB NOT NULL PRIMARY KEY, data BLOB NOT NULL);
+INSERT INTO ckpt_schema (version) VALUES (1);
+";
+
+/// A [`Backend`] on one SQLite file; see the [module documentation](self).
+pub struct SqliteBackend {
+    path: PathBuf,
+    sync: bool,
+    readers: SqlitePool,
+    writer: mpsc::UnboundedSender<Job>,
+    timeout: Duration,
+    turns: Turns,
+    /// The connection [`Backend::next_seq`] reads on without yielding (see there).
+    tail_reader: std::sync::Mutex<SqliteConnection>,
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path)
+            .field("sync", &self.sync)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One write for the writer thread, and where to send its outcome.
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// The writes the writer thread performs.
+enum WriteOp {
+    Append {
+        appends: Vec<LogAppend>,
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+    },
+    RaiseNextSeq {
+        log: String,
+        next_seq: u64,
+    },
+    Truncate {
+        log: String,
+        before: u64,
+    },
+    DeleteBlobs(Vec<BlobHash>),
+    /// Moves the WAL into the database file and empties it (outside any transaction).
+    Checkpoint,
+}
+
+/// An [`Error::Backend`] from this backend.
+fn db_error(context: impl Into<String>, e: &sqlx::Error) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: context.into(),
+        source: Box::new(DriverError::new(e, &[])),
+    }
+}
+
+/// Whether `e` is SQLite's "busy" or "locked": another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| {
+            let c = c.parse::<i64>().unwrap_or(0) & 0xff;
+            c == 5 || c == 6
+        })
+}
+
+impl SqliteBackend {
+    /// Opens (creating it if needed) the SQLite database a `sqlite://PATH[?options]` URL names,
+    /// creating or checking its schema.
+    ///
+    /// Fails with [`Error::InvalidUrl`] on an unknown or malformed option, and with
+    /// [`Error::Backend`] when the file cannot be opened or its schema is newer than this code.
+    pub async fn open(url: &RawUrl, options: &ConnectOptions) -> Result<Self> {
+        let full = url.expose();
+        let parsed = parse_options(full, &url.redacted(), &["sync"], &[], options)?;
+        let mut sync = true;
+        for (key, value) in &parsed.own {
+            if key == "sync" {
+                sync = parse_bool(value).ok_or_else(|| Error::InvalidUrl {
+                    url: url.redacted(),
+                    reason: format!("sync must be true or false, got {value:?}"),
+                })?;
+            }
+        }
+        let path = PathBuf::from(location(full));
+        let connect = connect_options(&path, sync, parsed.pool.timeout);
+        let (writer, ready) = spawn_writer(connect.clone(), parsed.pool.timeout)?;
+        match tokio::time::timeout(parsed.pool.timeout, ready).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err(writer_gone("opening the database")),
+            Err(_) => return Err(timed_out("opening the database", parsed.pool.timeout)),
+        }
+        // No busy wait on this one: it blocks its caller's thread, so it gives up at once and the
+        // pooled (async) read takes over.
+        let tail_reader =
+            SqliteConnection::connect_with(&connect.clone().busy_timeout(Duration::ZERO))
+                .await
+                .map_err(|e| db_error("opening the database", &e))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(parsed.pool.max_connections.unwrap_or(DEFAULT_READERS))
+            .min_connections(parsed.pool.min_connections)
+            .max_lifetime(parsed.pool.max_lifetime)
+            .acquire_timeout(parsed.pool.acquire_timeout)
+            // A local file: no ping needed before each use.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect);
+        Ok(SqliteBackend {
+            path,
+            sync,
+            readers,
+            writer,
+            timeout: parsed.pool.timeout,
+            turns: Turns::default(),
+            tail_reader: std::sync::Mutex::new(tail_reader),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hands `op` to the writer thread and waits for its outcome (at most the call timeout).
+    async fn write(&self, op: WriteOp, what: &str) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .send(Job { op, reply })
+            .map_err(|_| writer_gone(what))?;
+        match tokio::time::timeout(self.timeout, outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(writer_gone(what)),
+            Err(_) => Err(timed_out(what, self.timeout)),
+        }
+    }
+
+    /// Runs a read, retrying while another connection holds a lock, within the call timeout.
+    async fn read<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_busy(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
+                    let delay = super::backoff_delay(attempt);
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(db_error(what, &e));
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Ok(Err(e)) => return Err(db_error(what, &e)),
+                Err(_) => return Err(timed_out(what, self.timeout)),
+            }
+        }
+    }
+}
+
+impl SqliteBackend {
+    /// [`Backend::next_seq`] read on the dedicated connection, blocking the calling thread for
+    /// the lookup; `None` when the database is busy (or the connection is in use by a panicked
+    /// reader), to read through the pool instead.
+    fn next_seq_now(&self, log: &str) -> Option<Result<u64>> {
+        let mut conn = self.tail_reader.try_lock().ok()?;
+        let rows: std::result::Result<Vec<i64>, sqlx::Error> = block_on(
+            sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+                .bind(log)
+                .fetch_all(&mut *conn),
+        );
+        match rows {
+            Ok(rows) => Some(from_db_seq(
+                rows.first().copied().unwrap_or(1),
+                &format!("log {log:?}"),
+            )),
+            Err(e) if is_busy(&e) => None,
+            Err(e) => Some(Err(db_error(
+                format!("reading the next sequence of log {log:?}"),
+                &e,
+            ))),
+        }
+    }
+}
+
+/// Runs a future to completion on the calling thread. Only for futures that sqlx's SQLite worker
+/// thread completes (they need no async runtime).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// The file part of a `sqlite://PATH?...` URL.
+fn location(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split_once('?').map_or(rest, |(l, _)| l)
+}
+
+/// The connection settings every connection (writer and readers) uses.
+fn connect_options(path: &Path, sync: bool, timeout: Duration) -> SqliteConnectOptions {
+    // Built from the path, not by handing sqlx the URL, whose options are ckpt's.
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if sync {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
+        .busy_timeout(timeout)
+        // The WAL is emptied at each checkpoint past this size, so it does not keep its peak size.
+        .pragma("journal_size_limit", "1048576")
+}
+
+fn writer_gone(what: &str) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: what.to_owned(),
+        source: "the writer thread has stopped".into(),
+    }
+}
+
+fn timed_out(what: &str, timeout: Duration) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: what.to_owned(),
+        source: format!("no answer within the timeout of {timeout:?}").into(),
+    }
+}
+
+/// Starts the writer thread: it opens its connection, creates or checks the schema (answering on
+/// the returned channel), then serves writes until every sender is gone.
+fn spawn_writer(
+    connect: SqliteConnectOptions,
+    timeout: Duration,
+) -> Result<(mpsc::UnboundedSender<Job>, oneshot::Receiver<Result<()>>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    // A thread with its own runtime, not a task: the writer must outlive whichever runtime opened
+    // the store (tests open stores in short-lived runtimes).
+    std::thread::Builder::new()
+        .name("ckpt-sqlite-writer".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(Error::Backend {
+                        backend: NAME,
+                        context: "starting the writer thread".into(),
+                        source: Box::new(e),
+                    }));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut conn = match open_writer(&connect, timeout).await {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                serve(&mut conn, rx).await;
+                let _ = conn.close().await;
+            });
+        })
+        .map_err(|e| Error::Backend {
+            backend: NAME,
+            context: "starting the writer thread".into(),
+            source: Box::new(e),
+        })?;
+    Ok((tx, ready_rx))
+}
+
+/// Opens the writer's connection and migrates the schema, retrying while another process holds
+/// the database locked.
+async fn open_writer(
+    connect: &SqliteConnectOptions,
+    timeout: Duration,
+) -> Result<SqliteConnection> {
+    let what = format!("opening {}", connect.get_filename().display());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut conn = SqliteConnection::connect_with(connect).await?;
+            match migrate(&mut conn).await {
+                Ok(outcome) => Ok((conn, outcome)),
+                Err(e) => {
+                    let _ = conn.close().await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok((conn, Ok(()))) => return Ok(conn),
+            Ok((_, Err(e))) => return Err(e),
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(super::backoff_delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(db_error(what, &e)),
+        }
+    }
+}
+
+/// Creates the schema on a new database and checks the version of an existing one, under SQLite's
+/// write lock (`BEGIN IMMEDIATE`), so two processes opening a new file at once create it once.
+/// The outer error is the driver's; the inner one a refusal (a newer schema).
+async fn migrate(conn: &mut SqliteConnection) -> std::result::Result<Result<()>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let outcome = async {
+        sqlx::query("CREATE TABLE IF NOT EXISTS ckpt_schema (version INTEGER NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ckpt_schema")
+            .fetch_one(&mut *conn)
+            .await?;
+        match version {
+            None => {
+                sqlx::raw_sql(SCHEMA_V1).execute(&mut *conn).await?;
+                Ok(Ok(()))
+            }
+            Some(v) if v > SCHEMA_VERSION => Ok(Err(newer_schema(v))),
+            Some(_) => Ok(Ok(())),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(Ok(())) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(Ok(()))
+        }
+        other => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            other
+        }
+    }
+}
+
+/// The refusal to use a database whose schema is newer than this code's.
+pub(crate) fn newer_schema(found: i64) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: "opening the database".into(),
+        source: format!(
+            "its schema version is {found}, newer than the {SCHEMA_VERSION} this ckpt knows: \
+             it was written by a newer ckpt; upgrade ckpt to use it (nothing was written)"
+        )
+        .into(),
+    }
+}
+
+/// The writer loop: takes every queued write (up to [`MAX_GROUP`]) and commits them together.
+async fn serve(conn: &mut SqliteConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (checkpoints, writes): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            // A caller that gave up (timed out) no longer wants its write made.
+            .filter(|job| !job.reply.is_closed())
+            .partition(|job| matches!(job.op, WriteOp::Checkpoint));
+        commit_group(conn, writes).await;
+        for job in checkpoints {
+            let result = checkpoint(conn).await;
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Commits `jobs` in one transaction, each in its own savepoint, and answers each; if the
+/// transaction as a whole fails, commits them one by one instead.
+async fn commit_group(conn: &mut SqliteConnection, jobs: Vec<Job>) {
+    if jobs.len() > 1 {
+        if let Ok(results) = run_transaction(conn, &jobs).await {
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+            return;
+        }
+    }
+    for job in jobs.into_iter().filter(|job| !job.reply.is_closed()) {
+        let result = run_transaction(conn, std::slice::from_ref(&job))
+            .await
+            .and_then(|mut r| r.pop().unwrap_or(Ok(())));
+        let _ = job.reply.send(result);
+    }
+}
+
+/// One transaction applying `jobs`: the outer error means nothing was committed; the inner
+/// results are each job's own (a refused job was rolled back to its savepoint).
+async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<Result<()>>> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("starting a write transaction", &e))?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match apply_in_savepoint(conn, &job.op).await {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(db_error("writing: committing", &e));
+    }
+    Ok(results)
+}
+
+/// Applies one write inside a savepoint: a refusal (conflict, invalid input) rolls back to it
+/// and is returned as the inner error; a database failure is the outer error (the transaction
+/// may be poisoned).
+async fn apply_in_savepoint(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Result<()>> {
+    sqlx::query("SAVEPOINT job")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("writing: savepoint", &e))?;
+    let result = apply(conn, op).await;
+    let refused = matches!(
+        result,
+        Err(Error::Conflict { .. } | Error::InvalidInput(_) | Error::Corrupt { .. })
+    );
+    match result {
+        Err(e) if !refused => Err(e),
+        result => {
+            if result.is_err() {
+                sqlx::query("ROLLBACK TO job")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error("writing: rolling back a refused write", &e))?;
+            }
+            sqlx::query("RELEASE job")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error("writing: releasing a savepoint", &e))?;
+            Ok(result)
+        }
+    }
+}
+
+/// Applies one write on the writer's connection (inside a transaction).
+async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
+    match op {
+        WriteOp::Append { appends, blobs } => {
+            insert_blobs(conn, blobs).await?;
+            for append in appends {
+                append_one(conn, append).await?;
+            }
+            Ok(())
+        }
+        WriteOp::RaiseNextSeq { log, next_seq } => {
+            let next = to_db_seq(*next_seq, "raising a log's next sequence number")?.max(1);
+            sqlx::query(
+                "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
+                 ON CONFLICT (log) DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
+            )
+            .bind(log)
+            .bind(next)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(format!("raising the next sequence of log {log:?}"), &e))?;
+            Ok(())
+        }
+        WriteOp::Truncate { log, before } => {
+            let before = i64::try_from(*before).unwrap_or(i64::MAX);
+            sqlx::query("DELETE FROM frames WHERE log = ?1 AND seq < ?2")
+                .bind(log)
+                .bind(before)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error(format!("truncating log {log:?}"), &e))?;
+            Ok(())
+        }
+        WriteOp::DeleteBlobs(hashes) => {
+            for hash in hashes {
+                sqlx::query("DELETE FROM blobs WHERE hash = ?1")
+                    .bind(&hash[..])
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error("deleting blobs", &e))?;
+            }
+            Ok(())
+        }
+        WriteOp::Checkpoint => Ok(()),
+    }
+}
+
+/// Stores blobs, leaving existing ones as they are.
+async fn insert_blobs(conn: &mut SqliteConnection, blobs: &[(BlobHash, Vec<u8>)]) -> Result<()> {
+    for (hash, data) in blobs {
+        sqlx::query("INSERT INTO blobs (hash, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(&hash[..])
+            .bind(data)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("storing blobs", &e))?;
+    }
+    Ok(())
+}
+
+/// The compare-and-append of one log: moves `next_seq` from `expected_seq` to past the frames
+/// (creating the log when `expected_seq` is 1), then inserts the frames.
+async fn append_one(conn: &mut SqliteConnection, append: &LogAppend) -> Result<()> {
+    let log = &append.log;
+    let what = || format!("appending to log {log:?}");
+    let expected = to_db_seq(append.expected_seq, &what())?;
+    let end = to_db_seq(
+        end_seq(log, append.expected_seq, append.frames.len())?,
+        &what(),
+    )?;
+    if append.frames.is_empty() {
+        // Only a check: an empty append does not create the log.
+        let actual = current_next_seq(conn, log).await?;
+        return check(log, append.expected_seq, actual);
+    }
+    let mut moved = sqlx::query("UPDATE logs SET next_seq = ?1 WHERE log = ?2 AND next_seq = ?3")
+        .bind(end)
+        .bind(log)
+        .bind(expected)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error(what(), &e))?
+        .rows_affected();
+    if moved == 0 && expected == 1 {
+        moved =
+            sqlx::query("INSERT INTO logs (log, next_seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .bind(log)
+                .bind(end)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error(what(), &e))?
+                .rows_affected();
+    }
+    if moved == 0 {
+        let actual = current_next_seq(conn, log).await?;
+        return Err(Error::Conflict {
+            log: log.clone(),
+            expected: append.expected_seq,
+            actual,
+        });
+    }
+    for (seq, frame) in (expected..).zip(&append.frames) {
+        sqlx::query("INSERT INTO frames (log, seq, frame) VALUES (?1, ?2, ?3)")
+            .bind(log)
+            .bind(seq)
+            .bind(frame)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| match e.as_database_error() {
+                Some(d) if d.is_unique_violation() => Error::Conflict {
+                    log: log.clone(),
+                    expected: append.expected_seq,
+                    actual: append.expected_seq,
+                },
+                _ => db_error(what(), &e),
+            })?;
+    }
+    Ok(())
+}
+
+/// A conflict unless `actual == expected`.
+fn check(log: &str, expected: u64, actual: u64) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            log: log.to_owned(),
+            expected,
+            actual,
+        })
+    }
+}
+
+/// The log's next sequence number as the writer's transaction sees it.
+async fn current_next_seq(conn: &mut SqliteConnection, log: &str) -> Result<u64> {
+    let next: Option<i64> = sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+        .bind(log)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error(format!("reading the next sequence of log {log:?}"), &e))?;
+    from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))
+}
+
+/// Moves the WAL's content into the database file and truncates the WAL.
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("checkpointing the WAL into the database file", &e))?;
+    Ok(())
+}
+
+/// The size of a file, 0 when it does not exist.
+fn file_len(path: &Path) -> Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::Backend {
+            backend: NAME,
+            context: format!("measuring {}", path.display()),
+            source: Box::new(e),
+        }),
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Answered without yielding when possible (a primary-key lookup in a local file takes
+    /// microseconds): a caller polling once, as [`crate::Store::watch`] does to learn where "now"
+    /// is, gets the answer. Falls back to the pool when the file is locked.
+    async fn next_seq(&self, log: &str) -> Result<u64> {
+        if let Some(next) = self.next_seq_now(log) {
+            return next;
+        }
+        let next: Vec<i64> = self
+            .read(&format!("reading the next sequence of log {log:?}"), || {
+                sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+                    .bind(log)
+                    .fetch_all(&self.readers)
+            })
+            .await?;
+        from_db_seq(next.first().copied().unwrap_or(1), &format!("log {log:?}"))
+    }
+
+    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
+        self.append_with_blobs(appends, Vec::new()).await
+    }
+
+    async fn append_with_blobs(
+        &self,
+        appends: Vec<LogAppend>,
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+    ) -> Result<()> {
+        if appends.is_empty() && blobs.is_empty() {
+            return Ok(());
+        }
+        let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
+        self.turns.wait_turn(logs.iter().map(String::as_str)).await;
+        let result = self
+            .write(WriteOp::Append { appends, blobs }, "appending")
+            .await;
+        record_turn(&self.turns, &logs, &result);
+        result
+    }
+
+    async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read(&format!("reading log {log:?}"), || {
+                sqlx::query(SCAN_SQL)
+                    .bind(log)
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(&self.readers)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.get(0);
+                Ok((from_db_seq(seq, &format!("log {log:?}"))?, row.get(1)))
+            })
+            .collect()
+    }
+
+    async fn list_logs(&self) -> Result<Vec<String>> {
+        self.read("listing the logs", || {
+            sqlx::query_scalar("SELECT log FROM logs").fetch_all(&self.readers)
+        })
+        .await
+    }
+
+    async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
+        let op = WriteOp::RaiseNextSeq {
+            log: log.to_owned(),
+            next_seq,
+        };
+        self.write(op, &format!("raising the next sequence of log {log:?}"))
+            .await
+    }
+
+    async fn truncate(&self, log: &str, before: u64) -> Result<()> {
+        let op = WriteOp::Truncate {
+            log: log.to_owned(),
+            before,
+        };
+        self.write(op, &format!("truncating log {log:?}")).await
+    }
+
+    async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let op = WriteOp::Append {
+            appends: Vec::new(),
+            blobs,
+        };
+        self.write(op, "storing blobs").await
+    }
+
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
+        let found: Vec<Vec<u8>> = self
+            .read("reading a blob", || {
+                sqlx::query_scalar("SELECT data FROM blobs WHERE hash = ?1")
+                    .bind(&hash[..])
+                    .fetch_all(&self.readers)
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
+        let found: Vec<i64> = self
+            .read("looking up a blob", || {
+                sqlx::query_scalar("SELECT 1 FROM blobs WHERE hash = ?1")
+                    .bind(&hash[..])
+                    .fetch_all(&self.readers)
+            })
+            .await?;
+        Ok(!found.is_empty())
+    }
+
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
+        let mut present = std::collections::HashSet::new();
+        for chunk in hashes.chunks(HASH_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT hash FROM blobs WHERE hash IN ({placeholders})");
+            let found: Vec<Vec<u8>> = self
+                .read("looking up blobs", || {
+                    let mut query = sqlx::query_scalar(&sql);
+                    for hash in chunk {
+                        query = query.bind(&hash[..]);
+                    }
+                    query.fetch_all(&self.readers)
+                })
+                .await?;
+            for hash in found {
+                present.insert(to_hash(&hash)?);
+            }
+        }
+        Ok(hashes
+            .iter()
+            .filter(|h| !present.contains(*h))
+            .copied()
+            .collect())
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
+        let hashes: Vec<Vec<u8>> = self
+            .read("listing blobs", || {
+                sqlx::query_scalar("SELECT hash FROM blobs").fetch_all(&self.readers)
+            })
+            .await?;
+        hashes.iter().map(|h| to_hash(h)).collect()
+    }
+
+    async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::DeleteBlobs(hashes.to_vec()), "deleting blobs")
+            .await
+    }
+
+    /// Commits are already durable (`synchronous=FULL`, unless `sync=false`); this also moves the
+    /// WAL into the database file and empties it, so the file alone holds everything.
+    async fn flush(&self) -> Result<()> {
+        self.write(WriteOp::Checkpoint, "flushing").await
+    }
+
+    /// The database file plus its WAL.
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(Some(file_len(&self.path)? + file_len(Path::new(&wal))?))
+    }
+}

@@ -1,0 +1,687 @@
+//! The SQL backends beyond the conformance suite: schema versioning, passwords kept out of
+//! errors, URL options, index use on long logs, and real processes: two writers saving to one
+//! execution at once, a writer killed with SIGKILL, and (PostgreSQL) the server itself stopped
+//! with `pg_ctl stop -m immediate` and restarted under a writer.
+//!
+//! The PostgreSQL tests need `CKPT_TEST_POSTGRES_URL` (see `scripts/postgres-server.sh`); the
+//! server-restart test starts a cluster of its own with that script, so that the shared server
+//! of the other tests is not disturbed.
+
+#![cfg(all(feature = "sqlite", feature = "postgres", feature = "testing"))]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ckpt::backend::sql::postgres::PostgresBackend;
+use ckpt::backend::sql::sqlite::SqliteBackend;
+use ckpt::backend::{Backend, ConnectOptions, LogAppend};
+use ckpt::testing::{Harness, PostgresHarness, SqliteHarness};
+use ckpt::url::StoreUrl;
+use ckpt::{Checkpoint, Store};
+use sqlx::Connection;
+
+/// Set in a child process: what it should do (see [`child_writer`]).
+const CHILD_ENV: &str = "CKPT_SQL_CHILD";
+
+fn state_for(writer: &str, step: u64) -> serde_json::Value {
+    let text: String = (0..300)
+        .map(|i| (b'a' + ((step * 7 + i) % 26) as u8) as char)
+        .collect();
+    serde_json::json!({ "writer": writer, "step": step, "text": text })
+}
+
+/// An error with its sources, as the CLI shows it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    text
+}
+
+// ---- schema versions ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_newer_schema() {
+    let h = SqliteHarness::new();
+    let store = h.open().await;
+    save(&store, "e", 1).await;
+    drop(store);
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", h.path().display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE ckpt_schema SET version = 99")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let err = chain(&Store::open(&h.url()).await.unwrap_err());
+    assert!(
+        err.contains("schema version is 99") && err.contains("newer"),
+        "{err}"
+    );
+    assert!(err.contains("SQLite"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema() {
+    let h = PostgresHarness::new();
+    let store = h.open().await;
+    save(&store, "e", 1).await;
+    drop(store);
+    let mut conn = sqlx::PgConnection::connect(&ckpt::testing::postgres_test_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {}.ckpt_schema SET version = 99",
+        h.schema()
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = chain(&Store::open(h.url()).await.unwrap_err());
+    assert!(
+        err.contains("schema version is 99") && err.contains("newer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PostgreSQL") && err.contains(h.schema()),
+        "{err}"
+    );
+    // Nothing was written: the version is still the one set by hand.
+    let version: i32 = sqlx::query_scalar(&format!(
+        "SELECT MAX(version) FROM {}.ckpt_schema",
+        h.schema()
+    ))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(version, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_worth_of_opens_create_the_schema_once() {
+    let h = PostgresHarness::new();
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = h.url().to_owned();
+            tokio::spawn(async move { Store::open(&url).await })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
+    let s = SqliteHarness::new();
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = s.url();
+            tokio::spawn(async move { Store::open(&url).await })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().unwrap();
+    }
+}
+
+// ---- passwords and URL options ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_appear_in_errors() {
+    for url in [
+        // Nothing listens on port 1: connection refused until the timeout.
+        "postgres://bob:s3cr3t-pw@127.0.0.1:1/app?timeout=1s",
+        // An unresolvable host fails at once.
+        "postgres://bob:s3cr3t-pw@no-such-host.invalid/app",
+        "postgres://bob@127.0.0.1:1/app?password=s3cr3t-pw&timeout=1s",
+        "postgresql://bob:s3cr3t%2Dpw@127.0.0.1:1/app?timeout=1s&sslmode=require",
+    ] {
+        let started = Instant::now();
+        let err = Store::open(url).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{url}: connect errors must be fast"
+        );
+        let shown = chain(&err);
+        let debug = format!("{err:?}");
+        for text in [&shown, &debug] {
+            assert!(!text.contains("s3cr3t"), "{url}: {text}");
+            assert!(text.contains("PostgreSQL"), "{url}: {text}");
+        }
+        assert!(
+            shown.contains("bob"),
+            "{url}: the redacted URL is named: {shown}"
+        );
+    }
+}
+
+/// The CLI with the store URL from `CKPT_STORE` and the password from `PGPASSWORD` (read by the
+/// driver): the error names the server, never the password.
+#[test]
+fn passwords_from_the_environment_stay_out_of_cli_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .arg("demo")
+        .env("CKPT_STORE", "postgres://bob@127.0.0.1:1/app?timeout=1s")
+        .env("PGPASSWORD", "s3cr3t-from-env")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("s3cr3t"), "{all}");
+    assert!(
+        all.contains("PostgreSQL") && all.contains("127.0.0.1:1"),
+        "{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let cases = [
+        (format!("sqlite://{}?colour=red", db.display()), "colour"),
+        (format!("sqlite://{}?sync=maybe", db.display()), "sync"),
+        (format!("sqlite://{}?timeout=soon", db.display()), "timeout"),
+        (
+            "postgres://bob:pw-secret@127.0.0.1:1/app?colour=red".to_owned(),
+            "colour",
+        ),
+        (
+            "postgres://bob@127.0.0.1:1/app?schema=Bad-Name".to_owned(),
+            "schema",
+        ),
+        (
+            "postgres://bob@127.0.0.1:1/app?max_connections=lots".to_owned(),
+            "max_connections",
+        ),
+    ];
+    for (url, option) in cases {
+        let err = Store::open(&url).await.unwrap_err();
+        assert!(
+            matches!(err, ckpt::Error::InvalidUrl { .. }),
+            "{url}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(option), "{url}: {text}");
+        assert!(!text.contains("pw-secret"), "{url}: {text}");
+        if option == "colour" {
+            for accepted in ["max_connections", "acquire_timeout", "timeout"] {
+                assert!(text.contains(accepted), "{url}: {text}");
+            }
+        }
+    }
+    // Known options are accepted, and the builder's settings too.
+    let ok = format!(
+        "sqlite://{}?sync=false&max_connections=2&min_connections=0&max_lifetime=10m&acquire_timeout=5s&timeout=30s",
+        db.display()
+    );
+    Store::builder(&ok)
+        .max_connections(3)
+        .timeout(Duration::from_secs(20))
+        .open()
+        .await
+        .unwrap();
+}
+
+// ---- long logs ----
+
+async fn sqlite_backend(url: &str) -> SqliteBackend {
+    match StoreUrl::parse(url).unwrap() {
+        StoreUrl::Sqlite(raw) => SqliteBackend::open(&raw, &ConnectOptions::default())
+            .await
+            .unwrap(),
+        other => panic!("not an SQLite URL: {other:?}"),
+    }
+}
+
+async fn postgres_backend(url: &str) -> PostgresBackend {
+    match StoreUrl::parse(url).unwrap() {
+        StoreUrl::Postgres(raw) => PostgresBackend::open(&raw, &ConnectOptions::default())
+            .await
+            .unwrap(),
+        other => panic!("not a PostgreSQL URL: {other:?}"),
+    }
+}
+
+/// Appends 100,000 small frames to `log`, 10,000 per append.
+async fn fill(backend: &dyn Backend, log: &str) {
+    for chunk in 0..10u64 {
+        let frames = (0..10_000u64)
+            .map(|i| (chunk * 10_000 + i + 1).to_be_bytes().to_vec())
+            .collect();
+        backend
+            .append(vec![LogAppend {
+                log: log.to_owned(),
+                expected_seq: chunk * 10_000 + 1,
+                frames,
+            }])
+            .await
+            .unwrap();
+    }
+    assert_eq!(backend.next_seq(log).await.unwrap(), 100_001);
+}
+
+async fn assert_one_frame_read(backend: &dyn Backend, log: &str) {
+    let got = backend.scan(log, 54_321, 1).await.unwrap();
+    assert_eq!(got, vec![(54_321, 54_321u64.to_be_bytes().to_vec())]);
+    let got = backend.scan(log, 99_999, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_one_event_of_a_long_log_through_the_index() {
+    let h = SqliteHarness::new();
+    let backend = sqlite_backend(&format!("{}?sync=false", h.url())).await;
+    fill(&backend, "long").await;
+    assert_one_frame_read(&backend, "long").await;
+    // The plan of the very statement scan runs: a search of the primary key, no table scan,
+    // no sort.
+    let mut conn = sqlx::SqliteConnection::connect(&h.url()).await.unwrap();
+    let plan: Vec<String> = sqlx::query(&format!(
+        "EXPLAIN QUERY PLAN {}",
+        ckpt::backend::sql::sqlite::SCAN_SQL
+    ))
+    .bind("long")
+    .bind(54_321i64)
+    .bind(1i64)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("SEARCH frames USING PRIMARY KEY"), "{plan}");
+    assert!(
+        !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
+        "{plan}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_one_event_of_a_long_log_through_the_index() {
+    let h = PostgresHarness::new();
+    let backend = postgres_backend(h.url()).await;
+    fill(&backend, "long").await;
+    assert_one_frame_read(&backend, "long").await;
+    let mut conn = sqlx::PgConnection::connect(&ckpt::testing::postgres_test_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("ANALYZE {}.frames", h.schema()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // EXPLAIN of the very statement scan runs, with its parameters as a prepared statement.
+    let sql = ckpt::backend::sql::postgres::scan_sql(h.schema());
+    sqlx::query(&format!("PREPARE scan_plan(text, bigint, bigint) AS {sql}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE scan_plan('long', 54321, 1)")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index Scan using frames_pkey"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Sort"),
+        "{plan}"
+    );
+}
+
+// ---- concurrent appends, watching ----
+
+/// 40 logs, two appends racing at sequence 1 on each, all at once (SQLite commits them in shared
+/// transactions): exactly one per log wins, the other gets a conflict, and the winners' frames
+/// (and blobs) are all there.
+async fn racing_appends_have_one_winner_per_log(backend: Arc<dyn Backend>) {
+    let tasks: Vec<_> = (0..80u8)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let log = format!("race-{}", i / 2);
+                let append = LogAppend {
+                    log: log.clone(),
+                    expected_seq: 1,
+                    frames: vec![vec![i], vec![i, i]],
+                };
+                let blob = ([i; 32], vec![i; 10]);
+                (i, backend.append_with_blobs(vec![append], vec![blob]).await)
+            })
+        })
+        .collect();
+    let mut winners = BTreeMap::new();
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match result {
+            Ok(()) => assert!(
+                winners.insert(i / 2, i).is_none(),
+                "two winners on log {}",
+                i / 2
+            ),
+            Err(e) => assert!(e.is_conflict(), "{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 40);
+    for (log, i) in winners {
+        let frames = backend.scan(&format!("race-{log}"), 1, 10).await.unwrap();
+        assert_eq!(frames, vec![(1, vec![i]), (2, vec![i, i])]);
+        assert_eq!(backend.get_blob(&[i; 32]).await.unwrap(), Some(vec![i; 10]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_racing_appends_have_one_winner_per_log() {
+    let h = SqliteHarness::new();
+    racing_appends_have_one_winner_per_log(Arc::new(sqlite_backend(&h.url()).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_racing_appends_have_one_winner_per_log() {
+    let h = PostgresHarness::new();
+    racing_appends_have_one_winner_per_log(Arc::new(postgres_backend(h.url()).await)).await;
+}
+
+/// A waiter on one backend wakes when another backend (as another process would) appends: the
+/// notification arrives long before the wait's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wait_for_append_wakes_on_a_notification() {
+    let h = PostgresHarness::new();
+    let watcher = Arc::new(postgres_backend(h.url()).await);
+    let writer = postgres_backend(h.url()).await;
+    // Connects the listener.
+    watcher
+        .wait_for_append("w", 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(120);
+    let started = Instant::now();
+    let waiting = {
+        let watcher = watcher.clone();
+        tokio::spawn(async move { watcher.wait_for_append("w", 1, timeout).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "returned before anything was appended"
+    );
+    writer
+        .append(vec![LogAppend {
+            log: "w".into(),
+            expected_seq: 1,
+            frames: vec![b"x".to_vec()],
+        }])
+        .await
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < timeout / 2,
+        "woke only at the timeout: no notification"
+    );
+}
+
+// ---- real processes ----
+
+async fn save(store: &Store, exec: &str, step: u64) -> Checkpoint {
+    let cp = Checkpoint::new(exec, "step", &state_for("parent", step)).unwrap();
+    store.save(cp).await.unwrap()
+}
+
+/// The child half of the process tests: only does anything when `CKPT_SQL_CHILD` is set, to
+/// `URL|EXECUTION|WRITER|SAVES` (`SAVES` 0: until killed). Prints `ack VERSION STEP` after each
+/// save returned.
+#[test]
+fn child_writer() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [url, exec, writer, saves] = parts[..] else {
+        panic!("bad {CHILD_ENV}: {spec}");
+    };
+    let saves: u64 = saves.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(url).await.expect("child opens the store");
+        let mut step = 1;
+        while saves == 0 || step <= saves {
+            let cp = Checkpoint::new(exec, writer, &state_for(writer, step)).unwrap();
+            let saved = store.save(cp).await.expect("save");
+            println!("ack {} {step}", saved.version);
+            step += 1;
+        }
+    });
+}
+
+fn spawn_writer(url: &str, exec: &str, writer: &str, saves: u64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{url}|{exec}|{writer}|{saves}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `ack VERSION STEP` lines from a child until it exits or `stop` says so (then kills it).
+fn collect_acks(child: &mut Child, mut stop: impl FnMut(usize) -> bool) -> Vec<(u64, u64)> {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut acks = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        // The first line follows libtest's `test child_writer ... ` on the same line.
+        let Some(rest) = line.rfind("ack ").map(|at| &line[at + 4..]) else {
+            continue;
+        };
+        let (v, s) = rest.split_once(' ').unwrap();
+        acks.push((v.parse().unwrap(), s.parse().unwrap()));
+        if stop(acks.len()) {
+            child.kill().unwrap(); // SIGKILL on Unix
+            break;
+        }
+    }
+    child.wait().unwrap();
+    acks
+}
+
+/// Every acknowledged save of each writer loads with its exact state, each version once;
+/// versions strictly increase and the log has no gap.
+async fn check_acks(store: &Store, exec: &str, acks: &BTreeMap<String, Vec<(u64, u64)>>) {
+    let list = store.list(exec).await.unwrap();
+    let versions: Vec<u64> = list.iter().map(|c| c.version).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions out of order: {versions:?}"
+    );
+    let mut seen = HashSet::new();
+    for (writer, acked) in acks {
+        for (version, step) in acked {
+            assert!(
+                seen.insert(*version),
+                "version {version} acknowledged twice"
+            );
+            let cp = store
+                .at_version(exec, *version)
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged version {version} lost: {e}"));
+            let state: serde_json::Value = cp.state().unwrap();
+            assert_eq!(state, state_for(writer, *step), "version {version}");
+        }
+    }
+    let frames = store.backend().scan(exec, 1, 1_000_000).await.unwrap();
+    let next = store.backend().next_seq(exec).await.unwrap();
+    let seqs: Vec<u64> = frames.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..next).collect::<Vec<u64>>(), "gaps in the log");
+}
+
+async fn two_processes_save_to_one_execution(url: &str) {
+    let exec = "shared";
+    let mut a = spawn_writer(url, exec, "a", 150);
+    let mut b = spawn_writer(url, exec, "b", 150);
+    let handle_b = std::thread::spawn(move || collect_acks(&mut b, |_| false));
+    let acks_a = collect_acks(&mut a, |_| false);
+    let acks_b = handle_b.join().unwrap();
+    assert_eq!(acks_a.len(), 150, "writer a did not finish");
+    assert_eq!(acks_b.len(), 150, "writer b did not finish");
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(store.list(exec).await.unwrap().len(), 300);
+    let acks = BTreeMap::from([("a".to_owned(), acks_a), ("b".to_owned(), acks_b)]);
+    check_acks(&store, exec, &acks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_processes_save_to_one_execution() {
+    let h = SqliteHarness::new();
+    two_processes_save_to_one_execution(&h.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_save_to_one_execution() {
+    let h = PostgresHarness::new();
+    h.open().await;
+    two_processes_save_to_one_execution(h.url()).await;
+}
+
+/// Three rounds of: a writer saves in a loop and is killed with SIGKILL after some
+/// acknowledged saves; then every acknowledged save loads with its exact state.
+async fn sigkill_keeps_every_acknowledged_save(url: &str) {
+    let exec = "crash";
+    let mut acks: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for round in 0..3usize {
+        let writer = format!("w{round}");
+        let mut child = spawn_writer(url, exec, &writer, 0);
+        let target = 150 + round * 37;
+        let got = collect_acks(&mut child, |n| n == target);
+        assert_eq!(got.len(), target, "round {round}: the writer stopped early");
+        acks.insert(writer, got);
+    }
+    let store = Store::open(url).await.unwrap();
+    check_acks(&store, exec, &acks).await;
+    let next = store
+        .save(Checkpoint::new(exec, "after", &state_for("after", 0)).unwrap())
+        .await
+        .unwrap();
+    let newest = acks.values().flatten().map(|a| a.0).max().unwrap();
+    assert!(next.version > newest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sigkill_keeps_every_acknowledged_save() {
+    let h = SqliteHarness::new();
+    sigkill_keeps_every_acknowledged_save(&h.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sigkill_keeps_every_acknowledged_save() {
+    let h = PostgresHarness::new();
+    h.open().await;
+    sigkill_keeps_every_acknowledged_save(h.url()).await;
+}
+
+// ---- the PostgreSQL server restarting under a writer ----
+
+/// A throwaway cluster started with `scripts/postgres-server.sh`, stopped (and removed) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    data: String,
+    ctl: String,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ckpt-pg-restart-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(script())
+            .args(["start", &dir.path().join("pg").to_string_lossy()])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the start script failed");
+        let mut vars = BTreeMap::new();
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) else {
+                continue;
+            };
+            vars.insert(k.to_owned(), v.trim_matches('\'').to_owned());
+        }
+        Cluster {
+            url: vars["CKPT_TEST_POSTGRES_URL"].clone(),
+            data: vars["CKPT_TEST_POSTGRES_DIR"].clone(),
+            ctl: vars["CKPT_TEST_POSTGRES_CTL"].clone(),
+            dir,
+        }
+    }
+
+    /// Runs `pg_ctl ARGS` on the cluster.
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut words = self.ctl.split_whitespace();
+        let program = words.next().unwrap();
+        let status = Command::new(program)
+            .args(words)
+            .args(["-D", &self.data])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["stop", &self.dir.path().join("pg").to_string_lossy()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn script() -> String {
+    format!("{}/scripts/postgres-server.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_restart_under_a_writer_loses_no_acknowledged_save() {
+    let cluster = Cluster::start();
+    // The writer retries through the outage: a generous timeout.
+    let url = format!("{}?timeout=120s&acquire_timeout=120s", cluster.url);
+    let exec = "restart";
+    Store::open(&url).await.unwrap();
+    let mut child = spawn_writer(&url, exec, "w", 0);
+    let log = format!("{}/../server.log", cluster.data);
+    let mut restarted_at = None;
+    let acks = collect_acks(&mut child, |n| {
+        if n == 100 {
+            // Mid-run: the server dies without a clean shutdown, then comes back.
+            cluster.pg_ctl(&["stop", "-m", "immediate"]);
+            std::thread::sleep(Duration::from_millis(500));
+            cluster.pg_ctl(&["-l", &log, "-w", "-t", "60", "start"]);
+            restarted_at = Some(n);
+        }
+        n == 250
+    });
+    assert_eq!(restarted_at, Some(100));
+    assert_eq!(
+        acks.len(),
+        250,
+        "the writer did not carry on after the restart"
+    );
+    let store = Store::open(&url).await.unwrap();
+    check_acks(&store, exec, &BTreeMap::from([("w".to_owned(), acks)])).await;
+}
