@@ -221,6 +221,8 @@ async fn a_plaintext_store_refuses_a_key_and_urls_never_carry_one() {
     save(&Store::with_backend(backend.clone()), "p", 1).await;
     let keyed = keyed(&backend, vec![Key::generate()]);
     assert_decrypt(keyed.latest("p").await, "created without encryption");
+    let plain = Store::with_backend(backend.clone());
+    assert!(matches!(plain.rekey().await, Err(Error::InvalidInput(_))));
 
     let key = Key::generate();
     let e = Store::open(&format!("memory://?key={}", key.to_hex()))

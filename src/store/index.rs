@@ -73,6 +73,9 @@ pub(crate) struct ExecIndex {
     pub live_count: usize,
     /// The state of the newest save (live or not), which the next save is diffed against.
     pub newest_state: Option<CachedState>,
+    /// Whether the projection has been brought up to the log's tail at least once (a save may
+    /// then skip asking for the tail: its compare-and-append finds out if the log moved).
+    pub synced: bool,
 }
 
 impl ExecIndex {
@@ -83,6 +86,7 @@ impl ExecIndex {
             saves: BTreeMap::new(),
             live_count: 0,
             newest_state: None,
+            synced: false,
         }
     }
 

@@ -744,6 +744,10 @@ impl Store {
         }
         let mut fenced_off = 0;
         let mut attempt = 0;
+        // A projection this store keeps up to date is trusted for the first try: the
+        // compare-and-append tells if the log moved, and saves it is current for skip a round trip.
+        // (Not when the caller states what the latest must be: that is checked on a fresh view.)
+        let mut trust_cache = matches!(expect, Expect::Any);
         while attempt < MAX_CONFLICT_RETRIES {
             // Read before any blob is checked or written: see `reclaim`.
             let fence = self.gc_fence().await?;
@@ -751,7 +755,9 @@ impl Store {
             let mut prepared = Vec::with_capacity(groups.len());
             let mut lifted = tree::Lifting::keyed(cipher.map(|c| c.address_key()));
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
-                self.refresh(idx).await?;
+                if !(trust_cache && idx.synced) {
+                    self.refresh(idx).await?;
+                }
                 if let Expect::Latest(v) = expect {
                     let actual = idx.latest_live();
                     if actual != v {
@@ -818,6 +824,8 @@ impl Store {
                     fenced_off += 1;
                     self.forget_gc_fence();
                 }
+                // The log moved since this store last looked: look, then decide.
+                Err(Error::Conflict { .. }) if trust_cache => trust_cache = false,
                 Err(Error::Conflict { .. })
                     if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES =>
                 {
@@ -1021,6 +1029,7 @@ impl Store {
         self.crypto().await?;
         let tail = self.inner.backend.next_seq(&idx.log).await?;
         if tail == idx.next_seq {
+            idx.synced = true;
             return Ok(());
         }
         if tail < idx.next_seq {
@@ -1048,6 +1057,7 @@ impl Store {
             }
         }
         idx.next_seq = idx.next_seq.max(tail);
+        idx.synced = true;
         self.note_tail(idx);
         Ok(())
     }

@@ -123,6 +123,8 @@ struct Queries {
     raise: String,
     truncate: String,
     put_blobs: String,
+    rewrite_frames: String,
+    rewrite_blobs: String,
     get_blob: String,
     has_blob: String,
     missing_blobs: String,
@@ -142,6 +144,15 @@ impl Queries {
                  DO UPDATE SET next_seq = GREATEST({s}.logs.next_seq, EXCLUDED.next_seq)"
             ),
             truncate: format!("DELETE FROM {s}.frames WHERE log = $1 AND seq < $2"),
+            rewrite_frames: format!(
+                "UPDATE {s}.frames AS f SET frame = t.frame \
+                 FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS t(seq, frame) \
+                 WHERE f.log = $1 AND f.seq = t.seq"
+            ),
+            rewrite_blobs: format!(
+                "UPDATE {s}.blobs AS b SET data = t.data \
+                 FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS t(hash, data) WHERE b.hash = t.hash"
+            ),
             put_blobs: format!(
                 "INSERT INTO {s}.blobs (hash, data) SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) \
                  ON CONFLICT DO NOTHING"
@@ -863,6 +874,36 @@ impl Backend for PostgresBackend {
             sqlx::query(&self.sql.truncate)
                 .bind(log)
                 .bind(before)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let seqs: Vec<i64> = frames
+            .iter()
+            .map(|(s, _)| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let datas: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
+        self.retry(&format!("rewriting frames of log {log:?}"), || {
+            sqlx::query(&self.sql.rewrite_frames)
+                .bind(log)
+                .bind(&seqs)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
+        let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
+        self.retry("rewriting blobs", || {
+            sqlx::query(&self.sql.rewrite_blobs)
+                .bind(&hashes)
+                .bind(&datas)
                 .execute(&self.pool)
         })
         .await?;

@@ -114,6 +114,13 @@ enum WriteOp {
         before: u64,
     },
     DeleteBlobs(Vec<BlobHash>),
+    /// Replaces existing frames' bytes (rekey).
+    RewriteFrames {
+        log: String,
+        frames: Vec<(u64, Vec<u8>)>,
+    },
+    /// Replaces existing blobs' bytes (rekey).
+    RewriteBlobs(Vec<(BlobHash, Vec<u8>)>),
     /// Moves the WAL into the database file and empties it (outside any transaction).
     Checkpoint,
 }
@@ -589,6 +596,30 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
             }
             Ok(())
         }
+        WriteOp::RewriteFrames { log, frames } => {
+            for (seq, bytes) in frames {
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                sqlx::query("UPDATE frames SET frame = ?3 WHERE log = ?1 AND seq = ?2")
+                    .bind(log)
+                    .bind(seq)
+                    .bind(bytes.as_slice())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error(format!("rewriting log {log:?}"), &e))?;
+            }
+            Ok(())
+        }
+        WriteOp::RewriteBlobs(blobs) => {
+            for (hash, bytes) in blobs {
+                sqlx::query("UPDATE blobs SET data = ?2 WHERE hash = ?1")
+                    .bind(&hash[..])
+                    .bind(bytes.as_slice())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error("rewriting blobs", &e))?;
+            }
+            Ok(())
+        }
         WriteOp::Checkpoint => Ok(()),
     }
 }
@@ -800,6 +831,20 @@ impl Backend for SqliteBackend {
             before,
         };
         self.write(op, &format!("truncating log {log:?}")).await
+    }
+
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let op = WriteOp::RewriteFrames {
+            log: log.to_owned(),
+            frames,
+        };
+        self.write(op, &format!("rewriting frames of log {log:?}"))
+            .await
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.write(WriteOp::RewriteBlobs(blobs), "rewriting blobs")
+            .await
     }
 
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
