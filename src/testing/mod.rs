@@ -27,6 +27,8 @@
 //! `tests/conformance.rs`.
 
 mod helpers;
+#[cfg(feature = "redis")]
+mod redis;
 mod scenarios;
 
 use std::sync::Arc;
@@ -36,6 +38,8 @@ use async_trait::async_trait;
 use crate::backend::memory::MemoryBackend;
 use crate::Store;
 
+#[cfg(feature = "redis")]
+pub use redis::*;
 pub use scenarios::*;
 
 /// Storage the conformance suite runs on.
