@@ -433,6 +433,78 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// The append script until it answers, retrying transient failures until the timeout.
+    /// `maybe_applied`: an earlier attempt may have landed unheard; a conflict is then checked
+    /// against the log, and the append counts as done if the log holds exactly its frames.
+    async fn append_retrying(&self, appends: &[LogAppend], mut maybe_applied: bool) -> Result<()> {
+        let what = || {
+            let logs: Vec<&str> = appends.iter().map(|a| a.log.as_str()).collect();
+            format!("appending to logs {logs:?}")
+        };
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut attempt = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match tokio::time::timeout(remaining, self.try_append(appends)).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(self.timed_out(&what())),
+            };
+            let e = match outcome {
+                Ok(None) => return Ok(()),
+                Ok(Some((part, actual))) => {
+                    if maybe_applied {
+                        if let Ok(true) = self.append_landed(appends).await {
+                            return Ok(());
+                        }
+                    }
+                    return Err(conflict(appends, part, actual));
+                }
+                Err(e) => e,
+            };
+            if !is_transient(&e) || Instant::now() >= deadline {
+                return Err(backend_error(format!("{} on {}", what(), self.url), e));
+            }
+            maybe_applied |= is_ambiguous(&e);
+            pause(attempt, deadline).await;
+            attempt += 1;
+        }
+    }
+
+    /// One server: `SET NX` of every blob, then the append script (`EVALSHA`), in one pipeline.
+    async fn try_append_pipelined(
+        &self,
+        manager: &ConnectionManager,
+        appends: &[LogAppend],
+        blobs: &[(BlobHash, Vec<u8>)],
+    ) -> redis::RedisResult<Option<(usize, u64)>> {
+        let mut pipe = redis::pipe();
+        for (hash, bytes) in blobs {
+            pipe.cmd("SET")
+                .arg(self.blob_key(hash))
+                .arg(bytes.as_slice())
+                .arg("NX");
+        }
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.append_script.get_hash())
+            .arg(2 * appends.len());
+        for a in appends {
+            eval.arg(self.stream_key(&a.log)).arg(self.next_key(&a.log));
+        }
+        eval.arg(self.ttl_ms());
+        for a in appends {
+            eval.arg(a.expected_seq).arg(a.frames.len());
+            for frame in &a.frames {
+                eval.arg(frame.as_slice());
+            }
+        }
+        pipe.add_command(eval);
+        let mut replies: Vec<Value> = pipe.query_async(&mut manager.clone()).await?;
+        let reply = replies
+            .pop()
+            .ok_or_else(|| unexpected("an empty reply to the append pipeline".into()))?;
+        append_reply(reply)
+    }
+
     /// One attempt of the append script: `Ok(None)` when applied, `Ok(Some((part, actual)))` on a
     /// conflict of part `part` (0-based).
     async fn try_append(&self, appends: &[LogAppend]) -> redis::RedisResult<Option<(usize, u64)>> {
@@ -441,13 +513,7 @@ impl RedisBackend {
             Conn::Single { manager, .. } => inv.invoke_async(&mut manager.clone()).await?,
             Conn::Cluster { conn, .. } => inv.invoke_async(&mut conn.clone()).await?,
         };
-        match reply {
-            Value::Int(0) => Ok(None),
-            other => {
-                let (part, actual): (usize, u64) = FromRedisValue::from_redis_value(other)?;
-                Ok(Some((part.saturating_sub(1), actual)))
-            }
-        }
+        append_reply(reply)
     }
 
     /// After an append whose outcome is unknown: whether the logs hold exactly its frames at the
@@ -588,7 +654,9 @@ async fn connect(parsed: &ParsedUrl, settings: &Settings) -> redis::RedisResult<
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_millis(500));
-        let manager = client.get_connection_manager_with_config(config).await?;
+        let mut manager = client.get_connection_manager_with_config(config).await?;
+        // Loaded now so that pipelined appends (EVALSHA) find it; reloaded on NOSCRIPT.
+        Script::new(APPEND_LUA).load_async(&mut manager).await?;
         Ok(Conn::Single { client, manager })
     }
 }
@@ -680,6 +748,35 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+/// The append script's reply: `None` when applied, else the conflicting part (0-based) and the
+/// log's actual next sequence number.
+fn append_reply(reply: Value) -> redis::RedisResult<Option<(usize, u64)>> {
+    match reply {
+        Value::Int(0) => Ok(None),
+        other => {
+            let (part, actual): (usize, u64) = FromRedisValue::from_redis_value(other)?;
+            Ok(Some((part.saturating_sub(1), actual)))
+        }
+    }
+}
+
+/// The [`Error::Conflict`] of part `part` of `appends`.
+fn conflict(appends: &[LogAppend], part: usize, actual: u64) -> Error {
+    match appends.get(part).or(appends.first()) {
+        Some(a) => Error::Conflict {
+            log: a.log.clone(),
+            expected: a.expected_seq,
+            actual,
+        },
+        None => Error::InvalidInput("a conflict reported for an empty append".into()),
+    }
+}
+
+/// Whether `e` says the server does not know the script (its script cache starts empty).
+fn is_no_script(e: &RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
 }
 
 /// The sequence number of stream entry id `<seq>-1`.
@@ -911,43 +1008,47 @@ impl Backend for RedisBackend {
             return Ok(());
         }
         self.check_one_slot(&appends)?;
-        let what = || {
-            let logs: Vec<&str> = appends.iter().map(|a| a.log.as_str()).collect();
-            format!("appending to logs {logs:?}")
+        self.append_retrying(&appends, false).await
+    }
+
+    /// On one server, the blobs and the append go in one pipeline: one round trip and one
+    /// fsync per save, blobs still ahead of the frames that reference them. On a Cluster the
+    /// blobs live on other nodes, so they are put (and acknowledged) first, then the append.
+    async fn append_with_blobs(
+        &self,
+        appends: Vec<LogAppend>,
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+    ) -> Result<()> {
+        if blobs.is_empty() {
+            return self.append(appends).await;
+        }
+        self.check_one_slot(&appends)?;
+        let Conn::Single { manager, .. } = &self.conn else {
+            self.put_blobs(blobs).await?;
+            return self.append_retrying(&appends, false).await;
         };
-        let deadline = Instant::now() + self.settings.timeout;
-        let mut attempt = 0u32;
-        // Set once an attempt may have been applied without us hearing back.
-        let mut maybe_applied = false;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = match tokio::time::timeout(remaining, self.try_append(&appends)).await {
-                Ok(outcome) => outcome,
-                Err(_) => return Err(self.timed_out(&what())),
-            };
-            let e = match outcome {
-                Ok(None) => return Ok(()),
-                Ok(Some((part, actual))) => {
-                    let a = appends.get(part).unwrap_or(&appends[0]);
-                    if maybe_applied {
-                        if let Ok(true) = self.append_landed(&appends).await {
-                            return Ok(());
-                        }
-                    }
-                    return Err(Error::Conflict {
-                        log: a.log.clone(),
-                        expected: a.expected_seq,
-                        actual,
-                    });
-                }
-                Err(e) => e,
-            };
-            if !is_transient(&e) || Instant::now() >= deadline {
-                return Err(backend_error(format!("{} on {}", what(), self.url), e));
+        let first = tokio::time::timeout(
+            self.settings.timeout,
+            self.try_append_pipelined(manager, &appends, &blobs),
+        )
+        .await;
+        match first {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some((part, actual)))) => Err(conflict(&appends, part, actual)),
+            // The script was not loaded (a restarted server), or a transient failure: the blobs
+            // may be stored; do both again the slow way, remembering the append may have landed.
+            Ok(Err(e)) if is_transient(&e) || is_no_script(&e) => {
+                self.put_blobs(blobs).await?;
+                self.append_retrying(&appends, is_ambiguous(&e)).await
             }
-            maybe_applied |= is_ambiguous(&e);
-            pause(attempt, deadline).await;
-            attempt += 1;
+            Ok(Err(e)) => Err(backend_error(
+                format!("appending with {} blobs on {}", blobs.len(), self.url),
+                e,
+            )),
+            Err(_) => {
+                self.put_blobs(blobs).await?;
+                self.append_retrying(&appends, true).await
+            }
         }
     }
 
