@@ -611,3 +611,185 @@ mod shard_execution_conformance {
         long_delta_chains_load_every_version,
     );
 }
+
+/// The Cluster's nodes, from `CKPT_TEST_REDIS_CLUSTER_URL`.
+fn cluster_nodes() -> Vec<(String, u16)> {
+    let url = ckpt::testing::test_server_url(ckpt::testing::REDIS_CLUSTER_URL_VAR);
+    let hosts = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split(['?', '/']).next())
+        .expect("hosts in the cluster URL");
+    let hosts = hosts.rsplit('@').next().unwrap_or(hosts);
+    hosts
+        .split(',')
+        .map(|h| {
+            let (host, port) = h.rsplit_once(':').expect("host:port");
+            (host.to_owned(), port.parse().expect("port"))
+        })
+        .collect()
+}
+
+async fn node(host: &str, port: u16) -> redis::aio::MultiplexedConnection {
+    raw(&format!("redis://{host}:{port}")).await
+}
+
+/// Moves hash slot `slot` from node `from` to node `to` the way `redis-cli --cluster reshard`
+/// does: IMPORTING/MIGRATING, MIGRATE of its keys in batches, then SETSLOT NODE everywhere.
+async fn move_slot(nodes: &[(String, u16)], slot: u16, from: usize, to: usize) {
+    let mut src = node(&nodes[from].0, nodes[from].1).await;
+    let mut dst = node(&nodes[to].0, nodes[to].1).await;
+    let src_id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut src)
+        .await
+        .expect("id");
+    let dst_id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut dst)
+        .await
+        .expect("id");
+    let setslot = |state: &str, id: &str| {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        c
+    };
+    let _: () = setslot("IMPORTING", &src_id)
+        .query_async(&mut dst)
+        .await
+        .expect("importing");
+    let _: () = setslot("MIGRATING", &dst_id)
+        .query_async(&mut src)
+        .await
+        .expect("migrating");
+    loop {
+        let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1)
+            .query_async(&mut src)
+            .await
+            .expect("keys in slot");
+        if keys.is_empty() {
+            break;
+        }
+        let _: redis::Value = redis::cmd("MIGRATE")
+            .arg(&nodes[to].0)
+            .arg(nodes[to].1)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query_async(&mut src)
+            .await
+            .expect("migrate");
+        // One key at a time, so the writer also meets the log's two keys on different nodes
+        // (TRYAGAIN), then both moved but the slot not yet handed over (ASK).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (host, port) in nodes {
+        let mut c = node(host, *port).await;
+        let _: () = setslot("NODE", &dst_id)
+            .query_async(&mut c)
+            .await
+            .expect("setslot node");
+    }
+}
+
+/// The index of the node that owns `slot`.
+async fn slot_owner(nodes: &[(String, u16)], slot: u16) -> usize {
+    for (i, (host, port)) in nodes.iter().enumerate() {
+        let mut c = node(host, *port).await;
+        let owned: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut c)
+            .await
+            .expect("nodes");
+        let me = owned
+            .lines()
+            .find(|l| l.contains("myself"))
+            .expect("myself line");
+        let covers = me.split_whitespace().skip(8).any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+        });
+        if covers {
+            return i;
+        }
+    }
+    panic!("no node owns slot {slot}");
+}
+
+/// A writer keeps saving while the slot holding its execution's log is moved to another node and
+/// back (MOVED, ASK and TRYAGAIN on the way): no save fails and every acknowledged save is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resharding_under_a_writer_loses_nothing() {
+    let h = RedisClusterHarness::with_options("timeout=30s");
+    let nodes = cluster_nodes();
+    let prefix = prefix_of(h.url());
+    let mut any = node(&nodes[0].0, nodes[0].1).await;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(format!("{{{prefix}}}:moving:s"))
+        .query_async(&mut any)
+        .await
+        .expect("keyslot");
+    let store = h.open().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = {
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut step = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let cp = Checkpoint::new("moving", "w", &state_for("m", step)).expect("cp");
+                let saved = store.save(cp).await?;
+                let _ = tx.send((saved.version, step));
+                step += 1;
+            }
+            Ok::<u64, Error>(step)
+        })
+    };
+    let mut acked = Vec::new();
+    while acked.len() < 20 {
+        acked.push(rx.recv().await.expect("writer running"));
+    }
+    let home = slot_owner(&nodes, slot).await;
+    let away = (home + 1) % nodes.len();
+    move_slot(&nodes, slot, home, away).await;
+    assert_eq!(slot_owner(&nodes, slot).await, away, "the slot moved");
+    let moved_at = acked.len();
+    while acked.len() < moved_at + 20 {
+        acked.push(rx.recv().await.expect("writer running after the move"));
+    }
+    move_slot(&nodes, slot, away, home).await;
+    assert_eq!(slot_owner(&nodes, slot).await, home, "the slot moved back");
+    let back_at = acked.len();
+    while acked.len() < back_at + 20 {
+        acked.push(rx.recv().await.expect("writer running after the move back"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let result = writer.await.expect("join");
+    while let Ok(a) = rx.try_recv() {
+        acked.push(a);
+    }
+    assert!(
+        result.is_ok(),
+        "a save failed during resharding: {result:?}"
+    );
+    let fresh = h.open().await;
+    let list = fresh.list("moving").await.expect("list");
+    assert_eq!(
+        list.len(),
+        acked.len(),
+        "every acknowledged save, nothing else"
+    );
+    for (version, step) in &acked {
+        let cp = &list[(*version - 1) as usize];
+        assert_eq!(cp.version, *version);
+        let state: serde_json::Value = cp.state().expect("state");
+        assert_eq!(state, state_for("m", *step), "version {version}");
+    }
+}
