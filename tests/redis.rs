@@ -793,3 +793,163 @@ async fn cluster_resharding_under_a_writer_loses_nothing() {
         assert_eq!(state, state_for("m", *step), "version {version}");
     }
 }
+
+/// How the [`Proxy`] breaks the next connection that sends a script call (`EVALSHA`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Forward the call, then close the connection before its reply: the script ran, the
+    /// client does not know.
+    AfterRequest,
+    /// Close the connection without forwarding the call: the script never ran.
+    BeforeRequest,
+}
+
+/// A TCP proxy in front of a Redis server that cuts one connection on demand (one-shot).
+struct Proxy {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<Cut>>>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = Arc::new(std::sync::Mutex::new(None));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                Self::pipe(client, server, a.clone(), c.clone());
+            }
+        });
+        Proxy { port, armed, cuts }
+    }
+
+    /// Copies both ways on two threads; cuts the connection when armed and a script call passes.
+    fn pipe(
+        client: std::net::TcpStream,
+        server: std::net::TcpStream,
+        armed: Arc<std::sync::Mutex<Option<Cut>>>,
+        cuts: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::io::{Read, Write};
+        let severed = Arc::new(AtomicBool::new(false));
+        let (mut c_in, mut s_out) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        let (mut s_in, mut c_out) = (server, client);
+        let sev = severed.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = c_in.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = &buf[..n];
+                let is_script = chunk.windows(7).any(|w| w == b"EVALSHA");
+                let cut = if is_script {
+                    armed.lock().map(|mut a| a.take()).unwrap_or(None)
+                } else {
+                    None
+                };
+                if let Some(cut) = cut {
+                    sev.store(true, Ordering::SeqCst);
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                    if cut == Cut::AfterRequest {
+                        let _ = s_out.write_all(chunk);
+                        // Give the server time to run the script before the connection goes.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    let _ = c_in.shutdown(std::net::Shutdown::Both);
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                if s_out.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = s_in.read(&mut buf) {
+                if n == 0 || severed.load(Ordering::SeqCst) {
+                    break;
+                }
+                if c_out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = c_out.shutdown(std::net::Shutdown::Both);
+        });
+    }
+
+    fn arm(&self, cut: Cut) {
+        *self.armed.lock().expect("lock") = Some(cut);
+    }
+}
+
+/// The connection breaks while an append is in flight, after the server ran the script or
+/// before it saw it: either way the append returns Ok and its frames are in the log exactly
+/// once (the retry finds them instead of appending again, or appends them for the first time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_cut_off_midway_lands_exactly_once() {
+    let base = ckpt::testing::test_server_url(ckpt::testing::REDIS_URL_VAR);
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test server's port");
+    let proxy = Proxy::start(port);
+    let url = ckpt::testing::isolated_url(
+        &format!("redis://127.0.0.1:{}/0", proxy.port),
+        "timeout=20s",
+    );
+    let store = Store::open(&url).await.expect("open through the proxy");
+    let backend = store.backend().clone();
+    let mut expected: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut next = 1u64;
+    for (i, cut) in [
+        Cut::AfterRequest,
+        Cut::BeforeRequest,
+        Cut::AfterRequest,
+        Cut::BeforeRequest,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let frames = [format!("frame-{i}-a"), format!("frame-{i}-b")];
+        let append = part("cut", next, &[frames[0].as_str(), frames[1].as_str()]);
+        proxy.arm(cut);
+        if i < 2 {
+            backend
+                .append(vec![append])
+                .await
+                .expect("append across the cut");
+        } else {
+            // The pipelined path: a blob and the script in one round trip.
+            let blob = ([i as u8; 32], format!("blob-{i}").into_bytes());
+            backend
+                .append_with_blobs(vec![append], vec![blob.clone()])
+                .await
+                .expect("append with a blob across the cut");
+            assert_eq!(backend.get_blob(&blob.0).await.expect("blob"), Some(blob.1));
+        }
+        assert_eq!(
+            proxy.cuts.load(Ordering::SeqCst),
+            i + 1,
+            "the proxy cut the call"
+        );
+        for f in &frames {
+            expected.push((next, f.clone().into_bytes()));
+            next += 1;
+        }
+        assert_eq!(backend.scan("cut", 1, 100).await.expect("scan"), expected);
+        assert_eq!(backend.next_seq("cut").await.expect("next"), next);
+    }
+}
