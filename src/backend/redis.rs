@@ -38,13 +38,26 @@
 //!
 //! # Expiry (`ttl=`)
 //!
-//! With a TTL, each append (and `raise_next_seq`) re-arms `PEXPIRE ttl` on the log's two keys, so
-//! an execution disappears whole `ttl` after its last save. Blobs never expire: they are shared
+//! With a TTL, each append (and `raise_next_seq`) re-arms `PEXPIRE ttl` on the log's two keys in
+//! the same script, so an execution disappears whole (frames and next sequence number together)
+//! `ttl` after its last save; a save to it afterwards starts a new execution at version 1. Blobs never expire: they are shared
 //! between executions and a delta save does not touch the blobs its base snapshot references, so a
 //! per-blob TTL could expire a blob a live execution still needs. An expired execution's blobs
 //! become unreferenced instead and the next [`crate::Store::gc`] deletes them (gc lists the logs
 //! that still exist). So: after expiry no key of the execution remains; after the next gc no blob
 //! remains that only expired executions referenced; live executions are never affected.
+//!
+//! # Watching
+//!
+//! [`Backend::wait_for_append`] is `XREAD BLOCK <timeout> STREAMS <stream> <next_seq - 1>-1` on a
+//! connection of its own (never the shared one, which a blocking read would stall), taken from a
+//! small pool of idle ones: a save by any process or machine wakes the watcher at once.
+//!
+//! # Size
+//!
+//! [`Backend::stored_bytes`] is the sum of `MEMORY USAGE` over the store's keys (found with
+//! `SCAN`), so it includes Redis's per-key overhead; [`used_memory`] reads the server's whole
+//! `used_memory` (for benchmarks).
 //!
 //! # Failures
 //!
@@ -138,14 +151,9 @@ return 0
 /// Raises a log's next seq (never lowers it), creating the log. KEYS: stream, next. ARGV: the new
 /// next seq, the TTL in ms (0: none).
 const RAISE_LUA: &str = r"
-local cur = redis.call('GET', KEYS[2])
-local want = tonumber(ARGV[1])
-if cur == false or tonumber(cur) < want then
-  local v = want
-  if cur ~= false and tonumber(cur) > v then v = tonumber(cur) end
-  if cur == false and v < 1 then v = 1 end
-  redis.call('SET', KEYS[2], string.format('%d', v))
-end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local want = math.max(tonumber(ARGV[1]), 1)
+if cur < want then redis.call('SET', KEYS[2], string.format('%d', want)) end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
