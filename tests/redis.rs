@@ -953,3 +953,135 @@ async fn an_append_cut_off_midway_lands_exactly_once() {
         assert_eq!(backend.next_seq("cut").await.expect("next"), next);
     }
 }
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}); install it (apt-get install openssl)")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rediss://` with `tls_ca=PATH`: a server whose certificate a private CA signed is trusted
+/// through that CA and refused without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ckpt-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let port = free_port();
+    let port_arg = port.to_string();
+    let cert = d.join("server.pem");
+    let key = d.join("server.key");
+    let _server = Server(start_server(
+        d,
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--tls-cert-file",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key-file",
+            key.to_str().expect("utf-8 path"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    ));
+    let ca = d.join("ca.pem");
+    let url = format!(
+        "rediss://127.0.0.1:{port}/0?prefix=tls&timeout=5s&tls_ca={}",
+        ca.display()
+    );
+    let store = Store::open(&url).await.expect("open over TLS");
+    let saved = store
+        .save(Checkpoint::new("tls", "n", &state_for("tls", 1)).expect("cp"))
+        .await
+        .expect("save over TLS");
+    let loaded = Store::open(&url)
+        .await
+        .expect("reopen")
+        .load(&saved.id)
+        .await
+        .expect("load over TLS");
+    let state: serde_json::Value = loaded.state().expect("state");
+    assert_eq!(state, state_for("tls", 1));
+    let untrusted = Store::open(&format!("rediss://127.0.0.1:{port}/0?timeout=2s")).await;
+    assert!(
+        untrusted.is_err(),
+        "a certificate of an unknown CA is refused"
+    );
+    let e = Store::open(&format!(
+        "redis://127.0.0.1:{port}/0?tls_ca={}",
+        ca.display()
+    ))
+    .await
+    .expect_err("tls_ca without TLS");
+    assert!(matches!(e, Error::InvalidUrl { .. }), "{e}");
+}

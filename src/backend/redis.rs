@@ -72,7 +72,8 @@
 //!
 //! `prefix=NAME`, `ttl=DURATION`, `timeout=DURATION` (`500ms`, `30s`, `5m`, `24h`, `2d`; a bare
 //! number is seconds), `shard=store|execution`, `max_connections=N` (the most idle dedicated
-//! connections kept for blocking `watch` reads). [`ConnectOptions`] overrides the URL.
+//! connections kept for blocking `watch` reads), and for TLS URLs `tls_ca=PATH` (a PEM file of
+//! root certificates to trust instead of the system's). [`ConnectOptions`] overrides the URL.
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
@@ -108,7 +109,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The URL options this backend accepts, for error messages.
 const ACCEPTED: &str = "prefix=NAME, ttl=DURATION, timeout=DURATION, shard=store|execution, \
-                        max_connections=N (durations like 500ms, 30s, 5m, 24h, 2d)";
+                        max_connections=N, tls_ca=PATH (durations like 500ms, 30s, 5m, 24h, 2d)";
 
 /// The compare-and-append script. KEYS: per log part, its stream and next-seq keys. ARGV: the TTL
 /// in ms (0: none), then per part its expected seq, frame count and frames. Checks every part
@@ -179,6 +180,8 @@ struct Settings {
     timeout: Duration,
     shard: Shard,
     waiters: usize,
+    /// PEM root certificates to trust instead of the system's (`tls_ca=PATH`, TLS URLs only).
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The connection the backend shares between all calls.
@@ -647,16 +650,35 @@ impl RedisBackend {
 
 /// Connects the shared connection.
 async fn connect(parsed: &ParsedUrl, settings: &Settings) -> redis::RedisResult<Conn> {
+    let certs = match &settings.tls_ca {
+        Some(path) => Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path).map_err(|e| {
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read the tls_ca file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })?),
+        }),
+        None => None,
+    };
     if parsed.cluster {
-        let client = ClusterClientBuilder::new(parsed.driver_urls.clone())
+        let mut builder = ClusterClientBuilder::new(parsed.driver_urls.clone())
             .connection_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .response_timeout(settings.timeout)
-            .build()?;
+            .response_timeout(settings.timeout);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build()?;
         let conn = client.get_async_connection().await?;
         Ok(Conn::Cluster { client, conn })
     } else {
         let url = parsed.driver_urls.first().cloned().unwrap_or_default();
-        let client = Client::open(url)?;
+        let client = match certs {
+            Some(certs) => Client::build_with_tls(url, certs)?,
+            None => Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.min(Duration::from_secs(5))))
             .set_response_timeout(Some(settings.timeout))
@@ -848,6 +870,8 @@ fn backend_error(context: String, e: RedisError) -> Error {
 /// A Redis URL split into what the driver connects to and the options this backend reads.
 struct ParsedUrl {
     cluster: bool,
+    /// `rediss://` or `rediss+cluster://`.
+    tls: bool,
     /// One URL per node (one for a single server), without the query options; may hold a
     /// password, so never shown.
     driver_urls: Vec<String>,
@@ -903,6 +927,7 @@ impl ParsedUrl {
         };
         Ok(ParsedUrl {
             cluster,
+            tls,
             driver_urls,
             options,
             redacted: redact(full),
@@ -921,6 +946,7 @@ impl ParsedUrl {
             timeout: DEFAULT_TIMEOUT,
             shard: Shard::Store,
             waiters: DEFAULT_WAITERS,
+            tls_ca: None,
         };
         for (k, v) in &self.options {
             let bad = |what: &str| invalid(format!("{k} must be {what}, got {v:?}"));
@@ -943,6 +969,17 @@ impl ParsedUrl {
                         "execution" => Shard::Execution,
                         _ => return Err(bad("store or execution")),
                     }
+                }
+                "tls_ca" => {
+                    if !self.tls {
+                        return Err(invalid(
+                            "tls_ca is for TLS URLs (rediss:// or rediss+cluster://)".into(),
+                        ));
+                    }
+                    if v.is_empty() {
+                        return Err(bad("the path of a PEM file of root certificates"));
+                    }
+                    s.tls_ca = Some(v.into());
                 }
                 "max_connections" => {
                     s.waiters = v
