@@ -76,10 +76,10 @@
 //! root certificates to trust instead of the system's). [`ConnectOptions`] overrides the URL.
 
 use std::collections::hash_map::RandomState;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -216,6 +216,10 @@ pub struct RedisBackend {
     raise_script: Script,
     /// Idle dedicated connections for `wait_for_append`.
     waiters: Mutex<Vec<Waiter>>,
+    /// Per log, held (write) by this process's appends in flight; `next_seq` waits on it (read),
+    /// so a writer of this process does not read a tail that an append here is about to move and
+    /// build a save that is certain to conflict. Entries are removed when unused.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -249,6 +253,7 @@ impl RedisBackend {
             append_script: Script::new(APPEND_LUA),
             raise_script: Script::new(RAISE_LUA),
             waiters: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -300,6 +305,52 @@ impl RedisBackend {
         self.settings
             .ttl
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Marks the logs of `appends` as being appended to by this process until the guards drop.
+    async fn appending(
+        &self,
+        appends: &[LogAppend],
+    ) -> Vec<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        let logs: BTreeSet<&str> = appends.iter().map(|a| a.log.as_str()).collect();
+        let gates: Vec<_> = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            logs.iter()
+                .map(|log| map.entry((*log).to_owned()).or_default().clone())
+                .collect()
+        };
+        // In log order, so two multi-log appends cannot wait on each other.
+        let mut guards = Vec::with_capacity(gates.len());
+        for gate in gates {
+            guards.push(gate.write_owned().await);
+        }
+        guards
+    }
+
+    /// Releases what [`RedisBackend::appending`] took and forgets the logs nobody waits on.
+    fn appended(&self, guards: Vec<tokio::sync::OwnedRwLockWriteGuard<()>>) {
+        drop(guards);
+        let mut map = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, gate| Arc::strong_count(gate) > 1);
+    }
+
+    /// Waits until no append of this process to `log` is in flight.
+    async fn settled(&self, log: &str) {
+        let gate = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(log)
+            .cloned();
+        if let Some(gate) = gate {
+            drop(gate.read().await);
+        }
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the call's timeout has passed; transient
@@ -478,6 +529,42 @@ impl RedisBackend {
             maybe_applied |= is_ambiguous(&e);
             pause(attempt, deadline).await;
             attempt += 1;
+        }
+    }
+
+    /// [`Backend::append_with_blobs`] once the logs are marked in flight: on one server one
+    /// pipeline, on a Cluster the blobs first.
+    async fn append_blobs_first(
+        &self,
+        appends: &[LogAppend],
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+    ) -> Result<()> {
+        let Conn::Single { manager, .. } = &self.conn else {
+            self.put_blobs(blobs).await?;
+            return self.append_retrying(appends, false).await;
+        };
+        let first = tokio::time::timeout(
+            self.settings.timeout,
+            self.try_append_pipelined(manager, appends, &blobs),
+        )
+        .await;
+        match first {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some((part, actual)))) => Err(conflict(appends, part, actual)),
+            // The script was not loaded (a restarted server), or a transient failure: the blobs
+            // may be stored; do both again the slow way, remembering the append may have landed.
+            Ok(Err(e)) if is_transient(&e) || is_no_script(&e) => {
+                self.put_blobs(blobs).await?;
+                self.append_retrying(appends, is_ambiguous(&e)).await
+            }
+            Ok(Err(e)) => Err(backend_error(
+                format!("appending with {} blobs on {}", blobs.len(), self.url),
+                e,
+            )),
+            Err(_) => {
+                self.put_blobs(blobs).await?;
+                self.append_retrying(appends, true).await
+            }
         }
     }
 
@@ -1037,6 +1124,7 @@ impl Backend for RedisBackend {
     }
 
     async fn next_seq(&self, log: &str) -> Result<u64> {
+        self.settled(log).await;
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.next_key(log));
         let next: Option<u64> = self
@@ -1053,7 +1141,10 @@ impl Backend for RedisBackend {
             return Ok(());
         }
         self.check_one_slot(&appends)?;
-        self.append_retrying(&appends, false).await
+        let guards = self.appending(&appends).await;
+        let result = self.append_retrying(&appends, false).await;
+        self.appended(guards);
+        result
     }
 
     /// On one server, the blobs and the append go in one pipeline: one round trip and one
@@ -1068,33 +1159,10 @@ impl Backend for RedisBackend {
             return self.append(appends).await;
         }
         self.check_one_slot(&appends)?;
-        let Conn::Single { manager, .. } = &self.conn else {
-            self.put_blobs(blobs).await?;
-            return self.append_retrying(&appends, false).await;
-        };
-        let first = tokio::time::timeout(
-            self.settings.timeout,
-            self.try_append_pipelined(manager, &appends, &blobs),
-        )
-        .await;
-        match first {
-            Ok(Ok(None)) => Ok(()),
-            Ok(Ok(Some((part, actual)))) => Err(conflict(&appends, part, actual)),
-            // The script was not loaded (a restarted server), or a transient failure: the blobs
-            // may be stored; do both again the slow way, remembering the append may have landed.
-            Ok(Err(e)) if is_transient(&e) || is_no_script(&e) => {
-                self.put_blobs(blobs).await?;
-                self.append_retrying(&appends, is_ambiguous(&e)).await
-            }
-            Ok(Err(e)) => Err(backend_error(
-                format!("appending with {} blobs on {}", blobs.len(), self.url),
-                e,
-            )),
-            Err(_) => {
-                self.put_blobs(blobs).await?;
-                self.append_retrying(&appends, true).await
-            }
-        }
+        let guards = self.appending(&appends).await;
+        let result = self.append_blobs_first(&appends, blobs).await;
+        self.appended(guards);
+        result
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
