@@ -1085,3 +1085,58 @@ async fn tls_with_a_private_ca() {
     .expect_err("tls_ca without TLS");
     assert!(matches!(e, Error::InvalidUrl { .. }), "{e}");
 }
+
+/// A log saved with `ttl=` and then without loses its expiry on both keys (they never expire
+/// apart), and a stream left without its next-seq key (as a half-expired log would be) does not
+/// block the log's next first append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_all_or_nothing_per_log() {
+    let base = ckpt::testing::test_server_url(ckpt::testing::REDIS_URL_VAR);
+    let url = ckpt::testing::isolated_url(&base, "");
+    let prefix = prefix_of(&url);
+    let mut conn = raw(&url).await;
+    let pttl = |key: String| {
+        let mut c = conn.clone();
+        async move {
+            let t: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("PTTL");
+            t
+        }
+    };
+    let with_ttl = Store::open(&format!("{url}&ttl=1h")).await.expect("open");
+    with_ttl
+        .save(Checkpoint::new("mode", "n", &state_for("m", 0)).expect("cp"))
+        .await
+        .expect("save");
+    assert!(pttl(format!("{{{prefix}}}:mode:s")).await > 0);
+    assert!(pttl(format!("{{{prefix}}}:mode:n")).await > 0);
+    let without = Store::open(&url).await.expect("open");
+    without
+        .save(Checkpoint::new("mode", "n", &state_for("m", 1)).expect("cp"))
+        .await
+        .expect("save");
+    assert_eq!(pttl(format!("{{{prefix}}}:mode:s")).await, -1);
+    assert_eq!(pttl(format!("{{{prefix}}}:mode:n")).await, -1);
+
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{{{prefix}}}:stale:s"))
+        .arg("7-1")
+        .arg("f")
+        .arg("left over")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let backend = without.backend().clone();
+    assert_eq!(backend.next_seq("stale").await.expect("next"), 1);
+    backend
+        .append(vec![part("stale", 1, &["fresh"])])
+        .await
+        .expect("append over a stale stream");
+    assert_eq!(
+        backend.scan("stale", 1, 10).await.expect("scan"),
+        vec![(1, b"fresh".to_vec())]
+    );
+}

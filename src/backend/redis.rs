@@ -114,17 +114,24 @@ const ACCEPTED: &str = "prefix=NAME, ttl=DURATION, timeout=DURATION, shard=store
 /// The compare-and-append script. KEYS: per log part, its stream and next-seq keys. ARGV: the TTL
 /// in ms (0: none), then per part its expected seq, frame count and frames. Checks every part
 /// (a log appearing twice is checked against the state the earlier part leaves) before writing
-/// anything; returns 0, or `{part index (1-based), actual next seq}` on a conflict.
+/// anything; returns 0, or `{part index (1-based), actual next seq}` on a conflict. Both keys get
+/// the same expiry (or none), so they expire together and a store reopened without `ttl=` makes
+/// its logs permanent again.
 const APPEND_LUA: &str = r"
 local ttl = tonumber(ARGV[1])
 local parts = #KEYS / 2
 local nexts = {}
+local new_log = {}
 local plan = {}
 local pos = 2
 for i = 1, parts do
   local nkey = KEYS[2 * i]
   local cur = nexts[nkey]
-  if cur == nil then cur = tonumber(redis.call('GET', nkey) or '1') end
+  if cur == nil then
+    local stored = redis.call('GET', nkey)
+    new_log[nkey] = (stored == false)
+    cur = tonumber(stored or '1')
+  end
   local expected = tonumber(ARGV[pos])
   local count = tonumber(ARGV[pos + 1])
   if cur ~= expected then return {i, cur} end
@@ -136,13 +143,22 @@ for i = 1, parts do
   local p = plan[i]
   if p[2] > 0 then
     local skey = KEYS[2 * i - 1]
+    local nkey = KEYS[2 * i]
+    if new_log[nkey] then
+      -- No next-seq key: the log is new or expired; a stream left without one is stale.
+      redis.call('DEL', skey)
+      new_log[nkey] = false
+    end
     for j = 0, p[2] - 1 do
       redis.call('XADD', skey, string.format('%d-1', p[3] + j), 'f', ARGV[p[1] + j])
     end
-    redis.call('SET', KEYS[2 * i], string.format('%d', p[3] + p[2]))
+    redis.call('SET', nkey, string.format('%d', p[3] + p[2]))
     if ttl > 0 then
       redis.call('PEXPIRE', skey, ttl)
-      redis.call('PEXPIRE', KEYS[2 * i], ttl)
+      redis.call('PEXPIRE', nkey, ttl)
+    else
+      -- SET cleared the next-seq key's TTL; the stream must not keep one either.
+      redis.call('PERSIST', skey)
     end
   end
 end
@@ -152,13 +168,18 @@ return 0
 /// Raises a log's next seq (never lowers it), creating the log. KEYS: stream, next. ARGV: the new
 /// next seq, the TTL in ms (0: none).
 const RAISE_LUA: &str = r"
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local stored = redis.call('GET', KEYS[2])
+if stored == false then redis.call('DEL', KEYS[1]) end
+local cur = tonumber(stored or '0')
 local want = math.max(tonumber(ARGV[1]), 1)
 if cur < want then redis.call('SET', KEYS[2], string.format('%d', want)) end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
   if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+else
+  redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[1])
 end
 return 0
 ";
