@@ -530,7 +530,8 @@ impl RedisBackend {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = match tokio::time::timeout(remaining, self.try_append(appends)).await {
                 Ok(outcome) => outcome,
-                Err(_) => return Err(self.timed_out(&what())),
+                // The abandoned attempt may have reached the server.
+                Err(_) => return self.give_up(appends, true, self.timed_out(&what())).await,
             };
             let e = match outcome {
                 Ok(None) => return Ok(()),
@@ -544,13 +545,27 @@ impl RedisBackend {
                 }
                 Err(e) => e,
             };
-            if !is_transient(&e) || Instant::now() >= deadline {
-                return Err(backend_error(format!("{} on {}", what(), self.url), e));
-            }
             maybe_applied |= is_ambiguous(&e);
+            if !is_transient(&e) || Instant::now() >= deadline {
+                let err = backend_error(format!("{} on {}", what(), self.url), e);
+                return self.give_up(appends, maybe_applied, err).await;
+            }
             pause(attempt, deadline).await;
             attempt += 1;
         }
+    }
+
+    /// Ends a failed append with `err`, unless an attempt may have landed unheard and the log,
+    /// read once more (briefly), holds exactly its frames: a save that landed is not reported
+    /// as failed.
+    async fn give_up(&self, appends: &[LogAppend], maybe_applied: bool, err: Error) -> Result<()> {
+        if maybe_applied {
+            let grace = self.settings.timeout.min(Duration::from_secs(2));
+            if let Ok(Ok(true)) = tokio::time::timeout(grace, self.append_landed(appends)).await {
+                return Ok(());
+            }
+        }
+        Err(err)
     }
 
     /// [`Backend::append_with_blobs`] once the logs are marked in flight: on one server one
