@@ -40,12 +40,15 @@
 //!
 //! With a TTL, each append (and `raise_next_seq`) re-arms `PEXPIRE ttl` on the log's two keys in
 //! the same script, so an execution disappears whole (frames and next sequence number together)
-//! `ttl` after its last save; a save to it afterwards starts a new execution at version 1. Blobs never expire: they are shared
-//! between executions and a delta save does not touch the blobs its base snapshot references, so a
-//! per-blob TTL could expire a blob a live execution still needs. An expired execution's blobs
-//! become unreferenced instead and the next [`crate::Store::gc`] deletes them (gc lists the logs
-//! that still exist). So: after expiry no key of the execution remains; after the next gc no blob
-//! remains that only expired executions referenced; live executions are never affected.
+//! `ttl` after its last save; a save to it afterwards starts a new execution at version 1.
+//!
+//! Blobs never expire: they are shared between executions, and a delta save does not touch the
+//! blobs its base snapshot references, so a per-blob TTL could expire a blob a live execution
+//! still needs. An expired execution's blobs become unreferenced instead, and the next
+//! [`crate::Store::gc`] deletes them (gc only sees the logs that still exist). So: once expired,
+//! no key of the execution remains; after the next gc, no blob remains that only expired
+//! executions referenced; live executions never lose anything. Between the expiry and that gc,
+//! the expired execution's blobs still take memory.
 //!
 //! # Watching
 //!
@@ -64,9 +67,15 @@
 //! Transient errors (connection refused or dropped, timeouts, `MOVED`/`ASK`, `TRYAGAIN`,
 //! `CLUSTERDOWN`, `LOADING`, `BUSY`) are retried with exponential backoff and jitter until the
 //! call's `timeout` (default 30 s) has passed. An append whose outcome is unknown (the connection
-//! broke after the script was sent) is never applied twice: before retrying, the log is read
-//! back, and if it holds exactly this append's frames at the expected position the append
-//! succeeded. Errors and `Debug` output show the URL without its password.
+//! broke after the script was sent) is never applied twice: the retried script answers with a
+//! conflict if the first attempt landed, and the log is then read back: if it holds exactly this
+//! append's frames at the expected position, the append succeeded. A failed append leaves
+//! nothing half-visible (the script is atomic). Errors and `Debug` output show the URL without
+//! its password.
+//!
+//! Within one process, `next_seq` waits for appends to the same log that are in flight through
+//! this backend, so writers sharing it do not build saves on a tail about to move (which would
+//! only conflict).
 //!
 //! # URL options
 //!
