@@ -193,6 +193,46 @@ end
 return 0
 ";
 
+/// Longest `next_seq` waits for this process's appends in flight to the same log.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+
+/// One log's appends in flight in this process (see `RedisBackend::in_flight`).
+#[derive(Debug, Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn start(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    /// Returns once no append is in flight.
+    async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Ends one append in flight when dropped.
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.done.notify_waiters();
+    }
+}
+
 /// How a store's logs map to Cluster hash slots (see the [module documentation](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shard {
@@ -246,10 +286,12 @@ pub struct RedisBackend {
     raise_script: Script,
     /// Idle dedicated connections for `wait_for_append`.
     waiters: Mutex<Vec<Waiter>>,
-    /// Per log, held (write) by this process's appends in flight; `next_seq` waits on it (read),
-    /// so a writer of this process does not read a tail that an append here is about to move and
-    /// build a save that is certain to conflict. Entries are removed when unused.
-    in_flight: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Per log, this process's appends in flight; `next_seq` waits (briefly) until there are
+    /// none, so a writer of this process does not read a tail that an append here is about to
+    /// move and build a save that is certain to conflict. A counter and a notification, not a
+    /// lock: an append never waits on anything, so an idle reader (an unpolled watch) cannot
+    /// hold a writer up. Entries are removed when unused.
+    in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -337,13 +379,10 @@ impl RedisBackend {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Marks the logs of `appends` as being appended to by this process until the guards drop.
-    async fn appending(
-        &self,
-        appends: &[LogAppend],
-    ) -> Vec<tokio::sync::OwnedRwLockWriteGuard<()>> {
+    /// Counts the appends of this process to each log of `appends` while `op` runs.
+    async fn appending<T>(&self, appends: &[LogAppend], op: impl Future<Output = T>) -> T {
         let logs: BTreeSet<&str> = appends.iter().map(|a| a.log.as_str()).collect();
-        let gates: Vec<_> = {
+        let marks: Vec<Arc<InFlight>> = {
             let mut map = self
                 .in_flight
                 .lock()
@@ -352,34 +391,31 @@ impl RedisBackend {
                 .map(|log| map.entry((*log).to_owned()).or_default().clone())
                 .collect()
         };
-        // In log order, so two multi-log appends cannot wait on each other.
-        let mut guards = Vec::with_capacity(gates.len());
-        for gate in gates {
-            guards.push(gate.write_owned().await);
-        }
-        guards
-    }
-
-    /// Releases what [`RedisBackend::appending`] took and forgets the logs nobody waits on.
-    fn appended(&self, guards: Vec<tokio::sync::OwnedRwLockWriteGuard<()>>) {
-        drop(guards);
-        let mut map = self
-            .in_flight
+        // Decrements (and wakes waiters) even if `op` is cancelled.
+        let done = marks
+            .iter()
+            .map(|m| m.start())
+            .collect::<Vec<InFlightGuard<'_>>>();
+        let out = op.await;
+        drop(done);
+        drop(marks);
+        self.in_flight
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, gate| Arc::strong_count(gate) > 1);
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, m| Arc::strong_count(m) > 1);
+        out
     }
 
-    /// Waits until no append of this process to `log` is in flight.
+    /// Waits until no append of this process to `log` is in flight, or [`SETTLE_MAX`] passed.
     async fn settled(&self, log: &str) {
-        let gate = self
+        let mark = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(log)
             .cloned();
-        if let Some(gate) = gate {
-            drop(gate.read().await);
+        if let Some(mark) = mark {
+            let _ = tokio::time::timeout(SETTLE_MAX, mark.idle()).await;
         }
     }
 
@@ -1186,10 +1222,8 @@ impl Backend for RedisBackend {
             return Ok(());
         }
         self.check_one_slot(&appends)?;
-        let guards = self.appending(&appends).await;
-        let result = self.append_retrying(&appends, false).await;
-        self.appended(guards);
-        result
+        self.appending(&appends, self.append_retrying(&appends, false))
+            .await
     }
 
     /// On one server, the blobs and the append go in one pipeline: one round trip and one
@@ -1204,10 +1238,8 @@ impl Backend for RedisBackend {
             return self.append(appends).await;
         }
         self.check_one_slot(&appends)?;
-        let guards = self.appending(&appends).await;
-        let result = self.append_blobs_first(&appends, blobs).await;
-        self.appended(guards);
-        result
+        self.appending(&appends, self.append_blobs_first(&appends, blobs))
+            .await
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
