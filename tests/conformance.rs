@@ -30,3 +30,15 @@ ckpt::conformance_tests!(
     sqlite_encrypted,
     ckpt::testing::Encrypted::new("sqlite+key", ckpt::testing::SqliteHarness::new())
 );
+
+#[cfg(feature = "redis")]
+ckpt::conformance_tests!(redis, ckpt::testing::RedisHarness::new());
+
+#[cfg(feature = "redis")]
+ckpt::conformance_tests!(redis_cluster, ckpt::testing::RedisClusterHarness::new());
+
+#[cfg(feature = "redis")]
+ckpt::conformance_tests!(
+    redis_encrypted,
+    ckpt::testing::Encrypted::new("redis+key", ckpt::testing::RedisHarness::new())
+);

@@ -550,3 +550,30 @@ proptest! {
         run_blocking(&ckpt::testing::PostgresHarness::new(), &ops)?;
     }
 }
+
+/// The model on the Redis test servers: each case is many network round trips, so fewer cases
+/// (24) unless `CKPT_MODEL_CASES` asks for more.
+#[cfg(feature = "redis")]
+fn redis_config() -> ProptestConfig {
+    let explicit = std::env::var("CKPT_MODEL_CASES").is_ok();
+    let mut c = config();
+    if !explicit {
+        c.cases = 24;
+    }
+    c
+}
+
+#[cfg(feature = "redis")]
+proptest! {
+    #![proptest_config(redis_config())]
+
+    #[test]
+    fn redis_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_blocking(&ckpt::testing::RedisHarness::new(), &ops)?;
+    }
+
+    #[test]
+    fn redis_cluster_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_blocking(&ckpt::testing::RedisClusterHarness::new(), &ops)?;
+    }
+}

@@ -30,6 +30,8 @@ use async_trait::async_trait;
 use crate::error::Result;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sled")]
 pub mod sled;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

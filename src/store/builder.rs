@@ -189,6 +189,15 @@ async fn open_backend(url: StoreUrl, options: &ConnectOptions) -> Result<Arc<dyn
         )),
         #[cfg(not(feature = "postgres"))]
         StoreUrl::Postgres(url) => Err(not_built(&url.redacted(), "PostgreSQL", "postgres")),
+        #[cfg(feature = "redis")]
+        StoreUrl::Redis(url) => Ok(Arc::new(
+            crate::backend::redis::RedisBackend::connect(&url, false, options).await?,
+        )),
+        #[cfg(feature = "redis")]
+        StoreUrl::RedisCluster(url) => Ok(Arc::new(
+            crate::backend::redis::RedisBackend::connect(&url, true, options).await?,
+        )),
+        #[cfg(not(feature = "redis"))]
         StoreUrl::Redis(url) | StoreUrl::RedisCluster(url) => {
             Err(not_built(&url.redacted(), "Redis", "redis"))
         }

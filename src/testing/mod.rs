@@ -28,6 +28,8 @@
 
 mod elsewhere;
 mod helpers;
+#[cfg(feature = "redis")]
+mod redis;
 mod scenarios;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -40,6 +42,8 @@ use crate::backend::memory::MemoryBackend;
 use crate::Store;
 
 pub use elsewhere::Elsewhere;
+#[cfg(feature = "redis")]
+pub use redis::*;
 pub use scenarios::*;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::*;
