@@ -233,6 +233,26 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// Replaces entries of one stream in place (rekey). KEYS: the stream. ARGV: pairs of sequence
+/// number and new frame. A stream entry cannot be changed, and ids cannot go back, so the stream
+/// is rebuilt with the same ids (and expiry), the given frames replacing theirs; sequence numbers
+/// it does not hold are skipped. Returns how many entries were replaced.
+const REWRITE_LUA: &str = r"
+local repl = {}
+for i = 1, #ARGV, 2 do repl[ARGV[i] .. '-1'] = ARGV[i + 1] end
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+local n = 0
+for _, e in ipairs(entries) do if repl[e[1]] then n = n + 1 end end
+if n == 0 then return 0 end
+local pttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, e in ipairs(entries) do
+  redis.call('XADD', KEYS[1], e[1], 'f', repl[e[1]] or e[2][2])
+end
+if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end
+return n
+";
+
 /// How a store's logs map to Cluster hash slots (see the [module documentation](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shard {
@@ -284,6 +304,7 @@ pub struct RedisBackend {
     url: String,
     append_script: Script,
     raise_script: Script,
+    rewrite_script: Script,
     /// Idle dedicated connections for `wait_for_append`.
     waiters: Mutex<Vec<Waiter>>,
     /// Per log, this process's appends in flight; `next_seq` waits (briefly) until there are
@@ -324,6 +345,7 @@ impl RedisBackend {
             url: url.redacted(),
             append_script: Script::new(APPEND_LUA),
             raise_script: Script::new(RAISE_LUA),
+            rewrite_script: Script::new(REWRITE_LUA),
             waiters: Mutex::new(Vec::new()),
             in_flight: Mutex::new(HashMap::new()),
         })
@@ -377,6 +399,17 @@ impl RedisBackend {
         self.settings
             .ttl
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The expiry an append arms: none when it writes to one of the store's own logs (the gc
+    /// log, an encrypted store's descriptor), which must outlive any execution.
+    fn ttl_for(&self, appends: &[LogAppend]) -> u64 {
+        let own_log = |a: &LogAppend| !a.frames.is_empty() && a.log.starts_with('\u{1}');
+        if appends.iter().any(own_log) {
+            0
+        } else {
+            self.ttl_ms()
+        }
     }
 
     /// Counts the appends of this process to each log of `appends` while `op` runs.
@@ -528,7 +561,7 @@ impl RedisBackend {
     /// The appends as one script call: keys and arguments in the order `APPEND_LUA` reads them.
     fn append_invocation(&self, appends: &[LogAppend]) -> redis::ScriptInvocation<'_> {
         let mut inv = self.append_script.prepare_invoke();
-        inv.arg(self.ttl_ms());
+        inv.arg(self.ttl_for(appends));
         for a in appends {
             inv.key(self.stream_key(&a.log)).key(self.next_key(&a.log));
             inv.arg(a.expected_seq).arg(a.frames.len());
@@ -669,7 +702,7 @@ impl RedisBackend {
         for a in appends {
             eval.arg(self.stream_key(&a.log)).arg(self.next_key(&a.log));
         }
-        eval.arg(self.ttl_ms());
+        eval.arg(self.ttl_for(appends));
         for a in appends {
             eval.arg(a.expected_seq).arg(a.frames.len());
             for frame in &a.frames {
@@ -1395,6 +1428,53 @@ impl Backend for RedisBackend {
         let _: Vec<Value> = self
             .retrying(
                 || format!("deleting {} blobs", hashes.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn atomic_across_logs(&self) -> bool {
+        !(matches!(self.conn, Conn::Cluster { .. }) && self.settings.shard == Shard::Execution)
+    }
+
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.rewrite_script.prepare_invoke();
+        inv.key(self.stream_key(log));
+        for (seq, bytes) in &frames {
+            inv.arg(*seq).arg(bytes.as_slice());
+        }
+        let _: Value = self
+            .retrying(
+                || format!("rewriting frames of log {log:?}"),
+                || async {
+                    match &self.conn {
+                        Conn::Single { manager, .. } => {
+                            inv.invoke_async(&mut manager.clone()).await
+                        }
+                        Conn::Cluster { conn, .. } => inv.invoke_async(&mut conn.clone()).await,
+                    }
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let cmds: Vec<Cmd> = blobs
+            .iter()
+            .map(|(hash, bytes)| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.blob_key(hash)).arg(bytes.as_slice()).arg("XX");
+                cmd
+            })
+            .collect();
+        let _: Vec<Value> = self
+            .retrying(
+                || format!("rewriting {} blobs", blobs.len()),
                 || self.query_many(&cmds),
             )
             .await?;

@@ -48,6 +48,9 @@ const MAX_CHAIN: u32 = 100;
 const MIN_DELTA_BUDGET: u64 = 4096;
 /// How often a conflicting append is retried before the conflict is returned.
 const MAX_CONFLICT_RETRIES: u32 = 32;
+/// A plain save whose appends keep conflicting (many writers on one execution) retries at least
+/// [`MAX_CONFLICT_RETRIES`] times and for at least this long before it gives up.
+const CONFLICT_PATIENCE: Duration = Duration::from_secs(10);
 /// How often a save is prepared again because a gc elsewhere began before it landed; each time
 /// it first waits for that gc to end, so only back-to-back gc runs can use these up.
 const MAX_FENCE_RETRIES: u32 = 1000;
@@ -744,11 +747,15 @@ impl Store {
         }
         let mut fenced_off = 0;
         let mut attempt = 0;
+        let patient_until = std::time::Instant::now() + CONFLICT_PATIENCE;
+        let may_retry = |attempt: u32| {
+            attempt + 1 < MAX_CONFLICT_RETRIES || std::time::Instant::now() < patient_until
+        };
         // A projection this store keeps up to date is trusted for the first try: the
         // compare-and-append tells if the log moved, and saves it is current for skip a round trip.
         // (Not when the caller states what the latest must be: that is checked on a fresh view.)
         let mut trust_cache = matches!(expect, Expect::Any);
-        while attempt < MAX_CONFLICT_RETRIES {
+        loop {
             // Read before any blob is checked or written: see `reclaim`.
             let fence = self.gc_fence().await?;
             let unfenced = self.gc_position_unfenced().await?;
@@ -827,15 +834,17 @@ impl Store {
                 // The log moved since this store last looked: look, then decide.
                 Err(Error::Conflict { .. }) if trust_cache => trust_cache = false,
                 Err(Error::Conflict { .. })
-                    if matches!(expect, Expect::Any) && attempt + 1 < MAX_CONFLICT_RETRIES =>
+                    if matches!(expect, Expect::Any) && may_retry(attempt) =>
                 {
                     backoff(attempt).await;
                     attempt += 1;
                 }
+                Err(Error::Conflict { .. }) if matches!(expect, Expect::Any) => {
+                    return Err(self.gave_up(groups.keys().next().map_or("", String::as_str)))
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(self.gave_up(groups.keys().next().map_or("", String::as_str)))
     }
 
     /// Encodes the frames of one execution's pending saves on top of its current projection.
@@ -1321,6 +1330,20 @@ impl Store {
             }
         }
         Ok((out, next.max(from)))
+    }
+
+    /// The version of the first save of `exec` stamped at or after `since_us`, or the log's
+    /// tail if there is none.
+    pub(crate) async fn first_save_since(&self, exec: &str, since_us: u64) -> Result<u64> {
+        let idx = self.index(exec).await?;
+        let mut first = idx.next_seq;
+        for (version, entry) in idx.saves.iter().rev() {
+            if entry.header.timestamp_us < since_us {
+                break;
+            }
+            first = *version;
+        }
+        Ok(first)
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<(Arc<str>, u64)> {

@@ -33,6 +33,9 @@ struct State {
     cursor: Option<u64>,
     /// The log tail the store knew of when watching began, if it had looked at this execution.
     known_tail: Option<u64>,
+    /// When `watch()` was called (µs since the Unix epoch): with no known tail, the first poll
+    /// starts at the first save made since.
+    called_us: u64,
     pending: VecDeque<Checkpoint>,
     poll: Duration,
 }
@@ -43,6 +46,7 @@ impl Watch {
         let state = State {
             rx: store.subscribe(),
             known_tail: tail_now(&store, execution),
+            called_us: super::now_micros(),
             store,
             execution: execution.into(),
             cursor: None,
@@ -96,12 +100,17 @@ impl State {
     }
 
     /// Where watching began: the tail the store knew of at [`Store::watch`] (so saves in flight
-    /// then, or made by other writers before the first poll, are not missed), else the log's
-    /// tail at the first poll; earlier if this store saved in between.
+    /// then, or made by other writers before the first poll, are not missed), else (a network
+    /// backend, an execution this store had not looked at) the first save stamped at or after
+    /// the call, by the writers' clocks; earlier if this store saved in between.
     async fn start_cursor(&mut self) -> Result<u64> {
         let mut cursor = match self.known_tail {
             Some(tail) => tail,
-            None => self.store.backend().next_seq(&self.execution).await?,
+            None => {
+                self.store
+                    .first_save_since(&self.execution, self.called_us)
+                    .await?
+            }
         };
         while let Ok((exec, version)) = self.rx.try_recv() {
             if exec == self.execution {

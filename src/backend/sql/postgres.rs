@@ -93,8 +93,6 @@ pub struct PostgresBackend {
     /// Dropped with the backend, which stops the listener task.
     stop: watch::Sender<()>,
     turns: Turns,
-    /// The newest next sequence number seen per log (see [`Backend::next_seq`]).
-    tails: Tails,
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -166,59 +164,6 @@ impl Queries {
             list_blobs: format!("SELECT hash FROM {s}.blobs"),
             delete_blobs: format!("DELETE FROM {s}.blobs WHERE hash = ANY($1)"),
         }
-    }
-}
-
-/// The newest next sequence number this backend has seen per log (read, appended, or reported by
-/// a conflict). Sequence numbers only grow, so a value here is never ahead of the log.
-#[derive(Debug, Default)]
-struct Tails(std::sync::Mutex<std::collections::HashMap<String, u64>>);
-
-/// Most logs [`Tails`] remembers; beyond, it starts over (it is only a best-effort answer).
-const MAX_TAILS: usize = 10_000;
-
-impl Tails {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn saw(&self, log: &str, next: u64) {
-        let mut map = self.map();
-        if map.len() >= MAX_TAILS && !map.contains_key(log) {
-            map.clear();
-        }
-        let entry = map.entry(log.to_owned()).or_insert(next);
-        *entry = (*entry).max(next);
-    }
-
-    fn get(&self, log: &str) -> Option<u64> {
-        self.map().get(log).copied()
-    }
-}
-
-/// Resolves at its first poll: to the tail [`Tails`] has for `log` when the poller's waker cannot
-/// wake anyone (a null data pointer: a no-op waker, as `now_or_never` uses), since such a caller
-/// will not wait for a server's answer; to `None` otherwise.
-struct PeekIfPolledOnce<'a> {
-    tails: &'a Tails,
-    log: &'a str,
-}
-
-impl std::future::Future for PeekIfPolledOnce<'_> {
-    type Output = Option<u64>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<u64>> {
-        let polled_once = cx.waker().data().is_null();
-        std::task::Poll::Ready(if polled_once {
-            self.tails.get(self.log)
-        } else {
-            None
-        })
     }
 }
 
@@ -436,7 +381,6 @@ impl PostgresBackend {
             listener: OnceCell::new(),
             stop,
             turns: Turns::default(),
-            tails: Tails::default(),
         };
         backend.migrate().await?;
         Ok(backend)
@@ -772,18 +716,7 @@ impl Backend for PostgresBackend {
         NAME
     }
 
-    /// Read from the server, except for a caller that polls once with a waker that cannot wake
-    /// it (as [`crate::Store::watch`] does to learn where "now" is without waiting): it gets the
-    /// newest value this backend has seen, if any, which is never ahead of the log.
     async fn next_seq(&self, log: &str) -> Result<u64> {
-        if let Some(seen) = (PeekIfPolledOnce {
-            tails: &self.tails,
-            log,
-        })
-        .await
-        {
-            return Ok(seen);
-        }
         let next: Option<i64> = self
             .retry(&format!("reading the next sequence of log {log:?}"), || {
                 sqlx::query_scalar(&self.sql.next_seq)
@@ -791,9 +724,7 @@ impl Backend for PostgresBackend {
                     .fetch_optional(&self.pool)
             })
             .await?;
-        let next = from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))?;
-        self.tails.saw(log, next);
-        Ok(next)
+        from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))
     }
 
     async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
@@ -812,16 +743,6 @@ impl Backend for PostgresBackend {
         self.turns.wait_turn(logs.iter().map(String::as_str)).await;
         let result = self.append_call(&appends, blobs).await;
         record_turn(&self.turns, &logs, &result);
-        match &result {
-            Ok(()) => {
-                for a in &appends {
-                    self.tails
-                        .saw(&a.log, a.expected_seq + a.frames.len() as u64);
-                }
-            }
-            Err(Error::Conflict { log, actual, .. }) => self.tails.saw(log, *actual),
-            Err(_) => {}
-        }
         result
     }
 
