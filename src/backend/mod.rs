@@ -167,6 +167,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;
 
+    /// Whether [`Backend::append_with_blobs`] sends its blobs in the same round trip as the
+    /// append and skips blobs already stored on its own (`SET NX`, `ON CONFLICT DO NOTHING`).
+    /// The store then sends a save's few new blobs without first asking which are missing,
+    /// saving a round trip per save. Default false.
+    fn puts_blobs_with_append(&self) -> bool {
+        false
+    }
+
     /// Whether [`Backend::append`] is atomic across different logs, as the contract asks. A
     /// backend that can only make one log's append atomic (Redis Cluster: logs live in different
     /// hash slots) returns false and refuses multi-log appends; the store then cannot fence saves

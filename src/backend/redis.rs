@@ -1434,6 +1434,11 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
+    /// On one server, blobs go in the append's pipeline with `SET NX`.
+    fn puts_blobs_with_append(&self) -> bool {
+        matches!(self.conn, Conn::Single { .. })
+    }
+
     fn atomic_across_logs(&self) -> bool {
         !(matches!(self.conn, Conn::Cluster { .. }) && self.settings.shard == Shard::Execution)
     }

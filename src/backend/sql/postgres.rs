@@ -801,6 +801,11 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
+    /// `ckpt_append` inserts the blobs (`ON CONFLICT DO NOTHING`) in the same statement.
+    fn puts_blobs_with_append(&self) -> bool {
+        true
+    }
+
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
         let seqs: Vec<i64> = frames
             .iter()
