@@ -2,7 +2,7 @@
 //! files: a recognizable secret is saved, found by grepping the raw files, cleared, collected,
 //! compacted (`ckpt compact`, the real binary), and then found nowhere; what else the store
 //! holds still loads.
-#![cfg(feature = "sled")]
+#![cfg(all(feature = "sled", feature = "sqlite"))]
 
 use std::path::Path;
 use std::process::Command;
@@ -99,4 +99,42 @@ async fn clear_gc_and_compact_leave_no_trace_of_a_secret() {
         .save(Checkpoint::new("secret", "n", &json!({ "fresh": true })).unwrap())
         .await
         .unwrap();
+}
+
+/// SQLite overwrites deleted rows (`secure_delete`) and a flush empties its WAL: after clear, gc
+/// and flush, the file holds nothing of the secret; what else it holds still loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_clear_and_gc_leave_no_trace_of_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ckpt.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let kept = store
+        .save(Checkpoint::new("keep", "n", &json!({ "doc": "unrelated ".repeat(100) })).unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let state = json!({
+            "short": format!("{SECRET}-{i}"),
+            "long": format!("{SECRET} {}", "x".repeat(400 + i)),
+            "huge": format!("{SECRET} {}", "y".repeat(70_000 + i)),
+        });
+        store
+            .save(Checkpoint::new("secret", "n", &state).unwrap())
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    assert!(
+        !grep_dir(dir.path(), SECRET.as_bytes()).is_empty(),
+        "the grep does not find what is in the files"
+    );
+    store.clear("secret").await.unwrap();
+    store.gc().await.unwrap();
+    store.flush().await.unwrap();
+    let hits = grep_dir(dir.path(), SECRET.as_bytes());
+    assert!(hits.is_empty(), "the secret survives in {hits:?}");
+    assert_eq!(
+        store.load(&kept.id).await.unwrap().state_json().unwrap(),
+        kept.state_json().unwrap()
+    );
 }

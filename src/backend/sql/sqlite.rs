@@ -308,6 +308,9 @@ fn connect_options(path: &Path, sync: bool, timeout: Duration) -> SqliteConnectO
         .busy_timeout(timeout)
         // The WAL is emptied at each checkpoint past this size, so it does not keep its peak size.
         .pragma("journal_size_limit", "1048576")
+        // Deleted rows (cleared checkpoints, collected blobs) are overwritten, not left in free
+        // pages: after gc and a flush (which empties the WAL), nothing of them is in the files.
+        .pragma("secure_delete", "ON")
 }
 
 fn writer_gone(what: &str) -> Error {
