@@ -1,4 +1,12 @@
-//! Encryption at rest, attacked: wrong and missing keys, frames and chunks moved between places,
+#![cfg(all(
+    feature = "testing",
+    feature = "sled",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis"
+))]
+
+//! Encryption at rest, attacked on every backend: wrong and missing keys, frames and chunks moved between places,
 //! truncated ciphertext, plaintext injected into an encrypted store, key rotation, and the raw
 //! files of a sled store grepped for a secret.
 
@@ -6,10 +14,39 @@ use std::sync::Arc;
 
 use ckpt::backend::{Backend, LogAppend};
 use ckpt::crypto::Key;
+use ckpt::testing::{self, Harness};
 use ckpt::{Checkpoint, Error, Store};
 use serde_json::json;
 
 const SECRET: &str = "TOP-SECRET-LAUNCH-CODE-4f9a2c";
+
+/// Fresh storage on every backend of this build: the attacks run on each (the server backends
+/// need `scripts/servers.sh start`, and fail saying so without it).
+fn harnesses() -> Vec<Box<dyn Harness>> {
+    [
+        "memory",
+        "sled",
+        "sqlite",
+        "postgres",
+        "redis",
+        "redis-cluster",
+    ]
+    .into_iter()
+    .map(harnesses_like)
+    .collect()
+}
+
+/// A fresh harness of the kind `name`.
+fn harnesses_like(name: &str) -> Box<dyn Harness> {
+    match name {
+        "memory" => Box::new(testing::MemoryHarness::new()),
+        "sled" => Box::new(testing::SledHarness::new()),
+        "sqlite" => Box::new(testing::SqliteHarness::new()),
+        "postgres" => Box::new(testing::PostgresHarness::new()),
+        "redis" => Box::new(testing::RedisHarness::new()),
+        _ => Box::new(testing::RedisClusterHarness::new()),
+    }
+}
 
 fn secret_state(i: u64) -> serde_json::Value {
     // A long leaf (a blob) and a short one (inline in the frame), both carrying the secret.
@@ -64,9 +101,15 @@ async fn raw_append(backend: &Arc<dyn Backend>, log: &str, frame: Vec<u8>) -> u6
     seq
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_and_missing_keys_fail_closed() {
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!("wrong_and_missing_keys_fail_closed on {}", h.name());
+        wrong_and_missing_keys_fail_closed_on(h.open().await.backend().clone()).await;
+    }
+}
+
+async fn wrong_and_missing_keys_fail_closed_on(backend: Arc<dyn Backend>) {
     let key = Key::generate();
     let store = keyed(&backend, vec![key.clone()]);
     let saved = save(&store, "e", 1).await;
@@ -98,9 +141,21 @@ async fn wrong_and_missing_keys_fail_closed() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_moved_to_another_execution_or_position_do_not_open() {
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!(
+            "frames_moved_to_another_execution_or_position_do_not_open on {}",
+            h.name()
+        );
+        frames_moved_to_another_execution_or_position_do_not_open_on(
+            h.open().await.backend().clone(),
+        )
+        .await;
+    }
+}
+
+async fn frames_moved_to_another_execution_or_position_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
     save(&store, "alice", 1).await;
     save(&store, "bob", 1).await;
@@ -118,9 +173,15 @@ async fn frames_moved_to_another_execution_or_position_do_not_open() {
     assert_decrypt(fresh.list("alice").await, "authentication failed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_swapped_or_truncated_do_not_open() {
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!("chunks_swapped_or_truncated_do_not_open on {}", h.name());
+        chunks_swapped_or_truncated_do_not_open_on(h.open().await.backend().clone()).await;
+    }
+}
+
+async fn chunks_swapped_or_truncated_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
     let a = save(&store, "a", 1).await;
     save(&store, "b", 2).await;
@@ -165,9 +226,15 @@ async fn chunks_swapped_or_truncated_do_not_open() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_frames_do_not_open() {
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!("truncated_frames_do_not_open on {}", h.name());
+        truncated_frames_do_not_open_on(h.open().await.backend().clone()).await;
+    }
+}
+
+async fn truncated_frames_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
     save(&store, "t", 1).await;
     let (_, frame) = backend.scan("t", 1, 1).await.unwrap().remove(0);
@@ -180,9 +247,21 @@ async fn truncated_frames_do_not_open() {
     assert_decrypt(fresh.list("t2").await, "t2");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_injected_into_an_encrypted_store_is_refused() {
-    let plain_backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!(
+            "plaintext_injected_into_an_encrypted_store_is_refused on {}",
+            h.name()
+        );
+        let plain = h.open().await.backend().clone();
+        let other = harnesses_like(h.name());
+        let encrypted = other.open().await.backend().clone();
+        plaintext_injected_on(plain, encrypted).await;
+    }
+}
+
+async fn plaintext_injected_on(plain_backend: Arc<dyn Backend>, backend: Arc<dyn Backend>) {
     let plain = Store::with_backend(plain_backend.clone());
     save(&plain, "p", 1).await;
     let (_, plain_frame) = plain_backend.scan("p", 1, 1).await.unwrap().remove(0);
@@ -193,7 +272,6 @@ async fn plaintext_injected_into_an_encrypted_store_is_refused() {
         .unwrap()
         .unwrap();
 
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
     let store = keyed(&backend, vec![Key::generate()]);
     save(&store, "e", 1).await;
     raw_append(&backend, "injected", plain_frame).await;
@@ -274,9 +352,19 @@ async fn reopen(url: &str) -> Store {
     panic!("cannot reopen {url}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_writes_with_the_newest_and_reads_with_all() {
-    let backend: Arc<dyn Backend> = Store::memory().backend().clone();
+    for h in harnesses() {
+        eprintln!(
+            "key_rotation_writes_with_the_newest_and_reads_with_all on {}",
+            h.name()
+        );
+        key_rotation_writes_with_the_newest_and_reads_with_all_on(h.open().await.backend().clone())
+            .await;
+    }
+}
+
+async fn key_rotation_writes_with_the_newest_and_reads_with_all_on(backend: Arc<dyn Backend>) {
     let (k1, k2) = (Key::generate(), Key::generate());
     let old = save(&keyed(&backend, vec![k1.clone()]), "r", 1).await;
     let rotated = keyed(&backend, vec![k2.clone(), k1.clone()]);
