@@ -29,6 +29,28 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
     hits
 }
 
+/// Saves an unrelated execution `keep` (returned) and five checkpoints of `secret` holding the
+/// secret inline in the frame, as a blob and as a chunked leaf; flushes.
+async fn save_secrets(store: &Store) -> Checkpoint {
+    let kept = store
+        .save(Checkpoint::new("keep", "n", &json!({ "doc": "unrelated ".repeat(100) })).unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let state = json!({
+            "short": format!("{SECRET}-{i}"),
+            "long": format!("{SECRET} {}", "x".repeat(400 + i)),
+            "huge": format!("{SECRET} {}", "y".repeat(70_000 + i)),
+        });
+        store
+            .save(Checkpoint::new("secret", "n", &state).unwrap())
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    kept
+}
+
 async fn open(path: &str) -> Store {
     for _ in 0..100 {
         if let Ok(s) = Store::open(path).await {
@@ -45,23 +67,7 @@ async fn clear_gc_and_compact_leave_no_trace_of_a_secret() {
     let path = dir.path().join("store");
     let url = path.display().to_string();
     let store = open(&url).await;
-    let kept = store
-        .save(Checkpoint::new("keep", "n", &json!({ "doc": "unrelated ".repeat(100) })).unwrap())
-        .await
-        .unwrap();
-    for i in 0..5 {
-        let state = json!({
-            // Inline in the frame, and a blob, and a chunked leaf.
-            "short": format!("{SECRET}-{i}"),
-            "long": format!("{SECRET} {}", "x".repeat(400 + i)),
-            "huge": format!("{SECRET} {}", "y".repeat(70_000 + i)),
-        });
-        store
-            .save(Checkpoint::new("secret", "n", &state).unwrap())
-            .await
-            .unwrap();
-    }
-    store.flush().await.unwrap();
+    let kept = save_secrets(&store).await;
     assert!(
         !grep_dir(&path, SECRET.as_bytes()).is_empty(),
         "the grep does not find what is in the files"
@@ -108,22 +114,7 @@ async fn sqlite_clear_and_gc_leave_no_trace_of_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ckpt.db").display());
     let store = Store::open(&url).await.unwrap();
-    let kept = store
-        .save(Checkpoint::new("keep", "n", &json!({ "doc": "unrelated ".repeat(100) })).unwrap())
-        .await
-        .unwrap();
-    for i in 0..5 {
-        let state = json!({
-            "short": format!("{SECRET}-{i}"),
-            "long": format!("{SECRET} {}", "x".repeat(400 + i)),
-            "huge": format!("{SECRET} {}", "y".repeat(70_000 + i)),
-        });
-        store
-            .save(Checkpoint::new("secret", "n", &state).unwrap())
-            .await
-            .unwrap();
-    }
-    store.flush().await.unwrap();
+    let kept = save_secrets(&store).await;
     assert!(
         !grep_dir(dir.path(), SECRET.as_bytes()).is_empty(),
         "the grep does not find what is in the files"

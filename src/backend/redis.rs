@@ -395,6 +395,48 @@ impl RedisBackend {
         key
     }
 
+    /// `SET key value <condition>` for every blob, pipelined and retried: `NX` stores new ones
+    /// (idempotent puts), `XX` replaces existing ones (rekey).
+    async fn set_blobs(
+        &self,
+        blobs: &[(BlobHash, Vec<u8>)],
+        condition: &str,
+        doing: &str,
+    ) -> Result<()> {
+        let cmds: Vec<Cmd> = blobs
+            .iter()
+            .map(|(hash, bytes)| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.blob_key(hash))
+                    .arg(bytes.as_slice())
+                    .arg(condition);
+                cmd
+            })
+            .collect();
+        let _: Vec<Value> = self
+            .retrying(
+                || format!("{doing} {} blobs", blobs.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a prepared script on the shared connection (one server or Cluster), retried.
+    async fn run_script(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        what: impl Fn() -> String,
+    ) -> Result<Value> {
+        self.retrying(what, || async {
+            match &self.conn {
+                Conn::Single { manager, .. } => inv.invoke_async(&mut manager.clone()).await,
+                Conn::Cluster { conn, .. } => inv.invoke_async(&mut conn.clone()).await,
+            }
+        })
+        .await
+    }
+
     fn ttl_ms(&self) -> u64 {
         self.settings
             .ttl
@@ -1311,19 +1353,10 @@ impl Backend for RedisBackend {
             .key(self.next_key(log))
             .arg(next_seq)
             .arg(self.ttl_ms());
-        let _: Value = self
-            .retrying(
-                || format!("raising the next sequence number of log {log:?}"),
-                || async {
-                    match &self.conn {
-                        Conn::Single { manager, .. } => {
-                            inv.invoke_async(&mut manager.clone()).await
-                        }
-                        Conn::Cluster { conn, .. } => inv.invoke_async(&mut conn.clone()).await,
-                    }
-                },
-            )
-            .await?;
+        self.run_script(&inv, || {
+            format!("raising the next sequence number of log {log:?}")
+        })
+        .await?;
         Ok(())
     }
 
@@ -1342,21 +1375,7 @@ impl Backend for RedisBackend {
     }
 
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let cmds: Vec<Cmd> = blobs
-            .iter()
-            .map(|(hash, bytes)| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.blob_key(hash)).arg(bytes.as_slice()).arg("NX");
-                cmd
-            })
-            .collect();
-        let _: Vec<Value> = self
-            .retrying(
-                || format!("storing {} blobs", blobs.len()),
-                || self.query_many(&cmds),
-            )
-            .await?;
-        Ok(())
+        self.set_blobs(&blobs, "NX", "storing").await
     }
 
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
@@ -1452,38 +1471,13 @@ impl Backend for RedisBackend {
         for (seq, bytes) in &frames {
             inv.arg(*seq).arg(bytes.as_slice());
         }
-        let _: Value = self
-            .retrying(
-                || format!("rewriting frames of log {log:?}"),
-                || async {
-                    match &self.conn {
-                        Conn::Single { manager, .. } => {
-                            inv.invoke_async(&mut manager.clone()).await
-                        }
-                        Conn::Cluster { conn, .. } => inv.invoke_async(&mut conn.clone()).await,
-                    }
-                },
-            )
+        self.run_script(&inv, || format!("rewriting frames of log {log:?}"))
             .await?;
         Ok(())
     }
 
     async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let cmds: Vec<Cmd> = blobs
-            .iter()
-            .map(|(hash, bytes)| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.blob_key(hash)).arg(bytes.as_slice()).arg("XX");
-                cmd
-            })
-            .collect();
-        let _: Vec<Value> = self
-            .retrying(
-                || format!("rewriting {} blobs", blobs.len()),
-                || self.query_many(&cmds),
-            )
-            .await?;
-        Ok(())
+        self.set_blobs(&blobs, "XX", "rewriting").await
     }
 
     /// Nothing to do: an acknowledged write is as durable as the server's `appendfsync` makes it.
