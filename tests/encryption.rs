@@ -14,8 +14,11 @@ use std::sync::Arc;
 
 use ckpt::backend::{Backend, LogAppend};
 use ckpt::crypto::Key;
+mod common;
+
 use ckpt::testing::{self, Harness};
 use ckpt::{Checkpoint, Error, Store};
+use common::grep_dir;
 use serde_json::json;
 
 const SECRET: &str = "TOP-SECRET-LAUNCH-CODE-4f9a2c";
@@ -467,26 +470,10 @@ async fn raw_sled_files_of_an_encrypted_store_hold_no_secret() {
         store.flush().await.unwrap();
         drop(store);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let found = grep_dir(dir.path(), SECRET.as_bytes());
+        let found = !grep_dir(dir.path(), SECRET.as_bytes()).is_empty();
         assert_eq!(
             found, !encrypted,
             "encrypted={encrypted}: secret found={found}"
         );
     }
-}
-
-fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for entry in std::fs::read_dir(&p).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                return true;
-            }
-        }
-    }
-    false
 }

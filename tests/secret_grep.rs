@@ -4,30 +4,15 @@
 //! holds still loads.
 #![cfg(all(feature = "sled", feature = "sqlite"))]
 
-use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 use ckpt::{Checkpoint, Store};
+use common::grep_dir;
 use serde_json::json;
 
 const SECRET: &str = "PATIENT-RECORD-7731-do-not-keep";
-
-fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for entry in std::fs::read_dir(&p).unwrap() {
-                stack.push(entry.unwrap().path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
-}
 
 /// Saves an unrelated execution `keep` (returned) and five checkpoints of `secret` holding the
 /// secret inline in the frame, as a blob and as a chunked leaf; flushes.
