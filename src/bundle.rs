@@ -8,21 +8,30 @@
 //!   tag 1, log:   [name len u16 LE][name][first seq u64 LE][next seq u64 LE]
 //!   tag 2, frame: [name len u16 LE][name][seq u64 LE][frame bytes]
 //!   tag 3, blob:  [hash: 32 bytes][blob as stored]
+//!   tag 4, store: [store id: 16 bytes]   (format 2 only: first entry, exactly once)
 //! end    = [tag 0][len u32 LE = 40][entries u64 LE][blake3 of every byte before this entry]
 //! ```
 //! A frame's own checksum binds it to its execution and sequence number, and a blob is verified
 //! against its hash, so [`Bundle::decode`] checks the file as a whole and the store checks every
 //! piece again before writing it.
+//!
+//! A bundle exported from an encrypted store is format 2: its frames and blobs stay sealed as
+//! stored, and the store entry names the store they are bound to, so that a store holding one of
+//! the keys can open them on import (and seal them again for itself). Nothing in a sealed bundle
+//! is readable without a key.
 
 use crate::backend::BlobHash;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 11] = b"ckptbundle\0";
 const FORMAT: u8 = 1;
+/// The format of a bundle whose frames and blobs are sealed (it has a store entry).
+const FORMAT_SEALED: u8 = 2;
 const TAG_END: u8 = 0;
 const TAG_LOG: u8 = 1;
 const TAG_FRAME: u8 = 2;
 const TAG_BLOB: u8 = 3;
+const TAG_STORE: u8 = 4;
 
 /// One execution's log in a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +53,9 @@ pub struct Bundle {
     pub logs: Vec<BundleLog>,
     /// Blobs as stored, by hash.
     pub blobs: Vec<(BlobHash, Vec<u8>)>,
+    /// For a bundle exported from an encrypted store: that store's id, which its frames and
+    /// blobs are sealed to (`None`: they are plaintext).
+    pub sealed_for: Option<[u8; 16]>,
 }
 
 impl Bundle {
@@ -51,7 +63,10 @@ impl Bundle {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT);
+        out.push(match self.sealed_for {
+            Some(_) => FORMAT_SEALED,
+            None => FORMAT,
+        });
         let mut entries = 0u64;
         let mut entry = |out: &mut Vec<u8>, tag: u8, payload: &[u8]| {
             out.push(tag);
@@ -59,6 +74,9 @@ impl Bundle {
             out.extend_from_slice(payload);
             entries += 1;
         };
+        if let Some(id) = &self.sealed_for {
+            entry(&mut out, TAG_STORE, id);
+        }
         for log in &self.logs {
             let mut p = name_bytes(&log.name);
             p.extend_from_slice(&log.first_seq.to_le_bytes());
@@ -96,9 +114,9 @@ impl Bundle {
         let (&format, mut rest) = rest
             .split_first()
             .ok_or_else(|| corrupt("no format byte".into()))?;
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_SEALED {
             return Err(Error::InvalidInput(format!(
-                "bundle format {format} is not one this ckpt reads (1); upgrade ckpt"
+                "bundle format {format} is not one this ckpt reads (1, 2); upgrade ckpt"
             )));
         }
         let mut bundle = Bundle::default();
@@ -124,7 +142,19 @@ impl Bundle {
                     if !rest.is_empty() {
                         return Err(corrupt("bytes after the end entry".into()));
                     }
+                    if (format == FORMAT_SEALED) != bundle.sealed_for.is_some() {
+                        return Err(corrupt("the store entry does not match the format".into()));
+                    }
                     return Ok(bundle);
+                }
+                TAG_STORE => {
+                    if format != FORMAT_SEALED || entries != 0 {
+                        return Err(corrupt("a store entry out of place".into()));
+                    }
+                    let id: [u8; 16] = payload
+                        .try_into()
+                        .map_err(|_| corrupt("malformed store entry".into()))?;
+                    bundle.sealed_for = Some(id);
                 }
                 TAG_LOG => {
                     let (name, p) = take_name(payload).map_err(&corrupt)?;
@@ -223,7 +253,39 @@ mod tests {
                 },
             ],
             blobs: vec![([9; 32], b"blob".to_vec())],
+            sealed_for: None,
         }
+    }
+
+    #[test]
+    fn a_sealed_bundle_names_its_store() {
+        let sealed = Bundle {
+            sealed_for: Some([7; 16]),
+            ..sample()
+        };
+        let bytes = sealed.encode();
+        assert_eq!(bytes[MAGIC.len()], FORMAT_SEALED);
+        assert_eq!(Bundle::decode(&bytes).unwrap(), sealed);
+        assert_eq!(
+            Bundle::decode(&with_valid_checksum(bytes.clone())).unwrap(),
+            sealed
+        );
+        // The format byte and the store entry must agree, even with a valid checksum.
+        let mut plain_format = bytes.clone();
+        plain_format[MAGIC.len()] = FORMAT;
+        assert!(Bundle::decode(&with_valid_checksum(plain_format)).is_err());
+        let mut sealed_format = sample().encode();
+        sealed_format[MAGIC.len()] = FORMAT_SEALED;
+        assert!(Bundle::decode(&with_valid_checksum(sealed_format)).is_err());
+    }
+
+    /// `bytes` with its end entry's checksum recomputed (the end entry is the last 45 bytes).
+    fn with_valid_checksum(mut bytes: Vec<u8>) -> Vec<u8> {
+        let body = bytes.len() - 45;
+        let sum = blake3::hash(&bytes[..body]);
+        let at = bytes.len() - 32;
+        bytes[at..].copy_from_slice(sum.as_bytes());
+        bytes
     }
 
     #[test]

@@ -245,6 +245,17 @@ impl StoreCipher {
         self.ring.address_key()
     }
 
+    /// The id of the store this cipher seals for.
+    pub(crate) fn store_id(&self) -> [u8; 16] {
+        self.store_id
+    }
+
+    /// A cipher with the same keys for another store (`store_id`): opens what that store
+    /// sealed, when one of these keys sealed it.
+    pub(crate) fn for_store(&self, store_id: [u8; 16]) -> StoreCipher {
+        StoreCipher::new(self.ring.clone(), store_id)
+    }
+
     fn frame_aad(&self, log: &str, seq: u64) -> Vec<u8> {
         let mut aad = Vec::with_capacity(40 + log.len());
         aad.extend_from_slice(b"ckpt frame");

@@ -119,21 +119,10 @@ pub(crate) fn decode_in(
     }
 }
 
-/// The blob stored under `hash`, sealed again with `cipher`'s newest key; `None` when it
-/// already is. Verifies it first.
-pub(crate) fn reseal(
-    hash: &BlobHash,
-    stored: &[u8],
-    cipher: &StoreCipher,
-) -> Result<Option<Vec<u8>>> {
-    decode_in(hash, stored, Some(cipher))?;
-    if cipher.sealed_with_newest(&stored[1..]) {
-        return Ok(None);
-    }
-    let inner = cipher.open_blob(hash, &stored[1..])?;
-    let mut out = vec![FORMAT_SEALED];
-    out.extend_from_slice(&cipher.seal_blob(hash, &inner)?);
-    Ok(Some(out))
+/// Whether `stored` is sealed with `cipher`'s newest key. Says nothing about whether it opens:
+/// verify it with [`decode_in`].
+pub(crate) fn sealed_with_newest(stored: &[u8], cipher: &StoreCipher) -> bool {
+    stored.first() == Some(&FORMAT_SEALED) && cipher.sealed_with_newest(&stored[1..])
 }
 
 /// Decodes a stored blob and verifies it against `hash`; any mismatch is [`Error::Corrupt`].

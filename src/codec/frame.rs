@@ -284,25 +284,12 @@ fn checksum(log: &str, seq: u64, body: &[u8]) -> [u8; CHECKSUM_LEN] {
     out
 }
 
-/// The frame stored at `seq` of `log`, sealed again with `cipher`'s newest key; `None` when it
-/// already is (or is not sealed at all: store-internal logs). Verifies it first.
-pub(crate) fn reseal(
-    log: &str,
-    seq: u64,
-    frame: &[u8],
-    cipher: &StoreCipher,
-) -> Result<Option<Vec<u8>>> {
-    decode_in(log, seq, frame, Some(cipher))?;
-    let body = &frame[..frame.len() - CHECKSUM_LEN];
-    if cipher.sealed_with_newest(&body[2..]) {
-        return Ok(None);
-    }
-    let inner = cipher.open_frame(log, seq, &body[2..])?;
-    let mut out = vec![FORMAT, FLAG_SEALED];
-    out.extend_from_slice(&cipher.seal_frame(log, seq, &inner)?);
-    let sum = checksum(log, seq, &out);
-    out.extend_from_slice(&sum);
-    Ok(Some(out))
+/// Whether `frame` (as stored) is sealed with `cipher`'s newest key. Says nothing about whether
+/// it opens: verify it with [`decode_in`].
+pub(crate) fn sealed_with_newest(frame: &[u8], cipher: &StoreCipher) -> bool {
+    frame.len() > 2 + CHECKSUM_LEN
+        && frame[1] == FLAG_SEALED
+        && cipher.sealed_with_newest(&frame[2..frame.len() - CHECKSUM_LEN])
 }
 
 /// A verified, decompressed frame: its event, and a save's still-encoded body.

@@ -262,6 +262,51 @@ pub fn substitute(value: &Value, resolve: &dyn Fn(&BlobHash) -> Option<Value>) -
     })
 }
 
+/// `value` with every reference pointed at the blob `map` gives for it (the same kind of
+/// reference, another address); `None` when `map` has no address for one of them. Used when
+/// addresses change: moving state into an encrypted store, or re-keying one.
+pub fn remap_refs(value: &Value, map: &dyn Fn(Ref) -> Option<BlobHash>) -> Option<Value> {
+    Some(match value {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| remap_refs(v, map))
+                .collect::<Option<_>>()?,
+        ),
+        Value::Map(entries) => Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| Some((remap_refs(k, map)?, remap_refs(v, map)?)))
+                .collect::<Option<_>>()?,
+        ),
+        other => match as_ref(other) {
+            Some(r @ Ref::Leaf(_)) => reference(&map(r)?),
+            Some(r @ Ref::Chunked(_)) => Value::Ext(CHUNKED_EXT_TYPE, map(r)?.to_vec()),
+            None => other.clone(),
+        },
+    })
+}
+
+/// [`remap_refs`] over the values `ops` carry.
+pub fn remap_op_refs(ops: &[Op], map: &dyn Fn(Ref) -> Option<BlobHash>) -> Option<Vec<Op>> {
+    ops.iter()
+        .map(|op| {
+            Some(match op {
+                Op::Set(p, v) => Op::Set(p.clone(), remap_refs(v, map)?),
+                Op::Remove(p) => Op::Remove(p.clone()),
+                Op::Splice(p, keep, items) => Op::Splice(
+                    p.clone(),
+                    *keep,
+                    items
+                        .iter()
+                        .map(|v| remap_refs(v, map))
+                        .collect::<Option<_>>()?,
+                ),
+            })
+        })
+        .collect()
+}
+
 /// One change from a base state to the next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {

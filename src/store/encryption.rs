@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use super::reclaim::is_reserved_log;
+use super::reclaim::{is_reserved_log, DEFAULT_LEASE};
+use super::transcode::{BlobSource, Transcoder};
 use super::Store;
 use crate::backend::LogAppend;
 use crate::codec::frame::{self, Event, StoreDescriptor};
@@ -60,22 +61,31 @@ fn locked() -> Error {
     }
 }
 
-/// What [`Store::rekey`] re-sealed.
+/// What [`Store::rekey`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RekeyReport {
-    /// Frames sealed again with the newest key.
+    /// Frames sealed again with the newest key (and their blob references re-addressed).
     pub frames: u64,
-    /// Blobs sealed again with the newest key.
+    /// Blobs written again: sealed with the newest key, under addresses keyed with it.
     pub blobs: u64,
+    /// Blobs deleted afterwards: their old addresses, and blobs no frame referenced.
+    pub blobs_removed: u64,
 }
 
 impl Store {
     /// Seals everything again with the newest key (the one given to
-    /// [`crate::StoreBuilder::encryption`]); afterwards the older keys can be dropped. Open the
-    /// store with the new key first and the old ones after it (`?key_env=NEW,OLD`). Saves and gc,
-    /// here and in other processes, wait while it runs (it holds the gc log, see `reclaim`);
-    /// stop writers still configured with an old key as the writing key first. Interrupted, it
-    /// can simply run again. Chunk addresses stay as they were (keyed hashes under the old key).
+    /// [`crate::StoreBuilder::encryption`]) and moves every blob to the address that key gives
+    /// it, so that the store holds nothing sealed or addressed under an older key; afterwards
+    /// the older keys can be dropped (and whoever holds one can neither read the store nor test
+    /// guesses against its addresses). Open the store with the new key first and the old ones
+    /// after it (`?key_env=NEW,OLD`).
+    ///
+    /// Saves and gc, here and in other processes, wait while it runs (it holds the gc log, see
+    /// `reclaim`), and rebuild what they cached of the old addresses afterwards. Stop writers
+    /// still configured with an old key as the writing key first. A load elsewhere that read a
+    /// frame before it was rewritten may fail once while the old addresses are deleted at the
+    /// end; loading again succeeds. Interrupted, or past half its lease ([`Error::Busy`]), it
+    /// can simply run again: it carries on where it stopped.
     pub async fn rekey(&self) -> Result<RekeyReport> {
         let cipher = match self.crypto().await? {
             Crypto::Sealed(c) => c.clone(),
@@ -87,53 +97,86 @@ impl Store {
             Crypto::Locked => return Err(locked()),
         };
         let _exclusive = self.inner.gc_lock.write().await;
-        let begin = self.begin_gc(super::reclaim::DEFAULT_LEASE).await?;
-        let result = self.reseal_everything(&cipher).await;
+        let started = std::time::Instant::now();
+        let begin = self.begin_gc(DEFAULT_LEASE).await?;
+        let result = self.reseal_everything(&cipher, started).await;
+        self.forget_stored_states().await;
         let ended = self.end_gc(begin + 1).await;
         let report = result?;
         ended?;
         Ok(report)
     }
 
-    async fn reseal_everything(&self, cipher: &StoreCipher) -> Result<RekeyReport> {
-        let backend = &self.inner.backend;
+    async fn reseal_everything(
+        &self,
+        cipher: &StoreCipher,
+        started: std::time::Instant,
+    ) -> Result<RekeyReport> {
+        let backend = &*self.inner.backend;
+        let mut transcoder = Transcoder::new(Some(cipher), Some(cipher));
+        let source = BlobSource::Backend(backend);
         let mut report = RekeyReport::default();
         for log in self.execution_logs().await? {
             let mut from = 1;
             loop {
                 let page = backend.scan(&log, from, super::SCAN_PAGE).await?;
                 let Some(&(last, _)) = page.last() else { break };
-                let mut resealed = Vec::new();
-                for (seq, bytes) in &page {
-                    if let Some(new) = frame::reseal(&log, *seq, bytes, cipher)? {
-                        resealed.push((*seq, new));
+                // Blobs first, at their new addresses: a frame is only rewritten to point at
+                // blobs that are stored.
+                let refs = transcoder.refs(&log, &page)?;
+                let (mut moved, mut resealed) = (Vec::new(), Vec::new());
+                for b in transcoder.blobs(&refs, &source).await? {
+                    match (b.unchanged, b.hash == b.old) {
+                        (true, _) => {}
+                        (false, false) => moved.push((b.hash, b.stored)),
+                        (false, true) => resealed.push((b.hash, b.stored)),
                     }
                 }
-                report.frames += resealed.len() as u64;
+                report.blobs += (moved.len() + resealed.len()) as u64;
+                if !moved.is_empty() {
+                    backend.put_blobs(moved).await?;
+                }
                 if !resealed.is_empty() {
-                    backend.rewrite_frames(&log, resealed).await?;
+                    backend.rewrite_blobs(resealed).await?;
+                }
+                let mut rewritten = Vec::new();
+                for (seq, bytes) in &page {
+                    if let Some(new) = transcoder.frame(&log, *seq, bytes)? {
+                        rewritten.push((*seq, new));
+                    }
+                }
+                report.frames += rewritten.len() as u64;
+                if !rewritten.is_empty() {
+                    backend.rewrite_frames(&log, rewritten).await?;
                 }
                 from = last + 1;
             }
         }
-        let hashes = backend.list_blobs().await?;
-        for group in hashes.chunks(256) {
-            let mut resealed = Vec::new();
-            for hash in group {
-                let Some(stored) = backend.get_blob(hash).await? else {
-                    continue;
-                };
-                if let Some(new) = crate::codec::blob::reseal(hash, &stored, cipher)? {
-                    resealed.push((*hash, new));
-                }
-            }
-            report.blobs += resealed.len() as u64;
-            if !resealed.is_empty() {
-                backend.rewrite_blobs(resealed).await?;
-            }
-        }
         self.reseal_descriptor(cipher).await?;
         backend.flush().await?;
+        // Every frame now points at the new addresses; what else is stored is stale. Deleting
+        // is safe while this rekey's gc mark fences writers off, which it does until half its
+        // lease (as for gc).
+        let live = transcoder.new_addresses();
+        let stale: Vec<_> = backend
+            .list_blobs()
+            .await?
+            .into_iter()
+            .filter(|h| !live.contains(h))
+            .collect();
+        if started.elapsed() > DEFAULT_LEASE / 2 {
+            return Err(Error::Busy {
+                what: format!(
+                    "rekey ran longer than half its lease ({} s): everything is re-sealed but \
+                     {} blobs under old addresses were not deleted; run rekey again",
+                    DEFAULT_LEASE.as_secs(),
+                    stale.len()
+                ),
+            });
+        }
+        backend.delete_blobs(&stale).await?;
+        backend.flush().await?;
+        report.blobs_removed = stale.len() as u64;
         Ok(report)
     }
 

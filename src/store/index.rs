@@ -73,6 +73,10 @@ pub(crate) struct ExecIndex {
     pub live_count: usize,
     /// The state of the newest save (live or not), which the next save is diffed against.
     pub newest_state: Option<CachedState>,
+    /// The gc log position under which `newest_state`'s stored form (its blob addresses) was
+    /// known to be current; 0 when unknown. A rekey moves blobs to new addresses, so a save
+    /// under another position rebuilds the state from the log before writing from it.
+    pub stored_epoch: u64,
     /// Whether the projection has been brought up to the log's tail at least once (a save may
     /// then skip asking for the tail: its compare-and-append finds out if the log moved).
     pub synced: bool,
@@ -86,6 +90,7 @@ impl ExecIndex {
             saves: BTreeMap::new(),
             live_count: 0,
             newest_state: None,
+            stored_epoch: 0,
             synced: false,
         }
     }

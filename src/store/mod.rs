@@ -15,6 +15,7 @@ mod encryption;
 mod index;
 mod reclaim;
 mod retention;
+mod transcode;
 mod transfer;
 mod watch;
 
@@ -654,6 +655,19 @@ impl Store {
     }
 
     /// gc's work, between its begin and end marks.
+    /// Drops every cached stored form (states holding blob addresses) of this store's
+    /// executions: after a rekey moved blobs, a snapshot written from one would point at
+    /// addresses that no longer exist.
+    async fn forget_stored_states(&self) {
+        let handles: Vec<_> = match self.inner.executions.lock() {
+            Ok(map) => map.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for handle in handles {
+            handle.lock().await.newest_state = None;
+        }
+    }
+
     async fn collect_garbage(
         &self,
         started: std::time::Instant,
@@ -765,6 +779,13 @@ impl Store {
             // Read before any blob is checked or written: see `reclaim`.
             let fence = self.gc_fence().await?;
             let unfenced = self.gc_position_unfenced().await?;
+            let epoch = fence.as_ref().map(|f| f.expected_seq).or(unfenced);
+            for idx in guards.iter_mut() {
+                if epoch != Some(idx.stored_epoch) {
+                    // Built before a gc or rekey may have moved its blobs: rebuild from the log.
+                    idx.newest_state = None;
+                }
+            }
             let mut prepared = Vec::with_capacity(groups.len());
             let mut lifted = tree::Lifting::keyed(cipher.map(|c| c.address_key()));
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
@@ -827,6 +848,7 @@ impl Store {
                         }
                         idx.next_seq = tail;
                         idx.newest_state = p.newest_state;
+                        idx.stored_epoch = epoch.unwrap_or(0);
                         self.note_tail(idx);
                     }
                     out.sort_by_key(|(i, _)| *i);
@@ -1154,6 +1176,10 @@ impl Store {
         };
         if idx.newest_save().is_some_and(|(v, _)| v == version) {
             idx.newest_state = Some(state.clone());
+            idx.stored_epoch = self
+                .inner
+                .gc_next
+                .load(std::sync::atomic::Ordering::Acquire);
         }
         Ok(state)
     }

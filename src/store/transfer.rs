@@ -1,15 +1,23 @@
 //! Moving executions between stores: [`Store::export`] bundles them exactly as stored, and
 //! [`Store::import`] writes a bundle into another store (any backend) with the same execution
 //! ids, versions, timestamps, parents and metadata, after verifying every piece.
+//! [`Store::copy_to`] does both between two open stores.
+//!
+//! Encrypted stores take part: an encrypted store's bundle stays sealed (to that store), and a
+//! store importing state that is not sealed for it (a plaintext bundle, or another store's)
+//! opens it and writes it as if it had been saved there (see `transcode`). State never leaves
+//! encryption this way: an encrypted bundle is refused by a plaintext store.
 
 use std::collections::HashSet;
 
+use super::transcode::{BlobSource, Transcoder};
 use super::{reclaim, Store};
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
 use crate::checkpoint::validate_execution_id;
 use crate::codec::frame::{self, Body};
 use crate::codec::{blob, tree};
+use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
 
 /// Frames appended per backend call on import.
@@ -31,11 +39,17 @@ pub struct ImportReport {
 impl Store {
     /// Bundles executions exactly as stored: every frame of their logs and every blob those
     /// frames reference (with the chunks of chunked leaves). An execution with no log here is
-    /// [`Error::NotFound`].
+    /// [`Error::NotFound`]. From an encrypted store the bundle stays sealed
+    /// ([`Bundle::sealed_for`]): only a store holding one of its keys can import it.
     pub async fn export(&self, executions: &[String]) -> Result<Bundle> {
-        self.refuse_if_encrypted("export from").await?;
+        let crypto = self.crypto().await?;
+        crypto.check_writable()?;
+        let cipher = crypto.cipher();
         let backend = self.backend();
-        let mut bundle = Bundle::default();
+        let mut bundle = Bundle {
+            sealed_for: cipher.map(|c| c.store_id()),
+            ..Bundle::default()
+        };
         let mut refs = HashSet::new();
         for exec in executions {
             validate_execution_id(exec)?;
@@ -45,7 +59,7 @@ impl Store {
             }
             let frames = self.scan_range(exec, 1, next_seq).await?;
             for (seq, bytes) in &frames {
-                let decoded = frame::decode(exec, *seq, bytes)?;
+                let decoded = frame::decode_in(exec, *seq, bytes, cipher)?;
                 if let frame::Event::Save(header) = &decoded.event {
                     match frame::decode_body(exec, *seq, header, &decoded.body)? {
                         Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
@@ -85,9 +99,79 @@ impl Store {
     /// parents and metadata. Every frame checksum and blob hash is verified before anything is
     /// written; an execution that already has frames here is refused
     /// ([`Error::InvalidInput`]), so nothing stored is overwritten.
+    ///
+    /// Into an encrypted store, a plaintext bundle is sealed on the way in, and another
+    /// encrypted store's bundle is opened with this store's keys (open it with the source's key
+    /// among its decryption keys) and sealed again for this one; chunk addresses are recomputed
+    /// as this store computes them. A plaintext store refuses an encrypted bundle.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use ckpt::{crypto::Key, Checkpoint, Store};
+    /// let plain = Store::open("memory://").await?;
+    /// plain.save(Checkpoint::new("run-1", "start", &serde_json::json!({"step": 1}))?).await?;
+    /// let bundle = plain.export(&["run-1".to_string()]).await?;
+    ///
+    /// let encrypted = Store::builder("memory://").encryption(Key::generate()).open().await?;
+    /// encrypted.import(&bundle).await?;
+    /// let cp = encrypted.load_latest("run-1").await?.expect("imported");
+    /// assert_eq!(cp.state_json()?, serde_json::json!({"step": 1}));
+    /// // The encrypted store's own export stays sealed.
+    /// assert!(encrypted.export(&["run-1".to_string()]).await?.sealed_for.is_some());
+    /// # Ok::<(), ckpt::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn import(&self, bundle: &Bundle) -> Result<ImportReport> {
-        self.refuse_if_encrypted("import into").await?;
-        verify_bundle(bundle)?;
+        let from = match (bundle.sealed_for, self.crypto().await?.cipher()) {
+            (Some(id), Some(own)) => Some(own.for_store(id)),
+            _ => None,
+        };
+        self.import_from(bundle, from.as_ref()).await
+    }
+
+    /// Copies executions from this store into `target` (any backend), as
+    /// [`Store::export`] then [`Store::import`] would, except that the target needs none of
+    /// this store's keys: what is sealed here is opened here and sealed again for the target.
+    /// An encrypted source refuses a plaintext target.
+    pub async fn copy_to(&self, target: &Store, executions: &[String]) -> Result<ImportReport> {
+        let bundle = self.export(executions).await?;
+        let from = self.crypto().await?.cipher();
+        target.import_from(&bundle, from).await
+    }
+
+    /// Imports `bundle`, whose frames and blobs `from` opens (`None`: plaintext).
+    async fn import_from(
+        &self,
+        bundle: &Bundle,
+        from: Option<&StoreCipher>,
+    ) -> Result<ImportReport> {
+        let crypto = self.crypto().await?;
+        crypto.check_writable()?;
+        match (bundle.sealed_for, crypto.cipher()) {
+            (None, None) => self.write_bundle(bundle, None).await,
+            (Some(_), None) => Err(Error::InvalidInput(
+                "the executions come from an encrypted store and this store is not encrypted:                  ckpt does not decrypt state into plaintext. Import into a store opened with a                  key (a new store opened with a key becomes encrypted)"
+                    .into(),
+            )),
+            (Some(_), Some(_)) if from.is_none() => Err(Error::Decrypt {
+                location: "the bundle".into(),
+                key_id: "?".into(),
+                reason: "sealed by an encrypted store, and no key was given to open it".into(),
+            }),
+            (_, Some(to)) => {
+                let sealed = transcode(bundle, from, to).await?;
+                self.write_bundle(&sealed, Some(to)).await
+            }
+        }
+    }
+
+    /// Writes a bundle sealed for this store (or plaintext, for a plaintext store).
+    async fn write_bundle(
+        &self,
+        bundle: &Bundle,
+        cipher: Option<&StoreCipher>,
+    ) -> Result<ImportReport> {
+        verify_bundle(bundle, cipher)?;
         let backend = self.backend();
         for log in &bundle.logs {
             let here = backend.next_seq(&log.name).await?;
@@ -144,17 +228,6 @@ impl Store {
 }
 
 impl Store {
-    /// Bundles carry frames byte for byte, and an encrypted store's frames are bound to it.
-    async fn refuse_if_encrypted(&self, what: &str) -> Result<()> {
-        if matches!(self.crypto().await?, super::encryption::Crypto::Plain) {
-            return Ok(());
-        }
-        Err(Error::InvalidInput(format!(
-            "{what} an encrypted store is not supported yet: a bundle keeps frames byte for byte, \
-             and an encrypted store's frames only open in the store that wrote them"
-        )))
-    }
-
     /// Puts the bundle's blobs the backend does not have; returns how many.
     async fn put_missing_blobs(&self, bundle: &Bundle) -> Result<u64> {
         let backend = self.backend();
@@ -172,9 +245,65 @@ impl Store {
     }
 }
 
-/// Checks a bundle before any of it is written: frames verify at their place and follow each
-/// other without gaps, blobs match their hashes.
-fn verify_bundle(bundle: &Bundle) -> Result<()> {
+/// `bundle`, opened with `from`, as the store `to` seals it: every frame sealed for its place
+/// there and every blob under the address it computes (see `transcode`).
+async fn transcode(
+    bundle: &Bundle,
+    from: Option<&StoreCipher>,
+    to: &StoreCipher,
+) -> Result<Bundle> {
+    verify_sequences(bundle)?;
+    let mut transcoder = Transcoder::new(from, Some(to));
+    let source = BlobSource::Bundle(
+        bundle
+            .blobs
+            .iter()
+            .map(|(h, b)| (*h, b.as_slice()))
+            .collect(),
+    );
+    let mut out = Bundle {
+        sealed_for: Some(to.store_id()),
+        ..Bundle::default()
+    };
+    for log in &bundle.logs {
+        let refs = transcoder.refs(&log.name, &log.frames)?;
+        for b in transcoder.blobs(&refs, &source).await? {
+            out.blobs.push((b.hash, b.stored));
+        }
+        let mut frames = Vec::with_capacity(log.frames.len());
+        for (seq, bytes) in &log.frames {
+            let sealed = transcoder.frame(&log.name, *seq, bytes)?;
+            frames.push((*seq, sealed.unwrap_or_else(|| bytes.clone())));
+        }
+        out.logs.push(BundleLog {
+            name: log.name.clone(),
+            first_seq: log.first_seq,
+            next_seq: log.next_seq,
+            frames,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a bundle before any of it is written: frames verify at their place (opened with
+/// `cipher` in an encrypted store) and follow each other without gaps, blobs verify under
+/// their hashes.
+fn verify_bundle(bundle: &Bundle, cipher: Option<&StoreCipher>) -> Result<()> {
+    verify_sequences(bundle)?;
+    for log in &bundle.logs {
+        for (seq, bytes) in &log.frames {
+            frame::decode_in(&log.name, *seq, bytes, cipher)?;
+        }
+    }
+    for (hash, stored) in &bundle.blobs {
+        blob::decode_in(hash, stored, cipher)?;
+    }
+    Ok(())
+}
+
+/// Checks that each log appears once and its frames follow each other without gaps, below its
+/// high-water mark.
+fn verify_sequences(bundle: &Bundle) -> Result<()> {
     let mut names = HashSet::new();
     for log in &bundle.logs {
         if !names.insert(&log.name) {
@@ -184,7 +313,7 @@ fn verify_bundle(bundle: &Bundle) -> Result<()> {
             ));
         }
         let mut expected = log.first_seq;
-        for (seq, bytes) in &log.frames {
+        for (seq, _) in &log.frames {
             if *seq != expected {
                 return Err(Error::corrupt(
                     "bundle",
@@ -194,7 +323,6 @@ fn verify_bundle(bundle: &Bundle) -> Result<()> {
                     ),
                 ));
             }
-            frame::decode(&log.name, *seq, bytes)?;
             expected += 1;
         }
         if expected > log.next_seq || log.first_seq == 0 {
@@ -206,9 +334,6 @@ fn verify_bundle(bundle: &Bundle) -> Result<()> {
                 ),
             ));
         }
-    }
-    for (hash, stored) in &bundle.blobs {
-        blob::decode(hash, stored)?;
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The scenarios of the conformance suite: one `pub async fn` each, taking the [`Harness`] to run
 //! on. Each panics, naming the harness and what differed, when the store does not behave.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Debug};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -3001,7 +3002,9 @@ pub async fn retention_keeps_what_it_must(h: &dyn Harness) {
 
 /// Key rotation on this backend: a store sealed with one key is opened with a new key before
 /// it, rekeyed, and then opens with the new key alone (every live checkpoint exactly as saved)
-/// and not with the old one.
+/// and not with the old one; no blob keeps an address keyed under the old key. A writer that
+/// cached a state before the rekey (its blob addresses now gone) writes a correct snapshot
+/// from it afterwards: it rebuilds what it cached.
 pub async fn rekey_reseals_everything_in_place(h: &dyn Harness) {
     use crate::crypto::Key;
     let name = h.name();
@@ -3012,13 +3015,67 @@ pub async fn rekey_reseals_everything_in_place(h: &dyn Harness) {
     live.extend(save_blobs(&old, "rk-b", 2).await);
     must(old.delete(&live[0].id).await, "delete");
     live.remove(0);
+    // A state with a long leaf (a blob) and many small fields, saved under k1; a writer that
+    // already has k2 first caches it by saving a small change.
+    let counters = |n: u64| -> serde_json::Value {
+        (0..500)
+            .map(|i| (format!("k{i:03}"), json!(n * 1000 + i)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let long = text("rk-c", 1, 2_000);
+    let first = json!({"long": long, "n": counters(0)});
+    must(
+        old.save(must(Checkpoint::new("rk-c", "n", &first), "cp"))
+            .await,
+        "save rk-c",
+    );
+    let writer = Store::with_backend_and_keys(backend.clone(), vec![k2.clone(), k1.clone()]);
+    let mut small = first.clone();
+    small["n"]["k000"] = json!(-1);
+    must(
+        writer
+            .save(must(Checkpoint::new("rk-c", "n", &small), "cp"))
+            .await,
+        "save rk-c",
+    );
+    let before: HashSet<_> = must(backend.list_blobs().await, "list_blobs")
+        .into_iter()
+        .collect();
+
     let rotated = Store::with_backend_and_keys(backend.clone(), vec![k2.clone(), k1.clone()]);
     let report = must(rotated.rekey().await, "rekey");
     assert!(
-        report.frames >= 6 && report.blobs >= 1,
+        report.frames >= 8 && report.blobs >= before.len() as u64,
         "[{name}] rekey re-sealed {report:?}"
     );
+    let after = must(backend.list_blobs().await, "list_blobs");
+    assert!(
+        after.iter().all(|h| !before.contains(h)) && report.blobs_removed >= before.len() as u64,
+        "[{name}] blobs kept addresses keyed under the old key: {report:?}"
+    );
+    // Every counter changes: the delta outgrows its budget, so the writer stores a snapshot
+    // built from its cached state.
+    let big_change = json!({"long": long, "n": counters(1)});
+    let snapshot = must(
+        writer
+            .save(must(Checkpoint::new("rk-c", "n", &big_change), "cp"))
+            .await,
+        "save after rekey",
+    );
     let new_only = Store::with_backend_and_keys(backend.clone(), vec![k2]);
+    let frame = must(backend.scan("rk-c", snapshot.version, 1).await, "scan");
+    let cipher = must(new_only.crypto().await, "crypto").cipher().cloned();
+    let decoded = must(
+        crate::codec::frame::decode_in("rk-c", snapshot.version, &frame[0].1, cipher.as_ref()),
+        "decode",
+    );
+    assert!(
+        matches!(decoded.event, crate::codec::frame::Event::Save(ref h) if h.delta_base.is_none()),
+        "[{name}] the writer stored a delta, not the snapshot this checks"
+    );
+    live.push(snapshot);
+
     for cp in &live {
         assert_cp_eq(
             &must(new_only.load(&cp.id).await, "load with the new key"),
@@ -3082,18 +3139,13 @@ pub async fn growing_long_strings_cost_what_changed(h: &dyn Harness) {
 /// Export to a bundle file's bytes and import into a store on another backend (and back) keeps
 /// every checkpoint exactly: ids, versions, timestamps, parents, metadata and states, including
 /// a log that gc truncated; importing an execution that exists is refused and changes nothing.
+/// An encrypted store's bundle stays sealed: another store with its key imports it, a
+/// plaintext store refuses it. Copying into a store with a key of its own re-seals and
+/// re-addresses everything.
 pub async fn export_import_keeps_everything(h: &dyn Harness) {
     let name = h.name();
     let store = h.open().await;
-    if must(store.is_encrypted().await, "is_encrypted") {
-        save_blobs(&store, "xa", 1).await;
-        let refused = store.export(&["xa".to_string()]).await;
-        assert!(
-            matches!(refused, Err(Error::InvalidInput(_))),
-            "[{name}] export of an encrypted store: {refused:?}"
-        );
-        return;
-    }
+    let encrypted = must(store.is_encrypted().await, "is_encrypted");
     let a = save_blobs(&store, "xa", 5).await;
     must(store.delete(&a[0].id).await, "delete");
     must(store.delete(&a[1].id).await, "delete");
@@ -3118,8 +3170,23 @@ pub async fn export_import_keeps_everything(h: &dyn Harness) {
     let expect_a = must(store.list("xa").await, "list");
     let bytes = must(store.export(&execs).await, "export").encode();
     let bundle = must(crate::bundle::Bundle::decode(&bytes), "decode");
+    assert_eq!(
+        bundle.sealed_for.is_some(),
+        encrypted,
+        "[{name}] a bundle is sealed exactly when its store is encrypted"
+    );
 
-    let other = Store::memory();
+    // Another store: with the same keys when this one is encrypted (it must open the bundle).
+    let other = if encrypted {
+        let refused = Store::memory().import(&bundle).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidInput(_))),
+            "[{name}] a plaintext store imported an encrypted bundle: {refused:?}"
+        );
+        store.with_same_keys(Arc::new(crate::backend::memory::MemoryBackend::new()))
+    } else {
+        Store::memory()
+    };
     let report = must(other.import(&bundle).await, "import");
     assert_eq!(report.executions, 3, "[{name}] {report:?}");
     assert_cps_eq(
@@ -3158,6 +3225,30 @@ pub async fn export_import_keeps_everything(h: &dyn Harness) {
     assert!(
         matches!(again, Err(Error::InvalidInput(_))),
         "[{name}] second import: {again:?}"
+    );
+
+    // A copy into a store with a key of its own: sealed and addressed anew, nothing shared.
+    let keyed = Store::with_backend_and_keys(
+        Arc::new(crate::backend::memory::MemoryBackend::new()),
+        vec![crate::crypto::Key::generate()],
+    );
+    must(store.copy_to(&keyed, &execs).await, "copy_to");
+    for (exec, want) in [
+        ("xa", &expect_a[..]),
+        ("xb", std::slice::from_ref(&fork)),
+        ("xd", &d[..]),
+    ] {
+        assert_cps_eq(
+            &must(keyed.list(exec).await, "list"),
+            want,
+            format!("[{name}] {exec} copied into a keyed store"),
+        );
+    }
+    let source_blobs: HashSet<_> = bundle.blobs.iter().map(|(h, _)| *h).collect();
+    let copied = must(keyed.backend().list_blobs().await, "list_blobs");
+    assert!(
+        !copied.is_empty() && copied.iter().all(|h| !source_blobs.contains(h)),
+        "[{name}] the copy kept the source's chunk addresses"
     );
 
     // And back, into a store on this backend under new names is not possible (names are kept),

@@ -1,0 +1,259 @@
+//! Moving stored state from one sealing and address scheme to another: a plaintext bundle into
+//! an encrypted store, one encrypted store's executions into another, and a store re-keyed in
+//! place.
+//!
+//! A [`Transcoder`] opens frames and blobs with the source's cipher (or none) and writes them as
+//! the target would have: sealed with its newest key for its store id and their new place, and
+//! with every blob reference re-addressed the way the target computes addresses (keyed under its
+//! newest key, or plain blake3). State moved in therefore dedups with state saved there, and an
+//! encrypted store never ends up holding plaintext hashes, nor hashes keyed under a key it
+//! retired, which would let whoever holds that key test guesses of its contents.
+//!
+//! Chunked leaves are re-addressed bottom-up: the chunks first, then the manifest listing their
+//! new addresses, whose own address changes with them.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::backend::{Backend, BlobHash};
+use crate::codec::blob;
+use crate::codec::frame::{self, Body, Event};
+use crate::codec::tree::{self, Manifest, Ref};
+use crate::crypto::StoreCipher;
+use crate::error::{Error, Result};
+
+/// Where a transcoder reads the source's blobs.
+pub(crate) enum BlobSource<'a> {
+    /// A bundle's blobs, by hash.
+    Bundle(HashMap<BlobHash, &'a [u8]>),
+    /// A backend (re-keying in place).
+    Backend(&'a dyn Backend),
+}
+
+impl BlobSource<'_> {
+    async fn get(&self, hash: &BlobHash) -> Result<Vec<u8>> {
+        let found = match self {
+            BlobSource::Bundle(blobs) => blobs.get(hash).map(|b| b.to_vec()),
+            BlobSource::Backend(backend) => backend.get_blob(hash).await?,
+        };
+        found.ok_or_else(|| {
+            Error::corrupt(
+                format!("blob {}", blob::hex(hash)),
+                "missing, but referenced by a checkpoint",
+            )
+        })
+    }
+}
+
+/// A blob as the target stores it.
+pub(crate) struct NewBlob {
+    /// Its address in the source.
+    pub old: BlobHash,
+    /// Its address in the target.
+    pub hash: BlobHash,
+    /// Its stored form in the target.
+    pub stored: Vec<u8>,
+    /// Whether the source already held exactly this (same address, sealed with the newest key
+    /// for the same store): re-keying in place can leave it alone.
+    pub unchanged: bool,
+}
+
+/// Re-seals and re-addresses frames and blobs from a source to a target (see the module docs).
+pub(crate) struct Transcoder<'a> {
+    from: Option<&'a StoreCipher>,
+    to: Option<&'a StoreCipher>,
+    /// Leaves and chunks: old address to new.
+    leaves: HashMap<BlobHash, BlobHash>,
+    /// Manifests of chunked leaves: old address to new.
+    manifests: HashMap<BlobHash, BlobHash>,
+}
+
+impl<'a> Transcoder<'a> {
+    /// Opens with `from` (`None`: plaintext) and writes for `to` (`None`: plaintext).
+    pub(crate) fn new(from: Option<&'a StoreCipher>, to: Option<&'a StoreCipher>) -> Self {
+        Transcoder {
+            from,
+            to,
+            leaves: HashMap::new(),
+            manifests: HashMap::new(),
+        }
+    }
+
+    /// Whether source and target are the same store under the same keys, so that bytes sealed
+    /// with the newest key at the same address and place stay valid.
+    fn same_store(&self) -> bool {
+        match (self.from, self.to) {
+            (Some(f), Some(t)) => f.store_id() == t.store_id(),
+            _ => false,
+        }
+    }
+
+    /// Every blob reference in `frames` of `log` (verified and opened with the source cipher).
+    pub(crate) fn refs(&self, log: &str, frames: &[(u64, Vec<u8>)]) -> Result<HashSet<Ref>> {
+        let mut refs = HashSet::new();
+        for (seq, bytes) in frames {
+            let decoded = frame::decode_in(log, *seq, bytes, self.from)?;
+            if let Event::Save(header) = &decoded.event {
+                match frame::decode_body(log, *seq, header, &decoded.body)? {
+                    Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
+                    Body::Delta { ops, .. } => tree::collect_op_refs(&ops, &mut refs),
+                }
+            }
+        }
+        Ok(refs)
+    }
+
+    /// The blobs `refs` need (chunks of chunked leaves included) as the target stores them,
+    /// except those an earlier call already returned.
+    pub(crate) async fn blobs(
+        &mut self,
+        refs: &HashSet<Ref>,
+        source: &BlobSource<'_>,
+    ) -> Result<Vec<NewBlob>> {
+        let mut out = Vec::new();
+        let mut refs: Vec<Ref> = refs.iter().copied().collect();
+        refs.sort_unstable_by_key(|r| r.hash());
+        for r in refs {
+            match r {
+                Ref::Leaf(hash) => {
+                    if !self.leaves.contains_key(&hash) {
+                        let stored = source.get(&hash).await?;
+                        out.push(self.leaf(&hash, &stored)?);
+                    }
+                }
+                Ref::Chunked(hash) => {
+                    if !self.manifests.contains_key(&hash) {
+                        self.chunked(&hash, source, &mut out).await?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A leaf or chunk: its content under its new address.
+    fn leaf(&mut self, old: &BlobHash, stored: &[u8]) -> Result<NewBlob> {
+        let content = blob::decode_in(old, stored, self.from)?;
+        let hash = blob::address_in(&content, self.to.map(|c| c.address_key()));
+        self.leaves.insert(*old, hash);
+        self.new_blob(old, stored, hash, &content)
+    }
+
+    /// A manifest and its chunks, the chunks first.
+    async fn chunked(
+        &mut self,
+        old: &BlobHash,
+        source: &BlobSource<'_>,
+        out: &mut Vec<NewBlob>,
+    ) -> Result<()> {
+        let stored = source.get(old).await?;
+        let content = blob::decode_in(old, &stored, self.from)?;
+        let manifest = Manifest::decode(&content)
+            .map_err(|e| Error::corrupt(format!("manifest {}", blob::hex(old)), e))?;
+        let mut chunks = Vec::with_capacity(manifest.chunks.len());
+        for chunk in &manifest.chunks {
+            let new = match self.leaves.get(chunk) {
+                Some(new) => *new,
+                None => {
+                    let stored = source.get(chunk).await?;
+                    let b = self.leaf(chunk, &stored)?;
+                    let new = b.hash;
+                    out.push(b);
+                    new
+                }
+            };
+            chunks.push(new);
+        }
+        let content = Manifest { chunks, ..manifest }.encode();
+        let hash = blob::address_in(&content, self.to.map(|c| c.address_key()));
+        self.manifests.insert(*old, hash);
+        out.push(self.new_blob(old, &stored, hash, &content)?);
+        Ok(())
+    }
+
+    fn new_blob(
+        &self,
+        old: &BlobHash,
+        stored: &[u8],
+        hash: BlobHash,
+        content: &[u8],
+    ) -> Result<NewBlob> {
+        let unchanged = hash == *old
+            && self.same_store()
+            && self.to.is_some_and(|c| blob::sealed_with_newest(stored, c));
+        Ok(NewBlob {
+            old: *old,
+            hash,
+            stored: if unchanged {
+                stored.to_vec()
+            } else {
+                blob::encode_in(&hash, content, self.to)?
+            },
+            unchanged,
+        })
+    }
+
+    /// The frame at `seq` of `log` as the target stores it; `None` when the source's bytes are
+    /// already that (re-keying in place: sealed with the newest key, no address changed).
+    /// Call [`Transcoder::blobs`] with the frame's references first.
+    pub(crate) fn frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+        let decoded = frame::decode_in(log, seq, bytes, self.from)?;
+        let body = match &decoded.event {
+            Event::Save(header) => Some(frame::decode_body(log, seq, header, &decoded.body)?),
+            _ => None,
+        };
+        let remapped = body.as_ref().map(|b| self.remap(log, seq, b)).transpose()?;
+        let addresses_kept = match (&body, &remapped) {
+            (Some(old), Some(new)) => old == new,
+            _ => true,
+        };
+        if addresses_kept
+            && self.same_store()
+            && self.to.is_some_and(|c| frame::sealed_with_newest(bytes, c))
+        {
+            return Ok(None);
+        }
+        let encoded = match (decoded.event, remapped) {
+            (Event::Save(header), Some(body)) => {
+                frame::encode_save_in(log, seq, &header, &body.encode(), self.to)?
+            }
+            (Event::Delete(version), _) => frame::encode_delete_in(log, seq, version, self.to)?,
+            (Event::Clear, _) => frame::encode_clear_in(log, seq, self.to)?,
+            _ => {
+                return Err(Error::corrupt(
+                    format!("execution {log:?} seq {seq}"),
+                    "a store-internal frame in an execution's log",
+                ))
+            }
+        };
+        Ok(Some(encoded))
+    }
+
+    fn remap(&self, log: &str, seq: u64, body: &Body) -> Result<Body> {
+        let map = |r: Ref| match r {
+            Ref::Leaf(h) => self.leaves.get(&h).copied(),
+            Ref::Chunked(h) => self.manifests.get(&h).copied(),
+        };
+        let unmapped = || {
+            Error::corrupt(
+                format!("execution {log:?} seq {seq}"),
+                "references a blob that was not transcoded (a bug in ckpt)",
+            )
+        };
+        Ok(match body {
+            Body::Snapshot(v) => Body::Snapshot(tree::remap_refs(v, &map).ok_or_else(unmapped)?),
+            Body::Delta { base, ops } => Body::Delta {
+                base: *base,
+                ops: tree::remap_op_refs(ops, &map).ok_or_else(unmapped)?,
+            },
+        })
+    }
+
+    /// Every address a transcoded blob now has (chunks included).
+    pub(crate) fn new_addresses(&self) -> HashSet<BlobHash> {
+        self.leaves
+            .values()
+            .chain(self.manifests.values())
+            .copied()
+            .collect()
+    }
+}
