@@ -70,3 +70,129 @@ fn an_encrypted_store_needs_its_key_and_rekey_retires_the_old_one() {
     let msg = text(&out);
     assert!(!msg.contains(&k1) && !msg.contains(&k2), "{msg}");
 }
+
+/// An encrypted store's export stays sealed; a store with one of its keys imports it (and then
+/// needs only its own key); `ckpt copy` re-seals for a target with a key of its own; nothing
+/// moves into a plaintext store. On SQLite files, through the real binary.
+#[test]
+fn encrypted_executions_move_between_stores_sealed() {
+    const SECRET: &str = "SECRET-transfer-4471-never-in-clear";
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2, k3) = (keygen(), keygen(), keygen());
+    let env = [
+        ("CKPT_K1", k1.as_str()),
+        ("CKPT_K2", k2.as_str()),
+        ("CKPT_K3", k3.as_str()),
+    ];
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let keyed = |name: &str, vars: &str| format!("{}?key_env={vars}", db(name));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let open = |url: String, keys: &[&str]| {
+        let keys: Vec<ckpt::crypto::Key> = keys
+            .iter()
+            .map(|k| ckpt::crypto::Key::from_hex(k).unwrap())
+            .collect();
+        rt.block_on(async move {
+            let mut b = ckpt::Store::builder(&url);
+            if let Some((first, rest)) = keys.split_first() {
+                b = b.encryption(first.clone());
+                for k in rest {
+                    b = b.decryption_key(k.clone());
+                }
+            }
+            b.open().await.unwrap()
+        })
+    };
+    let state = serde_json::json!({ "note": format!("{SECRET} {}", "z".repeat(600)), "n": 1 });
+    {
+        let source = open(db("a.db"), &[&k1]);
+        rt.block_on(source.save(ckpt::Checkpoint::new("run", "n", &state).unwrap()))
+            .unwrap();
+    }
+    let latest = |store: &ckpt::Store| {
+        rt.block_on(store.latest("run"))
+            .unwrap()
+            .expect("run")
+            .state_json()
+            .unwrap()
+    };
+
+    let bundle = dir.path().join("run.ckpt");
+    let out = ckpt(
+        &[
+            "--store",
+            &keyed("a.db", "CKPT_K1"),
+            "export",
+            "--all",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert!(
+        !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+        "the bundle holds the secret in clear"
+    );
+
+    // A plaintext store refuses it, and is left empty.
+    let out = ckpt(
+        &[
+            "--store",
+            &db("plain.db"),
+            "import",
+            bundle.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("encrypted"), "{}", text(&out));
+
+    // A store whose own key is K2, given K1 to open the bundle; afterwards K2 alone opens it.
+    let out = ckpt(
+        &[
+            "--store",
+            &keyed("b.db", "CKPT_K2,CKPT_K1"),
+            "import",
+            bundle.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(latest(&open(db("b.db"), &[&k2])), state);
+
+    // copy into a store with a key of its own: the target never needs K1.
+    let out = ckpt(
+        &[
+            "copy",
+            "--from",
+            &keyed("a.db", "CKPT_K1"),
+            "--to",
+            &keyed("c.db", "CKPT_K3"),
+            "--all",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(latest(&open(db("c.db"), &[&k3])), state);
+    let c_bytes = std::fs::read(dir.path().join("c.db")).unwrap();
+    assert!(!c_bytes
+        .windows(SECRET.len())
+        .any(|w| w == SECRET.as_bytes()));
+
+    // Never from encryption into plaintext.
+    let out = ckpt(
+        &[
+            "copy",
+            "--from",
+            &keyed("a.db", "CKPT_K1"),
+            "--to",
+            &db("plain2.db"),
+            "--all",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("encrypted"), "{}", text(&out));
+}

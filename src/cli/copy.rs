@@ -29,7 +29,8 @@ pub struct CopyArgs {
 }
 
 /// Runs `ckpt copy`: exports from `--from` and imports into `--to`, one execution at a time,
-/// with a progress bar on a terminal.
+/// with a progress bar on a terminal. Either store may be encrypted (`?key_env=`): what the
+/// source sealed is opened with its keys and sealed again with the target's.
 pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
     if args.from == args.to {
         return Err(Failure::new("--from and --to name the same store").into());
@@ -51,9 +52,8 @@ pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
     let progress = super::progress::bar(names.len() as u64, "copying");
     for name in &names {
         progress.set_message(format!("copying {name}"));
-        let bundle = source.export(std::slice::from_ref(name)).await?;
-        let report = target
-            .import(&bundle)
+        let report = source
+            .copy_to(&target, std::slice::from_ref(name))
             .await
             .with_context(|| format!("copying execution {name}"))?;
         frames += report.frames;

@@ -55,6 +55,7 @@ pub struct RekeyArgs {
 struct Report {
     frames: u64,
     blobs: u64,
+    blobs_removed: u64,
 }
 
 /// Runs `ckpt rekey`.
@@ -65,13 +66,16 @@ pub async fn rekey(args: RekeyArgs, global: &Global) -> CliResult {
         let r = Report {
             frames: report.frames,
             blobs: report.blobs,
+            blobs_removed: report.blobs_removed,
         };
         say!("{}", serde_json::to_string(&r)?)?;
     } else {
         say!(
-            "re-sealed {} frames and {} blobs with the newest key; the older keys are no longer needed",
+            "re-sealed {} frames and {} blobs with the newest key (and removed {} blobs under \
+             old addresses); the older keys are no longer needed",
             report.frames,
-            report.blobs
+            report.blobs,
+            report.blobs_removed
         )?;
     }
     Ok(())

@@ -114,7 +114,7 @@ impl Store {
     ///
     /// let encrypted = Store::builder("memory://").encryption(Key::generate()).open().await?;
     /// encrypted.import(&bundle).await?;
-    /// let cp = encrypted.load_latest("run-1").await?.expect("imported");
+    /// let cp = encrypted.latest("run-1").await?.expect("imported");
     /// assert_eq!(cp.state_json()?, serde_json::json!({"step": 1}));
     /// // The encrypted store's own export stays sealed.
     /// assert!(encrypted.export(&["run-1".to_string()]).await?.sealed_for.is_some());
