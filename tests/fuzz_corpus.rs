@@ -383,6 +383,29 @@ fn write_bundle_seeds() {
     std::fs::write(out.join("invalid-flipped"), flipped).unwrap();
 }
 
+/// Writes the seed of a sealed bundle (format 2): an export of a small encrypted store.
+#[test]
+#[ignore = "writes fuzz/corpus/bundle; run by hand to regenerate the seeds"]
+fn write_sealed_bundle_seed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bytes = rt.block_on(async {
+        let store = ckpt::Store::builder("memory://")
+            .encryption(ckpt::crypto::Key::generate())
+            .open()
+            .await
+            .unwrap();
+        for i in 0..2 {
+            let state = serde_json::json!({ "i": i, "text": "s".repeat(300 + i) });
+            let cp = ckpt::Checkpoint::new("sealed-seed", "n", &state).unwrap();
+            store.save(cp).await.unwrap();
+        }
+        store.export_all().await.unwrap().encode()
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("valid-sealed"), &bytes).unwrap();
+}
+
 // ---- the seeds ----
 
 /// Writes the `valid-*` and `invalid-*` seeds. Valid frames, blobs and deltas are taken from a
