@@ -581,8 +581,9 @@ impl PostgresBackend {
                     "wal_recycle is on (the default): retired WAL segments were renamed for \
                      reuse, not deleted, and keep their old bytes (deleted rows among them) \
                      until new WAL overwrites them; set it off (`ALTER SYSTEM SET wal_recycle = \
-                     off; SELECT pg_reload_conf();`) before deleting sensitive data so that \
-                     PostgreSQL unlinks retired segments",
+                     off; SELECT pg_reload_conf();`) so that PostgreSQL unlinks retired \
+                     segments, then run compact once more than the number of segments pg_wal \
+                     holds ahead of the current one: each run retires one recycled earlier",
                 ),
                 ("archive_mode", v) if v != "off" => report.caveat(format!(
                     "archive_mode is {v}: archive_command copied WAL segments holding the \
