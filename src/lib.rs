@@ -45,6 +45,7 @@ pub mod url;
 pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata};
 pub use error::{Error, Result};
 pub use store::{
-    CheckpointStore, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery, PruneReport,
-    RekeyReport, RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch, WriteStats,
+    CheckpointStore, CompactReport, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery,
+    PruneReport, RekeyReport, RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch,
+    WriteStats,
 };

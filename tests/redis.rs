@@ -21,6 +21,10 @@ use ckpt::testing::{Harness, RedisClusterHarness, RedisHarness};
 use ckpt::{Checkpoint, Error, Store};
 use futures_util::StreamExt;
 
+mod common;
+
+use common::{free_port, start_server, Server};
+
 /// Set in a child process started by a test below: what the child does, and on which store.
 const CHILD_ROLE: &str = "CKPT_REDIS_CHILD_ROLE";
 const CHILD_URL: &str = "CKPT_REDIS_CHILD_URL";
@@ -353,56 +357,6 @@ async fn ttl_expires_idle_executions_and_gc_reclaims_their_blobs() {
         assert_eq!(g, w, "version {}", got.version);
     }
     assert!(fresh.list("idle").await.expect("list idle").is_empty());
-}
-
-/// A free TCP port on 127.0.0.1 (the listener is closed again before returning).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// A `redis-server` of the test's own, durable (`appendfsync always`), in `dir`.
-fn start_server(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--dir")
-        .arg(dir)
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--daemonize",
-            "no",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start redis-server ({e}): install it (apt-get install redis-server) or run scripts/test-all.sh")
-        });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-/// Kills the server with SIGKILL when dropped, so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A writer saves in a loop while the server is killed with SIGKILL and restarted: every
@@ -1174,4 +1128,42 @@ async fn odd_log_names_round_trip_on_every_layout() {
     odd_log_names_round_trip(&RedisHarness::new()).await;
     odd_log_names_round_trip(&RedisClusterHarness::new()).await;
     odd_log_names_round_trip(&RedisClusterHarness::with_options("shard=execution")).await;
+}
+
+/// `Store::compact` on the Cluster visits every node: each one's AOF is rewritten (the test
+/// Cluster runs with `appendonly yes` and no RDB schedule), and the report names them all;
+/// what the store holds still loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_on_a_cluster_rewrites_every_node() {
+    let base = ckpt::testing::test_server_url(ckpt::testing::REDIS_CLUSTER_URL_VAR);
+    let store = Store::open(&ckpt::testing::isolated_url(&base, ""))
+        .await
+        .expect("open");
+    let kept = store
+        .save(Checkpoint::new("kept", "n", &serde_json::json!({ "a": 1 })).expect("checkpoint"))
+        .await
+        .expect("save");
+    let report = store.compact().await.expect("compact");
+    assert_eq!(report.backend, "redis");
+    assert!(report.caveats.is_empty(), "{report:#?}");
+    for (host, port) in cluster_nodes() {
+        let node = format!("{host}:{port}");
+        assert!(
+            report
+                .steps
+                .iter()
+                .any(|s| s.starts_with(&format!("{node}: BGREWRITEAOF"))),
+            "no AOF rewrite reported for {node}: {report:#?}"
+        );
+    }
+    assert!(report.bytes_before.is_some() && report.bytes_after.is_some());
+    assert_eq!(
+        store
+            .load(&kept.id)
+            .await
+            .expect("load")
+            .state_json()
+            .expect("state"),
+        kept.state_json().expect("state")
+    );
 }

@@ -1,10 +1,13 @@
 //! Clearing an execution, running gc and compacting leaves no byte of its state in the store's
 //! files: a recognizable secret is saved, found by grepping the raw files, cleared, collected,
 //! compacted (`ckpt compact`, the real binary), and then found nowhere; what else the store
-//! holds still loads.
+//! holds still loads. sled and SQLite work on a temporary directory; PostgreSQL and Redis on a
+//! server of the test's own, whose whole data directory is grepped.
 #![cfg(all(feature = "sled", feature = "sqlite"))]
 
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 mod common;
 
@@ -46,6 +49,44 @@ async fn open(path: &str) -> Store {
     panic!("cannot open {path}");
 }
 
+/// Runs the real binary: `ckpt --store URL compact --json`; returns its report.
+fn ckpt_compact(url: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["--store", url, "compact", "--json"])
+        .env_remove("CKPT_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The lines of `report[field]` (`steps` or `caveats`).
+fn lines(report: &serde_json::Value, field: &str) -> Vec<String> {
+    report[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The files under `dir` holding the secret, once none do or after `patience`: a server may
+/// delete old files in the background.
+fn grep_until_clean(dir: &Path, patience: Duration) -> Vec<String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let hits = grep_dir(dir, SECRET.as_bytes());
+        if hits.is_empty() || Instant::now() >= deadline {
+            return hits;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_gc_and_compact_leave_no_trace_of_a_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,19 +105,17 @@ async fn clear_gc_and_compact_leave_no_trace_of_a_secret() {
         "{report:?}"
     );
     store.flush().await.unwrap();
+    // Online compaction of sled is refused with what to do instead.
+    let refused = store.compact().await.unwrap_err();
+    assert!(
+        matches!(&refused, ckpt::Error::InvalidInput(m) if m.contains("ckpt --store")),
+        "{refused}"
+    );
     drop(store);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
-        .args(["--store", &url, "compact", "--json"])
-        .env_remove("CKPT_STORE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = ckpt_compact(&url);
+    assert_eq!(report["backend"], "sled", "{report}");
     let hits = grep_dir(dir.path(), SECRET.as_bytes());
     assert!(hits.is_empty(), "the secret survives in {hits:?}");
 
@@ -113,4 +152,147 @@ async fn sqlite_clear_and_gc_leave_no_trace_of_a_secret() {
         store.load(&kept.id).await.unwrap().state_json().unwrap(),
         kept.state_json().unwrap()
     );
+}
+
+/// PostgreSQL keeps deleted rows in its table files until `VACUUM FULL`, and in its WAL until
+/// the segments holding them are retired: compact does both. With `wal_recycle = on` (the
+/// default) retired segments are renamed for reuse and keep their bytes, which compact reports;
+/// with it off, nothing of the secret is left anywhere in the data directory.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
+    use sqlx::Connection;
+
+    let cluster = common::PgCluster::start();
+    let data = Path::new(&cluster.data);
+    let store = Store::open(&cluster.url).await.unwrap();
+    let on_defaults = store.compact().await.unwrap();
+    assert!(
+        on_defaults
+            .caveats
+            .iter()
+            .any(|c| c.contains("wal_recycle")),
+        "{on_defaults:#?}"
+    );
+
+    let mut admin = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+    // Two statements: ALTER SYSTEM refuses the implicit transaction of a multi-statement query.
+    for sql in [
+        "ALTER SYSTEM SET wal_recycle = off",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut admin).await.unwrap();
+    }
+    // The reload reaches each server process (the checkpointer among them) asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fresh = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+        let v: String = sqlx::query_scalar("SHOW wal_recycle")
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        if v == "off" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "wal_recycle is still {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let kept = save_secrets(&store).await;
+    // A checkpoint writes the rows into the table files too, so the control covers both the
+    // tables and the WAL. Frames and blobs are stored uncompressed (STORAGE EXTERNAL), so TOAST
+    // compression does not hide the secret from the grep.
+    sqlx::raw_sql("CHECKPOINT")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let before = grep_dir(data, SECRET.as_bytes());
+    assert!(
+        before.iter().any(|h| h.contains("/pg_wal/"))
+            && before.iter().any(|h| h.contains("/base/")),
+        "the grep does not find the secret in both the WAL and the tables: {before:?}"
+    );
+    admin.close().await.unwrap();
+
+    store.clear("secret").await.unwrap();
+    let gc = store.gc().await.unwrap();
+    assert!(gc.blobs_removed > 0 && gc.frames_removed > 0, "{gc:?}");
+    let report = ckpt_compact(&cluster.url);
+    assert_eq!(report["backend"], "PostgreSQL", "{report}");
+    assert!(lines(&report, "caveats").is_empty(), "{report:#}");
+    let steps = lines(&report, "steps");
+    for what in ["VACUUM FULL", "pg_switch_wal", "CHECKPOINT"] {
+        assert!(
+            steps.iter().any(|s| s.starts_with(what)),
+            "no {what}: {report:#}"
+        );
+    }
+    eprintln!(
+        "PostgreSQL tables: {} -> {} bytes",
+        report["bytes_before"], report["bytes_after"]
+    );
+    let hits = grep_until_clean(data, Duration::from_secs(2));
+    assert!(hits.is_empty(), "the secret survives in {hits:?}");
+
+    assert_eq!(
+        store.load(&kept.id).await.unwrap().state_json().unwrap(),
+        kept.state_json().unwrap()
+    );
+    assert!(store.list("secret").await.unwrap().is_empty());
+}
+
+/// Redis keeps deleted keys in its append-only file (the commands that wrote them) and in its
+/// RDB snapshot until they are rewritten: compact runs `BGREWRITEAOF` and `BGSAVE`, and Redis 7
+/// deletes the old AOF files in the background, after which nothing of the secret is left.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_clear_gc_and_compact_leave_no_trace_of_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    // `rdbcompression no`: with LZF (the default) strings in an RDB file (and in the AOF's RDB
+    // preamble) are compressed, which turns the secret's bytes into back references: the grep
+    // would find nothing whether the secret is there or not, and prove nothing.
+    let _server = common::Server(common::start_server(
+        dir.path(),
+        port,
+        &["--save", "3600 1", "--rdbcompression", "no"],
+    ));
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let store = Store::open(&url).await.unwrap();
+    let kept = save_secrets(&store).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SAVE")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let before = grep_dir(dir.path(), SECRET.as_bytes());
+    assert!(
+        before.iter().any(|h| h.ends_with("dump.rdb"))
+            && before.iter().any(|h| h.contains("appendonlydir")),
+        "the grep does not find the secret in both the RDB file and the AOF: {before:?}"
+    );
+
+    store.clear("secret").await.unwrap();
+    let gc = store.gc().await.unwrap();
+    assert!(gc.blobs_removed > 0 && gc.frames_removed > 0, "{gc:?}");
+    let report = ckpt_compact(&url);
+    assert_eq!(report["backend"], "redis", "{report}");
+    assert!(lines(&report, "caveats").is_empty(), "{report:#}");
+    let steps = lines(&report, "steps");
+    for what in ["BGREWRITEAOF", "BGSAVE"] {
+        assert!(
+            steps.iter().any(|s| s.contains(what)),
+            "no {what}: {report:#}"
+        );
+    }
+    let hits = grep_until_clean(dir.path(), Duration::from_secs(5));
+    assert!(hits.is_empty(), "the secret survives in {hits:?}");
+
+    assert_eq!(
+        store.load(&kept.id).await.unwrap().state_json().unwrap(),
+        kept.state_json().unwrap()
+    );
+    assert!(store.list("secret").await.unwrap().is_empty());
 }

@@ -23,6 +23,10 @@ use ckpt::url::StoreUrl;
 use ckpt::{Checkpoint, Store};
 use sqlx::Connection;
 
+mod common;
+
+use common::PgCluster;
+
 /// Set in a child process: what it should do (see [`child_writer`]).
 const CHILD_ENV: &str = "CKPT_SQL_CHILD";
 
@@ -592,73 +596,9 @@ async fn postgres_sigkill_keeps_every_acknowledged_save() {
 
 // ---- the PostgreSQL server restarting under a writer ----
 
-/// A throwaway cluster started with `scripts/postgres-server.sh`, stopped (and removed) on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    url: String,
-    data: String,
-    ctl: String,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("ckpt-pg-restart-")
-            .tempdir()
-            .unwrap();
-        let out = Command::new(script())
-            .args(["start", &dir.path().join("pg").to_string_lossy()])
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "the start script failed");
-        let mut vars = BTreeMap::new();
-        for line in String::from_utf8(out.stdout).unwrap().lines() {
-            let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) else {
-                continue;
-            };
-            vars.insert(k.to_owned(), v.trim_matches('\'').to_owned());
-        }
-        Cluster {
-            url: vars["CKPT_TEST_POSTGRES_URL"].clone(),
-            data: vars["CKPT_TEST_POSTGRES_DIR"].clone(),
-            ctl: vars["CKPT_TEST_POSTGRES_CTL"].clone(),
-            dir,
-        }
-    }
-
-    /// Runs `pg_ctl ARGS` on the cluster.
-    fn pg_ctl(&self, args: &[&str]) {
-        let mut words = self.ctl.split_whitespace();
-        let program = words.next().unwrap();
-        let status = Command::new(program)
-            .args(words)
-            .args(["-D", &self.data])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl {args:?} failed");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .args(["stop", &self.dir.path().join("pg").to_string_lossy()])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn script() -> String {
-    format!("{}/scripts/postgres-server.sh", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_server_restart_under_a_writer_loses_no_acknowledged_save() {
-    let cluster = Cluster::start();
+    let cluster = PgCluster::start();
     // The writer retries through the outage: a generous timeout.
     let url = format!("{}?timeout=120s&acquire_timeout=120s", cluster.url);
     let exec = "restart";

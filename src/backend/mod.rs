@@ -20,7 +20,9 @@
 //! - **must** return frames and blobs byte for byte as given; verification (checksums, hashes) is
 //!   done above the backend, which only reports what it holds;
 //! - **must** treat [`Backend::put_blobs`] as idempotent: putting a hash that exists is a no-op;
-//! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`).
+//! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`);
+//! - **must**, in [`Backend::compact`], leave none of the deleted frames and blobs readable in its
+//!   files as far as its server lets it, and report what it could not do (see [`CompactReport`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -59,6 +61,45 @@ pub struct ConnectOptions {
 
 /// A blob's content address (see [`crate::codec::blob::address`]).
 pub type BlobHash = [u8; 32];
+
+/// What [`Backend::compact`] (and [`crate::Store::compact`]) did, and what it could not do.
+///
+/// `caveats` empty means: nothing deleted before the call can be read from the files the backend
+/// controls. Copies outside them (replicas, backups, archived WAL, snapshots taken by the
+/// operator) are never covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompactReport {
+    /// The backend (`sled`, `PostgreSQL`, ...).
+    pub backend: String,
+    /// What was done, one line each (on a Redis Cluster, prefixed by the node's address).
+    pub steps: Vec<String>,
+    /// What may still hold deleted data after the call, each with how the operator fixes it.
+    pub caveats: Vec<String>,
+    /// Bytes the store occupied before, when the backend can tell.
+    pub bytes_before: Option<u64>,
+    /// Bytes the store occupies after, when the backend can tell.
+    pub bytes_after: Option<u64>,
+}
+
+impl CompactReport {
+    /// An empty report for `backend`.
+    pub fn new(backend: impl Into<String>) -> Self {
+        CompactReport {
+            backend: backend.into(),
+            ..CompactReport::default()
+        }
+    }
+
+    /// Records something done.
+    pub fn step(&mut self, text: impl Into<String>) {
+        self.steps.push(text.into());
+    }
+
+    /// Records something that may still hold deleted data, and what to do about it.
+    pub fn caveat(&mut self, text: impl Into<String>) {
+        self.caveats.push(text.into());
+    }
+}
 
 /// One log's part of an atomic [`Backend::append`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -197,5 +238,28 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Bytes the backend occupies on its medium, when it can tell.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         Ok(None)
+    }
+
+    /// Rewrites the backend's storage so that frames and blobs deleted before the call
+    /// (truncated logs, deleted blobs: what [`crate::Store::gc`] removed) can no longer be read
+    /// from its files, as far as the server allows.
+    ///
+    /// An implementation **must** leave live data untouched and readable, and **must** report
+    /// in [`CompactReport::caveats`] whatever may still hold deleted bytes (a setting that keeps
+    /// old files, a step the server refused), each with what the operator can do; it **may**
+    /// skip a step it lacks the rights for instead of failing, saying so in a caveat. It fails
+    /// only when it could not even start, or a step it must wait for did not finish. It **may**
+    /// take long and block writers while it runs (a table rewrite). A backend whose compaction
+    /// needs the store closed returns [`crate::Error::InvalidInput`] saying how to run it.
+    ///
+    /// The default does nothing and says so in a caveat: a backend keeping files must override it.
+    async fn compact(&self) -> Result<CompactReport> {
+        let mut report = CompactReport::new(self.name());
+        report.caveat(format!(
+            "the {} backend cannot compact: deleted data may remain in its storage until it \
+             reuses the space",
+            self.name()
+        ));
+        Ok(report)
     }
 }

@@ -62,6 +62,16 @@
 //! `SCAN`), so it includes Redis's per-key overhead; [`used_memory`] reads the server's whole
 //! `used_memory` (for benchmarks).
 //!
+//! # Compaction
+//!
+//! A deleted key stays in the append-only file (as the commands that wrote it) and in the RDB
+//! snapshot until they are rewritten. [`Backend::compact`] visits every server (each node of a
+//! Cluster, primaries and replicas, found with `CLUSTER NODES`): `BGREWRITEAOF` when the AOF is
+//! on, `BGSAVE` when snapshots are scheduled (or one was taken since the server started), each
+//! waited for; Redis 7 deletes the old AOF files right after the rewrite, in the background.
+//! Commands a managed service refuses (`CONFIG`, `BGREWRITEAOF`) become caveats. Replicas of a
+//! single server, and copies the operator or provider made, are not reached.
+//!
 //! # Failures
 //!
 //! Transient errors (connection refused or dropped, timeouts, `MOVED`/`ASK`, `TRYAGAIN`,
@@ -99,7 +109,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Script, Value};
 
-use super::{Backend, BlobHash, ConnectOptions, LogAppend};
+use super::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::{redact, RawUrl};
 
@@ -116,6 +126,10 @@ const SCAN_COUNT: usize = 1000;
 /// First and largest pause between retries of a transient failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest [`Backend::compact`] waits for one node's background AOF rewrite or snapshot.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often compaction polls `INFO persistence` while a background job runs.
+const BACKGROUND_POLL: Duration = Duration::from_millis(50);
 /// The URL options this backend accepts, for error messages.
 const ACCEPTED: &str = "prefix=NAME, ttl=DURATION, timeout=DURATION, shard=store|execution, \
                         max_connections=N, tls_ca=PATH (durations like 500ms, 30s, 5m, 24h, 2d)";
@@ -307,6 +321,9 @@ pub struct RedisBackend {
     rewrite_script: Script,
     /// Idle dedicated connections for `wait_for_append`.
     waiters: Mutex<Vec<Waiter>>,
+    /// How to reach one Cluster node directly (compaction visits each): the driver URL before
+    /// and after `host:port`. Holds the password: never shown.
+    node_url: (String, String),
     /// Per log, this process's appends in flight; `next_seq` waits (briefly) until there are
     /// none, so a writer of this process does not read a tail that an append here is about to
     /// move and build a save that is certain to conflict. A counter and a notification, not a
@@ -347,8 +364,218 @@ impl RedisBackend {
             raise_script: Script::new(RAISE_LUA),
             rewrite_script: Script::new(REWRITE_LUA),
             waiters: Mutex::new(Vec::new()),
+            node_url: parsed.node_url.clone(),
             in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A direct connection to one Cluster node, with the URL's credentials and TLS settings.
+    async fn connect_node(&self, node: &ClusterNode) -> Result<NodeConn> {
+        let name = format!("{}:{}", node.host, node.port);
+        let url = format!("{}{name}{}", self.node_url.0, self.node_url.1);
+        let connect = || async {
+            let client = match &self.settings.tls_ca {
+                Some(path) => {
+                    let root = std::fs::read(path).map_err(|e| {
+                        RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "cannot read the tls_ca file",
+                            format!("{}: {e}", path.display()),
+                        ))
+                    })?;
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    };
+                    Client::build_with_tls(url.as_str(), certs)?
+                }
+                None => Client::open(url.as_str())?,
+            };
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.settings.timeout.min(Duration::from_secs(5))))
+                .set_response_timeout(Some(self.settings.timeout));
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        };
+        self.retrying(|| format!("connecting to Cluster node {name}"), connect)
+            .await
+            .map(NodeConn::Direct)
+    }
+
+    /// Compacts one server (see [`Backend::compact`]); `name` prefixes its lines in `report`.
+    async fn compact_node(
+        &self,
+        name: &str,
+        conn: &mut NodeConn,
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        let fail = |what: &str, e: RedisError| backend_error(format!("{name}: {what}"), e);
+        let info = conn
+            .info("persistence")
+            .await
+            .map_err(|e| fail("reading INFO persistence", e))?;
+        let aof = info.get("aof_enabled").is_some_and(|v| v == "1");
+        let saves_since_start = info
+            .get("rdb_saves")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let schedule: Option<bool> = match conn
+            .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg("save"))
+            .await
+        {
+            Ok(pair) => Some(pair.get(1).is_some_and(|v| !v.trim().is_empty())),
+            Err(e) if e.code().is_some() => {
+                report.caveat(format!(
+                    "{name}: CONFIG GET save was refused ({e}), so whether RDB snapshots \
+                         hold deleted data is unknown; on a managed service, snapshots and \
+                         backups follow the provider's policy: ask it, or have a new snapshot \
+                         taken"
+                ));
+                None
+            }
+            Err(e) => return Err(fail("reading CONFIG GET save", e)),
+        };
+        if aof {
+            self.background(
+                name,
+                conn,
+                "BGREWRITEAOF",
+                "aof_last_bgrewrite_status",
+                report,
+            )
+            .await?;
+        }
+        // A snapshot written since the server started is a file on disk too, even when none
+        // is scheduled (a manual or replication BGSAVE): rewrite it with live keys only.
+        let snapshot = schedule == Some(true) || saves_since_start > 0;
+        if snapshot {
+            self.background(name, conn, "BGSAVE", "rdb_last_bgsave_status", report)
+                .await?;
+        }
+        if !aof && schedule == Some(false) && saves_since_start == 0 {
+            report.step(format!(
+                "{name}: no AOF and no RDB snapshot configured: the server writes no data files"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `command` (`BGREWRITEAOF` or `BGSAVE`) on one server and waits until it is done and
+    /// `status_field` of `INFO persistence` says it succeeded. A job already running may have
+    /// copied the keys before they were deleted, so it is waited for and the command is sent
+    /// again. A refused command becomes a caveat.
+    async fn background(
+        &self,
+        name: &str,
+        conn: &mut NodeConn,
+        command: &str,
+        status_field: &str,
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        for _ in 0..5 {
+            self.wait_idle(name, conn, command).await?;
+            match conn.query::<Value>(&redis::cmd(command)).await {
+                Ok(_) => {
+                    let info = self.wait_idle(name, conn, command).await?;
+                    let status = info.get(status_field).map_or("unknown", String::as_str);
+                    if status != "ok" {
+                        return Err(Error::Backend {
+                            backend: NAME,
+                            context: format!("{name}: {command}"),
+                            source: format!(
+                                "the server reports {status_field}:{status}; its log says why \
+                                 (often disk space or permissions on its dir): fix that and run \
+                                 compact again"
+                            )
+                            .into(),
+                        });
+                    }
+                    report.step(match command {
+                        "BGREWRITEAOF" => format!(
+                            "{name}: BGREWRITEAOF rewrote the append-only file with only live \
+                             keys (Redis 7 deletes the old AOF files in the background)"
+                        ),
+                        _ => format!("{name}: BGSAVE rewrote the RDB snapshot with only live keys"),
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.to_string().contains("in progress") => continue,
+                Err(e) if e.code().is_some() => {
+                    report.caveat(format!(
+                        "{name}: {command} was refused ({e}): the {} keeps deleted data until \
+                         the server rewrites it by itself; run {command} with enough rights, \
+                         or ask the service's provider",
+                        if command == "BGSAVE" {
+                            "RDB snapshot"
+                        } else {
+                            "append-only file"
+                        }
+                    ));
+                    return Ok(());
+                }
+                Err(e) => return Err(backend_error(format!("{name}: {command}"), e)),
+            }
+        }
+        Err(Error::Busy {
+            what: format!(
+                "{name}: {command} kept finding another background rewrite or snapshot starting \
+                 first; run compact again when the server is quieter"
+            ),
+        })
+    }
+
+    /// Waits until no background rewrite or snapshot runs or is scheduled on one server; returns
+    /// its last `INFO persistence`.
+    async fn wait_idle(
+        &self,
+        name: &str,
+        conn: &mut NodeConn,
+        command: &str,
+    ) -> Result<HashMap<String, String>> {
+        let deadline = Instant::now() + BACKGROUND_TIMEOUT;
+        loop {
+            let info = conn
+                .info("persistence")
+                .await
+                .map_err(|e| backend_error(format!("{name}: reading INFO persistence"), e))?;
+            if idle(&info, &BACKGROUND_JOBS) {
+                return Ok(info);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Backend {
+                    backend: NAME,
+                    context: format!("{name}: waiting for {command}"),
+                    source: format!(
+                        "a background rewrite or snapshot still runs after {BACKGROUND_TIMEOUT:?}; \
+                         it goes on by itself: run compact again once `INFO persistence` shows \
+                         it finished"
+                    )
+                    .into(),
+                });
+            }
+            tokio::time::sleep(BACKGROUND_POLL).await;
+        }
+    }
+
+    /// A caveat naming the replicas of a single server: they keep their own files.
+    async fn replica_caveat(&self, conn: &mut NodeConn, report: &mut CompactReport) -> Result<()> {
+        let info = conn
+            .info("replication")
+            .await
+            .map_err(|e| backend_error(format!("{}: reading INFO replication", self.url), e))?;
+        let replicas = info
+            .get("connected_slaves")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if replicas > 0 {
+            report.caveat(format!(
+                "{} replica(s) keep their own AOF and RDB files: run compact against each \
+                 (redis://REPLICA_HOST:PORT)",
+                replicas
+            ));
+        }
+        Ok(())
     }
 
     /// The hash-tagged key stem of `log`: `{P}:L` or `{P:L}`.
@@ -958,9 +1185,23 @@ where
     }
 }
 
-/// The address of every primary of the Cluster, from `CLUSTER SHARDS`-independent
-/// `CLUSTER NODES` (works on every Redis version with Cluster).
-async fn primaries(conn: &ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+/// One node of a Cluster as `CLUSTER NODES` lists it.
+struct ClusterNode {
+    host: String,
+    port: u16,
+    /// `master`, `slave`, `myself`, `fail`, `fail?`, `handshake`, `noaddr`, ...
+    flags: Vec<String>,
+}
+
+impl ClusterNode {
+    fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+}
+
+/// Every node of the Cluster (primaries and replicas), from `CLUSTER NODES` (on every Redis
+/// version with Cluster, unlike `CLUSTER SHARDS`).
+async fn cluster_nodes(conn: &ClusterConnection) -> redis::RedisResult<Vec<ClusterNode>> {
     let mut conn = conn.clone();
     let reply = conn
         .route_command(
@@ -969,24 +1210,41 @@ async fn primaries(conn: &ClusterConnection) -> redis::RedisResult<Vec<(String, 
         )
         .await?;
     let text: String = FromRedisValue::from_redis_value(reply)?;
+    Ok(parse_cluster_nodes(&text))
+}
+
+/// The nodes of a `CLUSTER NODES` reply: `<id> <ip:port@cport[,hostname]> <flags> ...` per line.
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        // <id> <ip:port@cport[,hostname]> <flags> ...; primaries have `master`, and a failed
-        // one has `fail` (it cannot answer).
         let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
             continue;
         };
-        if !flags.split(',').any(|f| f == "master") || flags.split(',').any(|f| f == "fail") {
-            continue;
-        }
         let addr = addr.split(['@', ',']).next().unwrap_or_default();
-        if let Some((host, port)) = addr.rsplit_once(':') {
-            if let Ok(port) = port.parse() {
-                out.push((host.to_owned(), port));
-            }
-        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else {
+            continue;
+        };
+        out.push(ClusterNode {
+            host: host.to_owned(),
+            port,
+            flags: flags.split(',').map(str::to_owned).collect(),
+        });
     }
+    out
+}
+
+/// The address of every primary of the Cluster that is not marked failed (it cannot answer).
+async fn primaries(conn: &ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+    let out: Vec<(String, u16)> = cluster_nodes(conn)
+        .await?
+        .into_iter()
+        .filter(|n| n.has("master") && !n.has("fail"))
+        .map(|n| (n.host, n.port))
+        .collect();
     if out.is_empty() {
         return Err(unexpected(
             "CLUSTER NODES lists no reachable primary".into(),
@@ -994,6 +1252,46 @@ async fn primaries(conn: &ClusterConnection) -> redis::RedisResult<Vec<(String, 
     }
     Ok(out)
 }
+
+/// A connection to one server for compaction: the shared one of a single server, or a direct
+/// one to a Cluster node (primary or replica, which the Cluster client does not route to).
+enum NodeConn {
+    Managed(ConnectionManager),
+    Direct(MultiplexedConnection),
+}
+
+impl NodeConn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self {
+            NodeConn::Managed(m) => cmd.query_async(m).await,
+            NodeConn::Direct(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// The `key:value` lines of `INFO section`.
+    async fn info(&mut self, section: &str) -> redis::RedisResult<HashMap<String, String>> {
+        let text: String = self.query(redis::cmd("INFO").arg(section)).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+}
+
+/// Whether `info` says none of `jobs` runs (a missing field counts as not running: older
+/// servers lack some).
+fn idle(info: &HashMap<String, String>, jobs: &[&str]) -> bool {
+    jobs.iter()
+        .all(|k| info.get(*k).is_none_or(|v| v.as_str() == "0"))
+}
+
+/// The `INFO persistence` fields that are 1 while a background job runs or waits to.
+const BACKGROUND_JOBS: [&str; 3] = [
+    "aof_rewrite_in_progress",
+    "aof_rewrite_scheduled",
+    "rdb_bgsave_in_progress",
+];
 
 /// The Redis Cluster hash slot of `key` (CRC16 of the hash tag, or of the key, mod 16384).
 fn key_slot(key: &[u8]) -> u16 {
@@ -1120,6 +1418,8 @@ struct ParsedUrl {
     driver_urls: Vec<String>,
     /// The query options, in order.
     options: Vec<(String, String)>,
+    /// A node's driver URL is `node_url.0 + "host:port" + node_url.1`; may hold a password.
+    node_url: (String, String),
     /// The URL with any password masked.
     redacted: String,
 }
@@ -1168,11 +1468,16 @@ impl ParsedUrl {
         } else {
             vec![format!("{driver_scheme}://{location}{fragment}")]
         };
+        let userinfo = location
+            .rsplit_once('@')
+            .map_or(String::new(), |(u, _)| format!("{u}@"));
+        let node_url = (format!("{driver_scheme}://{userinfo}"), fragment.clone());
         Ok(ParsedUrl {
             cluster,
             tls,
             driver_urls,
             options,
+            node_url,
             redacted: redact(full),
         })
     }
@@ -1532,6 +1837,46 @@ impl Backend for RedisBackend {
             )
             .await?;
         Ok(Some(sizes.into_iter().flatten().sum()))
+    }
+
+    /// On every server (each node of a Cluster, primaries and replicas): `BGREWRITEAOF` when the
+    /// AOF is on and `BGSAVE` when snapshots are configured (or one was taken since the server
+    /// started), each waited for, so that the files hold only live keys; Redis 7 then deletes
+    /// the old AOF files in the background. Refused commands (managed services) are caveats.
+    async fn compact(&self) -> Result<CompactReport> {
+        let mut report = CompactReport::new(NAME);
+        report.bytes_before = self.stored_bytes().await?;
+        match &self.conn {
+            Conn::Single { manager, .. } => {
+                let mut conn = NodeConn::Managed(manager.clone());
+                let name = self.url.split('?').next().unwrap_or_default();
+                self.compact_node(name, &mut conn, &mut report).await?;
+                self.replica_caveat(&mut conn, &mut report).await?;
+            }
+            Conn::Cluster { conn, .. } => {
+                let nodes = self
+                    .retrying(
+                        || "listing the Cluster's nodes".into(),
+                        || cluster_nodes(conn),
+                    )
+                    .await?;
+                for node in nodes {
+                    let name = format!("{}:{}", node.host, node.port);
+                    if node.has("fail") || node.has("noaddr") || node.has("handshake") {
+                        report.caveat(format!(
+                            "{name}: not compacted, the Cluster marks it {}: its files keep \
+                             deleted data; run compact again once it is back",
+                            node.flags.join(",")
+                        ));
+                        continue;
+                    }
+                    let mut conn = self.connect_node(&node).await?;
+                    self.compact_node(&name, &mut conn, &mut report).await?;
+                }
+            }
+        }
+        report.bytes_after = self.stored_bytes().await?;
+        Ok(report)
     }
 }
 

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::wal::{self, Wal, WalRecord, WalWrite};
-use super::{Backend, BlobHash, LogAppend};
+use super::{Backend, BlobHash, CompactReport, LogAppend};
 use crate::error::{Error, Result};
 
 /// The backend's name in errors.
@@ -748,15 +748,17 @@ impl Backend for SledBackend {
         })?;
         Ok(Some(size))
     }
-}
 
-/// What [`compact`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactReport {
-    /// Bytes of the directory before.
-    pub bytes_before: u64,
-    /// Bytes of the directory after.
-    pub bytes_after: u64,
+    /// sled compacts offline only (see [`compact`]): this store has the directory open, and
+    /// sled lets one process open it.
+    async fn compact(&self) -> Result<CompactReport> {
+        Err(Error::InvalidInput(format!(
+            "sled stores are compacted offline: close every store on {} (sled lets one process \
+             open it), then run `ckpt --store {} compact`",
+            self.path.display(),
+            self.path.display()
+        )))
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -814,10 +816,14 @@ pub fn compact(path: &Path) -> Result<CompactReport> {
     remove_dir_eventually(&old_path)?;
     let bytes_after =
         dir_size(path).map_err(|e| fail(format!("measuring {}", path.display()), e))?;
-    Ok(CompactReport {
-        bytes_before,
-        bytes_after,
-    })
+    let mut report = CompactReport::new(NAME);
+    report.step(format!(
+        "rewrote {} with only its live keys and removed the old files",
+        path.display()
+    ));
+    report.bytes_before = Some(bytes_before);
+    report.bytes_after = Some(bytes_after);
+    Ok(report)
 }
 
 /// Completes a [`compact`] a crash interrupted: a complete copy whose swap did not finish is

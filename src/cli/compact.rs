@@ -1,74 +1,85 @@
-//! `ckpt compact`: rewrites a sled store's files so nothing deleted remains in them.
+//! `ckpt compact`: rewrites the store's storage so that nothing deleted can be read from its files.
 
 use clap::Args;
-use serde::Serialize;
 
 use ckpt::url::StoreUrl;
+use ckpt::{CompactReport, Store};
 
-use super::{say, CliResult, Context, Failure, Global};
+use super::{fmt, say, CliResult, Context, Global};
+
+/// What `ckpt compact` does, per backend (also its `--help` epilogue).
+const ABOUT: &str = "Run `ckpt gc` first: it removes cleared and deleted checkpoints from the store; compact then makes \
+what gc removed unreadable from the backend's files. sled: rewrites the directory with only live keys (offline: no other \
+process may have the store open). SQLite: VACUUM, then empties the WAL. PostgreSQL: VACUUM FULL of the store's tables, \
+then (if the role may) a WAL switch and a CHECKPOINT so old WAL segments are removed; with wal_recycle=on (the default) \
+they are renamed for reuse and keep their bytes until overwritten. Redis (every node of a Cluster): BGREWRITEAOF when the \
+AOF is on, BGSAVE when snapshots are configured, waiting for each to finish. What could not be done is printed as a \
+caveat with how to fix it. Replicas, backups and archives keep their own copies: compact cannot reach them.";
 
 /// Options of `ckpt compact`.
 ///
-/// sled keeps deleted values in its files until their space is reused. Run `ckpt gc` first
-/// (it removes cleared and deleted checkpoints from the store), then `ckpt compact` rewrites the
-/// directory with only what is live, so none of the removed state can be read from the files.
-/// No other process may have the store open (sled allows one anyway).
+/// Run `ckpt gc` first (it removes cleared and deleted checkpoints from the store); `ckpt
+/// compact` then makes what gc removed unreadable from the backend's files, as far as the server
+/// allows, and lists what it could not do.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "sled keeps deleted values in its files until their space is reused. Run `ckpt gc` first (it removes cleared and deleted checkpoints from the store), then `ckpt compact` rewrites the directory with only what is live, so none of the removed state can be read from the files. No other process may have the store open (sled allows one anyway)."
-)]
+#[command(after_help = ABOUT)]
 pub struct CompactArgs {
-    /// Print the result as one JSON document: {"bytes_before", "bytes_after"}
+    /// Print the result as one JSON document: {"backend", "steps", "caveats", "bytes_before",
+    /// "bytes_after"} (the byte counts are null when the backend cannot measure what it stores)
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    bytes_before: u64,
-    bytes_after: u64,
-}
-
 /// Runs `ckpt compact`.
 pub async fn run(args: CompactArgs, global: &Global) -> CliResult {
+    // Compaction never reads what the store holds, so an encrypted store needs no key here.
     let url = ckpt::url::strip_key_env(global.store_url());
-    let path =
-        match StoreUrl::parse(&url)? {
-            StoreUrl::Sled { path, .. } => path,
-            _ => return Err(Failure::new(
-                "compact rewrites sled stores; SQLite and PostgreSQL reclaim deleted rows with \
-                 VACUUM, and Redis frees memory at once"
-                    .to_string(),
-            )
-            .into()),
-        };
-    let report = tokio::task::spawn_blocking(move || compact_sled(&path))
-        .await
-        .context("compacting")?
-        .context("compacting the store")?;
+    let report = match StoreUrl::parse(&url)? {
+        StoreUrl::Sled { path, .. } => tokio::task::spawn_blocking(move || compact_sled(&path))
+            .await
+            .context("compacting")?
+            .context("compacting the store")?,
+        _ => {
+            let store = Store::open(&url)
+                .await
+                .with_context(|| format!("opening the store {:?}", global.store_url()))?;
+            store.compact().await.context("compacting the store")?
+        }
+    };
     if args.json {
-        let r = Report {
-            bytes_before: report.bytes_before,
-            bytes_after: report.bytes_after,
-        };
-        say!("{}", serde_json::to_string(&r)?)?;
-    } else {
-        say!(
-            "compacted: {} -> {} bytes",
-            report.bytes_before,
-            report.bytes_after
-        )?;
+        say!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    print_report(&report)
+}
+
+fn print_report(report: &CompactReport) -> CliResult {
+    let size = |n: Option<u64>| n.map_or_else(|| "unknown".to_owned(), fmt::bytes);
+    say!(
+        "compacted ({}): {} -> {}",
+        report.backend,
+        size(report.bytes_before),
+        size(report.bytes_after)
+    )?;
+    for step in &report.steps {
+        say!("  done:    {step}")?;
+    }
+    for caveat in &report.caveats {
+        say!("  caveat:  {caveat}")?;
+    }
+    if report.caveats.is_empty() {
+        say!("no caveats: nothing deleted remains readable in the files compact can reach")?;
     }
     Ok(())
 }
 
 #[cfg(feature = "sled")]
-fn compact_sled(path: &std::path::Path) -> ckpt::Result<ckpt::backend::sled::CompactReport> {
+fn compact_sled(path: &std::path::Path) -> ckpt::Result<CompactReport> {
     ckpt::backend::sled::compact(path)
 }
 
 #[cfg(not(feature = "sled"))]
-fn compact_sled(_: &std::path::Path) -> ckpt::Result<Report> {
+fn compact_sled(_: &std::path::Path) -> ckpt::Result<CompactReport> {
     Err(ckpt::Error::InvalidInput(
         "this build of ckpt has no sled backend".into(),
     ))

@@ -120,7 +120,7 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Check every frame checksum and blob hash; exit 1 listing what is corrupt.
     Verify(verify::VerifyArgs),
-    /// Rewrite a sled store's files so that nothing deleted (cleared, collected) remains in them.
+    /// Rewrite the store's storage so that nothing deleted (cleared, collected) can be read from its files.
     Compact(compact::CompactArgs),
     /// Print a new random encryption key (64 hex digits) and its id.
     Keygen(keys::KeygenArgs),

@@ -11,6 +11,7 @@
 //! number of small deltas.
 
 mod builder;
+mod compact;
 mod encryption;
 mod index;
 mod reclaim;
@@ -37,6 +38,7 @@ use crate::codec::{blob, value};
 use crate::error::{Error, Result};
 use index::{CachedState, Chain, ExecIndex, SaveEntry};
 
+pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, BlobHash, LogAppend};
+use crate::backend::{Backend, BlobHash, CompactReport, LogAppend};
 use crate::Result;
 
 /// Forwards every call to the backend it wraps, but is a different `Arc`: a [`crate::Store`] on
@@ -114,5 +114,8 @@ impl Backend for Elsewhere {
     }
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         self.inner.stored_bytes().await
+    }
+    async fn compact(&self) -> Result<CompactReport> {
+        self.inner.compact().await
     }
 }

@@ -28,6 +28,16 @@
 //! started on first use, reconnected when dropped) and wakes as soon as the log of interest is
 //! appended to, by any process; without a listener it waits out the timeout (polling).
 //!
+//! # Compaction
+//!
+//! Deleted rows stay in the table files until `VACUUM FULL`, and in the WAL until the segments
+//! holding them are retired. [`Backend::compact`] runs `VACUUM FULL` on the schema's tables, then
+//! `pg_switch_wal()` and `CHECKPOINT`, after which PostgreSQL removes every segment before the
+//! new redo point. What it cannot reach is reported: `wal_recycle = on` (the default: retired
+//! segments are renamed for reuse and keep their bytes until overwritten), a role that may not
+//! switch the WAL or checkpoint, `archive_mode`, `wal_keep_size`, replication slots, standbys.
+//! Standbys, base backups and WAL archives keep their own copies in any case.
+//!
 //! # URL options
 //!
 //! The [pool options](super), `schema=NAME` (lowercase letters, digits, `_`; created if missing),
@@ -50,7 +60,7 @@ use tokio::time::Instant;
 use super::{
     end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
 };
-use crate::backend::{Backend, BlobHash, ConnectOptions, LogAppend};
+use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
 
@@ -58,6 +68,10 @@ use crate::url::RawUrl;
 const NAME: &str = "PostgreSQL";
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: i32 = 1;
+/// The tables of a store's schema, which [`Backend::compact`] rewrites.
+const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
+/// The SQLSTATE of a refused privilege.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// Default pool size.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// The SQLSTATE `ckpt_append` raises when a compare fails.
@@ -441,6 +455,176 @@ impl PostgresBackend {
                 Err(_) => return Err(self.timed_out(what)),
             }
         }
+    }
+
+    /// Runs a maintenance statement (`VACUUM FULL`, `CHECKPOINT`) with the simple protocol, so
+    /// outside any transaction block, as `VACUUM` requires. No timeout: a rewrite of a large
+    /// table takes as long as it takes, and the server finishes it even if the client gave up.
+    async fn maintenance(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql).execute(&self.pool).await.map(|_| ())
+    }
+
+    /// The server settings that decide what compaction can remove: name and value.
+    async fn wal_settings(&self) -> Result<Vec<(String, String)>> {
+        self.retry("reading the WAL settings", || {
+            sqlx::query_as("SELECT name, setting FROM pg_settings WHERE name = ANY($1::TEXT[])")
+                .bind([
+                    "wal_recycle",
+                    "archive_mode",
+                    "wal_keep_size",
+                    "wal_keep_segments",
+                ])
+                .fetch_all(&self.pool)
+        })
+        .await
+    }
+
+    /// `VACUUM FULL` of the schema's tables this role may vacuum (the others are named in a
+    /// caveat: `VACUUM` only warns about them, so they are left out beforehand).
+    async fn vacuum_full(&self, report: &mut CompactReport) -> Result<()> {
+        let s = &self.schema;
+        let tables: Vec<(String, bool)> = self
+            .retry("listing the tables to vacuum", || {
+                sqlx::query_as(
+                    "SELECT c.relname::TEXT, pg_has_role(c.relowner, 'USAGE') \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname = ANY($2::TEXT[]) \
+                     ORDER BY c.relname",
+                )
+                .bind(s)
+                .bind(TABLES)
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        let (owned, foreign): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(_, own)| *own);
+        for (table, _) in &foreign {
+            report.caveat(format!(
+                "the role does not own {s}.{table}, so VACUUM FULL skipped it and its dead rows \
+                 stay in its files: run `VACUUM FULL {s}.{table}` as its owner or a superuser"
+            ));
+        }
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = owned.iter().map(|(t, _)| format!("{s}.{t}")).collect();
+        let list = names.join(", ");
+        self.maintenance(&format!("VACUUM (FULL) {list}"))
+            .await
+            .map_err(|e| self.error(&format!("VACUUM FULL {list}"), &e))?;
+        report.step(format!(
+            "VACUUM FULL rewrote {list} with only their live rows (and their TOAST data and \
+             indexes); the old files are emptied, and unlinked at the next checkpoint"
+        ));
+        Ok(())
+    }
+
+    /// Ends the current WAL segment and checkpoints, so that PostgreSQL retires every segment
+    /// holding the deleted rows (those before the new checkpoint's redo point). Refusals
+    /// (privileges, a standby) become caveats.
+    async fn retire_wal(&self, report: &mut CompactReport) -> Result<()> {
+        let refused = |e: &sqlx::Error| {
+            e.as_database_error().map(|d| {
+                (
+                    d.code().is_some_and(|c| c == INSUFFICIENT_PRIVILEGE),
+                    d.message().to_owned(),
+                )
+            })
+        };
+        let switched = match self.maintenance("SELECT pg_switch_wal()").await {
+            Ok(()) => {
+                report.step("pg_switch_wal() closed the WAL segment holding the latest writes");
+                true
+            }
+            Err(e) => match refused(&e) {
+                Some((privilege, message)) => {
+                    report.caveat(format!(
+                        "pg_switch_wal() was refused ({message}){}: the current WAL segment, which \
+                         may hold deleted rows, stays until it fills; run `SELECT pg_switch_wal(); \
+                         CHECKPOINT;` as a superuser",
+                        if privilege { ", the role may not run it" } else { "" }
+                    ));
+                    false
+                }
+                None => return Err(self.error("switching the WAL segment", &e)),
+            },
+        };
+        match self.maintenance("CHECKPOINT").await {
+            Ok(()) => {
+                if switched {
+                    report.step(
+                        "CHECKPOINT moved the redo point past those writes, so PostgreSQL \
+                         retired every older WAL segment",
+                    );
+                } else {
+                    report.step("CHECKPOINT flushed the rewritten tables");
+                }
+            }
+            Err(e) => match refused(&e) {
+                Some((_, message)) => report.caveat(format!(
+                    "CHECKPOINT was refused ({message}): a superuser or a member of \
+                     pg_checkpoint (PostgreSQL 15+) may run it; until the next automatic \
+                     checkpoint (checkpoint_timeout), the WAL segments holding deleted rows \
+                     and the emptied old table files stay in the data directory"
+                )),
+                None => return Err(self.error("checkpointing", &e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Caveats from the server's settings and replication: what keeps WAL, or copies of it,
+    /// beyond what a checkpoint retires.
+    async fn wal_caveats(&self, report: &mut CompactReport) -> Result<()> {
+        for (name, value) in self.wal_settings().await? {
+            match (name.as_str(), value.as_str()) {
+                ("wal_recycle", "on") => report.caveat(
+                    "wal_recycle is on (the default): retired WAL segments were renamed for \
+                     reuse, not deleted, and keep their old bytes (deleted rows among them) \
+                     until new WAL overwrites them; set it off (`ALTER SYSTEM SET wal_recycle = \
+                     off; SELECT pg_reload_conf();`) so that PostgreSQL unlinks retired \
+                     segments, then run compact once more than the number of segments pg_wal \
+                     holds ahead of the current one: each run retires one recycled earlier",
+                ),
+                ("archive_mode", v) if v != "off" => report.caveat(format!(
+                    "archive_mode is {v}: archive_command copied WAL segments holding the \
+                     deleted rows elsewhere, and compact cannot reach those copies; remove them \
+                     from the archive (and base backups) by hand"
+                )),
+                ("wal_keep_size" | "wal_keep_segments", v) if v != "0" => report.caveat(format!(
+                    "{name} is {v}: PostgreSQL keeps that much old WAL (deleted rows \
+                         included) for standbys; set it to 0 or run compact again after that \
+                         much new WAL was written"
+                )),
+                _ => {}
+            }
+        }
+        let slots: Vec<(String, String)> = self
+            .retry("listing replication slots", || {
+                sqlx::query_as(
+                    "SELECT slot_name::TEXT, restart_lsn::TEXT FROM pg_replication_slots \
+                     WHERE restart_lsn IS NOT NULL ORDER BY slot_name",
+                )
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        for (slot, lsn) in slots {
+            report.caveat(format!(
+                "replication slot {slot} keeps WAL from {lsn} on: segments after it (deleted \
+                 rows among them) stay until its consumer moves on, or drop the slot"
+            ));
+        }
+        let standbys: i64 = self
+            .retry("counting standbys", || {
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication").fetch_one(&self.pool)
+            })
+            .await?;
+        if standbys > 0 {
+            report.caveat(format!(
+                "{standbys} standby server(s) stream this WAL: they replay the rewrite, but keep \
+                 their own WAL; run CHECKPOINT on each (with wal_recycle off there too)"
+            ));
+        }
+        Ok(())
     }
 
     /// Creates the schema (first open) or checks its version, under an advisory lock so that
@@ -961,6 +1145,20 @@ impl Backend for PostgresBackend {
             })
             .await?;
         Ok(Some(u64::try_from(bytes).unwrap_or(0)))
+    }
+
+    /// `VACUUM FULL` of the schema's tables, then `pg_switch_wal()` and `CHECKPOINT` so the WAL
+    /// segments holding the deleted rows are retired; settings that keep old WAL, and steps the
+    /// role may not run, are reported as caveats. Each table is locked (reads and writes wait)
+    /// while it is rewritten.
+    async fn compact(&self) -> Result<CompactReport> {
+        let mut report = CompactReport::new(NAME);
+        report.bytes_before = self.stored_bytes().await?;
+        self.vacuum_full(&mut report).await?;
+        self.retire_wal(&mut report).await?;
+        self.wal_caveats(&mut report).await?;
+        report.bytes_after = self.stored_bytes().await?;
+        Ok(report)
     }
 }
 

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
 };
-use crate::backend::{Backend, BlobHash, ConnectOptions, LogAppend};
+use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::{parse_bool, RawUrl};
 
@@ -123,6 +123,8 @@ enum WriteOp {
     RewriteBlobs(Vec<(BlobHash, Vec<u8>)>),
     /// Moves the WAL into the database file and empties it (outside any transaction).
     Checkpoint,
+    /// `VACUUM`, then a checkpoint that must empty the WAL (outside any transaction).
+    Compact,
 }
 
 /// An [`Error::Backend`] from this backend.
@@ -473,10 +475,13 @@ async fn serve(conn: &mut SqliteConnection, mut rx: mpsc::UnboundedReceiver<Job>
             .into_iter()
             // A caller that gave up (timed out) no longer wants its write made.
             .filter(|job| !job.reply.is_closed())
-            .partition(|job| matches!(job.op, WriteOp::Checkpoint));
+            .partition(|job| matches!(job.op, WriteOp::Checkpoint | WriteOp::Compact));
         commit_group(conn, writes).await;
         for job in checkpoints {
-            let result = checkpoint(conn).await;
+            let result = match job.op {
+                WriteOp::Compact => compact(conn).await,
+                _ => checkpoint(conn).await,
+            };
             let _ = job.reply.send(result);
         }
     }
@@ -623,7 +628,7 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
             }
             Ok(())
         }
-        WriteOp::Checkpoint => Ok(()),
+        WriteOp::Checkpoint | WriteOp::Compact => Ok(()),
     }
 }
 
@@ -729,6 +734,31 @@ async fn checkpoint(conn: &mut SqliteConnection) -> Result<()> {
         .execute(&mut *conn)
         .await
         .map_err(|e| db_error("checkpointing the WAL into the database file", &e))?;
+    Ok(())
+}
+
+/// Rebuilds the database file with only live rows (`VACUUM`: the file shrinks to what is live;
+/// `secure_delete` has already overwritten deleted rows), then empties the WAL, which holds the
+/// rebuilt pages and, from earlier writes, deleted ones. Unlike a flush, an empty WAL is required:
+/// when a reader keeps SQLite from truncating it (past the busy timeout), this fails.
+async fn compact(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("VACUUM")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("rebuilding the database file (VACUUM)", &e))?;
+    let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("checkpointing the WAL into the database file", &e))?;
+    let busy: i64 = row.try_get(0).unwrap_or(1);
+    if busy != 0 {
+        return Err(Error::Busy {
+            what: "another connection kept reading the SQLite database, so its WAL (which may \
+                   hold deleted pages) could not be emptied; run compact again when fewer \
+                   processes use the store"
+                .into(),
+        });
+    }
     Ok(())
 }
 
@@ -936,5 +966,21 @@ impl Backend for SqliteBackend {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         Ok(Some(file_len(&self.path)? + file_len(Path::new(&wal))?))
+    }
+
+    /// `VACUUM` and an emptied WAL (see the writer's `compact`). Deleted rows were already
+    /// overwritten (`secure_delete`); this also gives their space back to the file system.
+    async fn compact(&self) -> Result<CompactReport> {
+        let mut report = CompactReport::new(NAME);
+        report.bytes_before = self.stored_bytes().await?;
+        self.write(WriteOp::Compact, "compacting").await?;
+        report.step(format!(
+            "VACUUM rebuilt {} with only its live rows (deleted rows were already overwritten: \
+             secure_delete)",
+            self.path.display()
+        ));
+        report.step("wal_checkpoint(TRUNCATE) emptied the WAL");
+        report.bytes_after = self.stored_bytes().await?;
+        Ok(report)
     }
 }

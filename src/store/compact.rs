@@ -1,0 +1,51 @@
+//! Compaction: making what gc removed unreadable from the backend's files.
+//!
+//! gc removes frames and blobs from the store, but most storage engines keep deleted bytes in
+//! their files until the space is reused (sled's segments, PostgreSQL's dead tuples and WAL,
+//! Redis's append-only file). [`Store::compact`] asks the backend to rewrite its storage (see
+//! [`crate::backend::Backend::compact`] for the contract), so that clearing an execution and
+//! collecting it leaves nothing of its state a reader of the raw files could recover.
+
+use super::Store;
+use crate::backend::CompactReport;
+use crate::error::Result;
+
+impl Store {
+    /// Rewrites the backend's storage so that nothing deleted can be read from its files, as far
+    /// as the server allows; returns what was done and, in [`CompactReport::caveats`], what may
+    /// still hold deleted data and how to fix it. Copies outside the backend's files (replicas,
+    /// backups, archives) are never covered.
+    ///
+    /// Run [`Store::gc`] first: compaction only makes unreadable what is already deleted, and
+    /// cleared or deleted checkpoints are removed from the store by gc. Pending writes are
+    /// flushed first.
+    ///
+    /// May take long and slow or block writers while it runs (PostgreSQL's `VACUUM FULL` locks
+    /// each table it rewrites). sled compacts offline only: there it returns
+    /// [`crate::Error::InvalidInput`]; close the store and run `ckpt compact`.
+    pub async fn compact(&self) -> Result<CompactReport> {
+        let backend = &self.inner.backend;
+        backend.flush().await?;
+        backend.compact().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{Checkpoint, Store};
+
+    #[tokio::test]
+    async fn memory_has_nothing_to_rewrite() {
+        let store = Store::memory();
+        store
+            .save(Checkpoint::new("e", "n", &json!({ "a": 1 })).unwrap())
+            .await
+            .unwrap();
+        let report = store.compact().await.unwrap();
+        assert_eq!(report.backend, "memory");
+        assert!(report.caveats.is_empty(), "{report:?}");
+        assert_eq!(report.bytes_before, report.bytes_after);
+    }
+}
