@@ -1,5 +1,5 @@
-//! Model-based property test: random sequences of saves, batches, deletes, clears, forks, gcs and
-//! reopens are applied both to a [`Store`] (on each backend, through its conformance harness) and
+//! Model-based property test: random sequences of saves, batches, deletes, clears, forks, gcs,
+//! retention, rekeys (encrypted runs) and reopens are applied both to a [`Store`] (on each backend, through its conformance harness) and
 //! to a plain in-memory model; after every operation every projection of the store (list, latest,
 //! history, at_version, load of removed ids, executions) must equal the model's.
 //!
@@ -39,11 +39,17 @@ enum Op {
     Reopen,
     /// Collect garbage.
     Gc,
+    /// Save a state whose every tally counter changed (see `Model::tally`).
+    Tally { exec: usize },
     /// Save one checkpoint per `(exec, msg_len)` in one atomic batch.
     SaveBatch { execs: Vec<(usize, usize)> },
     /// Retention: keep the newest `keep` checkpoints of every execution (and every interrupted
     /// one), or with `drop_all`, drop every execution whose latest is not interrupted.
     Prune { keep: usize, drop_all: bool },
+    /// Encrypted runs: another store on the same storage re-keys it (the newest key alternates),
+    /// moving every blob to a new address, while the store under test keeps what it cached.
+    /// Nothing changes for the model. A no-op on plaintext runs.
+    Rekey,
 }
 
 fn msg_len() -> impl Strategy<Value = usize> {
@@ -62,6 +68,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Gc),
         2 => proptest::collection::vec((exec(), msg_len()), 0..=3).prop_map(|execs| Op::SaveBatch { execs }),
         1 => (1..5usize, proptest::bool::weighted(0.3)).prop_map(|(keep, drop_all)| Op::Prune { keep, drop_all }),
+        1 => Just(Op::Rekey),
+        1 => exec().prop_map(|exec| Op::Tally { exec }),
     ]
 }
 
@@ -119,7 +127,29 @@ impl Model {
         self.counter += 1;
         let mut messages = base["messages"].as_array().cloned().unwrap_or_default();
         messages.push(json!({ "role": if self.counter.is_multiple_of(2) { "user" } else { "assistant" }, "text": text(self.counter, msg_len) }));
-        json!({ "messages": messages, "step": base["step"].as_u64().unwrap_or(0) + 1 })
+        let mut next = match base {
+            serde_json::Value::Object(_) => base.clone(),
+            _ => json!({}),
+        };
+        next["messages"] = messages.into();
+        next["step"] = json!(base["step"].as_u64().unwrap_or(0) + 1);
+        next
+    }
+
+    /// `base` with a tally of 400 small counters, all new: a delta too big for its budget, so
+    /// the store writes a snapshot built from the state it cached.
+    fn tally(&mut self, base: &serde_json::Value) -> serde_json::Value {
+        self.counter += 1;
+        let n = self.counter;
+        let mut next = match base {
+            serde_json::Value::Object(_) => base.clone(),
+            _ => json!({}),
+        };
+        next["tally"] = (0..400u64)
+            .map(|i| (format!("t{i:03}"), json!(n * 1000 + i)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        next
     }
 
     fn checkpoint(
@@ -191,17 +221,15 @@ fn expect_not_found<T: std::fmt::Debug>(
 
 async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match op {
-        Op::Save {
-            exec,
-            msg_len,
-            same_as_prev,
-        } => {
+        Op::Save { exec, .. } | Op::Tally { exec } => {
             let exec = EXECS[*exec];
             let base = model.latest_state(exec);
-            let state = if *same_as_prev {
-                base
-            } else {
-                model.grow(&base, *msg_len)
+            let state = match op {
+                Op::Save {
+                    same_as_prev: true, ..
+                } => base,
+                Op::Save { msg_len, .. } => model.grow(&base, *msg_len),
+                _ => model.tally(&base),
             };
             let cp = model.checkpoint(exec, &state)?;
             let saved = ok(store.save(cp.clone()).await, "save")?;
@@ -319,7 +347,7 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
             prop_assert_eq!(&ok(fork.state_json(), "state_json")?, &source.state);
             model.record(&fork)?;
         }
-        Op::Reopen | Op::Gc => unreachable!("handled by the caller"),
+        Op::Reopen | Op::Gc | Op::Rekey => unreachable!("handled by the caller"),
         Op::SaveBatch { execs } => {
             let mut pending: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
             let mut batch = Vec::new();
@@ -440,8 +468,18 @@ async fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
 }
 
 async fn run(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
+    run_with_keys(harness, ops, None).await
+}
+
+/// [`run`]; with `keys` (the two keys the harness's stores open with), [`Op::Rekey`] re-keys.
+async fn run_with_keys(
+    harness: &dyn Harness,
+    ops: &[Op],
+    keys: Option<&[ckpt::crypto::Key; 2]>,
+) -> Result<(), TestCaseError> {
     let mut store = Some(harness.open().await);
     let mut model = Model::default();
+    let mut rekeys = 0usize;
     for (i, op) in ops.iter().enumerate() {
         let context = |e: TestCaseError| {
             TestCaseError::fail(format!("[{}] after op {i} {op:?}: {e}", harness.name()))
@@ -456,6 +494,20 @@ async fn run(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
                     .as_ref()
                     .ok_or_else(|| TestCaseError::fail("no store"))?;
                 ok(s.gc().await, "gc").map_err(context)?;
+            }
+            Op::Rekey => {
+                if let Some([a, b]) = keys {
+                    let s = store
+                        .as_ref()
+                        .ok_or_else(|| TestCaseError::fail("no store"))?;
+                    let ring = match rekeys % 2 {
+                        0 => vec![b.clone(), a.clone()],
+                        _ => vec![a.clone(), b.clone()],
+                    };
+                    rekeys += 1;
+                    let other = Store::with_backend_and_keys(s.backend().clone(), ring);
+                    ok(other.rekey().await, "rekey").map_err(context)?;
+                }
             }
             op => {
                 let s = store
@@ -473,12 +525,48 @@ async fn run(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 fn run_blocking(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    runtime()?.block_on(run(harness, ops))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, TestCaseError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| TestCaseError::fail(format!("tokio runtime: {e}")))?;
-    runtime.block_on(run(harness, ops))
+        .map_err(|e| TestCaseError::fail(format!("tokio runtime: {e}")))
+}
+
+/// `H`'s storage opened with two keys, the first writing: [`Op::Rekey`] makes the other the
+/// newest from another store, so this one writes with a retired key (its saves stay readable)
+/// and holds states cached under addresses the rekey removed.
+struct TwoKeys<H> {
+    inner: H,
+    keys: [ckpt::crypto::Key; 2],
+}
+
+#[async_trait::async_trait]
+impl<H: Harness> Harness for TwoKeys<H> {
+    async fn open(&self) -> Store {
+        let plain = self.inner.open().await;
+        Store::with_backend_and_keys(plain.backend().clone(), self.keys.to_vec())
+    }
+
+    fn name(&self) -> &'static str {
+        "two-keys"
+    }
+
+    fn allows_concurrent_opens(&self) -> bool {
+        self.inner.allows_concurrent_opens()
+    }
+}
+
+fn run_rekeyed<H: Harness>(inner: H, ops: &[Op]) -> Result<(), TestCaseError> {
+    use ckpt::crypto::Key;
+    let harness = TwoKeys {
+        inner,
+        keys: [Key::generate(), Key::generate()],
+    };
+    runtime()?.block_on(run_with_keys(&harness, ops, Some(&harness.keys)))
 }
 
 /// 96 cases per backend; `CKPT_MODEL_CASES=N` runs more (for a long hunt).
@@ -520,8 +608,13 @@ proptest! {
 
     #[test]
     fn encrypted_memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
-        let harness = ckpt::testing::Encrypted::new("memory+key", ckpt::testing::MemoryHarness::new());
-        run_blocking(&harness, &ops)?;
+        run_rekeyed(ckpt::testing::MemoryHarness::new(), &ops)?;
+    }
+
+    #[cfg(feature = "sled")]
+    #[test]
+    fn encrypted_sled_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_rekeyed(ckpt::testing::SledHarness::new(), &ops)?;
     }
 }
 
