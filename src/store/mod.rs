@@ -1151,6 +1151,8 @@ impl Store {
         if let Some(s) = idx.cached_state(version) {
             return Ok(s);
         }
+        // Before the frames: a save trusts the addresses read here only under this position.
+        let epoch = self.gc_epoch_now().await?;
         let start = idx
             .saves
             .get(&version)
@@ -1178,10 +1180,7 @@ impl Store {
         };
         if idx.newest_save().is_some_and(|(v, _)| v == version) {
             idx.newest_state = Some(state.clone());
-            idx.stored_epoch = self
-                .inner
-                .gc_next
-                .load(std::sync::atomic::Ordering::Acquire);
+            idx.stored_epoch = epoch;
         }
         Ok(state)
     }

@@ -118,6 +118,22 @@ impl Store {
         self.inner.gc_next.store(0, Ordering::Release);
     }
 
+    /// The gc log's position to stamp a state read from the log now with (see
+    /// `ExecIndex::stored_epoch`): the cached one, else read without waiting (and cached when no
+    /// gc runs); 0, which no save matches, while a gc runs. Read before the frames.
+    pub(super) async fn gc_epoch_now(&self) -> Result<u64> {
+        let cached = self.inner.gc_next.load(Ordering::Acquire);
+        if cached != 0 {
+            return Ok(cached);
+        }
+        let next = self.inner.backend.next_seq(GC_LOG).await?;
+        if !no_gc_running(next) {
+            return Ok(0);
+        }
+        self.inner.gc_next.store(next, Ordering::Release);
+        Ok(next)
+    }
+
     /// Waits until no gc runs (ending one whose lease ran out) and returns the gc log's next
     /// sequence number.
     async fn wait_for_no_gc(&self) -> Result<u64> {
