@@ -155,9 +155,11 @@ async fn sqlite_clear_and_gc_leave_no_trace_of_a_secret() {
 }
 
 /// PostgreSQL keeps deleted rows in its table files until `VACUUM FULL`, and in its WAL until
-/// the segments holding them are retired: compact does both. With `wal_recycle = on` (the
-/// default) retired segments are renamed for reuse and keep their bytes, which compact reports;
-/// with it off, nothing of the secret is left anywhere in the data directory.
+/// the segments holding them are retired: compact does both. The secret is written, cleared and
+/// compacted with `wal_recycle = on` (the default), where retired segments are renamed for reuse
+/// and keep their bytes, which compact reports; after the operator turns it off, one more
+/// compact (moving the WAL through the segments recycled before) leaves nothing of the secret
+/// anywhere in the data directory.
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
@@ -166,6 +168,25 @@ async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
     let cluster = common::PgCluster::start();
     let data = Path::new(&cluster.data);
     let store = Store::open(&cluster.url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+    let kept = save_secrets(&store).await;
+    // A checkpoint writes the rows into the table files too, so the control covers both the
+    // tables and the WAL. Frames and blobs are stored uncompressed (STORAGE EXTERNAL), so TOAST
+    // compression does not hide the secret from the grep.
+    sqlx::raw_sql("CHECKPOINT")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let before = grep_dir(data, SECRET.as_bytes());
+    assert!(
+        before.iter().any(|h| h.contains("/pg_wal/"))
+            && before.iter().any(|h| h.contains("/base/")),
+        "the grep does not find the secret in both the WAL and the tables: {before:?}"
+    );
+
+    store.clear("secret").await.unwrap();
+    let gc = store.gc().await.unwrap();
+    assert!(gc.blobs_removed > 0 && gc.frames_removed > 0, "{gc:?}");
     let on_defaults = store.compact().await.unwrap();
     assert!(
         on_defaults
@@ -174,8 +195,13 @@ async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
             .any(|c| c.contains("wal_recycle")),
         "{on_defaults:#?}"
     );
+    let hits = grep_dir(data, SECRET.as_bytes());
+    assert!(
+        hits.iter().all(|h| h.contains("/pg_wal/")),
+        "the secret survives outside the WAL: {hits:?}"
+    );
+    eprintln!("with wal_recycle = on, the secret is left in {hits:?}");
 
-    let mut admin = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
     // Two statements: ALTER SYSTEM refuses the implicit transaction of a multi-statement query.
     for sql in [
         "ALTER SYSTEM SET wal_recycle = off",
@@ -198,26 +224,8 @@ async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let kept = save_secrets(&store).await;
-    // A checkpoint writes the rows into the table files too, so the control covers both the
-    // tables and the WAL. Frames and blobs are stored uncompressed (STORAGE EXTERNAL), so TOAST
-    // compression does not hide the secret from the grep.
-    sqlx::raw_sql("CHECKPOINT")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let before = grep_dir(data, SECRET.as_bytes());
-    assert!(
-        before.iter().any(|h| h.contains("/pg_wal/"))
-            && before.iter().any(|h| h.contains("/base/")),
-        "the grep does not find the secret in both the WAL and the tables: {before:?}"
-    );
     admin.close().await.unwrap();
 
-    store.clear("secret").await.unwrap();
-    let gc = store.gc().await.unwrap();
-    assert!(gc.blobs_removed > 0 && gc.frames_removed > 0, "{gc:?}");
     let report = ckpt_compact(&cluster.url);
     assert_eq!(report["backend"], "PostgreSQL", "{report}");
     assert!(lines(&report, "caveats").is_empty(), "{report:#}");
@@ -229,7 +237,7 @@ async fn postgres_clear_gc_and_compact_leave_no_trace_of_a_secret() {
         );
     }
     eprintln!(
-        "PostgreSQL tables: {} -> {} bytes",
+        "PostgreSQL tables: {} -> {} bytes; steps {steps:#?}",
         report["bytes_before"], report["bytes_after"]
     );
     let hits = grep_until_clean(data, Duration::from_secs(2));

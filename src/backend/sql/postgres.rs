@@ -72,6 +72,17 @@ pub const SCHEMA_VERSION: i32 = 1;
 const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
 /// The SQLSTATE of a refused privilege.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// For an error the server raised (not a lost connection): whether it refused a privilege, and
+/// its message.
+fn refused(e: &sqlx::Error) -> Option<(bool, String)> {
+    e.as_database_error().map(|d| {
+        (
+            d.code().is_some_and(|c| c == INSUFFICIENT_PRIVILEGE),
+            d.message().to_owned(),
+        )
+    })
+}
 /// Default pool size.
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// The SQLSTATE `ckpt_append` raises when a compare fails.
@@ -520,16 +531,8 @@ impl PostgresBackend {
 
     /// Ends the current WAL segment and checkpoints, so that PostgreSQL retires every segment
     /// holding the deleted rows (those before the new checkpoint's redo point). Refusals
-    /// (privileges, a standby) become caveats.
-    async fn retire_wal(&self, report: &mut CompactReport) -> Result<()> {
-        let refused = |e: &sqlx::Error| {
-            e.as_database_error().map(|d| {
-                (
-                    d.code().is_some_and(|c| c == INSUFFICIENT_PRIVILEGE),
-                    d.message().to_owned(),
-                )
-            })
-        };
+    /// (privileges, a standby) become caveats. Returns whether both ran.
+    async fn retire_wal(&self, report: &mut CompactReport) -> Result<bool> {
         let switched = match self.maintenance("SELECT pg_switch_wal()").await {
             Ok(()) => {
                 report.step("pg_switch_wal() closed the WAL segment holding the latest writes");
@@ -558,32 +561,90 @@ impl PostgresBackend {
                 } else {
                     report.step("CHECKPOINT flushed the rewritten tables");
                 }
+                Ok(switched)
             }
             Err(e) => match refused(&e) {
-                Some((_, message)) => report.caveat(format!(
-                    "CHECKPOINT was refused ({message}): a superuser or a member of \
-                     pg_checkpoint (PostgreSQL 15+) may run it; until the next automatic \
-                     checkpoint (checkpoint_timeout), the WAL segments holding deleted rows \
-                     and the emptied old table files stay in the data directory"
-                )),
-                None => return Err(self.error("checkpointing", &e)),
+                Some((_, message)) => {
+                    report.caveat(format!(
+                        "CHECKPOINT was refused ({message}): a superuser or a member of \
+                         pg_checkpoint (PostgreSQL 15+) may run it; until the next automatic \
+                         checkpoint (checkpoint_timeout), the WAL segments holding deleted rows \
+                         and the emptied old table files stay in the data directory"
+                    ));
+                    Ok(false)
+                }
+                None => Err(self.error("checkpointing", &e)),
             },
         }
+    }
+
+    /// With `wal_recycle = off`: segments recycled while it was on wait ahead of the current
+    /// one (or are the current one), renamed, with their old bytes (deleted rows among them).
+    /// Moves the WAL through each (a checkpoint record, then a switch) into a segment created
+    /// new, so that PostgreSQL retires them, which now unlinks them; a final checkpoint retires
+    /// the last.
+    async fn retire_recycled_segments(&self, report: &mut CompactReport) -> Result<()> {
+        let ahead = match self.segments_ahead().await {
+            Ok(n) => n,
+            Err(e) => match refused(&e) {
+                Some((_, message)) => {
+                    report.caveat(format!(
+                        "pg_ls_waldir() was refused ({message}), so WAL segments recycled while \
+                         wal_recycle was on may still wait ahead of the current one with their \
+                         old bytes; run compact as a superuser or a member of pg_monitor"
+                    ));
+                    return Ok(());
+                }
+                None => return Err(self.error("listing pg_wal", &e)),
+            },
+        };
+        // The segment being written may itself be a recycled one (the switch above entered it):
+        // one more than those ahead. A preallocated segment may appear ahead while this runs:
+        // bounded, not until none.
+        for _ in 0..=ahead {
+            for sql in ["CHECKPOINT", "SELECT pg_switch_wal()"] {
+                self.maintenance(sql)
+                    .await
+                    .map_err(|e| self.error(&format!("retiring recycled WAL: {sql}"), &e))?;
+            }
+        }
+        self.maintenance("CHECKPOINT")
+            .await
+            .map_err(|e| self.error("retiring recycled WAL: CHECKPOINT", &e))?;
+        report.step(format!(
+            "moved the WAL through the segment being written and the {ahead} waiting ahead of it \
+             (segments recycled while wal_recycle was on hold old bytes) into a new one; \
+             PostgreSQL unlinked each as it retired it"
+        ));
         Ok(())
+    }
+
+    /// How many WAL segment files wait ahead of the one being written.
+    async fn segments_ahead(&self) -> std::result::Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' \
+             AND name > pg_walfile_name(pg_current_wal_lsn())",
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Caveats from the server's settings and replication: what keeps WAL, or copies of it,
     /// beyond what a checkpoint retires.
-    async fn wal_caveats(&self, report: &mut CompactReport) -> Result<()> {
-        for (name, value) in self.wal_settings().await? {
+    async fn wal_caveats(
+        &self,
+        settings: &[(String, String)],
+        report: &mut CompactReport,
+    ) -> Result<()> {
+        for (name, value) in settings {
             match (name.as_str(), value.as_str()) {
                 ("wal_recycle", "on") => report.caveat(
                     "wal_recycle is on (the default): retired WAL segments were renamed for \
                      reuse, not deleted, and keep their old bytes (deleted rows among them) \
                      until new WAL overwrites them; set it off (`ALTER SYSTEM SET wal_recycle = \
                      off; SELECT pg_reload_conf();`) so that PostgreSQL unlinks retired \
-                     segments, then run compact once more than the number of segments pg_wal \
-                     holds ahead of the current one: each run retires one recycled earlier",
+                     segments, then run compact again: it also moves the WAL through the \
+                     segments recycled before, so they are unlinked too",
                 ),
                 ("archive_mode", v) if v != "off" => report.caveat(format!(
                     "archive_mode is {v}: archive_command copied WAL segments holding the \
@@ -1154,9 +1215,15 @@ impl Backend for PostgresBackend {
     async fn compact(&self) -> Result<CompactReport> {
         let mut report = CompactReport::new(NAME);
         report.bytes_before = self.stored_bytes().await?;
+        let settings = self.wal_settings().await?;
+        let recycle_off = settings
+            .iter()
+            .any(|(name, value)| name == "wal_recycle" && value == "off");
         self.vacuum_full(&mut report).await?;
-        self.retire_wal(&mut report).await?;
-        self.wal_caveats(&mut report).await?;
+        if self.retire_wal(&mut report).await? && recycle_off {
+            self.retire_recycled_segments(&mut report).await?;
+        }
+        self.wal_caveats(&settings, &mut report).await?;
         report.bytes_after = self.stored_bytes().await?;
         Ok(report)
     }
