@@ -161,6 +161,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The blob stored under `hash`, if any.
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>>;
 
+    /// The blobs stored under `hashes`, in the same order (`None` where nothing is stored).
+    /// Backends on a network **should** fetch them in one round trip (a state's many leaves are
+    /// read at once on a cold load); the default asks for each in turn.
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            out.push(self.get_blob(hash).await?);
+        }
+        Ok(out)
+    }
+
     /// Whether a blob is stored under `hash`.
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
         Ok(self.get_blob(hash).await?.is_some())

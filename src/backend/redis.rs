@@ -1693,6 +1693,26 @@ impl Backend for RedisBackend {
         .await
     }
 
+    /// One pipeline of `GET`s (on a Cluster, split by node by the driver).
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<Cmd> = hashes
+            .iter()
+            .map(|hash| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.blob_key(hash));
+                cmd
+            })
+            .collect();
+        self.retrying(
+            || format!("reading {} blobs", hashes.len()),
+            || self.query_many(&cmds),
+        )
+        .await
+    }
+
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(self.blob_key(hash));

@@ -49,6 +49,8 @@ pub use watch::Watch;
 const MAX_CHAIN: u32 = 100;
 /// Deltas may add up to this many bytes before a snapshot, however small the snapshot.
 const MIN_DELTA_BUDGET: u64 = 4096;
+/// Blobs read per backend call when a state is rebuilt.
+const FETCH_BATCH: usize = 256;
 /// How often a conflicting append is retried before the conflict is returned.
 const MAX_CONFLICT_RETRIES: u32 = 32;
 /// A plain save whose appends keep conflicting (many writers on one execution) retries at least
@@ -1230,12 +1232,26 @@ impl Store {
         };
         // Fetched leaves are kept here too: the cache may evict them before substitution.
         let mut fetched: HashMap<BlobHash, Value> = HashMap::with_capacity(missing.len());
+        let referrer = format!("checkpoint {log}@{version}");
+        let leaves: Vec<BlobHash> = missing
+            .iter()
+            .filter_map(|r| match r {
+                tree::Ref::Leaf(h) => Some(*h),
+                tree::Ref::Chunked(_) => None,
+            })
+            .collect();
+        // A cold load reads a state's many leaves in a few round trips, not one each.
+        for group in leaves.chunks(FETCH_BATCH) {
+            for (hash, content) in group.iter().zip(self.fetch_blobs(&referrer, group).await?) {
+                let leaf = value::decode(&content)
+                    .map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))?;
+                fetched.insert(*hash, leaf);
+            }
+        }
         for r in &missing {
-            let leaf = match r {
-                tree::Ref::Leaf(h) => self.fetch_leaf(log, version, h).await?,
-                tree::Ref::Chunked(h) => self.fetch_chunked(log, version, h).await?,
-            };
-            fetched.insert(r.hash(), leaf);
+            if let tree::Ref::Chunked(h) = r {
+                fetched.insert(*h, self.fetch_chunked(log, version, h).await?);
+            }
         }
         let mut cache = self.inner.blob_cache.lock().map_err(|_| poisoned())?;
         let resolved = tree::substitute(stored, &|h| {
@@ -1264,12 +1280,30 @@ impl Store {
         blob::decode_in(hash, &stored, cipher)
     }
 
-    /// Reads, verifies and decodes the leaf stored in blob `hash`.
-    async fn fetch_leaf(&self, log: &str, version: u64, hash: &BlobHash) -> Result<Value> {
-        let content = self
-            .fetch_blob(&format!("checkpoint {log}@{version}"), hash)
-            .await?;
-        value::decode(&content).map_err(|e| Error::corrupt(format!("blob {}", blob::hex(hash)), e))
+    /// Reads and verifies the blobs `hashes` (in one backend call), which `referrer` needs.
+    async fn fetch_blobs(&self, referrer: &str, hashes: &[BlobHash]) -> Result<Vec<Vec<u8>>> {
+        let cipher = self.crypto().await?.cipher();
+        let stored = self.inner.backend.get_blobs(hashes).await?;
+        if stored.len() != hashes.len() {
+            return Err(Error::Backend {
+                backend: self.inner.backend.name(),
+                context: format!("reading {} blobs", hashes.len()),
+                source: format!("{} came back (a bug in the backend)", stored.len()).into(),
+            });
+        }
+        hashes
+            .iter()
+            .zip(stored)
+            .map(|(hash, stored)| {
+                let stored = stored.ok_or_else(|| {
+                    Error::corrupt(
+                        format!("blob {}", blob::hex(hash)),
+                        format!("missing, but referenced by {referrer}"),
+                    )
+                })?;
+                blob::decode_in(hash, &stored, cipher)
+            })
+            .collect()
     }
 
     /// Reads and verifies the manifest `hash`.
@@ -1284,8 +1318,8 @@ impl Store {
         let referrer = format!("checkpoint {log}@{version}");
         let manifest = self.fetch_manifest(&referrer, hash).await?;
         let mut chunks = Vec::with_capacity(manifest.chunks.len());
-        for chunk in &manifest.chunks {
-            chunks.push(self.fetch_blob(&referrer, chunk).await?);
+        for group in manifest.chunks.chunks(FETCH_BATCH) {
+            chunks.extend(self.fetch_blobs(&referrer, group).await?);
         }
         manifest
             .assemble(chunks)

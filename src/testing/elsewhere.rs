@@ -85,6 +85,9 @@ impl Backend for Elsewhere {
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
         self.inner.get_blob(hash).await
     }
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_blobs(hashes).await
+    }
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
         self.inner.has_blob(hash).await
     }

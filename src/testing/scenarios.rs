@@ -1938,7 +1938,7 @@ fn append_owned(log: &str, expected_seq: u64, frames: Vec<Vec<u8>>) -> Vec<LogAp
 }
 
 /// The backend's blobs: get/has of a missing hash, put, idempotent put (the first content stays),
-/// list, delete (unknown hashes ignored), durable across a reopen.
+/// get_blobs (in order, `None` where missing, repeats), list, delete (unknown hashes ignored), durable across a reopen.
 pub async fn backend_blobs_follow_the_contract(h: &dyn Harness) {
     let name = h.name();
     let store = h.open().await;
@@ -1968,6 +1968,20 @@ pub async fn backend_blobs_follow_the_contract(h: &dyn Harness) {
         "[{name}] put is not idempotent"
     );
     assert!(must(b.has_blob(&h2).await, "has"), "[{name}] has");
+    assert_eq!(
+        must(b.get_blobs(&[h2, h9, h1, h2]).await, "get_blobs"),
+        vec![
+            Some(b"two".to_vec()),
+            None,
+            Some(b"one".to_vec()),
+            Some(b"two".to_vec())
+        ],
+        "[{name}] get_blobs: in order, None where missing"
+    );
+    assert!(
+        must(b.get_blobs(&[]).await, "get_blobs").is_empty(),
+        "[{name}] get_blobs of nothing"
+    );
     let mut all = must(b.list_blobs().await, "list");
     all.sort();
     assert_eq!(all, vec![h1, h2], "[{name}] list_blobs");

@@ -45,6 +45,7 @@
 //! are passed on. The password may come from the URL or from `PGPASSWORD`; no error, log line or
 //! `Debug` output shows it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,6 +150,7 @@ struct Queries {
     rewrite_frames: String,
     rewrite_blobs: String,
     get_blob: String,
+    get_blobs: String,
     has_blob: String,
     missing_blobs: String,
     list_blobs: String,
@@ -181,6 +183,7 @@ impl Queries {
                  ON CONFLICT DO NOTHING"
             ),
             get_blob: format!("SELECT data FROM {s}.blobs WHERE hash = $1"),
+            get_blobs: format!("SELECT hash, data FROM {s}.blobs WHERE hash = ANY($1)"),
             has_blob: format!("SELECT 1 FROM {s}.blobs WHERE hash = $1"),
             missing_blobs: format!(
                 "SELECT h FROM UNNEST($1::bytea[]) AS h \
@@ -1106,6 +1109,26 @@ impl Backend for PostgresBackend {
                 .fetch_optional(&self.pool)
         })
         .await
+    }
+
+    /// One query for all of them.
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .retry("reading blobs", || {
+                sqlx::query_as(&self.sql.get_blobs)
+                    .bind(&keys)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for (hash, data) in rows {
+            found.insert(to_hash(&hash)?, data);
+        }
+        Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
     }
 
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {

@@ -902,6 +902,28 @@ impl Backend for SqliteBackend {
         Ok(found.into_iter().next())
     }
 
+    /// One query per [`HASH_CHUNK`] hashes.
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = std::collections::HashMap::with_capacity(hashes.len());
+        for chunk in hashes.chunks(HASH_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT hash, data FROM blobs WHERE hash IN ({placeholders})");
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+                .read("reading blobs", || {
+                    let mut query = sqlx::query_as(&sql);
+                    for hash in chunk {
+                        query = query.bind(&hash[..]);
+                    }
+                    query.fetch_all(&self.readers)
+                })
+                .await?;
+            for (hash, data) in rows {
+                found.insert(to_hash(&hash)?, data);
+            }
+        }
+        Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
+    }
+
     async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
         let found: Vec<i64> = self
             .read("looking up a blob", || {
