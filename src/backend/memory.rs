@@ -382,29 +382,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blobs_are_idempotent_and_deletable() {
-        let b = MemoryBackend::new();
-        let h1 = [1u8; 32];
-        let h2 = [2u8; 32];
-        b.put_blobs(vec![(h1, b"one".to_vec()), (h2, b"two".to_vec())])
-            .await
-            .unwrap();
-        // A second put of an existing hash leaves the stored bytes as they were.
-        b.put_blobs(vec![(h1, b"other".to_vec())]).await.unwrap();
-        assert_eq!(b.get_blob(&h1).await.unwrap(), Some(b"one".to_vec()));
-        assert_eq!(b.get_blob(&h2).await.unwrap(), Some(b"two".to_vec()));
-        assert!(b.has_blob(&h1).await.unwrap());
-        assert!(!b.has_blob(&[3u8; 32]).await.unwrap());
-        assert_eq!(b.get_blob(&[3u8; 32]).await.unwrap(), None);
-        let mut listed = b.list_blobs().await.unwrap();
-        listed.sort();
-        assert_eq!(listed, vec![h1, h2]);
-        b.delete_blobs(&[h1, [9u8; 32]]).await.unwrap();
-        assert!(!b.has_blob(&h1).await.unwrap());
-        assert_eq!(b.list_blobs().await.unwrap(), vec![h2]);
-    }
-
-    #[tokio::test]
     async fn scan_with_limit_and_from_in_the_middle() {
         let b = MemoryBackend::new();
         let items: Vec<String> = (1..=10).map(|i| format!("f{i}")).collect();

@@ -1161,30 +1161,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blobs_are_idempotent_and_deletable() {
-        let (_dir, b) = open(false);
-        let h1 = [1u8; 32];
-        let h2 = [2u8; 32];
-        b.put_blobs(vec![(h1, b"one".to_vec()), (h2, b"two".to_vec())])
-            .await
-            .unwrap();
-        b.put_blobs(vec![(h1, b"other".to_vec())]).await.unwrap();
-        assert_eq!(b.get_blob(&h1).await.unwrap(), Some(b"one".to_vec()));
-        assert_eq!(b.get_blob(&h2).await.unwrap(), Some(b"two".to_vec()));
-        assert!(b.has_blob(&h1).await.unwrap());
-        assert!(!b.has_blob(&[3u8; 32]).await.unwrap());
-        assert_eq!(b.get_blob(&[3u8; 32]).await.unwrap(), None);
-        let mut listed = b.list_blobs().await.unwrap();
-        listed.sort();
-        assert_eq!(listed, vec![h1, h2]);
-        b.delete_blobs(&[h1, [9u8; 32]]).await.unwrap();
-        assert!(!b.has_blob(&h1).await.unwrap());
-        assert_eq!(b.list_blobs().await.unwrap(), vec![h2]);
-        // Blobs and logs do not see each other.
-        assert!(b.list_logs().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
     async fn scan_with_limit_and_from_in_the_middle() {
         let (_dir, b) = open(false);
         let items: Vec<String> = (1..=10).map(|i| format!("f{i}")).collect();

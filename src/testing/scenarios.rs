@@ -1985,6 +1985,10 @@ pub async fn backend_blobs_follow_the_contract(h: &dyn Harness) {
     let mut all = must(b.list_blobs().await, "list");
     all.sort();
     assert_eq!(all, vec![h1, h2], "[{name}] list_blobs");
+    assert!(
+        must(b.list_logs().await, "list_logs").is_empty(),
+        "[{name}] blobs show up as logs"
+    );
     must(b.delete_blobs(&[h1, h9]).await, "delete");
     assert_eq!(
         must(b.list_blobs().await, "list"),

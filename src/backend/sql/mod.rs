@@ -264,6 +264,13 @@ pub(crate) fn from_db_seq(seq: i64, location: &str) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::corrupt(location, format!("negative sequence {seq}")))
 }
 
+/// Scanned `(seq, frame)` rows of `log` as the backend returns them.
+pub(crate) fn frames_of(rows: Vec<(i64, Vec<u8>)>, log: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+    rows.into_iter()
+        .map(|(seq, frame)| Ok((from_db_seq(seq, &format!("log {log:?}"))?, frame)))
+        .collect()
+}
+
 /// A blob hash read back from a database.
 pub(crate) fn to_hash(bytes: &[u8]) -> Result<super::BlobHash> {
     bytes.try_into().map_err(|_| {

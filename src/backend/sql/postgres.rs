@@ -54,12 +54,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::Executor;
 use tokio::sync::{broadcast, watch, OnceCell};
 use tokio::time::Instant;
 
 use super::{
-    end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
+    end_seq, frames_of, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError,
+    Turns,
 };
 use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
@@ -1002,19 +1003,14 @@ impl Backend for PostgresBackend {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .retry(&format!("reading log {log:?}"), || {
-                sqlx::query(&self.sql.scan)
+                sqlx::query_as(&self.sql.scan)
                     .bind(log)
                     .bind(from)
                     .bind(limit)
                     .fetch_all(&self.pool)
             })
             .await?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = row.get(0);
-                Ok((from_db_seq(seq, &format!("log {log:?}"))?, row.get(1)))
-            })
-            .collect()
+        frames_of(rows, log)
     }
 
     async fn list_logs(&self) -> Result<Vec<String>> {

@@ -37,7 +37,8 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    end_seq, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError, Turns,
+    end_seq, frames_of, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError,
+    Turns,
 };
 use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
@@ -827,19 +828,14 @@ impl Backend for SqliteBackend {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .read(&format!("reading log {log:?}"), || {
-                sqlx::query(SCAN_SQL)
+                sqlx::query_as(SCAN_SQL)
                     .bind(log)
                     .bind(from)
                     .bind(limit)
                     .fetch_all(&self.readers)
             })
             .await?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = row.get(0);
-                Ok((from_db_seq(seq, &format!("log {log:?}"))?, row.get(1)))
-            })
-            .collect()
+        frames_of(rows, log)
     }
 
     async fn list_logs(&self) -> Result<Vec<String>> {
