@@ -104,13 +104,23 @@ async fn raw_append(backend: &Arc<dyn Backend>, log: &str, frame: Vec<u8>) -> u6
     seq
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_and_missing_keys_fail_closed() {
-    for h in harnesses() {
-        eprintln!("wrong_and_missing_keys_fail_closed on {}", h.name());
-        wrong_and_missing_keys_fail_closed_on(h.open().await.backend().clone()).await;
-    }
+/// A test `$name` running `$body(backend)` on the storage of every harness in turn.
+macro_rules! on_every_backend {
+    ($name:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            for h in harnesses() {
+                eprintln!("{} on {}", stringify!($name), h.name());
+                $body(h.open().await.backend().clone()).await;
+            }
+        }
+    };
 }
+
+on_every_backend!(
+    wrong_and_missing_keys_fail_closed,
+    wrong_and_missing_keys_fail_closed_on
+);
 
 async fn wrong_and_missing_keys_fail_closed_on(backend: Arc<dyn Backend>) {
     let key = Key::generate();
@@ -144,19 +154,10 @@ async fn wrong_and_missing_keys_fail_closed_on(backend: Arc<dyn Backend>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frames_moved_to_another_execution_or_position_do_not_open() {
-    for h in harnesses() {
-        eprintln!(
-            "frames_moved_to_another_execution_or_position_do_not_open on {}",
-            h.name()
-        );
-        frames_moved_to_another_execution_or_position_do_not_open_on(
-            h.open().await.backend().clone(),
-        )
-        .await;
-    }
-}
+on_every_backend!(
+    frames_moved_to_another_execution_or_position_do_not_open,
+    frames_moved_to_another_execution_or_position_do_not_open_on
+);
 
 async fn frames_moved_to_another_execution_or_position_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
@@ -176,13 +177,10 @@ async fn frames_moved_to_another_execution_or_position_do_not_open_on(backend: A
     assert_decrypt(fresh.list("alice").await, "authentication failed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_swapped_or_truncated_do_not_open() {
-    for h in harnesses() {
-        eprintln!("chunks_swapped_or_truncated_do_not_open on {}", h.name());
-        chunks_swapped_or_truncated_do_not_open_on(h.open().await.backend().clone()).await;
-    }
-}
+on_every_backend!(
+    chunks_swapped_or_truncated_do_not_open,
+    chunks_swapped_or_truncated_do_not_open_on
+);
 
 async fn chunks_swapped_or_truncated_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
@@ -229,13 +227,10 @@ async fn chunks_swapped_or_truncated_do_not_open_on(backend: Arc<dyn Backend>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_frames_do_not_open() {
-    for h in harnesses() {
-        eprintln!("truncated_frames_do_not_open on {}", h.name());
-        truncated_frames_do_not_open_on(h.open().await.backend().clone()).await;
-    }
-}
+on_every_backend!(
+    truncated_frames_do_not_open,
+    truncated_frames_do_not_open_on
+);
 
 async fn truncated_frames_do_not_open_on(backend: Arc<dyn Backend>) {
     let store = keyed(&backend, vec![Key::generate()]);
@@ -355,17 +350,10 @@ async fn reopen(url: &str) -> Store {
     panic!("cannot reopen {url}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_rotation_writes_with_the_newest_and_reads_with_all() {
-    for h in harnesses() {
-        eprintln!(
-            "key_rotation_writes_with_the_newest_and_reads_with_all on {}",
-            h.name()
-        );
-        key_rotation_writes_with_the_newest_and_reads_with_all_on(h.open().await.backend().clone())
-            .await;
-    }
-}
+on_every_backend!(
+    key_rotation_writes_with_the_newest_and_reads_with_all,
+    key_rotation_writes_with_the_newest_and_reads_with_all_on
+);
 
 async fn key_rotation_writes_with_the_newest_and_reads_with_all_on(backend: Arc<dyn Backend>) {
     let (k1, k2) = (Key::generate(), Key::generate());
