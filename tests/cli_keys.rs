@@ -130,6 +130,7 @@ fn encrypted_executions_move_between_stores_sealed() {
         &env,
     );
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("sealed"), "{}", text(&out));
     let bytes = std::fs::read(&bundle).unwrap();
     assert!(
         !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),

@@ -54,16 +54,22 @@ pub async fn run(args: ExportArgs, global: &Global) -> CliResult {
                 "frames": frames,
                 "blobs": bundle.blobs.len(),
                 "bytes": bytes.len(),
+                "sealed": bundle.sealed_for.is_some(),
             })
         )?;
     } else {
         say!(
-            "exported {} executions ({} log frames, {} blobs) to {} ({})",
+            "exported {} executions ({} log frames, {} blobs) to {} ({}){}",
             bundle.logs.len(),
             frames,
             bundle.blobs.len(),
             args.output.display(),
-            fmt::bytes(bytes.len() as u64)
+            fmt::bytes(bytes.len() as u64),
+            if bundle.sealed_for.is_some() {
+                "; sealed: only a store given one of this store's keys can import it"
+            } else {
+                ""
+            }
         )?;
     }
     Ok(())

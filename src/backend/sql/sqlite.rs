@@ -898,7 +898,7 @@ impl Backend for SqliteBackend {
         Ok(found.into_iter().next())
     }
 
-    /// One query per [`HASH_CHUNK`] hashes.
+    /// One query per 500 hashes.
     async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut found = std::collections::HashMap::with_capacity(hashes.len());
         for chunk in hashes.chunks(HASH_CHUNK) {
