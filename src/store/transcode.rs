@@ -29,18 +29,36 @@ pub(crate) enum BlobSource<'a> {
     Backend(&'a dyn Backend),
 }
 
+/// Blobs read from a backend per call.
+const FETCH_BATCH: usize = 256;
+
 impl BlobSource<'_> {
     async fn get(&self, hash: &BlobHash) -> Result<Vec<u8>> {
-        let found = match self {
-            BlobSource::Bundle(blobs) => blobs.get(hash).map(|b| b.to_vec()),
-            BlobSource::Backend(backend) => backend.get_blob(hash).await?,
+        let mut found = self.get_many(std::slice::from_ref(hash)).await?;
+        Ok(found.remove(0))
+    }
+
+    /// `hashes` (at most [`FETCH_BATCH`] of them) in order; a missing one is an error.
+    async fn get_many(&self, hashes: &[BlobHash]) -> Result<Vec<Vec<u8>>> {
+        let found: Vec<Option<Vec<u8>>> = match self {
+            BlobSource::Bundle(blobs) => hashes
+                .iter()
+                .map(|h| blobs.get(h).map(|b| b.to_vec()))
+                .collect(),
+            BlobSource::Backend(backend) => backend.get_blobs(hashes).await?,
         };
-        found.ok_or_else(|| {
-            Error::corrupt(
-                format!("blob {}", blob::hex(hash)),
-                "missing, but referenced by a checkpoint",
-            )
-        })
+        hashes
+            .iter()
+            .zip(found)
+            .map(|(hash, found)| {
+                found.ok_or_else(|| {
+                    Error::corrupt(
+                        format!("blob {}", blob::hex(hash)),
+                        "missing, but referenced by a checkpoint",
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -112,22 +130,43 @@ impl<'a> Transcoder<'a> {
         let mut out = Vec::new();
         let mut refs: Vec<Ref> = refs.iter().copied().collect();
         refs.sort_unstable_by_key(|r| r.hash());
+        let leaves: Vec<BlobHash> = refs
+            .iter()
+            .filter_map(|r| match r {
+                Ref::Leaf(h) => Some(*h),
+                Ref::Chunked(_) => None,
+            })
+            .collect();
+        self.leaves_of(&leaves, source, &mut out).await?;
         for r in refs {
-            match r {
-                Ref::Leaf(hash) => {
-                    if !self.leaves.contains_key(&hash) {
-                        let stored = source.get(&hash).await?;
-                        out.push(self.leaf(&hash, &stored)?);
-                    }
-                }
-                Ref::Chunked(hash) => {
-                    if !self.manifests.contains_key(&hash) {
-                        self.chunked(&hash, source, &mut out).await?;
-                    }
+            if let Ref::Chunked(hash) = r {
+                if !self.manifests.contains_key(&hash) {
+                    self.chunked(&hash, source, &mut out).await?;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Maps the leaves or chunks `hashes` not mapped yet, reading them in batches.
+    async fn leaves_of(
+        &mut self,
+        hashes: &[BlobHash],
+        source: &BlobSource<'_>,
+        out: &mut Vec<NewBlob>,
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
+        let todo: Vec<BlobHash> = hashes
+            .iter()
+            .filter(|h| !self.leaves.contains_key(*h) && seen.insert(**h))
+            .copied()
+            .collect();
+        for group in todo.chunks(FETCH_BATCH) {
+            for (hash, stored) in group.iter().zip(source.get_many(group).await?) {
+                out.push(self.leaf(hash, &stored)?);
+            }
+        }
+        Ok(())
     }
 
     /// A leaf or chunk: its content under its new address.
@@ -149,20 +188,19 @@ impl<'a> Transcoder<'a> {
         let content = blob::decode_in(old, &stored, self.from)?;
         let manifest = Manifest::decode(&content)
             .map_err(|e| Error::corrupt(format!("manifest {}", blob::hex(old)), e))?;
-        let mut chunks = Vec::with_capacity(manifest.chunks.len());
-        for chunk in &manifest.chunks {
-            let new = match self.leaves.get(chunk) {
-                Some(new) => *new,
-                None => {
-                    let stored = source.get(chunk).await?;
-                    let b = self.leaf(chunk, &stored)?;
-                    let new = b.hash;
-                    out.push(b);
-                    new
-                }
-            };
-            chunks.push(new);
-        }
+        self.leaves_of(&manifest.chunks, source, out).await?;
+        let chunks = manifest
+            .chunks
+            .iter()
+            .map(|c| {
+                self.leaves.get(c).copied().ok_or_else(|| {
+                    Error::corrupt(
+                        format!("manifest {}", blob::hex(old)),
+                        "a chunk was not transcoded (a bug in ckpt)",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let content = Manifest { chunks, ..manifest }.encode();
         let hash = blob::address_in(&content, self.to.map(|c| c.address_key()));
         self.manifests.insert(*old, hash);
