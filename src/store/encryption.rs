@@ -83,9 +83,9 @@ impl Store {
     /// Saves and gc, here and in other processes, wait while it runs (it holds the gc log, see
     /// `reclaim`), and rebuild what they cached of the old addresses afterwards. Stop writers
     /// still configured with an old key as the writing key first. A load elsewhere that read a
-    /// frame before it was rewritten may fail once while the old addresses are deleted at the
-    /// end; loading again succeeds. Interrupted, or past half its lease ([`Error::Busy`]), it
-    /// can simply run again: it carries on where it stopped.
+    /// frame before it was rewritten and finds its blob gone waits for the rekey to end and
+    /// reads again. Interrupted, or past half its lease ([`Error::Busy`]), it can simply run
+    /// again: it carries on where it stopped.
     pub async fn rekey(&self) -> Result<RekeyReport> {
         let cipher = match self.crypto().await? {
             Crypto::Sealed(c) => c.clone(),

@@ -439,6 +439,11 @@ impl Store {
     /// The checkpoint of `execution_id` at `version`.
     pub async fn at_version(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
         validate_execution_id(execution_id)?;
+        self.read_consistent(|| self.at_version_once(execution_id, version))
+            .await
+    }
+
+    async fn at_version_once(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
         let mut idx = self.index(execution_id).await?;
         let entry = idx
             .live_entry(version)
@@ -451,6 +456,11 @@ impl Store {
     /// The newest live checkpoint of an execution, if any.
     pub async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         validate_execution_id(execution_id)?;
+        self.read_consistent(|| self.latest_once(execution_id))
+            .await
+    }
+
+    async fn latest_once(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         let mut idx = self.index(execution_id).await?;
         let Some(version) = idx.latest_live() else {
             return Ok(None);
@@ -463,6 +473,10 @@ impl Store {
     /// Every live checkpoint of an execution with its state, oldest first (empty if none).
     pub async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
         validate_execution_id(execution_id)?;
+        self.read_consistent(|| self.list_once(execution_id)).await
+    }
+
+    async fn list_once(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
         let idx = self.index(execution_id).await?;
         let Some((first, _)) = idx.live().next() else {
             return Ok(Vec::new());

@@ -40,6 +40,8 @@ use crate::error::{Error, Result};
 pub(crate) const GC_LOG: &str = "\u{1}gc";
 /// How long a gc may run before writers may end it (and it stops itself at half of this).
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(600);
+/// How often a load is read again after gcs or rekeys elsewhere moved blobs under it.
+const MAX_READ_RETRIES: usize = 8;
 
 /// Whether `log` is one of the store's own logs rather than an execution's.
 pub(crate) fn is_reserved_log(log: &str) -> bool {
@@ -132,6 +134,30 @@ impl Store {
         }
         self.inner.gc_next.store(next, Ordering::Release);
         Ok(next)
+    }
+
+    /// Runs `read` (a load); when it fails on a missing or damaged blob while a gc or rekey
+    /// elsewhere moved blobs under it (the gc log moved since the read began), waits for that to
+    /// end and reads again. A read that fails with the gc log unmoved fails for real.
+    pub(super) async fn read_consistent<T, F, Fut>(&self, mut read: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut before = self.inner.gc_next.load(Ordering::Acquire);
+        for _ in 0..MAX_READ_RETRIES {
+            match read().await {
+                Err(e) if e.is_corrupt() => {
+                    let now = self.wait_for_no_gc().await?;
+                    if now == before {
+                        return Err(e);
+                    }
+                    before = now;
+                }
+                other => return other,
+            }
+        }
+        read().await
     }
 
     /// Waits until no gc runs (ending one whose lease ran out) and returns the gc log's next

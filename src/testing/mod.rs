@@ -268,6 +268,7 @@ macro_rules! conformance_tests {
                 a_dead_gc_is_ended_after_its_lease,
                 retention_keeps_what_it_must,
                 rekey_reseals_everything_in_place,
+                loads_survive_a_rekey_elsewhere,
                 deltas_keep_storage_small,
                 growing_long_strings_cost_what_changed,
                 export_import_keeps_everything,

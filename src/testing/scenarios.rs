@@ -3109,6 +3109,52 @@ pub async fn rekey_reseals_everything_in_place(h: &dyn Harness) {
     must(new_only.gc().await, "gc after rekey");
 }
 
+/// Readers in another "process" (stores of their own, nothing cached) load while rekeys keep
+/// moving every blob to new addresses: a load that read frames before a rekey rewrote them and
+/// fetches their blobs after it deleted the old addresses waits for the rekey and reads again,
+/// so no load fails and every one returns the state saved.
+pub async fn loads_survive_a_rekey_elsewhere(h: &dyn Harness) {
+    use crate::crypto::Key;
+    let name = h.name();
+    let backend = h.open().await.backend().clone();
+    let (k1, k2) = (Key::generate(), Key::generate());
+    let writer = Store::with_backend_and_keys(backend.clone(), vec![k1.clone(), k2.clone()]);
+    let saved = save_blobs(&writer, "rr", 6).await;
+    let want = must(saved[5].state_json(), "state");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rekeys = {
+        let (backend, stop) = (backend.clone(), stop.clone());
+        let rings = [vec![k2.clone(), k1.clone()], vec![k1.clone(), k2.clone()]];
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 2 {
+                let other = Store::with_backend_and_keys(backend.clone(), rings[n % 2].clone());
+                must(other.rekey().await, "rekey");
+                n += 1;
+            }
+            n
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let mut loads = 0;
+    while std::time::Instant::now() < deadline {
+        let reader = Store::with_backend_and_keys(backend.clone(), vec![k1.clone(), k2.clone()]);
+        let got = must(reader.latest("rr").await, "load during a rekey elsewhere");
+        let got = must(got.expect("rr has checkpoints").state_json(), "state");
+        assert_eq!(got, want, "[{name}] load {loads} during rekeys");
+        loads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rekeyed = must(
+        rekeys.await.map_err(|e| Error::InvalidInput(e.to_string())),
+        "join",
+    );
+    assert!(
+        rekeyed >= 2 && loads > 0,
+        "[{name}] {rekeyed} rekeys, {loads} loads"
+    );
+}
+
 /// A long string that grows a little with every save (a transcript, a scratchpad) is stored as
 /// content-defined chunks: each save costs its new chunks and a manifest, not the whole string
 /// again; every version loads exactly, after gc and after a reopen.
