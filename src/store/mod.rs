@@ -672,7 +672,6 @@ impl Store {
         Ok(report)
     }
 
-    /// gc's work, between its begin and end marks.
     /// Drops every cached stored form (states holding blob addresses) of this store's
     /// executions: after a rekey moved blobs, a snapshot written from one would point at
     /// addresses that no longer exist.
@@ -686,6 +685,7 @@ impl Store {
         }
     }
 
+    /// gc's work, between its begin and end marks.
     async fn collect_garbage(
         &self,
         started: std::time::Instant,

@@ -47,6 +47,15 @@ impl BlobSource<'_> {
                 .collect(),
             BlobSource::Backend(backend) => backend.get_blobs(hashes).await?,
         };
+        if found.len() != hashes.len() {
+            return Err(Error::corrupt(
+                format!("{} blobs", hashes.len()),
+                format!(
+                    "the backend returned {} (a bug in the backend)",
+                    found.len()
+                ),
+            ));
+        }
         hashes
             .iter()
             .zip(found)
