@@ -415,6 +415,29 @@ impl SledBackend {
         Ok(())
     }
 
+    /// A batch writing those of `blobs` that are stored (`existing`: rekey replaces them) or
+    /// that are not (puts are idempotent); `None` when there are none.
+    fn blob_batch(
+        &self,
+        blobs: Vec<(BlobHash, Vec<u8>)>,
+        existing: bool,
+    ) -> Result<Option<sled::Batch>> {
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for (hash, bytes) in blobs {
+            let key = blob_key(&hash);
+            let present = self
+                .db
+                .contains_key(key)
+                .map_err(|e| backend_error(format!("looking up blob {}", hex(&hash)), e))?;
+            if present == existing {
+                batch.insert(&key[..], bytes);
+                any = true;
+            }
+        }
+        Ok(any.then_some(batch))
+    }
+
     /// Flushes sled, then records every batch applied before the flush started as durable.
     async fn flush_everything(&self, context: &str) -> Result<()> {
         let target = self.written.load(Ordering::Acquire);
@@ -626,20 +649,7 @@ impl Backend for SledBackend {
     }
 
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut any = false;
-        for (hash, bytes) in blobs {
-            let key = blob_key(&hash);
-            let present = self
-                .db
-                .contains_key(key)
-                .map_err(|e| backend_error(format!("looking up blob {}", hex(&hash)), e))?;
-            if !present {
-                batch.insert(&key[..], bytes);
-                any = true;
-            }
-        }
-        if any {
+        if let Some(batch) = self.blob_batch(blobs, false)? {
             self.db
                 .apply_batch(batch)
                 .map_err(|e| backend_error("storing blobs", e))?;
@@ -717,20 +727,11 @@ impl Backend for SledBackend {
 
     async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
         self.checkpoint_wal().await?;
-        let mut batch = sled::Batch::default();
-        for (hash, bytes) in blobs {
-            let key = blob_key(&hash);
-            let present = self
-                .db
-                .contains_key(key)
-                .map_err(|e| backend_error(format!("looking up blob {}", hex(&hash)), e))?;
-            if present {
-                batch.insert(&key[..], bytes);
-            }
+        if let Some(batch) = self.blob_batch(blobs, true)? {
+            self.db
+                .apply_batch(batch)
+                .map_err(|e| backend_error("rewriting blobs", e))?;
         }
-        self.db
-            .apply_batch(batch)
-            .map_err(|e| backend_error("rewriting blobs", e))?;
         self.flush_everything("flushing rewritten blobs").await
     }
 
