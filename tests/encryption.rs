@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use ckpt::backend::{Backend, LogAppend};
+use ckpt::backend::{Backend, BlobHash, LogAppend};
 use ckpt::crypto::Key;
 mod common;
 
@@ -192,16 +192,20 @@ async fn chunks_swapped_or_truncated_do_not_open_on(backend: Arc<dyn Backend>) {
     let (x, y) = (blobs[0], blobs[1]);
     let bx = backend.get_blob(&x).await.unwrap().unwrap();
     let by = backend.get_blob(&y).await.unwrap().unwrap();
-    backend.delete_blobs(&[x, y]).await.unwrap();
-    backend
-        .put_blobs(vec![(x, by), (y, bx.clone())])
-        .await
-        .unwrap();
-    let fresh = store.with_same_keys(backend.clone());
-    let loads = [
-        fresh.load(&a.id).await,
-        fresh.latest("b").await.map(|c| c.unwrap()),
-    ];
+    // Both loads, by a store with nothing cached, after x and y are replaced by `blobs`.
+    let loads_with = |blobs: Vec<(BlobHash, Vec<u8>)>| {
+        let (store, backend, id) = (&store, &backend, &a.id);
+        async move {
+            backend.delete_blobs(&[x, y]).await.unwrap();
+            backend.put_blobs(blobs).await.unwrap();
+            let fresh = store.with_same_keys(backend.clone());
+            [
+                fresh.load(id).await,
+                fresh.latest("b").await.map(|c| c.unwrap()),
+            ]
+        }
+    };
+    let loads = loads_with(vec![(x, by), (y, bx.clone())]).await;
     assert!(
         loads
             .iter()
@@ -209,16 +213,7 @@ async fn chunks_swapped_or_truncated_do_not_open_on(backend: Arc<dyn Backend>) {
         "a swapped chunk loaded: {loads:?}"
     );
     // Truncated: put x back, cut short.
-    backend.delete_blobs(&[x, y]).await.unwrap();
-    backend
-        .put_blobs(vec![(x, bx[..bx.len() - 5].to_vec())])
-        .await
-        .unwrap();
-    let fresh = store.with_same_keys(backend.clone());
-    let loads = [
-        fresh.load(&a.id).await,
-        fresh.latest("b").await.map(|c| c.unwrap()),
-    ];
+    let loads = loads_with(vec![(x, bx[..bx.len() - 5].to_vec())]).await;
     assert!(
         loads
             .iter()
