@@ -672,6 +672,25 @@ impl Store {
         Ok(report)
     }
 
+    /// A gc or rekey ran since `idx`'s stored form was cached. gc never deletes a blob the
+    /// newest save's chain references, but a rekey moves every blob: keep the cache (stamped
+    /// `epoch`) if the blobs it names are all still stored, else drop it to be rebuilt from the
+    /// log. One lookup, where a rebuild would read the chain again after every gc.
+    async fn revalidate_stored_state(&self, idx: &mut ExecIndex, epoch: u64) -> Result<()> {
+        let Some(cached) = &idx.newest_state else {
+            return Ok(());
+        };
+        let mut refs = HashSet::new();
+        tree::collect_refs(&cached.stored, &mut refs);
+        let hashes: Vec<BlobHash> = refs.iter().map(|r| r.hash()).collect();
+        if hashes.is_empty() || self.inner.backend.missing_blobs(&hashes).await?.is_empty() {
+            idx.stored_epoch = epoch;
+        } else {
+            idx.newest_state = None;
+        }
+        Ok(())
+    }
+
     /// Drops every cached stored form (states holding blob addresses) of this store's
     /// executions: after a rekey moved blobs, a snapshot written from one would point at
     /// addresses that no longer exist.
@@ -800,8 +819,8 @@ impl Store {
             let epoch = fence.as_ref().map(|f| f.expected_seq).or(unfenced);
             for idx in guards.iter_mut() {
                 if epoch != Some(idx.stored_epoch) {
-                    // Built before a gc or rekey may have moved its blobs: rebuild from the log.
-                    idx.newest_state = None;
+                    self.revalidate_stored_state(idx, epoch.unwrap_or(0))
+                        .await?;
                 }
             }
             let mut prepared = Vec::with_capacity(groups.len());
