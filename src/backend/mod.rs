@@ -31,6 +31,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 
+pub mod heads;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -99,6 +100,19 @@ impl CompactReport {
     pub fn caveat(&mut self, text: impl Into<String>) {
         self.caveats.push(text.into());
     }
+}
+
+/// Damage a backend found in its own storage and recorded, so that every later open and
+/// [`crate::Store`] check reports it: for example acknowledged frames that sled's recovery rolled
+/// back after its files were damaged. The lost sequence numbers are never handed out again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedDamage {
+    /// The log (execution) it concerns, when known.
+    pub log: Option<String>,
+    /// The sequence numbers lost, `from..to`, when known.
+    pub lost: Option<(u64, u64)>,
+    /// What was found, where, and what it means.
+    pub detail: String,
 }
 
 /// One log's part of an atomic [`Backend::append`].
@@ -244,6 +258,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (log, next_seq);
         tokio::time::sleep(timeout).await;
         Ok(())
+    }
+
+    /// Damage this backend found in its own files and recorded (see [`RecordedDamage`]), oldest
+    /// first. Empty for backends whose engine never rolls acknowledged writes back silently;
+    /// one that can (sled) **must** detect such a rollback when it opens and record it here.
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        Ok(Vec::new())
     }
 
     /// Bytes the backend occupies on its medium, when it can tell.
