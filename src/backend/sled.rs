@@ -85,6 +85,62 @@ pub struct SledBackend {
     /// How many flushes were made, to check that appends share them.
     #[cfg(test)]
     flushes: AtomicU64,
+    /// For a store whose directory cannot be written: the private copy it was opened from
+    /// (removed when the backend is dropped: declared last, so the database closes first).
+    read_only: Option<ReadOnlyCopy>,
+}
+
+/// A private, temporary copy of a read-only store's directory.
+#[derive(Debug)]
+struct ReadOnlyCopy {
+    dir: PathBuf,
+}
+
+impl ReadOnlyCopy {
+    /// Copies the directory `path` (sled's files, the WAL, the heads file) to a new directory
+    /// under the system's temporary directory.
+    fn of(path: &Path) -> Result<Self> {
+        static COPIES: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ckpt-read-only-{}-{}",
+            std::process::id(),
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let copy = ReadOnlyCopy { dir };
+        copy_tree(path, &copy.dir).map_err(|e| {
+            backend_error(
+                format!(
+                    "{} cannot be written, and copying it to {} to read it failed",
+                    path.display(),
+                    copy.dir.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(copy)
+    }
+}
+
+impl Drop for ReadOnlyCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies the directory tree `from` to `to` (regular files and directories).
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for SledBackend {
@@ -201,8 +257,20 @@ impl SledBackend {
         finish_compaction(path)?;
         std::fs::create_dir_all(path)
             .map_err(|e| open_error(path, "creating the database directory", OpenFailure::Io(e)))?;
-        let db = open_sled(path)?;
-        let (wal, witness) = recover(&db, path, sync)?;
+        let (db, copy) = match open_sled(path) {
+            Ok(db) => (db, None),
+            Err(failure) if failure.refused_writing() && path.join("db").is_file() => {
+                // A backup or a mounted snapshot: read it from a private copy (sled writes even
+                // to open), and refuse every write.
+                let copy = ReadOnlyCopy::of(path)?;
+                let db = open_sled(&copy.dir)
+                    .map_err(|f| open_error(path, "opening a copy of the database", f))?;
+                (db, Some(copy))
+            }
+            Err(failure) => return Err(open_error(path, "opening the database", failure)),
+        };
+        let recover_in = copy.as_ref().map_or(path, |c| c.dir.as_path());
+        let (wal, witness) = recover(&db, recover_in, sync)?;
         Ok(SledBackend {
             db,
             path: path.to_path_buf(),
@@ -217,7 +285,30 @@ impl SledBackend {
             failed: AtomicU64::new(0),
             #[cfg(test)]
             flushes: AtomicU64::new(0),
+            read_only: copy,
         })
+    }
+
+    /// Whether the store was opened read-only (its directory cannot be written: see
+    /// [`SledBackend::open`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
+    }
+
+    /// Refuses a write to a store opened read-only.
+    fn check_writable(&self, doing: &str) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(_) => Err(backend_error(
+                format!(
+                    "{doing}: the sled store at {} is read-only (its directory cannot be \
+                     written: a backup or a read-only mount), so it was opened for reading \
+                     only; copy the directory somewhere writable to change it",
+                    self.path.display()
+                ),
+                io::Error::from(io::ErrorKind::ReadOnlyFilesystem),
+            )),
+        }
     }
 
     /// The database directory.
@@ -437,6 +528,7 @@ impl Backend for SledBackend {
         appends: Vec<LogAppend>,
         blobs: Vec<(BlobHash, Vec<u8>)>,
     ) -> Result<()> {
+        self.check_writable("appending")?;
         let ticket = {
             let _guard = self.append_lock();
             let starts = self.check_appends(&appends)?;
@@ -563,6 +655,7 @@ impl Backend for SledBackend {
     }
 
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
+        self.check_writable("raising a log's next sequence number")?;
         let ticket = {
             let _guard = self.append_lock();
             if self.read_next_seq(log)? >= next_seq {
@@ -589,6 +682,7 @@ impl Backend for SledBackend {
     }
 
     async fn truncate(&self, log: &str, before: u64) -> Result<()> {
+        self.check_writable("truncating a log")?;
         self.checkpoint_wal().await?;
         let prefix = frame_prefix(log)?;
         let start = frame_key(&prefix, 0);
@@ -619,6 +713,7 @@ impl Backend for SledBackend {
     }
 
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.check_writable("storing blobs")?;
         if let Some(batch) = self.blob_batch(blobs, false)? {
             self.db
                 .apply_batch(batch)
@@ -658,6 +753,7 @@ impl Backend for SledBackend {
     }
 
     async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
+        self.check_writable("deleting blobs")?;
         if hashes.is_empty() {
             return Ok(());
         }
@@ -672,6 +768,7 @@ impl Backend for SledBackend {
     }
 
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.check_writable("rewriting frames")?;
         // The WAL must not replay the old bytes over the new ones after a crash.
         self.checkpoint_wal().await?;
         let prefix = frame_prefix(log)?;
@@ -696,6 +793,7 @@ impl Backend for SledBackend {
     }
 
     async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.check_writable("rewriting blobs")?;
         self.checkpoint_wal().await?;
         if let Some(batch) = self.blob_batch(blobs, true)? {
             self.db
@@ -973,6 +1071,19 @@ enum OpenFailure {
     Panic(String),
 }
 
+impl OpenFailure {
+    /// Whether the file system refused a write (read-only, or no permission to write).
+    fn refused_writing(&self) -> bool {
+        match self {
+            OpenFailure::Io(e) | OpenFailure::Sled(sled::Error::Io(e)) => matches!(
+                e.kind(),
+                io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// The error for a failed open of the store in `path`: which of locked, corrupt, permission
 /// denied, read-only, no space or unsupported format it is, and what to do.
 fn open_error(path: &Path, doing: &str, failure: OpenFailure) -> Error {
@@ -1043,23 +1154,15 @@ fn catching_panics<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 }
 
 /// Opens sled's database in `path`.
-fn open_sled(path: &Path) -> Result<sled::Db> {
+fn open_sled(path: &Path) -> std::result::Result<sled::Db, OpenFailure> {
     // 64 KiB segments instead of sled's 512 KiB: checkpoint logs are many small writes, and
     // smaller segments cut the directory's size by a third on the conversation workload
     // (2.2 MB -> 1.4 MB) at no measurable cost in throughput.
     let config = sled::Config::new().path(path).segment_size(SEGMENT_SIZE);
     match catching_panics(|| config.open()) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(open_error(
-            path,
-            "opening the database",
-            OpenFailure::Sled(e),
-        )),
-        Err(panic) => Err(open_error(
-            path,
-            "opening the database",
-            OpenFailure::Panic(panic),
-        )),
+        Ok(Err(e)) => Err(OpenFailure::Sled(e)),
+        Err(panic) => Err(OpenFailure::Panic(panic)),
     }
 }
 
