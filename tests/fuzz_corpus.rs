@@ -9,7 +9,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use ckpt::backend::wal;
+use ckpt::backend::{heads, wal};
 use ckpt::codec::frame::{self, Body, Event};
 use ckpt::codec::{blob, tree, value};
 use ckpt::url::{redact, StoreUrl};
@@ -333,14 +333,66 @@ fn write_wal_seeds() {
     let used = &wal_bytes[..parsed.end as usize];
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wal");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("valid-three-saves"), used).unwrap();
-    std::fs::write(out.join("valid-torn-last-record"), &used[..used.len() - 5]).unwrap();
+    // Format 2 (group numbers); the format-1 seeds of earlier versions stay in the corpus.
+    std::fs::write(out.join("valid-v2-three-saves"), used).unwrap();
+    std::fs::write(out.join("valid-v2-torn-last-record"), &used[..used.len() - 5]).unwrap();
+    // Damage in the first record, before two later groups: read past, the rest kept.
+    let mut damaged = used.to_vec();
+    damaged[wal::HEADER_LEN as usize + 30] ^= 0x11;
+    assert_eq!(wal::parse(&damaged).records.len(), 2);
+    std::fs::write(out.join("valid-v2-damaged-first-record"), &damaged).unwrap();
     std::fs::write(out.join("invalid-empty"), b"").unwrap();
     std::fs::write(out.join("invalid-zeroed"), vec![0u8; 64]).unwrap();
     std::fs::write(out.join("valid-record-first"), &parsed.records[0]).unwrap();
     let mut bad = parsed.records[0].clone();
     bad[0] = 9;
     std::fs::write(out.join("invalid-record-unknown-kind"), bad).unwrap();
+}
+
+// ---- heads ----
+
+#[test]
+fn heads_corpus() {
+    run_corpus("heads", |_, data| {
+        let parsed = heads::parse(data);
+        let half = heads::parse(&data[..data.len() / 2]);
+        assert!(half.heads.len() <= parsed.heads.len());
+        match (parsed.recognised, parsed.heads.is_empty()) {
+            (true, false) => Ok(()),
+            _ => Err("no verified heads".into()),
+        }
+    });
+}
+
+/// Writes the heads-file seeds: a real heads file of a store with two executions, torn and
+/// damaged copies.
+#[test]
+#[ignore = "writes fuzz/corpus/heads; run by hand to regenerate the seeds"]
+fn write_heads_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = ckpt::Store::open(store_dir.to_str().unwrap())
+            .await
+            .unwrap();
+        for exec in ["heads-a", "heads-b"] {
+            let cp = ckpt::Checkpoint::new(exec, "n", &serde_json::json!({ "x": exec })).unwrap();
+            store.save(cp).await.unwrap();
+            store.flush().await.unwrap();
+        }
+    });
+    let bytes = std::fs::read(store_dir.join("ckpt-heads")).unwrap();
+    assert_eq!(heads::parse(&bytes).heads.len(), 2);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/heads");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("valid-two-executions"), &bytes).unwrap();
+    std::fs::write(out.join("valid-torn"), &bytes[..bytes.len() - 3]).unwrap();
+    let mut damaged = bytes.clone();
+    damaged[12] ^= 0x04;
+    std::fs::write(out.join("valid-damaged-first-record"), &damaged).unwrap();
+    std::fs::write(out.join("invalid-empty"), b"").unwrap();
+    std::fs::write(out.join("invalid-magic-only"), b"ckpthds1").unwrap();
 }
 
 // ---- bundle ----
