@@ -335,7 +335,11 @@ fn write_wal_seeds() {
     std::fs::create_dir_all(&out).unwrap();
     // Format 2 (group numbers); the format-1 seeds of earlier versions stay in the corpus.
     std::fs::write(out.join("valid-v2-three-saves"), used).unwrap();
-    std::fs::write(out.join("valid-v2-torn-last-record"), &used[..used.len() - 5]).unwrap();
+    std::fs::write(
+        out.join("valid-v2-torn-last-record"),
+        &used[..used.len() - 5],
+    )
+    .unwrap();
     // Damage in the first record, before two later groups: read past, the rest kept.
     let mut damaged = used.to_vec();
     damaged[wal::HEADER_LEN as usize + 30] ^= 0x11;
