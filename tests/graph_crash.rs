@@ -2,18 +2,20 @@
 //! re-run with an env var) runs a 50-step graph on a durable sled store, each step appending its
 //! step number to a side-effect file; the parent kills it mid-run at a random step, then continues
 //! the same execution in-process with `invoke` and checks the final state and that no step whose
-//! checkpoint was saved before the kill ran again.
+//! checkpoint was saved before the kill ran again. The child prints each save as it returns, and
+//! the parent reads them all (to the end of the child's output): every acknowledged checkpoint
+//! must have survived, exactly.
 
 #![cfg(all(feature = "sled", feature = "graph"))]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ckpt::graph::{CompileConfig, CompiledGraph, Outcome, RunConfig, StateGraph, END};
-use ckpt::{CheckpointStore, Store};
+use ckpt::{Checkpoint, CheckpointId, CheckpointStore, Store};
 use serde::{Deserialize, Serialize};
 
 const STORE_ENV: &str = "CKPT_GRAPH_CRASH_STORE";
@@ -79,6 +81,12 @@ fn effect_lines(path: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// `(version, step)` of a `saved VERSION STEP` line.
+fn parse_saved(line: &str) -> Option<(u64, u32)> {
+    let (version, step) = line.strip_prefix("saved ")?.split_once(' ')?;
+    Some((version.parse().ok()?, step.parse().ok()?))
+}
+
 /// xorshift64, seeded from the clock.
 struct XorShift(u64);
 
@@ -91,6 +99,34 @@ impl XorShift {
     }
 }
 
+/// A store that prints `saved VERSION STEP` once each save has returned (is acknowledged).
+struct Reporting(Arc<dyn CheckpointStore>);
+
+#[async_trait::async_trait]
+impl CheckpointStore for Reporting {
+    async fn save(&self, checkpoint: Checkpoint) -> ckpt::Result<Checkpoint> {
+        let saved = self.0.save(checkpoint).await?;
+        let step = saved.state::<St>().map_or(0, |s| s.n);
+        println!("saved {} {step}", saved.version);
+        Ok(saved)
+    }
+    async fn load(&self, id: &CheckpointId) -> ckpt::Result<Checkpoint> {
+        self.0.load(id).await
+    }
+    async fn list(&self, execution_id: &str) -> ckpt::Result<Vec<Checkpoint>> {
+        self.0.list(execution_id).await
+    }
+    async fn delete(&self, id: &CheckpointId) -> ckpt::Result<()> {
+        self.0.delete(id).await
+    }
+    async fn clear(&self, execution_id: &str) -> ckpt::Result<()> {
+        self.0.clear(execution_id).await
+    }
+    async fn latest(&self, execution_id: &str) -> ckpt::Result<Option<Checkpoint>> {
+        self.0.latest(execution_id).await
+    }
+}
+
 /// The child half: only does anything when started by `sigkill_mid_graph_resumes_exactly`.
 #[tokio::test]
 async fn crash_child() {
@@ -99,7 +135,7 @@ async fn crash_child() {
     };
     let store: Arc<dyn CheckpointStore> =
         Arc::new(Store::open(&dir).await.expect("child opens the store"));
-    let app = graph(PathBuf::from(effects), Some(store));
+    let app = graph(PathBuf::from(effects), Some(Arc::new(Reporting(store))));
     let out = app
         .invoke(St::default(), RunConfig::execution_id(EXEC))
         .await
@@ -140,25 +176,26 @@ async fn sigkill_mid_graph_resumes_exactly() {
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(STORE_ENV, &store_dir)
             .env(EFFECTS_ENV, &effects)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        loop {
-            if effect_lines(&effects).len() >= target {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("round {round}: the child exited early ({status}) before step {target}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "round {round}: the child made no progress"
-            );
-            std::thread::sleep(Duration::from_micros(200));
+        // (version, step) of each save, as the child reports it returned.
+        let mut acked: Vec<(u64, u32)> = Vec::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while acked.len() < target {
+            let Some(line) = lines.next() else {
+                panic!("round {round}: the child exited before its save {target}");
+            };
+            acked.extend(parse_saved(&line.unwrap()));
         }
+        // A random moment inside the next step (each sleeps ~2 ms).
+        std::thread::sleep(Duration::from_micros(rng.next() % 2500));
         child.kill().unwrap(); // SIGKILL on Unix
+                               // Saves reported before the kill are still in the pipe: read them all.
+        for line in lines {
+            acked.extend(parse_saved(&line.unwrap()));
+        }
         child.wait().unwrap();
         let before = effect_lines(&effects);
 
@@ -166,12 +203,31 @@ async fn sigkill_mid_graph_resumes_exactly() {
         let saved = store.list(EXEC).await.unwrap();
         let checkpointed = saved.len() as u32;
         println!(
-            "round {round}: target {target}, {} side effects and {checkpointed} checkpoints at the kill",
+            "round {round}: target {target}, {} acknowledged saves, {} side effects and \
+             {checkpointed} checkpoints at the kill",
+            acked.len(),
             before.len()
         );
         assert!(
             checkpointed < STEPS,
             "round {round}: the kill landed after the run finished"
+        );
+        // Every acknowledged save survived with its step; at most one more (saved, not yet
+        // reported) may have.
+        for (version, step) in &acked {
+            let cp = store.at_version(EXEC, *version).await.unwrap_or_else(|e| {
+                panic!("round {round}: acknowledged version {version} lost: {e}")
+            });
+            assert_eq!(
+                cp.state::<St>().unwrap().n,
+                *step,
+                "round {round}: version {version}"
+            );
+        }
+        let acked_steps = acked.len() as u32;
+        assert!(
+            checkpointed == acked_steps || checkpointed == acked_steps + 1,
+            "round {round}: {checkpointed} checkpoints but {acked_steps} acknowledged"
         );
         // Side effects before the kill: exactly steps 1..=L, with L the checkpointed step or the
         // one after it (running when killed).
@@ -212,8 +268,8 @@ async fn sigkill_mid_graph_resumes_exactly() {
             if c > 1 {
                 assert_eq!(c, 2, "round {round}: step {step} ran {c} times");
                 assert!(
-                    step > checkpointed,
-                    "round {round}: step {step} ran again though its checkpoint was saved"
+                    step > acked_steps,
+                    "round {round}: step {step} ran again though its save was acknowledged"
                 );
                 duplicated.push(step);
             }
