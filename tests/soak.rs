@@ -188,7 +188,10 @@ fn spawn_child(url: &str, round: u64) -> Child {
 }
 
 fn parse_ack(line: &str) -> Option<Ack> {
-    let mut words = line.strip_prefix("ack ")?.split(' ');
+    // The test harness writes `test soak_child_writer ... ` before the first line, without a
+    // newline: an ack may follow it on the same line.
+    let at = line.find("ack ")?;
+    let mut words = line[at + "ack ".len()..].split(' ');
     Some(Ack {
         exec: words.next()?.to_owned(),
         version: words.next()?.parse().ok()?,
