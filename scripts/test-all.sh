@@ -32,4 +32,15 @@ done
 step "cargo test --no-default-features (memory only builds and passes)"
 cargo test --no-default-features --lib
 
-grep -E '^test result:' target/test-all.log | awk '{p+=$4; f+=$6; i+=$8} END {printf "\nall tests: %d passed, %d failed, %d ignored\n", p, f, i}'
+step "the fuzz targets build (cargo check of fuzz/; running them needs cargo-fuzz and nightly)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+
+# A floor on the tests run: a suite that silently compiles to fewer tests (a feature gate, a
+# cfg) fails here instead of passing green.
+floor=740
+grep -E '^test result:' target/test-all.log | awk -v floor="$floor" '
+  {p+=$4; f+=$6; i+=$8}
+  END {
+    printf "\nall tests: %d passed, %d failed, %d ignored\n", p, f, i
+    if (p < floor) { printf "only %d tests passed, fewer than the floor of %d: a test binary ran fewer tests than it should\n", p, floor; exit 1 }
+  }'
