@@ -12,7 +12,8 @@
 //!   (in batches of 250 saves). Its state is `{messages, step}` where each step appends one
 //!   100-byte message, and the list restarts empty every 50 steps: states stay under ~6 KB so
 //!   setup is fast, while saves remain the typical one-message delta. `load_old` loads a random
-//!   version (a snapshot plus a chain of deltas); `history_20` reads the 20 newest headers.
+//!   version (a snapshot plus a chain of deltas); `history_20` reads the 20 newest headers;
+//!   `load_latest/cold_of_10k` loads its latest checkpoint from a new `Store` each time.
 //!
 //! Sample sizes are small (20 samples, 3 s) so that `cargo bench` finishes in a few minutes.
 
@@ -220,6 +221,24 @@ fn bench_long_execution(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
                 let version = 1 + rng.next() % LONG_STEPS;
                 let store = f.store.clone();
                 async move { store.at_version(LONG_EXEC, version).await.expect("load") }
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("load_latest");
+    for f in fixtures {
+        // A new `Store` each time (nothing cached): the index of 10,000 checkpoints is folded
+        // from the log and the latest state rebuilt, as a restarted process does.
+        group.bench_function(format!("cold_of_10k/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let store = Store::with_backend(f.store.backend().clone());
+                async move {
+                    store
+                        .latest(LONG_EXEC)
+                        .await
+                        .expect("latest")
+                        .expect("saved")
+                }
             })
         });
     }
