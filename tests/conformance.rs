@@ -42,3 +42,18 @@ ckpt::conformance_tests!(
     redis_encrypted,
     ckpt::testing::Encrypted::new("redis+key", ckpt::testing::RedisHarness::new())
 );
+
+#[cfg(feature = "postgres")]
+ckpt::conformance_tests!(
+    postgres_encrypted,
+    ckpt::testing::Encrypted::new("postgres+key", ckpt::testing::PostgresHarness::new())
+);
+
+#[cfg(feature = "redis")]
+ckpt::conformance_tests!(
+    redis_cluster_encrypted,
+    ckpt::testing::Encrypted::new(
+        "redis-cluster+key",
+        ckpt::testing::RedisClusterHarness::new()
+    )
+);
