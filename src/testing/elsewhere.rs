@@ -109,6 +109,9 @@ impl Backend for Elsewhere {
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
+    fn puts_blobs_with_append(&self) -> bool {
+        self.inner.puts_blobs_with_append()
+    }
     fn atomic_across_logs(&self) -> bool {
         self.atomic_across_logs && self.inner.atomic_across_logs()
     }
