@@ -91,6 +91,21 @@ impl Call {
         Call::Compact,
     ];
 
+    /// Whether the method writes.
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Call::Append
+                | Call::AppendWithBlobs
+                | Call::RaiseNextSeq
+                | Call::Truncate
+                | Call::PutBlobs
+                | Call::DeleteBlobs
+                | Call::RewriteFrames
+                | Call::RewriteBlobs
+        )
+    }
+
     /// The method's name in [`Backend`].
     pub fn method(self) -> &'static str {
         match self {
@@ -225,6 +240,8 @@ struct State {
     rng: Option<Rng>,
     /// Faults per 1000 eligible calls while armed.
     per_mille: u64,
+    /// The same for calls that write (appends, truncates, blob puts and deletes, rewrites).
+    writes_per_mille: u64,
     fault_reserved: bool,
     script: Vec<Scripted>,
     holds: Vec<PendingHold>,
@@ -267,6 +284,7 @@ impl FaultControl {
             let mut s = control.lock();
             s.rng = Some(Rng::new(seed));
             s.per_mille = per_mille.min(1000);
+            s.writes_per_mille = s.per_mille;
         }
         Arc::new(control)
     }
@@ -276,6 +294,13 @@ impl FaultControl {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Faults about `per_mille` of every 1000 calls that write (appends, truncates, blob puts
+    /// and deletes, rewrites) instead of the rate given to [`FaultControl::seeded`], which then
+    /// applies to reads: writes are where an outcome can be ambiguous, reads are many more.
+    pub fn writes_per_mille(&self, per_mille: u64) {
+        self.lock().writes_per_mille = per_mille.min(1000);
     }
 
     /// Starts injecting seeded faults.
@@ -360,7 +385,11 @@ impl FaultControl {
         let fault = match scripted {
             Some(f) => Some(f),
             None if s.armed => {
-                let per_mille = s.per_mille;
+                let per_mille = if call.writes() {
+                    s.writes_per_mille
+                } else {
+                    s.per_mille
+                };
                 s.rng.as_mut().and_then(|rng| {
                     if rng.below(1000) >= per_mille {
                         return None;
@@ -442,7 +471,13 @@ impl<B: Backend + ?Sized> Faulty<B> {
             // A dropped `Hold` releases the call too.
             let _ = hold.release.await;
         }
-        let fail = || Err(injected_error(self.inner.name(), call, fault.unwrap_or(Fault::FailBefore)));
+        let fail = || {
+            Err(injected_error(
+                self.inner.name(),
+                call,
+                fault.unwrap_or(Fault::FailBefore),
+            ))
+        };
         match fault {
             None => Ok(Then::Forward),
             Some(Fault::Delay(d)) => {
@@ -459,7 +494,9 @@ impl<B: Backend + ?Sized> Faulty<B> {
     /// The result of a call that went on to the backend.
     fn leave<T>(&self, call: Call, then: &Then, result: Result<T>) -> Result<T> {
         match (then, result) {
-            (Then::FailAfter, Ok(_)) => Err(injected_error(self.inner.name(), call, Fault::FailAfter)),
+            (Then::FailAfter, Ok(_)) => {
+                Err(injected_error(self.inner.name(), call, Fault::FailAfter))
+            }
             (_, result) => result,
         }
     }
@@ -505,7 +542,9 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         blobs: Vec<(BlobHash, Vec<u8>)>,
     ) -> Result<()> {
         let only_reserved = all_reserved(&appends);
-        let then = self.enter(Call::AppendWithBlobs, only_reserved, true).await?;
+        let then = self
+            .enter(Call::AppendWithBlobs, only_reserved, true)
+            .await?;
         if let Then::Tear = then {
             // The blobs land, the frames do not: what the default implementation leaves when it
             // dies between its two steps.
@@ -602,7 +641,9 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
     }
 
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let then = self.enter(Call::RewriteFrames, reserved(log), false).await?;
+        let then = self
+            .enter(Call::RewriteFrames, reserved(log), false)
+            .await?;
         let r = self.inner.rewrite_frames(log, frames).await;
         self.leave(Call::RewriteFrames, &then, r)
     }
@@ -628,7 +669,9 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
     }
 
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
-        let then = self.enter(Call::WaitForAppend, reserved(log), false).await?;
+        let then = self
+            .enter(Call::WaitForAppend, reserved(log), false)
+            .await?;
         let r = self.inner.wait_for_append(log, next_seq, timeout).await;
         self.leave(Call::WaitForAppend, &then, r)
     }
@@ -837,7 +880,11 @@ mod tests {
         match call {
             Call::NextSeq => backend.next_seq(&log).await.map(drop),
             Call::Append => backend.append(one()).await,
-            Call::AppendWithBlobs => backend.append_with_blobs(one(), vec![(hash, vec![1])]).await,
+            Call::AppendWithBlobs => {
+                backend
+                    .append_with_blobs(one(), vec![(hash, vec![1])])
+                    .await
+            }
             Call::Scan => backend.scan(&log, 1, 10).await.map(drop),
             Call::ListLogs => backend.list_logs().await.map(drop),
             Call::RaiseNextSeq => backend.raise_next_seq(&log, 5).await,
@@ -866,10 +913,7 @@ mod tests {
 
     /// Every method called on the wrapper reaches the wrapped backend as that same method (not
     /// as the pieces a default body makes of it), and the capabilities are the wrapped one's.
-    async fn forwards_everything(
-        what: &str,
-        wrap: impl Fn(Arc<Recorder>) -> Arc<dyn Backend>,
-    ) {
+    async fn forwards_everything(what: &str, wrap: impl Fn(Arc<Recorder>) -> Arc<dyn Backend>) {
         let recorder = Arc::new(Recorder::default());
         let wrapper = wrap(recorder.clone());
         assert_eq!(wrapper.name(), "recorder", "{what}: name");
@@ -962,15 +1006,26 @@ mod tests {
         assert_eq!(trait_methods, listed, "Call::ALL against trait Backend");
         for (file, source, start) in [
             ("faulty.rs", include_str!("faulty.rs"), "Backend for Faulty"),
-            ("elsewhere.rs", include_str!("elsewhere.rs"), "Backend for Elsewhere"),
-            ("faulty.rs tests", include_str!("faulty.rs"), "Backend for Recorder"),
+            (
+                "elsewhere.rs",
+                include_str!("elsewhere.rs"),
+                "Backend for Elsewhere",
+            ),
+            (
+                "faulty.rs tests",
+                include_str!("faulty.rs"),
+                "Backend for Recorder",
+            ),
         ] {
             let wrapped = methods_in(source, start);
             let missing: Vec<_> = trait_methods
                 .iter()
                 .filter(|m| !wrapped.contains(m))
                 .collect();
-            assert!(missing.is_empty(), "{file}: {start} does not define {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "{file}: {start} does not define {missing:?}"
+            );
         }
     }
 }

@@ -44,7 +44,7 @@ use crate::Store;
 
 pub use elsewhere::Elsewhere;
 pub use faulty::{
-    faulty_store, is_injected, Call, Fault, FaultControl, FaultyHarness, Faulty, Hold, Injected,
+    faulty_store, is_injected, Call, Fault, FaultControl, Faulty, FaultyHarness, Hold, Injected,
 };
 #[cfg(feature = "redis")]
 pub use redis::*;

@@ -3370,7 +3370,10 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
         ["fault-a", "fault-a", "fault-a"]
     };
     let mut expected: BTreeMap<&str, Vec<(u64, serde_json::Value)>> = BTreeMap::new();
-    let pre = must(store.save(blob_checkpoint("fault-a", 0)).await, "first save");
+    let pre = must(
+        store.save(blob_checkpoint("fault-a", 0)).await,
+        "first save",
+    );
     expected.insert("fault-a", versioned_states(&[pre]));
     let mut n = 1u64;
     let rounds = [
@@ -3384,7 +3387,8 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
     for (round, (nth, fault)) in rounds.into_iter().enumerate() {
         control.on_nth(Call::AppendWithBlobs, nth, fault);
         for attempt in 1..=nth {
-            let what = format!("[{name}] round {round} ({fault:?} on append {nth}), batch {attempt}");
+            let what =
+                format!("[{name}] round {round} ({fault:?} on append {nth}), batch {attempt}");
             let batch: Vec<Checkpoint> = execs
                 .iter()
                 .map(|e| {
@@ -3397,7 +3401,10 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
             let landed = control.landed_appends() > landed_before;
             match (&result, attempt == nth) {
                 (Ok(out), false) => {
-                    assert!(landed, "{what}: acknowledged, yet no append reached the backend");
+                    assert!(
+                        landed,
+                        "{what}: acknowledged, yet no append reached the backend"
+                    );
                     assert_eq!(out.len(), batch.len(), "{what}: checkpoints returned");
                 }
                 (Err(e), true) if is_injected(e) => {
@@ -3433,7 +3440,10 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
         store.save(blob_checkpoint("fault-a", n + 1)).await,
         "save after the faults",
     );
-    let before = expected.get("fault-a").and_then(|l| l.last()).map(|(v, _)| *v);
+    let before = expected
+        .get("fault-a")
+        .and_then(|l| l.last())
+        .map(|(v, _)| *v);
     assert_eq!(
         after.parent.as_ref().map(CheckpointId::version),
         before,
