@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use super::Harness;
-use crate::backend::{Backend, BlobHash, CompactReport, LogAppend};
+use crate::backend::{Backend, BlobHash, CompactReport, LogAppend, RecordedDamage};
 use crate::{Error, Result, Store};
 
 /// One method of [`Backend`], to name the calls faults apply to.
@@ -61,6 +61,7 @@ pub enum Call {
     RewriteBlobs,
     Flush,
     WaitForAppend,
+    RecordedDamage,
     StoredBytes,
     Compact,
 }
@@ -68,7 +69,7 @@ pub enum Call {
 impl Call {
     /// Every method that does I/O, each once. `name`, `puts_blobs_with_append` and
     /// `atomic_across_logs` are answered by the wrapped backend and never faulted.
-    pub const ALL: [Call; 20] = [
+    pub const ALL: [Call; 21] = [
         Call::NextSeq,
         Call::Append,
         Call::AppendWithBlobs,
@@ -87,6 +88,7 @@ impl Call {
         Call::RewriteBlobs,
         Call::Flush,
         Call::WaitForAppend,
+        Call::RecordedDamage,
         Call::StoredBytes,
         Call::Compact,
     ];
@@ -127,6 +129,7 @@ impl Call {
             Call::RewriteBlobs => "rewrite_blobs",
             Call::Flush => "flush",
             Call::WaitForAppend => "wait_for_append",
+            Call::RecordedDamage => "recorded_damage",
             Call::StoredBytes => "stored_bytes",
             Call::Compact => "compact",
         }
@@ -676,6 +679,12 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::WaitForAppend, &then, r)
     }
 
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        let then = self.enter(Call::RecordedDamage, false, false).await?;
+        let r = self.inner.recorded_damage().await;
+        self.leave(Call::RecordedDamage, &then, r)
+    }
+
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::StoredBytes, false, false).await?;
         let r = self.inner.stored_bytes().await;
@@ -856,6 +865,10 @@ mod tests {
             self.saw("wait_for_append");
             Ok(())
         }
+        async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+            self.saw("recorded_damage");
+            Ok(Vec::new())
+        }
         async fn stored_bytes(&self) -> Result<Option<u64>> {
             self.saw("stored_bytes");
             Ok(Some(42))
@@ -906,6 +919,7 @@ mod tests {
                     .wait_for_append(&log, 1, Duration::from_secs(3600))
                     .await
             }
+            Call::RecordedDamage => backend.recorded_damage().await.map(drop),
             Call::StoredBytes => backend.stored_bytes().await.map(drop),
             Call::Compact => backend.compact().await.map(drop),
         }
