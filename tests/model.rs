@@ -1,7 +1,16 @@
 //! Model-based property test: random sequences of saves, batches, deletes, clears, forks, gcs,
 //! retention, rekeys (encrypted runs) and reopens are applied both to a [`Store`] (on each backend, through its conformance harness) and
 //! to a plain in-memory model; after every operation every projection of the store (list, latest,
-//! history, at_version, load of removed ids, executions) must equal the model's.
+//! history, at_version, load of removed ids, executions) must equal the model's. The model holds
+//! the states it generated, never what the store returned, so a store that changes a state on
+//! its way in or out is caught.
+//!
+//! The `faulty_*` runs put a seeded [`ckpt::testing::Faulty`] backend under the store: while an
+//! operation runs, backend calls fail before reaching the backend, fail after their write
+//! landed, tear (blobs without frames) or are delayed. An operation that failed must have
+//! changed nothing when none of its appends landed, and must be stored whole (with exactly the
+//! generated state) when one did; the projections are then read once with faults (any answer
+//! that is not an injected error must equal the model) and once without.
 //!
 //! States are conversations whose messages have random lengths, some long enough to be stored as
 //! blobs, so that deltas, snapshots, blob sharing and gc truncation all happen.
@@ -11,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use ckpt::testing::Harness;
+use ckpt::testing::{is_injected, FaultControl, FaultyHarness, Harness};
 use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Metadata, RetentionPolicy, Store};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -172,18 +181,63 @@ impl Model {
         })
     }
 
-    /// Records a checkpoint the store saved (or forked) into `exec`, after checking its version is
-    /// above every version `exec` ever had.
-    fn record(&mut self, cp: &Checkpoint) -> Result<(), TestCaseError> {
-        let exec = cp.execution_id.clone();
+    /// Records a checkpoint the store saved (or forked) into `exec`, after checking that it is
+    /// what was asked for: `given`'s node and metadata, the `state` the model generated (never
+    /// the state the store returned: that would make the model agree with any store), a version
+    /// above every version `exec` ever had, and the newest live checkpoint as parent.
+    fn record(
+        &mut self,
+        saved: &Checkpoint,
+        given: &Checkpoint,
+        state: &serde_json::Value,
+    ) -> Result<(), TestCaseError> {
+        let parent = self.live(&saved.execution_id).last().map(|c| c.id.clone());
+        self.record_with_parent(saved, given, state, parent)
+    }
+
+    /// [`Model::record`] of a checkpoint whose parent must be `parent` (a fork's source).
+    fn record_with_parent(
+        &mut self,
+        saved: &Checkpoint,
+        given: &Checkpoint,
+        state: &serde_json::Value,
+        parent: Option<CheckpointId>,
+    ) -> Result<(), TestCaseError> {
+        let exec = saved.execution_id.clone();
+        prop_assert_eq!(&exec, &given.execution_id, "execution of {}", saved.id);
         let high = self.high.get(&exec).copied().unwrap_or(0);
-        prop_assert!(cp.version > high, "{}: version not above {high}", cp.id);
-        prop_assert_eq!(
-            cp.id.clone(),
-            ok(CheckpointId::new(&exec, cp.version), "id")?
+        prop_assert!(
+            saved.version > high,
+            "{}: version not above {high}",
+            saved.id
         );
-        self.high.insert(exec.clone(), cp.version);
-        let m = ModelCp::of(cp)?;
+        prop_assert_eq!(
+            saved.id.clone(),
+            ok(CheckpointId::new(&exec, saved.version), "id")?
+        );
+        prop_assert_eq!(&saved.parent, &parent, "parent of {}", saved.id);
+        prop_assert_eq!(
+            (&saved.node_name, &saved.metadata),
+            (&given.node_name, &given.metadata),
+            "node and metadata of {}",
+            saved.id
+        );
+        prop_assert_eq!(
+            &ok(saved.state_json(), "state_json")?,
+            state,
+            "state of {} is not the state saved",
+            saved.id
+        );
+        self.high.insert(exec.clone(), saved.version);
+        let m = ModelCp {
+            id: saved.id.clone(),
+            version: saved.version,
+            node: given.node_name.clone(),
+            metadata: given.metadata.clone(),
+            parent,
+            timestamp: saved.timestamp,
+            state: state.clone(),
+        };
         self.live.entry(exec).or_default().push(m);
         Ok(())
     }
@@ -219,7 +273,90 @@ fn expect_not_found<T: std::fmt::Debug>(
     }
 }
 
-async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+/// The fault injection of one operation of a run (none on runs without faults).
+struct Faults<'a> {
+    control: Option<&'a FaultControl>,
+    /// Appends that had landed when the operation began.
+    landed_before: u64,
+}
+
+impl<'a> Faults<'a> {
+    fn new(control: Option<&'a FaultControl>) -> Self {
+        Faults {
+            control,
+            landed_before: control.map_or(0, |c| c.landed_appends()),
+        }
+    }
+
+    /// Whether `e` is a fault this run injected.
+    fn injected(&self, e: &ckpt::Error) -> bool {
+        self.control.is_some() && is_injected(e)
+    }
+
+    /// After a store call failed with `e`: stops injecting (the caller reads what happened next)
+    /// and says whether the call changed the store anyway, i.e. an append of it reached the
+    /// backend before the error (a fault after the write landed). Then it must be stored whole;
+    /// otherwise nothing of it may be. An error that was not injected fails the case.
+    fn failed(&self, e: ckpt::Error, what: &str) -> Result<bool, TestCaseError> {
+        match self.control {
+            Some(control) if is_injected(&e) => {
+                control.disarm();
+                Ok(control.landed_appends() > self.landed_before)
+            }
+            _ => Err(TestCaseError::fail(format!(
+                "{what}: unexpected error: {e}"
+            ))),
+        }
+    }
+}
+
+/// The checkpoints a batch that failed after its append landed stored, in the batch's order:
+/// each execution's checkpoints above the highest version the model knows.
+async fn landed_batch(
+    store: &Store,
+    model: &Model,
+    batch: &[Checkpoint],
+) -> Result<Vec<Checkpoint>, TestCaseError> {
+    let mut new: BTreeMap<String, std::collections::VecDeque<Checkpoint>> = BTreeMap::new();
+    for given in batch {
+        let exec = &given.execution_id;
+        if new.contains_key(exec) {
+            continue;
+        }
+        let high = model.high.get(exec).copied().unwrap_or(0);
+        let list = ok(store.list(exec).await, "list after a failed batch")?;
+        new.insert(
+            exec.clone(),
+            list.into_iter().filter(|c| c.version > high).collect(),
+        );
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for given in batch {
+        match new.get_mut(&given.execution_id).and_then(|q| q.pop_front()) {
+            Some(cp) => out.push(cp),
+            None => {
+                return Err(TestCaseError::fail(format!(
+                    "a batch landed, but {} lacks some of its checkpoints",
+                    given.execution_id
+                )))
+            }
+        }
+    }
+    if let Some((exec, extra)) = new.iter().find(|(_, q)| !q.is_empty()) {
+        return Err(TestCaseError::fail(format!(
+            "a batch landed, and {exec} has {} checkpoints it did not hold",
+            extra.len()
+        )));
+    }
+    Ok(out)
+}
+
+async fn apply(
+    store: &Store,
+    model: &mut Model,
+    op: &Op,
+    faults: &Faults<'_>,
+) -> Result<(), TestCaseError> {
     match op {
         Op::Save { exec, .. } | Op::Tally { exec } => {
             let exec = EXECS[*exec];
@@ -232,14 +369,20 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 _ => model.tally(&base),
             };
             let cp = model.checkpoint(exec, &state)?;
-            let saved = ok(store.save(cp.clone()).await, "save")?;
-            let parent = model.live(exec).last().map(|c| c.id.clone());
-            prop_assert_eq!(&saved.parent, &parent, "parent of {}", saved.id);
-            prop_assert_eq!(
-                (&saved.node_name, &saved.metadata),
-                (&cp.node_name, &cp.metadata)
-            );
-            model.record(&saved)?;
+            match store.save(cp.clone()).await {
+                Ok(saved) => model.record(&saved, &cp, &state)?,
+                Err(e) => {
+                    if faults.failed(e, "save")? {
+                        let saved = ok(store.latest(exec).await, "latest after a failed save")?;
+                        let Some(saved) = saved else {
+                            return Err(TestCaseError::fail(format!(
+                                "save to {exec} landed but {exec} has no latest"
+                            )));
+                        };
+                        model.record(&saved, &cp, &state)?;
+                    }
+                }
+            }
         }
         Op::Delete { exec, nth } => {
             let exec = EXECS[*exec];
@@ -257,10 +400,20 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                         "id",
                     )?,
                 };
-                expect_not_found(store.delete(&id).await, &format!("delete {id}"))?;
+                match store.delete(&id).await {
+                    Err(e) if faults.injected(&e) => {
+                        // Nothing to delete: it cannot have landed (`check` would see it).
+                        faults.failed(e, "delete")?;
+                    }
+                    other => expect_not_found(other, &format!("delete {id}"))?,
+                }
             } else {
                 let victim = live[*nth % live.len()].id.clone();
-                ok(store.delete(&victim).await, "delete")?;
+                if let Err(e) = store.delete(&victim).await {
+                    if !faults.failed(e, "delete")? {
+                        return Ok(());
+                    }
+                }
                 model
                     .live
                     .entry(exec.to_owned())
@@ -301,7 +454,11 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
         }
         Op::Clear { exec } => {
             let exec = EXECS[*exec];
-            ok(store.clear(exec).await, "clear")?;
+            if let Err(e) = store.clear(exec).await {
+                if !faults.failed(e, "clear")? {
+                    return Ok(());
+                }
+            }
             let cleared = model.live.remove(exec).unwrap_or_default();
             model.gone.extend(cleared.into_iter().map(|c| c.id));
         }
@@ -316,6 +473,11 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                     .cloned()
                 {
                     let result = store.fork(&id, to).await;
+                    if let Err(e) = &result {
+                        if faults.injected(e) {
+                            return Ok(());
+                        }
+                    }
                     if to == exec {
                         prop_assert!(
                             result.is_err(),
@@ -330,6 +492,22 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
             }
             let source = live[*nth % live.len()].clone();
             let result = store.fork(&source.id, to).await;
+            let result = match result {
+                Err(e) if faults.injected(&e) => {
+                    if !faults.failed(e, "fork")? {
+                        return Ok(());
+                    }
+                    match ok(store.latest(to).await, "latest after a failed fork")? {
+                        Some(fork) => Ok(fork),
+                        None => {
+                            return Err(TestCaseError::fail(format!(
+                                "fork into {to} landed but {to} has no latest"
+                            )))
+                        }
+                    }
+                }
+                other => other,
+            };
             if to == exec || !model.live(to).is_empty() {
                 prop_assert!(
                     result.is_err(),
@@ -340,17 +518,18 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
             }
             let fork = ok(result, "fork")?;
             prop_assert_eq!(fork.parent.as_ref(), Some(&source.id));
-            prop_assert_eq!(
-                (&fork.node_name, &fork.metadata),
-                (&source.node, &source.metadata)
-            );
-            prop_assert_eq!(&ok(fork.state_json(), "state_json")?, &source.state);
-            model.record(&fork)?;
+            let mut given = ok(
+                Checkpoint::new(to, &source.node, &source.state),
+                "Checkpoint::new",
+            )?;
+            given.metadata = source.metadata.clone();
+            model.record_with_parent(&fork, &given, &source.state, Some(source.id.clone()))?;
         }
         Op::Reopen | Op::Gc | Op::Rekey => unreachable!("handled by the caller"),
         Op::SaveBatch { execs } => {
             let mut pending: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
             let mut batch = Vec::new();
+            let mut states = Vec::new();
             for (exec, msg_len) in execs {
                 let exec = EXECS[*exec];
                 let base = match pending.get(exec) {
@@ -359,29 +538,28 @@ async fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCase
                 };
                 let state = model.grow(&base, *msg_len);
                 batch.push(model.checkpoint(exec, &state)?);
+                states.push(state.clone());
                 pending.insert(exec, state);
             }
-            let out = ok(store.save_batch(batch.clone()).await, "save_batch")?;
-            prop_assert_eq!(out.len(), batch.len());
-            let mut last: BTreeMap<String, Option<CheckpointId>> = BTreeMap::new();
-            for (saved, given) in out.iter().zip(&batch) {
-                prop_assert_eq!(&saved.execution_id, &given.execution_id, "batch order");
-                prop_assert_eq!(&saved.metadata, &given.metadata, "batch order");
-                let exec = saved.execution_id.clone();
-                let parent = last
-                    .get(&exec)
-                    .cloned()
-                    .unwrap_or_else(|| model.live(&exec).last().map(|c| c.id.clone()));
-                prop_assert_eq!(&saved.parent, &parent, "parent of {} in a batch", saved.id);
-                if let Some(Some(prev)) = last.get(&exec) {
-                    prop_assert_eq!(
-                        saved.version,
-                        prev.version() + 1,
-                        "batch versions not consecutive"
-                    );
+            let out = match store.save_batch(batch.clone()).await {
+                Ok(out) => out,
+                Err(e) => {
+                    if !faults.failed(e, "save_batch")? {
+                        return Ok(());
+                    }
+                    landed_batch(store, model, &batch).await?
                 }
-                model.record(saved)?;
-                last.insert(exec, Some(saved.id.clone()));
+            };
+            prop_assert_eq!(out.len(), batch.len());
+            let mut last: BTreeMap<String, u64> = BTreeMap::new();
+            for ((saved, given), state) in out.iter().zip(&batch).zip(&states) {
+                prop_assert_eq!(&saved.execution_id, &given.execution_id, "batch order");
+                let exec = saved.execution_id.clone();
+                if let Some(prev) = last.get(&exec) {
+                    prop_assert_eq!(saved.version, prev + 1, "batch versions not consecutive");
+                }
+                model.record(saved, given, state)?;
+                last.insert(exec, saved.version);
             }
         }
     }
@@ -468,14 +646,24 @@ async fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
 }
 
 async fn run(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
-    run_with_keys(harness, ops, None).await
+    run_with_keys(harness, ops, None, None).await
 }
 
-/// [`run`]; with `keys` (the two keys the harness's stores open with), [`Op::Rekey`] re-keys.
+/// Whether seeded faults are injected while `op` runs. Prune deletes in several appends, so a
+/// fault part way leaves an outcome the model does not predict; reopens and rekeys are setup.
+fn faulted(op: &Op) -> bool {
+    !matches!(op, Op::Prune { .. } | Op::Reopen | Op::Rekey)
+}
+
+/// [`run`]; with `keys` (the two keys the harness's stores open with), [`Op::Rekey`] re-keys;
+/// with `faults` (the control of the harness's [`FaultyHarness`]), faults are injected while
+/// each operation runs (see [`faulted`]) and while the projections are read once, then the
+/// projections are read again without faults and must equal the model's.
 async fn run_with_keys(
     harness: &dyn Harness,
     ops: &[Op],
     keys: Option<&[ckpt::crypto::Key; 2]>,
+    faults: Option<&FaultControl>,
 ) -> Result<(), TestCaseError> {
     let mut store = Some(harness.open().await);
     let mut model = Model::default();
@@ -493,7 +681,12 @@ async fn run_with_keys(
                 let s = store
                     .as_ref()
                     .ok_or_else(|| TestCaseError::fail("no store"))?;
-                ok(s.gc().await, "gc").map_err(context)?;
+                let f = Faults::new(faults);
+                arm(faults, op);
+                if let Err(e) = s.gc().await {
+                    // gc changes no projection, whatever part of it ran.
+                    f.failed(e, "gc").map_err(context)?;
+                }
             }
             Op::Rekey => {
                 if let Some([a, b]) = keys {
@@ -513,19 +706,68 @@ async fn run_with_keys(
                 let s = store
                     .as_ref()
                     .ok_or_else(|| TestCaseError::fail("no store"))?;
-                apply(s, &mut model, op).await.map_err(context)?;
+                let f = Faults::new(faults);
+                arm(faults, op);
+                let applied = apply(s, &mut model, op, &f).await;
+                disarm(faults);
+                applied.map_err(context)?;
             }
         }
+        disarm(faults);
         let s = store
             .as_ref()
             .ok_or_else(|| TestCaseError::fail("no store"))?;
+        if faults.is_some() {
+            arm(faults, op);
+            match check(s, &model).await {
+                // A read that failed on an injected fault is fine; one that served anything but
+                // the model is not.
+                Err(e) if e.to_string().contains("injected fault") => {}
+                other => other.map_err(context)?,
+            }
+            disarm(faults);
+        }
         check(s, &model).await.map_err(context)?;
     }
     Ok(())
 }
 
+fn arm(faults: Option<&FaultControl>, op: &Op) {
+    if let Some(f) = faults {
+        if faulted(op) {
+            f.arm();
+        }
+    }
+}
+
+fn disarm(faults: Option<&FaultControl>) {
+    if let Some(f) = faults {
+        f.disarm();
+    }
+}
+
 fn run_blocking(harness: &dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
     runtime()?.block_on(run(harness, ops))
+}
+
+/// Faults per 1000 reads while an operation runs (most make a handful), and per 1000 writes:
+/// a write is where a fault can leave an outcome the caller cannot see.
+const FAULTS_PER_MILLE: u64 = 30;
+/// See [`FAULTS_PER_MILLE`].
+const WRITE_FAULTS_PER_MILLE: u64 = 250;
+
+/// The model over `inner`'s storage behind a [`ckpt::testing::Faulty`] backend whose faults
+/// come from `seed`.
+fn run_faulty<H: Harness>(
+    name: &'static str,
+    inner: H,
+    ops: &[Op],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let control = FaultControl::seeded(seed, FAULTS_PER_MILLE);
+    control.writes_per_mille(WRITE_FAULTS_PER_MILLE);
+    let harness = FaultyHarness::new(name, inner, control.clone());
+    runtime()?.block_on(run_with_keys(&harness, ops, None, Some(&control)))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, TestCaseError> {
@@ -566,15 +808,16 @@ fn run_rekeyed<H: Harness>(inner: H, ops: &[Op]) -> Result<(), TestCaseError> {
         inner,
         keys: [Key::generate(), Key::generate()],
     };
-    runtime()?.block_on(run_with_keys(&harness, ops, Some(&harness.keys)))
+    runtime()?.block_on(run_with_keys(&harness, ops, Some(&harness.keys), None))
 }
 
-/// 96 cases per backend; `CKPT_MODEL_CASES=N` runs more (for a long hunt).
-fn config() -> ProptestConfig {
+/// `default` cases, chosen per run so that this file takes about a minute on two cores;
+/// `CKPT_MODEL_CASES=N` runs N of each (for a long hunt).
+fn config(default: u32) -> ProptestConfig {
     let cases = std::env::var("CKPT_MODEL_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(96);
+        .unwrap_or(default);
     ProptestConfig {
         cases,
         max_shrink_iters: 512,
@@ -593,25 +836,54 @@ fn max_ops() -> usize {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(48))]
 
     #[test]
     fn memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
         run_blocking(&ckpt::testing::MemoryHarness::new(), &ops)?;
     }
 
-    #[cfg(feature = "sled")]
+    #[test]
+    fn faulty_memory_store_matches_the_model(
+        ops in proptest::collection::vec(op(), 1..max_ops()),
+        seed in any::<u64>(),
+    ) {
+        run_faulty("memory+faults", ckpt::testing::MemoryHarness::new(), &ops, seed)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn encrypted_memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
+        run_rekeyed(ckpt::testing::MemoryHarness::new(), &ops)?;
+    }
+}
+
+// Every sled save is an fsync: fewer cases.
+#[cfg(feature = "sled")]
+proptest! {
+    #![proptest_config(config(24))]
+
     #[test]
     fn sled_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
         run_blocking(&ckpt::testing::SledHarness::new(), &ops)?;
     }
 
     #[test]
-    fn encrypted_memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
-        run_rekeyed(ckpt::testing::MemoryHarness::new(), &ops)?;
+    fn faulty_sled_store_matches_the_model(
+        ops in proptest::collection::vec(op(), 1..max_ops()),
+        seed in any::<u64>(),
+    ) {
+        run_faulty("sled+faults", ckpt::testing::SledHarness::new(), &ops, seed)?;
     }
+}
 
-    #[cfg(feature = "sled")]
+#[cfg(feature = "sled")]
+proptest! {
+    #![proptest_config(config(16))]
+
     #[test]
     fn encrypted_sled_store_matches_the_model(ops in proptest::collection::vec(op(), 1..max_ops())) {
         run_rekeyed(ckpt::testing::SledHarness::new(), &ops)?;
@@ -621,11 +893,7 @@ proptest! {
 /// The SQL backends cost a database (file or schema) per case: fewer cases, unless
 /// `CKPT_MODEL_CASES` asks for more.
 fn sql_config() -> ProptestConfig {
-    let mut config = config();
-    if std::env::var("CKPT_MODEL_CASES").is_err() {
-        config.cases = 24;
-    }
-    config
+    config(24)
 }
 
 proptest! {
@@ -648,12 +916,7 @@ proptest! {
 /// (24) unless `CKPT_MODEL_CASES` asks for more.
 #[cfg(feature = "redis")]
 fn redis_config() -> ProptestConfig {
-    let explicit = std::env::var("CKPT_MODEL_CASES").is_ok();
-    let mut c = config();
-    if !explicit {
-        c.cases = 24;
-    }
-    c
+    config(24)
 }
 
 #[cfg(feature = "redis")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, BlobHash, CompactReport, LogAppend};
+use crate::backend::{Backend, BlobHash, CompactReport, LogAppend, RecordedDamage};
 use crate::Result;
 
 /// Forwards every call to the backend it wraps, but is a different `Arc`: a [`crate::Store`] on
@@ -109,11 +109,17 @@ impl Backend for Elsewhere {
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
+    fn puts_blobs_with_append(&self) -> bool {
+        self.inner.puts_blobs_with_append()
+    }
     fn atomic_across_logs(&self) -> bool {
         self.atomic_across_logs && self.inner.atomic_across_logs()
     }
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
         self.inner.wait_for_append(log, next_seq, timeout).await
+    }
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        self.inner.recorded_damage().await
     }
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         self.inner.stored_bytes().await

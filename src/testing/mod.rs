@@ -27,6 +27,7 @@
 //! `tests/conformance.rs`.
 
 mod elsewhere;
+mod faulty;
 mod helpers;
 #[cfg(feature = "redis")]
 mod redis;
@@ -42,6 +43,9 @@ use crate::backend::memory::MemoryBackend;
 use crate::Store;
 
 pub use elsewhere::Elsewhere;
+pub use faulty::{
+    faulty_store, is_injected, Call, Fault, FaultControl, Faulty, FaultyHarness, Hold, Injected,
+};
 #[cfg(feature = "redis")]
 pub use redis::*;
 pub use scenarios::*;
@@ -247,6 +251,7 @@ macro_rules! conformance_tests {
                 fork_refuses_bad_sources_and_targets,
                 save_batch_is_ordered_and_consecutive,
                 save_batch_is_all_or_nothing,
+                save_batch_is_all_or_nothing_under_faults,
                 executions_summarise_live_checkpoints,
                 reopen_keeps_every_projection,
                 two_stores_see_each_other,
