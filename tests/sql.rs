@@ -235,6 +235,58 @@ async fn url_options_are_checked() {
         .unwrap();
 }
 
+// ---- unreachable servers ----
+
+/// Opening a PostgreSQL URL where nothing listens fails at once and says so: the OS's
+/// "connection refused" and the address, not a timeout after 30 s of retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_fails_fast_on_a_refused_connection() {
+    let port = common::free_port();
+    let url = format!("postgres://bob@127.0.0.1:{port}/app");
+    let started = Instant::now();
+    let Err(e) = Store::open(&url).await else {
+        panic!("nothing listens on {port}");
+    };
+    let elapsed = started.elapsed();
+    let text = chain(&e);
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    // Against the default timeout of 30 s that a retried refusal would use up.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {text}");
+}
+
+/// A server that accepts the TCP connection and never answers: the open gives up after
+/// `acquire_timeout` (from the URL or the builder), not after the whole `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_honours_acquire_timeout_against_a_silent_server() {
+    // The kernel completes the handshake into the backlog; nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let base = format!("postgres://bob@127.0.0.1:{port}/app");
+    for (url, builder_timeout, shown) in [
+        (format!("{base}?acquire_timeout=1s"), None, "1s"),
+        (base.clone(), Some(Duration::from_millis(500)), "500ms"),
+    ] {
+        let mut builder = Store::builder(&url);
+        if let Some(t) = builder_timeout {
+            builder = builder.acquire_timeout(t);
+        }
+        let started = Instant::now();
+        let Err(e) = builder.open().await else {
+            panic!("a silent server cannot be opened");
+        };
+        let elapsed = started.elapsed();
+        let text = chain(&e);
+        assert!(
+            text.contains(&format!("acquire timeout of {shown}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {text}");
+    }
+    drop(silent);
+}
+
 // ---- long logs ----
 
 async fn sqlite_backend(url: &str) -> SqliteBackend {
