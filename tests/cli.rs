@@ -246,3 +246,130 @@ fn help_describes_every_option() {
     let demo = text(&ckpt(&["demo", "--help"]).stdout);
     assert!(demo.contains("--steps"), "{demo}");
 }
+
+/// `ckpt ARGS`, killed if it has not ended within a minute (a command that waits forever on a
+/// store that does not exist would otherwise hang the suite instead of failing it).
+fn ckpt_bounded(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(args)
+        .env_remove("CKPT_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ckpt binary runs");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done.send(());
+        out
+    });
+    if finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    waiter
+        .join()
+        .expect("the waiter thread")
+        .expect("the output")
+}
+
+/// Every command that reads, or changes what exists, refuses a store that does not exist (a
+/// mistyped path, a SQLite file that is not there, a directory without a database) with "no
+/// store at ..." and exit code 1, and creates nothing; the commands that write create it.
+#[test]
+fn read_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("out.bundle");
+    let bundle = bundle.to_str().unwrap();
+    let commands: &[&[&str]] = &[
+        &["executions"],
+        &["history", "e"],
+        &["show", "e@1"],
+        &["diff", "e@1", "e@2"],
+        &["log", "e"],
+        &["grep", "e", "x"],
+        &["watch", "e", "--count", "1"],
+        &["fork", "e@1", "f"],
+        &["delete", "e@1", "--yes"],
+        &["clear", "e", "--yes"],
+        &["prune", "e", "--keep-latest", "1", "--yes"],
+        &["gc"],
+        &["verify"],
+        &["compact"],
+        &["rekey"],
+        &["stats"],
+        &["export", "--all", "-o", bundle],
+    ];
+    let typo = dir.path().join("ckpt-dta");
+    let sqlite = dir.path().join("x.db");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let stores = [
+        typo.to_str().unwrap().to_owned(),
+        format!("sqlite://{}", sqlite.display()),
+        empty.to_str().unwrap().to_owned(),
+    ];
+    for store in &stores {
+        for args in commands {
+            let mut all = vec!["--store", store.as_str()];
+            all.extend_from_slice(args);
+            let out = ckpt_bounded(&all);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{all:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("no store at {store}")),
+                "{all:?}: {stderr}"
+            );
+            assert!(
+                stderr.contains("ckpt demo") || stderr.contains("--store"),
+                "{all:?}: {stderr}"
+            );
+            assert!(!typo.exists(), "{all:?} created {}", typo.display());
+            assert!(!sqlite.exists(), "{all:?} created {}", sqlite.display());
+            let in_empty = std::fs::read_dir(&empty).unwrap().count();
+            assert_eq!(in_empty, 0, "{all:?} wrote into {}", empty.display());
+            assert!(!Path::new(bundle).exists(), "{all:?} wrote a bundle");
+        }
+    }
+    // The commands that write create the store, and then the others read it.
+    for store in &stores {
+        let out = ckpt(&["--store", store, "demo", "--steps", "2"]);
+        assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+        let out = ckpt(&["--store", store, "executions"]);
+        assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("demo-"), "{}", text(&out.stdout));
+    }
+}
+
+/// A store URL that names a known scheme without its `//` (`sqlite:x.db`) is refused with the
+/// accepted forms, instead of becoming a sled directory named `sqlite:x.db`; a path with a
+/// colon further on is still a path.
+#[test]
+fn a_scheme_without_slashes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["sqlite:x.db", "sled:x", "postgres:/x", "foo://x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+            .args(["--store", url, "demo", "--steps", "1"])
+            .env_remove("CKPT_STORE")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        for form in ["sqlite://PATH", "sled://PATH", "postgres://", "redis://"] {
+            assert!(stderr.contains(form), "{url}: {form} missing from {stderr}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{url}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["--store", "./a:b", "demo", "--steps", "1"])
+        .env_remove("CKPT_STORE")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.path().join("a:b").join("db").exists());
+}

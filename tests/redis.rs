@@ -526,6 +526,28 @@ async fn open_honours_timeout_against_a_silent_server() {
     drop(silent);
 }
 
+/// `create_if_missing(false)` on a prefix that holds nothing is `NotFound`; once something was
+/// saved under it, it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_without_creating_refuses_an_empty_prefix() {
+    for var in [
+        ckpt::testing::REDIS_URL_VAR,
+        ckpt::testing::REDIS_CLUSTER_URL_VAR,
+    ] {
+        let url = ckpt::testing::isolated_url(&ckpt::testing::test_server_url(var), "");
+        let existing = || Store::builder(&url).create_if_missing(false).open();
+        let e = existing().await.expect_err("nothing under the prefix");
+        assert!(e.is_not_found(), "{var}: {e:?}");
+        let store = Store::open(&url).await.expect("open");
+        store
+            .save(Checkpoint::new("e", "n", &state_for("c", 1)).expect("cp"))
+            .await
+            .expect("save");
+        let again = existing().await.expect("a store with a save opens");
+        assert_eq!(again.executions().await.expect("list").len(), 1);
+    }
+}
+
 /// Unknown and malformed options are `InvalidUrl` errors naming the option and listing the
 /// accepted ones; the builder's settings override the URL's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,6 +287,58 @@ async fn postgres_open_honours_acquire_timeout_against_a_silent_server() {
     drop(silent);
 }
 
+// ---- opening without creating ----
+
+/// `create_if_missing(false)`: a PostgreSQL schema without ckpt's tables is `NotFound` and is
+/// not created (nor its tables); once a store exists there, it opens. SQLite: no file, no store,
+/// and the file is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_without_creating_refuses_a_missing_store() {
+    let h = PostgresHarness::new();
+    let e = Store::builder(h.url())
+        .create_if_missing(false)
+        .open()
+        .await
+        .err()
+        .expect("the schema does not exist yet");
+    assert!(e.is_not_found(), "{e:?}");
+    assert!(e.to_string().contains(h.schema()), "{e}");
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("CKPT_TEST_POSTGRES_URL").unwrap())
+        .await
+        .unwrap();
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(h.schema())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schemas, 0, "a read-only open created the schema");
+    drop(h.open().await);
+    let store = Store::builder(h.url())
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect("an existing (empty) store opens");
+    assert!(store.executions().await.unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let url = format!("sqlite://{}", db.display());
+    let e = Store::builder(&url)
+        .create_if_missing(false)
+        .open()
+        .await
+        .err()
+        .expect("no file");
+    assert!(e.is_not_found(), "{e:?}");
+    assert!(!db.exists());
+    drop(Store::open(&url).await.unwrap());
+    Store::builder(&url)
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect("the file exists now");
+}
+
 // ---- long logs ----
 
 async fn sqlite_backend(url: &str) -> SqliteBackend {

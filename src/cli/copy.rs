@@ -4,7 +4,6 @@ use clap::Args;
 use serde_json::json;
 
 use ckpt::url::redact;
-use ckpt::Store;
 
 use super::{say, CliResult, Context, Failure, Global};
 
@@ -35,12 +34,12 @@ pub async fn run(args: CopyArgs, _global: &Global) -> CliResult {
     if args.from == args.to {
         return Err(Failure::new("--from and --to name the same store").into());
     }
-    let source = Store::open(&args.from)
+    let source = super::open_existing(&args.from)
         .await
-        .with_context(|| format!("opening the source {}", redact(&args.from)))?;
-    let target = Store::open(&args.to)
+        .context("opening the source (--from)")?;
+    let target = super::open_or_create(&args.to)
         .await
-        .with_context(|| format!("opening the target {}", redact(&args.to)))?;
+        .context("opening the target (--to)")?;
     let names = if args.all {
         let mut logs = source.execution_logs().await?;
         logs.sort();

@@ -6,7 +6,6 @@ use clap::Args;
 use serde_json::json;
 
 use ckpt::bundle::Bundle;
-use ckpt::Store;
 
 use super::{say, CliResult, Context, Global};
 
@@ -28,7 +27,7 @@ pub async fn run(args: ImportArgs, global: &Global) -> CliResult {
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let bundle = Bundle::decode(&bytes)
         .with_context(|| format!("reading bundle {}", args.file.display()))?;
-    let store = Store::open(global.store_url()).await?;
+    let store = super::open_or_create(global.store_url()).await?;
     let report = store
         .import(&bundle)
         .await

@@ -36,6 +36,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use error::{CliResult, Context, Failure};
 
+use ckpt::Store;
+
 /// The store used when neither `--store` nor `CKPT_STORE` names one: the embedded sled database
 /// in `./ckpt-data`.
 pub const DEFAULT_STORE: &str = "./ckpt-data";
@@ -88,6 +90,37 @@ impl Global {
     /// The store URL to use: `--store`, else `CKPT_STORE`, else [`DEFAULT_STORE`].
     pub fn store_url(&self) -> &str {
         self.store.as_deref().unwrap_or(DEFAULT_STORE)
+    }
+}
+
+/// Opens the store at `url` for a command that reads or changes what is stored, never creating
+/// one: a missing store (a mistyped path, `sqlite://` of a file that is not there, a database
+/// never written to) is an error saying so, instead of a new empty store and a misleading "no
+/// executions". Only the commands that write new checkpoints create a store: `demo`, `import`,
+/// `copy` (its target) and `bench`.
+pub(crate) async fn open_existing(url: &str) -> CliResult<Store> {
+    opened(
+        url,
+        Store::builder(url).create_if_missing(false).open().await,
+    )
+}
+
+/// Opens the store at `url`, creating it if it does not exist (commands that write).
+pub(crate) async fn open_or_create(url: &str) -> CliResult<Store> {
+    opened(url, Store::open(url).await)
+}
+
+/// The outcome of opening `url`, its error saying which store (without its password) and, for
+/// a missing store, what to do.
+fn opened(url: &str, outcome: ckpt::Result<Store>) -> CliResult<Store> {
+    let shown = ckpt::url::redact(url);
+    match outcome {
+        Ok(store) => Ok(store),
+        Err(e) if e.is_not_found() => Err(e).context(format!(
+            "no store at {shown}: create one with `ckpt demo` or `ckpt import`, or check \
+             --store / CKPT_STORE"
+        )),
+        Err(e) => Err(e).context(format!("opening the store {shown}")),
     }
 }
 
