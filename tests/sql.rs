@@ -299,8 +299,7 @@ async fn opening_without_creating_refuses_a_missing_store() {
         .create_if_missing(false)
         .open()
         .await
-        .err()
-        .expect("the schema does not exist yet");
+        .expect_err("the schema does not exist yet");
     assert!(e.is_not_found(), "{e:?}");
     assert!(e.to_string().contains(h.schema()), "{e}");
     let mut conn = sqlx::PgConnection::connect(&std::env::var("CKPT_TEST_POSTGRES_URL").unwrap())
@@ -327,8 +326,7 @@ async fn opening_without_creating_refuses_a_missing_store() {
         .create_if_missing(false)
         .open()
         .await
-        .err()
-        .expect("no file");
+        .expect_err("no file");
     assert!(e.is_not_found(), "{e:?}");
     assert!(!db.exists());
     drop(Store::open(&url).await.unwrap());
