@@ -187,7 +187,47 @@ pub enum Command {
 }
 
 impl Command {
+    /// The execution ids, and the checkpoint ids as typed, that the command was given
+    /// (`show` and `diff` get theirs checked by clap, as [`CheckpointId`] values).
+    fn given_names(&self) -> (Vec<&str>, Vec<&str>) {
+        fn one(s: &str) -> Vec<&str> {
+            vec![s]
+        }
+        fn many(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        match self {
+            Command::History(a) => (one(&a.execution), vec![]),
+            Command::Log(a) => (one(&a.execution), vec![]),
+            Command::Grep(a) => (one(&a.execution), vec![]),
+            Command::Watch(a) => (one(&a.execution), vec![]),
+            Command::Clear(a) => (one(&a.exec), vec![]),
+            Command::Prune(a) => (a.exec.iter().map(String::as_str).collect(), vec![]),
+            Command::Export(a) => (many(&a.executions), vec![]),
+            Command::Copy(a) => (many(&a.executions), vec![]),
+            Command::Fork(a) => (one(&a.new_exec), one(&a.id)),
+            Command::Delete(a) => (vec![], one(&a.id)),
+            _ => (vec![], vec![]),
+        }
+    }
+
+    /// Checks the names the command was given before it runs, with the library's checks
+    /// (whose messages show a long name shortened, see [`ckpt::checkpoint::shorten`]), so
+    /// that no later message ("reading the history of NAME") echoes a name pasted by mistake
+    /// in full.
+    fn check_names(&self) -> CliResult {
+        let (executions, checkpoints) = self.given_names();
+        for exec in executions {
+            ckpt::checkpoint::validate_execution_id(exec)?;
+        }
+        for id in checkpoints {
+            id.parse::<ckpt::CheckpointId>()?;
+        }
+        Ok(())
+    }
+
     async fn run(self, global: &Global) -> CliResult {
+        self.check_names()?;
         match self {
             Command::Demo(args) => demo::run(args, global).await,
             Command::Keygen(args) => keys::keygen(args, global).await,
@@ -215,10 +255,29 @@ impl Command {
     }
 }
 
+/// Prints clap's error (or help, or version) and returns its exit code; a value clap refused is
+/// shown shortened (clap repeats it whole: a 10 KB execution id would fill the screen).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue};
+    let long = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) if v.len() > ckpt::checkpoint::SHOWN_NAME_CHARS => v,
+        _ => e.exit(),
+    };
+    let text = e
+        .render()
+        .to_string()
+        .replace(long.as_str(), &ckpt::checkpoint::shorten(long));
+    eprint!("{text}");
+    ExitCode::from(2)
+}
+
 /// Parses the command line, runs the command, and reports any error: `error: ...` on stderr,
 /// then one `  caused by: ...` line per source, and exit code 1 (2 for usage errors, from clap).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
