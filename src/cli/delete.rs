@@ -39,7 +39,10 @@ pub(crate) use super::show::open_store;
 /// Parses an `EXEC@VERSION` argument.
 pub(crate) fn parse_id(text: &str) -> CliResult<CheckpointId> {
     text.parse::<CheckpointId>().with_context(|| {
-        format!("{text:?} is not a checkpoint id: write EXEC@VERSION, e.g. exec-1@3")
+        format!(
+            "{} is not a checkpoint id: write EXEC@VERSION, e.g. exec-1@3",
+            ckpt::checkpoint::quote_name(text)
+        )
     })
 }
 

@@ -221,7 +221,7 @@ impl Command {
             ckpt::checkpoint::validate_execution_id(exec)?;
         }
         for id in checkpoints {
-            id.parse::<ckpt::CheckpointId>()?;
+            delete::parse_id(id)?;
         }
         Ok(())
     }
