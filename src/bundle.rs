@@ -20,7 +20,10 @@
 //! the keys can open them on import (and seal them again for itself). Nothing in a sealed bundle
 //! is readable without a key.
 
+use std::io::Read;
+
 use crate::backend::BlobHash;
+use crate::codec::blob::MAX_BLOB_LEN;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 11] = b"ckptbundle\0";
@@ -32,6 +35,14 @@ const TAG_LOG: u8 = 1;
 const TAG_FRAME: u8 = 2;
 const TAG_BLOB: u8 = 3;
 const TAG_STORE: u8 = 4;
+
+/// The largest payload one bundle entry may declare: the largest blob a store holds
+/// ([`MAX_BLOB_LEN`], 1 GiB), with room for its hash, its header and a seal. A bundle entry that
+/// declares more is refused before any of it is read.
+pub const MAX_ENTRY_LEN: usize = MAX_BLOB_LEN + 64 * 1024;
+/// How much a payload buffer reserves up front, whatever the entry declares: the rest grows as
+/// bytes arrive.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// One execution's log in a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,18 +113,41 @@ impl Bundle {
         out
     }
 
-    /// Reads a bundle, checking its format, structure and checksum. Never panics; anything wrong
-    /// is [`Error::Corrupt`] (or [`Error::InvalidInput`] for a file that is not a bundle).
+    /// Reads a bundle from bytes in memory: [`Bundle::read_from`] over a slice.
     pub fn decode(bytes: &[u8]) -> Result<Bundle> {
+        Bundle::read_from(bytes)
+    }
+
+    /// Reads a bundle from a stream, checking its format, structure and checksum. Never panics;
+    /// anything wrong is [`Error::Corrupt`] (or [`Error::InvalidInput`] for a stream that is not
+    /// a bundle, [`Error::Codec`] when reading fails).
+    ///
+    /// Input is bounded: the magic and the format are checked first (a stream that is not a
+    /// bundle is refused after its first 12 bytes), an entry that declares more than
+    /// [`MAX_ENTRY_LEN`] bytes is refused before any of it is read, and memory grows only with
+    /// the bytes that actually arrive. The bundle is returned only once the end entry's entry
+    /// count and blake3 checksum match everything before it and nothing follows it, so a caller
+    /// that writes only what this returns writes nothing from a damaged or truncated stream.
+    pub fn read_from(reader: impl Read) -> Result<Bundle> {
+        let mut input = Input {
+            reader,
+            hasher: blake3::Hasher::new(),
+        };
         let corrupt = |reason: String| Error::corrupt("bundle", reason);
-        let rest = bytes.strip_prefix(&MAGIC[..]).ok_or_else(|| {
-            Error::InvalidInput(
+        let mut magic = [0u8; MAGIC.len()];
+        if input.fill(&mut magic)? < magic.len() || &magic != MAGIC {
+            return Err(Error::InvalidInput(
                 "not a ckpt bundle (it does not start with the bundle magic)".into(),
-            )
-        })?;
-        let (&format, mut rest) = rest
-            .split_first()
-            .ok_or_else(|| corrupt("no format byte".into()))?;
+            ));
+        }
+        let mut format = [0u8; 1];
+        if input.fill(&mut format)? == 0 {
+            return Err(corrupt("no format byte".into()));
+        }
+        // The checksum covers every byte before the end entry, the header included.
+        input.hasher.update(&magic);
+        input.hasher.update(&format);
+        let format = format[0];
         if format != FORMAT && format != FORMAT_SEALED {
             return Err(Error::InvalidInput(format!(
                 "bundle format {format} is not one this ckpt reads (1, 2); upgrade ckpt"
@@ -122,81 +156,178 @@ impl Bundle {
         let mut bundle = Bundle::default();
         let mut entries = 0u64;
         loop {
-            let offset = bytes.len() - rest.len();
-            let (tag, payload, tail) = take_entry(rest).map_err(&corrupt)?;
-            rest = tail;
-            match tag {
-                TAG_END => {
-                    if payload.len() != 40 {
-                        return Err(corrupt("malformed end entry".into()));
-                    }
-                    let (count, sum) = payload.split_at(8);
-                    if u64::from_le_bytes(count.try_into().unwrap_or_default()) != entries {
-                        return Err(corrupt("the entry count does not match".into()));
-                    }
-                    if blake3::hash(&bytes[..offset]).as_bytes()[..] != sum[..] {
-                        return Err(corrupt(
-                            "checksum mismatch: the file is damaged or truncated".into(),
-                        ));
-                    }
-                    if !rest.is_empty() {
-                        return Err(corrupt("bytes after the end entry".into()));
-                    }
-                    if (format == FORMAT_SEALED) != bundle.sealed_for.is_some() {
-                        return Err(corrupt("the store entry does not match the format".into()));
-                    }
-                    return Ok(bundle);
+            let (tag, len) = input.entry_header()?;
+            if tag == TAG_END {
+                input.end(len, entries)?;
+                if (format == FORMAT_SEALED) != bundle.sealed_for.is_some() {
+                    return Err(corrupt("the store entry does not match the format".into()));
                 }
-                TAG_STORE => {
-                    if format != FORMAT_SEALED || entries != 0 {
-                        return Err(corrupt("a store entry out of place".into()));
-                    }
-                    let id: [u8; 16] = payload
-                        .try_into()
-                        .map_err(|_| corrupt("malformed store entry".into()))?;
-                    bundle.sealed_for = Some(id);
-                }
-                TAG_LOG => {
-                    let (name, p) = take_name(payload).map_err(&corrupt)?;
-                    if p.len() != 16 {
-                        return Err(corrupt(format!("malformed log entry for {name:?}")));
-                    }
-                    let first = u64::from_le_bytes(p[..8].try_into().unwrap_or_default());
-                    let next = u64::from_le_bytes(p[8..].try_into().unwrap_or_default());
-                    bundle.logs.push(BundleLog {
-                        name,
-                        first_seq: first,
-                        next_seq: next,
-                        frames: Vec::new(),
-                    });
-                }
-                TAG_FRAME => {
-                    let (name, p) = take_name(payload).map_err(&corrupt)?;
-                    let log = bundle
-                        .logs
-                        .last_mut()
-                        .filter(|l| l.name == name)
-                        .ok_or_else(|| corrupt(format!("a frame of {name:?} outside its log")))?;
-                    if p.len() < 8 {
-                        return Err(corrupt(format!("malformed frame entry for {name:?}")));
-                    }
-                    let (seq, frame) = p.split_at(8);
-                    let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
-                    log.frames.push((seq, frame.to_vec()));
-                }
-                TAG_BLOB => {
-                    if payload.len() < 32 {
-                        return Err(corrupt("malformed blob entry".into()));
-                    }
-                    let (hash, blob) = payload.split_at(32);
-                    let hash: BlobHash = hash.try_into().unwrap_or_default();
-                    bundle.blobs.push((hash, blob.to_vec()));
-                }
-                other => return Err(corrupt(format!("unknown entry tag {other}"))),
+                return Ok(bundle);
             }
+            let payload = input.payload(tag, len)?;
+            bundle.add_entry(format, entries, tag, payload)?;
             entries += 1;
         }
     }
+
+    /// Adds one entry (not the end entry) read from a bundle of `format`, after `entries` others.
+    fn add_entry(&mut self, format: u8, entries: u64, tag: u8, payload: Vec<u8>) -> Result<()> {
+        let corrupt = |reason: String| Error::corrupt("bundle", reason);
+        match tag {
+            TAG_STORE => {
+                if format != FORMAT_SEALED || entries != 0 {
+                    return Err(corrupt("a store entry out of place".into()));
+                }
+                let id: [u8; 16] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("malformed store entry".into()))?;
+                self.sealed_for = Some(id);
+            }
+            TAG_LOG => {
+                let (name, p) = take_name(&payload).map_err(&corrupt)?;
+                if p.len() != 16 {
+                    return Err(corrupt(format!(
+                        "malformed log entry for {}",
+                        shown_name(&name)
+                    )));
+                }
+                let first = u64::from_le_bytes(p[..8].try_into().unwrap_or_default());
+                let next = u64::from_le_bytes(p[8..].try_into().unwrap_or_default());
+                self.logs.push(BundleLog {
+                    name,
+                    first_seq: first,
+                    next_seq: next,
+                    frames: Vec::new(),
+                });
+            }
+            TAG_FRAME => {
+                let (name, p) = take_name(&payload).map_err(&corrupt)?;
+                let shown = shown_name(&name);
+                let log = self
+                    .logs
+                    .last_mut()
+                    .filter(|l| l.name == name)
+                    .ok_or_else(|| corrupt(format!("a frame of {shown} outside its log")))?;
+                if p.len() < 8 {
+                    return Err(corrupt(format!("malformed frame entry for {shown}")));
+                }
+                let (seq, frame) = p.split_at(8);
+                let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
+                log.frames.push((seq, frame.to_vec()));
+            }
+            TAG_BLOB => {
+                if payload.len() < 32 {
+                    return Err(corrupt("malformed blob entry".into()));
+                }
+                let mut blob = payload;
+                let hash: BlobHash = blob[..32].try_into().unwrap_or_default();
+                blob.drain(..32);
+                self.blobs.push((hash, blob));
+            }
+            other => return Err(corrupt(format!("unknown entry tag {other}"))),
+        }
+        Ok(())
+    }
+}
+
+/// A bundle stream being read: every byte before the end entry goes through the checksum.
+struct Input<R> {
+    reader: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Input<R> {
+    /// Reads into `buf` until it is full or the stream ends; returns how many bytes were read.
+    /// The bytes are not hashed (see [`Input::hashed`]).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::codec("reading the bundle", e)),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// An entry's tag and declared length (not hashed yet: the end entry's are not).
+    fn entry_header(&mut self) -> Result<(u8, usize)> {
+        let mut header = [0u8; 5];
+        if self.fill(&mut header)? < header.len() {
+            return Err(Error::corrupt(
+                "bundle",
+                "the file ends before its end entry (truncated?)",
+            ));
+        }
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if header[0] != TAG_END {
+            self.hasher.update(&header);
+        }
+        Ok((header[0], len))
+    }
+
+    /// The payload of an entry (not the end entry) declaring `len` bytes, hashed. A length
+    /// above [`MAX_ENTRY_LEN`] is refused unread; memory grows only as bytes arrive, so a
+    /// truncated stream that declares a large entry costs no more than what it holds.
+    fn payload(&mut self, tag: u8, len: usize) -> Result<Vec<u8>> {
+        if len > MAX_ENTRY_LEN {
+            return Err(Error::corrupt(
+                "bundle",
+                format!(
+                    "an entry (tag {tag}) declares {len} bytes, more than the limit of \
+                     {MAX_ENTRY_LEN} bytes (1 GiB + 64 KiB: the largest blob a store holds, \
+                     with room for its header) an entry may have"
+                ),
+            ));
+        }
+        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        let read = (&mut self.reader)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| Error::codec("reading the bundle", e))?;
+        if read < len {
+            return Err(Error::corrupt(
+                "bundle",
+                "an entry runs past the end of the file (truncated?)",
+            ));
+        }
+        self.hasher.update(&payload);
+        Ok(payload)
+    }
+
+    /// Checks the end entry (declaring `len` bytes) against the `entries` read and the
+    /// checksum of everything before it, and that nothing follows it.
+    fn end(&mut self, len: usize, entries: u64) -> Result<()> {
+        let corrupt = |reason: &str| Error::corrupt("bundle", reason);
+        if len != 40 {
+            return Err(corrupt("malformed end entry"));
+        }
+        let mut end = [0u8; 40];
+        if self.fill(&mut end)? < end.len() {
+            return Err(corrupt("the end entry is cut short (truncated?)"));
+        }
+        let (count, sum) = end.split_at(8);
+        if u64::from_le_bytes(count.try_into().unwrap_or_default()) != entries {
+            return Err(corrupt("the entry count does not match"));
+        }
+        if self.hasher.finalize().as_bytes()[..] != sum[..] {
+            return Err(corrupt(
+                "checksum mismatch: the file is damaged or truncated",
+            ));
+        }
+        if self.fill(&mut [0u8; 1])? != 0 {
+            return Err(corrupt("bytes after the end entry"));
+        }
+        Ok(())
+    }
+}
+
+/// An execution name as error messages show it (long names shortened).
+fn shown_name(name: &str) -> String {
+    crate::checkpoint::quote_name(name)
 }
 
 fn name_bytes(name: &str) -> Vec<u8> {
@@ -204,19 +335,6 @@ fn name_bytes(name: &str) -> Vec<u8> {
     p.extend_from_slice(&(name.len() as u16).to_le_bytes());
     p.extend_from_slice(name.as_bytes());
     p
-}
-
-fn take_entry(rest: &[u8]) -> std::result::Result<(u8, &[u8], &[u8]), String> {
-    if rest.len() < 5 {
-        return Err("the file ends before its end entry (truncated?)".into());
-    }
-    let tag = rest[0];
-    let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-    let body = &rest[5..];
-    if body.len() < len {
-        return Err("an entry runs past the end of the file (truncated?)".into());
-    }
-    Ok((tag, &body[..len], &body[len..]))
 }
 
 fn take_name(payload: &[u8]) -> std::result::Result<(String, &[u8]), String> {
@@ -295,6 +413,86 @@ mod tests {
             Bundle::decode(&Bundle::default().encode()).unwrap(),
             Bundle::default()
         );
+    }
+
+    /// An endless stream of one byte value that counts what was read from it.
+    struct Endless {
+        byte: u8,
+        read: usize,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(self.byte);
+            self.read += buf.len();
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn a_stream_that_is_not_a_bundle_is_refused_after_its_header() {
+        let mut noise = Endless {
+            byte: 0xA7,
+            read: 0,
+        };
+        let e = Bundle::read_from(&mut noise).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        assert!(noise.read <= MAGIC.len() + 1, "read {} bytes", noise.read);
+        // The right magic and an unknown format: refused at the format byte.
+        let mut stream = MAGIC.chain(&[9u8][..]).chain(Endless { byte: 0, read: 0 });
+        let e = Bundle::read_from(&mut stream).unwrap_err();
+        assert!(e.to_string().contains("format 9"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_declaring_more_than_the_limit_is_refused_unread() {
+        let mut head = MAGIC.to_vec();
+        head.push(FORMAT);
+        head.push(TAG_BLOB);
+        head.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut rest = Endless { byte: 1, read: 0 };
+        let e = Bundle::read_from(head.as_slice().chain(&mut rest)).unwrap_err();
+        assert!(e.is_corrupt(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("{}", u32::MAX))
+                && text.contains(&format!("limit of {MAX_ENTRY_LEN}")),
+            "{text}"
+        );
+        assert_eq!(rest.read, 0, "nothing of the entry is read");
+        // At the limit, a truncated entry costs only what arrives.
+        let mut at_limit = MAGIC.to_vec();
+        at_limit.push(FORMAT);
+        at_limit.push(TAG_BLOB);
+        at_limit.extend_from_slice(&(MAX_ENTRY_LEN as u32).to_le_bytes());
+        at_limit.extend_from_slice(&[0; 100]);
+        let e = Bundle::read_from(at_limit.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_reads_as_its_bytes_do() {
+        let bytes = sample().encode();
+        // One byte per read: the decoder must not depend on how the stream splits.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                match buf.first_mut() {
+                    Some(b) => *b = *first,
+                    None => return Ok(0),
+                }
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        assert_eq!(Bundle::read_from(Trickle(&bytes)).unwrap(), sample());
+        // Anything after the end entry is refused, even an endless stream.
+        let e =
+            Bundle::read_from(bytes.as_slice().chain(Endless { byte: 0, read: 0 })).unwrap_err();
+        assert!(e.to_string().contains("after the end entry"), "{e}");
     }
 
     #[test]

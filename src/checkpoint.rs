@@ -22,6 +22,9 @@ pub type Metadata = BTreeMap<String, serde_json::Value>;
 /// Longest accepted execution id or node name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
+/// Most characters of a user-given name (execution id, node name) that a message shows.
+pub const SHOWN_NAME_CHARS: usize = 64;
+
 /// Checks an execution id: 1 to 256 bytes, no control characters.
 pub fn validate_execution_id(id: &str) -> Result<()> {
     validate_name("execution id", id)
@@ -33,17 +36,45 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
     }
     if name.len() > MAX_NAME_LEN {
         return Err(Error::InvalidInput(format!(
-            "{what} {:?}... is {} bytes long; the limit is {MAX_NAME_LEN}",
-            name.chars().take(32).collect::<String>(),
-            name.len()
+            "{what} {} is too long; the limit is {MAX_NAME_LEN} bytes",
+            quote_name(name)
         )));
     }
     if name.chars().any(char::is_control) {
         return Err(Error::InvalidInput(format!(
-            "{what} {name:?} contains a control character"
+            "{what} {} contains a control character",
+            quote_name(name)
         )));
     }
     Ok(())
+}
+
+/// A user-given name (an execution id, a node name, a checkpoint id) as a message shows it:
+/// whole when it has at most [`SHOWN_NAME_CHARS`] characters, else its first ones followed by
+/// `... (N bytes)`, so that a name pasted by mistake (a whole file, say) does not flood a
+/// terminal or a log. Every message that echoes such a name goes through this or
+/// [`quote_name`].
+///
+/// ```
+/// use ckpt::checkpoint::shorten;
+/// assert_eq!(shorten("exec-1"), "exec-1");
+/// let long = "x".repeat(10_000);
+/// assert_eq!(shorten(&long), format!("{}... (10000 bytes)", "x".repeat(64)));
+/// ```
+pub fn shorten(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.char_indices().nth(SHOWN_NAME_CHARS) {
+        None => std::borrow::Cow::Borrowed(name),
+        Some((cut, _)) => format!("{}... ({} bytes)", &name[..cut], name.len()).into(),
+    }
+}
+
+/// Like [`shorten`], with the shown part quoted and escaped as Rust's `{:?}` would:
+/// `"exec-1"`, or `"xxx..."... (10000 bytes)` for a long one.
+pub fn quote_name(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_NAME_CHARS) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &name[..cut], name.len()),
+    }
 }
 
 /// The identity of a saved checkpoint: its execution and the version the log assigned.
@@ -109,7 +140,8 @@ impl FromStr for CheckpointId {
     fn from_str(s: &str) -> Result<Self> {
         let refuse = |why: &str| {
             Error::InvalidInput(format!(
-                "checkpoint id {s:?} {why}; expected EXECUTION@VERSION, e.g. exec-1@17"
+                "checkpoint id {} {why}; expected EXECUTION@VERSION, e.g. exec-1@17",
+                quote_name(s)
             ))
         };
         let (exec, version) = s.rsplit_once('@').ok_or_else(|| refuse("has no '@'"))?;

@@ -81,6 +81,12 @@ impl StoreUrl {
             ));
         }
         let Some((scheme, rest)) = url.split_once("://") else {
+            if let Some(scheme) = known_scheme_prefix(url) {
+                return Err(invalid(format!(
+                    "{scheme}: must be followed by //, e.g. {}; accepted forms: {ACCEPTED_FORMS}",
+                    example(scheme)
+                )));
+            }
             return Ok(StoreUrl::Sled {
                 path: PathBuf::from(url),
                 sync: true,
@@ -143,10 +149,105 @@ impl StoreUrl {
                 Ok(StoreUrl::RedisCluster(RawUrl(url.to_owned())))
             }
             other => Err(invalid(format!(
-                "unknown scheme {other:?}; use memory://, sled://PATH, a directory path, \
-                 sqlite://PATH, postgres://..., redis://... or redis+cluster://..."
+                "unknown scheme {other:?}; accepted forms: {ACCEPTED_FORMS}"
             ))),
         }
+    }
+
+    /// For the file backends (sled, SQLite): fails with [`Error::NotFound`] unless the store's
+    /// files exist, without creating anything (opening them creates them). A sled store exists
+    /// when its directory holds sled's `db` or `conf` file (or ckpt's `ckpt-wal`); a SQLite
+    /// store when its file does. Other backends pass here: whether their store exists is known
+    /// once connected (see [`crate::StoreBuilder::create_if_missing`]). A path that cannot be
+    /// examined (permission denied) passes too, for the open to report what is wrong.
+    pub fn check_files_exist(&self) -> Result<()> {
+        match self {
+            StoreUrl::Sled { path, .. } => {
+                if !path.is_dir() && !absent(path) {
+                    // Something is there but it is not a directory: let the open say what.
+                    return Ok(());
+                }
+                if ["db", "conf", "ckpt-wal"]
+                    .iter()
+                    .all(|f| absent(&path.join(f)))
+                {
+                    let why = if path.is_dir() {
+                        "the directory has no sled database in it (no db or conf file)"
+                    } else {
+                        "the directory does not exist"
+                    };
+                    return Err(missing_store(&path.display().to_string(), why));
+                }
+                Ok(())
+            }
+            StoreUrl::Sqlite(url) => {
+                let full = url.expose();
+                let rest = full.split_once("://").map_or(full, |(_, r)| r);
+                let file = rest.split_once('?').map_or(rest, |(l, _)| l);
+                if absent(std::path::Path::new(file)) {
+                    return Err(missing_store(
+                        &url.redacted(),
+                        "the database file does not exist",
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// [`Error::NotFound`] for the store at `location` (already redacted), saying why it counts as
+/// missing.
+pub(crate) fn missing_store(location: &str, why: &str) -> Error {
+    Error::not_found(format!(
+        "store {location}: {why} (opened without creating a store)"
+    ))
+}
+
+/// True only when the file surely does not exist: an error other than "not found" (say,
+/// permission denied) is left for the open to report as it is.
+fn absent(path: &std::path::Path) -> bool {
+    matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Every form [`StoreUrl::parse`] accepts, for error messages.
+const ACCEPTED_FORMS: &str = "memory://, sled://PATH, a directory path, sqlite://PATH, \
+postgres://USER@HOST:PORT/DB, redis://HOST:PORT/DB, rediss://..., redis+cluster://HOST:PORT,...";
+
+/// The schemes [`StoreUrl::parse`] knows.
+const SCHEMES: [&str; 9] = [
+    "memory",
+    "sled",
+    "sqlite",
+    "postgres",
+    "postgresql",
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+];
+
+/// The known scheme `text` starts with as `scheme:` (without the `//` a URL needs), if any:
+/// `sqlite:x.db` is a mistyped URL, not a directory named so, while `./a:b` is a path.
+fn known_scheme_prefix(text: &str) -> Option<&str> {
+    let (head, _) = text.split_once(':')?;
+    SCHEMES
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(head))
+        .then_some(head)
+}
+
+/// A correct URL of `scheme`, to show in an error.
+fn example(scheme: &str) -> &'static str {
+    match scheme.to_ascii_lowercase().as_str() {
+        "memory" => "memory://",
+        "sled" => "sled://./ckpt-data",
+        "sqlite" => "sqlite://./ckpt.db",
+        "postgres" | "postgresql" => "postgres://user@localhost:5432/db",
+        "rediss" => "rediss://localhost:6379/0",
+        "redis+cluster" | "rediss+cluster" => "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        _ => "redis://localhost:6379/0",
     }
 }
 
@@ -266,5 +367,39 @@ mod tests {
         assert!(StoreUrl::parse("ftp://x").is_err());
         assert!(StoreUrl::parse("").is_err());
         assert!(StoreUrl::parse("sled://").is_err());
+    }
+
+    #[test]
+    fn a_known_scheme_without_slashes_is_refused_and_other_colons_are_paths() {
+        for url in [
+            "sqlite:x.db",
+            "sled:x",
+            "postgres:/x",
+            "SQLite:x.db",
+            "redis:localhost",
+            "redis+cluster:h:1",
+            "memory:",
+        ] {
+            let e = StoreUrl::parse(url).unwrap_err().to_string();
+            assert!(
+                e.contains("must be followed by //") && e.contains("sqlite://PATH"),
+                "{url}: {e}"
+            );
+        }
+        let e = StoreUrl::parse("foo://x").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown scheme") && e.contains("sled://PATH"),
+            "{e}"
+        );
+        for path in ["./a:b", "a:b", "/tmp/x:1", "data"] {
+            assert_eq!(
+                StoreUrl::parse(path).unwrap(),
+                StoreUrl::Sled {
+                    path: path.into(),
+                    sync: true
+                },
+                "{path}"
+            );
+        }
     }
 }

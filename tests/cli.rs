@@ -246,3 +246,293 @@ fn help_describes_every_option() {
     let demo = text(&ckpt(&["demo", "--help"]).stdout);
     assert!(demo.contains("--steps"), "{demo}");
 }
+
+/// `ckpt ARGS`, killed if it has not ended within a minute (a command that waits forever on a
+/// store that does not exist would otherwise hang the suite instead of failing it).
+fn ckpt_bounded(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(args)
+        .env_remove("CKPT_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ckpt binary runs");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done.send(());
+        out
+    });
+    if finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    waiter
+        .join()
+        .expect("the waiter thread")
+        .expect("the output")
+}
+
+/// Every command that reads, or changes what exists, refuses a store that does not exist (a
+/// mistyped path, a SQLite file that is not there, a directory without a database) with "no
+/// store at ..." and exit code 1, and creates nothing; the commands that write create it.
+#[test]
+fn read_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("out.bundle");
+    let bundle = bundle.to_str().unwrap();
+    let commands: &[&[&str]] = &[
+        &["executions"],
+        &["history", "e"],
+        &["show", "e@1"],
+        &["diff", "e@1", "e@2"],
+        &["log", "e"],
+        &["grep", "e", "x"],
+        &["watch", "e", "--count", "1"],
+        &["fork", "e@1", "f"],
+        &["delete", "e@1", "--yes"],
+        &["clear", "e", "--yes"],
+        &["prune", "e", "--keep-latest", "1", "--yes"],
+        &["gc"],
+        &["verify"],
+        &["compact"],
+        &["rekey"],
+        &["stats"],
+        &["export", "--all", "-o", bundle],
+    ];
+    let typo = dir.path().join("ckpt-dta");
+    let sqlite = dir.path().join("x.db");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let stores = [
+        typo.to_str().unwrap().to_owned(),
+        format!("sqlite://{}", sqlite.display()),
+        empty.to_str().unwrap().to_owned(),
+    ];
+    for store in &stores {
+        for args in commands {
+            let mut all = vec!["--store", store.as_str()];
+            all.extend_from_slice(args);
+            let out = ckpt_bounded(&all);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{all:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("no store at {store}")),
+                "{all:?}: {stderr}"
+            );
+            assert!(
+                stderr.contains("ckpt demo") || stderr.contains("--store"),
+                "{all:?}: {stderr}"
+            );
+            assert!(!typo.exists(), "{all:?} created {}", typo.display());
+            assert!(!sqlite.exists(), "{all:?} created {}", sqlite.display());
+            let in_empty = std::fs::read_dir(&empty).unwrap().count();
+            assert_eq!(in_empty, 0, "{all:?} wrote into {}", empty.display());
+            assert!(!Path::new(bundle).exists(), "{all:?} wrote a bundle");
+        }
+    }
+    // The commands that write create the store, and then the others read it.
+    for store in &stores {
+        let out = ckpt(&["--store", store, "demo", "--steps", "2"]);
+        assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+        let out = ckpt(&["--store", store, "executions"]);
+        assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("demo-"), "{}", text(&out.stdout));
+    }
+}
+
+/// A store URL that names a known scheme without its `//` (`sqlite:x.db`) is refused with the
+/// accepted forms, instead of becoming a sled directory named `sqlite:x.db`; a path with a
+/// colon further on is still a path.
+#[test]
+fn a_scheme_without_slashes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["sqlite:x.db", "sled:x", "postgres:/x", "foo://x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+            .args(["--store", url, "demo", "--steps", "1"])
+            .env_remove("CKPT_STORE")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        for form in ["sqlite://PATH", "sled://PATH", "postgres://", "redis://"] {
+            assert!(stderr.contains(form), "{url}: {form} missing from {stderr}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{url}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["--store", "./a:b", "demo", "--steps", "1"])
+        .env_remove("CKPT_STORE")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.path().join("a:b").join("db").exists());
+}
+
+/// `ckpt import` of something that is not a bundle stops at its header: /dev/urandom (endless)
+/// is refused at once instead of being read into memory, and a bundle entry declaring more
+/// than the stated limit is refused unread. Nothing is created either way.
+#[test]
+fn import_reads_only_what_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_arg(dir.path());
+    if Path::new("/dev/urandom").exists() {
+        let out = ckpt_bounded(&["--store", &store, "import", "/dev/urandom"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not a ckpt bundle"), "{stderr}");
+    }
+    let mut huge = b"ckptbundle\0\x01".to_vec();
+    huge.push(3);
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend_from_slice(&[0; 64]);
+    let file = dir.path().join("huge.bundle");
+    std::fs::write(&file, &huge).unwrap();
+    let out = ckpt(&["--store", &store, "import", file.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("4294967295 bytes") && stderr.contains("limit of 1073807360 bytes"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&store).exists(), "import created the store");
+}
+
+/// A 10 KB execution id (a file pasted by mistake) is refused with a message that shows its
+/// start and its length, by every command that takes one, never the whole name.
+#[test]
+fn long_names_are_shortened_in_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_arg(dir.path());
+    let demo = ckpt(&["--store", &store, "demo", "--steps", "1"]);
+    assert!(demo.status.success(), "{}", text(&demo.stderr));
+    let long = "x".repeat(10 * 1024);
+    let id = format!("{long}@1");
+    let bundle = dir.path().join("out.bundle");
+    let bundle = bundle.to_str().unwrap();
+    let commands: &[&[&str]] = &[
+        &["history", &long],
+        &["log", &long],
+        &["grep", &long, "x"],
+        &["watch", &long, "--count", "1"],
+        &["clear", &long, "--yes"],
+        &["prune", &long, "--keep-latest", "1", "--yes"],
+        &["export", &long, "-o", bundle],
+        &["fork", "e@1", &long],
+        &["fork", &id, "f"],
+        &["delete", &id, "--yes"],
+        &["delete", &long, "--yes"],
+        &["show", &id],
+        &["diff", &id, "e@1"],
+        &["copy", "--from", &store, "--to", "memory://", &long],
+    ];
+    for args in commands {
+        let mut all = vec!["--store", store.as_str()];
+        all.extend_from_slice(args);
+        let out = ckpt_bounded(&all);
+        let stderr = text(&out.stderr);
+        let shown: Vec<String> = all.iter().map(|a| a.chars().take(20).collect()).collect();
+        assert!(!out.status.success(), "{shown:?}");
+        assert!(
+            stderr.len() < 1_000,
+            "{shown:?}: {} bytes of error",
+            stderr.len()
+        );
+        assert!(stderr.contains("bytes)"), "{shown:?}: {stderr}");
+        assert!(stderr.contains(&"x".repeat(64)), "{shown:?}: {stderr}");
+    }
+}
+
+/// Error messages are tidy: no run of spaces left by a string literal continued on the next
+/// line without its `\` (which once put ~18 spaces into several messages).
+#[test]
+fn error_messages_have_no_runs_of_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_arg(dir.path());
+    let plain = dir.path().join("plain");
+    let sealed = dir.path().join("sealed");
+    let bundle = dir.path().join("sealed.bundle");
+    let key = "ab".repeat(32);
+    let with_key = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ckpt"))
+            .args(args)
+            .env_remove("CKPT_STORE")
+            .env("CKPT_KEY", &key)
+            .output()
+            .expect("the ckpt binary runs")
+    };
+    let sealed_url = format!("{}?key_env=CKPT_KEY", sealed.display());
+    let setup = [
+        with_key(&["--store", &sealed_url, "demo", "--steps", "1"]),
+        with_key(&[
+            "--store",
+            &sealed_url,
+            "export",
+            "--all",
+            "-o",
+            bundle.to_str().unwrap(),
+        ]),
+        ckpt(&["--store", plain.to_str().unwrap(), "demo", "--steps", "1"]),
+    ];
+    for out in &setup {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let failures = [
+        // A key in the URL.
+        ckpt(&["--store", &format!("{store}?key={key}"), "executions"]),
+        // An encrypted bundle into a plaintext store.
+        ckpt(&[
+            "--store",
+            plain.to_str().unwrap(),
+            "import",
+            bundle.to_str().unwrap(),
+        ]),
+        // The encrypted store without its key, and with an empty key_env.
+        ckpt(&["--store", sealed.to_str().unwrap(), "executions"]),
+        ckpt(&[
+            "--store",
+            &format!("{}?key_env=", sealed.display()),
+            "executions",
+        ]),
+        ckpt(&["--store", "sqlite:x.db", "executions"]),
+        ckpt(&["--store", &store, "executions"]),
+        ckpt(&[
+            "--store",
+            "postgres://bob@127.0.0.1:1/app?timeout=1s",
+            "executions",
+        ]),
+        ckpt(&["--store", plain.to_str().unwrap(), "show", "nope@1"]),
+        ckpt(&["--store", plain.to_str().unwrap(), "history", "nope"]),
+        ckpt(&[
+            "--store",
+            plain.to_str().unwrap(),
+            "delete",
+            "nope",
+            "--yes",
+        ]),
+        ckpt(&[
+            "--store",
+            plain.to_str().unwrap(),
+            "import",
+            "/nonexistent.bundle",
+        ]),
+    ];
+    for out in &failures {
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        for line in stderr.lines() {
+            let message = line
+                .strip_prefix("error: ")
+                .or_else(|| line.strip_prefix("  caused by: "))
+                .unwrap_or(line);
+            assert!(!message.contains("   "), "a run of spaces in: {line:?}");
+            assert!(!message.starts_with(' '), "an indented line: {line:?}");
+        }
+    }
+}

@@ -197,3 +197,27 @@ fn encrypted_executions_move_between_stores_sealed() {
     assert!(!out.status.success());
     assert!(text(&out).contains("encrypted"), "{}", text(&out));
 }
+
+/// `?key_env=` naming no variable (empty, or an empty name in the list) is refused before
+/// anything is opened: it used to open the store without a key, so a new store became a
+/// plaintext one the user meant to encrypt.
+#[test]
+fn an_empty_key_env_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let key = keygen();
+    for query in ["?key_env=", "?key_env=CKPT_KEY,", "?key_env=,CKPT_KEY"] {
+        let url = format!("{}{query}", store.display());
+        let out = ckpt(
+            &["--store", &url, "demo", "--steps", "1"],
+            &[("CKPT_KEY", &key)],
+        );
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{query}: {all}");
+        assert!(
+            all.contains("key_env names no environment variable"),
+            "{query}: {all}"
+        );
+        assert!(!store.exists(), "{query}: a store was created");
+    }
+}

@@ -206,3 +206,39 @@ fn copy_moves_executions_between_stores() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
 }
+
+/// `copy --all` into a store that already has one of the executions copies nothing (it checks
+/// the target first) and names the clash; into a fresh store it copies everything and says
+/// which executions it copied.
+#[test]
+fn copy_all_copies_everything_or_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let expected = seed(&src);
+    let (src, dst_s) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    // ex-b is there already; ex-a, which sorts first, is not.
+    ok(&["copy", "--from", src, "--to", dst_s, "ex-b"]);
+    let out = ckpt(&["copy", "--from", src, "--to", dst_s, "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already exist") && stderr.contains("\"ex-b\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was copied"), "{stderr}");
+    assert!(!stderr.contains("\"ex-a\""), "{stderr}");
+    assert_eq!(lists(&dst), (vec![], expected.1.clone()), "ex-a was copied");
+
+    let fresh = tmp.path().join("fresh");
+    let out = ok(&[
+        "copy",
+        "--from",
+        src,
+        "--to",
+        fresh.to_str().unwrap(),
+        "--all",
+    ]);
+    assert!(out.contains("copied 2 executions"), "{out}");
+    assert!(out.trim_end().ends_with("ex-a, ex-b"), "{out}");
+    assert_eq!(lists(&fresh), expected);
+}

@@ -468,6 +468,86 @@ async fn passwords_never_show_in_errors_or_debug() {
     }
 }
 
+/// An error with its sources, as the CLI shows it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Where nothing listens, `redis://` and `redis+cluster://` fail at once with the OS's
+/// "connection refused" and the address, not after the 30 s default timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_fails_fast_on_a_refused_connection() {
+    for scheme in ["redis", "redis+cluster"] {
+        let port = free_port();
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let started = Instant::now();
+        let e = Store::open(&url).await.expect_err("nothing listens there");
+        let elapsed = started.elapsed();
+        let text = chain(&e);
+        assert!(text.to_lowercase().contains("refused"), "{url}: {text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{url}: {text}");
+        assert!(elapsed < Duration::from_secs(10), "{url}: {elapsed:?}");
+    }
+}
+
+/// A server that accepts the TCP connection and never answers: the open gives up after
+/// `timeout` (from the URL or the builder) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_honours_timeout_against_a_silent_server() {
+    // The kernel completes the handshake into the backlog; nothing ever reads or answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    for (url, builder_timeout, shown) in [
+        (format!("redis://127.0.0.1:{port}/0?timeout=1s"), None, "1s"),
+        (
+            format!("redis://127.0.0.1:{port}/0"),
+            Some(Duration::from_millis(700)),
+            "700ms",
+        ),
+    ] {
+        let mut builder = Store::builder(&url);
+        if let Some(t) = builder_timeout {
+            builder = builder.timeout(t);
+        }
+        let started = Instant::now();
+        let e = builder.open().await.expect_err("a silent server");
+        let elapsed = started.elapsed();
+        let text = chain(&e);
+        assert!(text.contains(shown), "{url}: {text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{url}: {text}");
+        assert!(elapsed < Duration::from_secs(10), "{url}: {elapsed:?}");
+    }
+    drop(silent);
+}
+
+/// `create_if_missing(false)` on a prefix that holds nothing is `NotFound`; once something was
+/// saved under it, it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_without_creating_refuses_an_empty_prefix() {
+    for var in [
+        ckpt::testing::REDIS_URL_VAR,
+        ckpt::testing::REDIS_CLUSTER_URL_VAR,
+    ] {
+        let url = ckpt::testing::isolated_url(&ckpt::testing::test_server_url(var), "");
+        let existing = || Store::builder(&url).create_if_missing(false).open();
+        let e = existing().await.expect_err("nothing under the prefix");
+        assert!(e.is_not_found(), "{var}: {e:?}");
+        let store = Store::open(&url).await.expect("open");
+        store
+            .save(Checkpoint::new("e", "n", &state_for("c", 1)).expect("cp"))
+            .await
+            .expect("save");
+        let again = existing().await.expect("a store with a save opens");
+        assert_eq!(again.executions().await.expect("list").len(), 1);
+    }
+}
+
 /// Unknown and malformed options are `InvalidUrl` errors naming the option and listing the
 /// accepted ones; the builder's settings override the URL's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,6 +235,108 @@ async fn url_options_are_checked() {
         .unwrap();
 }
 
+// ---- unreachable servers ----
+
+/// Opening a PostgreSQL URL where nothing listens fails at once and says so: the OS's
+/// "connection refused" and the address, not a timeout after 30 s of retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_fails_fast_on_a_refused_connection() {
+    let port = common::free_port();
+    let url = format!("postgres://bob@127.0.0.1:{port}/app");
+    let started = Instant::now();
+    let Err(e) = Store::open(&url).await else {
+        panic!("nothing listens on {port}");
+    };
+    let elapsed = started.elapsed();
+    let text = chain(&e);
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    // Against the default timeout of 30 s that a retried refusal would use up.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {text}");
+}
+
+/// A server that accepts the TCP connection and never answers: the open gives up after
+/// `acquire_timeout` (from the URL or the builder), not after the whole `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_honours_acquire_timeout_against_a_silent_server() {
+    // The kernel completes the handshake into the backlog; nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let base = format!("postgres://bob@127.0.0.1:{port}/app");
+    for (url, builder_timeout, shown) in [
+        (format!("{base}?acquire_timeout=1s"), None, "1s"),
+        (base.clone(), Some(Duration::from_millis(500)), "500ms"),
+    ] {
+        let mut builder = Store::builder(&url);
+        if let Some(t) = builder_timeout {
+            builder = builder.acquire_timeout(t);
+        }
+        let started = Instant::now();
+        let Err(e) = builder.open().await else {
+            panic!("a silent server cannot be opened");
+        };
+        let elapsed = started.elapsed();
+        let text = chain(&e);
+        assert!(
+            text.contains(&format!("acquire timeout of {shown}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {text}");
+    }
+    drop(silent);
+}
+
+// ---- opening without creating ----
+
+/// `create_if_missing(false)`: a PostgreSQL schema without ckpt's tables is `NotFound` and is
+/// not created (nor its tables); once a store exists there, it opens. SQLite: no file, no store,
+/// and the file is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_without_creating_refuses_a_missing_store() {
+    let h = PostgresHarness::new();
+    let e = Store::builder(h.url())
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect_err("the schema does not exist yet");
+    assert!(e.is_not_found(), "{e:?}");
+    assert!(e.to_string().contains(h.schema()), "{e}");
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("CKPT_TEST_POSTGRES_URL").unwrap())
+        .await
+        .unwrap();
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(h.schema())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schemas, 0, "a read-only open created the schema");
+    drop(h.open().await);
+    let store = Store::builder(h.url())
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect("an existing (empty) store opens");
+    assert!(store.executions().await.unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let url = format!("sqlite://{}", db.display());
+    let e = Store::builder(&url)
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect_err("no file");
+    assert!(e.is_not_found(), "{e:?}");
+    assert!(!db.exists());
+    drop(Store::open(&url).await.unwrap());
+    Store::builder(&url)
+        .create_if_missing(false)
+        .open()
+        .await
+        .expect("the file exists now");
+}
+
 // ---- long logs ----
 
 async fn sqlite_backend(url: &str) -> SqliteBackend {

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use ckpt::url::StoreUrl;
-use ckpt::{CompactReport, Store};
+use ckpt::CompactReport;
 
 use super::{fmt, say, CliResult, Context, Global};
 
@@ -34,15 +34,20 @@ pub struct CompactArgs {
 pub async fn run(args: CompactArgs, global: &Global) -> CliResult {
     // Compaction never reads what the store holds, so an encrypted store needs no key here.
     let url = ckpt::url::strip_key_env(global.store_url());
-    let report = match StoreUrl::parse(&url)? {
+    let parsed = StoreUrl::parse(&url)?;
+    if let Err(e) = parsed.check_files_exist() {
+        return Err(e).context(format!(
+            "no store at {}: nothing to compact; check --store / CKPT_STORE",
+            ckpt::url::redact(&url)
+        ));
+    }
+    let report = match parsed {
         StoreUrl::Sled { path, .. } => tokio::task::spawn_blocking(move || compact_sled(&path))
             .await
             .context("compacting")?
             .context("compacting the store")?,
         _ => {
-            let store = Store::open(&url)
-                .await
-                .with_context(|| format!("opening the store {:?}", global.store_url()))?;
+            let store = super::open_existing(&url).await?;
             store.compact().await.context("compacting the store")?
         }
     };

@@ -34,18 +34,15 @@ struct Report {
     saved: String,
 }
 
-/// Opens the store named by the global options, saying which one failed to open.
-pub(crate) async fn open_store(global: &Global) -> CliResult<Store> {
-    let url = global.store_url();
-    Store::open(url)
-        .await
-        .with_context(|| format!("opening the store {url:?}"))
-}
+pub(crate) use super::show::open_store;
 
 /// Parses an `EXEC@VERSION` argument.
 pub(crate) fn parse_id(text: &str) -> CliResult<CheckpointId> {
     text.parse::<CheckpointId>().with_context(|| {
-        format!("{text:?} is not a checkpoint id: write EXEC@VERSION, e.g. exec-1@3")
+        format!(
+            "{} is not a checkpoint id: write EXEC@VERSION, e.g. exec-1@3",
+            ckpt::checkpoint::quote_name(text)
+        )
     })
 }
 

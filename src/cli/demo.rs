@@ -137,7 +137,7 @@ async fn first_run(
     execution: &str,
     steps: u32,
 ) -> CliResult<(WriteStats, Option<Arc<dyn Backend>>)> {
-    let store = Store::open(url).await?;
+    let store = super::open_or_create(url).await?;
     let mut state = AgentState::new();
     let crash_at = steps / 2;
     run_agent(&store, execution, &mut state, steps, Some(crash_at)).await?;

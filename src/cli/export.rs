@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use ckpt::Store;
-
 use super::{fmt, say, CliResult, Context, Failure, Global};
 
 /// Options of `ckpt export`.
@@ -35,7 +33,7 @@ pub async fn run(args: ExportArgs, global: &Global) -> CliResult {
         ))
         .into());
     }
-    let store = Store::open(global.store_url()).await?;
+    let store = super::open_existing(global.store_url()).await?;
     let bundle = if args.all {
         store.export_all().await?
     } else {

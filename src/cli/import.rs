@@ -6,7 +6,6 @@ use clap::Args;
 use serde_json::json;
 
 use ckpt::bundle::Bundle;
-use ckpt::Store;
 
 use super::{say, CliResult, Context, Global};
 
@@ -21,14 +20,17 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-/// Runs `ckpt import`. The whole file is verified before anything is written, and executions
-/// that already exist in the store are refused.
+/// Runs `ckpt import`. The whole file is verified before anything is written (see
+/// [`Bundle::read_from`] for the bounds on what is read), and executions that already exist in
+/// the store are refused.
 pub async fn run(args: ImportArgs, global: &Global) -> CliResult {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let bundle = Bundle::decode(&bytes)
+    // Streamed and checked as it is read (magic and format first, entry lengths bounded), and
+    // whole before the store is even opened: a bundle that does not verify writes nothing.
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let bundle = Bundle::read_from(std::io::BufReader::with_capacity(1 << 16, file))
         .with_context(|| format!("reading bundle {}", args.file.display()))?;
-    let store = Store::open(global.store_url()).await?;
+    let store = super::open_or_create(global.store_url()).await?;
     let report = store
         .import(&bundle)
         .await

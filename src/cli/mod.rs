@@ -36,6 +36,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use error::{CliResult, Context, Failure};
 
+use ckpt::Store;
+
 /// The store used when neither `--store` nor `CKPT_STORE` names one: the embedded sled database
 /// in `./ckpt-data`.
 pub const DEFAULT_STORE: &str = "./ckpt-data";
@@ -88,6 +90,37 @@ impl Global {
     /// The store URL to use: `--store`, else `CKPT_STORE`, else [`DEFAULT_STORE`].
     pub fn store_url(&self) -> &str {
         self.store.as_deref().unwrap_or(DEFAULT_STORE)
+    }
+}
+
+/// Opens the store at `url` for a command that reads or changes what is stored, never creating
+/// one: a missing store (a mistyped path, `sqlite://` of a file that is not there, a database
+/// never written to) is an error saying so, instead of a new empty store and a misleading "no
+/// executions". Only the commands that write new checkpoints create a store: `demo`, `import`,
+/// `copy` (its target) and `bench`.
+pub(crate) async fn open_existing(url: &str) -> CliResult<Store> {
+    opened(
+        url,
+        Store::builder(url).create_if_missing(false).open().await,
+    )
+}
+
+/// Opens the store at `url`, creating it if it does not exist (commands that write).
+pub(crate) async fn open_or_create(url: &str) -> CliResult<Store> {
+    opened(url, Store::open(url).await)
+}
+
+/// The outcome of opening `url`, its error saying which store (without its password) and, for
+/// a missing store, what to do.
+fn opened(url: &str, outcome: ckpt::Result<Store>) -> CliResult<Store> {
+    let shown = ckpt::url::redact(url);
+    match outcome {
+        Ok(store) => Ok(store),
+        Err(e) if e.is_not_found() => Err(e).context(format!(
+            "no store at {shown}: create one with `ckpt demo` or `ckpt import`, or check \
+             --store / CKPT_STORE"
+        )),
+        Err(e) => Err(e).context(format!("opening the store {shown}")),
     }
 }
 
@@ -154,7 +187,47 @@ pub enum Command {
 }
 
 impl Command {
+    /// The execution ids, and the checkpoint ids as typed, that the command was given
+    /// (`show` and `diff` get theirs checked by clap, as [`CheckpointId`] values).
+    fn given_names(&self) -> (Vec<&str>, Vec<&str>) {
+        fn one(s: &str) -> Vec<&str> {
+            vec![s]
+        }
+        fn many(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        match self {
+            Command::History(a) => (one(&a.execution), vec![]),
+            Command::Log(a) => (one(&a.execution), vec![]),
+            Command::Grep(a) => (one(&a.execution), vec![]),
+            Command::Watch(a) => (one(&a.execution), vec![]),
+            Command::Clear(a) => (one(&a.exec), vec![]),
+            Command::Prune(a) => (a.exec.iter().map(String::as_str).collect(), vec![]),
+            Command::Export(a) => (many(&a.executions), vec![]),
+            Command::Copy(a) => (many(&a.executions), vec![]),
+            Command::Fork(a) => (one(&a.new_exec), one(&a.id)),
+            Command::Delete(a) => (vec![], one(&a.id)),
+            _ => (vec![], vec![]),
+        }
+    }
+
+    /// Checks the names the command was given before it runs, with the library's checks
+    /// (whose messages show a long name shortened, see [`ckpt::checkpoint::shorten`]), so
+    /// that no later message ("reading the history of NAME") echoes a name pasted by mistake
+    /// in full.
+    fn check_names(&self) -> CliResult {
+        let (executions, checkpoints) = self.given_names();
+        for exec in executions {
+            ckpt::checkpoint::validate_execution_id(exec)?;
+        }
+        for id in checkpoints {
+            delete::parse_id(id)?;
+        }
+        Ok(())
+    }
+
     async fn run(self, global: &Global) -> CliResult {
+        self.check_names()?;
         match self {
             Command::Demo(args) => demo::run(args, global).await,
             Command::Keygen(args) => keys::keygen(args, global).await,
@@ -182,10 +255,29 @@ impl Command {
     }
 }
 
+/// Prints clap's error (or help, or version) and returns its exit code; a value clap refused is
+/// shown shortened (clap repeats it whole: a 10 KB execution id would fill the screen).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue};
+    let long = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) if v.len() > ckpt::checkpoint::SHOWN_NAME_CHARS => v,
+        _ => e.exit(),
+    };
+    let text = e
+        .render()
+        .to_string()
+        .replace(long.as_str(), &ckpt::checkpoint::shorten(long));
+    eprint!("{text}");
+    ExitCode::from(2)
+}
+
 /// Parses the command line, runs the command, and reports any error: `error: ...` on stderr,
 /// then one `  caused by: ...` line per source, and exit code 1 (2 for usage errors, from clap).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -29,12 +29,10 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
-/// Opens the store the global options name, saying which on failure.
+/// Opens the existing store the global options name, saying which on failure (see
+/// [`super::open_existing`]: a missing store is an error, never created).
 pub(crate) async fn open_store(global: &Global) -> CliResult<Store> {
-    let url = global.store_url();
-    Store::open(url)
-        .await
-        .with_context(|| format!("opening the store {}", ckpt::url::redact(url)))
+    super::open_existing(global.store_url()).await
 }
 
 /// Loads a checkpoint; a missing one is an error saying why it may be missing and what to run.

@@ -30,6 +30,8 @@ pub struct StoreBuilder {
     options: ConnectOptions,
     /// The writing key first, then older keys that still open.
     keys: Vec<Key>,
+    /// Whether `open` may create a store that does not exist yet.
+    create: bool,
 }
 
 impl StoreBuilder {
@@ -38,6 +40,7 @@ impl StoreBuilder {
             url: url.to_owned(),
             options: ConnectOptions::default(),
             keys: Vec::new(),
+            create: true,
         }
     }
 
@@ -91,6 +94,28 @@ impl StoreBuilder {
         self
     }
 
+    /// Whether [`StoreBuilder::open`] may create the store when none exists at the URL (default
+    /// true). With `false`, a missing store is [`Error::NotFound`] and nothing is created: what
+    /// a tool that only reads wants, so that a mistyped path does not silently become an empty
+    /// store. "Missing" means: sled, no database files in the directory; SQLite, no file;
+    /// PostgreSQL, no ckpt tables in the schema; Redis, no log and no blob under the prefix.
+    /// `memory://` is always new, so it is never missing.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("typo");
+    /// let url = path.to_str().unwrap();
+    /// let e = ckpt::Store::builder(url).create_if_missing(false).open().await.unwrap_err();
+    /// assert!(e.is_not_found());
+    /// assert!(!path.exists());
+    /// # });
+    /// ```
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
     /// The connection settings made so far.
     pub fn options(&self) -> &ConnectOptions {
         &self.options
@@ -107,7 +132,17 @@ impl StoreBuilder {
         for var in key_vars {
             keys.push(key_from_env(&url, &var)?);
         }
-        let backend = open_backend(StoreUrl::parse(&url)?, &self.options).await?;
+        let parsed = StoreUrl::parse(&url)?;
+        if !self.create {
+            parsed.check_files_exist()?;
+        }
+        let backend = open_backend(parsed.clone(), &self.options, self.create).await?;
+        if !self.create && is_redis(&parsed) && holds_nothing(backend.as_ref()).await? {
+            return Err(missing(
+                &crate::url::redact(&url),
+                "it holds no log and no blob",
+            ));
+        }
         Ok(Store::with_backend_and_keys(backend, keys))
     }
 }
@@ -122,12 +157,25 @@ fn take_key_env(url: &str) -> Result<(String, Vec<String>)> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("key_env", names)) => {
-                vars.extend(names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from));
+                let names: Vec<&str> = names.split(',').map(str::trim).collect();
+                if names.iter().any(|n| n.is_empty()) {
+                    // Opening without the key would read as "not encrypted" and, on a new store,
+                    // write plaintext the user meant to encrypt.
+                    return Err(Error::InvalidUrl {
+                        url: crate::url::redact(url),
+                        reason: "key_env names no environment variable (an empty name); write \
+                                 ?key_env=CKPT_KEY, or several separated by commas, or leave \
+                                 key_env out for a store that is not encrypted"
+                            .into(),
+                    });
+                }
+                vars.extend(names.into_iter().map(String::from));
             }
             Some(("key", _)) => {
                 return Err(Error::InvalidUrl {
                     url: crate::url::redact(base),
-                    reason: "a key never goes in a URL (URLs end up in logs and shell history);                              put it in an environment variable and name it: ?key_env=CKPT_KEY"
+                    reason: "a key never goes in a URL (URLs end up in logs and shell history); \
+                             put it in an environment variable and name it: ?key_env=CKPT_KEY"
                         .into(),
                 })
             }
@@ -157,9 +205,31 @@ fn key_from_env(url: &str, var: &str) -> Result<Key> {
     Key::from_hex(&value).map_err(|e| invalid(format!("the key in {var}: {e}")))
 }
 
-/// The backend a parsed URL names, opened.
-async fn open_backend(url: StoreUrl, options: &ConnectOptions) -> Result<Arc<dyn Backend>> {
-    let _ = options;
+/// [`Error::NotFound`] for the store at `location`, saying why it counts as missing.
+fn missing(location: &str, why: &str) -> Error {
+    crate::url::missing_store(location, why)
+}
+
+/// Redis keeps no schema: a store exists once it holds something. (PostgreSQL refuses a schema
+/// without ckpt's tables when it opens; an empty schema that has them is a store, as a sled
+/// directory with its files is.)
+fn is_redis(url: &StoreUrl) -> bool {
+    matches!(url, StoreUrl::Redis(_) | StoreUrl::RedisCluster(_))
+}
+
+/// Whether a store holds nothing at all: no log (own logs included) and no blob.
+async fn holds_nothing(backend: &dyn Backend) -> Result<bool> {
+    Ok(backend.list_logs().await?.is_empty() && backend.list_blobs().await?.is_empty())
+}
+
+/// The backend a parsed URL names, opened; `create` false: a PostgreSQL schema without ckpt's
+/// tables is [`Error::NotFound`] instead of being created.
+async fn open_backend(
+    url: StoreUrl,
+    options: &ConnectOptions,
+    create: bool,
+) -> Result<Arc<dyn Backend>> {
+    let _ = (options, create);
     match url {
         StoreUrl::Memory => Ok(Arc::new(crate::backend::memory::MemoryBackend::new())),
         #[cfg(feature = "sled")]
@@ -184,9 +254,14 @@ async fn open_backend(url: StoreUrl, options: &ConnectOptions) -> Result<Arc<dyn
         #[cfg(not(feature = "sqlite"))]
         StoreUrl::Sqlite(url) => Err(not_built(&url.redacted(), "SQLite", "sqlite")),
         #[cfg(feature = "postgres")]
-        StoreUrl::Postgres(url) => Ok(Arc::new(
-            crate::backend::sql::postgres::PostgresBackend::open(&url, options).await?,
-        )),
+        StoreUrl::Postgres(url) => {
+            use crate::backend::sql::postgres::PostgresBackend;
+            Ok(Arc::new(if create {
+                PostgresBackend::open(&url, options).await?
+            } else {
+                PostgresBackend::open_existing(&url, options).await?
+            }))
+        }
         #[cfg(not(feature = "postgres"))]
         StoreUrl::Postgres(url) => Err(not_built(&url.redacted(), "PostgreSQL", "postgres")),
         #[cfg(feature = "redis")]

@@ -14,7 +14,7 @@ use super::transcode::{BlobSource, Transcoder};
 use super::{reclaim, Store};
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
-use crate::checkpoint::validate_execution_id;
+use crate::checkpoint::{quote_name, validate_execution_id};
 use crate::codec::frame::{self, Body};
 use crate::codec::{blob, tree};
 use crate::crypto::StoreCipher;
@@ -139,6 +139,57 @@ impl Store {
         target.import_from(&bundle, from).await
     }
 
+    /// Checks, before anything is copied, that [`Store::copy_to`] of `executions` into
+    /// `target` would not be refused half way: each execution has a log here
+    /// ([`Error::NotFound`] naming the first that has none) and none exists in `target`
+    /// ([`Error::InvalidInput`] naming every one that does), by the check the import itself
+    /// makes. A caller copying one execution at a time checks them all first, so that it copies
+    /// all of them or none.
+    pub async fn check_copy(&self, target: &Store, executions: &[String]) -> Result<()> {
+        let mut taken = Vec::new();
+        for exec in executions {
+            validate_execution_id(exec)?;
+            let backend = self.backend();
+            let next_seq = backend.next_seq(exec).await?;
+            if next_seq == 1 {
+                return Err(Error::not_found(format!(
+                    "execution {} in the source",
+                    quote_name(exec)
+                )));
+            }
+            let first_seq = match backend.scan(exec, 1, 1).await?.first() {
+                Some((seq, _)) => *seq,
+                None => next_seq,
+            };
+            if let Some(here) = target.import_conflict(exec, first_seq).await? {
+                taken.push(format!("{} (at {here})", quote_name(exec)));
+            }
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        const SHOWN: usize = 10;
+        let more = taken.len().saturating_sub(SHOWN);
+        taken.truncate(SHOWN);
+        let mut list = taken.join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        Err(Error::InvalidInput(format!(
+            "these executions already exist in the target store: {list}; clear them there (and \
+             run gc), leave them out, or copy into another store"
+        )))
+    }
+
+    /// `Some(the log's next sequence number)` when this store has a log `name` that an import
+    /// of a log starting at `first_seq` would overwrite or run into.
+    async fn import_conflict(&self, name: &str, first_seq: u64) -> Result<Option<u64>> {
+        let backend = self.backend();
+        let here = backend.next_seq(name).await?;
+        let has_frames = !backend.scan(name, 1, 1).await?.is_empty();
+        Ok((has_frames || here > first_seq).then_some(here))
+    }
+
     /// Imports `bundle`, whose frames and blobs `from` opens (`None`: plaintext).
     async fn import_from(
         &self,
@@ -150,7 +201,9 @@ impl Store {
         match (bundle.sealed_for, crypto.cipher()) {
             (None, None) => self.write_bundle(bundle, None).await,
             (Some(_), None) => Err(Error::InvalidInput(
-                "the executions come from an encrypted store and this store is not encrypted:                  ckpt does not decrypt state into plaintext. Import into a store opened with a                  key (a new store opened with a key becomes encrypted)"
+                "the executions come from an encrypted store and this store is not encrypted: \
+                 ckpt does not decrypt state into plaintext. Import into a store opened with a \
+                 key (a new store opened with a key becomes encrypted)"
                     .into(),
             )),
             (Some(_), Some(_)) if from.is_none() => Err(Error::Decrypt {
@@ -174,13 +227,11 @@ impl Store {
         verify_bundle(bundle, cipher)?;
         let backend = self.backend();
         for log in &bundle.logs {
-            let here = backend.next_seq(&log.name).await?;
-            let has_frames = !backend.scan(&log.name, 1, 1).await?.is_empty();
-            if has_frames || here > log.first_seq {
+            if let Some(here) = self.import_conflict(&log.name, log.first_seq).await? {
                 return Err(Error::InvalidInput(format!(
-                    "execution {:?} already exists in the target store (its log is at {here}); \
+                    "execution {} already exists in the target store (its log is at {here}); \
                      clear it there (and run gc) or import into another store",
-                    log.name
+                    quote_name(&log.name)
                 )));
             }
         }
@@ -309,7 +360,7 @@ fn verify_sequences(bundle: &Bundle) -> Result<()> {
         if !names.insert(&log.name) {
             return Err(Error::corrupt(
                 "bundle",
-                format!("execution {:?} appears twice", log.name),
+                format!("execution {} appears twice", quote_name(&log.name)),
             ));
         }
         let mut expected = log.first_seq;
@@ -318,8 +369,8 @@ fn verify_sequences(bundle: &Bundle) -> Result<()> {
                 return Err(Error::corrupt(
                     "bundle",
                     format!(
-                        "execution {:?}: frame {seq} where {expected} was expected",
-                        log.name
+                        "execution {}: frame {seq} where {expected} was expected",
+                        quote_name(&log.name)
                     ),
                 ));
             }
@@ -329,8 +380,8 @@ fn verify_sequences(bundle: &Bundle) -> Result<()> {
             return Err(Error::corrupt(
                 "bundle",
                 format!(
-                    "execution {:?}: sequence numbers beyond its high-water mark",
-                    log.name
+                    "execution {}: sequence numbers beyond its high-water mark",
+                    quote_name(&log.name)
                 ),
             ));
         }

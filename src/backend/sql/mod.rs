@@ -15,7 +15,7 @@
 //! | `max_connections=N` | most pooled connections | 4 (SQLite readers), 10 (PostgreSQL) |
 //! | `min_connections=N` | connections kept open when idle | 0 |
 //! | `max_lifetime=30m` | longest a connection is reused | 30m |
-//! | `acquire_timeout=10s` | longest a call waits for a connection | 10s (at most `timeout`) |
+//! | `acquire_timeout=10s` | longest a call waits for a connection; on PostgreSQL also the longest the first connection at open may take | 10s (at most `timeout`) |
 //! | `timeout=30s` | longest one backend call may take, retries included | 30s |
 //!
 //! Durations are written `250ms`, `30s`, `15m`, `12h` or `1d`. Settings made with

@@ -16,9 +16,13 @@
 //!
 //! # Failures
 //!
-//! Transient failures (connection refused, reset or lost; pool timeout; serialization failure,
-//! deadlock, admin shutdown, server starting up) are retried with jittered exponential backoff,
-//! bounded by the call's `timeout`. When an append's outcome is unknown (the connection dropped
+//! Opening makes one direct connection first, bounded by `acquire_timeout`: an address that
+//! refuses the connection (nothing listens there) or cannot be resolved fails at once with the
+//! operating system's error, and a server that does not answer fails after `acquire_timeout`,
+//! instead of either being retried for the whole `timeout` behind a bare "timed out". Once a
+//! server has been reached, transient failures (connection refused, reset or lost; pool timeout;
+//! serialization failure, deadlock, admin shutdown, server starting up) are retried with
+//! jittered exponential backoff, bounded by the call's `timeout`. When an append's outcome is unknown (the connection dropped
 //! while its statement ran), the retry first looks for the frames it sent: if they are stored at
 //! the expected position, the append had committed and succeeds without being written twice.
 //!
@@ -53,8 +57,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::Executor;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
 use tokio::sync::{broadcast, watch, OnceCell};
 use tokio::time::Instant;
 
@@ -268,6 +272,16 @@ $fn$;
 INSERT INTO {s}.ckpt_schema (version) VALUES (1);
 "#;
 
+/// What opening found of the schema.
+enum Migration {
+    /// Created, or already at a version this code knows.
+    Ready,
+    /// Written by a newer ckpt (its version).
+    Newer(i32),
+    /// No ckpt tables, and the open may not create them.
+    Missing,
+}
+
 /// An [`Error::Backend`] from this backend, its message scrubbed of the password.
 fn backend_error(context: String, source: DriverError) -> Error {
     Error::Backend {
@@ -362,6 +376,17 @@ impl PostgresBackend {
     /// [`Error::Backend`] when the server cannot be reached within the timeout (transient
     /// failures are retried until then) or the stored schema is newer than this code.
     pub async fn open(url: &RawUrl, options: &ConnectOptions) -> Result<Self> {
+        Self::open_with(url, options, true).await
+    }
+
+    /// Like [`PostgresBackend::open`], but creates nothing: a schema without ckpt's tables is
+    /// [`Error::NotFound`] (for tools that only read, so that a mistyped schema or database
+    /// does not become a new, empty store).
+    pub async fn open_existing(url: &RawUrl, options: &ConnectOptions) -> Result<Self> {
+        Self::open_with(url, options, false).await
+    }
+
+    async fn open_with(url: &RawUrl, options: &ConnectOptions, create: bool) -> Result<Self> {
         let redacted = url.redacted();
         let full = url.expose();
         let parsed = parse_options(full, &redacted, &["schema"], &DRIVER_OPTIONS, options)?;
@@ -398,7 +423,7 @@ impl PostgresBackend {
             // No ping before each use (a round trip per call): a connection the server dropped
             // fails its statement with an I/O error, which is retried on a fresh connection.
             .test_before_acquire(false)
-            .connect_lazy_with(connect);
+            .connect_lazy_with(connect.clone());
         let (stop, _) = watch::channel(());
         let backend = PostgresBackend {
             pool,
@@ -411,8 +436,50 @@ impl PostgresBackend {
             stop,
             turns: Turns::default(),
         };
-        backend.migrate().await?;
+        backend
+            .check_reachable(&connect, parsed.pool.acquire_timeout)
+            .await?;
+        backend.migrate(create).await?;
         Ok(backend)
+    }
+
+    /// Makes one connection outside the pool, as the first contact with the server. The pool
+    /// retries a refused connection until its acquire timeout and then reports only that it
+    /// timed out, so a server that is down, or a wrong port, would take the whole `timeout` and
+    /// hide the cause. Here an I/O failure (refused, unreachable, no such host) fails at once
+    /// with the OS's error, and silence fails after `acquire_timeout`; a server that answers
+    /// that it is not ready (starting up, too many connections) is retried within `timeout`.
+    async fn check_reachable(&self, connect: &PgConnectOptions, acquire: Duration) -> Result<()> {
+        let what = "connecting";
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            let limit = acquire.min(deadline.saturating_duration_since(Instant::now()));
+            let e = match tokio::time::timeout(limit, PgConnection::connect_with(connect)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tokio::time::timeout(limit, conn.close()).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(backend_error(
+                        format!("{what} (on {})", self.url),
+                        DriverError(format!(
+                            "no answer within the acquire timeout of {limit:?}: is a PostgreSQL \
+                             server listening at this address and port? (set acquire_timeout= \
+                             in the URL or StoreBuilder::acquire_timeout)"
+                        )),
+                    ))
+                }
+            };
+            let not_ready = matches!(e, sqlx::Error::Database(_)) && is_transient(&e);
+            let delay = super::backoff_delay(attempt);
+            if !not_ready || Instant::now() + delay >= deadline {
+                return Err(self.error(what, &e));
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     /// The schema the tables live in.
@@ -692,27 +759,32 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// Creates the schema (first open) or checks its version, under an advisory lock so that
-    /// processes opening at the same time do it once.
-    async fn migrate(&self) -> Result<()> {
+    /// Creates the schema (first open, when `create`) or checks its version, under an advisory
+    /// lock so that processes opening at the same time do it once.
+    async fn migrate(&self, create: bool) -> Result<()> {
         let what = format!("creating or checking the schema {:?}", self.schema);
-        let outcome = self.retry(&what, || self.migrate_once()).await?;
+        let outcome = self.retry(&what, || self.migrate_once(create)).await?;
         match outcome {
-            Some(found) => Err(backend_error(
+            Migration::Missing => Err(Error::not_found(format!(
+                "store {}: schema {:?} has no ckpt tables (opened without creating a store)",
+                self.url, self.schema
+            ))),
+            Migration::Newer(found) => Err(backend_error(
                 format!("opening schema {:?} (on {})", self.schema, self.url),
                 DriverError(format!(
                     "its schema version is {found}, newer than the {SCHEMA_VERSION} this ckpt \
                      knows: it was written by a newer ckpt; upgrade ckpt to use it (nothing was written)"
                 )),
             )),
-            None => Ok(()),
+            Migration::Ready => Ok(()),
         }
     }
 
-    /// One migration attempt; `Some(version)` when the stored schema is newer than this code's.
+    /// One migration attempt.
     fn migrate_once(
         &self,
-    ) -> futures_util::future::BoxFuture<'_, std::result::Result<Option<i32>, sqlx::Error>> {
+        create: bool,
+    ) -> futures_util::future::BoxFuture<'_, std::result::Result<Migration, sqlx::Error>> {
         // Boxed: sqlx's executor lifetimes defeat the Send inference of a plain async fn here.
         Box::pin(async move {
             let s = self.schema.as_str();
@@ -722,6 +794,18 @@ impl PostgresBackend {
                 .bind(format!("ckpt schema {s}"))
                 .execute(&mut *tx)
                 .await?;
+            if !create {
+                let tables: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'ckpt_schema'",
+                )
+                .bind(s)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if tables.is_none() {
+                    tx.rollback().await?;
+                    return Ok(Migration::Missing);
+                }
+            }
             let exists: Option<i32> =
                 sqlx::query_scalar("SELECT 1 FROM pg_namespace WHERE nspname = $1")
                     .bind(s)
@@ -745,12 +829,12 @@ impl PostgresBackend {
                 }
                 Some(v) if v > SCHEMA_VERSION => {
                     tx.rollback().await?;
-                    return Ok(Some(v));
+                    return Ok(Migration::Newer(v));
                 }
                 Some(_) => {}
             }
             tx.commit().await?;
-            Ok(None)
+            Ok(Migration::Ready)
         })
     }
 
