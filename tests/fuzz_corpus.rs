@@ -261,6 +261,7 @@ fn write_sealed_seeds() {
         begin: true,
         time_us: 1_764_000_000_000_000,
         lease_us: 600_000_000,
+        owner: Some(42),
     };
     let gc = frame::encode_gc(FRAME_LOG, FRAME_SEQ, mark).unwrap();
     std::fs::write(frames.join("valid-sealed-gc-1"), gc).unwrap();

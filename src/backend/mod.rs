@@ -241,6 +241,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether no other process can reach this storage while this backend is open (sled: it
+    /// locks its directory). The store then knows that a gc another process began and never
+    /// ended is dead, and ends it at once instead of waiting out its lease. Default false;
+    /// a wrapper that stands for another process (a test double) must return false.
+    fn single_process(&self) -> bool {
+        false
+    }
+
     /// Whether [`Backend::append`] is atomic across different logs, as the contract asks. A
     /// backend that can only make one log's append atomic (Redis Cluster: logs live in different
     /// hash slots) returns false and refuses multi-log appends; the store then cannot fence saves

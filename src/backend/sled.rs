@@ -518,6 +518,11 @@ impl Backend for SledBackend {
         self.read_next_seq(log)
     }
 
+    /// sled lets one process open a directory.
+    fn single_process(&self) -> bool {
+        true
+    }
+
     async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
         self.append_with_blobs(appends, Vec::new()).await
     }

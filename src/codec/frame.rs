@@ -113,6 +113,9 @@ pub struct GcMark {
     pub time_us: u64,
     /// For a begin mark: how long the gc may run; past that, writers may end it.
     pub lease_us: u64,
+    /// The process that wrote the mark (a random id per process), when recorded; on a backend
+    /// that one process holds at a time, a begin mark of another process is a dead gc's.
+    pub owner: Option<u64>,
 }
 
 impl Body {
@@ -190,12 +193,17 @@ pub fn encode_gc(log: &str, seq: u64, mark: GcMark) -> Result<Vec<u8>> {
     seal(
         log,
         seq,
-        value::encode(&Value::Array(vec![
-            KIND_GC.into(),
-            u64::from(mark.begin).into(),
-            mark.time_us.into(),
-            mark.lease_us.into(),
-        ])),
+        value::encode(&Value::Array(
+            [
+                KIND_GC.into(),
+                u64::from(mark.begin).into(),
+                mark.time_us.into(),
+                mark.lease_us.into(),
+            ]
+            .into_iter()
+            .chain(mark.owner.map(Value::from))
+            .collect(),
+        )),
         None,
     )
 }
@@ -414,7 +422,7 @@ fn event_from_value(head: Value) -> Result<Event, String> {
             fields[1].as_u64().ok_or("delete without a version")?,
         )),
         (KIND_CLEAR, 1) => Ok(Event::Clear),
-        (KIND_GC, 4) => {
+        (KIND_GC, len @ (4 | 5)) => {
             let field = |i: usize, what: &str| {
                 fields[i]
                     .as_u64()
@@ -429,6 +437,11 @@ fn event_from_value(head: Value) -> Result<Event, String> {
                 begin,
                 time_us: field(2, "time")?,
                 lease_us: field(3, "lease")?,
+                owner: if len == 5 {
+                    Some(field(4, "owner")?)
+                } else {
+                    None
+                },
             }))
         }
         (KIND_STORE, 3) => {
@@ -615,13 +628,23 @@ mod tests {
                 .event,
             Event::Clear
         );
+        for owner in [None, Some(u64::MAX)] {
+            let mark = GcMark {
+                begin: true,
+                time_us: 7,
+                lease_us: 9,
+                owner,
+            };
+            let frame = encode_gc("g", 2, mark).unwrap();
+            assert_eq!(decode("g", 2, &frame).unwrap().event, Event::Gc(mark));
+        }
         let mark = GcMark {
             begin: true,
             time_us: 7,
             lease_us: 9,
+            owner: None,
         };
         let frame = encode_gc("g", 2, mark).unwrap();
-        assert_eq!(decode("g", 2, &frame).unwrap().event, Event::Gc(mark));
         assert!(decode("g", 3, &frame).unwrap_err().is_corrupt());
     }
 }

@@ -14,7 +14,7 @@ mod builder;
 mod compact;
 mod encryption;
 mod index;
-mod reclaim;
+pub(crate) mod reclaim;
 mod retention;
 mod transcode;
 mod transfer;

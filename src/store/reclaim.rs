@@ -172,7 +172,7 @@ impl Store {
                 return Ok(next);
             }
             let mark = self.running_gc(next).await?;
-            if lease_ended(&mark) {
+            if self.is_dead(&mark) {
                 self.end_gc(next).await?;
                 continue;
             }
@@ -202,6 +202,7 @@ impl Store {
                 begin: true,
                 time_us: 0,
                 lease_us: 0,
+                owner: None,
             });
         };
         match frame::decode(GC_LOG, seq, &bytes)?.event {
@@ -220,7 +221,7 @@ impl Store {
             let next = self.inner.backend.next_seq(GC_LOG).await?;
             if !no_gc_running(next) {
                 let mark = self.running_gc(next).await?;
-                if !lease_ended(&mark) {
+                if !self.is_dead(&mark) {
                     return Err(Error::Busy {
                         what: format!(
                             "another gc is running (began at {} unix µs, lease {} s); \
@@ -237,6 +238,7 @@ impl Store {
                 begin: true,
                 time_us: now_micros(),
                 lease_us: lease.as_micros().min(u128::from(u64::MAX)) as u64,
+                owner: Some(process_id()),
             };
             match self.append_gc_mark(next, mark).await {
                 Ok(()) => {
@@ -258,6 +260,7 @@ impl Store {
             begin: false,
             time_us: now_micros(),
             lease_us: 0,
+            owner: Some(process_id()),
         };
         match self.append_gc_mark(seq, mark).await {
             Ok(()) | Err(Error::Conflict { .. }) => Ok(()),
@@ -281,6 +284,30 @@ impl Store {
 /// Whether a running gc's lease has run out, by this machine's clock.
 fn lease_ended(mark: &GcMark) -> bool {
     now_micros() > mark.time_us.saturating_add(mark.lease_us)
+}
+
+/// A random id of this process, written in its gc marks.
+pub(crate) fn process_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let mut h = blake3::Hasher::new();
+        h.update(&std::process::id().to_le_bytes());
+        h.update(&now_micros().to_le_bytes());
+        let here = 0u8;
+        h.update(&(&here as *const u8 as usize).to_le_bytes());
+        let bytes = h.finalize();
+        u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or_default())
+    })
+}
+
+impl Store {
+    /// Whether the gc that wrote `mark` is dead: its lease ran out, or the backend is held by
+    /// one process at a time (sled locks its directory) and the mark is another process's, so
+    /// that process has exited (a gc killed part way must not stall every save for its lease).
+    fn is_dead(&self, mark: &GcMark) -> bool {
+        lease_ended(mark)
+            || (self.inner.backend.single_process() && mark.owner != Some(process_id()))
+    }
 }
 
 /// Whether an error is a save's fence failing (a gc began), not a conflict on the save's log.

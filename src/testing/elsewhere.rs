@@ -112,6 +112,11 @@ impl Backend for Elsewhere {
     fn puts_blobs_with_append(&self) -> bool {
         self.inner.puts_blobs_with_append()
     }
+    /// Never: this wrapper stands for another process sharing the storage.
+    fn single_process(&self) -> bool {
+        false
+    }
+
     fn atomic_across_logs(&self) -> bool {
         self.atomic_across_logs && self.inner.atomic_across_logs()
     }

@@ -67,8 +67,9 @@ pub enum Call {
 }
 
 impl Call {
-    /// Every method that does I/O, each once. `name`, `puts_blobs_with_append` and
-    /// `atomic_across_logs` are answered by the wrapped backend and never faulted.
+    /// Every method that does I/O, each once. `name`, `puts_blobs_with_append`,
+    /// `atomic_across_logs` and `single_process` are answered by the wrapped backend and never
+    /// faulted.
     pub const ALL: [Call; 21] = [
         Call::NextSeq,
         Call::Append,
@@ -671,6 +672,10 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.inner.atomic_across_logs()
     }
 
+    fn single_process(&self) -> bool {
+        self.inner.single_process()
+    }
+
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
         let then = self
             .enter(Call::WaitForAppend, reserved(log), false)
@@ -861,6 +866,9 @@ mod tests {
         fn atomic_across_logs(&self) -> bool {
             false
         }
+        fn single_process(&self) -> bool {
+            true
+        }
         async fn wait_for_append(&self, _: &str, _: u64, _: Duration) -> Result<()> {
             self.saw("wait_for_append");
             Ok(())
@@ -939,6 +947,12 @@ mod tests {
             !wrapper.atomic_across_logs(),
             "{what}: atomic_across_logs is not forwarded"
         );
+        // Elsewhere stands for another process: it must never claim the storage alone.
+        assert_eq!(
+            wrapper.single_process(),
+            what != "Elsewhere",
+            "{what}: single_process"
+        );
         for call in Call::ALL {
             let result = invoke(wrapper.as_ref(), call).await;
             assert!(result.is_ok(), "{what}: {}: {result:?}", call.method());
@@ -1011,9 +1025,14 @@ mod tests {
             .iter()
             .map(|c| c.method().to_string())
             .chain(
-                ["name", "puts_blobs_with_append", "atomic_across_logs"]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "name",
+                    "puts_blobs_with_append",
+                    "atomic_across_logs",
+                    "single_process",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             )
             .collect();
         listed.sort();

@@ -2837,10 +2837,14 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
+    // Marks as a live gc of this process writes them (where one process holds the storage at
+    // a time, sled, a live gc can only be one of this process).
+    let this_process = Some(crate::store::reclaim::process_id());
     let begin = |lease_us| GcMark {
         begin: true,
         time_us: now_us,
         lease_us,
+        owner: this_process,
     };
     // A gc elsewhere that holds a long lease: gc here is Busy.
     let frame = must(encode_gc(gc_log, next, begin(3_600_000_000)), "encode");
@@ -2859,6 +2863,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
         begin: false,
         time_us: now_us,
         lease_us: 0,
+        owner: this_process,
     };
     let frame = must(encode_gc(gc_log, next + 1, end), "encode");
     let append = LogAppend {
@@ -2886,6 +2891,38 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     let after = must(backend.next_seq(gc_log).await, "next_seq");
     assert_eq!(after, next + 4, "[{name}] the writer ended the dead gc");
     must(store.gc().await, "gc after the dead one was ended");
+    if backend.single_process() {
+        // The storage is this process's alone: a gc another process began (and never ended,
+        // killed part way) is dead whatever its lease, and the next save ends it at once.
+        let next = must(backend.next_seq(gc_log).await, "next_seq");
+        let killed = GcMark {
+            owner: Some(crate::store::reclaim::process_id() ^ 1),
+            ..begin(3_600_000_000)
+        };
+        let frame = must(encode_gc(gc_log, next, killed), "encode");
+        let append = LogAppend {
+            log: gc_log.into(),
+            expected_seq: next,
+            frames: vec![frame],
+        };
+        must(
+            backend.append(vec![append]).await,
+            "append a killed gc's mark",
+        );
+        let fresh = store.with_same_keys(backend.clone());
+        let saved = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            fresh.save(nth_checkpoint("after-killed-gc", 1)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("[{name}] a save waited for a killed gc's lease"));
+        must(saved, "save after a killed gc");
+        assert_eq!(
+            must(backend.next_seq(gc_log).await, "next_seq"),
+            next + 2,
+            "[{name}] the save ended the killed gc"
+        );
+    }
     let executions = must(store.executions().await, "executions");
     assert!(
         executions
