@@ -1,7 +1,9 @@
 //! Model test of the graph runtime: random small deterministic graphs (a chain of 2..=6 nodes,
 //! each applying an arithmetic or token op, with bounded conditional loop-backs) run to
-//! completion on a memory store; resuming from EVERY checkpoint of that run must finish with the
-//! same final state, appending exactly the checkpoints of the remaining steps.
+//! completion on a memory store. The run must match the spec interpreted directly (`interpret`:
+//! the state after every step, one checkpoint per step holding it, the final state), and
+//! resuming from EVERY checkpoint of that run must finish with that final state, appending
+//! exactly the checkpoints of the remaining steps.
 
 #![cfg(feature = "graph")]
 
@@ -114,6 +116,35 @@ fn config(exec: &str) -> RunConfig {
     RunConfig::execution_id(exec).recursion_limit(10_000)
 }
 
+/// The spec run by hand, without the runtime: the state after each step, in order.
+fn interpret(spec: &[NodeSpec]) -> Vec<St> {
+    let k = spec.len();
+    let mut state = input(k);
+    let mut trace = Vec::new();
+    let mut node = 0;
+    while node < k {
+        let spec_node = &spec[node];
+        match &spec_node.op {
+            Op::Add(c) => state.x = state.x.wrapping_add(*c),
+            Op::Mul(c) => state.x = state.x.wrapping_mul(*c),
+            Op::Push(t) => state.tokens.push(format!("{node}:{t}")),
+        }
+        node = match spec_node.loop_back {
+            None => node + 1,
+            Some((target, bound)) => {
+                state.counters[node] += 1;
+                if state.counters[node] <= bound {
+                    target
+                } else {
+                    node + 1
+                }
+            }
+        };
+        trace.push(state.clone());
+    }
+    trace
+}
+
 async fn check(spec: Vec<NodeSpec>) -> Result<(), TestCaseError> {
     let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
     let app = build(&spec, store.clone());
@@ -123,10 +154,11 @@ async fn check(spec: Vec<NodeSpec>) -> Result<(), TestCaseError> {
         return Err(TestCaseError::fail(format!("not finished: {out:?}")));
     };
     let cps = store.list(exec).await.unwrap();
-    prop_assert!(!cps.is_empty());
-    // One checkpoint per step, the last holding the final state.
-    let last: St = cps.last().unwrap().state().unwrap();
-    prop_assert_eq!(&last, &fin);
+    // One checkpoint per step, each holding the state the spec gives after that step.
+    let trace = interpret(&spec);
+    prop_assert_eq!(&fin, trace.last().unwrap(), "final state against the spec");
+    let states: Vec<St> = cps.iter().map(|c| c.state().unwrap()).collect();
+    prop_assert_eq!(&states, &trace, "checkpoints against the spec's steps");
 
     // Resuming appends to the same execution, so the checkpoints of the first run are listed
     // once, above, and each resume must add exactly the checkpoints of the steps after it.
@@ -152,7 +184,7 @@ async fn check(spec: Vec<NodeSpec>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn resume_from_every_checkpoint_reaches_the_same_final_state(spec in spec()) {
