@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ckpt::graph::{CompileConfig, GraphError, Outcome, RunConfig, StateGraph, END};
 use ckpt::{Checkpoint, CheckpointStore};
@@ -34,6 +34,25 @@ fn node(
             }
             s.log.push(name.to_owned());
             Ok(s)
+        })
+    }
+}
+
+/// A branch node that first waits until every branch has started (so it can only finish if
+/// they run at the same time), then behaves as [`node`].
+fn meeting_node(
+    name: &'static str,
+    calls: Arc<AtomicUsize>,
+    ms: u64,
+    all_started: Arc<tokio::sync::Barrier>,
+) -> impl Fn(St) -> NodeOut + Send + Sync + 'static {
+    let inner = node(name, calls, ms, 0);
+    move |s: St| {
+        let all_started = all_started.clone();
+        let rest = inner(s);
+        Box::pin(async move {
+            all_started.wait().await;
+            rest.await
         })
     }
 }
@@ -149,16 +168,28 @@ on_both_stores!(
 
 async fn fan_out_runs_concurrently_and_merges_in_order(store: Arc<dyn CheckpointStore>) {
     let calls = Calls::new();
-    let app = fan_graph(&calls, None).compile(with_store(&store)).unwrap();
-    let t = Instant::now();
-    let out = finished(
-        app.invoke(St::default(), RunConfig::execution_id("fan"))
-            .await,
-    );
-    let elapsed = t.elapsed();
+    // The same graph as `fan_graph`, whose branches meet before they finish: run one after
+    // another, the first would wait for the others forever.
+    let all_started = Arc::new(tokio::sync::Barrier::new(BRANCHES.len()));
+    let mut g = StateGraph::<St>::new();
+    g.add_node("start", node("start", calls.start.clone(), 0, 0));
+    for (i, b) in BRANCHES.iter().enumerate() {
+        let branch = meeting_node(b, calls.branches[i].clone(), SLEEPS[i], all_started.clone());
+        g.add_node(*b, branch);
+    }
+    g.add_node("done", node("done", calls.done.clone(), 0, 0));
+    g.add_fan_out("start", BRANCHES, "done", merge)
+        .add_edge("done", END)
+        .set_entry_point("start");
+    let app = g.compile(with_store(&store)).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        app.invoke(St::default(), RunConfig::execution_id("fan")),
+    )
+    .await
+    .expect("the branches did not run at the same time");
+    let out = finished(out);
     assert_eq!(out, expected());
-    // Sleeps of 200 + 150 + 100 ms: sequential would take 450 ms.
-    assert!(elapsed < Duration::from_millis(400), "took {elapsed:?}");
     assert_eq!(calls.branches(), [1, 1, 1]);
 
     let list = store.list("fan").await.unwrap();
