@@ -105,6 +105,9 @@ pub(crate) struct ExecIndex {
     /// Sequence number of the last clear folded in (0: none). Damage before it no longer
     /// matters to what is live.
     pub cleared_at: u64,
+    /// Damaged frames known to have been saves: a later delta names them as its base. Any
+    /// other damaged frame may have been a delete or a clear of what came before it.
+    pub damaged_saves: std::collections::BTreeSet<u64>,
 }
 
 impl ExecIndex {
@@ -119,6 +122,7 @@ impl ExecIndex {
             synced: false,
             damaged: BTreeMap::new(),
             cleared_at: 0,
+            damaged_saves: std::collections::BTreeSet::new(),
         }
     }
 
@@ -158,7 +162,10 @@ impl ExecIndex {
             None => Chain::snapshot(seq, body_len),
             Some(base) => match self.saves.get(&base) {
                 Some(b) => b.chain.extend(body_len),
-                None if self.damaged.contains_key(&base) => Chain::broken(base, body_len),
+                None if self.damaged.contains_key(&base) => {
+                    self.damaged_saves.insert(base);
+                    Chain::broken(base, body_len)
+                }
                 None => {
                     self.damaged.insert(
                         seq,
@@ -225,9 +232,23 @@ impl ExecIndex {
             .map(|(s, r)| (*s, r))
     }
 
-    /// Live saves whose state can be rebuilt (their chain needs no damaged frame), oldest first.
+    /// The damaged frame that stops `version` from being read: the one its chain needs, or a
+    /// later one that may have been its delete (or a clear), not known to be a save.
+    pub fn unreadable_because(&self, version: u64) -> Option<u64> {
+        let entry = self.saves.get(&version)?;
+        entry.chain.needs.or_else(|| {
+            self.damaged
+                .range(version.max(self.cleared_at) + 1..)
+                .map(|(s, _)| *s)
+                .find(|s| !self.damaged_saves.contains(s))
+        })
+    }
+
+    /// Live saves that can be read: their state rebuilds (their chain needs no damaged frame)
+    /// and no damaged frame after them may have deleted them. Oldest first.
     pub fn readable(&self) -> impl DoubleEndedIterator<Item = (u64, &SaveEntry)> {
-        self.live().filter(|(_, e)| e.chain.needs.is_none())
+        self.live()
+            .filter(|(v, _)| self.unreadable_because(*v).is_none())
     }
 
     /// The cached state of `version`, if it is the newest save's.

@@ -43,7 +43,7 @@ pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
-pub use transfer::ImportReport;
+pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
 pub use verify::{DamagedBlob, ExecutionVerify, UnreadableVersion, VerifyReport};
 pub use watch::Watch;
 
@@ -311,6 +311,8 @@ struct Pending {
     checkpoint: Checkpoint,
     parent: Option<ParentRef>,
     force_snapshot: bool,
+    /// The time to record instead of now (a salvaged checkpoint keeps its own).
+    timestamp_us: Option<u64>,
 }
 
 /// What a precondition on a save expects the execution's latest version to be.
@@ -488,6 +490,11 @@ impl Store {
             .live_entry(version)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("checkpoint {execution_id}@{version}")))?;
+        if let Some(d) = idx.unreadable_because(version) {
+            if entry.chain.needs.is_none() {
+                return Err(maybe_deleted(&idx, version, d));
+            }
+        }
         let state = self.state_of(&mut idx, version).await?.logical;
         Ok(self.checkpoint(&idx.log, version, &entry, state))
     }
@@ -674,6 +681,7 @@ impl Store {
                 version: id.version(),
             }),
             force_snapshot: true,
+            timestamp_us: None,
         };
         let mut saved = self
             .save_pending(vec![pending], Expect::Latest(None))
@@ -703,7 +711,7 @@ impl Store {
             let damaged_frames: Vec<u64> = idx.damaged.keys().copied().collect();
             let unreadable_versions: Vec<u64> = idx
                 .live()
-                .filter(|(_, e)| e.chain.needs.is_some())
+                .filter(|(v, _)| idx.unreadable_because(*v).is_some())
                 .map(|(v, _)| v)
                 .collect();
             let latest = idx.readable().next_back();
@@ -737,7 +745,7 @@ impl Store {
             frames: idx.damaged.iter().map(|(s, r)| (*s, r.clone())).collect(),
             unreadable: idx
                 .live()
-                .filter_map(|(v, e)| e.chain.needs.map(|d| (v, d)))
+                .filter_map(|(v, _)| idx.unreadable_because(v).map(|d| (v, d)))
                 .collect(),
         })
     }
@@ -1079,7 +1087,7 @@ impl Store {
                     (stored, snapshot, None, chain)
                 }
             };
-            let timestamp_us = now_micros();
+            let timestamp_us = p.timestamp_us.unwrap_or_else(now_micros);
             let header = SaveHeader {
                 node: cp.node_name.clone(),
                 metadata: cp.metadata.clone(),
@@ -1313,7 +1321,7 @@ impl Store {
             .map(|e| e.chain)
             .ok_or_else(|| Error::not_found(format!("checkpoint {}@{version}", idx.log)))?;
         if let Some(needed) = chain.needs {
-            return Err(needs_damaged(&idx, version, needed));
+            return Err(needs_damaged(idx, version, needed));
         }
         let frames = self.scan_range(&idx.log, chain.start, version + 1).await?;
         let mut state = None;
@@ -1625,6 +1633,20 @@ fn needs_damaged(idx: &ExecIndex, version: u64, needed: u64) -> Error {
     )
 }
 
+/// The error of loading `version`, which the damaged frame `damaged` after it may have deleted.
+fn maybe_deleted(idx: &ExecIndex, version: u64, damaged: u64) -> Error {
+    let reason = idx.damaged.get(&damaged).map_or("", String::as_str);
+    Error::corrupt(
+        format!("checkpoint {}@{version}", idx.log),
+        format!(
+            "execution {:?} seq {damaged}, after it, is damaged ({reason}) and may have been \
+             its delete or a clear: it is not served; {}",
+            idx.log,
+            readable_hint(idx)
+        ),
+    )
+}
+
 /// Refuses a delta applied on top of anything but its own base (a frame missing in between
 /// would otherwise serve one version's state as another's).
 fn check_base(log: &str, seq: u64, body: &Body, applied: Option<u64>) -> Result<()> {
@@ -1678,6 +1700,7 @@ impl Pending {
             checkpoint,
             parent: None,
             force_snapshot: false,
+            timestamp_us: None,
         }
     }
 }

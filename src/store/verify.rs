@@ -218,6 +218,10 @@ impl Store {
             if entry.deleted {
                 continue;
             }
+            let result = match idx.unreadable_because(*seq) {
+                Some(d) if result.is_ok() => Err(super::maybe_deleted(idx, *seq, d)),
+                _ => result,
+            };
             match result {
                 Ok(()) => out.readable.push(*seq),
                 Err(e) if self.is_damage(&e) => out.unreadable.push(UnreadableVersion {
