@@ -102,6 +102,9 @@ pub(crate) struct ExecIndex {
     /// Frames that failed verification, by sequence number, with why (kept across clears: they
     /// are reported until gc removes them).
     pub damaged: BTreeMap<u64, String>,
+    /// Of those, the frames that failed to open (in an encrypted store), with the key id they
+    /// name: reading through them is [`crate::Error::Decrypt`], as it always was.
+    pub sealed_damage: BTreeMap<u64, String>,
     /// Sequence number of the last clear folded in (0: none). Damage before it no longer
     /// matters to what is live.
     pub cleared_at: u64,
@@ -121,6 +124,7 @@ impl ExecIndex {
             stored_epoch: 0,
             synced: false,
             damaged: BTreeMap::new(),
+            sealed_damage: BTreeMap::new(),
             cleared_at: 0,
             damaged_saves: std::collections::BTreeSet::new(),
         }
@@ -152,8 +156,11 @@ impl ExecIndex {
 
     /// Records that the frame at `seq` failed verification (`reason`, the check that failed):
     /// its event is unknown, and its sequence number stays used.
-    pub fn apply_damaged(&mut self, seq: u64, reason: String) {
+    pub fn apply_damaged(&mut self, seq: u64, reason: String, key_id: Option<String>) {
         self.damaged.insert(seq, reason);
+        if let Some(id) = key_id {
+            self.sealed_damage.insert(seq, id);
+        }
         self.next_seq = self.next_seq.max(seq + 1);
     }
 

@@ -479,7 +479,9 @@ impl Store {
     async fn at_version_once(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
         let mut idx = self.index(execution_id).await?;
         if let Some(reason) = idx.damaged.get(&version) {
-            return Err(Error::corrupt(
+            return Err(damage_error(
+                &idx,
+                version,
                 format!("checkpoint {execution_id}@{version}"),
                 format!(
                     "its frame (execution {execution_id:?} seq {version}) is damaged: {reason}"
@@ -513,7 +515,9 @@ impl Store {
         // an older one would silently roll the execution back.
         if let Some((seq, reason)) = idx.live_damage().next_back() {
             if latest.is_none_or(|v| seq > v) {
-                return Err(Error::corrupt(
+                return Err(damage_error(
+                    &idx,
+                    seq,
                     format!("execution {execution_id:?}"),
                     format!(
                         "its newest frame (seq {seq}) is damaged ({reason}), so its latest \
@@ -542,7 +546,9 @@ impl Store {
         // A damaged frame may have been a live save: a list without it would be silently short.
         let damaged: Vec<u64> = idx.live_damage().map(|(s, _)| s).collect();
         if let Some((seq, reason)) = idx.live_damage().next() {
-            return Err(Error::corrupt(
+            return Err(damage_error(
+                &idx,
+                seq,
                 format!("execution {execution_id:?}"),
                 format!(
                     "frame(s) seq {} are damaged (seq {seq}: {reason}), so not every live \
@@ -1259,7 +1265,13 @@ impl Store {
                 match frame::decode_in(&idx.log, *seq, bytes, self.cipher()?) {
                     Ok(decoded) => idx.apply(*seq, &decoded, bytes.len() as u64),
                     // Contained: only the versions that need this frame become unreadable.
-                    Err(e) if self.is_damage(&e) => idx.apply_damaged(*seq, damage_reason(&e)),
+                    Err(e) if self.is_damage(&e) => {
+                        let key_id = match &e {
+                            Error::Decrypt { key_id, .. } => Some(key_id.clone()),
+                            _ => None,
+                        };
+                        idx.apply_damaged(*seq, damage_reason(&e), key_id)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -1600,11 +1612,21 @@ impl Store {
     /// verification) rather than a failure of the whole read. A frame that does not open in a
     /// store whose key was checked is damage; in a store opened without its key (locked), every
     /// frame fails alike, and that is the key's problem, reported as such.
+    ///
+    /// A frame sealed with a key this store was not given is not damage but a key missing from
+    /// the configuration: that error stands too.
     fn is_damage(&self, e: &Error) -> bool {
         match e {
             Error::Corrupt { .. } => true,
-            Error::Decrypt { .. } => {
-                matches!(self.inner.crypto.get(), Some(encryption::Crypto::Sealed(_)))
+            Error::Decrypt { key_id, .. } => {
+                let sealed = matches!(self.inner.crypto.get(), Some(encryption::Crypto::Sealed(_)));
+                let known = key_id == "?"
+                    || self
+                        .inner
+                        .keys
+                        .iter()
+                        .any(|k| k.id().to_string() == *key_id);
+                sealed && known
             }
             _ => false,
         }
@@ -1614,15 +1636,30 @@ impl Store {
 /// What a damaged frame's error says failed (the frame's place is known to the reader).
 fn damage_reason(e: &Error) -> String {
     match e {
-        Error::Corrupt { reason, .. } => reason.clone(),
+        Error::Corrupt { reason, .. } | Error::Decrypt { reason, .. } => reason.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The error of a read stopped at `location` by the damaged frame `seq`: [`Error::Decrypt`]
+/// (naming the key id) when the frame failed to open, [`Error::Corrupt`] otherwise.
+fn damage_error(idx: &ExecIndex, seq: u64, location: String, reason: String) -> Error {
+    match idx.sealed_damage.get(&seq) {
+        Some(key_id) => Error::Decrypt {
+            location,
+            key_id: key_id.clone(),
+            reason,
+        },
+        None => Error::corrupt(location, reason),
     }
 }
 
 /// The error of loading `version`, whose delta chain runs through the damaged frame `needed`.
 fn needs_damaged(idx: &ExecIndex, version: u64, needed: u64) -> Error {
     let reason = idx.damaged.get(&needed).map_or("", String::as_str);
-    Error::corrupt(
+    damage_error(
+        idx,
+        needed,
         format!("checkpoint {}@{version}", idx.log),
         format!(
             "its state is stored as changes on top of execution {:?} seq {needed}, which is \
@@ -1636,7 +1673,9 @@ fn needs_damaged(idx: &ExecIndex, version: u64, needed: u64) -> Error {
 /// The error of loading `version`, which the damaged frame `damaged` after it may have deleted.
 fn maybe_deleted(idx: &ExecIndex, version: u64, damaged: u64) -> Error {
     let reason = idx.damaged.get(&damaged).map_or("", String::as_str);
-    Error::corrupt(
+    damage_error(
+        idx,
+        damaged,
         format!("checkpoint {}@{version}", idx.log),
         format!(
             "execution {:?} seq {damaged}, after it, is damaged ({reason}) and may have been \
