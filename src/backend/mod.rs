@@ -275,6 +275,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(Vec::new())
     }
 
+    /// What the backend finds wrong in how it keeps `log` that its frames cannot show, one
+    /// sentence each (e.g. a stored next sequence number below the last frame, which the
+    /// backend must then ignore: [`Backend::next_seq`] never answers below the last frame + 1).
+    /// Used by [`crate::Store::verify`]. The default finds nothing.
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let _ = log;
+        Ok(Vec::new())
+    }
+
     /// Bytes the backend occupies on its medium, when it can tell.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         Ok(None)

@@ -16,6 +16,9 @@ pub type CliResult<T = ()> = Result<T, BoxError>;
 pub struct Failure {
     message: String,
     source: Option<BoxError>,
+    /// The process exit code when this error ends the command (1 unless a command says
+    /// otherwise, as `verify` does to tell damage from configuration).
+    exit_code: u8,
 }
 
 impl Failure {
@@ -24,8 +27,26 @@ impl Failure {
         Failure {
             message: message.into(),
             source: None,
+            exit_code: 1,
         }
     }
+
+    /// This error with `source` as its cause.
+    pub fn caused_by(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// This error, ending the process with `code` instead of 1.
+    pub fn with_exit_code(mut self, code: u8) -> Self {
+        self.exit_code = code;
+        self
+    }
+}
+
+/// The exit code an error ends the process with: its own if it is a [`Failure`], else 1.
+pub fn exit_code(e: &(dyn StdError + 'static)) -> u8 {
+    e.downcast_ref::<Failure>().map_or(1, |f| f.exit_code)
 }
 
 impl fmt::Display for Failure {
@@ -52,21 +73,11 @@ pub trait Context<T> {
 
 impl<T, E: Into<BoxError>> Context<T> for Result<T, E> {
     fn context(self, what: impl Into<String>) -> CliResult<T> {
-        self.map_err(|e| {
-            Box::new(Failure {
-                message: what.into(),
-                source: Some(e.into()),
-            }) as BoxError
-        })
+        self.map_err(|e| Box::new(Failure::new(what).caused_by(e)) as BoxError)
     }
 
     fn with_context(self, what: impl FnOnce() -> String) -> CliResult<T> {
-        self.map_err(|e| {
-            Box::new(Failure {
-                message: what(),
-                source: Some(e.into()),
-            }) as BoxError
-        })
+        self.map_err(|e| Box::new(Failure::new(what()).caused_by(e)) as BoxError)
     }
 }
 

@@ -22,6 +22,12 @@ pub struct ExportArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Export every checkpoint that can still be read from a damaged store, leaving out (and
+    /// listing) what cannot; without it, export refuses a store with damage. Salvaged
+    /// checkpoints of a damaged execution keep their versions, parents, nodes, metadata and
+    /// timestamps but are stored anew (see `ckpt salvage`)
+    #[arg(long, requires = "all")]
+    pub salvage: bool,
 }
 
 /// Runs `ckpt export`.
@@ -34,11 +40,25 @@ pub async fn run(args: ExportArgs, global: &Global) -> CliResult {
         .into());
     }
     let store = super::open_existing(global.store_url()).await?;
-    let bundle = if args.all {
-        store.export_all().await?
+    let exported = if args.salvage {
+        let (bundle, report) = store.salvage_bundle().await?;
+        super::salvage::print_left(&report)?;
+        Ok(bundle)
+    } else if args.all {
+        store.export_all().await
     } else {
-        store.export(&args.executions).await?
+        store.export(&args.executions).await
     };
+    let bundle = exported.map_err(|e| match e {
+        ckpt::Error::Corrupt { .. } => Failure::new(
+            "the store holds damage, and a bundle carries only what verifies: nothing was \
+             written; `ckpt verify` lists the damage, `ckpt export --all --salvage` or `ckpt \
+             salvage --to URL` copies what is still readable",
+        )
+        .caused_by(e)
+        .into(),
+        other => Box::new(other) as super::error::BoxError,
+    })?;
     let bytes = bundle.encode();
     std::fs::write(&args.output, &bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -50,6 +50,26 @@ fn parse_key_value(s: &str) -> Result<(String, Value), String> {
     }
 }
 
+/// Tells, on stderr, which frames of `exec` are damaged and which versions cannot be loaded
+/// (they are not in the history).
+fn report_damage(exec: &str, damage: &ckpt::store::ExecutionDamage) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "warning: execution {exec} is damaged; only its readable versions are listed"
+    );
+    for (seq, reason) in &damage.frames {
+        let _ = writeln!(err, "  frame seq {seq} is damaged: {reason}");
+    }
+    for (version, needs) in &damage.unreadable {
+        let _ = writeln!(
+            err,
+            "  version {version} cannot be loaded: its state needs the damaged frame seq {needs}"
+        );
+    }
+}
+
 /// Runs `ckpt history`.
 pub async fn run(args: HistoryArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
@@ -71,9 +91,17 @@ pub async fn run(args: HistoryArgs, global: &Global) -> CliResult {
         .history(exec, query)
         .await
         .with_context(|| format!("reading the history of {exec}"))?;
-    if headers.is_empty() {
+    let damage = store
+        .damage(exec)
+        .await
+        .with_context(|| format!("reading the history of {exec}"))?;
+    if headers.is_empty() && damage.is_empty() {
         // Nothing matched: say whether the execution itself is unknown.
         require_execution(&store, exec).await?;
+    }
+    if !damage.is_empty() {
+        // On stderr: it must be seen, and must not break the JSON on stdout.
+        report_damage(exec, &damage);
     }
     if args.json {
         let doc: Vec<Value> = headers

@@ -25,6 +25,7 @@ mod keys;
 mod log;
 mod progress;
 mod prune;
+mod salvage;
 mod show;
 mod stats;
 mod verify;
@@ -151,7 +152,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Reclaim the space of deleted and cleared checkpoints; report what was freed.
     Gc(gc::GcArgs),
-    /// Check every frame checksum and blob hash; exit 1 listing what is corrupt.
+    /// Check every frame, blob and live checkpoint; list what is damaged and what is readable
+    /// (exit 1 on damage, 3 on a missing or wrong key).
     Verify(verify::VerifyArgs),
     /// Rewrite the store's storage so that nothing deleted (cleared, collected) can be read from its files.
     Compact(compact::CompactArgs),
@@ -167,6 +169,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Copy executions from one store to another (any backends), exactly as stored.
     Copy(copy::CopyArgs),
+    /// Copy every readable checkpoint of a damaged store into another store; report what was left.
+    Salvage(salvage::SalvageArgs),
     /// Run a small research agent that saves a checkpoint after every step, crashes half way,
     /// and resumes from its latest checkpoint; then print its history.
     Demo(demo::DemoArgs),
@@ -237,6 +241,7 @@ impl Command {
             Command::Export(args) => export::run(args, global).await,
             Command::Import(args) => import::run(args, global).await,
             Command::Copy(args) => copy::run(args, global).await,
+            Command::Salvage(args) => salvage::run(args, global).await,
             Command::Executions(args) => executions::run(args, global).await,
             Command::History(args) => history::run(args, global).await,
             Command::Show(args) => show::run(args, global).await,
@@ -272,7 +277,8 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 /// Parses the command line, runs the command, and reports any error: `error: ...` on stderr,
-/// then one `  caused by: ...` line per source, and exit code 1 (2 for usage errors, from clap).
+/// then one `  caused by: ...` line per source, and exit code 1 (2 for usage errors, from clap;
+/// `verify` has its own, see there).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -289,7 +295,7 @@ pub fn main() -> ExitCode {
         Err(e) if error::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             error::report(e.as_ref());
-            ExitCode::from(1)
+            ExitCode::from(error::exit_code(e.as_ref()))
         }
     }
 }

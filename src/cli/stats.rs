@@ -12,7 +12,7 @@ use super::{say, CliResult, Context, Global};
 
 /// Options of `ckpt stats`.
 ///
-/// Per execution: live checkpoints, logical bytes (the sum of the encoded sizes of their
+/// Per execution (a damaged one counts what can be read, and is marked): live checkpoints, logical bytes (the sum of the encoded sizes of their
 /// states, what was offered) and log bytes (its save frames; long values live in shared blobs).
 /// In total: logical bytes, log bytes, blob bytes (every stored blob, compressed), the bytes
 /// the store occupies on its medium (unknown for backends that cannot tell), and the
@@ -23,7 +23,7 @@ use super::{say, CliResult, Context, Global};
 )]
 pub struct StatsArgs {
     /// Print the result as one JSON document: {"executions": [{"execution", "checkpoints",
-    /// "logical_bytes", "log_bytes"}], "totals": {"checkpoints", "logical_bytes", "log_bytes",
+    /// "logical_bytes", "log_bytes", "damaged_frames", "unreadable_versions"}], "totals": {"checkpoints", "logical_bytes", "log_bytes",
     /// "blobs", "blob_bytes", "stored_bytes", "ratio"}} (stored_bytes and ratio may be null)
     #[arg(long)]
     pub json: bool,
@@ -36,6 +36,8 @@ struct ExecStats {
     checkpoints: usize,
     logical_bytes: u64,
     log_bytes: u64,
+    damaged_frames: Vec<u64>,
+    unreadable_versions: Vec<u64>,
 }
 
 /// The whole store.
@@ -62,6 +64,8 @@ pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
     let mut execs = Vec::new();
     for summary in store.executions().await.context("listing the executions")? {
+        let damaged_frames = summary.damaged_frames;
+        let unreadable_versions = summary.unreadable_versions;
         let exec = summary.execution_id;
         let headers = store
             .history(&exec, HistoryQuery::default())
@@ -72,6 +76,8 @@ pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
             logical_bytes: headers.iter().map(|h| h.state_size).sum(),
             log_bytes: summary.log_bytes,
             execution: exec,
+            damaged_frames,
+            unreadable_versions,
         });
     }
     let backend = store.backend();
@@ -112,8 +118,13 @@ pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
     }
     let mut table = Table::new(&["EXECUTION", ">CHECKPOINTS", ">LOGICAL", ">LOG"]);
     for e in &execs {
+        let mark = if e.damaged_frames.is_empty() {
+            ""
+        } else {
+            " (damaged)"
+        };
         table.row(vec![
-            e.execution.clone(),
+            format!("{}{mark}", e.execution),
             e.checkpoints.to_string(),
             fmt::bytes(e.logical_bytes),
             fmt::bytes(e.log_bytes),
@@ -127,6 +138,22 @@ pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
     ]);
     for line in table.lines("") {
         say!("{line}")?;
+    }
+    for e in execs.iter().filter(|e| !e.damaged_frames.is_empty()) {
+        say!(
+            "damaged: {}: frame(s) {} fail verification{}; counted: its readable checkpoints \
+             (see `ckpt verify`)",
+            e.execution,
+            ckpt::store::seq_list(&e.damaged_frames),
+            if e.unreadable_versions.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", version(s) {} cannot be loaded",
+                    ckpt::store::seq_list(&e.unreadable_versions)
+                )
+            }
+        )?;
     }
     say!("")?;
     say!(

@@ -1,167 +1,155 @@
-//! `ckpt verify`: checks every frame checksum and blob hash, then that every live checkpoint
-//! can be rebuilt; exits 1 listing what is damaged.
+//! `ckpt verify`: checks every frame, blob and live checkpoint (`Store::verify`), lists what is
+//! damaged and what is still readable, and exits with a code that tells damage from
+//! configuration.
 
 use clap::Args;
-use serde::Serialize;
+use serde_json::json;
 
-use ckpt::codec::blob;
+use ckpt::store::VerifyReport;
+use ckpt::Error;
 
-use super::delete::open_store;
-use super::{say, CliResult, Context, Failure, Global};
+use super::{say, CliResult, Failure, Global};
 
-/// Frames read per backend scan.
-const PAGE: usize = 1024;
+/// Exit code: the store holds damage (listed on stdout).
+pub const EXIT_DAMAGED: u8 = 1;
+/// Exit code: the store could not be checked because of configuration: a missing or wrong key,
+/// a URL that is not understood, no store there.
+pub const EXIT_CONFIG: u8 = 3;
+/// Exit code: the store could not be checked because it could not be read (a backend failure:
+/// a server that does not answer, a file that cannot be opened).
+pub const EXIT_UNREADABLE: u8 = 4;
 
 /// Options of `ckpt verify`.
-///
-/// Three passes: every frame of every execution's log (its checksum, which covers the
-/// execution id and sequence number, its format, and a save's body); every stored blob (its
-/// content hashes to its address); then every live checkpoint of every execution is rebuilt,
-/// which finds logical damage (a delta that does not apply, a blob a live checkpoint needs that
-/// is missing). Exits 0 when everything checks, 1 otherwise, after listing each problem.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Three passes: every frame of every execution's log (its checksum, which covers the execution id and sequence number, its format, and a save's body); every stored blob (its content hashes to its address); then every live checkpoint of every execution is rebuilt, which finds logical damage (a delta that does not apply, a blob a live checkpoint needs that is missing). Exits 0 when everything checks, 1 otherwise, after listing each problem."
+    after_help = "Checks every frame of every execution's log (its checksum, which \
+covers the execution id and sequence number, its seal in an encrypted store, its encoding, and \
+that no frame is missing: a hole, or a lost tail below the log's next sequence number), every \
+stored blob (its content hashes to its address), and rebuilds every live checkpoint. Lists each \
+damaged place, then per execution the versions that are still readable.
+
+Exit codes:
+  0  no damage found
+  1  damage found (listed on stdout), or the store is too damaged to open
+  3  configuration: the store's key is missing or wrong (?key_env=VAR), the URL is not \
+understood, or there is no store there; nothing was checked and nothing is known to be damaged
+  4  the store could not be read (a backend failure: server unreachable, I/O error)
+  2  usage error (bad arguments)"
 )]
 pub struct VerifyArgs {
     /// Print the result as one JSON document: {"ok": bool, "executions", "frames_checked",
-    /// "blobs_checked", "checkpoints_checked", "problems": [{"kind": "frame"|"blob"|"checkpoints",
-    /// "message"}]}
+    /// "blobs_checked", "checkpoints_checked", "problems": [{"kind":
+    /// "frame"|"log"|"checkpoint"|"blob", "message"}], "readable": [{"execution", "readable":
+    /// [versions], "unreadable": [versions], "damaged_frames": [seqs]}]}
     #[arg(long)]
     pub json: bool,
 }
 
-/// One thing found wrong.
-#[derive(Debug, Serialize)]
-struct Problem {
-    /// `frame`, `blob` or `checkpoints`.
-    kind: &'static str,
-    /// The error, naming the execution and sequence, or the blob hash.
-    message: String,
-}
-
-/// What `--json` prints.
-#[derive(Debug, Serialize)]
-struct Report {
-    ok: bool,
-    executions: usize,
-    frames_checked: u64,
-    blobs_checked: u64,
-    checkpoints_checked: u64,
-    problems: Vec<Problem>,
-}
-
 /// Runs `ckpt verify`.
 pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
-    let store = open_store(global).await?;
-    let backend = store.backend().clone();
-    let mut logs = store.execution_logs().await.context("listing the logs")?;
-    logs.sort();
-    let mut report = Report {
-        ok: true,
-        executions: logs.len(),
-        frames_checked: 0,
-        blobs_checked: 0,
-        checkpoints_checked: 0,
-        problems: Vec::new(),
-    };
-
-    let blobs = backend.list_blobs().await.context("listing the blobs")?;
-    // Drawn only when stderr is a terminal (indicatif hides it otherwise).
-    let progress = super::progress::bar((2 * logs.len() + blobs.len()) as u64, "verifying");
-    for log in &logs {
-        progress.inc(1);
-        let mut from = 0;
-        loop {
-            let page = backend
-                .scan(log, from, PAGE)
-                .await
-                .with_context(|| format!("reading the log of execution {log:?} from seq {from}"))?;
-            let Some(&(last, _)) = page.last() else {
-                break;
-            };
-            for (seq, bytes) in &page {
-                report.frames_checked += 1;
-                let checked = store.verify_frame(log, *seq, bytes).await;
-                if let Err(e) = checked {
-                    report.problems.push(Problem {
-                        kind: "frame",
-                        message: e.to_string(),
-                    });
-                }
-            }
-            if page.len() < PAGE {
-                break;
-            }
-            from = last + 1;
-        }
-    }
-
-    for hash in blobs {
-        progress.inc(1);
-        report.blobs_checked += 1;
-        let stored = backend
-            .get_blob(&hash)
-            .await
-            .with_context(|| format!("reading blob {}", blob::hex(&hash)))?;
-        let problem = match stored {
-            None => Some(format!(
-                "blob {}: listed but could not be read (removed while verifying?)",
-                blob::hex(&hash)
-            )),
-            Some(bytes) => store
-                .verify_blob(&hash, &bytes)
-                .await
-                .err()
-                .map(|e| e.to_string()),
-        };
-        if let Some(message) = problem {
-            report.problems.push(Problem {
-                kind: "blob",
-                message,
-            });
-        }
-    }
-
-    for log in &logs {
-        progress.inc(1);
-        match store.list(log).await {
-            Ok(checkpoints) => report.checkpoints_checked += checkpoints.len() as u64,
-            Err(e) => report.problems.push(Problem {
-                kind: "checkpoints",
-                message: format!("execution {log:?}: its live checkpoints cannot be rebuilt: {e}"),
-            }),
-        }
-    }
-    progress.finish_and_clear();
-    report.ok = report.problems.is_empty();
-
+    let url = global.store_url();
+    let store = ckpt::Store::open(url)
+        .await
+        .map_err(|e| classified(format!("opening the store {}", ckpt::url::redact(url)), e))?;
+    let report = store
+        .verify()
+        .await
+        .map_err(|e| classified("verifying the store".into(), e))?;
     if args.json {
-        say!("{}", serde_json::to_string_pretty(&report)?)?;
+        say!("{}", serde_json::to_string_pretty(&to_json(&report))?)?;
     } else {
-        say!(
-            "checked {} frame(s) in {} execution(s), {} blob(s), {} live checkpoint(s)",
-            report.frames_checked,
-            report.executions,
-            report.blobs_checked,
-            report.checkpoints_checked
-        )?;
-        if report.ok {
-            say!("ok: no damage found")?;
+        print_human(&report)?;
+    }
+    if report.is_ok() {
+        return Ok(());
+    }
+    let damaged = report.executions.iter().filter(|e| e.is_damaged()).count();
+    Err(Failure::new(format!(
+        "the store is damaged: {} problem(s) in {damaged} execution(s) and {} blob(s), listed \
+         above with what is still readable (`ckpt salvage --to URL` copies it out)",
+        report.problems().len(),
+        report.damaged_blobs.len()
+    ))
+    .with_exit_code(EXIT_DAMAGED)
+    .into())
+}
+
+/// `e` as a failure whose exit code says what kind of problem stopped verification.
+fn classified(what: String, e: Error) -> Box<dyn std::error::Error + Send + Sync> {
+    let (code, kind) = match &e {
+        Error::Corrupt { .. } => (EXIT_DAMAGED, "damage"),
+        Error::Decrypt { .. }
+        | Error::InvalidUrl { .. }
+        | Error::InvalidInput(_)
+        | Error::NotFound { .. } => (EXIT_CONFIG, "configuration, not damage"),
+        _ => (EXIT_UNREADABLE, "the store could not be read"),
+    };
+    Failure::new(format!("{what} ({kind})"))
+        .caused_by(e)
+        .with_exit_code(code)
+        .into()
+}
+
+fn print_human(report: &VerifyReport) -> CliResult {
+    say!(
+        "checked {} frame(s) in {} execution(s), {} blob(s), {} live checkpoint(s)",
+        report.frames_checked,
+        report.executions.len(),
+        report.blobs_checked,
+        report.checkpoints_checked
+    )?;
+    if report.is_ok() {
+        say!("ok: no damage found")?;
+        return Ok(());
+    }
+    let problems = report.problems();
+    say!("{} problem(s):", problems.len())?;
+    for (kind, message) in &problems {
+        say!("  {kind:<11}  {message}")?;
+    }
+    say!("still readable:")?;
+    for e in &report.executions {
+        let live = e.readable.len() + e.unreadable.len();
+        let what = if e.readable.is_empty() {
+            format!("nothing (of {live} live checkpoint(s))")
         } else {
-            say!("{} problem(s):", report.problems.len())?;
-            for p in &report.problems {
-                say!("  {:<11}  {}", p.kind, p.message)?;
-            }
-        }
+            format!(
+                "version(s) {} ({} of {live} live checkpoint(s))",
+                ckpt::store::seq_list(&e.readable),
+                e.readable.len()
+            )
+        };
+        let mark = if e.is_damaged() { "  (damaged)" } else { "" };
+        say!("  {}: {what}{mark}", e.execution_id)?;
     }
-    if report.ok {
-        Ok(())
-    } else {
-        Err(Failure::new(format!(
-            "the store is damaged: {} problem(s), listed above",
-            report.problems.len()
-        ))
-        .into())
-    }
+    Ok(())
+}
+
+fn to_json(report: &VerifyReport) -> serde_json::Value {
+    let problems: Vec<_> = report
+        .problems()
+        .into_iter()
+        .map(|(kind, message)| json!({ "kind": kind, "message": message }))
+        .collect();
+    let readable: Vec<_> = report
+        .executions
+        .iter()
+        .map(|e| {
+            json!({
+                "execution": e.execution_id,
+                "readable": e.readable,
+                "unreadable": e.unreadable.iter().map(|u| u.version).collect::<Vec<_>>(),
+                "damaged_frames": e.damaged_frames.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "ok": report.is_ok(),
+        "executions": report.executions.len(),
+        "frames_checked": report.frames_checked,
+        "blobs_checked": report.blobs_checked,
+        "checkpoints_checked": report.checkpoints_checked,
+        "problems": problems,
+        "readable": readable,
+    })
 }

@@ -1,6 +1,11 @@
 //! The projection of one execution's log: which versions exist, which are live, their headers and
 //! how each one's state is stored. Built by folding the log's events in order, kept in memory and
 //! advanced from the log's tail, never trusted beyond the sequence number it has seen.
+//!
+//! Damage is contained here: a frame that fails verification is recorded (its sequence number and
+//! why) instead of stopping the fold, and a save whose delta chain runs through such a frame is
+//! marked with the frame it needs. Every other version stays readable; those that need a damaged
+//! frame fail to load, naming it (see `Store::state_of`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +13,6 @@ use std::sync::Arc;
 use rmpv::Value;
 
 use crate::codec::frame::{Decoded, Event, SaveHeader};
-use crate::error::{Error, Result};
 
 /// Where a save's state starts: the snapshot its delta chain begins at, and the chain's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +25,8 @@ pub(crate) struct Chain {
     pub delta_bytes: u64,
     /// Bytes of the snapshot.
     pub snapshot_bytes: u64,
+    /// A damaged frame the chain runs through (its state cannot be rebuilt), if any.
+    pub needs: Option<u64>,
 }
 
 impl Chain {
@@ -30,6 +36,18 @@ impl Chain {
             len: 0,
             delta_bytes: 0,
             snapshot_bytes: bytes,
+            needs: None,
+        }
+    }
+
+    /// The chain of a delta whose base, `damaged`, could not be read.
+    pub fn broken(damaged: u64, delta_bytes: u64) -> Self {
+        Chain {
+            start: damaged,
+            len: 1,
+            delta_bytes,
+            snapshot_bytes: 0,
+            needs: Some(damaged),
         }
     }
 
@@ -39,6 +57,7 @@ impl Chain {
             len: self.len + 1,
             delta_bytes: self.delta_bytes + delta_bytes,
             snapshot_bytes: self.snapshot_bytes,
+            needs: self.needs,
         }
     }
 }
@@ -80,6 +99,18 @@ pub(crate) struct ExecIndex {
     /// Whether the projection has been brought up to the log's tail at least once (a save may
     /// then skip asking for the tail: its compare-and-append finds out if the log moved).
     pub synced: bool,
+    /// Frames that failed verification, by sequence number, with why (kept across clears: they
+    /// are reported until gc removes them).
+    pub damaged: BTreeMap<u64, String>,
+    /// Of those, the frames that failed to open (in an encrypted store), with the key id they
+    /// name: reading through them is [`crate::Error::Decrypt`], as it always was.
+    pub sealed_damage: BTreeMap<u64, String>,
+    /// Sequence number of the last clear folded in (0: none). Damage before it no longer
+    /// matters to what is live.
+    pub cleared_at: u64,
+    /// Damaged frames known to have been saves: a later delta names them as its base. Any
+    /// other damaged frame may have been a delete or a clear of what came before it.
+    pub damaged_saves: std::collections::BTreeSet<u64>,
 }
 
 impl ExecIndex {
@@ -92,6 +123,10 @@ impl ExecIndex {
             newest_state: None,
             stored_epoch: 0,
             synced: false,
+            damaged: BTreeMap::new(),
+            sealed_damage: BTreeMap::new(),
+            cleared_at: 0,
+            damaged_saves: std::collections::BTreeSet::new(),
         }
     }
 
@@ -100,44 +135,52 @@ impl ExecIndex {
         *self = ExecIndex::new(self.log.clone());
     }
 
-    /// Folds the event stored at `seq` into the projection.
-    pub fn apply(&mut self, seq: u64, decoded: &Decoded, frame_len: u64) -> Result<()> {
+    /// Folds the event stored at `seq` into the projection. An event that makes no sense here
+    /// (a store-internal one, a delta from a version the log never had) is recorded as damage.
+    pub fn apply(&mut self, seq: u64, decoded: &Decoded, frame_len: u64) {
         match &decoded.event {
             Event::Save(header) => {
-                self.apply_save(seq, header.clone(), decoded.body.len() as u64, frame_len)?
+                self.apply_save(seq, header.clone(), decoded.body.len() as u64, frame_len)
             }
             Event::Delete(version) => self.apply_delete(*version),
-            Event::Clear => self.apply_clear(),
+            Event::Clear => self.apply_clear(seq),
             Event::Gc(_) | Event::Store(_) => {
-                return Err(Error::corrupt(
-                    format!("execution {:?} seq {seq}", self.log),
-                    "a store-internal event in an execution's log",
-                ))
+                self.damaged.insert(
+                    seq,
+                    "a store-internal event in an execution's log".to_owned(),
+                );
             }
         }
         self.next_seq = self.next_seq.max(seq + 1);
-        Ok(())
     }
 
-    pub fn apply_save(
-        &mut self,
-        seq: u64,
-        header: SaveHeader,
-        body_len: u64,
-        frame_len: u64,
-    ) -> Result<()> {
+    /// Records that the frame at `seq` failed verification (`reason`, the check that failed):
+    /// its event is unknown, and its sequence number stays used.
+    pub fn apply_damaged(&mut self, seq: u64, reason: String, key_id: Option<String>) {
+        self.damaged.insert(seq, reason);
+        if let Some(id) = key_id {
+            self.sealed_damage.insert(seq, id);
+        }
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) {
         let chain = match header.delta_base {
             None => Chain::snapshot(seq, body_len),
-            Some(base) => self
-                .saves
-                .get(&base)
-                .map(|b| b.chain.extend(body_len))
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        format!("execution {:?} seq {seq}", self.log),
-                        format!("delta from version {base}, which is not in the log"),
-                    )
-                })?,
+            Some(base) => match self.saves.get(&base) {
+                Some(b) => b.chain.extend(body_len),
+                None if self.damaged.contains_key(&base) => {
+                    self.damaged_saves.insert(base);
+                    Chain::broken(base, body_len)
+                }
+                None => {
+                    self.damaged.insert(
+                        seq,
+                        format!("a delta from version {base}, which is not in the log"),
+                    );
+                    return;
+                }
+            },
         };
         self.saves.insert(
             seq,
@@ -149,7 +192,6 @@ impl ExecIndex {
             },
         );
         self.live_count += 1;
-        Ok(())
     }
 
     pub fn apply_delete(&mut self, version: u64) {
@@ -161,7 +203,8 @@ impl ExecIndex {
         }
     }
 
-    pub fn apply_clear(&mut self) {
+    pub fn apply_clear(&mut self, seq: u64) {
+        self.cleared_at = self.cleared_at.max(seq);
         self.saves.clear();
         self.live_count = 0;
         self.newest_state = None;
@@ -186,6 +229,33 @@ impl ExecIndex {
     /// The newest save, live or deleted: the base of the next delta.
     pub fn newest_save(&self) -> Option<(u64, &SaveEntry)> {
         self.saves.iter().next_back().map(|(v, e)| (*v, e))
+    }
+
+    /// Damaged frames after the last clear: they may have been saves, deletes or clears of
+    /// what is live now.
+    pub fn live_damage(&self) -> impl DoubleEndedIterator<Item = (u64, &String)> {
+        self.damaged
+            .range(self.cleared_at + 1..)
+            .map(|(s, r)| (*s, r))
+    }
+
+    /// The damaged frame that stops `version` from being read: the one its chain needs, or a
+    /// later one that may have been its delete (or a clear), not known to be a save.
+    pub fn unreadable_because(&self, version: u64) -> Option<u64> {
+        let entry = self.saves.get(&version)?;
+        entry.chain.needs.or_else(|| {
+            self.damaged
+                .range(version.max(self.cleared_at) + 1..)
+                .map(|(s, _)| *s)
+                .find(|s| !self.damaged_saves.contains(s))
+        })
+    }
+
+    /// Live saves that can be read: their state rebuilds (their chain needs no damaged frame)
+    /// and no damaged frame after them may have deleted them. Oldest first.
+    pub fn readable(&self) -> impl DoubleEndedIterator<Item = (u64, &SaveEntry)> {
+        self.live()
+            .filter(|(v, _)| self.unreadable_because(*v).is_none())
     }
 
     /// The cached state of `version`, if it is the newest save's.

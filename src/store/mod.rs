@@ -18,6 +18,7 @@ pub(crate) mod reclaim;
 mod retention;
 mod transcode;
 mod transfer;
+mod verify;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,7 +43,8 @@ pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
-pub use transfer::ImportReport;
+pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
+pub use verify::{DamagedBlob, ExecutionVerify, UnreadableVersion, VerifyReport};
 pub use watch::Watch;
 
 /// Longest run of deltas before a snapshot is forced; bounds the work of loading an old version.
@@ -138,6 +140,35 @@ pub struct ExecutionSummary {
     pub last_timestamp: SystemTime,
     /// Bytes of this execution's frames in the log (blobs are shared, so not counted).
     pub log_bytes: u64,
+    /// Frames of this execution's log that failed verification, by sequence number (empty for a
+    /// healthy execution). The counts and the latest above describe only what can be read.
+    pub damaged_frames: Vec<u64>,
+    /// Live versions whose state cannot be rebuilt because their delta chain runs through a
+    /// damaged frame (they fail to load with [`Error::Corrupt`]).
+    pub unreadable_versions: Vec<u64>,
+}
+
+impl ExecutionSummary {
+    /// Whether any frame of the execution failed verification.
+    pub fn is_damaged(&self) -> bool {
+        !self.damaged_frames.is_empty()
+    }
+}
+
+/// What is damaged in one execution, as [`Store::damage`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionDamage {
+    /// Frames that failed verification: sequence number and the check that failed.
+    pub frames: Vec<(u64, String)>,
+    /// Live versions whose delta chain needs a damaged frame: version and the frame it needs.
+    pub unreadable: Vec<(u64, u64)>,
+}
+
+impl ExecutionDamage {
+    /// Whether nothing is damaged.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.unreadable.is_empty()
+    }
 }
 
 /// What [`Store::gc`] reclaimed.
@@ -280,6 +311,8 @@ struct Pending {
     checkpoint: Checkpoint,
     parent: Option<ParentRef>,
     force_snapshot: bool,
+    /// The time to record instead of now (a salvaged checkpoint keeps its own).
+    timestamp_us: Option<u64>,
 }
 
 /// What a precondition on a save expects the execution's latest version to be.
@@ -445,10 +478,25 @@ impl Store {
 
     async fn at_version_once(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
         let mut idx = self.index(execution_id).await?;
+        if let Some(reason) = idx.damaged.get(&version) {
+            return Err(damage_error(
+                &idx,
+                version,
+                format!("checkpoint {execution_id}@{version}"),
+                format!(
+                    "its frame (execution {execution_id:?} seq {version}) is damaged: {reason}"
+                ),
+            ));
+        }
         let entry = idx
             .live_entry(version)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("checkpoint {execution_id}@{version}")))?;
+        if let Some(d) = idx.unreadable_because(version) {
+            if entry.chain.needs.is_none() {
+                return Err(maybe_deleted(&idx, version, d));
+            }
+        }
         let state = self.state_of(&mut idx, version).await?.logical;
         Ok(self.checkpoint(&idx.log, version, &entry, state))
     }
@@ -462,7 +510,24 @@ impl Store {
 
     async fn latest_once(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         let mut idx = self.index(execution_id).await?;
-        let Some(version) = idx.latest_live() else {
+        let latest = idx.latest_live();
+        // A damaged frame after the newest live save may have been a newer save: answering with
+        // an older one would silently roll the execution back.
+        if let Some((seq, reason)) = idx.live_damage().next_back() {
+            if latest.is_none_or(|v| seq > v) {
+                return Err(damage_error(
+                    &idx,
+                    seq,
+                    format!("execution {execution_id:?}"),
+                    format!(
+                        "its newest frame (seq {seq}) is damaged ({reason}), so its latest \
+                         checkpoint cannot be told; {}",
+                        readable_hint(&idx)
+                    ),
+                ));
+            }
+        }
+        let Some(version) = latest else {
             return Ok(None);
         };
         let entry = idx.saves[&version].clone();
@@ -478,19 +543,37 @@ impl Store {
 
     async fn list_once(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
         let idx = self.index(execution_id).await?;
+        // A damaged frame may have been a live save: a list without it would be silently short.
+        let damaged: Vec<u64> = idx.live_damage().map(|(s, _)| s).collect();
+        if let Some((seq, reason)) = idx.live_damage().next() {
+            return Err(damage_error(
+                &idx,
+                seq,
+                format!("execution {execution_id:?}"),
+                format!(
+                    "frame(s) seq {} are damaged (seq {seq}: {reason}), so not every live \
+                     checkpoint can be listed; {}",
+                    seq_list(&damaged),
+                    readable_hint(&idx)
+                ),
+            ));
+        }
         let Some((first, _)) = idx.live().next() else {
             return Ok(Vec::new());
         };
         let start = idx.saves[&first].chain.start;
         let frames = self.scan_range(&idx.log, start, idx.next_seq).await?;
         let mut state: Option<Value> = None;
+        let mut applied = None;
         let mut out = Vec::with_capacity(idx.live_count);
         for (seq, bytes) in &frames {
             let Some(entry) = idx.saves.get(seq) else {
                 continue;
             };
             let body = self.decode_body(&idx.log, *seq, bytes)?;
+            check_base(&idx.log, *seq, &body, applied)?;
             state = Some(self.apply_body(&idx.log, *seq, state, body)?);
+            applied = Some(*seq);
             if !entry.deleted {
                 if let Some(s) = &state {
                     let logical = Arc::new(self.resolve(&idx.log, *seq, s).await?);
@@ -503,6 +586,9 @@ impl Store {
 
     /// Headers of live checkpoints, newest first, filtered by `query`. No state is read, so this
     /// is fast on long executions.
+    ///
+    /// Only readable versions are listed: in an execution with damaged frames, versions whose
+    /// state needs one are left out ([`Store::damage`] lists them and the damaged frames).
     pub async fn history(
         &self,
         execution_id: &str,
@@ -511,7 +597,7 @@ impl Store {
         validate_execution_id(execution_id)?;
         let idx = self.index(execution_id).await?;
         Ok(idx
-            .live()
+            .readable()
             .rev()
             .filter(|(v, e)| query.matches(*v, &e.header))
             .take(query.limit.unwrap_or(usize::MAX))
@@ -564,7 +650,7 @@ impl Store {
                 Ok(()) => {
                     match marker {
                         Marker::Delete(version) => idx.apply_delete(version),
-                        Marker::Clear | Marker::ClearIfLatest(_) => idx.apply_clear(),
+                        Marker::Clear | Marker::ClearIfLatest(_) => idx.apply_clear(seq),
                     }
                     idx.next_seq = seq + 1;
                     self.note_tail(&idx);
@@ -601,6 +687,7 @@ impl Store {
                 version: id.version(),
             }),
             force_snapshot: true,
+            timestamp_us: None,
         };
         let mut saved = self
             .save_pending(vec![pending], Expect::Latest(None))
@@ -616,26 +703,57 @@ impl Store {
             .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
     }
 
-    /// Every execution with at least one live checkpoint, by id.
+    /// Every execution with at least one live checkpoint, or with damaged frames, by id.
+    ///
+    /// A damaged execution is listed with what can be read (its readable live checkpoints and
+    /// the newest of them; version 0, no node and the Unix epoch when none is readable) and
+    /// marked with its damaged frames and unreadable versions; the others are untouched by it.
     pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
         let mut logs = self.execution_logs().await?;
         logs.sort();
         let mut out = Vec::new();
         for log in logs {
             let idx = self.index(&log).await?;
-            let latest = idx.live().next_back();
-            if let Some((version, e)) = latest {
-                out.push(ExecutionSummary {
-                    execution_id: log.clone(),
-                    checkpoints: idx.live_count,
-                    latest_version: version,
-                    latest_node: e.header.node.clone(),
-                    last_timestamp: from_micros(e.header.timestamp_us),
-                    log_bytes: idx.saves.values().map(|e| e.frame_len).sum(),
-                });
+            let damaged_frames: Vec<u64> = idx.damaged.keys().copied().collect();
+            let unreadable_versions: Vec<u64> = idx
+                .live()
+                .filter(|(v, _)| idx.unreadable_because(*v).is_some())
+                .map(|(v, _)| v)
+                .collect();
+            let latest = idx.readable().next_back();
+            if latest.is_none() && damaged_frames.is_empty() && unreadable_versions.is_empty() {
+                continue;
             }
+            let (latest_version, latest_node, last_timestamp) = match latest {
+                Some((v, e)) => (v, e.header.node.clone(), from_micros(e.header.timestamp_us)),
+                None => (0, String::new(), UNIX_EPOCH),
+            };
+            out.push(ExecutionSummary {
+                execution_id: log.clone(),
+                checkpoints: idx.readable().count(),
+                latest_version,
+                latest_node,
+                last_timestamp,
+                log_bytes: idx.saves.values().map(|e| e.frame_len).sum(),
+                damaged_frames,
+                unreadable_versions,
+            });
         }
         Ok(out)
+    }
+
+    /// The damaged frames of an execution and the live versions that cannot be read because of
+    /// them (empty when the execution is healthy, or unknown).
+    pub async fn damage(&self, execution_id: &str) -> Result<ExecutionDamage> {
+        validate_execution_id(execution_id)?;
+        let idx = self.index(execution_id).await?;
+        Ok(ExecutionDamage {
+            frames: idx.damaged.iter().map(|(s, r)| (*s, r.clone())).collect(),
+            unreadable: idx
+                .live()
+                .filter_map(|(v, _)| idx.unreadable_because(v).map(|d| (v, d)))
+                .collect(),
+        })
     }
 
     /// Every execution that has a log in the backend, live checkpoints or not, in no particular
@@ -719,10 +837,15 @@ impl Store {
             self.refresh(&mut idx).await?;
             // Keep from the snapshot the oldest live checkpoint's chain starts at; with nothing
             // live, nothing (the next save is then a snapshot, see `prepare`).
-            let keep_from = idx
-                .live()
-                .next()
-                .map_or(idx.next_seq, |(_, e)| e.chain.start);
+            let keep_from = match idx.live_damage().next() {
+                // What a damaged frame held is unknown (perhaps the snapshot a live chain
+                // starts at): keep the whole log for salvage and inspection.
+                Some(_) => 1,
+                None => idx
+                    .live()
+                    .next()
+                    .map_or(idx.next_seq, |(_, e)| e.chain.start),
+            };
             let frames = self.scan_range(&idx.log, 1, idx.next_seq).await?;
             for (seq, bytes) in &frames {
                 if *seq < keep_from {
@@ -879,7 +1002,7 @@ impl Store {
                             p.saves.into_iter().zip(group)
                         {
                             let version = cp.version;
-                            idx.apply_save(version, header, body_len, frame_len)?;
+                            idx.apply_save(version, header, body_len, frame_len);
                             let _ = self.inner.saved.send((log.clone(), version));
                             out.push((*i, cp));
                         }
@@ -925,12 +1048,18 @@ impl Store {
         let mut parent = idx.latest_live();
         // Deltas build on the newest save (live or deleted) while anything is live; gc keeps
         // exactly those saves' chains.
+        // A state that cannot be rebuilt (its chain runs through a damaged frame, or it fails
+        // to rebuild) is no base: the save is then a snapshot, readable whatever came before.
         let newest = idx
             .newest_save()
-            .filter(|_| parent.is_some())
+            .filter(|(_, e)| parent.is_some() && e.chain.needs.is_none())
             .map(|(v, e)| (v, e.chain));
         let mut base: Option<(CachedState, Chain)> = match newest {
-            Some((v, chain)) => Some((self.state_of(idx, v).await?, chain)),
+            Some((v, chain)) => match self.state_of(idx, v).await {
+                Ok(state) => Some((state, chain)),
+                Err(e) if self.is_damage(&e) => None,
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let mut frames = Vec::with_capacity(group.len());
@@ -964,7 +1093,7 @@ impl Store {
                     (stored, snapshot, None, chain)
                 }
             };
-            let timestamp_us = now_micros();
+            let timestamp_us = p.timestamp_us.unwrap_or_else(now_micros);
             let header = SaveHeader {
                 node: cp.node_name.clone(),
                 metadata: cp.metadata.clone(),
@@ -1133,8 +1262,18 @@ impl Store {
             let Some((last, _)) = page.last() else { break };
             let last = *last;
             for (seq, bytes) in &page {
-                let decoded = frame::decode_in(&idx.log, *seq, bytes, self.cipher()?)?;
-                idx.apply(*seq, &decoded, bytes.len() as u64)?;
+                match frame::decode_in(&idx.log, *seq, bytes, self.cipher()?) {
+                    Ok(decoded) => idx.apply(*seq, &decoded, bytes.len() as u64),
+                    // Contained: only the versions that need this frame become unreadable.
+                    Err(e) if self.is_damage(&e) => {
+                        let key_id = match &e {
+                            Error::Decrypt { key_id, .. } => Some(key_id.clone()),
+                            _ => None,
+                        };
+                        idx.apply_damaged(*seq, damage_reason(&e), key_id)
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             idx.next_seq = last + 1;
             if page.len() < SCAN_PAGE {
@@ -1188,17 +1327,23 @@ impl Store {
         }
         // Before the frames: a save trusts the addresses read here only under this position.
         let epoch = self.gc_epoch_now().await?;
-        let start = idx
+        let chain = idx
             .saves
             .get(&version)
-            .map(|e| e.chain.start)
+            .map(|e| e.chain)
             .ok_or_else(|| Error::not_found(format!("checkpoint {}@{version}", idx.log)))?;
-        let frames = self.scan_range(&idx.log, start, version + 1).await?;
+        if let Some(needed) = chain.needs {
+            return Err(needs_damaged(idx, version, needed));
+        }
+        let frames = self.scan_range(&idx.log, chain.start, version + 1).await?;
         let mut state = None;
+        let mut applied = None;
         for (seq, bytes) in &frames {
             if idx.saves.contains_key(seq) {
                 let body = self.decode_body(&idx.log, *seq, bytes)?;
+                check_base(&idx.log, *seq, &body, applied)?;
                 state = Some(self.apply_body(&idx.log, *seq, state, body)?);
+                applied = Some(*seq);
             }
         }
         let stored = state.ok_or_else(|| {
@@ -1462,12 +1607,139 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether `e`, met reading stored bytes, is damage to contain (the bytes fail
+    /// verification) rather than a failure of the whole read. A frame that does not open in a
+    /// store whose key was checked is damage; in a store opened without its key (locked), every
+    /// frame fails alike, and that is the key's problem, reported as such.
+    ///
+    /// A frame sealed with a key this store was not given is not damage but a key missing from
+    /// the configuration: that error stands too.
+    fn is_damage(&self, e: &Error) -> bool {
+        match e {
+            Error::Corrupt { .. } => true,
+            Error::Decrypt { key_id, .. } => {
+                let sealed = matches!(self.inner.crypto.get(), Some(encryption::Crypto::Sealed(_)));
+                let known = key_id == "?"
+                    || self
+                        .inner
+                        .keys
+                        .iter()
+                        .any(|k| k.id().to_string() == *key_id);
+                sealed && known
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a damaged frame's error says failed (the frame's place is known to the reader).
+fn damage_reason(e: &Error) -> String {
+    match e {
+        Error::Corrupt { reason, .. } | Error::Decrypt { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The error of a read stopped at `location` by the damaged frame `seq`: [`Error::Decrypt`]
+/// (naming the key id) when the frame failed to open, [`Error::Corrupt`] otherwise.
+fn damage_error(idx: &ExecIndex, seq: u64, location: String, reason: String) -> Error {
+    match idx.sealed_damage.get(&seq) {
+        Some(key_id) => Error::Decrypt {
+            location,
+            key_id: key_id.clone(),
+            reason,
+        },
+        None => Error::corrupt(location, reason),
+    }
+}
+
+/// The error of loading `version`, whose delta chain runs through the damaged frame `needed`.
+fn needs_damaged(idx: &ExecIndex, version: u64, needed: u64) -> Error {
+    let reason = idx.damaged.get(&needed).map_or("", String::as_str);
+    damage_error(
+        idx,
+        needed,
+        format!("checkpoint {}@{version}", idx.log),
+        format!(
+            "its state is stored as changes on top of execution {:?} seq {needed}, which is \
+             damaged ({reason}); {}",
+            idx.log,
+            readable_hint(idx)
+        ),
+    )
+}
+
+/// The error of loading `version`, which the damaged frame `damaged` after it may have deleted.
+fn maybe_deleted(idx: &ExecIndex, version: u64, damaged: u64) -> Error {
+    let reason = idx.damaged.get(&damaged).map_or("", String::as_str);
+    damage_error(
+        idx,
+        damaged,
+        format!("checkpoint {}@{version}", idx.log),
+        format!(
+            "execution {:?} seq {damaged}, after it, is damaged ({reason}) and may have been \
+             its delete or a clear: it is not served; {}",
+            idx.log,
+            readable_hint(idx)
+        ),
+    )
+}
+
+/// Refuses a delta applied on top of anything but its own base (a frame missing in between
+/// would otherwise serve one version's state as another's).
+fn check_base(log: &str, seq: u64, body: &Body, applied: Option<u64>) -> Result<()> {
+    match body {
+        Body::Delta { base, .. } if applied != Some(*base) => Err(Error::corrupt(
+            format!("execution {log:?} seq {seq}"),
+            format!(
+                "a delta from version {base}, but the state before it is {}",
+                applied.map_or("none".to_owned(), |v| format!("version {v}'s"))
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// "versions 1-3, 7 are readable", for messages about a damaged execution.
+fn readable_hint(idx: &ExecIndex) -> String {
+    let readable: Vec<u64> = idx.readable().map(|(v, _)| v).collect();
+    if readable.is_empty() {
+        "no version of it is readable".to_owned()
+    } else {
+        format!(
+            "readable: version(s) {} (Store::at_version, ckpt show)",
+            seq_list(&readable)
+        )
+    }
+}
+
+/// Sorted numbers (versions, sequence numbers) written as ranges: `1-3, 7`.
+pub fn seq_list(seqs: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            seqs[i].to_string()
+        } else {
+            format!("{}-{}", seqs[i], seqs[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
 impl Pending {
     fn plain(checkpoint: Checkpoint) -> Self {
         Pending {
             checkpoint,
             parent: None,
             force_snapshot: false,
+            timestamp_us: None,
         }
     }
 }

@@ -3,19 +3,24 @@
 //! ids, versions, timestamps, parents and metadata, after verifying every piece.
 //! [`Store::copy_to`] does both between two open stores.
 //!
+//! Export refuses damage: a bundle is a verified copy or nothing. [`Store::salvage_to`] is for a
+//! damaged store: it copies every checkpoint that can still be read and reports what it left.
+//!
 //! Encrypted stores take part: an encrypted store's bundle stays sealed (to that store), and a
 //! store importing state that is not sealed for it (a plaintext bundle, or another store's)
 //! opens it and writes it as if it had been saved there (see `transcode`). State never leaves
 //! encryption this way: an encrypted bundle is refused by a plaintext store.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::transcode::{BlobSource, Transcoder};
-use super::{reclaim, Store};
+use super::{reclaim, Expect, Pending, Store};
+use crate::backend::memory::MemoryBackend;
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
-use crate::checkpoint::{quote_name, validate_execution_id};
-use crate::codec::frame::{self, Body};
+use crate::checkpoint::{quote_name, validate_execution_id, Checkpoint, CheckpointId};
+use crate::codec::frame::{self, Body, ParentRef};
 use crate::codec::{blob, tree};
 use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
@@ -36,11 +41,44 @@ pub struct ImportReport {
     pub blobs: u64,
 }
 
+/// What [`Store::salvage_to`] copied and what it left, per execution.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SalvageReport {
+    /// Every execution of the source, by id.
+    pub executions: Vec<SalvagedExecution>,
+}
+
+/// One execution salvaged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SalvagedExecution {
+    /// The execution id (the same in the target).
+    pub execution_id: String,
+    /// Whether it was healthy and copied frame for frame, exactly as [`Store::copy_to`] copies
+    /// (else its readable checkpoints were saved again, see [`Store::salvage_to`]).
+    pub exact: bool,
+    /// Versions copied (the same versions in the target).
+    pub copied: Vec<u64>,
+    /// Live versions left behind, and why (the damage they need).
+    pub left: Vec<(u64, String)>,
+    /// Frames of the source's log that failed verification.
+    pub damaged_frames: Vec<u64>,
+}
+
+impl SalvageReport {
+    /// Whether everything live was copied.
+    pub fn is_complete(&self) -> bool {
+        self.executions.iter().all(|e| e.left.is_empty())
+    }
+}
+
 impl Store {
     /// Bundles executions exactly as stored: every frame of their logs and every blob those
     /// frames reference (with the chunks of chunked leaves). An execution with no log here is
     /// [`Error::NotFound`]. From an encrypted store the bundle stays sealed
     /// ([`Bundle::sealed_for`]): only a store holding one of its keys can import it.
+    ///
+    /// Damage is refused, not bundled: a frame or a blob that fails verification is
+    /// [`Error::Corrupt`] naming it ([`Store::salvage_to`] copies what is readable instead).
     pub async fn export(&self, executions: &[String]) -> Result<Bundle> {
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
@@ -83,9 +121,149 @@ impl Store {
                     "missing, but referenced by an exported execution",
                 )
             })?;
+            // A bundle carries only what verifies: its importer could not tell damage from data.
+            blob::decode_in(&hash, &stored, cipher)?;
             bundle.blobs.push((hash, stored));
         }
         Ok(bundle)
+    }
+
+    /// Copies every readable checkpoint of every execution of this (damaged) store into
+    /// `target`, leaving out what cannot be read, and reports both.
+    ///
+    /// A healthy execution is copied exactly ([`Store::copy_to`]: every frame, tombstones and
+    /// timestamps included). A damaged one has its readable live checkpoints saved again in the
+    /// target, in order, each with its own version, parent, node, metadata, timestamp and
+    /// state (stored as the target stores a save). Each version left behind (or deleted) is
+    /// filled by a tombstone of itself up to the source's next sequence number, so the
+    /// target's log has no holes and the versions the damage took are never handed out again.
+    ///
+    /// Refuses ([`Error::InvalidInput`]) before writing anything when an execution already
+    /// exists in the target. Keys work as for [`Store::copy_to`].
+    pub async fn salvage_to(&self, target: &Store) -> Result<SalvageReport> {
+        self.crypto().await?.check_writable()?;
+        let mut logs = self.execution_logs().await?;
+        logs.sort();
+        for log in &logs {
+            if target.backend().next_seq(log).await? > 1 {
+                return Err(Error::InvalidInput(format!(
+                    "execution {log:?} already exists in the target store; salvage into an \
+                     empty store (nothing was written)"
+                )));
+            }
+        }
+        let mut report = SalvageReport::default();
+        for log in logs {
+            report
+                .executions
+                .push(self.salvage_one(target, &log).await?);
+        }
+        Ok(report)
+    }
+
+    /// [`Store::salvage_to`] into a bundle: every readable checkpoint, through a store in
+    /// memory with this store's keys (so an encrypted store's bundle stays sealed).
+    pub async fn salvage_bundle(&self) -> Result<(Bundle, SalvageReport)> {
+        let staging = self.with_same_keys(Arc::new(MemoryBackend::new()));
+        let report = self.salvage_to(&staging).await?;
+        let bundle = staging.export_all().await?;
+        Ok((bundle, report))
+    }
+
+    async fn salvage_one(&self, target: &Store, log: &str) -> Result<SalvagedExecution> {
+        let damage = self.damage(log).await?;
+        let mut out = SalvagedExecution {
+            execution_id: log.to_owned(),
+            damaged_frames: damage.frames.iter().map(|(s, _)| *s).collect(),
+            ..SalvagedExecution::default()
+        };
+        if damage.is_empty() {
+            match self.copy_to(target, &[log.to_owned()]).await {
+                Ok(_) => {
+                    out.exact = true;
+                    out.copied = self.live_versions(log).await?;
+                    return Ok(out);
+                }
+                // Damage the projection does not see (a blob): save what loads, below.
+                Err(e) if self.is_damage(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut readable = Vec::new();
+        for version in self.live_versions(log).await? {
+            match self.at_version(log, version).await {
+                Ok(cp) => readable.push(cp),
+                Err(e) if self.is_damage(&e) => out.left.push((version, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        for (version, needs) in &damage.unreadable {
+            if !out.left.iter().any(|(v, _)| v == version) {
+                out.left.push((
+                    *version,
+                    format!("its state needs the damaged frame seq {needs}"),
+                ));
+            }
+        }
+        out.left.sort_by_key(|(v, _)| *v);
+        for cp in readable {
+            let version = cp.version;
+            target.fill_log(log, version).await?;
+            let pending = Pending {
+                parent: cp.parent.as_ref().map(|p| ParentRef {
+                    execution: (p.execution_id() != log).then(|| p.execution_id().to_owned()),
+                    version: p.version(),
+                }),
+                force_snapshot: false,
+                timestamp_us: Some(micros(&cp)),
+                checkpoint: Checkpoint {
+                    id: CheckpointId::new_unchecked(log.into(), 0),
+                    version: 0,
+                    ..cp
+                },
+            };
+            let saved = target.save_pending(vec![pending], Expect::Any).await?;
+            if saved.first().map(|c| c.version) != Some(version) {
+                return Err(Error::Conflict {
+                    log: log.to_owned(),
+                    expected: version,
+                    actual: saved.first().map_or(0, |c| c.version),
+                });
+            }
+            out.copied.push(version);
+        }
+        let next_seq = self.backend().next_seq(log).await?;
+        target.fill_log(log, next_seq).await?;
+        Ok(out)
+    }
+
+    /// Appends to `log` a tombstone for each sequence number from its tail to `upto`
+    /// (excluded), each deleting its own (never saved) version: the log stays gapless (a hole
+    /// would read as lost frames) and the versions left behind are never handed out again.
+    async fn fill_log(&self, log: &str, upto: u64) -> Result<()> {
+        let cipher = self.crypto().await?.cipher();
+        let mut next = self.backend().next_seq(log).await?;
+        while next < upto {
+            let end = upto.min(next + IMPORT_PAGE as u64);
+            let frames = (next..end)
+                .map(|seq| frame::encode_delete_in(log, seq, seq, cipher))
+                .collect::<Result<Vec<_>>>()?;
+            self.backend()
+                .append(vec![LogAppend {
+                    log: log.to_owned(),
+                    expected_seq: next,
+                    frames,
+                }])
+                .await?;
+            next = end;
+        }
+        Ok(())
+    }
+
+    /// The versions of `log`'s live checkpoints, readable or not, oldest first.
+    async fn live_versions(&self, log: &str) -> Result<Vec<u64>> {
+        let idx = self.index(log).await?;
+        Ok(idx.live().map(|(v, _)| v).collect())
     }
 
     /// Bundles every execution that has a log in this store (see [`Store::export`]).
@@ -294,6 +472,13 @@ impl Store {
         backend.put_blobs(new_blobs).await?;
         Ok(n)
     }
+}
+
+/// The checkpoint's timestamp in microseconds since the Unix epoch, as frames record it.
+fn micros(cp: &Checkpoint) -> u64 {
+    cp.timestamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// `bundle`, opened with `from`, as the store `to` seals it: every frame sealed for its place

@@ -126,6 +126,9 @@ impl Backend for Elsewhere {
     async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
         self.inner.recorded_damage().await
     }
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        self.inner.log_problems(log).await
+    }
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         self.inner.stored_bytes().await
     }

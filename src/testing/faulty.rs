@@ -62,6 +62,7 @@ pub enum Call {
     Flush,
     WaitForAppend,
     RecordedDamage,
+    LogProblems,
     StoredBytes,
     Compact,
 }
@@ -70,7 +71,7 @@ impl Call {
     /// Every method that does I/O, each once. `name`, `puts_blobs_with_append`,
     /// `atomic_across_logs` and `single_process` are answered by the wrapped backend and never
     /// faulted.
-    pub const ALL: [Call; 21] = [
+    pub const ALL: [Call; 22] = [
         Call::NextSeq,
         Call::Append,
         Call::AppendWithBlobs,
@@ -90,6 +91,7 @@ impl Call {
         Call::Flush,
         Call::WaitForAppend,
         Call::RecordedDamage,
+        Call::LogProblems,
         Call::StoredBytes,
         Call::Compact,
     ];
@@ -131,6 +133,7 @@ impl Call {
             Call::Flush => "flush",
             Call::WaitForAppend => "wait_for_append",
             Call::RecordedDamage => "recorded_damage",
+            Call::LogProblems => "log_problems",
             Call::StoredBytes => "stored_bytes",
             Call::Compact => "compact",
         }
@@ -690,6 +693,12 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::RecordedDamage, &then, r)
     }
 
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let then = self.enter(Call::LogProblems, reserved(log), false).await?;
+        let r = self.inner.log_problems(log).await;
+        self.leave(Call::LogProblems, &then, r)
+    }
+
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::StoredBytes, false, false).await?;
         let r = self.inner.stored_bytes().await;
@@ -877,6 +886,10 @@ mod tests {
             self.saw("recorded_damage");
             Ok(Vec::new())
         }
+        async fn log_problems(&self, _: &str) -> Result<Vec<String>> {
+            self.saw("log_problems");
+            Ok(Vec::new())
+        }
         async fn stored_bytes(&self) -> Result<Option<u64>> {
             self.saw("stored_bytes");
             Ok(Some(42))
@@ -928,6 +941,7 @@ mod tests {
                     .await
             }
             Call::RecordedDamage => backend.recorded_damage().await.map(drop),
+            Call::LogProblems => backend.log_problems("log").await.map(drop),
             Call::StoredBytes => backend.stored_bytes().await.map(drop),
             Call::Compact => backend.compact().await.map(drop),
         }

@@ -279,6 +279,7 @@ macro_rules! conformance_tests {
                 export_import_keeps_everything,
                 long_delta_chains_load_every_version,
                 invalid_input_is_refused_and_harmless,
+                damage_is_contained,
             );
         }
     };

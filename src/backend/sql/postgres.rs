@@ -147,6 +147,8 @@ struct Listener {
 struct Queries {
     append: String,
     next_seq: String,
+    heal_next_seq: String,
+    log_problems: String,
     scan: String,
     list_logs: String,
     raise: String,
@@ -166,7 +168,22 @@ impl Queries {
     fn new(s: &str) -> Self {
         Queries {
             append: format!("SELECT {s}.ckpt_append($1, $2, $3, $4, $5, $6)"),
-            next_seq: format!("SELECT next_seq FROM {s}.logs WHERE log = $1"),
+            // Never at or below the last frame: a lowered stored number (by hand, or damage)
+            // must not hand out versions that exist (`Store::verify` reports it).
+            next_seq: format!(
+                "SELECT GREATEST(\
+                 COALESCE((SELECT next_seq FROM {s}.logs WHERE log = $1), 1), \
+                 COALESCE((SELECT MAX(seq) + 1 FROM {s}.frames WHERE log = $1), 1))"
+            ),
+            heal_next_seq: format!(
+                "UPDATE {s}.logs SET next_seq = GREATEST(next_seq, \
+                 (SELECT MAX(seq) + 1 FROM {s}.frames WHERE log = $1)) \
+                 WHERE log = $1 AND next_seq <= (SELECT MAX(seq) FROM {s}.frames WHERE log = $1)"
+            ),
+            log_problems: format!(
+                "SELECT next_seq, (SELECT MAX(seq) FROM {s}.frames WHERE log = $1) \
+                 FROM {s}.logs WHERE log = $1"
+            ),
             scan: scan_sql(s),
             list_logs: format!("SELECT log FROM {s}.logs"),
             raise: format!(
@@ -866,6 +883,7 @@ impl PostgresBackend {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         let mut ambiguous = false;
+        let mut healed = false;
         loop {
             let call = sqlx::query(&self.sql.append)
                 .bind(&logs)
@@ -892,6 +910,14 @@ impl PostgresBackend {
                 let Some(a) = part.checked_sub(1).and_then(|i| appends.get(i)) else {
                     return Err(self.error(what, &e));
                 };
+                // Stored numbers only grow: one below what the writer read from `next_seq`
+                // was lowered under its last frame. Move it back above it (never further) and
+                // try again, so writes continue instead of conflicting forever.
+                if actual < a.expected_seq && !healed {
+                    healed = true;
+                    self.heal_next_seq(&a.log).await?;
+                    continue;
+                }
                 return Err(Error::Conflict {
                     log: a.log.clone(),
                     expected: a.expected_seq,
@@ -909,6 +935,20 @@ impl PostgresBackend {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// Raises `log`'s stored next sequence number to its last frame + 1 if it is at or below it.
+    async fn heal_next_seq(&self, log: &str) -> Result<()> {
+        self.retry(
+            &format!("repairing the next sequence of log {log:?}"),
+            || {
+                sqlx::query(&self.sql.heal_next_seq)
+                    .bind(log)
+                    .execute(&self.pool)
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Whether every frame of `appends` is stored at its position, byte for byte: an append whose
@@ -1102,6 +1142,25 @@ impl Backend for PostgresBackend {
             sqlx::query_scalar(&self.sql.list_logs).fetch_all(&self.pool)
         })
         .await
+    }
+
+    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
+    /// ignores, and the next append repairs).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .retry(&format!("checking log {log:?}"), || {
+                sqlx::query_as(&self.sql.log_problems)
+                    .bind(log)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(match row {
+            Some((stored, Some(last))) if stored <= last => vec![format!(
+                "its stored next sequence number ({stored}) is at or below its last frame \
+                 (seq {last}): it was lowered; versions continue above seq {last}"
+            )],
+            _ => Vec::new(),
+        })
     }
 
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {

@@ -59,6 +59,14 @@ const HASH_CHUNK: usize = 500;
 pub const SCAN_SQL: &str =
     "SELECT seq, frame FROM frames WHERE log = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
 
+/// A log's next sequence number: the stored one, but never at or below its last frame. A stored
+/// number that was lowered (by hand, or by damage) would otherwise make every append conflict
+/// with a log that cannot move, and hand out versions that exist; `Store::verify` reports it
+/// (see [`Backend::log_problems`]).
+const NEXT_SEQ_SQL: &str = "SELECT MAX(\
+     COALESCE((SELECT next_seq FROM logs WHERE log = ?1), 1), \
+     COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?1), 1))";
+
 /// The schema, version 1.
 const SCHEMA_V1: &str = "
 CREATE TABLE logs (log TEXT NOT NULL PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -250,7 +258,7 @@ impl SqliteBackend {
     fn next_seq_now(&self, log: &str) -> Option<Result<u64>> {
         let mut conn = self.tail_reader.try_lock().ok()?;
         let rows: std::result::Result<Vec<i64>, sqlx::Error> = block_on(
-            sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+            sqlx::query_scalar(NEXT_SEQ_SQL)
                 .bind(log)
                 .fetch_all(&mut *conn),
         );
@@ -661,32 +669,19 @@ async fn append_one(conn: &mut SqliteConnection, append: &LogAppend) -> Result<(
         let actual = current_next_seq(conn, log).await?;
         return check(log, append.expected_seq, actual);
     }
-    let mut moved = sqlx::query("UPDATE logs SET next_seq = ?1 WHERE log = ?2 AND next_seq = ?3")
-        .bind(end)
-        .bind(log)
-        .bind(expected)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| db_error(what(), &e))?
-        .rows_affected();
-    if moved == 0 && expected == 1 {
-        moved =
-            sqlx::query("INSERT INTO logs (log, next_seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                .bind(log)
-                .bind(end)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| db_error(what(), &e))?
-                .rows_affected();
-    }
-    if moved == 0 {
-        let actual = current_next_seq(conn, log).await?;
-        return Err(Error::Conflict {
-            log: log.clone(),
-            expected: append.expected_seq,
-            actual,
-        });
-    }
+    // Compared with the log's next sequence number as `next_seq` reports it (never at or below
+    // its last frame), inside the writer's transaction, then moved.
+    let actual = current_next_seq(conn, log).await?;
+    check(log, append.expected_seq, actual)?;
+    sqlx::query(
+        "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
+         ON CONFLICT (log) DO UPDATE SET next_seq = excluded.next_seq",
+    )
+    .bind(log)
+    .bind(end)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error(what(), &e))?;
     for (seq, frame) in (expected..).zip(&append.frames) {
         sqlx::query("INSERT INTO frames (log, seq, frame) VALUES (?1, ?2, ?3)")
             .bind(log)
@@ -721,7 +716,7 @@ fn check(log: &str, expected: u64, actual: u64) -> Result<()> {
 
 /// The log's next sequence number as the writer's transaction sees it.
 async fn current_next_seq(conn: &mut SqliteConnection, log: &str) -> Result<u64> {
-    let next: Option<i64> = sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+    let next: Option<i64> = sqlx::query_scalar(NEXT_SEQ_SQL)
         .bind(log)
         .fetch_optional(&mut *conn)
         .await
@@ -791,7 +786,7 @@ impl Backend for SqliteBackend {
         }
         let next: Vec<i64> = self
             .read(&format!("reading the next sequence of log {log:?}"), || {
-                sqlx::query_scalar("SELECT next_seq FROM logs WHERE log = ?1")
+                sqlx::query_scalar(NEXT_SEQ_SQL)
                     .bind(log)
                     .fetch_all(&self.readers)
             })
@@ -843,6 +838,28 @@ impl Backend for SqliteBackend {
             sqlx::query_scalar("SELECT log FROM logs").fetch_all(&self.readers)
         })
         .await
+    }
+
+    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
+    /// and appends then ignore).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .read(&format!("checking log {log:?}"), || {
+                sqlx::query_as(
+                    "SELECT next_seq, (SELECT MAX(seq) FROM frames WHERE log = ?1) \
+                     FROM logs WHERE log = ?1",
+                )
+                .bind(log)
+                .fetch_optional(&self.readers)
+            })
+            .await?;
+        Ok(match row {
+            Some((stored, Some(last))) if stored <= last => vec![format!(
+                "its stored next sequence number ({stored}) is at or below its last frame \
+                 (seq {last}): it was lowered; versions continue above seq {last}"
+            )],
+            _ => Vec::new(),
+        })
     }
 
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
