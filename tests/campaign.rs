@@ -135,12 +135,17 @@ async fn check(url: &str, truth: &Truth) -> Result<Outcome, String> {
                     outcome = outcome.max(Outcome::ReadFailed)
                 }
                 Err(Error::NotFound { .. }) => {
+                    // Missing without an error: only acceptable when the store knows (recorded
+                    // damage covering it, or verify reporting damage, checked below).
                     let covered = damage.iter().any(|d| {
                         d.log.as_deref().is_none_or(|l| l == exec)
                             && d.lost.is_none_or(|(from, to)| (from..to).contains(version))
                     });
-                    if !covered {
-                        return Err(format!("{exec}@{version} is silently missing"));
+                    let verified_damage = store.verify().await.map_or(true, |r| !r.is_ok());
+                    if !covered && !verified_damage {
+                        return Err(format!(
+                            "{exec}@{version} is silently missing (and verify passes)"
+                        ));
                     }
                     outcome = outcome.max(Outcome::DamageRecorded);
                 }
@@ -148,7 +153,17 @@ async fn check(url: &str, truth: &Truth) -> Result<Outcome, String> {
             }
         }
     }
-    Ok(outcome)
+    if outcome == Outcome::NoEffect {
+        return Ok(outcome);
+    }
+    // Whatever a read found, `verify` (what a user runs to learn the state of a store) must
+    // report damage too: it may never pass over a store that reads wrong.
+    match store.verify().await {
+        Ok(report) if report.is_ok() => {
+            Err(format!("reads failed ({outcome:?}) but verify passed"))
+        }
+        Ok(_) | Err(_) => Ok(outcome),
+    }
 }
 
 /// Errors other than Corrupt/NotFound count as detection only when they are about damage.
@@ -254,12 +269,36 @@ fn campaign(name: &str, make_url: impl Fn(&Path) -> String) -> BTreeMap<Outcome,
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(check(&url, &truth))
         }));
-        match result {
-            Ok(Ok(outcome)) => *tally.entry(outcome).or_insert(0) += 1,
-            Ok(Err(broken)) => failures.push(format!("{} @ {offset}: {broken}", file.display())),
-            Err(_) => failures.push(format!("{} @ {offset}: panicked", file.display())),
+        let failed = match result {
+            Ok(Ok(outcome)) => {
+                *tally.entry(outcome).or_insert(0) += 1;
+                false
+            }
+            Ok(Err(broken)) => {
+                failures.push(format!("{} @ {offset}: {broken}", file.display()));
+                true
+            }
+            Err(_) => {
+                failures.push(format!("{} @ {offset}: panicked", file.display()));
+                true
+            }
+        };
+        // CKPT_CAMPAIGN_KEEP=DIR keeps the damaged copies that broke the promise, to study.
+        match std::env::var_os("CKPT_CAMPAIGN_KEEP") {
+            Some(keep) if failed => {
+                let kept = Path::new(&keep).join(format!("{name}-{i}"));
+                copy_dir(&copy, &kept);
+                // The pristine copy too, to compare with.
+                copy_dir(
+                    &pristine,
+                    &Path::new(&keep).join(format!("{name}-pristine")),
+                );
+                std::fs::remove_dir_all(&copy).ok();
+            }
+            _ => {
+                std::fs::remove_dir_all(&copy).ok();
+            }
         }
-        std::fs::remove_dir_all(&copy).ok();
     }
     eprintln!("{name}: {} flips: {tally:?}", offsets.len());
     assert!(

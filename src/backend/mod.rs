@@ -275,6 +275,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(Vec::new())
     }
 
+    /// What the storage engine's own consistency check finds wrong, one sentence each (SQLite:
+    /// `PRAGMA integrity_check`, which finds a damaged b-tree that hides rows from every query
+    /// without an error). Used by [`crate::Store::verify`]; may read the whole store. The
+    /// default finds nothing.
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// What the backend finds wrong in how it keeps `log` that its frames cannot show, one
     /// sentence each (e.g. a stored next sequence number below the last frame, which the
     /// backend must then ignore: [`Backend::next_seq`] never answers below the last frame + 1).

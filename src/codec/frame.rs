@@ -222,6 +222,16 @@ pub fn encode_store(log: &str, seq: u64, d: &StoreDescriptor) -> Result<Vec<u8>>
     )
 }
 
+/// The most bytes a delete or clear frame can take, sealed or not: a longer frame was
+/// something else (a save), which is what a damaged frame's length still tells.
+pub fn max_marker_len() -> usize {
+    // Sealing adds a flag, the key id, a nonce and a tag (45 bytes); 64 leaves room.
+    const SEALING: usize = 64;
+    let delete = encode_delete("", 0, u64::MAX).map_or(0, |f| f.len());
+    let clear = encode_clear("", 0).map_or(0, |f| f.len());
+    delete.max(clear) + SEALING
+}
+
 /// Encodes a clear frame.
 pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
     encode_clear_in(log, seq, None)

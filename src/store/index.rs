@@ -111,7 +111,15 @@ pub(crate) struct ExecIndex {
     /// Damaged frames known to have been saves: a later delta names them as its base. Any
     /// other damaged frame may have been a delete or a clear of what came before it.
     pub damaged_saves: std::collections::BTreeSet<u64>,
+    /// The first frame folded since the projection was built (where the log starts now).
+    pub first_folded: Option<u64>,
 }
+
+/// See [`ExecIndex::apply_damaged`].
+static MAX_MARKER_LEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Missing frames recorded at each end of a long missing range (see [`ExecIndex::apply_missing`]).
+const MAX_MISSING: u64 = 512;
 
 impl ExecIndex {
     pub fn new(log: Arc<str>) -> Self {
@@ -127,12 +135,21 @@ impl ExecIndex {
             sealed_damage: BTreeMap::new(),
             cleared_at: 0,
             damaged_saves: std::collections::BTreeSet::new(),
+            first_folded: None,
         }
     }
 
     /// Forgets everything, to be rebuilt from the log.
     pub fn reset(&mut self) {
         *self = ExecIndex::new(self.log.clone());
+    }
+
+    /// Notes that the frame at `seq` is being folded (the first one folded since the
+    /// projection was built: where the log now starts).
+    pub fn note_folded(&mut self, seq: u64) {
+        if self.first_folded.is_none_or(|f| seq < f) {
+            self.first_folded = Some(seq);
+        }
     }
 
     /// Folds the event stored at `seq` into the projection. An event that makes no sense here
@@ -155,13 +172,54 @@ impl ExecIndex {
     }
 
     /// Records that the frame at `seq` failed verification (`reason`, the check that failed):
-    /// its event is unknown, and its sequence number stays used.
-    pub fn apply_damaged(&mut self, seq: u64, reason: String, key_id: Option<String>) {
+    /// its event is unknown, and its sequence number stays used. A frame of `frame_len` bytes,
+    /// longer than any delete or clear can be, was a save: it cannot have deleted what came
+    /// before it.
+    pub fn apply_damaged(
+        &mut self,
+        seq: u64,
+        reason: String,
+        key_id: Option<String>,
+        frame_len: u64,
+    ) {
         self.damaged.insert(seq, reason);
         if let Some(id) = key_id {
             self.sealed_damage.insert(seq, id);
         }
+        if frame_len > *MAX_MARKER_LEN.get_or_init(|| crate::codec::frame::max_marker_len() as u64)
+        {
+            self.damaged_saves.insert(seq);
+        }
         self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Records that the frames `from..to` are missing from the log (a hole between frames, or a
+    /// lost tail below the log's next sequence number): what was saved there is lost. Versions
+    /// in the range fail to load, deltas built on them too, `latest` refuses to answer past
+    /// them; versions before them still load (a lost delete is the one thing that cannot be
+    /// told, and a lost save is by far the likelier). Ranges longer than [`MAX_MISSING`] are
+    /// recorded at both ends (a damaged sequence number in a key can make one absurdly long).
+    pub fn apply_missing(&mut self, from: u64, to: u64) {
+        let reason = |s: u64| {
+            format!(
+                "its frame is missing from the log (seq {from}..={} are gone): what was saved \
+                 there is lost",
+                to.saturating_sub(1).max(s)
+            )
+        };
+        let len = to.saturating_sub(from);
+        let ends = if len > 2 * MAX_MISSING {
+            (from..from + MAX_MISSING)
+                .chain(to - MAX_MISSING..to)
+                .collect::<Vec<_>>()
+        } else {
+            (from..to).collect()
+        };
+        for s in ends {
+            self.damaged.entry(s).or_insert_with(|| reason(s));
+            self.damaged_saves.insert(s);
+        }
+        self.next_seq = self.next_seq.max(to);
     }
 
     pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) {
@@ -171,6 +229,13 @@ impl ExecIndex {
                 Some(b) => b.chain.extend(body_len),
                 None if self.damaged.contains_key(&base) => {
                     self.damaged_saves.insert(base);
+                    Chain::broken(base, body_len)
+                }
+                // Its base lies before the first frame the log still holds: gc never removes a
+                // frame a kept delta needs, so the frames from the base on were lost.
+                None if self.first_folded.is_some_and(|first| base < first) => {
+                    let first = self.first_folded.unwrap_or(base + 1);
+                    self.apply_missing(base, first);
                     Chain::broken(base, body_len)
                 }
                 None => {

@@ -488,10 +488,10 @@ impl Store {
                 ),
             ));
         }
-        let entry = idx
-            .live_entry(version)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("checkpoint {execution_id}@{version}")))?;
+        let Some(entry) = idx.live_entry(version).cloned() else {
+            drop(idx);
+            return Err(self.lost_or_not_found(execution_id, version).await);
+        };
         if let Some(d) = idx.unreadable_because(version) {
             if entry.chain.needs.is_none() {
                 return Err(maybe_deleted(&idx, version, d));
@@ -499,6 +499,25 @@ impl Store {
         }
         let state = self.state_of(&mut idx, version).await?.logical;
         Ok(self.checkpoint(&idx.log, version, &entry, state))
+    }
+
+    /// The error for a version the log does not hold: [`Error::Corrupt`] when the backend
+    /// recorded it as lost (a rollback of its files), else [`Error::NotFound`].
+    async fn lost_or_not_found(&self, execution_id: &str, version: u64) -> Error {
+        let not_found = Error::not_found(format!("checkpoint {execution_id}@{version}"));
+        let Ok(recorded) = self.inner.backend.recorded_damage().await else {
+            return not_found;
+        };
+        recorded
+            .into_iter()
+            .find(|d| {
+                d.log.as_deref() == Some(execution_id)
+                    && d.lost
+                        .is_some_and(|(from, to)| (from..to).contains(&version))
+            })
+            .map_or(not_found, |d| {
+                Error::corrupt(format!("checkpoint {execution_id}@{version}"), d.detail)
+            })
     }
 
     /// The newest live checkpoint of an execution, if any.
@@ -1250,6 +1269,9 @@ impl Store {
             idx.reset();
         }
         let mut rebuilt = idx.next_seq == 1;
+        // The last frame folded: frames after it must follow it without a hole (gc removes only
+        // a prefix of a log; on a fresh fold the first frame may start anywhere).
+        let mut previous = (!rebuilt).then(|| idx.next_seq - 1);
         loop {
             let from = idx.next_seq;
             let page = self.inner.backend.scan(&idx.log, from, SCAN_PAGE).await?;
@@ -1257,11 +1279,17 @@ impl Store {
             if gap && !rebuilt {
                 idx.reset();
                 rebuilt = true;
+                previous = None;
                 continue;
             }
             let Some((last, _)) = page.last() else { break };
             let last = *last;
             for (seq, bytes) in &page {
+                if let Some(p) = previous.filter(|p| *seq > p + 1) {
+                    idx.apply_missing(p + 1, *seq);
+                }
+                previous = Some(*seq);
+                idx.note_folded(*seq);
                 match frame::decode_in(&idx.log, *seq, bytes, self.cipher()?) {
                     Ok(decoded) => idx.apply(*seq, &decoded, bytes.len() as u64),
                     // Contained: only the versions that need this frame become unreadable.
@@ -1270,7 +1298,7 @@ impl Store {
                             Error::Decrypt { key_id, .. } => Some(key_id.clone()),
                             _ => None,
                         };
-                        idx.apply_damaged(*seq, damage_reason(&e), key_id)
+                        idx.apply_damaged(*seq, damage_reason(&e), key_id, bytes.len() as u64)
                     }
                     Err(e) => return Err(e),
                 }
@@ -1279,6 +1307,11 @@ impl Store {
             if page.len() < SCAN_PAGE {
                 break;
             }
+        }
+        // Frames end below the log's next sequence number: a lost tail (a log keeps its last
+        // frame until gc removes all of it).
+        if let Some(p) = previous.filter(|p| tail > p + 1) {
+            idx.apply_missing(p + 1, tail);
         }
         idx.next_seq = idx.next_seq.max(tail);
         idx.synced = true;

@@ -27,6 +27,13 @@ pub struct VerifyReport {
     pub checkpoints_checked: u64,
     /// Blobs whose bytes fail their hash or seal, or that are listed but cannot be read.
     pub damaged_blobs: Vec<DamagedBlob>,
+    /// Damage the backend found in its own files and recorded (acknowledged saves a rollback
+    /// of sled's files lost, damaged write-ahead-log records), reported until the store is
+    /// replaced: see [`crate::backend::RecordedDamage`].
+    pub recorded_damage: Vec<crate::backend::RecordedDamage>,
+    /// What the storage engine's own consistency check found (see
+    /// [`crate::backend::Backend::check_storage`]).
+    pub storage_problems: Vec<String>,
 }
 
 /// One execution, as [`Store::verify`] found it.
@@ -77,11 +84,15 @@ impl ExecutionVerify {
 impl VerifyReport {
     /// Whether nothing is damaged.
     pub fn is_ok(&self) -> bool {
-        self.damaged_blobs.is_empty() && !self.executions.iter().any(|e| e.is_damaged())
+        self.damaged_blobs.is_empty()
+            && self.recorded_damage.is_empty()
+            && self.storage_problems.is_empty()
+            && !self.executions.iter().any(|e| e.is_damaged())
     }
 
-    /// Every damaged place, one line each, with its kind (`frame`, `log`, `checkpoint` or
-    /// `blob`): `("frame", "execution \"a\" seq 4: checksum mismatch")`.
+    /// Every damaged place, one line each, with its kind (`frame`, `log`, `checkpoint`, `blob`
+    /// `lost`: what the backend recorded as lost, or `storage`: what the storage engine's own
+    /// check found): `("frame", "execution \"a\" seq 4: checksum mismatch")`.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         for e in &self.executions {
@@ -101,6 +112,12 @@ impl VerifyReport {
         }
         for b in &self.damaged_blobs {
             out.push(("blob", format!("blob {}: {}", blob::hex(&b.hash), b.reason)));
+        }
+        for d in &self.recorded_damage {
+            out.push(("lost", d.detail.clone()));
+        }
+        for p in &self.storage_problems {
+            out.push(("storage", p.clone()));
         }
         out
     }
@@ -129,6 +146,8 @@ impl Store {
         let (checked, damaged) = self.verify_blobs().await?;
         report.blobs_checked = checked;
         report.damaged_blobs = damaged;
+        report.recorded_damage = self.backend().recorded_damage().await?;
+        report.storage_problems = self.backend().check_storage().await?;
         Ok(report)
     }
 

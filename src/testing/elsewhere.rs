@@ -126,6 +126,9 @@ impl Backend for Elsewhere {
     async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
         self.inner.recorded_damage().await
     }
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        self.inner.check_storage().await
+    }
     async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
         self.inner.log_problems(log).await
     }

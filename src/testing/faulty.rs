@@ -62,6 +62,7 @@ pub enum Call {
     Flush,
     WaitForAppend,
     RecordedDamage,
+    CheckStorage,
     LogProblems,
     StoredBytes,
     Compact,
@@ -71,7 +72,7 @@ impl Call {
     /// Every method that does I/O, each once. `name`, `puts_blobs_with_append`,
     /// `atomic_across_logs` and `single_process` are answered by the wrapped backend and never
     /// faulted.
-    pub const ALL: [Call; 22] = [
+    pub const ALL: [Call; 23] = [
         Call::NextSeq,
         Call::Append,
         Call::AppendWithBlobs,
@@ -91,6 +92,7 @@ impl Call {
         Call::Flush,
         Call::WaitForAppend,
         Call::RecordedDamage,
+        Call::CheckStorage,
         Call::LogProblems,
         Call::StoredBytes,
         Call::Compact,
@@ -134,6 +136,7 @@ impl Call {
             Call::WaitForAppend => "wait_for_append",
             Call::RecordedDamage => "recorded_damage",
             Call::LogProblems => "log_problems",
+            Call::CheckStorage => "check_storage",
             Call::StoredBytes => "stored_bytes",
             Call::Compact => "compact",
         }
@@ -693,6 +696,12 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::RecordedDamage, &then, r)
     }
 
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        let then = self.enter(Call::CheckStorage, false, false).await?;
+        let r = self.inner.check_storage().await;
+        self.leave(Call::CheckStorage, &then, r)
+    }
+
     async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
         let then = self.enter(Call::LogProblems, reserved(log), false).await?;
         let r = self.inner.log_problems(log).await;
@@ -886,6 +895,10 @@ mod tests {
             self.saw("recorded_damage");
             Ok(Vec::new())
         }
+        async fn check_storage(&self) -> Result<Vec<String>> {
+            self.saw("check_storage");
+            Ok(Vec::new())
+        }
         async fn log_problems(&self, _: &str) -> Result<Vec<String>> {
             self.saw("log_problems");
             Ok(Vec::new())
@@ -942,6 +955,7 @@ mod tests {
             }
             Call::RecordedDamage => backend.recorded_damage().await.map(drop),
             Call::LogProblems => backend.log_problems("log").await.map(drop),
+            Call::CheckStorage => backend.check_storage().await.map(drop),
             Call::StoredBytes => backend.stored_bytes().await.map(drop),
             Call::Compact => backend.compact().await.map(drop),
         }
