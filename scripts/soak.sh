@@ -29,9 +29,15 @@ fi
 
 mkdir -p target
 log="target/soak-$backend.log"
+# Run a copy of the test binary: the soak re-runs it as its writer, for a long time, and a
+# rebuild in the meantime must not pull it away.
+exe=$(cargo test --quiet --all-features --test soak --no-run --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -n "$exe" ] || { echo "cannot build tests/soak.rs" >&2; exit 1; }
+bin="target/soak-bin-$backend"
+cp "$exe" "$bin"
 set +e
-CKPT_SOAK_ROUNDS="$rounds" cargo test --quiet --all-features --test soak -- \
-  --exact "soak_$backend" --nocapture >"$log" 2>&1
+CKPT_SOAK_ROUNDS="$rounds" "$bin" --exact "soak_$backend" --nocapture >"$log" 2>&1
 status=$?
 set -e
 grep -E '^soak |panicked' "$log" || true
