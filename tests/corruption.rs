@@ -260,7 +260,9 @@ async fn check_frame_damage(store: &Store, fx: &Fixture, seq: u64, what: &str) {
         match (store.load(&cp.id).await, expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{what}: wrong data for {}", cp.id),
             (Ok(got), Err(())) => panic!("{what}: deleted {} loads: {got:?}", cp.id),
-            (Err(e), _) => assert!(
+            // A live checkpoint loads exactly or fails as damaged: never a silent hole.
+            (Err(e), Ok(_)) => assert!(e.is_corrupt(), "{what}: load {}: {e}", cp.id),
+            (Err(e), Err(())) => assert!(
                 e.is_corrupt() || e.is_not_found(),
                 "{what}: load {}: {e}",
                 cp.id
@@ -455,11 +457,8 @@ fn truncated_missing_and_misplaced_frames_are_corrupt() {
         for cp in &fx.a {
             match store.load(&cp.id).await {
                 Ok(got) => assert_eq!(got, *cp, "missing frame 2: wrong data for {}", cp.id),
-                Err(e) => assert!(
-                    e.is_corrupt() || (e.is_not_found() && cp.version == 2),
-                    "missing frame 2: load {}: {e}",
-                    cp.id
-                ),
+                // The hole is damage: its version fails as Corrupt, never as not found.
+                Err(e) => assert!(e.is_corrupt(), "missing frame 2: load {}: {e}", cp.id),
             }
         }
         assert!(

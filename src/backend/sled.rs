@@ -1343,7 +1343,12 @@ fn check_heads(db: &sled::Db, witness: &Witness, found: &mut Vec<RecordedDamage>
         .map(|(log, head)| (log.clone(), *head))
         .collect();
     for (log, head) in heads {
-        let next = next_seq_in(db, &log)?;
+        let next = match next_seq_in(db, &log) {
+            Ok(next) => next,
+            // A damaged mark or key: every read of that log reports it; the store still opens.
+            Err(e) if e.is_corrupt() => continue,
+            Err(e) => return Err(e),
+        };
         if next >= head {
             continue;
         }

@@ -48,9 +48,22 @@ pub struct VerifyArgs {
 /// Runs `ckpt verify`.
 pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
     let url = global.store_url();
-    let store = ckpt::Store::open(url)
+    let shown = ckpt::url::redact(url);
+    let store = ckpt::Store::builder(url)
+        .create_if_missing(false)
+        .open()
         .await
-        .map_err(|e| classified(format!("opening the store {}", ckpt::url::redact(url)), e))?;
+        .map_err(|e| {
+            let what = if e.is_not_found() {
+                format!(
+                    "no store at {shown}: create one with `ckpt demo` or `ckpt import`, or \
+                     check --store / CKPT_STORE"
+                )
+            } else {
+                format!("opening the store {shown}")
+            };
+            classified(what, e)
+        })?;
     let report = store
         .verify()
         .await

@@ -3639,6 +3639,9 @@ pub async fn damage_is_contained(h: &dyn Harness) {
     }
     let other = save_n(&store, "ok", 3).await;
     let tail = save_n(&store, "t", 3).await;
+    // "m": two saves and a delete of the first (seq 3, a frame as short as any delete).
+    let marked = save_n(&store, "m", 2).await;
+    must(store.delete(&marked[0].id).await, "delete m@1");
     // The premise: version 5 is a snapshot, 4 a delta (checked on the frames themselves).
     must(store.crypto().await.map(drop), "crypto");
     let cipher = must(store.cipher(), "cipher");
@@ -3665,6 +3668,7 @@ pub async fn damage_is_contained(h: &dyn Harness) {
 
     damage_frame(&store, "d", 3).await;
     damage_frame(&store, "t", 3).await;
+    damage_frame(&store, "m", 3).await;
     drop(store);
     let store = h.open().await;
 
@@ -3747,14 +3751,25 @@ pub async fn damage_is_contained(h: &dyn Harness) {
         format!("[{name}] ok"),
     );
 
-    // The newest frame damaged: it may have been a save, so no older one is the latest; and
-    // it may have been a delete or a clear, so nothing before it is served as live either.
+    // The newest frame damaged: it may have been a save, so no older one is the latest. It is
+    // longer than any delete or clear can be, so it was a save: what came before it loads.
     assert_corrupt(
         store.latest("t").await,
         &["\"t\"", "seq 3"],
         format!("[{name}] latest t"),
     );
     for cp in &tail[..2] {
+        let what = format!("[{name}] {} before a damaged save", cp.id);
+        assert_cp_eq(&must(store.load(&cp.id).await, &what), cp, &what);
+    }
+    // A damaged frame as short as a delete may have been one (it was: of m@1), or a clear: no
+    // version before it is served as live.
+    assert_corrupt(
+        store.latest("m").await,
+        &["\"m\"", "seq 3"],
+        format!("[{name}] latest m"),
+    );
+    for cp in &marked {
         assert_corrupt(
             store.load(&cp.id).await,
             &[&cp.id.to_string(), "seq 3"],
@@ -3780,7 +3795,8 @@ pub async fn damage_is_contained(h: &dyn Harness) {
     );
     assert!(!by_exec("ok").is_damaged(), "[{name}] verify of ok");
     assert_eq!(by_exec("ok").readable, [1, 2, 3], "[{name}] verify of ok");
-    assert!(by_exec("t").readable.is_empty(), "[{name}] verify of t");
+    assert_eq!(by_exec("t").readable, [1, 2], "[{name}] verify of t");
+    assert!(by_exec("m").readable.is_empty(), "[{name}] verify of m");
     assert!(report.damaged_blobs.is_empty(), "[{name}] damaged blobs");
 
     // Writing on: the damaged version's number is not handed out again, and what is saved
