@@ -179,9 +179,11 @@ impl Store {
                 out.damaged_frames.push((*seq, damage_reason(&e)));
             }
         }
-        // Damage only the projection sees (a delta from a version the log never had).
+        // Damage only the projection sees (a delta from a version the log never had). Frames
+        // the projection found missing are reported below, as the log's problems.
+        let present: std::collections::HashSet<u64> = frames.iter().map(|(s, _)| *s).collect();
         for (seq, reason) in &idx.damaged {
-            if !out.damaged_frames.iter().any(|(s, _)| s == seq) {
+            if present.contains(seq) && !out.damaged_frames.iter().any(|(s, _)| s == seq) {
                 out.damaged_frames.push((*seq, reason.clone()));
             }
         }
