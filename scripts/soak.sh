@@ -32,7 +32,7 @@ log="target/soak-$backend.log"
 # Run a copy of the test binary: the soak re-runs it as its writer, for a long time, and a
 # rebuild in the meantime must not pull it away.
 exe=$(cargo test --quiet --all-features --test soak --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  grep '"name":"soak"' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
 [ -n "$exe" ] || { echo "cannot build tests/soak.rs" >&2; exit 1; }
 bin="target/soak-bin-$backend"
 cp "$exe" "$bin"
