@@ -109,7 +109,7 @@ enum Outcome {
     NoEffect,
     OpenRefused,
     ReadFailed,
-    DamageRecorded,
+    MissingReported,
 }
 
 /// Opens the (damaged) store at `url` and reads every checkpoint of `truth`; `Err` says how the
@@ -150,7 +150,7 @@ async fn check(url: &str, truth: &Truth) -> Result<Outcome, String> {
                             "{exec}@{version} is silently missing (and verify passes)"
                         ));
                     }
-                    outcome = outcome.max(Outcome::DamageRecorded);
+                    outcome = outcome.max(Outcome::MissingReported);
                 }
                 Err(e) => outcome = outcome.max(classify_other(exec, *version, e)?),
             }
