@@ -408,6 +408,18 @@ impl Turns {
     }
 }
 
+/// What `log_problems` reports from a log's stored next sequence number and its last frame (a
+/// row of `(next_seq, MAX(seq))`): a stored number at or below the last frame was lowered.
+fn lowered_next_seq(row: Option<(i64, Option<i64>)>) -> Vec<String> {
+    match row {
+        Some((stored, Some(last))) if stored <= last => vec![format!(
+            "its stored next sequence number ({stored}) is at or below its last frame (seq \
+             {last}): it was lowered; versions continue above seq {last}"
+        )],
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1154,13 +1154,7 @@ impl Backend for PostgresBackend {
                     .fetch_optional(&self.pool)
             })
             .await?;
-        Ok(match row {
-            Some((stored, Some(last))) if stored <= last => vec![format!(
-                "its stored next sequence number ({stored}) is at or below its last frame \
-                 (seq {last}): it was lowered; versions continue above seq {last}"
-            )],
-            _ => Vec::new(),
-        })
+        Ok(super::lowered_next_seq(row))
     }
 
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {

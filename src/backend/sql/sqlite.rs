@@ -853,13 +853,7 @@ impl Backend for SqliteBackend {
                 .fetch_optional(&self.readers)
             })
             .await?;
-        Ok(match row {
-            Some((stored, Some(last))) if stored <= last => vec![format!(
-                "its stored next sequence number ({stored}) is at or below its last frame \
-                 (seq {last}): it was lowered; versions continue above seq {last}"
-            )],
-            _ => Vec::new(),
-        })
+        Ok(super::lowered_next_seq(row))
     }
 
     /// `PRAGMA integrity_check`: a damaged page can hide rows from every query (a scan of a
