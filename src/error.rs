@@ -74,6 +74,16 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// The backend cannot do what was asked (an optional capability it lacks, see
+    /// [`crate::backend::Capabilities`]); nothing was changed.
+    #[error("the {backend} backend does not support {operation}; use a backend that does (see the README's feature table)")]
+    NotSupported {
+        /// What was asked (`re-sealing in place (rekey)`).
+        operation: &'static str,
+        /// The backend's name.
+        backend: &'static str,
+    },
+
     /// State or metadata could not be encoded, or a stored state could not be decoded into the
     /// requested type.
     #[error("codec error: {context}")]

@@ -123,7 +123,7 @@ async fn check(url: &str, truth: &Truth) -> Result<Outcome, String> {
         }
         Err(e) => return Err(format!("open failed with an unexpected error: {e}")),
     };
-    let damage = store.backend().recorded_damage().await.unwrap_or_default();
+    let damage = store.recorded_damage().await.unwrap_or_default();
     let mut outcome = Outcome::NoEffect;
     for (exec, versions) in truth {
         for (version, state) in versions {

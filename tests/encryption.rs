@@ -10,6 +10,7 @@
 //! truncated ciphertext, plaintext injected into an encrypted store, key rotation, and the raw
 //! files of a sled store grepped for a secret.
 
+use ckpt::backend::BackendExt;
 use std::sync::Arc;
 
 use ckpt::backend::{Backend, BlobHash, LogAppend};
@@ -94,11 +95,7 @@ async fn raw_append(backend: &Arc<dyn Backend>, log: &str, frame: Vec<u8>) -> u6
     let seq = backend.next_seq(log).await.unwrap();
     let frame = reseal_checksum(log, seq, &frame);
     backend
-        .append(vec![LogAppend {
-            log: log.into(),
-            expected_seq: seq,
-            frames: vec![frame],
-        }])
+        .append(vec![LogAppend::new(log, seq, vec![frame])])
         .await
         .unwrap();
     seq

@@ -6,6 +6,7 @@
 //! The valid seeds are written by `write_seed_corpus` (ignored; run it to regenerate:
 //! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`).
 
+use ckpt::backend::BackendExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

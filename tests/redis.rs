@@ -8,6 +8,7 @@
 
 #![cfg(all(feature = "redis", feature = "testing"))]
 
+use ckpt::backend::BackendExt;
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
@@ -93,11 +94,11 @@ fn child_acks(child: Child) -> Vec<(u64, String, u64)> {
 }
 
 fn part(log: &str, expected_seq: u64, frames: &[&str]) -> LogAppend {
-    LogAppend {
-        log: log.to_owned(),
+    LogAppend::new(
+        log,
         expected_seq,
-        frames: frames.iter().map(|f| f.as_bytes().to_vec()).collect(),
-    }
+        frames.iter().map(|f| f.as_bytes().to_vec()).collect(),
+    )
 }
 
 /// Two raw appends at the same expected sequence number race through the Lua script: exactly
@@ -1000,7 +1001,7 @@ async fn an_append_cut_off_midway_lands_exactly_once() {
             // The pipelined path: a blob and the script in one round trip.
             let blob = ([i as u8; 32], format!("blob-{i}").into_bytes());
             backend
-                .append_with_blobs(vec![append], vec![blob.clone()])
+                .commit(vec![append], vec![blob.clone()])
                 .await
                 .expect("append with a blob across the cut");
             assert_eq!(backend.get_blob(&blob.0).await.expect("blob"), Some(blob.1));

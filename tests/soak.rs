@@ -72,7 +72,7 @@ async fn soak_child_writer() {
         // one process holds at a time (sled) a dead gc is ended at once; on a shared one
         // (SQLite, PostgreSQL, Redis) writers wait out its lease (10 minutes), which a soak
         // cannot afford.
-        if step % 61 == 0 && store.backend().single_process() {
+        if step % 61 == 0 && store.backend().capabilities().single_process {
             store.gc().await.expect("gc");
         }
     }
@@ -232,7 +232,7 @@ async fn check_store(store: &Store, full: bool) {
             panic!("{exec}: its latest checkpoint does not load: {e}");
         }
     }
-    let damage = store.backend().recorded_damage().await.unwrap();
+    let damage = store.recorded_damage().await.unwrap();
     assert!(damage.is_empty(), "damage recorded: {damage:?}");
     if full {
         let report = store.verify().await.expect("verify");

@@ -9,6 +9,7 @@
 
 #![cfg(all(feature = "sqlite", feature = "postgres", feature = "testing"))]
 
+use ckpt::backend::BackendExt;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ckpt::backend::sql::postgres::PostgresBackend;
 use ckpt::backend::sql::sqlite::SqliteBackend;
-use ckpt::backend::{Backend, ConnectOptions, LogAppend};
+use ckpt::backend::{Backend, ConnectOptions, LogAppend, Notify};
 use ckpt::testing::{Harness, PostgresHarness, SqliteHarness};
 use ckpt::url::StoreUrl;
 use ckpt::{Checkpoint, Store};
@@ -364,11 +365,7 @@ async fn fill(backend: &dyn Backend, log: &str) {
             .map(|i| (chunk * 10_000 + i + 1).to_be_bytes().to_vec())
             .collect();
         backend
-            .append(vec![LogAppend {
-                log: log.to_owned(),
-                expected_seq: chunk * 10_000 + 1,
-                frames,
-            }])
+            .append(vec![LogAppend::new(log, chunk * 10_000 + 1, frames)])
             .await
             .unwrap();
     }
@@ -454,13 +451,9 @@ async fn racing_appends_have_one_winner_per_log(backend: Arc<dyn Backend>) {
             let backend = backend.clone();
             tokio::spawn(async move {
                 let log = format!("race-{}", i / 2);
-                let append = LogAppend {
-                    log: log.clone(),
-                    expected_seq: 1,
-                    frames: vec![vec![i], vec![i, i]],
-                };
+                let append = LogAppend::new(log.clone(), 1, vec![vec![i], vec![i, i]]);
                 let blob = ([i; 32], vec![i; 10]);
-                (i, backend.append_with_blobs(vec![append], vec![blob]).await)
+                (i, backend.commit(vec![append], vec![blob]).await)
             })
         })
         .collect();
@@ -520,11 +513,10 @@ async fn postgres_wait_for_append_wakes_on_a_notification() {
         "returned before anything was appended"
     );
     writer
-        .append(vec![LogAppend {
-            log: "w".into(),
-            expected_seq: 1,
-            frames: vec![b"x".to_vec()],
-        }])
+        .commit(
+            vec![LogAppend::new("w", 1, vec![b"x".to_vec()])],
+            Vec::new(),
+        )
         .await
         .unwrap();
     waiting.await.unwrap().unwrap();

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Backend, BlobHash, CompactReport, LogAppend};
+use super::{Backend, Blob, BlobHash, Capabilities, CompactReport, LogAppend, Maintain, Rewrite};
 use crate::error::{Error, Result};
 
 /// Bytes counted by [`MemoryBackend`]'s `stored_bytes` for a frame's key (its sequence number).
@@ -107,8 +107,19 @@ impl Backend for MemoryBackend {
         Ok(self.state().logs.get(log).map_or(1, |log| log.next_seq))
     }
 
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        caps.rewrite = Some(self);
+        caps.maintain = Some(self);
+        caps
+    }
+
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
         let mut state = self.state();
+        // Blobs first (as if in an earlier call): a conflicting append may leave them stored.
+        for (hash, bytes) in blobs {
+            state.blobs.entry(hash).or_insert(bytes);
+        }
         let starts = check_appends(&state.logs, &appends)?;
         for (append, start) in appends.into_iter().zip(starts) {
             if append.frames.is_empty() {
@@ -164,12 +175,18 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        Ok(self.state().blobs.get(hash).cloned())
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.state();
+        Ok(hashes.iter().map(|h| state.blobs.get(h).cloned()).collect())
     }
 
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        Ok(self.state().blobs.contains_key(hash))
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
+        let state = self.state();
+        Ok(hashes
+            .iter()
+            .filter(|h| !state.blobs.contains_key(*h))
+            .copied()
+            .collect())
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
@@ -184,6 +201,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Rewrite for MemoryBackend {
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
         if let Some(log) = self.state().logs.get_mut(log) {
             for (seq, bytes) in frames {
@@ -204,11 +228,10 @@ impl Backend for MemoryBackend {
         }
         Ok(())
     }
+}
 
-    async fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-
+#[async_trait]
+impl Maintain for MemoryBackend {
     /// The bytes of every frame and blob, plus their keys: per log its name and an 8-byte next
     /// sequence number, per frame an 8-byte sequence number, per blob its 32-byte hash.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
@@ -229,7 +252,7 @@ impl Backend for MemoryBackend {
     /// Deleted frames and blobs are dropped from memory at once, and nothing is ever in a file.
     async fn compact(&self) -> Result<CompactReport> {
         let bytes = self.stored_bytes().await?;
-        let mut report = CompactReport::new(self.name());
+        let mut report = CompactReport::new("memory");
         report.step("nothing to rewrite: memory keeps no files and frees deleted data at once");
         report.bytes_before = bytes;
         report.bytes_after = bytes;
@@ -240,17 +263,14 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendExt;
 
     fn frames(items: &[&str]) -> Vec<Vec<u8>> {
         items.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
     fn part(log: &str, expected_seq: u64, items: &[&str]) -> LogAppend {
-        LogAppend {
-            log: log.to_owned(),
-            expected_seq,
-            frames: frames(items),
-        }
+        LogAppend::new(log, expected_seq, frames(items))
     }
 
     #[tokio::test]

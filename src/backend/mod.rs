@@ -2,17 +2,20 @@
 //!
 //! A backend stores two kinds of things: named append-only **logs** of opaque event frames, and
 //! content-addressed **blobs**. It knows nothing of checkpoints, ids, versions or projections: those
-//! are computed above it, in [`crate::store`], in one place, so backends cannot drift apart.
+//! are computed above it, in [`crate::store`], in one place, so backends cannot drift apart. Nor
+//! does it retry conflicts or order contending writers: that policy lives in the store too.
 //!
 //! # Contract
 //!
 //! An implementation of [`Backend`]:
 //! - **must** number the frames of a log with consecutive sequence numbers starting at 1, and report
 //!   the next one with [`Backend::next_seq`] (1 for a log never appended to);
-//! - **must** make [`Backend::append`] compare-and-append: for every [`LogAppend`] in the call, the
-//!   log's next sequence number must equal `expected_seq`, otherwise nothing at all is written and
-//!   the call returns [`crate::Error::Conflict`]. When every check passes, all frames of all logs in the call
-//!   become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
+//! - **must** make [`Backend::commit`] compare-and-append: for every [`LogAppend`] in the call, the
+//!   log's next sequence number must equal `expected_seq`, otherwise no frame at all is written and
+//!   the call returns [`crate::Error::Conflict`]. When every check passes, all frames of all logs in
+//!   the call become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
+//!   a backend that cannot do this across logs says so in [`Capabilities::atomic_across_logs`] and
+//!   refuses such calls;
 //! - **must** make an append durable before returning (unless the user relaxed durability, e.g.
 //!   `sled://...?sync=false`), and make every blob put before an append at least as durable as it;
 //! - **must** never reuse a sequence number: [`Backend::truncate`] removes frames but keeps the
@@ -20,9 +23,23 @@
 //! - **must** return frames and blobs byte for byte as given; verification (checksums, hashes) is
 //!   done above the backend, which only reports what it holds;
 //! - **must** treat [`Backend::put_blobs`] as idempotent: putting a hash that exists is a no-op;
+//! - **must** honour [`LogAppend::expiry`] if it expires logs at all: the store's own logs are
+//!   marked [`Expiry::Never`];
 //! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`);
-//! - **must**, in [`Backend::compact`], leave none of the deleted frames and blobs readable in its
-//!   files as far as its server lets it, and report what it could not do (see [`CompactReport`]).
+//! - **must**, if it offers [`Maintain`], leave none of the deleted frames and blobs readable in
+//!   its files after [`Maintain::compact`] as far as its server lets it, and report what it could
+//!   not do (see [`CompactReport`]).
+//!
+//! # Adding a backend
+//!
+//! 1. A folder or file under `src/backend/` behind a cargo feature, holding a type that implements
+//!    every method of [`Backend`] (twelve primitives, a name and [`Backend::capabilities`]), plus
+//!    whichever of [`Rewrite`], [`Notify`], [`Maintain`] and [`Inspect`] it can do, announced in
+//!    its capabilities. Transient-error retries inside one call use [`retry`].
+//! 2. A URL scheme in [`crate::url`] that opens it.
+//! 3. A [`crate::testing::Harness`] for it and one line in a test file:
+//!    `ckpt::conformance_tests!(mine, MyHarness::new());` — the backend is done when the whole
+//!    suite passes (and, for a new storage engine, the crash and corruption tests run on it).
 
 use std::fmt;
 use std::time::Duration;
@@ -115,7 +132,18 @@ pub struct RecordedDamage {
     pub detail: String,
 }
 
-/// One log's part of an atomic [`Backend::append`].
+/// How long a log's frames live on a backend with per-log expiry (Redis `ttl=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// The backend's configured expiry applies (an execution's log).
+    #[default]
+    Configured,
+    /// Never expires: the store's own logs (the gc log, an encrypted store's descriptor), which
+    /// must outlive every execution.
+    Never,
+}
+
+/// One log's part of an atomic [`Backend::commit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogAppend {
     /// The log (one per execution).
@@ -125,35 +153,126 @@ pub struct LogAppend {
     pub expected_seq: u64,
     /// The frames, in order; the i-th gets `expected_seq + i`.
     pub frames: Vec<Vec<u8>>,
+    /// How long the log lives after this append, on backends with expiry (others ignore it).
+    pub expiry: Expiry,
 }
 
-/// The primitives a storage engine provides. See the [module documentation](self) for the contract.
+impl LogAppend {
+    /// Frames for `log`, the first at `expected_seq`, under the backend's configured expiry.
+    pub fn new(log: impl Into<String>, expected_seq: u64, frames: Vec<Vec<u8>>) -> Self {
+        LogAppend {
+            log: log.into(),
+            expected_seq,
+            frames,
+            expiry: Expiry::Configured,
+        }
+    }
+
+    /// The same append, never expiring (see [`Expiry::Never`]).
+    pub fn never_expiring(mut self) -> Self {
+        self.expiry = Expiry::Never;
+        self
+    }
+}
+
+/// A blob and its content address, as [`Backend::put_blobs`] and [`Backend::commit`] take them.
+pub type Blob = (BlobHash, Vec<u8>);
+
+/// What a backend can do beyond the required primitives, said once, in one value
+/// ([`Backend::capabilities`]). Build it from [`Capabilities::new`] and set what applies:
+///
+/// ```
+/// # use ckpt::backend::Capabilities;
+/// let mut caps = Capabilities::new();
+/// caps.single_process = true;
+/// assert!(caps.atomic_across_logs && caps.rewrite.is_none());
+/// ```
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct Capabilities<'a> {
+    /// Whether [`Backend::commit`] is atomic across different logs, as the contract asks. A
+    /// backend that can only make one log's append atomic (Redis Cluster: logs live in different
+    /// hash slots) says false and refuses multi-log commits; the store then cannot fence saves
+    /// against a gc running in another process (see `store::reclaim`). Default true.
+    pub atomic_across_logs: bool,
+    /// Whether [`Backend::commit`] sends its blobs in the same round trip as the append and skips
+    /// blobs already stored on its own (`SET NX`, `ON CONFLICT DO NOTHING`). The store then sends
+    /// a save's few new blobs without first asking which are missing, saving a round trip per
+    /// save. Default false.
+    pub blobs_with_append: bool,
+    /// Whether no other process can reach this storage while this backend is open (sled locks
+    /// its directory). The store then knows that a gc another process began and never ended is
+    /// dead, and ends it at once instead of waiting out its lease. Default false; a wrapper that
+    /// stands for another process (a test double) must say false.
+    pub single_process: bool,
+    /// Re-sealing stored bytes in place, for [`crate::Store::rekey`]; `None` refuses rekey.
+    pub rewrite: Option<&'a dyn Rewrite>,
+    /// Waking a watcher when another process appends ([`crate::Store::watch`]); `None` makes
+    /// watchers poll.
+    pub notify: Option<&'a dyn Notify>,
+    /// Size on the medium and compaction; `None` reports no size and a compaction caveat.
+    pub maintain: Option<&'a dyn Maintain>,
+    /// The engine's own consistency checks and recorded damage, for [`crate::Store::verify`];
+    /// `None` finds nothing.
+    pub inspect: Option<&'a dyn Inspect>,
+}
+
+impl Capabilities<'_> {
+    /// The required primitives only: atomic across logs, nothing optional.
+    pub fn new() -> Self {
+        Capabilities {
+            atomic_across_logs: true,
+            blobs_with_append: false,
+            single_process: false,
+            rewrite: None,
+            notify: None,
+            maintain: None,
+            inspect: None,
+        }
+    }
+}
+
+impl Default for Capabilities<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Capabilities<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capabilities")
+            .field("atomic_across_logs", &self.atomic_across_logs)
+            .field("blobs_with_append", &self.blobs_with_append)
+            .field("single_process", &self.single_process)
+            .field("rewrite", &self.rewrite.is_some())
+            .field("notify", &self.notify.is_some())
+            .field("maintain", &self.maintain.is_some())
+            .field("inspect", &self.inspect.is_some())
+            .finish()
+    }
+}
+
+/// The primitives a storage engine provides. See the [module documentation](self) for the
+/// contract. Every method is required; what a backend can do beyond them it says in
+/// [`Backend::capabilities`]. Conveniences ([`BackendExt`]) and every derived operation live
+/// above the trait.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages (`memory`, `sled`, ...).
     fn name(&self) -> &'static str;
 
+    /// What this backend can do beyond the required primitives (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities<'_>;
+
     /// The sequence number the next frame appended to `log` will get (1 for an unknown log).
     async fn next_seq(&self, log: &str) -> Result<u64>;
 
-    /// Atomically appends frames to one or more logs, each fenced by its expected sequence number.
-    /// Returns [`crate::Error::Conflict`] (writing nothing) when any log has moved on.
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()>;
-
-    /// Stores `blobs` and appends `appends` as [`Backend::append`] does: on a conflict the
-    /// frames are not written (the blobs may be). Backends that can do both in one atomic write
-    /// (and one flush); the default puts the blobs first, so a failed append leaves at most
+    /// Stores `blobs`, then atomically appends frames to one or more logs, each fenced by its
+    /// expected sequence number. Returns [`crate::Error::Conflict`] (writing no frame; the blobs
+    /// may be stored) when any log has moved on. Backends that can write both in one atomic
+    /// write (and one flush) do; others put the blobs first, so a failed append leaves at most
     /// unreferenced blobs, which gc reclaims.
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
-        if !blobs.is_empty() {
-            self.put_blobs(blobs).await?;
-        }
-        self.append(appends).await
-    }
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()>;
 
     /// Up to `limit` frames of `log` with sequence numbers `>= from`, in ascending order.
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
@@ -170,38 +289,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn truncate(&self, log: &str, before: u64) -> Result<()>;
 
     /// Stores blobs under their hashes; a hash already present is left as it is.
-    async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()>;
-
-    /// The blob stored under `hash`, if any.
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>>;
+    async fn put_blobs(&self, blobs: Vec<Blob>) -> Result<()>;
 
     /// The blobs stored under `hashes`, in the same order (`None` where nothing is stored).
     /// Backends on a network **should** fetch them in one round trip (a state's many leaves are
-    /// read at once on a cold load); the default asks for each in turn.
-    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut out = Vec::with_capacity(hashes.len());
-        for hash in hashes {
-            out.push(self.get_blob(hash).await?);
-        }
-        Ok(out)
-    }
-
-    /// Whether a blob is stored under `hash`.
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        Ok(self.get_blob(hash).await?.is_some())
-    }
+    /// read at once on a cold load).
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>>;
 
     /// Those of `hashes` that are not stored (in any order), so writers can skip sending content
     /// the backend already has.
-    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
-        let mut missing = Vec::new();
-        for h in hashes {
-            if !self.has_blob(h).await? {
-                missing.push(*h);
-            }
-        }
-        Ok(missing)
-    }
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>>;
 
     /// The hashes of every stored blob.
     async fn list_blobs(&self) -> Result<Vec<BlobHash>>;
@@ -209,93 +306,67 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes blobs; unknown hashes are ignored.
     async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()>;
 
-    /// Replaces the bytes of existing frames of `log` (sequence numbers that hold no frame are
-    /// skipped), durably and atomically per call. Only [`crate::Store::rekey`] uses it, to
-    /// re-seal frames under a new key: content and place stay the same. The default refuses.
-    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let _ = (log, frames);
-        Err(crate::Error::InvalidInput(format!(
-            "re-sealing frames in place (rekey) is not supported by the {} backend",
-            self.name()
-        )))
-    }
-
-    /// Replaces the stored bytes of existing blobs (unknown hashes are skipped), durably. Only
-    /// [`crate::Store::rekey`] uses it. The default refuses.
-    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let _ = blobs;
-        Err(crate::Error::InvalidInput(format!(
-            "re-sealing blobs in place (rekey) is not supported by the {} backend",
-            self.name()
-        )))
-    }
-
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<()>;
+}
 
-    /// Whether [`Backend::append_with_blobs`] sends its blobs in the same round trip as the
-    /// append and skips blobs already stored on its own (`SET NX`, `ON CONFLICT DO NOTHING`).
-    /// The store then sends a save's few new blobs without first asking which are missing,
-    /// saving a round trip per save. Default false.
-    fn puts_blobs_with_append(&self) -> bool {
-        false
+/// Conveniences over the [`Backend`] primitives, for every backend (bring it into scope:
+/// `use ckpt::backend::BackendExt`).
+#[async_trait]
+pub trait BackendExt: Backend {
+    /// [`Backend::commit`] with no blobs.
+    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
+        self.commit(appends, Vec::new()).await
     }
 
-    /// Whether no other process can reach this storage while this backend is open (sled: it
-    /// locks its directory). The store then knows that a gc another process began and never
-    /// ended is dead, and ends it at once instead of waiting out its lease. Default false;
-    /// a wrapper that stands for another process (a test double) must return false.
-    fn single_process(&self) -> bool {
-        false
+    /// The blob stored under `hash`, if any.
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get_blobs(std::slice::from_ref(hash))
+            .await?
+            .into_iter()
+            .next()
+            .flatten())
     }
 
-    /// Whether [`Backend::append`] is atomic across different logs, as the contract asks. A
-    /// backend that can only make one log's append atomic (Redis Cluster: logs live in different
-    /// hash slots) returns false and refuses multi-log appends; the store then cannot fence saves
-    /// against a gc running in another process (see `store::reclaim`).
-    fn atomic_across_logs(&self) -> bool {
-        true
+    /// Whether a blob is stored under `hash`.
+    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
+        Ok(self
+            .missing_blobs(std::slice::from_ref(hash))
+            .await?
+            .is_empty())
     }
+}
 
+impl<B: Backend + ?Sized> BackendExt for B {}
+
+/// Re-sealing stored bytes in place: the capability [`crate::Store::rekey`] needs
+/// ([`Capabilities::rewrite`]).
+#[async_trait]
+pub trait Rewrite: Send + Sync {
+    /// Replaces the bytes of existing frames of `log` (sequence numbers that hold no frame are
+    /// skipped), durably and atomically per call. Content and place stay the same: only the
+    /// sealing changes.
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()>;
+
+    /// Replaces the stored bytes of existing blobs (unknown hashes are skipped), durably.
+    async fn rewrite_blobs(&self, blobs: Vec<Blob>) -> Result<()>;
+}
+
+/// Waking watchers when another process appends ([`Capabilities::notify`]): PostgreSQL
+/// `LISTEN`, Redis `XREAD BLOCK`.
+#[async_trait]
+pub trait Notify: Send + Sync {
     /// Waits until `log` may have a frame numbered `next_seq` or later, or until `timeout` has
-    /// passed, whichever is first; used by [`crate::Store::watch`]. Returning early is always
-    /// allowed (the caller rechecks the log), so the default just sleeps for `timeout`: the watcher
-    /// then polls. Backends with notifications (PostgreSQL LISTEN, Redis XREAD BLOCK) wake at once
-    /// when another process or machine appends.
-    async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
-        let _ = (log, next_seq);
-        tokio::time::sleep(timeout).await;
-        Ok(())
-    }
+    /// passed, whichever is first. Returning early is always allowed: the caller rechecks.
+    async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()>;
+}
 
-    /// Damage this backend found in its own files and recorded (see [`RecordedDamage`]), oldest
-    /// first. Empty for backends whose engine never rolls acknowledged writes back silently;
-    /// one that can (sled) **must** detect such a rollback when it opens and record it here.
-    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
-        Ok(Vec::new())
-    }
-
-    /// What the storage engine's own consistency check finds wrong, one sentence each (SQLite:
-    /// `PRAGMA integrity_check`, which finds a damaged b-tree that hides rows from every query
-    /// without an error). Used by [`crate::Store::verify`]; may read the whole store. The
-    /// default finds nothing.
-    async fn check_storage(&self) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// What the backend finds wrong in how it keeps `log` that its frames cannot show, one
-    /// sentence each (e.g. a stored next sequence number below the last frame, which the
-    /// backend must then ignore: [`Backend::next_seq`] never answers below the last frame + 1).
-    /// Used by [`crate::Store::verify`]. The default finds nothing.
-    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
-        let _ = log;
-        Ok(Vec::new())
-    }
-
+/// Size and compaction of the backend's files ([`Capabilities::maintain`]).
+#[async_trait]
+pub trait Maintain: Send + Sync {
     /// Bytes the backend occupies on its medium, when it can tell.
-    async fn stored_bytes(&self) -> Result<Option<u64>> {
-        Ok(None)
-    }
+    async fn stored_bytes(&self) -> Result<Option<u64>>;
 
     /// Rewrites the backend's storage so that frames and blobs deleted before the call
     /// (truncated logs, deleted blobs: what [`crate::Store::gc`] removed) can no longer be read
@@ -308,15 +379,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// only when it could not even start, or a step it must wait for did not finish. It **may**
     /// take long and block writers while it runs (a table rewrite). A backend whose compaction
     /// needs the store closed returns [`crate::Error::InvalidInput`] saying how to run it.
-    ///
-    /// The default does nothing and says so in a caveat: a backend keeping files must override it.
-    async fn compact(&self) -> Result<CompactReport> {
-        let mut report = CompactReport::new(self.name());
-        report.caveat(format!(
-            "the {} backend cannot compact: deleted data may remain in its storage until it \
-             reuses the space",
-            self.name()
-        ));
-        Ok(report)
-    }
+    async fn compact(&self) -> Result<CompactReport>;
+}
+
+/// The storage engine's own view of damage ([`Capabilities::inspect`]), for
+/// [`crate::Store::verify`] and every open.
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// Damage this backend found in its own files and recorded (see [`RecordedDamage`]), oldest
+    /// first. A backend whose engine can roll acknowledged writes back silently (sled) **must**
+    /// detect such a rollback when it opens and record it here.
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>>;
+
+    /// What the storage engine's own consistency check finds wrong, one sentence each (SQLite:
+    /// `PRAGMA integrity_check`, which finds a damaged b-tree that hides rows from every query
+    /// without an error). May read the whole store.
+    async fn check_storage(&self) -> Result<Vec<String>>;
+
+    /// What the backend finds wrong in how it keeps `log` that its frames cannot show, one
+    /// sentence each (e.g. a stored next sequence number below the last frame, which the
+    /// backend must then ignore: [`Backend::next_seq`] never answers below the last frame + 1).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>>;
 }

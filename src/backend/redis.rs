@@ -98,7 +98,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -109,7 +109,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Script, Value};
 
-use super::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
+use super::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Expiry, LogAppend,
+    Maintain, Notify, Rewrite,
+};
 use crate::error::{Error, Result};
 use crate::url::{redact, RawUrl};
 
@@ -207,46 +210,6 @@ end
 return 0
 ";
 
-/// Longest `next_seq` waits for this process's appends in flight to the same log.
-const SETTLE_MAX: Duration = Duration::from_secs(1);
-
-/// One log's appends in flight in this process (see `RedisBackend::in_flight`).
-#[derive(Debug, Default)]
-struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
-    done: tokio::sync::Notify,
-}
-
-impl InFlight {
-    fn start(&self) -> InFlightGuard<'_> {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlightGuard(self)
-    }
-
-    /// Returns once no append is in flight.
-    async fn idle(&self) {
-        loop {
-            let notified = self.done.notified();
-            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Ends one append in flight when dropped.
-struct InFlightGuard<'a>(&'a InFlight);
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.done.notify_waiters();
-    }
-}
-
 /// Replaces entries of one stream in place (rekey). KEYS: the stream. ARGV: pairs of sequence
 /// number and new frame. A stream entry cannot be changed, and ids cannot go back, so the stream
 /// is rebuilt with the same ids (and expiry), the given frames replacing theirs; sequence numbers
@@ -324,12 +287,6 @@ pub struct RedisBackend {
     /// How to reach one Cluster node directly (compaction visits each): the driver URL before
     /// and after `host:port`. Holds the password: never shown.
     node_url: (String, String),
-    /// Per log, this process's appends in flight; `next_seq` waits (briefly) until there are
-    /// none, so a writer of this process does not read a tail that an append here is about to
-    /// move and build a save that is certain to conflict. A counter and a notification, not a
-    /// lock: an append never waits on anything, so an idle reader (an unpolled watch) cannot
-    /// hold a writer up. Entries are removed when unused.
-    in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -365,7 +322,6 @@ impl RedisBackend {
             rewrite_script: Script::new(REWRITE_LUA),
             waiters: Mutex::new(Vec::new()),
             node_url: parsed.node_url.clone(),
-            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -670,54 +626,14 @@ impl RedisBackend {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// The expiry an append arms: none when it writes to one of the store's own logs (the gc
-    /// log, an encrypted store's descriptor), which must outlive any execution.
+    /// The expiry an append arms: none when it writes to a log the store says never expires
+    /// (its own logs: the gc log, an encrypted store's descriptor).
     fn ttl_for(&self, appends: &[LogAppend]) -> u64 {
-        let own_log = |a: &LogAppend| !a.frames.is_empty() && a.log.starts_with('\u{1}');
-        if appends.iter().any(own_log) {
+        let never = |a: &LogAppend| !a.frames.is_empty() && a.expiry == Expiry::Never;
+        if appends.iter().any(never) {
             0
         } else {
             self.ttl_ms()
-        }
-    }
-
-    /// Counts the appends of this process to each log of `appends` while `op` runs.
-    async fn appending<T>(&self, appends: &[LogAppend], op: impl Future<Output = T>) -> T {
-        let logs: BTreeSet<&str> = appends.iter().map(|a| a.log.as_str()).collect();
-        let marks: Vec<Arc<InFlight>> = {
-            let mut map = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            logs.iter()
-                .map(|log| map.entry((*log).to_owned()).or_default().clone())
-                .collect()
-        };
-        // Decrements (and wakes waiters) even if `op` is cancelled.
-        let done = marks
-            .iter()
-            .map(|m| m.start())
-            .collect::<Vec<InFlightGuard<'_>>>();
-        let out = op.await;
-        drop(done);
-        drop(marks);
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, m| Arc::strong_count(m) > 1);
-        out
-    }
-
-    /// Waits until no append of this process to `log` is in flight, or [`SETTLE_MAX`] passed.
-    async fn settled(&self, log: &str) {
-        let mark = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(log)
-            .cloned();
-        if let Some(mark) = mark {
-            let _ = tokio::time::timeout(SETTLE_MAX, mark.idle()).await;
         }
     }
 
@@ -1585,7 +1501,6 @@ impl Backend for RedisBackend {
     }
 
     async fn next_seq(&self, log: &str) -> Result<u64> {
-        self.settled(log).await;
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.next_key(log));
         let next: Option<u64> = self
@@ -1595,31 +1510,6 @@ impl Backend for RedisBackend {
             )
             .await?;
         Ok(next.unwrap_or(1))
-    }
-
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        if appends.is_empty() {
-            return Ok(());
-        }
-        self.check_one_slot(&appends)?;
-        self.appending(&appends, self.append_retrying(&appends, false))
-            .await
-    }
-
-    /// On one server, the blobs and the append go in one pipeline: one round trip and one
-    /// fsync per save, blobs still ahead of the frames that reference them. On a Cluster the
-    /// blobs live on other nodes, so they are put (and acknowledged) first, then the append.
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
-        if blobs.is_empty() {
-            return self.append(appends).await;
-        }
-        self.check_one_slot(&appends)?;
-        self.appending(&appends, self.append_blobs_first(&appends, blobs))
-            .await
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -1683,16 +1573,6 @@ impl Backend for RedisBackend {
         self.set_blobs(&blobs, "NX", "storing").await
     }
 
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.blob_key(hash));
-        self.retrying(
-            || format!("reading blob {}", hex(hash)),
-            || self.query(&cmd),
-        )
-        .await
-    }
-
     /// One pipeline of `GET`s (on a Cluster, split by node by the driver).
     async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
         if hashes.is_empty() {
@@ -1709,16 +1589,6 @@ impl Backend for RedisBackend {
         self.retrying(
             || format!("reading {} blobs", hashes.len()),
             || self.query_many(&cmds),
-        )
-        .await
-    }
-
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(self.blob_key(hash));
-        self.retrying(
-            || format!("looking up blob {}", hex(hash)),
-            || self.query(&cmd),
         )
         .await
     }
@@ -1778,15 +1648,41 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    /// On one server, blobs go in the append's pipeline with `SET NX`.
-    fn puts_blobs_with_append(&self) -> bool {
-        matches!(self.conn, Conn::Single { .. })
+    /// Nothing to do: an acknowledged write is as durable as the server's `appendfsync` makes it.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
     }
 
-    fn atomic_across_logs(&self) -> bool {
-        !(matches!(self.conn, Conn::Cluster { .. }) && self.settings.shard == Shard::Execution)
+    /// On one server, the blobs and the append go in one pipeline: one round trip and one
+    /// fsync per save, blobs still ahead of the frames that reference them. On a Cluster the
+    /// blobs live on other nodes, so they are put (and acknowledged) first, then the append.
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
+        if blobs.is_empty() {
+            if appends.is_empty() {
+                return Ok(());
+            }
+            self.check_one_slot(&appends)?;
+            return self.append_retrying(&appends, false).await;
+        }
+        self.check_one_slot(&appends)?;
+        self.append_blobs_first(&appends, blobs).await
     }
 
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        // On one server, blobs go in the append's pipeline with `SET NX`.
+        caps.blobs_with_append = matches!(self.conn, Conn::Single { .. });
+        caps.atomic_across_logs =
+            !(matches!(self.conn, Conn::Cluster { .. }) && self.settings.shard == Shard::Execution);
+        caps.rewrite = Some(self);
+        caps.notify = Some(self);
+        caps.maintain = Some(self);
+        caps
+    }
+}
+
+#[async_trait]
+impl Rewrite for RedisBackend {
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
         if frames.is_empty() {
             return Ok(());
@@ -1804,12 +1700,10 @@ impl Backend for RedisBackend {
     async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
         self.set_blobs(&blobs, "XX", "rewriting").await
     }
+}
 
-    /// Nothing to do: an acknowledged write is as durable as the server's `appendfsync` makes it.
-    async fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-
+#[async_trait]
+impl Notify for RedisBackend {
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         match self.block_for(log, next_seq, timeout).await {
@@ -1826,7 +1720,10 @@ impl Backend for RedisBackend {
             )),
         }
     }
+}
 
+#[async_trait]
+impl Maintain for RedisBackend {
     /// The sum of `MEMORY USAGE` over every key of this store (its logs and blobs).
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let mut blob_pattern = self.blob_key_prefix();
@@ -1898,10 +1795,6 @@ impl Backend for RedisBackend {
         report.bytes_after = self.stored_bytes().await?;
         Ok(report)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The Redis server's `used_memory` (bytes) from `INFO memory`, summed over every primary of a

@@ -39,7 +39,10 @@ use std::collections::{HashMap, HashSet};
 
 use super::heads::Heads;
 use super::wal::{self, Wal, WalRecord, WalWrite};
-use super::{Backend, BlobHash, CompactReport, LogAppend, RecordedDamage};
+use super::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, Inspect, LogAppend, Maintain,
+    RecordedDamage, Rewrite,
+};
 use crate::error::{Error, Result};
 
 /// The backend's name in errors.
@@ -518,21 +521,18 @@ impl Backend for SledBackend {
         self.read_next_seq(log)
     }
 
-    /// sled lets one process open a directory.
-    fn single_process(&self) -> bool {
-        true
-    }
-
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        self.append_with_blobs(appends, Vec::new()).await
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        // sled lets one process open a directory.
+        caps.single_process = true;
+        caps.rewrite = Some(self);
+        caps.maintain = Some(self);
+        caps.inspect = Some(self);
+        caps
     }
 
     /// One atomic batch for blobs and frames, and one (shared) flush.
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
         self.check_writable("appending")?;
         let ticket = {
             let _guard = self.append_lock();
@@ -727,18 +727,30 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        let value = self
-            .db
-            .get(blob_key(hash))
-            .map_err(|e| backend_error(format!("reading blob {}", hex(hash)), e))?;
-        Ok(value.map(|v| v.to_vec()))
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let value = self
+                .db
+                .get(blob_key(hash))
+                .map_err(|e| backend_error(format!("reading blob {}", hex(hash)), e))?;
+            out.push(value.map(|v| v.to_vec()));
+        }
+        Ok(out)
     }
 
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        self.db
-            .contains_key(blob_key(hash))
-            .map_err(|e| backend_error(format!("looking up blob {}", hex(hash)), e))
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
+        let mut missing = Vec::new();
+        for hash in hashes {
+            let present = self
+                .db
+                .contains_key(blob_key(hash))
+                .map_err(|e| backend_error(format!("looking up blob {}", hex(hash)), e))?;
+            if !present {
+                missing.push(*hash);
+            }
+        }
+        Ok(missing)
     }
 
     async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
@@ -772,6 +784,13 @@ impl Backend for SledBackend {
             .map_err(|e| backend_error(format!("deleting {} blobs", hashes.len()), e))
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.flush_everything("flushing to disk").await
+    }
+}
+
+#[async_trait]
+impl Rewrite for SledBackend {
     async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
         self.check_writable("rewriting frames")?;
         // The WAL must not replay the old bytes over the new ones after a crash.
@@ -807,11 +826,10 @@ impl Backend for SledBackend {
         }
         self.flush_everything("flushing rewritten blobs").await
     }
+}
 
-    async fn flush(&self) -> Result<()> {
-        self.flush_everything("flushing to disk").await
-    }
-
+#[async_trait]
+impl Inspect for SledBackend {
     async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([DAMAGE]) {
@@ -827,6 +845,19 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        // sled has no consistency check of its own; rollbacks are caught on open and recorded.
+        Ok(Vec::new())
+    }
+
+    async fn log_problems(&self, _log: &str) -> Result<Vec<String>> {
+        // The stored next sequence number is raised past the last frame on every read.
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl Maintain for SledBackend {
     /// The total size of the files in the database directory.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let size = dir_size(&self.path).map_err(|e| {
@@ -1391,17 +1422,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::backend::BackendExt;
 
     fn frames(items: &[&str]) -> Vec<Vec<u8>> {
         items.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
     fn part(log: &str, expected_seq: u64, items: &[&str]) -> LogAppend {
-        LogAppend {
-            log: log.to_owned(),
-            expected_seq,
-            frames: frames(items),
-        }
+        LogAppend::new(log, expected_seq, frames(items))
     }
 
     fn open(sync: bool) -> (tempfile::TempDir, SledBackend) {
@@ -1425,7 +1453,7 @@ mod tests {
     async fn the_wal_alone_restores_every_synced_append() {
         let (dir, b) = open(true);
         b.append(vec![part("a", 1, &["1"])]).await.unwrap();
-        b.append_with_blobs(
+        b.commit(
             vec![part("a", 2, &["2"])],
             vec![([7; 32], b"blob".to_vec())],
         )
@@ -1454,7 +1482,7 @@ mod tests {
     #[tokio::test]
     async fn the_wal_never_replays_what_a_truncate_or_blob_delete_removed() {
         let (dir, b) = open(true);
-        b.append_with_blobs(
+        b.commit(
             vec![part("a", 1, &["1", "2"])],
             vec![([7; 32], b"blob".to_vec())],
         )
@@ -1691,11 +1719,11 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let log = format!("log-{t}");
                 for i in 0..100u64 {
-                    b.append(vec![LogAppend {
-                        log: log.clone(),
-                        expected_seq: i + 1,
-                        frames: vec![format!("{t}:{i}").into_bytes()],
-                    }])
+                    b.append(vec![LogAppend::new(
+                        log.clone(),
+                        i + 1,
+                        vec![format!("{t}:{i}").into_bytes()],
+                    )])
                     .await?;
                 }
                 Ok::<_, Error>(())

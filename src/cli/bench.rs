@@ -227,7 +227,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
             )
         }
         _ => {
-            let bytes = store.backend().stored_bytes().await?;
+            let bytes = store.stored_bytes().await?;
             drop(store);
             bytes
         }

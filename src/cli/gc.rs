@@ -39,14 +39,12 @@ struct Report {
 pub async fn run(args: GcArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
     let before = store
-        .backend()
         .stored_bytes()
         .await
         .context("measuring the store before gc")?;
     let gc = store.gc().await.context("collecting garbage")?;
     store.flush().await.context("flushing the store")?;
     let after = store
-        .backend()
         .stored_bytes()
         .await
         .context("measuring the store after gc")?;

@@ -1,5 +1,6 @@
 //! `ckpt stats`: logical bytes offered vs bytes stored, per execution and in total.
 
+use ckpt::backend::BackendExt;
 use clap::Args;
 use serde::Serialize;
 
@@ -92,10 +93,7 @@ pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
             blob_bytes += bytes.len() as u64;
         }
     }
-    let stored_bytes = backend
-        .stored_bytes()
-        .await
-        .context("measuring the store")?;
+    let stored_bytes = store.stored_bytes().await.context("measuring the store")?;
     let logical_bytes: u64 = execs.iter().map(|e| e.logical_bytes).sum();
     let log_bytes: u64 = execs.iter().map(|e| e.log_bytes).sum();
     let kept = log_bytes + blob_bytes;

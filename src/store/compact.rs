@@ -3,7 +3,7 @@
 //! gc removes frames and blobs from the store, but most storage engines keep deleted bytes in
 //! their files until the space is reused (sled's segments, PostgreSQL's dead tuples and WAL,
 //! Redis's append-only file). [`Store::compact`] asks the backend to rewrite its storage (see
-//! [`crate::backend::Backend::compact`] for the contract), so that clearing an execution and
+//! [`crate::backend::Maintain::compact`] for the contract), so that clearing an execution and
 //! collecting it leaves nothing of its state a reader of the raw files could recover.
 
 use super::Store;
@@ -26,7 +26,18 @@ impl Store {
     pub async fn compact(&self) -> Result<CompactReport> {
         let backend = &self.inner.backend;
         backend.flush().await?;
-        backend.compact().await
+        match backend.capabilities().maintain {
+            Some(maintain) => maintain.compact().await,
+            None => {
+                let mut report = CompactReport::new(backend.name());
+                report.caveat(format!(
+                    "the {} backend cannot compact: deleted data may remain in its storage until \
+                     it reuses the space",
+                    backend.name()
+                ));
+                Ok(report)
+            }
+        }
     }
 }
 

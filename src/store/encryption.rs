@@ -113,6 +113,10 @@ impl Store {
         started: std::time::Instant,
     ) -> Result<RekeyReport> {
         let backend = &*self.inner.backend;
+        let rewrite = backend.capabilities().rewrite.ok_or(Error::NotSupported {
+            operation: "re-sealing in place (rekey)",
+            backend: backend.name(),
+        })?;
         let mut transcoder = Transcoder::new(Some(cipher), Some(cipher));
         let source = BlobSource::Backend(backend);
         let mut report = RekeyReport::default();
@@ -137,7 +141,7 @@ impl Store {
                     backend.put_blobs(moved).await?;
                 }
                 if !resealed.is_empty() {
-                    backend.rewrite_blobs(resealed).await?;
+                    rewrite.rewrite_blobs(resealed).await?;
                 }
                 let mut rewritten = Vec::new();
                 for (seq, bytes) in &page {
@@ -147,7 +151,7 @@ impl Store {
                 }
                 report.frames += rewritten.len() as u64;
                 if !rewritten.is_empty() {
-                    backend.rewrite_frames(&log, rewritten).await?;
+                    rewrite.rewrite_frames(&log, rewritten).await?;
                 }
                 from = last + 1;
             }
@@ -193,13 +197,10 @@ impl Store {
             store_id: d.store_id,
             key_check: cipher.seal_frame(STORE_LOG, 0, KEY_CHECK)?,
         };
-        let seq = self.inner.backend.next_seq(STORE_LOG).await?;
-        let append = LogAppend {
-            log: STORE_LOG.to_owned(),
-            expected_seq: seq,
-            frames: vec![frame::encode_store(STORE_LOG, seq, &d)?],
-        };
-        self.inner.backend.append(vec![append]).await
+        let seq = self.tail(STORE_LOG).await?;
+        let frames = vec![frame::encode_store(STORE_LOG, seq, &d)?];
+        let append = LogAppend::new(STORE_LOG, seq, frames).never_expiring();
+        self.append(vec![append]).await
     }
 
     /// How this store seals, found on first use.
@@ -306,12 +307,9 @@ impl Store {
             store_id,
             key_check: check,
         };
-        let append = LogAppend {
-            log: STORE_LOG.to_owned(),
-            expected_seq: 1,
-            frames: vec![frame::encode_store(STORE_LOG, 1, &d)?],
-        };
-        match self.inner.backend.append(vec![append]).await {
+        let frames = vec![frame::encode_store(STORE_LOG, 1, &d)?];
+        let append = LogAppend::new(STORE_LOG, 1, frames).never_expiring();
+        match self.append(vec![append]).await {
             Ok(()) | Err(Error::Conflict { .. }) => Ok(true),
             Err(e) => Err(e),
         }

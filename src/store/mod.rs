@@ -12,6 +12,7 @@
 
 mod builder;
 mod compact;
+mod contention;
 mod encryption;
 mod index;
 pub(crate) mod reclaim;
@@ -21,6 +22,7 @@ mod transfer;
 mod verify;
 mod watch;
 
+use crate::backend::BackendExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,7 +68,7 @@ const MAX_FENCE_RETRIES: u32 = 1000;
 const MAX_CACHED_EXECUTIONS: usize = 1024;
 /// A save lifting at most this many blobs, of at most [`BLIND_PUT_BYTES`] in all, sends them
 /// without asking which the backend has, where the backend puts them in the append's own round
-/// trip ([`Backend::puts_blobs_with_append`]); a snapshot's many blobs are still asked about.
+/// trip ([`crate::backend::Capabilities::blobs_with_append`]); a snapshot's many blobs are still asked about.
 const BLIND_PUT_BLOBS: usize = 8;
 /// See [`BLIND_PUT_BLOBS`].
 const BLIND_PUT_BYTES: usize = 64 << 10;
@@ -256,6 +258,8 @@ struct Inner {
     /// so gc never sweeps a blob whose event is still on its way. Shared by every store of this
     /// process on the same backend.
     gc_lock: Arc<RwLock<()>>,
+    /// How this process's writers share logs (see `contention`); shared like `gc_lock`.
+    contention: Arc<contention::Contention>,
     /// The gc log's next sequence number as last read while no gc ran; 0 when unknown (see
     /// `reclaim`).
     gc_next: AtomicU64,
@@ -385,6 +389,7 @@ impl Store {
         Store {
             inner: Arc::new(Inner {
                 gc_lock: shared_gc_lock(&backend),
+                contention: contention::Contention::of(&backend),
                 gc_next: AtomicU64::new(0),
                 keys,
                 crypto: tokio::sync::OnceCell::new(),
@@ -395,6 +400,22 @@ impl Store {
                 known_tails: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
             }),
+        }
+    }
+
+    /// Damage the backend recorded in its own files (none when it cannot record any).
+    pub async fn recorded_damage(&self) -> Result<Vec<crate::backend::RecordedDamage>> {
+        match self.inner.backend.capabilities().inspect {
+            Some(inspect) => inspect.recorded_damage().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Bytes the backend occupies on its medium, when it can tell.
+    pub async fn stored_bytes(&self) -> Result<Option<u64>> {
+        match self.inner.backend.capabilities().maintain {
+            Some(maintain) => maintain.stored_bytes().await,
+            None => Ok(None),
         }
     }
 
@@ -505,7 +526,7 @@ impl Store {
     /// recorded it as lost (a rollback of its files), else [`Error::NotFound`].
     async fn lost_or_not_found(&self, execution_id: &str, version: u64) -> Error {
         let not_found = Error::not_found(format!("checkpoint {execution_id}@{version}"));
-        let Ok(recorded) = self.inner.backend.recorded_damage().await else {
+        let Ok(recorded) = self.recorded_damage().await else {
             return not_found;
         };
         recorded
@@ -1003,7 +1024,7 @@ impl Store {
                 .collect();
             self.count_blobs(&blobs);
             appends.extend(fence);
-            match self.inner.backend.append_with_blobs(appends, blobs).await {
+            match self.commit(appends, blobs).await {
                 Ok(()) => {
                     if let Some(position) = unfenced {
                         self.repair_after_gc(position, &needed, cipher).await?;
@@ -1142,11 +1163,7 @@ impl Store {
             seq += 1;
         }
         Ok(Prepared {
-            append: LogAppend {
-                log: log.to_string(),
-                expected_seq: idx.next_seq,
-                frames,
-            },
+            append: LogAppend::new(log.to_string(), idx.next_seq, frames),
             newest_state: base.map(|(s, _)| s),
             saves,
         })
@@ -1167,7 +1184,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let bytes: usize = lifted.iter().map(|(_, c)| c.len()).sum();
-        if self.inner.backend.puts_blobs_with_append()
+        if self.inner.backend.capabilities().blobs_with_append
             && lifted.len() <= BLIND_PUT_BLOBS
             && bytes <= BLIND_PUT_BYTES
         {
@@ -1203,13 +1220,7 @@ impl Store {
 
     async fn append_one(&self, log: &str, seq: u64, frame: Vec<u8>) -> Result<()> {
         let len = frame.len() as u64;
-        self.inner
-            .backend
-            .append(vec![LogAppend {
-                log: log.to_owned(),
-                expected_seq: seq,
-                frames: vec![frame],
-            }])
+        self.append(vec![LogAppend::new(log, seq, vec![frame])])
             .await?;
         self.count_frames(1, len);
         Ok(())
@@ -1260,7 +1271,7 @@ impl Store {
     /// removed by gc before this projection saw them) rebuilds it from the log.
     async fn refresh(&self, idx: &mut ExecIndex) -> Result<()> {
         self.crypto().await?;
-        let tail = self.inner.backend.next_seq(&idx.log).await?;
+        let tail = self.tail(&idx.log).await?;
         if tail == idx.next_seq {
             idx.synced = true;
             return Ok(());

@@ -57,8 +57,7 @@ impl Store {
     /// The fence a save appends with: an empty append to the gc log at its current next
     /// sequence number, read while no gc runs. `None` when the backend cannot fence.
     pub(super) async fn gc_fence(&self) -> Result<Option<LogAppend>> {
-        let backend = &self.inner.backend;
-        if !backend.atomic_across_logs() {
+        if !self.inner.backend.capabilities().atomic_across_logs {
             return Ok(None);
         }
         let cached = self.inner.gc_next.load(Ordering::Acquire);
@@ -67,17 +66,14 @@ impl Store {
         } else {
             self.wait_for_no_gc().await?
         };
-        Ok(Some(LogAppend {
-            log: GC_LOG.to_owned(),
-            expected_seq: next,
-            frames: Vec::new(),
-        }))
+        // Only a check: it writes nothing, so the save's expiry stays the execution's.
+        Ok(Some(LogAppend::new(GC_LOG, next, Vec::new())))
     }
 
     /// For a backend that cannot fence: the gc log's position, read while no gc runs, before a
     /// save checks or writes blobs (`None` where saves are fenced instead).
     pub(super) async fn gc_position_unfenced(&self) -> Result<Option<u64>> {
-        if self.inner.backend.atomic_across_logs() {
+        if self.inner.backend.capabilities().atomic_across_logs {
             return Ok(None);
         }
         self.wait_for_no_gc().await.map(Some)
@@ -93,7 +89,7 @@ impl Store {
     ) -> Result<()> {
         let backend = &self.inner.backend;
         for _ in 0..super::MAX_CONFLICT_RETRIES {
-            if backend.next_seq(GC_LOG).await? == position {
+            if self.tail(GC_LOG).await? == position {
                 return Ok(());
             }
             position = self.wait_for_no_gc().await?;
@@ -128,7 +124,7 @@ impl Store {
         if cached != 0 {
             return Ok(cached);
         }
-        let next = self.inner.backend.next_seq(GC_LOG).await?;
+        let next = self.tail(GC_LOG).await?;
         if !no_gc_running(next) {
             return Ok(0);
         }
@@ -166,7 +162,7 @@ impl Store {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            let next = self.inner.backend.next_seq(GC_LOG).await?;
+            let next = self.tail(GC_LOG).await?;
             if no_gc_running(next) {
                 self.inner.gc_next.store(next, Ordering::Release);
                 return Ok(next);
@@ -218,7 +214,7 @@ impl Store {
     /// [`Error::Busy`] when another gc holds its lease.
     pub(super) async fn begin_gc(&self, lease: Duration) -> Result<u64> {
         for attempt in 0..super::MAX_CONFLICT_RETRIES {
-            let next = self.inner.backend.next_seq(GC_LOG).await?;
+            let next = self.tail(GC_LOG).await?;
             if !no_gc_running(next) {
                 let mark = self.running_gc(next).await?;
                 if !self.is_dead(&mark) {
@@ -270,14 +266,10 @@ impl Store {
 
     async fn append_gc_mark(&self, seq: u64, mark: GcMark) -> Result<()> {
         let frame = frame::encode_gc(GC_LOG, seq, mark)?;
-        self.inner
-            .backend
-            .append(vec![LogAppend {
-                log: GC_LOG.to_owned(),
-                expected_seq: seq,
-                frames: vec![frame],
-            }])
-            .await
+        self.append(vec![
+            LogAppend::new(GC_LOG, seq, vec![frame]).never_expiring()
+        ])
+        .await
     }
 }
 
@@ -306,7 +298,8 @@ impl Store {
     /// that process has exited (a gc killed part way must not stall every save for its lease).
     fn is_dead(&self, mark: &GcMark) -> bool {
         lease_ended(mark)
-            || (self.inner.backend.single_process() && mark.owner != Some(process_id()))
+            || (self.inner.backend.capabilities().single_process
+                && mark.owner != Some(process_id()))
     }
 }
 

@@ -11,6 +11,7 @@
 //! opens it and writes it as if it had been saved there (see `transcode`). State never leaves
 //! encryption this way: an encrypted bundle is refused by a plaintext store.
 
+use crate::backend::BackendExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -91,7 +92,7 @@ impl Store {
         let mut refs = HashSet::new();
         for exec in executions {
             validate_execution_id(exec)?;
-            let next_seq = backend.next_seq(exec).await?;
+            let next_seq = self.tail(exec).await?;
             if next_seq == 1 {
                 return Err(Error::not_found(format!("execution {exec}")));
             }
@@ -145,7 +146,7 @@ impl Store {
         let mut logs = self.execution_logs().await?;
         logs.sort();
         for log in &logs {
-            if target.backend().next_seq(log).await? > 1 {
+            if target.tail(log).await? > 1 {
                 return Err(Error::InvalidInput(format!(
                     "execution {log:?} already exists in the target store; salvage into an \
                      empty store (nothing was written)"
@@ -232,7 +233,7 @@ impl Store {
             }
             out.copied.push(version);
         }
-        let next_seq = self.backend().next_seq(log).await?;
+        let next_seq = self.tail(log).await?;
         target.fill_log(log, next_seq).await?;
         Ok(out)
     }
@@ -242,19 +243,13 @@ impl Store {
     /// would read as lost frames) and the versions left behind are never handed out again.
     async fn fill_log(&self, log: &str, upto: u64) -> Result<()> {
         let cipher = self.crypto().await?.cipher();
-        let mut next = self.backend().next_seq(log).await?;
+        let mut next = self.tail(log).await?;
         while next < upto {
             let end = upto.min(next + IMPORT_PAGE as u64);
             let frames = (next..end)
                 .map(|seq| frame::encode_delete_in(log, seq, seq, cipher))
                 .collect::<Result<Vec<_>>>()?;
-            self.backend()
-                .append(vec![LogAppend {
-                    log: log.to_owned(),
-                    expected_seq: next,
-                    frames,
-                }])
-                .await?;
+            self.append(vec![LogAppend::new(log, next, frames)]).await?;
             next = end;
         }
         Ok(())
@@ -328,7 +323,7 @@ impl Store {
         for exec in executions {
             validate_execution_id(exec)?;
             let backend = self.backend();
-            let next_seq = backend.next_seq(exec).await?;
+            let next_seq = self.tail(exec).await?;
             if next_seq == 1 {
                 return Err(Error::not_found(format!(
                     "execution {} in the source",
@@ -363,7 +358,7 @@ impl Store {
     /// of a log starting at `first_seq` would overwrite or run into.
     async fn import_conflict(&self, name: &str, first_seq: u64) -> Result<Option<u64>> {
         let backend = self.backend();
-        let here = backend.next_seq(name).await?;
+        let here = self.tail(name).await?;
         let has_frames = !backend.scan(name, 1, 1).await?.is_empty();
         Ok((has_frames || here > first_seq).then_some(here))
     }
@@ -426,13 +421,10 @@ impl Store {
             let mut attempt = 0;
             while let Some(frames) = page {
                 let n = frames.len() as u64;
-                let mut appends = vec![LogAppend {
-                    log: log.name.clone(),
-                    expected_seq: expected,
-                    frames: frames.iter().map(|(_, f)| f.clone()).collect(),
-                }];
+                let frames = frames.iter().map(|(_, f)| f.clone()).collect();
+                let mut appends = vec![LogAppend::new(log.name.clone(), expected, frames)];
                 appends.extend(fence.clone());
-                match backend.append(appends).await {
+                match self.append(appends).await {
                     Ok(()) => {
                         expected += n;
                         report.frames += n;

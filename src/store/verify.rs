@@ -146,8 +146,11 @@ impl Store {
         let (checked, damaged) = self.verify_blobs().await?;
         report.blobs_checked = checked;
         report.damaged_blobs = damaged;
-        report.recorded_damage = self.backend().recorded_damage().await?;
-        report.storage_problems = self.backend().check_storage().await?;
+        report.recorded_damage = self.recorded_damage().await?;
+        report.storage_problems = match self.backend().capabilities().inspect {
+            Some(inspect) => inspect.check_storage().await?,
+            None => Vec::new(),
+        };
         Ok(report)
     }
 
@@ -157,7 +160,7 @@ impl Store {
             execution_id: log.to_owned(),
             ..ExecutionVerify::default()
         };
-        let next_seq = self.backend().next_seq(log).await?;
+        let next_seq = self.tail(log).await?;
         let mut frames = Vec::new();
         let mut from = 0;
         loop {
@@ -189,8 +192,9 @@ impl Store {
         }
         out.damaged_frames.sort_by_key(|(s, _)| *s);
         out.log_problems = missing_frames(&frames, next_seq);
-        out.log_problems
-            .extend(self.backend().log_problems(log).await?);
+        if let Some(inspect) = self.backend().capabilities().inspect {
+            out.log_problems.extend(inspect.log_problems(log).await?);
+        }
         self.replay_live(&idx, &frames, &mut out).await?;
         Ok(out)
     }

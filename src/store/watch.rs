@@ -127,11 +127,15 @@ impl State {
         let execution = self.execution.clone();
         let poll = self.poll;
         let deadline = async move {
-            if backend
-                .wait_for_append(&execution, next, poll)
-                .await
-                .is_err()
-            {
+            let waited = match backend.capabilities().notify {
+                Some(notify) => notify.wait_for_append(&execution, next, poll).await,
+                // No notifications: poll.
+                None => {
+                    tokio::time::sleep(poll).await;
+                    Ok(())
+                }
+            };
+            if waited.is_err() {
                 // A failing backend must not turn the watch into a busy loop.
                 tokio::time::sleep(poll).await;
             }

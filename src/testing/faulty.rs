@@ -13,8 +13,8 @@
 //! - [`Fault::Tear`]: what a crash in the middle of a write may leave. An append is all or nothing
 //!   on every backend (the contract says so, and a backend that cannot append to several logs
 //!   atomically refuses such appends), so no prefix of an append's frames ever lands; what can
-//!   land is the blobs of an [`Backend::append_with_blobs`] without its frames (the default
-//!   implementation puts them first), and a prefix of the blobs of a `put_blobs` or
+//!   land is the blobs of a [`Backend::commit`] without its frames (backends that cannot write
+//!   both at once put the blobs first), and a prefix of the blobs of a `put_blobs` or
 //!   `delete_blobs`. Any other call torn fails as [`Fault::FailBefore`].
 //! - [`Fault::Delay`]: the call waits, then goes on normally (reorders concurrent tasks).
 //!
@@ -36,74 +36,70 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use super::Harness;
-use crate::backend::{Backend, BlobHash, CompactReport, LogAppend, RecordedDamage};
+use crate::backend::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, Inspect, LogAppend, Maintain, Notify,
+    RecordedDamage, Rewrite,
+};
 use crate::{Error, Result, Store};
 
-/// One method of [`Backend`], to name the calls faults apply to.
+/// One method of [`Backend`] or of its capability traits ([`Rewrite`], [`Notify`], [`Maintain`],
+/// [`Inspect`]), to name the calls faults apply to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // each variant is the method of the same name
 pub enum Call {
     NextSeq,
-    Append,
-    AppendWithBlobs,
+    Commit,
     Scan,
     ListLogs,
     RaiseNextSeq,
     Truncate,
     PutBlobs,
-    GetBlob,
     GetBlobs,
-    HasBlob,
     MissingBlobs,
     ListBlobs,
     DeleteBlobs,
+    Flush,
     RewriteFrames,
     RewriteBlobs,
-    Flush,
     WaitForAppend,
+    StoredBytes,
+    Compact,
     RecordedDamage,
     CheckStorage,
     LogProblems,
-    StoredBytes,
-    Compact,
 }
 
 impl Call {
-    /// Every method that does I/O, each once. `name`, `puts_blobs_with_append`,
-    /// `atomic_across_logs` and `single_process` are answered by the wrapped backend and never
-    /// faulted.
-    pub const ALL: [Call; 23] = [
+    /// Every method that does I/O, each once. `name` and `capabilities` are answered by the
+    /// wrapped backend and never faulted.
+    pub const ALL: [Call; 20] = [
         Call::NextSeq,
-        Call::Append,
-        Call::AppendWithBlobs,
+        Call::Commit,
         Call::Scan,
         Call::ListLogs,
         Call::RaiseNextSeq,
         Call::Truncate,
         Call::PutBlobs,
-        Call::GetBlob,
         Call::GetBlobs,
-        Call::HasBlob,
         Call::MissingBlobs,
         Call::ListBlobs,
         Call::DeleteBlobs,
+        Call::Flush,
         Call::RewriteFrames,
         Call::RewriteBlobs,
-        Call::Flush,
         Call::WaitForAppend,
+        Call::StoredBytes,
+        Call::Compact,
         Call::RecordedDamage,
         Call::CheckStorage,
         Call::LogProblems,
-        Call::StoredBytes,
-        Call::Compact,
     ];
 
     /// Whether the method writes.
     pub fn writes(self) -> bool {
         matches!(
             self,
-            Call::Append
-                | Call::AppendWithBlobs
+            Call::Commit
                 | Call::RaiseNextSeq
                 | Call::Truncate
                 | Call::PutBlobs
@@ -113,32 +109,29 @@ impl Call {
         )
     }
 
-    /// The method's name in [`Backend`].
+    /// The method's name in [`Backend`] or its capability trait.
     pub fn method(self) -> &'static str {
         match self {
             Call::NextSeq => "next_seq",
-            Call::Append => "append",
-            Call::AppendWithBlobs => "append_with_blobs",
+            Call::Commit => "commit",
             Call::Scan => "scan",
             Call::ListLogs => "list_logs",
             Call::RaiseNextSeq => "raise_next_seq",
             Call::Truncate => "truncate",
             Call::PutBlobs => "put_blobs",
-            Call::GetBlob => "get_blob",
             Call::GetBlobs => "get_blobs",
-            Call::HasBlob => "has_blob",
             Call::MissingBlobs => "missing_blobs",
             Call::ListBlobs => "list_blobs",
             Call::DeleteBlobs => "delete_blobs",
+            Call::Flush => "flush",
             Call::RewriteFrames => "rewrite_frames",
             Call::RewriteBlobs => "rewrite_blobs",
-            Call::Flush => "flush",
             Call::WaitForAppend => "wait_for_append",
-            Call::RecordedDamage => "recorded_damage",
-            Call::LogProblems => "log_problems",
-            Call::CheckStorage => "check_storage",
             Call::StoredBytes => "stored_bytes",
             Call::Compact => "compact",
+            Call::RecordedDamage => "recorded_damage",
+            Call::CheckStorage => "check_storage",
+            Call::LogProblems => "log_problems",
         }
     }
 }
@@ -524,10 +517,28 @@ fn all_reserved(appends: &[LogAppend]) -> bool {
     !appends.is_empty() && appends.iter().all(|a| reserved(&a.log))
 }
 
+/// The capability a [`Faulty`] advertises only when its wrapped backend has it: reaching here
+/// without it is a bug of the wrapper, reported as the backend lacking it.
+fn lacking(backend: &'static str, operation: &'static str) -> Error {
+    Error::NotSupported { operation, backend }
+}
+
 #[async_trait]
 impl<B: Backend + ?Sized> Backend for Faulty<B> {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    /// The wrapped backend's flags; each optional capability it has is offered by the wrapper
+    /// itself, so those calls are faulted too.
+    fn capabilities(&self) -> Capabilities<'_> {
+        let inner = self.inner.capabilities();
+        let mut caps = inner;
+        caps.rewrite = inner.rewrite.map(|_| self as &dyn Rewrite);
+        caps.notify = inner.notify.map(|_| self as &dyn Notify);
+        caps.maintain = inner.maintain.map(|_| self as &dyn Maintain);
+        caps.inspect = inner.inspect.map(|_| self as &dyn Inspect);
+        caps
     }
 
     async fn next_seq(&self, log: &str) -> Result<u64> {
@@ -536,38 +547,22 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::NextSeq, &then, r)
     }
 
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
         let only_reserved = all_reserved(&appends);
-        let then = self.enter(Call::Append, only_reserved, false).await?;
-        let r = self.inner.append(appends).await;
-        if r.is_ok() && !only_reserved {
-            self.control.note_landed();
-        }
-        self.leave(Call::Append, &then, r)
-    }
-
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
-        let only_reserved = all_reserved(&appends);
-        let then = self
-            .enter(Call::AppendWithBlobs, only_reserved, true)
-            .await?;
+        let then = self.enter(Call::Commit, only_reserved, true).await?;
         if let Then::Tear = then {
-            // The blobs land, the frames do not: what the default implementation leaves when it
-            // dies between its two steps.
+            // The blobs land, the frames do not: what a backend that puts the blobs first
+            // leaves when it dies between its two steps.
             if !blobs.is_empty() {
                 self.inner.put_blobs(blobs).await?;
             }
-            return Err(self.torn(Call::AppendWithBlobs));
+            return Err(self.torn(Call::Commit));
         }
-        let r = self.inner.append_with_blobs(appends, blobs).await;
+        let r = self.inner.commit(appends, blobs).await;
         if r.is_ok() && !only_reserved {
             self.control.note_landed();
         }
-        self.leave(Call::AppendWithBlobs, &then, r)
+        self.leave(Call::Commit, &then, r)
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -594,7 +589,7 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::Truncate, &then, r)
     }
 
-    async fn put_blobs(&self, mut blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+    async fn put_blobs(&self, mut blobs: Vec<Blob>) -> Result<()> {
         let then = self.enter(Call::PutBlobs, false, true).await?;
         if let Then::Tear = then {
             blobs.truncate(blobs.len() / 2);
@@ -607,22 +602,10 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::PutBlobs, &then, r)
     }
 
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        let then = self.enter(Call::GetBlob, false, false).await?;
-        let r = self.inner.get_blob(hash).await;
-        self.leave(Call::GetBlob, &then, r)
-    }
-
     async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
         let then = self.enter(Call::GetBlobs, false, false).await?;
         let r = self.inner.get_blobs(hashes).await;
         self.leave(Call::GetBlobs, &then, r)
-    }
-
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        let then = self.enter(Call::HasBlob, false, false).await?;
-        let r = self.inner.has_blob(hash).await;
-        self.leave(Call::HasBlob, &then, r)
     }
 
     async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
@@ -650,74 +633,98 @@ impl<B: Backend + ?Sized> Backend for Faulty<B> {
         self.leave(Call::DeleteBlobs, &then, r)
     }
 
-    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let then = self
-            .enter(Call::RewriteFrames, reserved(log), false)
-            .await?;
-        let r = self.inner.rewrite_frames(log, frames).await;
-        self.leave(Call::RewriteFrames, &then, r)
-    }
-
-    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let then = self.enter(Call::RewriteBlobs, false, false).await?;
-        let r = self.inner.rewrite_blobs(blobs).await;
-        self.leave(Call::RewriteBlobs, &then, r)
-    }
-
     async fn flush(&self) -> Result<()> {
         let then = self.enter(Call::Flush, false, false).await?;
         let r = self.inner.flush().await;
         self.leave(Call::Flush, &then, r)
     }
+}
 
-    fn puts_blobs_with_append(&self) -> bool {
-        self.inner.puts_blobs_with_append()
+#[async_trait]
+impl<B: Backend + ?Sized> Rewrite for Faulty<B> {
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let then = self
+            .enter(Call::RewriteFrames, reserved(log), false)
+            .await?;
+        let r = match self.inner.capabilities().rewrite {
+            Some(inner) => inner.rewrite_frames(log, frames).await,
+            None => Err(lacking(self.inner.name(), "rewrite_frames")),
+        };
+        self.leave(Call::RewriteFrames, &then, r)
     }
 
-    fn atomic_across_logs(&self) -> bool {
-        self.inner.atomic_across_logs()
+    async fn rewrite_blobs(&self, blobs: Vec<Blob>) -> Result<()> {
+        let then = self.enter(Call::RewriteBlobs, false, false).await?;
+        let r = match self.inner.capabilities().rewrite {
+            Some(inner) => inner.rewrite_blobs(blobs).await,
+            None => Err(lacking(self.inner.name(), "rewrite_blobs")),
+        };
+        self.leave(Call::RewriteBlobs, &then, r)
     }
+}
 
-    fn single_process(&self) -> bool {
-        self.inner.single_process()
-    }
-
+#[async_trait]
+impl<B: Backend + ?Sized> Notify for Faulty<B> {
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
         let then = self
             .enter(Call::WaitForAppend, reserved(log), false)
             .await?;
-        let r = self.inner.wait_for_append(log, next_seq, timeout).await;
+        let r = match self.inner.capabilities().notify {
+            Some(inner) => inner.wait_for_append(log, next_seq, timeout).await,
+            None => Err(lacking(self.inner.name(), "wait_for_append")),
+        };
         self.leave(Call::WaitForAppend, &then, r)
     }
+}
 
-    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
-        let then = self.enter(Call::RecordedDamage, false, false).await?;
-        let r = self.inner.recorded_damage().await;
-        self.leave(Call::RecordedDamage, &then, r)
-    }
-
-    async fn check_storage(&self) -> Result<Vec<String>> {
-        let then = self.enter(Call::CheckStorage, false, false).await?;
-        let r = self.inner.check_storage().await;
-        self.leave(Call::CheckStorage, &then, r)
-    }
-
-    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
-        let then = self.enter(Call::LogProblems, reserved(log), false).await?;
-        let r = self.inner.log_problems(log).await;
-        self.leave(Call::LogProblems, &then, r)
-    }
-
+#[async_trait]
+impl<B: Backend + ?Sized> Maintain for Faulty<B> {
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::StoredBytes, false, false).await?;
-        let r = self.inner.stored_bytes().await;
+        let r = match self.inner.capabilities().maintain {
+            Some(inner) => inner.stored_bytes().await,
+            None => Err(lacking(self.inner.name(), "stored_bytes")),
+        };
         self.leave(Call::StoredBytes, &then, r)
     }
 
     async fn compact(&self) -> Result<CompactReport> {
         let then = self.enter(Call::Compact, false, false).await?;
-        let r = self.inner.compact().await;
+        let r = match self.inner.capabilities().maintain {
+            Some(inner) => inner.compact().await,
+            None => Err(lacking(self.inner.name(), "compact")),
+        };
         self.leave(Call::Compact, &then, r)
+    }
+}
+
+#[async_trait]
+impl<B: Backend + ?Sized> Inspect for Faulty<B> {
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        let then = self.enter(Call::RecordedDamage, false, false).await?;
+        let r = match self.inner.capabilities().inspect {
+            Some(inner) => inner.recorded_damage().await,
+            None => Err(lacking(self.inner.name(), "recorded_damage")),
+        };
+        self.leave(Call::RecordedDamage, &then, r)
+    }
+
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        let then = self.enter(Call::CheckStorage, false, false).await?;
+        let r = match self.inner.capabilities().inspect {
+            Some(inner) => inner.check_storage().await,
+            None => Err(lacking(self.inner.name(), "check_storage")),
+        };
+        self.leave(Call::CheckStorage, &then, r)
+    }
+
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let then = self.enter(Call::LogProblems, reserved(log), false).await?;
+        let r = match self.inner.capabilities().inspect {
+            Some(inner) => inner.log_problems(log).await,
+            None => Err(lacking(self.inner.name(), "log_problems")),
+        };
+        self.leave(Call::LogProblems, &then, r)
     }
 }
 
@@ -772,15 +779,17 @@ impl<H: Harness> Harness for FaultyHarness<H> {
 
 #[cfg(test)]
 mod tests {
-    //! A wrapper that forgets to forward a method still compiles (the trait's default body runs
-    //! instead), and silently changes what the store does: these tests catch that.
+    //! A wrapper that forgets to forward a capability, or forwards one past its own faults,
+    //! still compiles and silently changes what the store does: these tests catch that.
 
     use std::sync::Mutex;
 
     use super::*;
+    use crate::backend::BackendExt;
     use crate::testing::Elsewhere;
 
-    /// Records which of its methods ran; answers every capability with the non-default value.
+    /// Records which of its methods ran; answers every capability flag with the non-default
+    /// value and offers every optional capability.
     #[derive(Debug, Default)]
     struct Recorder {
         calls: Mutex<Vec<&'static str>>,
@@ -806,20 +815,23 @@ mod tests {
         fn name(&self) -> &'static str {
             "recorder"
         }
+        fn capabilities(&self) -> Capabilities<'_> {
+            let mut caps = Capabilities::new();
+            caps.blobs_with_append = true;
+            caps.atomic_across_logs = false;
+            caps.single_process = true;
+            caps.rewrite = Some(self);
+            caps.notify = Some(self);
+            caps.maintain = Some(self);
+            caps.inspect = Some(self);
+            caps
+        }
         async fn next_seq(&self, _: &str) -> Result<u64> {
             self.saw("next_seq");
             Ok(7)
         }
-        async fn append(&self, _: Vec<LogAppend>) -> Result<()> {
-            self.saw("append");
-            Ok(())
-        }
-        async fn append_with_blobs(
-            &self,
-            _: Vec<LogAppend>,
-            _: Vec<(BlobHash, Vec<u8>)>,
-        ) -> Result<()> {
-            self.saw("append_with_blobs");
+        async fn commit(&self, _: Vec<LogAppend>, _: Vec<Blob>) -> Result<()> {
+            self.saw("commit");
             Ok(())
         }
         async fn scan(&self, _: &str, _: u64, _: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -838,21 +850,13 @@ mod tests {
             self.saw("truncate");
             Ok(())
         }
-        async fn put_blobs(&self, _: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        async fn put_blobs(&self, _: Vec<Blob>) -> Result<()> {
             self.saw("put_blobs");
             Ok(())
-        }
-        async fn get_blob(&self, _: &BlobHash) -> Result<Option<Vec<u8>>> {
-            self.saw("get_blob");
-            Ok(Some(vec![2]))
         }
         async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
             self.saw("get_blobs");
             Ok(hashes.iter().map(|_| Some(vec![2])).collect())
-        }
-        async fn has_blob(&self, _: &BlobHash) -> Result<bool> {
-            self.saw("has_blob");
-            Ok(true)
         }
         async fn missing_blobs(&self, _: &[BlobHash]) -> Result<Vec<BlobHash>> {
             self.saw("missing_blobs");
@@ -866,31 +870,46 @@ mod tests {
             self.saw("delete_blobs");
             Ok(())
         }
-        async fn rewrite_frames(&self, _: &str, _: Vec<(u64, Vec<u8>)>) -> Result<()> {
-            self.saw("rewrite_frames");
-            Ok(())
-        }
-        async fn rewrite_blobs(&self, _: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-            self.saw("rewrite_blobs");
-            Ok(())
-        }
         async fn flush(&self) -> Result<()> {
             self.saw("flush");
             Ok(())
         }
-        fn puts_blobs_with_append(&self) -> bool {
-            true
+    }
+
+    #[async_trait]
+    impl Rewrite for Recorder {
+        async fn rewrite_frames(&self, _: &str, _: Vec<(u64, Vec<u8>)>) -> Result<()> {
+            self.saw("rewrite_frames");
+            Ok(())
         }
-        fn atomic_across_logs(&self) -> bool {
-            false
+        async fn rewrite_blobs(&self, _: Vec<Blob>) -> Result<()> {
+            self.saw("rewrite_blobs");
+            Ok(())
         }
-        fn single_process(&self) -> bool {
-            true
-        }
+    }
+
+    #[async_trait]
+    impl Notify for Recorder {
         async fn wait_for_append(&self, _: &str, _: u64, _: Duration) -> Result<()> {
             self.saw("wait_for_append");
             Ok(())
         }
+    }
+
+    #[async_trait]
+    impl Maintain for Recorder {
+        async fn stored_bytes(&self) -> Result<Option<u64>> {
+            self.saw("stored_bytes");
+            Ok(Some(42))
+        }
+        async fn compact(&self) -> Result<CompactReport> {
+            self.saw("compact");
+            Ok(CompactReport::new("recorder"))
+        }
+    }
+
+    #[async_trait]
+    impl Inspect for Recorder {
         async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
             self.saw("recorded_damage");
             Ok(Vec::new())
@@ -903,81 +922,86 @@ mod tests {
             self.saw("log_problems");
             Ok(Vec::new())
         }
-        async fn stored_bytes(&self) -> Result<Option<u64>> {
-            self.saw("stored_bytes");
-            Ok(Some(42))
-        }
-        async fn compact(&self) -> Result<CompactReport> {
-            self.saw("compact");
-            Ok(CompactReport::new("recorder"))
-        }
     }
 
     /// Calls `call` on `backend` with arguments every wrapper passes through (one log, one blob).
+    /// An optional capability the backend does not offer fails the call.
     async fn invoke(backend: &dyn Backend, call: Call) -> Result<()> {
         let log = "exec".to_string();
-        let one = || {
-            vec![LogAppend {
-                log: log.clone(),
-                expected_seq: 1,
-                frames: vec![vec![0]],
-            }]
-        };
+        let one = || vec![LogAppend::new(log.clone(), 1, vec![vec![0]])];
         let hash = [9u8; 32];
+        let caps = backend.capabilities();
+        let missing = || lacking("test", call.method());
         match call {
             Call::NextSeq => backend.next_seq(&log).await.map(drop),
-            Call::Append => backend.append(one()).await,
-            Call::AppendWithBlobs => {
-                backend
-                    .append_with_blobs(one(), vec![(hash, vec![1])])
-                    .await
-            }
+            Call::Commit => backend.commit(one(), vec![(hash, vec![1])]).await,
             Call::Scan => backend.scan(&log, 1, 10).await.map(drop),
             Call::ListLogs => backend.list_logs().await.map(drop),
             Call::RaiseNextSeq => backend.raise_next_seq(&log, 5).await,
             Call::Truncate => backend.truncate(&log, 2).await,
             Call::PutBlobs => backend.put_blobs(vec![(hash, vec![1])]).await,
-            Call::GetBlob => backend.get_blob(&hash).await.map(drop),
             Call::GetBlobs => backend.get_blobs(&[hash]).await.map(drop),
-            Call::HasBlob => backend.has_blob(&hash).await.map(drop),
             Call::MissingBlobs => backend.missing_blobs(&[hash]).await.map(drop),
             Call::ListBlobs => backend.list_blobs().await.map(drop),
             Call::DeleteBlobs => backend.delete_blobs(&[hash]).await,
-            Call::RewriteFrames => backend.rewrite_frames(&log, vec![(1, vec![2])]).await,
-            Call::RewriteBlobs => backend.rewrite_blobs(vec![(hash, vec![2])]).await,
             Call::Flush => backend.flush().await,
-            // A wrapper that fell back on the default would sleep this long: the test would hang
-            // visibly instead of passing.
+            Call::RewriteFrames => {
+                let rewrite = caps.rewrite.ok_or_else(missing)?;
+                rewrite.rewrite_frames(&log, vec![(1, vec![2])]).await
+            }
+            Call::RewriteBlobs => {
+                let rewrite = caps.rewrite.ok_or_else(missing)?;
+                rewrite.rewrite_blobs(vec![(hash, vec![2])]).await
+            }
+            // A wrapper that slept instead of forwarding would sleep this long: the test would
+            // hang visibly instead of passing.
             Call::WaitForAppend => {
-                backend
+                let notify = caps.notify.ok_or_else(missing)?;
+                notify
                     .wait_for_append(&log, 1, Duration::from_secs(3600))
                     .await
             }
-            Call::RecordedDamage => backend.recorded_damage().await.map(drop),
-            Call::LogProblems => backend.log_problems("log").await.map(drop),
-            Call::CheckStorage => backend.check_storage().await.map(drop),
-            Call::StoredBytes => backend.stored_bytes().await.map(drop),
-            Call::Compact => backend.compact().await.map(drop),
+            Call::StoredBytes => {
+                let maintain = caps.maintain.ok_or_else(missing)?;
+                maintain.stored_bytes().await.map(drop)
+            }
+            Call::Compact => {
+                let maintain = caps.maintain.ok_or_else(missing)?;
+                maintain.compact().await.map(drop)
+            }
+            Call::RecordedDamage => {
+                let inspect = caps.inspect.ok_or_else(missing)?;
+                inspect.recorded_damage().await.map(drop)
+            }
+            Call::CheckStorage => {
+                let inspect = caps.inspect.ok_or_else(missing)?;
+                inspect.check_storage().await.map(drop)
+            }
+            Call::LogProblems => {
+                let inspect = caps.inspect.ok_or_else(missing)?;
+                inspect.log_problems("log").await.map(drop)
+            }
         }
     }
 
     /// Every method called on the wrapper reaches the wrapped backend as that same method (not
-    /// as the pieces a default body makes of it), and the capabilities are the wrapped one's.
+    /// as the pieces a convenience makes of it), and the capabilities are the wrapped one's.
     async fn forwards_everything(what: &str, wrap: impl Fn(Arc<Recorder>) -> Arc<dyn Backend>) {
         let recorder = Arc::new(Recorder::default());
         let wrapper = wrap(recorder.clone());
         assert_eq!(wrapper.name(), "recorder", "{what}: name");
+        let caps = wrapper.capabilities();
         assert!(
-            wrapper.puts_blobs_with_append(),
-            "{what}: puts_blobs_with_append is not forwarded"
+            caps.blobs_with_append,
+            "{what}: blobs_with_append is not forwarded"
         );
         assert!(
-            !wrapper.atomic_across_logs(),
+            !caps.atomic_across_logs,
             "{what}: atomic_across_logs is not forwarded"
         );
         // Elsewhere stands for another process: it must never claim the storage alone.
         assert_eq!(
-            wrapper.single_process(),
+            caps.single_process,
             what != "Elsewhere",
             "{what}: single_process"
         );
@@ -991,11 +1015,12 @@ mod tests {
                 call.method()
             );
         }
-        assert_eq!(
-            wrapper.stored_bytes().await.ok().flatten(),
-            Some(42),
-            "{what}: stored_bytes answer"
-        );
+        let maintain = wrapper.capabilities().maintain;
+        let bytes = match maintain {
+            Some(m) => m.stored_bytes().await.ok().flatten(),
+            None => None,
+        };
+        assert_eq!(bytes, Some(42), "{what}: stored_bytes answer");
     }
 
     #[tokio::test]
@@ -1008,7 +1033,34 @@ mod tests {
         forwards_everything("Elsewhere", |r| Arc::new(Elsewhere::new(r))).await;
     }
 
-    /// The `fn` names declared in the body of `trait Backend` (or of an `impl ... Backend for`).
+    /// The optional calls go through the wrapper's own faults, not straight to the wrapped
+    /// backend's capability.
+    #[tokio::test]
+    async fn faulty_faults_the_optional_capabilities_too() {
+        let recorder = Arc::new(Recorder::default());
+        let faulty = Faulty::new(recorder.clone());
+        for call in Call::ALL {
+            faulty.control().on_nth(call, 1, Fault::FailBefore);
+            let result = invoke(&faulty, call).await;
+            assert!(
+                matches!(&result, Err(e) if is_injected(e)),
+                "{}: {result:?}",
+                call.method()
+            );
+            assert!(
+                recorder.take().is_empty(),
+                "{} reached the backend",
+                call.method()
+            );
+        }
+        // The conveniences are made of the faulted primitives.
+        faulty
+            .control()
+            .on_nth(Call::GetBlobs, 1, Fault::FailBefore);
+        assert!(faulty.get_blob(&[1; 32]).await.is_err());
+    }
+
+    /// The `fn` names declared in the body of the item that starts with `start`.
     fn methods_in(source: &str, start: &str) -> Vec<String> {
         let Some(at) = source.find(start) else {
             panic!("{start:?} not found");
@@ -1044,49 +1096,31 @@ mod tests {
         names
     }
 
-    /// A method added to `Backend` must be added to [`Call`], to the recorder above and to every
-    /// wrapper: this fails until it is, where the compiler would stay silent (default bodies).
+    /// A method added to `Backend` or a capability trait must be added to [`Call`] too: this
+    /// fails until it is (the compiler makes every wrapper define it, but not list it).
     #[test]
-    fn every_backend_method_is_listed_and_wrapped() {
-        let trait_methods = methods_in(include_str!("../backend/mod.rs"), "pub trait Backend");
+    fn every_backend_method_is_listed() {
+        let source = include_str!("../backend/mod.rs");
+        let mut trait_methods: Vec<String> = [
+            "pub trait Backend",
+            "pub trait Rewrite",
+            "pub trait Notify",
+            "pub trait Maintain",
+            "pub trait Inspect",
+        ]
+        .iter()
+        .flat_map(|start| methods_in(source, start))
+        .collect();
+        trait_methods.sort();
         let mut listed: Vec<String> = Call::ALL
             .iter()
             .map(|c| c.method().to_string())
-            .chain(
-                [
-                    "name",
-                    "puts_blobs_with_append",
-                    "atomic_across_logs",
-                    "single_process",
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            )
+            .chain(["name", "capabilities"].iter().map(|s| s.to_string()))
             .collect();
         listed.sort();
-        assert_eq!(trait_methods, listed, "Call::ALL against trait Backend");
-        for (file, source, start) in [
-            ("faulty.rs", include_str!("faulty.rs"), "Backend for Faulty"),
-            (
-                "elsewhere.rs",
-                include_str!("elsewhere.rs"),
-                "Backend for Elsewhere",
-            ),
-            (
-                "faulty.rs tests",
-                include_str!("faulty.rs"),
-                "Backend for Recorder",
-            ),
-        ] {
-            let wrapped = methods_in(source, start);
-            let missing: Vec<_> = trait_methods
-                .iter()
-                .filter(|m| !wrapped.contains(m))
-                .collect();
-            assert!(
-                missing.is_empty(),
-                "{file}: {start} does not define {missing:?}"
-            );
-        }
+        assert_eq!(
+            trait_methods, listed,
+            "Call::ALL against the backend traits"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The scenarios of the conformance suite: one `pub async fn` each, taking the [`Harness`] to run
 //! on. Each panics, naming the harness and what differed, when the store does not behave.
 
+use crate::backend::BackendExt;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Debug};
 use std::sync::Arc;
@@ -1930,11 +1931,7 @@ pub async fn backend_append_is_compare_and_append(h: &dyn Harness) {
 }
 
 fn append_owned(log: &str, expected_seq: u64, frames: Vec<Vec<u8>>) -> Vec<LogAppend> {
-    vec![LogAppend {
-        log: log.to_owned(),
-        expected_seq,
-        frames,
-    }]
+    vec![LogAppend::new(log, expected_seq, frames)]
 }
 
 /// The backend's blobs: get/has of a missing hash, put, idempotent put (the first content stays),
@@ -2828,7 +2825,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     use crate::codec::frame::{encode_gc, GcMark};
     let name = h.name();
     let store = h.open().await;
-    if !store.backend().atomic_across_logs() {
+    if !store.backend().capabilities().atomic_across_logs {
         return;
     }
     let backend = store.backend().clone();
@@ -2848,11 +2845,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     };
     // A gc elsewhere that holds a long lease: gc here is Busy.
     let frame = must(encode_gc(gc_log, next, begin(3_600_000_000)), "encode");
-    let append = LogAppend {
-        log: gc_log.into(),
-        expected_seq: next,
-        frames: vec![frame],
-    };
+    let append = LogAppend::new(gc_log, next, vec![frame]).never_expiring();
     must(backend.append(vec![append]).await, "append a begin mark");
     match store.gc().await {
         Err(Error::Busy { what }) => assert!(what.contains("gc"), "[{name}] {what}"),
@@ -2866,18 +2859,10 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
         owner: this_process,
     };
     let frame = must(encode_gc(gc_log, next + 1, end), "encode");
-    let append = LogAppend {
-        log: gc_log.into(),
-        expected_seq: next + 1,
-        frames: vec![frame],
-    };
+    let append = LogAppend::new(gc_log, next + 1, vec![frame]).never_expiring();
     must(backend.append(vec![append]).await, "append an end mark");
     let frame = must(encode_gc(gc_log, next + 2, begin(300_000)), "encode");
-    let append = LogAppend {
-        log: gc_log.into(),
-        expected_seq: next + 2,
-        frames: vec![frame],
-    };
+    let append = LogAppend::new(gc_log, next + 2, vec![frame]).never_expiring();
     must(
         backend.append(vec![append]).await,
         "append a dying begin mark",
@@ -2891,7 +2876,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
     let after = must(backend.next_seq(gc_log).await, "next_seq");
     assert_eq!(after, next + 4, "[{name}] the writer ended the dead gc");
     must(store.gc().await, "gc after the dead one was ended");
-    if backend.single_process() {
+    if backend.capabilities().single_process {
         // The storage is this process's alone: a gc another process began (and never ended,
         // killed part way) is dead whatever its lease, and the next save ends it at once.
         let next = must(backend.next_seq(gc_log).await, "next_seq");
@@ -2900,11 +2885,7 @@ pub async fn a_dead_gc_is_ended_after_its_lease(h: &dyn Harness) {
             ..begin(3_600_000_000)
         };
         let frame = must(encode_gc(gc_log, next, killed), "encode");
-        let append = LogAppend {
-            log: gc_log.into(),
-            expected_seq: next,
-            frames: vec![frame],
-        };
+        let append = LogAppend::new(gc_log, next, vec![frame]).never_expiring();
         must(
             backend.append(vec![append]).await,
             "append a killed gc's mark",
@@ -3401,7 +3382,7 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
     let base = h.open().await;
     let control = FaultControl::new();
     let store = faulty_store(&base, control.clone());
-    let execs: [&str; 3] = if store.backend().atomic_across_logs() {
+    let execs: [&str; 3] = if store.backend().capabilities().atomic_across_logs {
         ["fault-a", "fault-b", "fault-a"]
     } else {
         ["fault-a", "fault-a", "fault-a"]
@@ -3422,7 +3403,7 @@ pub async fn save_batch_is_all_or_nothing_under_faults(h: &dyn Harness) {
         (2, Fault::FailBefore),
     ];
     for (round, (nth, fault)) in rounds.into_iter().enumerate() {
-        control.on_nth(Call::AppendWithBlobs, nth, fault);
+        control.on_nth(Call::Commit, nth, fault);
         for attempt in 1..=nth {
             let what =
                 format!("[{name}] round {round} ({fault:?} on append {nth}), batch {attempt}");
@@ -3525,7 +3506,7 @@ async fn gc_during_a_held_save(
         Arc::new(elsewhere(here.backend().clone())),
         control.clone(),
     )));
-    let mut hold = control.hold(Call::AppendWithBlobs, 1);
+    let mut hold = control.hold(Call::Commit, 1);
     let state = json!({ "p": pool, "held": true });
     let cp = must(Checkpoint::new("held-user", "n", &state), "cp");
     let saver = tokio::spawn(async move { there.save(cp).await });
@@ -3606,11 +3587,11 @@ async fn damage_frame(store: &Store, log: &str, seq: u64) {
     };
     assert_eq!(found, seq, "{what}: the frame is not there");
     let garbage: Vec<u8> = bytes.iter().map(|b| b ^ 0xA5).collect();
+    let Some(rewrite) = store.backend().capabilities().rewrite else {
+        panic!("{what}: the backend cannot rewrite frames");
+    };
     must(
-        store
-            .backend()
-            .rewrite_frames(log, vec![(seq, garbage)])
-            .await,
+        rewrite.rewrite_frames(log, vec![(seq, garbage)]).await,
         &what,
     );
 }

@@ -62,11 +62,11 @@ use sqlx::{Connection, Executor};
 use tokio::sync::{broadcast, watch, OnceCell};
 use tokio::time::Instant;
 
-use super::{
-    end_seq, frames_of, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError,
-    Turns,
+use super::{end_seq, frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use crate::backend::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
+    Maintain, Notify, RecordedDamage, Rewrite,
 };
-use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
 
@@ -123,7 +123,6 @@ pub struct PostgresBackend {
     listener: OnceCell<Listener>,
     /// Dropped with the backend, which stops the listener task.
     stop: watch::Sender<()>,
-    turns: Turns,
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -156,9 +155,7 @@ struct Queries {
     put_blobs: String,
     rewrite_frames: String,
     rewrite_blobs: String,
-    get_blob: String,
     get_blobs: String,
-    has_blob: String,
     missing_blobs: String,
     list_blobs: String,
     delete_blobs: String,
@@ -204,9 +201,7 @@ impl Queries {
                 "INSERT INTO {s}.blobs (hash, data) SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) \
                  ON CONFLICT DO NOTHING"
             ),
-            get_blob: format!("SELECT data FROM {s}.blobs WHERE hash = $1"),
             get_blobs: format!("SELECT hash, data FROM {s}.blobs WHERE hash = ANY($1)"),
-            has_blob: format!("SELECT 1 FROM {s}.blobs WHERE hash = $1"),
             missing_blobs: format!(
                 "SELECT h FROM UNNEST($1::bytea[]) AS h \
                  WHERE NOT EXISTS (SELECT 1 FROM {s}.blobs b WHERE b.hash = h)"
@@ -451,7 +446,6 @@ impl PostgresBackend {
             timeout: parsed.pool.timeout,
             listener: OnceCell::new(),
             stop,
-            turns: Turns::default(),
         };
         backend
             .check_reachable(&connect, parsed.pool.acquire_timeout)
@@ -1100,23 +1094,11 @@ impl Backend for PostgresBackend {
         from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))
     }
 
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        self.append_with_blobs(appends, Vec::new()).await
-    }
-
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
         if appends.is_empty() && blobs.is_empty() {
             return Ok(());
         }
-        let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
-        self.turns.wait_turn(logs.iter().map(String::as_str)).await;
-        let result = self.append_call(&appends, blobs).await;
-        record_turn(&self.turns, &logs, &result);
-        result
+        self.append_call(&appends, blobs).await
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -1144,19 +1126,6 @@ impl Backend for PostgresBackend {
         .await
     }
 
-    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
-    /// ignores, and the next append repairs).
-    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
-        let row: Option<(i64, Option<i64>)> = self
-            .retry(&format!("checking log {log:?}"), || {
-                sqlx::query_as(&self.sql.log_problems)
-                    .bind(log)
-                    .fetch_optional(&self.pool)
-            })
-            .await?;
-        Ok(super::lowered_next_seq(row))
-    }
-
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
         let what = format!("raising the next sequence of log {log:?}");
         let next = to_db_seq(next_seq, &what)?.max(1);
@@ -1182,41 +1151,6 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    /// `ckpt_append` inserts the blobs (`ON CONFLICT DO NOTHING`) in the same statement.
-    fn puts_blobs_with_append(&self) -> bool {
-        true
-    }
-
-    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let seqs: Vec<i64> = frames
-            .iter()
-            .map(|(s, _)| i64::try_from(*s).unwrap_or(i64::MAX))
-            .collect();
-        let datas: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
-        self.retry(&format!("rewriting frames of log {log:?}"), || {
-            sqlx::query(&self.sql.rewrite_frames)
-                .bind(log)
-                .bind(&seqs)
-                .bind(&datas)
-                .execute(&self.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
-        let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
-        self.retry("rewriting blobs", || {
-            sqlx::query(&self.sql.rewrite_blobs)
-                .bind(&hashes)
-                .bind(&datas)
-                .execute(&self.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
         if blobs.is_empty() {
             return Ok(());
@@ -1233,15 +1167,6 @@ impl Backend for PostgresBackend {
         })
         .await?;
         Ok(())
-    }
-
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        self.retry("reading a blob", || {
-            sqlx::query_scalar(&self.sql.get_blob)
-                .bind(&hash[..])
-                .fetch_optional(&self.pool)
-        })
-        .await
     }
 
     /// One query for all of them.
@@ -1262,17 +1187,6 @@ impl Backend for PostgresBackend {
             found.insert(to_hash(&hash)?, data);
         }
         Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
-    }
-
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        let found: Option<i32> = self
-            .retry("looking up a blob", || {
-                sqlx::query_scalar(&self.sql.has_blob)
-                    .bind(&hash[..])
-                    .fetch_optional(&self.pool)
-            })
-            .await?;
-        Ok(found.is_some())
     }
 
     async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
@@ -1318,6 +1232,53 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        // `ckpt_append` inserts the blobs (`ON CONFLICT DO NOTHING`) in the same statement.
+        caps.blobs_with_append = true;
+        caps.rewrite = Some(self);
+        caps.notify = Some(self);
+        caps.maintain = Some(self);
+        caps.inspect = Some(self);
+        caps
+    }
+}
+
+#[async_trait]
+impl Rewrite for PostgresBackend {
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let seqs: Vec<i64> = frames
+            .iter()
+            .map(|(s, _)| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let datas: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
+        self.retry(&format!("rewriting frames of log {log:?}"), || {
+            sqlx::query(&self.sql.rewrite_frames)
+                .bind(log)
+                .bind(&seqs)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
+        let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
+        self.retry("rewriting blobs", || {
+            sqlx::query(&self.sql.rewrite_blobs)
+                .bind(&hashes)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Notify for PostgresBackend {
     /// Wakes when the log is notified (by any process), or after `timeout`.
     async fn wait_for_append(&self, log: &str, next_seq: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -1347,7 +1308,36 @@ impl Backend for PostgresBackend {
             }
         }
     }
+}
 
+#[async_trait]
+impl Inspect for PostgresBackend {
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        // PostgreSQL never rolls a committed transaction back silently.
+        Ok(Vec::new())
+    }
+
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        // PostgreSQL checks its pages as it reads them (and `amcheck` needs an extension).
+        Ok(Vec::new())
+    }
+
+    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
+    /// ignores, and the next append repairs).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .retry(&format!("checking log {log:?}"), || {
+                sqlx::query_as(&self.sql.log_problems)
+                    .bind(log)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(super::lowered_next_seq(row))
+    }
+}
+
+#[async_trait]
+impl Maintain for PostgresBackend {
     /// The on-disk size of the schema's tables, with their indexes and TOAST data.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let bytes: i64 = self
@@ -1388,6 +1378,7 @@ impl Backend for PostgresBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendExt;
 
     #[test]
     fn secrets_are_found_in_every_form() {
@@ -1437,10 +1428,8 @@ mod tests {
         let backend = PostgresBackend::open(&url, &ConnectOptions::default())
             .await
             .unwrap();
-        let part = |seq: u64, frames: &[&[u8]]| LogAppend {
-            log: "amb".into(),
-            expected_seq: seq,
-            frames: frames.iter().map(|f| f.to_vec()).collect(),
+        let part = |seq: u64, frames: &[&[u8]]| {
+            LogAppend::new("amb", seq, frames.iter().map(|f| f.to_vec()).collect())
         };
         let sent = vec![part(1, &[b"a", b"b"])];
         assert!(!backend.already_appended(&sent).await.unwrap());

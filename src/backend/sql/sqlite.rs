@@ -36,11 +36,11 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    end_seq, frames_of, from_db_seq, parse_options, record_turn, to_db_seq, to_hash, DriverError,
-    Turns,
+use super::{end_seq, frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use crate::backend::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
+    Maintain, RecordedDamage, Rewrite,
 };
-use crate::backend::{Backend, BlobHash, CompactReport, ConnectOptions, LogAppend};
 use crate::error::{Error, Result};
 use crate::url::{parse_bool, RawUrl};
 
@@ -87,7 +87,6 @@ pub struct SqliteBackend {
     readers: SqlitePool,
     writer: mpsc::UnboundedSender<Job>,
     timeout: Duration,
-    turns: Turns,
     /// The connection [`Backend::next_seq`] reads on without yielding (see there).
     tail_reader: std::sync::Mutex<SqliteConnection>,
 }
@@ -202,7 +201,6 @@ impl SqliteBackend {
             readers,
             writer,
             timeout: parsed.pool.timeout,
-            turns: Turns::default(),
             tail_reader: std::sync::Mutex::new(tail_reader),
         })
     }
@@ -794,25 +792,12 @@ impl Backend for SqliteBackend {
         from_db_seq(next.first().copied().unwrap_or(1), &format!("log {log:?}"))
     }
 
-    async fn append(&self, appends: Vec<LogAppend>) -> Result<()> {
-        self.append_with_blobs(appends, Vec::new()).await
-    }
-
-    async fn append_with_blobs(
-        &self,
-        appends: Vec<LogAppend>,
-        blobs: Vec<(BlobHash, Vec<u8>)>,
-    ) -> Result<()> {
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
         if appends.is_empty() && blobs.is_empty() {
             return Ok(());
         }
-        let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
-        self.turns.wait_turn(logs.iter().map(String::as_str)).await;
-        let result = self
-            .write(WriteOp::Append { appends, blobs }, "appending")
-            .await;
-        record_turn(&self.turns, &logs, &result);
-        result
+        self.write(WriteOp::Append { appends, blobs }, "appending")
+            .await
     }
 
     async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -840,38 +825,6 @@ impl Backend for SqliteBackend {
         .await
     }
 
-    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
-    /// and appends then ignore).
-    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
-        let row: Option<(i64, Option<i64>)> = self
-            .read(&format!("checking log {log:?}"), || {
-                sqlx::query_as(
-                    "SELECT next_seq, (SELECT MAX(seq) FROM frames WHERE log = ?1) \
-                     FROM logs WHERE log = ?1",
-                )
-                .bind(log)
-                .fetch_optional(&self.readers)
-            })
-            .await?;
-        Ok(super::lowered_next_seq(row))
-    }
-
-    /// `PRAGMA integrity_check`: a damaged page can hide rows from every query (a scan of a
-    /// log returns fewer frames, without an error), which only this check finds.
-    async fn check_storage(&self) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = self
-            .read("checking the database file's integrity", || {
-                sqlx::query_as("PRAGMA integrity_check").fetch_all(&self.readers)
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(line,)| line)
-            .filter(|line| line != "ok")
-            .map(|line| format!("SQLite's integrity check: {line}"))
-            .collect())
-    }
-
     async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
         let op = WriteOp::RaiseNextSeq {
             log: log.to_owned(),
@@ -889,20 +842,6 @@ impl Backend for SqliteBackend {
         self.write(op, &format!("truncating log {log:?}")).await
     }
 
-    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        let op = WriteOp::RewriteFrames {
-            log: log.to_owned(),
-            frames,
-        };
-        self.write(op, &format!("rewriting frames of log {log:?}"))
-            .await
-    }
-
-    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
-        self.write(WriteOp::RewriteBlobs(blobs), "rewriting blobs")
-            .await
-    }
-
     async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
         if blobs.is_empty() {
             return Ok(());
@@ -912,17 +851,6 @@ impl Backend for SqliteBackend {
             blobs,
         };
         self.write(op, "storing blobs").await
-    }
-
-    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
-        let found: Vec<Vec<u8>> = self
-            .read("reading a blob", || {
-                sqlx::query_scalar("SELECT data FROM blobs WHERE hash = ?1")
-                    .bind(&hash[..])
-                    .fetch_all(&self.readers)
-            })
-            .await?;
-        Ok(found.into_iter().next())
     }
 
     /// One query per 500 hashes.
@@ -945,17 +873,6 @@ impl Backend for SqliteBackend {
             }
         }
         Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
-    }
-
-    async fn has_blob(&self, hash: &BlobHash) -> Result<bool> {
-        let found: Vec<i64> = self
-            .read("looking up a blob", || {
-                sqlx::query_scalar("SELECT 1 FROM blobs WHERE hash = ?1")
-                    .bind(&hash[..])
-                    .fetch_all(&self.readers)
-            })
-            .await?;
-        Ok(!found.is_empty())
     }
 
     async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
@@ -1006,6 +923,74 @@ impl Backend for SqliteBackend {
         self.write(WriteOp::Checkpoint, "flushing").await
     }
 
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        caps.rewrite = Some(self);
+        caps.maintain = Some(self);
+        caps.inspect = Some(self);
+        caps
+    }
+}
+
+#[async_trait]
+impl Rewrite for SqliteBackend {
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let op = WriteOp::RewriteFrames {
+            log: log.to_owned(),
+            frames,
+        };
+        self.write(op, &format!("rewriting frames of log {log:?}"))
+            .await
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        self.write(WriteOp::RewriteBlobs(blobs), "rewriting blobs")
+            .await
+    }
+}
+
+#[async_trait]
+impl Inspect for SqliteBackend {
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        // SQLite's commits never roll back silently: damage shows in `check_storage`.
+        Ok(Vec::new())
+    }
+
+    /// `PRAGMA integrity_check`: a damaged page can hide rows from every query (a scan of a
+    /// log returns fewer frames, without an error), which only this check finds.
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .read("checking the database file's integrity", || {
+                sqlx::query_as("PRAGMA integrity_check").fetch_all(&self.readers)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(line,)| line)
+            .filter(|line| line != "ok")
+            .map(|line| format!("SQLite's integrity check: {line}"))
+            .collect())
+    }
+
+    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
+    /// and appends then ignore).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .read(&format!("checking log {log:?}"), || {
+                sqlx::query_as(
+                    "SELECT next_seq, (SELECT MAX(seq) FROM frames WHERE log = ?1) \
+                     FROM logs WHERE log = ?1",
+                )
+                .bind(log)
+                .fetch_optional(&self.readers)
+            })
+            .await?;
+        Ok(super::lowered_next_seq(row))
+    }
+}
+
+#[async_trait]
+impl Maintain for SqliteBackend {
     /// The database file plus its WAL.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let mut wal = self.path.clone().into_os_string();
