@@ -17,6 +17,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
+use crate::hash;
 
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
@@ -43,21 +44,20 @@ impl Key {
                 "an encryption key must be 64 hex digits (32 bytes); {why}"
             ))
         };
-        if text.len() != 64 {
-            return Err(refuse(&format!("got {} characters", text.len())));
-        }
         let mut bytes = [0u8; 32];
-        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-            let digit = |c: u8| (c as char).to_digit(16);
-            match (digit(pair[0]), digit(pair[1])) {
-                (Some(h), Some(l)) => bytes[i] = (h * 16 + l) as u8,
-                _ => {
-                    bytes.zeroize();
-                    return Err(refuse("found a character that is not a hex digit"));
-                }
+        match hash::decode_hex_into(text, &mut bytes) {
+            Ok(()) => Ok(Key { bytes }),
+            Err(e) => {
+                // Part of the key may have been decoded before the error.
+                bytes.zeroize();
+                Err(match e {
+                    hash::HexError::Length { found, .. } => {
+                        refuse(&format!("got {found} characters"))
+                    }
+                    hash::HexError::Digit => refuse("found a character that is not a hex digit"),
+                })
             }
         }
-        Ok(Key { bytes })
     }
 
     /// A new random key.
@@ -70,7 +70,7 @@ impl Key {
 
     /// The key as 64 hex digits (to store it somewhere safe).
     pub fn to_hex(&self) -> String {
-        self.bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hash::hex(&self.bytes)
     }
 
     /// The key's id: a fingerprint that names it in sealed bytes and in messages.
@@ -292,7 +292,7 @@ impl StoreCipher {
 
     /// Opens what [`StoreCipher::seal_blob`] sealed under exactly this address.
     pub(crate) fn open_blob(&self, hash: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
-        let location = || format!("blob {}", crate::codec::blob::hex(hash));
+        let location = || format!("blob {}", hash::hex(hash));
         self.ring.open(&self.blob_aad(hash), sealed, &location)
     }
 

@@ -22,7 +22,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`checkpoint`] (the model), [`codec`] (values, blobs, deltas, frames), [`store`] (the
+//! Layout: [`hash`] (blob addresses and hex, depending on nothing), [`checkpoint`] (the model),
+//! [`codec`] (values, blobs, deltas, frames), [`store`] (the
 //! projections), [`backend`] (the primitive trait and one module per backend), `testing` (the
 //! conformance suite every backend runs, behind the `testing` feature).
 #![warn(missing_docs)]
@@ -35,6 +36,7 @@ pub mod crypto;
 pub mod error;
 #[cfg(feature = "graph")]
 pub mod graph;
+pub mod hash;
 #[cfg(feature = "graph")]
 pub mod prebuilt;
 pub mod store;

@@ -1900,9 +1900,7 @@ impl Backend for RedisBackend {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::hash::hex;
 
 /// The Redis server's `used_memory` (bytes) from `INFO memory`, summed over every primary of a
 /// Cluster; for benchmarks.

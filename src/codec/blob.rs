@@ -7,9 +7,12 @@
 use std::cell::RefCell;
 use std::io::Read;
 
-use crate::backend::BlobHash;
 use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
+/// Hex form of a hash, for messages ([`crate::hash::hex`], re-exported where it was first
+/// defined).
+pub use crate::hash::hex;
+use crate::hash::BlobHash;
 
 const FORMAT: u8 = 1;
 /// A sealed blob ([`crate::crypto`]): `[2][sealed stored form]`.
@@ -34,14 +37,9 @@ pub fn address(content: &[u8]) -> BlobHash {
 /// that addresses reveal nothing about contents to whoever lacks the key.
 pub fn address_in(content: &[u8], key: Option<&[u8; 32]>) -> BlobHash {
     match key {
-        Some(k) => *blake3::keyed_hash(k, content).as_bytes(),
-        None => *blake3::hash(content).as_bytes(),
+        Some(k) => crate::hash::keyed_address(k, content),
+        None => crate::hash::address(content),
     }
-}
-
-/// Hex form of a hash, for messages.
-pub fn hex(hash: &BlobHash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The stored form of `content` (compressed when that pays).

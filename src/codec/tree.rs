@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use rmpv::Value;
 
 use super::blob;
-use crate::backend::BlobHash;
+use crate::hash::BlobHash;
 
 /// The MessagePack extension type of a blob reference.
 pub const REF_EXT_TYPE: i8 = 0x43;
