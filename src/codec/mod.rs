@@ -5,6 +5,7 @@
 //! `fuzz/` hold them to that).
 
 pub mod blob;
+pub mod ext;
 pub mod frame;
 pub mod tree;
 pub mod value;

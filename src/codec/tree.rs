@@ -20,23 +20,15 @@ use std::collections::HashSet;
 use rmpv::Value;
 
 use super::blob;
+pub use super::ext::{is_reserved_ext, CHUNKED_EXT_TYPE, REF_EXT_TYPE};
 use crate::hash::BlobHash;
 
-/// The MessagePack extension type of a blob reference.
-pub const REF_EXT_TYPE: i8 = 0x43;
-/// The MessagePack extension type of a chunked-leaf reference (its blob is a [`Manifest`]).
-pub const CHUNKED_EXT_TYPE: i8 = 0x44;
 /// Leaves whose encoding is at least this long are stored as blobs.
 pub const EXTERNAL_MIN: usize = 256;
 /// Leaves at least this long are stored as content-defined chunks.
 pub const CHUNKED_MIN: usize = 64 * 1024;
 /// FastCDC chunk sizes: minimum, average, maximum.
 const CHUNK_SIZES: (usize, usize, usize) = (8 * 1024, 32 * 1024, 128 * 1024);
-
-/// Whether an extension type is one ckpt uses for its own references (and refuses in states).
-pub fn is_reserved_ext(ext_type: i8) -> bool {
-    ext_type == REF_EXT_TYPE || ext_type == CHUNKED_EXT_TYPE
-}
 
 /// A reference found in a stored tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
