@@ -9,6 +9,9 @@
 //! sealed bytes). Chunk addresses of an encrypted store are blake3 keyed hashes under a key
 //! derived from the sealing key, so stored addresses do not reveal whether a guessed plaintext
 //! is present.
+//!
+//! [`StoreCipher`] is the codec's sealing stage ([`crate::codec::seal::Seal`]) for an encrypted
+//! store: the codec decides where sealed bytes go, this module how they are sealed.
 
 use std::fmt;
 
@@ -16,8 +19,9 @@ use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::codec::seal::Seal;
 use crate::error::{Error, Result};
-use crate::hash;
+use crate::hash::{self, BlobHash};
 
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
@@ -240,11 +244,6 @@ impl StoreCipher {
         StoreCipher { ring, store_id }
     }
 
-    /// The key chunk addresses are keyed hashes under.
-    pub(crate) fn address_key(&self) -> &[u8; 32] {
-        self.ring.address_key()
-    }
-
     /// The id of the store this cipher seals for.
     pub(crate) fn store_id(&self) -> [u8; 16] {
         self.store_id
@@ -274,36 +273,44 @@ impl StoreCipher {
         aad
     }
 
-    /// Seals a frame's inner bytes for position `seq` of `log`.
-    pub(crate) fn seal_frame(&self, log: &str, seq: u64, inner: &[u8]) -> Result<Vec<u8>> {
-        self.ring.seal(&self.frame_aad(log, seq), inner)
-    }
-
-    /// Opens what [`StoreCipher::seal_frame`] sealed for exactly this place.
-    pub(crate) fn open_frame(&self, log: &str, seq: u64, sealed: &[u8]) -> Result<Vec<u8>> {
-        let location = || format!("execution {log:?} seq {seq}");
-        self.ring.open(&self.frame_aad(log, seq), sealed, &location)
-    }
-
-    /// Seals a blob's stored form under its address.
-    pub(crate) fn seal_blob(&self, hash: &[u8; 32], stored: &[u8]) -> Result<Vec<u8>> {
-        self.ring.seal(&self.blob_aad(hash), stored)
-    }
-
-    /// Opens what [`StoreCipher::seal_blob`] sealed under exactly this address.
-    pub(crate) fn open_blob(&self, hash: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
-        let location = || format!("blob {}", hash::hex(hash));
-        self.ring.open(&self.blob_aad(hash), sealed, &location)
-    }
-
     /// The id of the key that seals.
     pub(crate) fn sealing_id(&self) -> KeyId {
         self.ring.sealing_id()
     }
+}
+
+/// The sealing stage of an encrypted store's codec.
+impl Seal for StoreCipher {
+    /// A blake3 keyed hash under the key derived for addresses from the newest key.
+    fn address(&self, content: &[u8]) -> BlobHash {
+        hash::keyed_address(self.ring.address_key(), content)
+    }
+
+    fn seal_frame(&self, log: &str, seq: u64, inner: &[u8]) -> Result<Vec<u8>> {
+        self.ring.seal(&self.frame_aad(log, seq), inner)
+    }
+
+    fn open_frame(&self, log: &str, seq: u64, sealed: &[u8]) -> Result<Vec<u8>> {
+        let location = || format!("execution {log:?} seq {seq}");
+        self.ring.open(&self.frame_aad(log, seq), sealed, &location)
+    }
+
+    fn seal_blob(&self, hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
+        self.ring.seal(&self.blob_aad(hash), stored)
+    }
+
+    fn open_blob(&self, hash: &BlobHash, sealed: &[u8]) -> Result<Vec<u8>> {
+        let location = || format!("blob {}", hash::hex(hash));
+        self.ring.open(&self.blob_aad(hash), sealed, &location)
+    }
+
+    fn sealing_id(&self) -> String {
+        self.ring.sealing_id().to_string()
+    }
 
     /// Whether `sealed` (as [`Keyring::seal`] makes it) is sealed with the newest key.
-    pub(crate) fn sealed_with_newest(&self, sealed: &[u8]) -> bool {
-        sealed.get(..KEY_ID_LEN) == Some(&self.sealing_id().0[..])
+    fn sealed_with_newest(&self, sealed: &[u8]) -> bool {
+        sealed.get(..KEY_ID_LEN) == Some(&self.ring.sealing_id().0[..])
     }
 }
 
@@ -311,8 +318,10 @@ impl StoreCipher {
 /// seed corpus. Not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {
+    use std::sync::Arc;
+
     use super::{Key, Keyring, StoreCipher};
-    use crate::codec::{blob, frame, tree};
+    use crate::codec::{frame, value, Codec};
     use crate::error::Result;
 
     /// The log and sequence sealed frames are checked at.
@@ -320,14 +329,19 @@ pub mod fuzzing {
     /// See [`LOG`].
     pub const SEQ: u64 = 7;
 
-    fn cipher() -> StoreCipher {
+    /// The codec of an encrypted store with a fixed key and id (the seeds in `fuzz/corpus/sealed`
+    /// are sealed with them).
+    fn codec() -> Codec {
         let ring = Keyring::new(&[Key::from_bytes([0x5a; 32])]);
-        StoreCipher::new(ring.expect("one key"), [0x11; 16])
+        Codec::sealed(Arc::new(StoreCipher::new(
+            ring.expect("one key"),
+            [0x11; 16],
+        )))
     }
 
     /// Verifies, opens and decodes a frame as an encrypted store reads it at [`LOG`], [`SEQ`].
     pub fn decode_sealed_frame(bytes: &[u8]) -> Result<()> {
-        let decoded = frame::decode_in(LOG, SEQ, bytes, Some(&cipher()))?;
+        let decoded = codec().frames.decode(LOG, SEQ, bytes)?;
         if let frame::Event::Save(h) = &decoded.event {
             frame::decode_body(LOG, SEQ, h, &decoded.body)?;
         }
@@ -336,14 +350,14 @@ pub mod fuzzing {
 
     /// Opens and decodes a blob as an encrypted store reads it under `hash`.
     pub fn decode_sealed_blob(hash: &[u8; 32], bytes: &[u8]) -> Result<()> {
-        let content = blob::decode_in(hash, bytes, Some(&cipher()))?;
-        let _ = crate::codec::value::decode(&content);
+        let content = codec().blobs.decode(hash, bytes)?;
+        let _ = value::decode(&content);
         Ok(())
     }
 
     /// A sealed save frame (at [`LOG`], [`SEQ`]) and a sealed blob prefixed by its address: seeds.
     pub fn seeds() -> Result<(Vec<u8>, Vec<u8>)> {
-        let c = cipher();
+        let c = codec();
         let header = frame::SaveHeader {
             node: "n".into(),
             metadata: Default::default(),
@@ -352,14 +366,14 @@ pub mod fuzzing {
             state_size: 3,
             delta_base: None,
         };
-        let body = crate::codec::value::encode(&rmpv::Value::from("state"));
-        let f = frame::encode_save_in(LOG, SEQ, &header, &body, Some(&c))?;
-        let content = crate::codec::value::encode(&rmpv::Value::from("x".repeat(300)));
-        let mut lifting = tree::Lifting::keyed(Some(c.address_key()));
-        tree::externalize(&rmpv::Value::from("x".repeat(300)), &mut lifting);
+        let body = value::encode(&rmpv::Value::from("state"));
+        let f = c.frames.encode_save(LOG, SEQ, &header, &body)?;
+        let content = value::encode(&rmpv::Value::from("x".repeat(300)));
+        let mut lifting = c.lifting();
+        crate::codec::tree::externalize(&rmpv::Value::from("x".repeat(300)), &mut lifting);
         let hash = lifting.blobs[0].0;
         let mut b = hash.to_vec();
-        b.extend_from_slice(&blob::encode_in(&hash, &content, Some(&c))?);
+        b.extend_from_slice(&c.blobs.encode(&hash, &content)?);
         Ok((f, b))
     }
 }

@@ -22,10 +22,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`hash`] (blob addresses and hex, depending on nothing), [`checkpoint`] (the model),
-//! [`codec`] (values, blobs, deltas, frames), [`store`] (the
-//! projections), [`backend`] (the primitive trait and one module per backend), `testing` (the
-//! conformance suite every backend runs, behind the `testing` feature).
+//! Layout: [`hash`] (blob addresses and hex, depending on nothing), [`codec`] (values, blobs,
+//! deltas, frames; knows no backend and no cipher), [`crypto`] (keys, and the codec's sealing
+//! stage for encrypted stores), [`checkpoint`] (the model), [`store`] (the projections),
+//! [`backend`] (the primitive trait and one module per backend), `testing` (the conformance
+//! suite every backend runs, behind the `testing` feature).
 #![warn(missing_docs)]
 
 pub mod backend;
