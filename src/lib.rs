@@ -35,6 +35,8 @@ pub mod checkpoint;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "graph")]
 pub mod graph;
 pub mod hash;
