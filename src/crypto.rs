@@ -10,7 +10,7 @@
 //! derived from the sealing key, so stored addresses do not reveal whether a guessed plaintext
 //! is present.
 //!
-//! [`StoreCipher`] is the codec's sealing stage ([`crate::codec::seal::Seal`]) for an encrypted
+//! `StoreCipher` is the codec's sealing stage ([`crate::codec::seal::Seal`]) for an encrypted
 //! store: the codec decides where sealed bytes go, this module how they are sealed.
 
 use std::fmt;
