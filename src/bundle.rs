@@ -22,9 +22,9 @@
 
 use std::io::Read;
 
-use crate::backend::BlobHash;
 use crate::codec::blob::MAX_BLOB_LEN;
 use crate::error::{Error, Result};
+use crate::hash::BlobHash;
 
 const MAGIC: &[u8; 11] = b"ckptbundle\0";
 const FORMAT: u8 = 1;

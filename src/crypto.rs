@@ -9,6 +9,9 @@
 //! sealed bytes). Chunk addresses of an encrypted store are blake3 keyed hashes under a key
 //! derived from the sealing key, so stored addresses do not reveal whether a guessed plaintext
 //! is present.
+//!
+//! `StoreCipher` is the codec's sealing stage ([`crate::codec::seal::Seal`]) for an encrypted
+//! store: the codec decides where sealed bytes go, this module how they are sealed.
 
 use std::fmt;
 
@@ -16,7 +19,9 @@ use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::codec::seal::Seal;
 use crate::error::{Error, Result};
+use crate::hash::{self, BlobHash};
 
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
@@ -43,21 +48,20 @@ impl Key {
                 "an encryption key must be 64 hex digits (32 bytes); {why}"
             ))
         };
-        if text.len() != 64 {
-            return Err(refuse(&format!("got {} characters", text.len())));
-        }
         let mut bytes = [0u8; 32];
-        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-            let digit = |c: u8| (c as char).to_digit(16);
-            match (digit(pair[0]), digit(pair[1])) {
-                (Some(h), Some(l)) => bytes[i] = (h * 16 + l) as u8,
-                _ => {
-                    bytes.zeroize();
-                    return Err(refuse("found a character that is not a hex digit"));
-                }
+        match hash::decode_hex_into(text, &mut bytes) {
+            Ok(()) => Ok(Key { bytes }),
+            Err(e) => {
+                // Part of the key may have been decoded before the error.
+                bytes.zeroize();
+                Err(match e {
+                    hash::HexError::Length { found, .. } => {
+                        refuse(&format!("got {found} characters"))
+                    }
+                    hash::HexError::Digit => refuse("found a character that is not a hex digit"),
+                })
             }
         }
-        Ok(Key { bytes })
     }
 
     /// A new random key.
@@ -70,7 +74,7 @@ impl Key {
 
     /// The key as 64 hex digits (to store it somewhere safe).
     pub fn to_hex(&self) -> String {
-        self.bytes.iter().map(|b| format!("{b:02x}")).collect()
+        hash::hex(&self.bytes)
     }
 
     /// The key's id: a fingerprint that names it in sealed bytes and in messages.
@@ -240,11 +244,6 @@ impl StoreCipher {
         StoreCipher { ring, store_id }
     }
 
-    /// The key chunk addresses are keyed hashes under.
-    pub(crate) fn address_key(&self) -> &[u8; 32] {
-        self.ring.address_key()
-    }
-
     /// The id of the store this cipher seals for.
     pub(crate) fn store_id(&self) -> [u8; 16] {
         self.store_id
@@ -274,93 +273,44 @@ impl StoreCipher {
         aad
     }
 
-    /// Seals a frame's inner bytes for position `seq` of `log`.
-    pub(crate) fn seal_frame(&self, log: &str, seq: u64, inner: &[u8]) -> Result<Vec<u8>> {
-        self.ring.seal(&self.frame_aad(log, seq), inner)
-    }
-
-    /// Opens what [`StoreCipher::seal_frame`] sealed for exactly this place.
-    pub(crate) fn open_frame(&self, log: &str, seq: u64, sealed: &[u8]) -> Result<Vec<u8>> {
-        let location = || format!("execution {log:?} seq {seq}");
-        self.ring.open(&self.frame_aad(log, seq), sealed, &location)
-    }
-
-    /// Seals a blob's stored form under its address.
-    pub(crate) fn seal_blob(&self, hash: &[u8; 32], stored: &[u8]) -> Result<Vec<u8>> {
-        self.ring.seal(&self.blob_aad(hash), stored)
-    }
-
-    /// Opens what [`StoreCipher::seal_blob`] sealed under exactly this address.
-    pub(crate) fn open_blob(&self, hash: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
-        let location = || format!("blob {}", crate::codec::blob::hex(hash));
-        self.ring.open(&self.blob_aad(hash), sealed, &location)
-    }
-
     /// The id of the key that seals.
     pub(crate) fn sealing_id(&self) -> KeyId {
         self.ring.sealing_id()
     }
-
-    /// Whether `sealed` (as [`Keyring::seal`] makes it) is sealed with the newest key.
-    pub(crate) fn sealed_with_newest(&self, sealed: &[u8]) -> bool {
-        sealed.get(..KEY_ID_LEN) == Some(&self.sealing_id().0[..])
-    }
 }
 
-/// Decoders of sealed bytes under a fixed key and store id, for the fuzz targets and their
-/// seed corpus. Not part of the API.
-#[doc(hidden)]
-pub mod fuzzing {
-    use super::{Key, Keyring, StoreCipher};
-    use crate::codec::{blob, frame, tree};
-    use crate::error::Result;
-
-    /// The log and sequence sealed frames are checked at.
-    pub const LOG: &str = "fuzz-exec";
-    /// See [`LOG`].
-    pub const SEQ: u64 = 7;
-
-    fn cipher() -> StoreCipher {
-        let ring = Keyring::new(&[Key::from_bytes([0x5a; 32])]);
-        StoreCipher::new(ring.expect("one key"), [0x11; 16])
+/// The sealing stage of an encrypted store's codec.
+impl Seal for StoreCipher {
+    /// A blake3 keyed hash under the key derived for addresses from the newest key.
+    fn address(&self, content: &[u8]) -> BlobHash {
+        hash::keyed_address(self.ring.address_key(), content)
     }
 
-    /// Verifies, opens and decodes a frame as an encrypted store reads it at [`LOG`], [`SEQ`].
-    pub fn decode_sealed_frame(bytes: &[u8]) -> Result<()> {
-        let decoded = frame::decode_in(LOG, SEQ, bytes, Some(&cipher()))?;
-        if let frame::Event::Save(h) = &decoded.event {
-            frame::decode_body(LOG, SEQ, h, &decoded.body)?;
-        }
-        Ok(())
+    fn seal_frame(&self, log: &str, seq: u64, inner: &[u8]) -> Result<Vec<u8>> {
+        self.ring.seal(&self.frame_aad(log, seq), inner)
     }
 
-    /// Opens and decodes a blob as an encrypted store reads it under `hash`.
-    pub fn decode_sealed_blob(hash: &[u8; 32], bytes: &[u8]) -> Result<()> {
-        let content = blob::decode_in(hash, bytes, Some(&cipher()))?;
-        let _ = crate::codec::value::decode(&content);
-        Ok(())
+    fn open_frame(&self, log: &str, seq: u64, sealed: &[u8]) -> Result<Vec<u8>> {
+        let location = || format!("execution {log:?} seq {seq}");
+        self.ring.open(&self.frame_aad(log, seq), sealed, &location)
     }
 
-    /// A sealed save frame (at [`LOG`], [`SEQ`]) and a sealed blob prefixed by its address: seeds.
-    pub fn seeds() -> Result<(Vec<u8>, Vec<u8>)> {
-        let c = cipher();
-        let header = frame::SaveHeader {
-            node: "n".into(),
-            metadata: Default::default(),
-            timestamp_us: 1,
-            parent: None,
-            state_size: 3,
-            delta_base: None,
-        };
-        let body = crate::codec::value::encode(&rmpv::Value::from("state"));
-        let f = frame::encode_save_in(LOG, SEQ, &header, &body, Some(&c))?;
-        let content = crate::codec::value::encode(&rmpv::Value::from("x".repeat(300)));
-        let mut lifting = tree::Lifting::keyed(Some(c.address_key()));
-        tree::externalize(&rmpv::Value::from("x".repeat(300)), &mut lifting);
-        let hash = lifting.blobs[0].0;
-        let mut b = hash.to_vec();
-        b.extend_from_slice(&blob::encode_in(&hash, &content, Some(&c))?);
-        Ok((f, b))
+    fn seal_blob(&self, hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
+        self.ring.seal(&self.blob_aad(hash), stored)
+    }
+
+    fn open_blob(&self, hash: &BlobHash, sealed: &[u8]) -> Result<Vec<u8>> {
+        let location = || format!("blob {}", hash::hex(hash));
+        self.ring.open(&self.blob_aad(hash), sealed, &location)
+    }
+
+    fn sealing_id(&self) -> String {
+        self.ring.sealing_id().to_string()
+    }
+
+    /// Whether `sealed` (as [`Keyring::seal`] makes it) is sealed with the newest key.
+    fn sealed_with_newest(&self, sealed: &[u8]) -> bool {
+        sealed.get(..KEY_ID_LEN) == Some(&self.ring.sealing_id().0[..])
     }
 }
 

@@ -22,9 +22,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`checkpoint`] (the model), [`codec`] (values, blobs, deltas, frames), [`store`] (the
-//! projections), [`backend`] (the primitive trait and one module per backend), `testing` (the
-//! conformance suite every backend runs, behind the `testing` feature).
+//! Layout: [`hash`] (blob addresses and hex, depending on nothing), [`codec`] (values, blobs,
+//! deltas, frames; knows no backend and no cipher), [`crypto`] (keys, and the codec's sealing
+//! stage for encrypted stores), [`checkpoint`] (the model), [`store`] (the projections),
+//! [`backend`] (the primitive trait and one module per backend), `testing` (the conformance
+//! suite every backend runs, behind the `testing` feature).
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -33,8 +35,11 @@ pub mod checkpoint;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "graph")]
 pub mod graph;
+pub mod hash;
 #[cfg(feature = "graph")]
 pub mod prebuilt;
 pub mod store;

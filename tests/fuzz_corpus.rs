@@ -219,10 +219,10 @@ fn id_corpus() {
 #[test]
 fn sealed_corpus() {
     run_corpus("sealed", |name, data| {
-        let frame = ckpt::crypto::fuzzing::decode_sealed_frame(data).map_err(|e| e.to_string());
+        let frame = ckpt::fuzzing::decode_sealed_frame(data).map_err(|e| e.to_string());
         let blob = match data.split_first_chunk::<32>() {
             Some((hash, stored)) => {
-                ckpt::crypto::fuzzing::decode_sealed_blob(hash, stored).map_err(|e| e.to_string())
+                ckpt::fuzzing::decode_sealed_blob(hash, stored).map_err(|e| e.to_string())
             }
             None => Err("shorter than an address".into()),
         };
@@ -239,7 +239,7 @@ fn sealed_corpus() {
 fn write_sealed_seeds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sealed");
     std::fs::create_dir_all(&dir).unwrap();
-    let (frame, blob) = ckpt::crypto::fuzzing::seeds().unwrap();
+    let (frame, blob) = ckpt::fuzzing::seeds().unwrap();
     std::fs::write(dir.join("valid-frame"), &frame).unwrap();
     std::fs::write(dir.join("valid-blob"), &blob).unwrap();
     let mut flipped = frame.clone();
@@ -249,12 +249,8 @@ fn write_sealed_seeds() {
     cut.truncate(blob.len() - 4);
     std::fs::write(dir.join("invalid-blob-truncated"), &cut).unwrap();
     // A plaintext frame where a sealed one must be.
-    let plain = ckpt::codec::frame::encode_delete(
-        ckpt::crypto::fuzzing::LOG,
-        ckpt::crypto::fuzzing::SEQ,
-        1,
-    )
-    .unwrap();
+    let plain =
+        ckpt::codec::frame::encode_delete(ckpt::fuzzing::LOG, ckpt::fuzzing::SEQ, 1).unwrap();
     std::fs::write(dir.join("invalid-frame-plaintext"), &plain).unwrap();
     // The store-internal events, for the frame target.
     let frames = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frame");

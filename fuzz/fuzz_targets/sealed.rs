@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use ckpt::crypto::fuzzing;
+use ckpt::fuzzing;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

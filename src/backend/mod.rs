@@ -77,8 +77,9 @@ pub struct ConnectOptions {
     pub ttl: Option<Duration>,
 }
 
-/// A blob's content address (see [`crate::codec::blob::address`]).
-pub type BlobHash = [u8; 32];
+/// A blob's content address: defined in [`crate::hash`] (which depends on nothing), re-exported
+/// here where backends have always named it.
+pub use crate::hash::BlobHash;
 
 /// What [`Backend::compact`] (and [`crate::Store::compact`]) did, and what it could not do.
 ///

@@ -208,10 +208,8 @@ fn blob_key(hash: &BlobHash) -> [u8; 33] {
     key
 }
 
-/// Lowercase hex, for messages.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+// Lowercase hex, for messages.
+use crate::hash::hex;
 
 /// The total size of the files under `dir`, recursively (symbolic links are not followed; entries
 /// that vanish while walking, as sled rewrites its files, are skipped).

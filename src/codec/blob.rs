@@ -3,16 +3,23 @@
 //! Stored form: `[format 1][codec: 0 raw | 1 zstd][uncompressed length: u32 LE][payload]`. The
 //! address is computed over the uncompressed content, so the same content has one address
 //! whatever its compression, and every read is checked against it.
+//!
+//! The free functions are the plaintext forms; a [`BlobCodec`] addresses, stores and reads as
+//! one store does, through its sealing stage when it is encrypted (`[2][sealed stored form]`).
 
 use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
-use crate::backend::BlobHash;
-use crate::crypto::StoreCipher;
+use super::seal::Seal;
 use crate::error::{Error, Result};
+/// Hex form of a hash, for messages ([`crate::hash::hex`], re-exported where it was first
+/// defined).
+pub use crate::hash::hex;
+use crate::hash::BlobHash;
 
 const FORMAT: u8 = 1;
-/// A sealed blob ([`crate::crypto`]): `[2][sealed stored form]`.
+/// A sealed blob ([`Seal`]): `[2][sealed stored form]`.
 const FORMAT_SEALED: u8 = 2;
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
@@ -24,24 +31,87 @@ pub const MAX_BLOB_LEN: usize = 1 << 30;
 /// zstd level: fast, and most of the gain on text.
 pub(crate) const ZSTD_LEVEL: i32 = 3;
 
-/// The content address of `content`. Every chunk address in ckpt is computed here and only here,
-/// so that a keyed (encrypted) store can switch to keyed hashes in one place.
+/// The plain content address of `content` (as a plaintext store computes it).
 pub fn address(content: &[u8]) -> BlobHash {
-    address_in(content, None)
+    crate::hash::address(content)
 }
 
-/// The address of `content` in a store: a keyed blake3 hash when the store is encrypted, so
-/// that addresses reveal nothing about contents to whoever lacks the key.
-pub fn address_in(content: &[u8], key: Option<&[u8; 32]>) -> BlobHash {
-    match key {
-        Some(k) => *blake3::keyed_hash(k, content).as_bytes(),
-        None => *blake3::hash(content).as_bytes(),
+/// How one store addresses, stores and reads its blobs: plainly, or through a sealing stage
+/// ([`Seal`]) in an encrypted store. Every chunk address in a store is computed by its
+/// `BlobCodec`, so that an encrypted store uses keyed addresses everywhere. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct BlobCodec {
+    seal: Option<Arc<dyn Seal>>,
+}
+
+impl BlobCodec {
+    /// The codec of a plaintext store.
+    pub const fn plain() -> Self {
+        BlobCodec { seal: None }
     }
-}
 
-/// Hex form of a hash, for messages.
-pub fn hex(hash: &BlobHash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    /// The codec of an encrypted store sealing with `seal`.
+    pub fn sealed(seal: Arc<dyn Seal>) -> Self {
+        BlobCodec { seal: Some(seal) }
+    }
+
+    /// The address of `content` in this store: a keyed hash when the store is encrypted, so
+    /// that addresses reveal nothing about contents to whoever lacks the key.
+    pub fn address(&self, content: &[u8]) -> BlobHash {
+        match &self.seal {
+            Some(s) => s.address(content),
+            None => address(content),
+        }
+    }
+
+    /// The stored form of `content` ([`encode`]), sealed under `hash` when the store is
+    /// encrypted.
+    pub fn encode(&self, hash: &BlobHash, content: &[u8]) -> Result<Vec<u8>> {
+        let stored = encode(content)?;
+        match &self.seal {
+            None => Ok(stored),
+            Some(s) => {
+                let sealed = s.seal_blob(hash, &stored)?;
+                let mut out = Vec::with_capacity(1 + sealed.len());
+                out.push(FORMAT_SEALED);
+                out.extend_from_slice(&sealed);
+                Ok(out)
+            }
+        }
+    }
+
+    /// [`decode`] in this store: when it is encrypted the blob must be sealed under `hash` (the
+    /// AEAD then vouches for its content, whose keyed address may be under an older key); in a
+    /// plaintext store a sealed blob is [`Error::Decrypt`].
+    pub fn decode(&self, hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
+        let location = || format!("blob {}", hex(hash));
+        match (stored.first(), &self.seal) {
+            (Some(&FORMAT_SEALED), Some(s)) => {
+                let opened = s.open_blob(hash, &stored[1..])?;
+                decode_unchecked(hash, &opened)
+            }
+            (Some(&FORMAT_SEALED), None) => Err(Error::Decrypt {
+                location: location(),
+                key_id: "?".into(),
+                reason: "the store is encrypted: open it with its key".into(),
+            }),
+            (_, Some(s)) => Err(Error::Decrypt {
+                location: location(),
+                key_id: s.sealing_id(),
+                reason: "a plaintext blob in an encrypted store: refused".into(),
+            }),
+            (_, None) => decode(hash, stored),
+        }
+    }
+
+    /// Whether `stored` is sealed with this store's newest key (never, in a plaintext store).
+    /// Says nothing about whether it opens: verify it with [`BlobCodec::decode`].
+    pub fn sealed_with_newest(&self, stored: &[u8]) -> bool {
+        match &self.seal {
+            Some(s) => stored.first() == Some(&FORMAT_SEALED) && s.sealed_with_newest(&stored[1..]),
+            None => false,
+        }
+    }
 }
 
 /// The stored form of `content` (compressed when that pays).
@@ -70,59 +140,6 @@ fn push_header(out: &mut Vec<u8>, codec: u8, len: usize) {
     out.push(FORMAT);
     out.push(codec);
     out.extend_from_slice(&(len as u32).to_le_bytes());
-}
-
-/// [`encode`], sealed under `hash` with `cipher` when the store is encrypted.
-pub(crate) fn encode_in(
-    hash: &BlobHash,
-    content: &[u8],
-    cipher: Option<&StoreCipher>,
-) -> Result<Vec<u8>> {
-    let stored = encode(content)?;
-    match cipher {
-        None => Ok(stored),
-        Some(c) => {
-            let sealed = c.seal_blob(hash, &stored)?;
-            let mut out = Vec::with_capacity(1 + sealed.len());
-            out.push(FORMAT_SEALED);
-            out.extend_from_slice(&sealed);
-            Ok(out)
-        }
-    }
-}
-
-/// [`decode`] in a store that may be encrypted: with `cipher` the blob must be sealed under
-/// `hash` (the AEAD then vouches for its content, whose keyed address may be under an older
-/// key); without, a sealed blob is [`Error::Decrypt`].
-pub(crate) fn decode_in(
-    hash: &BlobHash,
-    stored: &[u8],
-    cipher: Option<&StoreCipher>,
-) -> Result<Vec<u8>> {
-    let location = || format!("blob {}", hex(hash));
-    match (stored.first(), cipher) {
-        (Some(&FORMAT_SEALED), Some(c)) => {
-            let opened = c.open_blob(hash, &stored[1..])?;
-            decode_unchecked(hash, &opened)
-        }
-        (Some(&FORMAT_SEALED), None) => Err(Error::Decrypt {
-            location: location(),
-            key_id: "?".into(),
-            reason: "the store is encrypted: open it with its key".into(),
-        }),
-        (_, Some(c)) => Err(Error::Decrypt {
-            location: location(),
-            key_id: c.sealing_id().to_string(),
-            reason: "a plaintext blob in an encrypted store: refused".into(),
-        }),
-        (_, None) => decode(hash, stored),
-    }
-}
-
-/// Whether `stored` is sealed with `cipher`'s newest key. Says nothing about whether it opens:
-/// verify it with [`decode_in`].
-pub(crate) fn sealed_with_newest(stored: &[u8], cipher: &StoreCipher) -> bool {
-    stored.first() == Some(&FORMAT_SEALED) && cipher.sealed_with_newest(&stored[1..])
 }
 
 /// Decodes a stored blob and verifies it against `hash`; any mismatch is [`Error::Corrupt`].

@@ -15,19 +15,24 @@
 //! delete, `[3]` for a clear, and `[4, begin, time_us, lease_us]` for a gc mark (only in the
 //! store's reserved gc log, see `store::reclaim`).
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use rmpv::Value;
 
+use super::seal::Seal;
 use super::tree::{self, Op};
 use super::{blob, value};
-use crate::checkpoint::Metadata;
-use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
+
+/// A checkpoint's metadata: the same type as [`crate::checkpoint::Metadata`] (an alias), named
+/// here so that the codec does not depend on the model it encodes (which depends on the codec).
+type Metadata = BTreeMap<String, serde_json::Value>;
 
 const FORMAT: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
-/// The rest of the frame is sealed ([`crate::crypto`]): it opens to `[flags][payload]`.
+/// The rest of the frame is sealed ([`Seal`]): it opens to `[flags][payload]`.
 const FLAG_SEALED: u8 = 2;
 const CHECKSUM_LEN: usize = 8;
 /// Payloads at least this long are compressed when that pays.
@@ -131,17 +136,11 @@ impl Body {
 /// Encodes a save frame; `body` is [`Body::encode`]'s output (a snapshot when
 /// `header.delta_base` is `None`, a delta otherwise).
 pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Result<Vec<u8>> {
-    encode_save_in(log, seq, header, body, None)
+    FrameCodec::plain().encode_save(log, seq, header, body)
 }
 
-/// [`encode_save`], sealed with `cipher` when the store is encrypted.
-pub(crate) fn encode_save_in(
-    log: &str,
-    seq: u64,
-    header: &SaveHeader,
-    body: &[u8],
-    cipher: Option<&StoreCipher>,
-) -> Result<Vec<u8>> {
+/// The payload of a save frame: its header value, then its body.
+fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
     let parent = match &header.parent {
         None => Value::Nil,
         Some(ParentRef {
@@ -165,27 +164,78 @@ pub(crate) fn encode_save_in(
     ]);
     let mut payload = value::encode(&head);
     payload.extend_from_slice(body);
-    seal(log, seq, payload, cipher)
+    payload
 }
 
 /// Encodes a delete frame.
 pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
-    encode_delete_in(log, seq, version, None)
+    FrameCodec::plain().encode_delete(log, seq, version)
 }
 
-/// [`encode_delete`], sealed with `cipher` when the store is encrypted.
-pub(crate) fn encode_delete_in(
-    log: &str,
-    seq: u64,
-    version: u64,
-    cipher: Option<&StoreCipher>,
-) -> Result<Vec<u8>> {
-    seal(
-        log,
-        seq,
-        value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()])),
-        cipher,
-    )
+/// How one store writes and reads the frames of its executions: plainly, or through a sealing
+/// stage ([`Seal`]) in an encrypted store. Cheap to clone.
+///
+/// The store-internal frames ([`encode_gc`], [`encode_store`]) are never sealed: they are
+/// free functions.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCodec {
+    seal: Option<Arc<dyn Seal>>,
+}
+
+impl FrameCodec {
+    /// The codec of a plaintext store.
+    pub const fn plain() -> Self {
+        FrameCodec { seal: None }
+    }
+
+    /// The codec of an encrypted store sealing with `seal`.
+    pub fn sealed(seal: Arc<dyn Seal>) -> Self {
+        FrameCodec { seal: Some(seal) }
+    }
+
+    /// Encodes a save frame ([`encode_save`]), sealed when the store is encrypted.
+    pub fn encode_save(
+        &self,
+        log: &str,
+        seq: u64,
+        header: &SaveHeader,
+        body: &[u8],
+    ) -> Result<Vec<u8>> {
+        seal(log, seq, save_payload(header, body), self.seal.as_deref())
+    }
+
+    /// Encodes a delete frame ([`encode_delete`]), sealed when the store is encrypted.
+    pub fn encode_delete(&self, log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
+        let payload = value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()]));
+        seal(log, seq, payload, self.seal.as_deref())
+    }
+
+    /// Encodes a clear frame ([`encode_clear`]), sealed when the store is encrypted.
+    pub fn encode_clear(&self, log: &str, seq: u64) -> Result<Vec<u8>> {
+        let payload = value::encode(&Value::Array(vec![KIND_CLEAR.into()]));
+        seal(log, seq, payload, self.seal.as_deref())
+    }
+
+    /// [`decode`] in this store: when it is encrypted, the frame must be sealed for this very
+    /// place (else [`Error::Decrypt`]); in a plaintext store a sealed frame is
+    /// [`Error::Decrypt`].
+    pub fn decode(&self, log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
+        decode_with(log, seq, frame, self.seal.as_deref())
+    }
+
+    /// Whether `frame` (as stored) is sealed with this store's newest key (never, in a
+    /// plaintext store). Says nothing about whether it opens: verify it with
+    /// [`FrameCodec::decode`].
+    pub fn sealed_with_newest(&self, frame: &[u8]) -> bool {
+        match &self.seal {
+            Some(s) => {
+                frame.len() > 2 + CHECKSUM_LEN
+                    && frame[1] == FLAG_SEALED
+                    && s.sealed_with_newest(&frame[2..frame.len() - CHECKSUM_LEN])
+            }
+            None => false,
+        }
+    }
 }
 
 /// Encodes a gc mark frame.
@@ -234,31 +284,17 @@ pub fn max_marker_len() -> usize {
 
 /// Encodes a clear frame.
 pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
-    encode_clear_in(log, seq, None)
+    FrameCodec::plain().encode_clear(log, seq)
 }
 
-/// [`encode_clear`], sealed with `cipher` when the store is encrypted.
-pub(crate) fn encode_clear_in(
-    log: &str,
-    seq: u64,
-    cipher: Option<&StoreCipher>,
-) -> Result<Vec<u8>> {
-    seal(
-        log,
-        seq,
-        value::encode(&Value::Array(vec![KIND_CLEAR.into()])),
-        cipher,
-    )
-}
-
-fn seal(log: &str, seq: u64, payload: Vec<u8>, cipher: Option<&StoreCipher>) -> Result<Vec<u8>> {
+fn seal(log: &str, seq: u64, payload: Vec<u8>, sealer: Option<&dyn Seal>) -> Result<Vec<u8>> {
     let inner = inner_bytes(payload);
     let mut frame = Vec::with_capacity(inner.len() + 64 + CHECKSUM_LEN);
     frame.push(FORMAT);
-    match cipher {
-        Some(c) => {
+    match sealer {
+        Some(s) => {
             frame.push(FLAG_SEALED);
-            frame.extend_from_slice(&c.seal_frame(log, seq, &inner)?);
+            frame.extend_from_slice(&s.seal_frame(log, seq, &inner)?);
         }
         None => frame.extend_from_slice(&inner),
     }
@@ -302,14 +338,6 @@ fn checksum(log: &str, seq: u64, body: &[u8]) -> [u8; CHECKSUM_LEN] {
     out
 }
 
-/// Whether `frame` (as stored) is sealed with `cipher`'s newest key. Says nothing about whether
-/// it opens: verify it with [`decode_in`].
-pub(crate) fn sealed_with_newest(frame: &[u8], cipher: &StoreCipher) -> bool {
-    frame.len() > 2 + CHECKSUM_LEN
-        && frame[1] == FLAG_SEALED
-        && cipher.sealed_with_newest(&frame[2..frame.len() - CHECKSUM_LEN])
-}
-
 /// A verified, decompressed frame: its event, and a save's still-encoded body.
 #[derive(Debug, Clone)]
 pub struct Decoded {
@@ -322,17 +350,11 @@ pub struct Decoded {
 /// Verifies and decodes the frame stored at `seq` of `log`. Never panics; any damage is
 /// [`Error::Corrupt`] naming the log and sequence.
 pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
-    decode_in(log, seq, frame, None)
+    decode_with(log, seq, frame, None)
 }
 
-/// [`decode`] in a store that may be encrypted: with `cipher`, the frame must be sealed for this
-/// very place (else [`Error::Decrypt`]); without, a sealed frame is [`Error::Decrypt`].
-pub(crate) fn decode_in(
-    log: &str,
-    seq: u64,
-    frame: &[u8],
-    cipher: Option<&StoreCipher>,
-) -> Result<Decoded> {
+/// [`decode`], opening a sealed frame with `sealer` (see [`FrameCodec::decode`]).
+fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Decoded> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
     if frame.len() < 2 + CHECKSUM_LEN {
         return Err(corrupt(format!(
@@ -351,9 +373,9 @@ pub(crate) fn decode_in(
         )));
     }
     let opened;
-    let inner: &[u8] = match (body[1], cipher) {
-        (FLAG_SEALED, Some(c)) => {
-            opened = c.open_frame(log, seq, &body[2..])?;
+    let inner: &[u8] = match (body[1], sealer) {
+        (FLAG_SEALED, Some(s)) => {
+            opened = s.open_frame(log, seq, &body[2..])?;
             &opened
         }
         (FLAG_SEALED, None) => {
@@ -365,10 +387,10 @@ pub(crate) fn decode_in(
                     .into(),
             })
         }
-        (_, Some(c)) => {
+        (_, Some(s)) => {
             return Err(Error::Decrypt {
                 location: format!("execution {log:?} seq {seq}"),
-                key_id: c.sealing_id().to_string(),
+                key_id: s.sealing_id(),
                 reason: "a plaintext frame in an encrypted store: refused (it was not written \
                          by this store's keys)"
                     .into(),

@@ -19,24 +19,16 @@ use std::collections::HashSet;
 
 use rmpv::Value;
 
-use super::blob;
-use crate::backend::BlobHash;
+use super::blob::BlobCodec;
+pub use super::ext::{is_reserved_ext, CHUNKED_EXT_TYPE, REF_EXT_TYPE};
+use crate::hash::BlobHash;
 
-/// The MessagePack extension type of a blob reference.
-pub const REF_EXT_TYPE: i8 = 0x43;
-/// The MessagePack extension type of a chunked-leaf reference (its blob is a [`Manifest`]).
-pub const CHUNKED_EXT_TYPE: i8 = 0x44;
 /// Leaves whose encoding is at least this long are stored as blobs.
 pub const EXTERNAL_MIN: usize = 256;
 /// Leaves at least this long are stored as content-defined chunks.
 pub const CHUNKED_MIN: usize = 64 * 1024;
 /// FastCDC chunk sizes: minimum, average, maximum.
 const CHUNK_SIZES: (usize, usize, usize) = (8 * 1024, 32 * 1024, 128 * 1024);
-
-/// Whether an extension type is one ckpt uses for its own references (and refuses in states).
-pub fn is_reserved_ext(ext_type: i8) -> bool {
-    ext_type == REF_EXT_TYPE || ext_type == CHUNKED_EXT_TYPE
-}
 
 /// A reference found in a stored tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,26 +141,27 @@ fn chunk_leaf(bytes: &[u8], binary: bool, lifted: &mut Lifting) -> Value {
 /// A leaf lifted out of a state: its address and content (the leaf's MessagePack encoding).
 pub type Lifted = (BlobHash, Vec<u8>);
 
-/// What [`externalize`] lifts out of states, and how it addresses it (plain blake3, or keyed
-/// in an encrypted store).
+/// What [`externalize`] lifts out of states, and how it addresses it: as the store's
+/// [`BlobCodec`] does (plain blake3, or keyed in an encrypted store). [`Lifting::default`]
+/// addresses as a plaintext store.
 #[derive(Debug, Default)]
 pub struct Lifting {
     /// The lifted leaves, chunks and manifests, in the order met (duplicates possible).
     pub blobs: Vec<Lifted>,
-    address_key: Option<[u8; 32]>,
+    codec: BlobCodec,
 }
 
 impl Lifting {
-    /// Lifting with keyed addresses under `key` (or plain ones for `None`).
-    pub fn keyed(key: Option<&[u8; 32]>) -> Self {
+    /// Lifting that addresses blobs as `codec` does.
+    pub fn new(codec: &BlobCodec) -> Self {
         Lifting {
             blobs: Vec::new(),
-            address_key: key.copied(),
+            codec: codec.clone(),
         }
     }
 
     fn lift(&mut self, content: Vec<u8>) -> BlobHash {
-        let hash = blob::address_in(&content, self.address_key.as_ref());
+        let hash = self.codec.address(&content);
         self.blobs.push((hash, content));
         hash
     }
@@ -658,7 +651,7 @@ mod tests {
         // Reassemble from the manifest.
         let (mh, mbytes) = second.last().unwrap().clone();
         let m = Manifest::decode(&mbytes).unwrap();
-        assert_eq!(blob::address(&mbytes), mh);
+        assert_eq!(crate::codec::blob::address(&mbytes), mh);
         let contents: Vec<Vec<u8>> = m
             .chunks
             .iter()
@@ -668,12 +661,41 @@ mod tests {
         assert!(Manifest::decode(&[0xc0]).is_err());
     }
 
+    /// A sealing stage that only addresses (keyed, as an encrypted store does): lifting needs
+    /// nothing else of it.
+    #[derive(Debug)]
+    struct KeyedAddresses([u8; 32]);
+
+    impl crate::codec::seal::Seal for KeyedAddresses {
+        fn address(&self, content: &[u8]) -> BlobHash {
+            crate::hash::keyed_address(&self.0, content)
+        }
+        fn seal_frame(&self, _: &str, _: u64, _: &[u8]) -> crate::error::Result<Vec<u8>> {
+            unreachable!("lifting seals nothing")
+        }
+        fn open_frame(&self, _: &str, _: u64, _: &[u8]) -> crate::error::Result<Vec<u8>> {
+            unreachable!("lifting opens nothing")
+        }
+        fn seal_blob(&self, _: &BlobHash, _: &[u8]) -> crate::error::Result<Vec<u8>> {
+            unreachable!("lifting seals nothing")
+        }
+        fn open_blob(&self, _: &BlobHash, _: &[u8]) -> crate::error::Result<Vec<u8>> {
+            unreachable!("lifting opens nothing")
+        }
+        fn sealing_id(&self) -> String {
+            "test".into()
+        }
+        fn sealed_with_newest(&self, _: &[u8]) -> bool {
+            false
+        }
+    }
+
     #[test]
     fn keyed_lifting_hides_addresses_but_keeps_dedup() {
         let long = Value::from("y".repeat(1000));
-        let key = [7u8; 32];
-        let mut a = Lifting::keyed(Some(&key));
-        let mut b = Lifting::keyed(Some(&key));
+        let keyed = BlobCodec::sealed(std::sync::Arc::new(KeyedAddresses([7u8; 32])));
+        let mut a = Lifting::new(&keyed);
+        let mut b = Lifting::new(&keyed);
         let mut plain = Lifting::default();
         externalize(&long, &mut a);
         externalize(&long, &mut b);
@@ -686,7 +708,7 @@ mod tests {
             a.blobs[0].0, plain.blobs[0].0,
             "keyed differs from plain blake3"
         );
-        assert_ne!(a.blobs[0].0, blob::address(&a.blobs[0].1));
+        assert_ne!(a.blobs[0].0, crate::codec::blob::address(&a.blobs[0].1));
     }
 
     #[test]

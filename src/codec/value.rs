@@ -10,7 +10,7 @@ use rmpv::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::tree::{is_reserved_ext, CHUNKED_EXT_TYPE, REF_EXT_TYPE};
+use super::ext::{is_reserved_ext, CHUNKED_EXT_TYPE, REF_EXT_TYPE};
 use crate::error::{Error, Result};
 
 /// Deepest nesting of containers (arrays, maps) accepted in a state or in metadata. Deeper input is

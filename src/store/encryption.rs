@@ -13,6 +13,8 @@ use super::transcode::{BlobSource, Transcoder};
 use super::Store;
 use crate::backend::LogAppend;
 use crate::codec::frame::{self, Event, StoreDescriptor};
+use crate::codec::seal::Seal;
+use crate::codec::Codec;
 use crate::crypto::{Key, Keyring, StoreCipher};
 use crate::error::{Error, Result};
 
@@ -26,18 +28,37 @@ const KEY_CHECK: &[u8] = b"ckpt store key check";
 pub(crate) enum Crypto {
     /// A plaintext store opened without keys.
     Plain,
-    /// An encrypted store opened with a key that opens it.
-    Sealed(Arc<StoreCipher>),
+    /// An encrypted store opened with a key that opens it: its cipher, and the codec sealing
+    /// with it.
+    Sealed(Arc<StoreCipher>, Codec),
     /// An encrypted store opened without any key: nothing can be read or written.
     Locked,
 }
 
+/// The codec of a plaintext store, and of a locked one (which thereby reads nothing sealed).
+static PLAIN: Codec = Codec::plain();
+
 impl Crypto {
-    /// The cipher for reading and writing, `None` for a plaintext (or locked) store.
-    pub(crate) fn cipher(&self) -> Option<&StoreCipher> {
+    /// An encrypted store's crypto: `cipher`, and the codec sealing with it.
+    fn sealed(cipher: Arc<StoreCipher>) -> Crypto {
+        let codec = Codec::sealed(cipher.clone());
+        Crypto::Sealed(cipher, codec)
+    }
+
+    /// The cipher (its store id, its keys), `None` for a plaintext (or locked) store.
+    pub(crate) fn cipher(&self) -> Option<&Arc<StoreCipher>> {
         match self {
-            Crypto::Sealed(c) => Some(c),
+            Crypto::Sealed(c, _) => Some(c),
             Crypto::Plain | Crypto::Locked => None,
+        }
+    }
+
+    /// The codec for reading and writing: sealing with the cipher in an encrypted store, plain
+    /// for a plaintext (or locked) store.
+    pub(crate) fn codec(&self) -> &Codec {
+        match self {
+            Crypto::Sealed(_, codec) => codec,
+            Crypto::Plain | Crypto::Locked => &PLAIN,
         }
     }
 
@@ -45,7 +66,7 @@ impl Crypto {
     pub(crate) fn check_writable(&self) -> Result<()> {
         match self {
             Crypto::Locked => Err(locked()),
-            Crypto::Plain | Crypto::Sealed(_) => Ok(()),
+            Crypto::Plain | Crypto::Sealed(..) => Ok(()),
         }
     }
 }
@@ -87,8 +108,8 @@ impl Store {
     /// reads again. Interrupted, or past half its lease ([`Error::Busy`]), it can simply run
     /// again: it carries on where it stopped.
     pub async fn rekey(&self) -> Result<RekeyReport> {
-        let cipher = match self.crypto().await? {
-            Crypto::Sealed(c) => c.clone(),
+        let (cipher, codec) = match self.crypto().await? {
+            Crypto::Sealed(c, codec) => (c.clone(), codec.clone()),
             Crypto::Plain => {
                 return Err(Error::InvalidInput(
                     "the store is not encrypted: there is nothing to rekey".into(),
@@ -99,7 +120,7 @@ impl Store {
         let _exclusive = self.inner.gc_lock.write().await;
         let started = std::time::Instant::now();
         let begin = self.begin_gc(DEFAULT_LEASE).await?;
-        let result = self.reseal_everything(&cipher, started).await;
+        let result = self.reseal_everything(&cipher, &codec, started).await;
         self.forget_stored_states().await;
         let ended = self.end_gc(begin + 1).await;
         let report = result?;
@@ -110,6 +131,7 @@ impl Store {
     async fn reseal_everything(
         &self,
         cipher: &StoreCipher,
+        codec: &Codec,
         started: std::time::Instant,
     ) -> Result<RekeyReport> {
         let backend = &*self.inner.backend;
@@ -117,7 +139,8 @@ impl Store {
             operation: "re-sealing in place (rekey)",
             backend: backend.name(),
         })?;
-        let mut transcoder = Transcoder::new(Some(cipher), Some(cipher));
+        // The same store under the same keys: what is sealed with the newest key stays.
+        let mut transcoder = Transcoder::new(codec, codec, true);
         let source = BlobSource::Backend(backend);
         let mut report = RekeyReport::default();
         for log in self.execution_logs().await? {
@@ -211,12 +234,12 @@ impl Store {
             .await
     }
 
-    /// The cipher for synchronous decoding, once [`Store::crypto`] has run; fails closed when
+    /// The codec for synchronous decoding, once [`Store::crypto`] has run; fails closed when
     /// keys are configured but it has not.
-    pub(crate) fn cipher(&self) -> Result<Option<&StoreCipher>> {
+    pub(crate) fn codec(&self) -> Result<&Codec> {
         match self.inner.crypto.get() {
-            Some(c) => Ok(c.cipher()),
-            None if self.inner.keys.is_empty() => Ok(None),
+            Some(c) => Ok(c.codec()),
+            None if self.inner.keys.is_empty() => Ok(&PLAIN),
             None => Err(Error::Decrypt {
                 location: "the store".into(),
                 key_id: "?".into(),
@@ -233,8 +256,12 @@ impl Store {
     /// Verifies a frame of this store as stored at `seq` of `log`: its checksum, its seal (in
     /// an encrypted store) and its encoding, body included.
     pub async fn verify_frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<()> {
-        let cipher = self.crypto().await?.cipher();
-        let decoded = frame::decode_in(log, seq, bytes, cipher)?;
+        let decoded = self
+            .crypto()
+            .await?
+            .codec()
+            .frames
+            .decode(log, seq, bytes)?;
         match &decoded.event {
             Event::Save(header) => frame::decode_body(log, seq, header, &decoded.body).map(drop),
             _ => Ok(()),
@@ -244,15 +271,19 @@ impl Store {
     /// Verifies a blob of this store stored under `hash`: its seal (in an encrypted store) or
     /// its content hash, and its encoding.
     pub async fn verify_blob(&self, hash: &crate::backend::BlobHash, bytes: &[u8]) -> Result<()> {
-        let cipher = self.crypto().await?.cipher();
-        crate::codec::blob::decode_in(hash, bytes, cipher).map(drop)
+        self.crypto()
+            .await?
+            .codec()
+            .blobs
+            .decode(hash, bytes)
+            .map(drop)
     }
 
     async fn find_crypto(&self) -> Result<Crypto> {
         let keys = &self.inner.keys;
         for _ in 0..8 {
             match (self.read_descriptor().await?, Keyring::new(keys)) {
-                (Some(d), Some(ring)) => return open_with(d, ring).map(Crypto::Sealed),
+                (Some(d), Some(ring)) => return open_with(d, ring).map(Crypto::sealed),
                 (Some(_), None) => return Ok(Crypto::Locked),
                 (None, None) => return Ok(Crypto::Plain),
                 (None, Some(ring)) => {

@@ -666,7 +666,7 @@ impl Store {
     async fn append_marker(&self, exec: &str, marker: Marker) -> Result<bool> {
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
-        let cipher = crypto.cipher();
+        let codec = crypto.codec();
         let handle = self.handle(exec);
         let mut idx = handle.lock().await;
         for attempt in 0..MAX_CONFLICT_RETRIES {
@@ -676,15 +676,13 @@ impl Store {
                 Marker::Delete(version) if idx.live_entry(version).is_none() => {
                     return Err(Error::not_found(format!("checkpoint {exec}@{version}")));
                 }
-                Marker::Delete(version) => frame::encode_delete_in(exec, seq, version, cipher)?,
+                Marker::Delete(version) => codec.frames.encode_delete(exec, seq, version)?,
                 // Nothing to clear: no event.
                 Marker::Clear if idx.saves.is_empty() => return Ok(false),
                 Marker::ClearIfLatest(version) if idx.latest_live() != Some(version) => {
                     return Ok(false)
                 }
-                Marker::Clear | Marker::ClearIfLatest(_) => {
-                    frame::encode_clear_in(exec, seq, cipher)?
-                }
+                Marker::Clear | Marker::ClearIfLatest(_) => codec.frames.encode_clear(exec, seq)?,
             };
             match self.append_one(exec, seq, frame).await {
                 Ok(()) => {
@@ -958,7 +956,7 @@ impl Store {
         let total: usize = groups.values().map(Vec::len).sum();
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
-        let cipher = crypto.cipher();
+        let codec = crypto.codec();
         // Taken before the execution locks, in the same order as gc, so the two cannot deadlock.
         let _shared = self.inner.gc_lock.read().await;
         let mut guards: Vec<OwnedMutexGuard<ExecIndex>> = Vec::with_capacity(groups.len());
@@ -987,7 +985,7 @@ impl Store {
                 }
             }
             let mut prepared = Vec::with_capacity(groups.len());
-            let mut lifted = tree::Lifting::keyed(cipher.map(|c| c.address_key()));
+            let mut lifted = codec.lifting();
             for (idx, group) in guards.iter_mut().zip(groups.values()) {
                 if !(trust_cache && idx.synced) {
                     self.refresh(idx).await?;
@@ -1002,13 +1000,13 @@ impl Store {
                         });
                     }
                 }
-                prepared.push(self.prepare(idx, group, &mut lifted, cipher).await?);
+                prepared.push(self.prepare(idx, group, &mut lifted, codec).await?);
             }
             let needed = match unfenced {
                 Some(_) => lifted.blobs.clone(),
                 None => Vec::new(),
             };
-            let blobs = self.encode_blobs(lifted.blobs, cipher).await?;
+            let blobs = self.encode_blobs(lifted.blobs, codec).await?;
             let mut appends: Vec<LogAppend> = prepared
                 .iter_mut()
                 .map(|p| std::mem::take(&mut p.append))
@@ -1027,7 +1025,7 @@ impl Store {
             match self.commit(appends, blobs).await {
                 Ok(()) => {
                     if let Some(position) = unfenced {
-                        self.repair_after_gc(position, &needed, cipher).await?;
+                        self.repair_after_gc(position, &needed, codec).await?;
                     }
                     self.count_frames(total as u64, bytes);
                     let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
@@ -1081,7 +1079,7 @@ impl Store {
         idx: &mut ExecIndex,
         group: &[(usize, Pending)],
         lifted: &mut tree::Lifting,
-        cipher: Option<&crate::crypto::StoreCipher>,
+        codec: &crate::codec::Codec,
     ) -> Result<Prepared> {
         let log = idx.log.clone();
         let mut seq = idx.next_seq;
@@ -1145,7 +1143,7 @@ impl Store {
                 state_size: cp.state_size,
                 delta_base,
             };
-            let frame = frame::encode_save_in(&log, seq, &header, &body, cipher)?;
+            let frame = codec.frames.encode_save(&log, seq, &header, &body)?;
             let mut saved = cp.clone();
             saved.version = seq;
             saved.id = CheckpointId::new_unchecked(log.clone(), seq);
@@ -1173,7 +1171,7 @@ impl Store {
     async fn encode_blobs(
         &self,
         lifted: Vec<Lifted>,
-        cipher: Option<&crate::crypto::StoreCipher>,
+        codec: &crate::codec::Codec,
     ) -> Result<Vec<(BlobHash, Vec<u8>)>> {
         let mut seen = HashSet::with_capacity(lifted.len());
         let lifted: Vec<Lifted> = lifted
@@ -1191,7 +1189,7 @@ impl Store {
             // A delta's few new leaves: cheaper to send than to ask about.
             return lifted
                 .into_iter()
-                .map(|(hash, content)| Ok((hash, blob::encode_in(&hash, &content, cipher)?)))
+                .map(|(hash, content)| Ok((hash, codec.blobs.encode(&hash, &content)?)))
                 .collect();
         }
         let hashes: Vec<BlobHash> = lifted.iter().map(|(h, _)| *h).collect();
@@ -1205,7 +1203,7 @@ impl Store {
         let mut stored = Vec::with_capacity(missing.len());
         for (hash, content) in lifted {
             if missing.contains(&hash) {
-                stored.push((hash, blob::encode_in(&hash, &content, cipher)?));
+                stored.push((hash, codec.blobs.encode(&hash, &content)?));
             }
         }
         Ok(stored)
@@ -1301,7 +1299,7 @@ impl Store {
                 }
                 previous = Some(*seq);
                 idx.note_folded(*seq);
-                match frame::decode_in(&idx.log, *seq, bytes, self.cipher()?) {
+                match self.codec()?.frames.decode(&idx.log, *seq, bytes) {
                     Ok(decoded) => idx.apply(*seq, &decoded, bytes.len() as u64),
                     // Contained: only the versions that need this frame become unreadable.
                     Err(e) if self.is_damage(&e) => {
@@ -1410,7 +1408,7 @@ impl Store {
     }
 
     fn decode_body(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Body> {
-        let decoded = frame::decode_in(log, seq, bytes, self.cipher()?)?;
+        let decoded = self.codec()?.frames.decode(log, seq, bytes)?;
         match decoded.event {
             frame::Event::Save(h) => frame::decode_body(log, seq, &h, &decoded.body),
             _ => Err(Error::corrupt(
@@ -1492,19 +1490,19 @@ impl Store {
 
     /// Reads and verifies blob `hash`, which `referrer` needs.
     async fn fetch_blob(&self, referrer: &str, hash: &BlobHash) -> Result<Vec<u8>> {
-        let cipher = self.crypto().await?.cipher();
+        let codec = self.crypto().await?.codec();
         let stored = self.inner.backend.get_blob(hash).await?.ok_or_else(|| {
             Error::corrupt(
                 format!("blob {}", blob::hex(hash)),
                 format!("missing, but referenced by {referrer}"),
             )
         })?;
-        blob::decode_in(hash, &stored, cipher)
+        codec.blobs.decode(hash, &stored)
     }
 
     /// Reads and verifies the blobs `hashes` (in one backend call), which `referrer` needs.
     async fn fetch_blobs(&self, referrer: &str, hashes: &[BlobHash]) -> Result<Vec<Vec<u8>>> {
-        let cipher = self.crypto().await?.cipher();
+        let codec = self.crypto().await?.codec();
         let stored = self.inner.backend.get_blobs(hashes).await?;
         if stored.len() != hashes.len() {
             return Err(Error::Backend {
@@ -1523,7 +1521,7 @@ impl Store {
                         format!("missing, but referenced by {referrer}"),
                     )
                 })?;
-                blob::decode_in(hash, &stored, cipher)
+                codec.blobs.decode(hash, &stored)
             })
             .collect()
     }
@@ -1663,7 +1661,10 @@ impl Store {
         match e {
             Error::Corrupt { .. } => true,
             Error::Decrypt { key_id, .. } => {
-                let sealed = matches!(self.inner.crypto.get(), Some(encryption::Crypto::Sealed(_)));
+                let sealed = matches!(
+                    self.inner.crypto.get(),
+                    Some(encryption::Crypto::Sealed(..))
+                );
                 let known = key_id == "?"
                     || self
                         .inner

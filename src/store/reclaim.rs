@@ -85,7 +85,7 @@ impl Store {
         &self,
         mut position: u64,
         lifted: &[crate::codec::tree::Lifted],
-        cipher: Option<&crate::crypto::StoreCipher>,
+        codec: &crate::codec::Codec,
     ) -> Result<()> {
         let backend = &self.inner.backend;
         for _ in 0..super::MAX_CONFLICT_RETRIES {
@@ -98,7 +98,7 @@ impl Store {
                 backend.missing_blobs(&hashes).await?.into_iter().collect();
             let mut put = Vec::with_capacity(missing.len());
             for (hash, content) in lifted.iter().filter(|(h, _)| missing.contains(h)) {
-                put.push((*hash, crate::codec::blob::encode_in(hash, content, cipher)?));
+                put.push((*hash, codec.blobs.encode(hash, content)?));
             }
             if !put.is_empty() {
                 backend.put_blobs(put).await?;

@@ -2,7 +2,7 @@
 //! an encrypted store, one encrypted store's executions into another, and a store re-keyed in
 //! place.
 //!
-//! A [`Transcoder`] opens frames and blobs with the source's cipher (or none) and writes them as
+//! A [`Transcoder`] opens frames and blobs with the source's codec (sealed or not) and writes them as
 //! the target would have: sealed with its newest key for its store id and their new place, and
 //! with every blob reference re-addressed the way the target computes addresses (keyed under its
 //! newest key, or plain blake3). State moved in therefore dedups with state saved there, and an
@@ -18,7 +18,7 @@ use crate::backend::{Backend, BlobHash};
 use crate::codec::blob;
 use crate::codec::frame::{self, Body, Event};
 use crate::codec::tree::{self, Manifest, Ref};
-use crate::crypto::StoreCipher;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 
 /// Where a transcoder reads the source's blobs.
@@ -86,8 +86,11 @@ pub(crate) struct NewBlob {
 
 /// Re-seals and re-addresses frames and blobs from a source to a target (see the module docs).
 pub(crate) struct Transcoder<'a> {
-    from: Option<&'a StoreCipher>,
-    to: Option<&'a StoreCipher>,
+    from: &'a Codec,
+    to: &'a Codec,
+    /// Whether source and target are the same store under the same keys, so that bytes sealed
+    /// with the newest key at the same address and place stay valid.
+    same_store: bool,
     /// Leaves and chunks: old address to new.
     leaves: HashMap<BlobHash, BlobHash>,
     /// Manifests of chunked leaves: old address to new.
@@ -95,22 +98,16 @@ pub(crate) struct Transcoder<'a> {
 }
 
 impl<'a> Transcoder<'a> {
-    /// Opens with `from` (`None`: plaintext) and writes for `to` (`None`: plaintext).
-    pub(crate) fn new(from: Option<&'a StoreCipher>, to: Option<&'a StoreCipher>) -> Self {
+    /// Opens with `from` and writes as `to` does; `same_store` when both are the same
+    /// encrypted store (the same store id), so that what is already sealed as `to` seals it
+    /// can stay.
+    pub(crate) fn new(from: &'a Codec, to: &'a Codec, same_store: bool) -> Self {
         Transcoder {
             from,
             to,
+            same_store,
             leaves: HashMap::new(),
             manifests: HashMap::new(),
-        }
-    }
-
-    /// Whether source and target are the same store under the same keys, so that bytes sealed
-    /// with the newest key at the same address and place stay valid.
-    fn same_store(&self) -> bool {
-        match (self.from, self.to) {
-            (Some(f), Some(t)) => f.store_id() == t.store_id(),
-            _ => false,
         }
     }
 
@@ -118,7 +115,7 @@ impl<'a> Transcoder<'a> {
     pub(crate) fn refs(&self, log: &str, frames: &[(u64, Vec<u8>)]) -> Result<HashSet<Ref>> {
         let mut refs = HashSet::new();
         for (seq, bytes) in frames {
-            let decoded = frame::decode_in(log, *seq, bytes, self.from)?;
+            let decoded = self.from.frames.decode(log, *seq, bytes)?;
             if let Event::Save(header) = &decoded.event {
                 match frame::decode_body(log, *seq, header, &decoded.body)? {
                     Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
@@ -180,8 +177,8 @@ impl<'a> Transcoder<'a> {
 
     /// A leaf or chunk: its content under its new address.
     fn leaf(&mut self, old: &BlobHash, stored: &[u8]) -> Result<NewBlob> {
-        let content = blob::decode_in(old, stored, self.from)?;
-        let hash = blob::address_in(&content, self.to.map(|c| c.address_key()));
+        let content = self.from.blobs.decode(old, stored)?;
+        let hash = self.to.blobs.address(&content);
         self.leaves.insert(*old, hash);
         self.new_blob(old, stored, hash, &content)
     }
@@ -194,7 +191,7 @@ impl<'a> Transcoder<'a> {
         out: &mut Vec<NewBlob>,
     ) -> Result<()> {
         let stored = source.get(old).await?;
-        let content = blob::decode_in(old, &stored, self.from)?;
+        let content = self.from.blobs.decode(old, &stored)?;
         let manifest = Manifest::decode(&content)
             .map_err(|e| Error::corrupt(format!("manifest {}", blob::hex(old)), e))?;
         self.leaves_of(&manifest.chunks, source, out).await?;
@@ -211,7 +208,7 @@ impl<'a> Transcoder<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         let content = Manifest { chunks, ..manifest }.encode();
-        let hash = blob::address_in(&content, self.to.map(|c| c.address_key()));
+        let hash = self.to.blobs.address(&content);
         self.manifests.insert(*old, hash);
         out.push(self.new_blob(old, &stored, hash, &content)?);
         Ok(())
@@ -224,16 +221,14 @@ impl<'a> Transcoder<'a> {
         hash: BlobHash,
         content: &[u8],
     ) -> Result<NewBlob> {
-        let unchanged = hash == *old
-            && self.same_store()
-            && self.to.is_some_and(|c| blob::sealed_with_newest(stored, c));
+        let unchanged = hash == *old && self.same_store && self.to.blobs.sealed_with_newest(stored);
         Ok(NewBlob {
             old: *old,
             hash,
             stored: if unchanged {
                 stored.to_vec()
             } else {
-                blob::encode_in(&hash, content, self.to)?
+                self.to.blobs.encode(&hash, content)?
             },
             unchanged,
         })
@@ -243,7 +238,7 @@ impl<'a> Transcoder<'a> {
     /// already that (re-keying in place: sealed with the newest key, no address changed).
     /// Call [`Transcoder::blobs`] with the frame's references first.
     pub(crate) fn frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
-        let decoded = frame::decode_in(log, seq, bytes, self.from)?;
+        let decoded = self.from.frames.decode(log, seq, bytes)?;
         let body = match &decoded.event {
             Event::Save(header) => Some(frame::decode_body(log, seq, header, &decoded.body)?),
             _ => None,
@@ -253,18 +248,17 @@ impl<'a> Transcoder<'a> {
             (Some(old), Some(new)) => old == new,
             _ => true,
         };
-        if addresses_kept
-            && self.same_store()
-            && self.to.is_some_and(|c| frame::sealed_with_newest(bytes, c))
-        {
+        if addresses_kept && self.same_store && self.to.frames.sealed_with_newest(bytes) {
             return Ok(None);
         }
         let encoded = match (decoded.event, remapped) {
             (Event::Save(header), Some(body)) => {
-                frame::encode_save_in(log, seq, &header, &body.encode(), self.to)?
+                self.to
+                    .frames
+                    .encode_save(log, seq, &header, &body.encode())?
             }
-            (Event::Delete(version), _) => frame::encode_delete_in(log, seq, version, self.to)?,
-            (Event::Clear, _) => frame::encode_clear_in(log, seq, self.to)?,
+            (Event::Delete(version), _) => self.to.frames.encode_delete(log, seq, version)?,
+            (Event::Clear, _) => self.to.frames.encode_clear(log, seq)?,
             _ => {
                 return Err(Error::corrupt(
                     format!("execution {log:?} seq {seq}"),

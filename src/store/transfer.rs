@@ -22,7 +22,7 @@ use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
 use crate::checkpoint::{quote_name, validate_execution_id, Checkpoint, CheckpointId};
 use crate::codec::frame::{self, Body, ParentRef};
-use crate::codec::{blob, tree};
+use crate::codec::{blob, tree, Codec};
 use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
 
@@ -83,7 +83,7 @@ impl Store {
     pub async fn export(&self, executions: &[String]) -> Result<Bundle> {
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
-        let cipher = crypto.cipher();
+        let (cipher, codec) = (crypto.cipher(), crypto.codec());
         let backend = self.backend();
         let mut bundle = Bundle {
             sealed_for: cipher.map(|c| c.store_id()),
@@ -98,7 +98,7 @@ impl Store {
             }
             let frames = self.scan_range(exec, 1, next_seq).await?;
             for (seq, bytes) in &frames {
-                let decoded = frame::decode_in(exec, *seq, bytes, cipher)?;
+                let decoded = codec.frames.decode(exec, *seq, bytes)?;
                 if let frame::Event::Save(header) = &decoded.event {
                     match frame::decode_body(exec, *seq, header, &decoded.body)? {
                         Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
@@ -123,7 +123,7 @@ impl Store {
                 )
             })?;
             // A bundle carries only what verifies: its importer could not tell damage from data.
-            blob::decode_in(&hash, &stored, cipher)?;
+            codec.blobs.decode(&hash, &stored)?;
             bundle.blobs.push((hash, stored));
         }
         Ok(bundle)
@@ -242,12 +242,12 @@ impl Store {
     /// (excluded), each deleting its own (never saved) version: the log stays gapless (a hole
     /// would read as lost frames) and the versions left behind are never handed out again.
     async fn fill_log(&self, log: &str, upto: u64) -> Result<()> {
-        let cipher = self.crypto().await?.cipher();
+        let codec = self.crypto().await?.codec();
         let mut next = self.tail(log).await?;
         while next < upto {
             let end = upto.min(next + IMPORT_PAGE as u64);
             let frames = (next..end)
-                .map(|seq| frame::encode_delete_in(log, seq, seq, cipher))
+                .map(|seq| codec.frames.encode_delete(log, seq, seq))
                 .collect::<Result<Vec<_>>>()?;
             self.append(vec![LogAppend::new(log, next, frames)]).await?;
             next = end;
@@ -296,7 +296,7 @@ impl Store {
     /// ```
     pub async fn import(&self, bundle: &Bundle) -> Result<ImportReport> {
         let from = match (bundle.sealed_for, self.crypto().await?.cipher()) {
-            (Some(id), Some(own)) => Some(own.for_store(id)),
+            (Some(id), Some(own)) => Some(Arc::new(own.for_store(id))),
             _ => None,
         };
         self.import_from(bundle, from.as_ref()).await
@@ -367,12 +367,12 @@ impl Store {
     async fn import_from(
         &self,
         bundle: &Bundle,
-        from: Option<&StoreCipher>,
+        from: Option<&Arc<StoreCipher>>,
     ) -> Result<ImportReport> {
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
         match (bundle.sealed_for, crypto.cipher()) {
-            (None, None) => self.write_bundle(bundle, None).await,
+            (None, None) => self.write_bundle(bundle, crypto.codec()).await,
             (Some(_), None) => Err(Error::InvalidInput(
                 "the executions come from an encrypted store and this store is not encrypted: \
                  ckpt does not decrypt state into plaintext. Import into a store opened with a \
@@ -386,18 +386,15 @@ impl Store {
             }),
             (_, Some(to)) => {
                 let sealed = transcode(bundle, from, to).await?;
-                self.write_bundle(&sealed, Some(to)).await
+                self.write_bundle(&sealed, crypto.codec()).await
             }
         }
     }
 
-    /// Writes a bundle sealed for this store (or plaintext, for a plaintext store).
-    async fn write_bundle(
-        &self,
-        bundle: &Bundle,
-        cipher: Option<&StoreCipher>,
-    ) -> Result<ImportReport> {
-        verify_bundle(bundle, cipher)?;
+    /// Writes a bundle sealed for this store (or plaintext, for a plaintext store), which
+    /// `codec` reads.
+    async fn write_bundle(&self, bundle: &Bundle, codec: &Codec) -> Result<ImportReport> {
+        verify_bundle(bundle, codec)?;
         let backend = self.backend();
         for log in &bundle.logs {
             if let Some(here) = self.import_conflict(&log.name, log.first_seq).await? {
@@ -477,11 +474,14 @@ fn micros(cp: &Checkpoint) -> u64 {
 /// there and every blob under the address it computes (see `transcode`).
 async fn transcode(
     bundle: &Bundle,
-    from: Option<&StoreCipher>,
-    to: &StoreCipher,
+    from: Option<&Arc<StoreCipher>>,
+    to: &Arc<StoreCipher>,
 ) -> Result<Bundle> {
     verify_sequences(bundle)?;
-    let mut transcoder = Transcoder::new(from, Some(to));
+    let same_store = from.is_some_and(|f| f.store_id() == to.store_id());
+    let from = from.map_or_else(Codec::plain, |f| Codec::sealed(f.clone()));
+    let to_codec = Codec::sealed(to.clone());
+    let mut transcoder = Transcoder::new(&from, &to_codec, same_store);
     let source = BlobSource::Bundle(
         bundle
             .blobs
@@ -513,18 +513,18 @@ async fn transcode(
     Ok(out)
 }
 
-/// Checks a bundle before any of it is written: frames verify at their place (opened with
-/// `cipher` in an encrypted store) and follow each other without gaps, blobs verify under
-/// their hashes.
-fn verify_bundle(bundle: &Bundle, cipher: Option<&StoreCipher>) -> Result<()> {
+/// Checks a bundle before any of it is written: frames verify at their place (opened by
+/// `codec`, which seals in an encrypted store) and follow each other without gaps, blobs
+/// verify under their hashes.
+fn verify_bundle(bundle: &Bundle, codec: &Codec) -> Result<()> {
     verify_sequences(bundle)?;
     for log in &bundle.logs {
         for (seq, bytes) in &log.frames {
-            frame::decode_in(&log.name, *seq, bytes, cipher)?;
+            codec.frames.decode(&log.name, *seq, bytes)?;
         }
     }
     for (hash, stored) in &bundle.blobs {
-        blob::decode_in(hash, stored, cipher)?;
+        codec.blobs.decode(hash, stored)?;
     }
     Ok(())
 }

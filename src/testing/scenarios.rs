@@ -3102,9 +3102,9 @@ pub async fn rekey_reseals_everything_in_place(h: &dyn Harness) {
     );
     let new_only = Store::with_backend_and_keys(backend.clone(), vec![k2]);
     let frame = must(backend.scan("rk-c", snapshot.version, 1).await, "scan");
-    let cipher = must(new_only.crypto().await, "crypto").cipher().cloned();
+    let codec = must(new_only.crypto().await, "crypto").codec().clone();
     let decoded = must(
-        crate::codec::frame::decode_in("rk-c", snapshot.version, &frame[0].1, cipher.as_ref()),
+        codec.frames.decode("rk-c", snapshot.version, &frame[0].1),
         "decode",
     );
     assert!(
@@ -3625,21 +3625,16 @@ pub async fn damage_is_contained(h: &dyn Harness) {
     must(store.delete(&marked[0].id).await, "delete m@1");
     // The premise: version 5 is a snapshot, 4 a delta (checked on the frames themselves).
     must(store.crypto().await.map(drop), "crypto");
-    let cipher = must(store.cipher(), "cipher");
+    let codec = must(store.codec(), "codec");
     let frames = must(store.backend().scan("d", 4, 2).await, "scan d");
     let bases: Vec<Option<u64>> = frames
         .iter()
-        .map(|(seq, bytes)| {
-            match must(
-                crate::codec::frame::decode_in("d", *seq, bytes, cipher),
-                "decode",
-            )
-            .event
-            {
+        .map(
+            |(seq, bytes)| match must(codec.frames.decode("d", *seq, bytes), "decode").event {
                 crate::codec::frame::Event::Save(h) => h.delta_base,
                 other => panic!("[{name}] d seq {seq} is {other:?}, not a save"),
-            }
-        })
+            },
+        )
         .collect();
     assert_eq!(
         bases,
