@@ -232,6 +232,11 @@ impl Rewrite for MemoryBackend {
 
 #[async_trait]
 impl Maintain for MemoryBackend {
+    /// Not a server that keeps everything in memory.
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The bytes of every frame and blob, plus their keys: per log its name and an 8-byte next
     /// sequence number, per frame an 8-byte sequence number, per blob its 32-byte hash.
     async fn stored_bytes(&self) -> Result<Option<u64>> {

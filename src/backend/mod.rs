@@ -369,6 +369,10 @@ pub trait Maintain: Send + Sync {
     /// Bytes the backend occupies on its medium, when it can tell.
     async fn stored_bytes(&self) -> Result<Option<u64>>;
 
+    /// Memory the server uses, for backends on a server that keeps everything in memory
+    /// (Redis: `used_memory`, what such a store really costs); `None` for the others.
+    async fn server_memory(&self) -> Result<Option<u64>>;
+
     /// Rewrites the backend's storage so that frames and blobs deleted before the call
     /// (truncated logs, deleted blobs: what [`crate::Store::gc`] removed) can no longer be read
     /// from its files, as far as the server allows.

@@ -1724,6 +1724,11 @@ impl Notify for RedisBackend {
 
 #[async_trait]
 impl Maintain for RedisBackend {
+    /// The server's `used_memory` (`INFO memory`), summed over a Cluster's primaries.
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        used_memory(self).await.map(Some)
+    }
+
     /// The sum of `MEMORY USAGE` over every key of this store (its logs and blobs).
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let mut blob_pattern = self.blob_key_prefix();

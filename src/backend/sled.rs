@@ -856,6 +856,11 @@ impl Inspect for SledBackend {
 
 #[async_trait]
 impl Maintain for SledBackend {
+    /// Not a server that keeps everything in memory.
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The total size of the files in the database directory.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let size = dir_size(&self.path).map_err(|e| {

@@ -131,7 +131,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     }
 
     // Saves.
-    let memory_before = redis_used_memory(&parsed).await?;
+    let memory_before = store.server_memory().await?;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(executions.len());
     for (n, exec) in executions.iter().enumerate() {
@@ -151,7 +151,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     }
     let elapsed = started.elapsed();
     let saves = u64::from(args.threads) * u64::from(args.steps);
-    let memory_after = redis_used_memory(&parsed).await?;
+    let memory_after = store.server_memory().await?;
 
     // Reads.
     let mut rng = XorShift::new(args.seed ^ 0x5eed_f00d_4ead_0001);
@@ -261,28 +261,6 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         print_summary(&report)?;
     }
     Ok(())
-}
-
-/// The Redis server's `used_memory` (`INFO memory`, summed over a Cluster's primaries) when
-/// `url` is a Redis URL, else `None`.
-async fn redis_used_memory(url: &StoreUrl) -> Result<Option<u64>, ckpt::Error> {
-    #[cfg(feature = "redis")]
-    {
-        use ckpt::backend::{redis, ConnectOptions};
-        let (raw, cluster) = match url {
-            StoreUrl::Redis(raw) => (raw, false),
-            StoreUrl::RedisCluster(raw) => (raw, true),
-            _ => return Ok(None),
-        };
-        let backend =
-            redis::RedisBackend::connect(raw, cluster, &ConnectOptions::default()).await?;
-        redis::used_memory(&backend).await.map(Some)
-    }
-    #[cfg(not(feature = "redis"))]
-    {
-        let _ = url;
-        Ok(None)
-    }
 }
 
 /// One execution of the conversation workload; returns the bytes of state it offered.

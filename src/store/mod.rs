@@ -419,6 +419,15 @@ impl Store {
         }
     }
 
+    /// Memory the backend's server uses, when it keeps everything in memory (Redis); `None`
+    /// for the others.
+    pub async fn server_memory(&self) -> Result<Option<u64>> {
+        match self.inner.backend.capabilities().maintain {
+            Some(maintain) => maintain.server_memory().await,
+            None => Ok(None),
+        }
+    }
+
     /// The backend this store writes to.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend

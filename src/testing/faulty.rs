@@ -63,6 +63,7 @@ pub enum Call {
     RewriteBlobs,
     WaitForAppend,
     StoredBytes,
+    ServerMemory,
     Compact,
     RecordedDamage,
     CheckStorage,
@@ -72,7 +73,7 @@ pub enum Call {
 impl Call {
     /// Every method that does I/O, each once. `name` and `capabilities` are answered by the
     /// wrapped backend and never faulted.
-    pub const ALL: [Call; 20] = [
+    pub const ALL: [Call; 21] = [
         Call::NextSeq,
         Call::Commit,
         Call::Scan,
@@ -89,6 +90,7 @@ impl Call {
         Call::RewriteBlobs,
         Call::WaitForAppend,
         Call::StoredBytes,
+        Call::ServerMemory,
         Call::Compact,
         Call::RecordedDamage,
         Call::CheckStorage,
@@ -128,6 +130,7 @@ impl Call {
             Call::RewriteBlobs => "rewrite_blobs",
             Call::WaitForAppend => "wait_for_append",
             Call::StoredBytes => "stored_bytes",
+            Call::ServerMemory => "server_memory",
             Call::Compact => "compact",
             Call::RecordedDamage => "recorded_damage",
             Call::CheckStorage => "check_storage",
@@ -679,6 +682,15 @@ impl<B: Backend + ?Sized> Notify for Faulty<B> {
 
 #[async_trait]
 impl<B: Backend + ?Sized> Maintain for Faulty<B> {
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        let then = self.enter(Call::ServerMemory, false, false).await?;
+        let r = match self.inner.capabilities().maintain {
+            Some(inner) => inner.server_memory().await,
+            None => Err(lacking(self.inner.name(), "server_memory")),
+        };
+        self.leave(Call::ServerMemory, &then, r)
+    }
+
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::StoredBytes, false, false).await?;
         let r = match self.inner.capabilities().maintain {
@@ -898,6 +910,10 @@ mod tests {
 
     #[async_trait]
     impl Maintain for Recorder {
+        async fn server_memory(&self) -> Result<Option<u64>> {
+            self.saw("server_memory");
+            Ok(Some(7))
+        }
         async fn stored_bytes(&self) -> Result<Option<u64>> {
             self.saw("stored_bytes");
             Ok(Some(42))
@@ -964,6 +980,10 @@ mod tests {
             Call::StoredBytes => {
                 let maintain = caps.maintain.ok_or_else(missing)?;
                 maintain.stored_bytes().await.map(drop)
+            }
+            Call::ServerMemory => {
+                let maintain = caps.maintain.ok_or_else(missing)?;
+                maintain.server_memory().await.map(drop)
             }
             Call::Compact => {
                 let maintain = caps.maintain.ok_or_else(missing)?;

@@ -1338,6 +1338,11 @@ impl Inspect for PostgresBackend {
 
 #[async_trait]
 impl Maintain for PostgresBackend {
+    /// Not a server that keeps everything in memory.
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The on-disk size of the schema's tables, with their indexes and TOAST data.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let bytes: i64 = self

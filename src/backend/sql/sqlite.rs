@@ -991,6 +991,11 @@ impl Inspect for SqliteBackend {
 
 #[async_trait]
 impl Maintain for SqliteBackend {
+    /// Not a server that keeps everything in memory.
+    async fn server_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The database file plus its WAL.
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let mut wal = self.path.clone().into_os_string();
