@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ckpt::backend::sql::postgres::PostgresBackend;
 use ckpt::backend::sql::sqlite::SqliteBackend;
 use ckpt::backend::{Backend, ConnectOptions, LogAppend};
+use ckpt::testing::rng::XorShift64;
 use ckpt::testing::{Harness, PostgresHarness, SqliteHarness};
 use ckpt::url::StoreUrl;
 use ckpt::{Checkpoint, Store};
@@ -682,18 +683,12 @@ async fn sigkill_keeps_every_acknowledged_save(url: &str) {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     eprintln!("crash seed {seed} (CKPT_CRASH_SEED={seed} repeats this run)");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = XorShift64::from_state(seed | 1);
     let mut acks: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for round in 0..4usize {
         let writer = format!("w{round}");
         let mut child = spawn_writer(url, exec, &writer, 0);
-        let target = 1 + (next() % 250) as usize;
+        let target = 1 + (rng.next_u64() % 250) as usize;
         let got = collect_acks(&mut child, |n| n == target);
         assert!(
             got.len() >= target,

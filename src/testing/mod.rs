@@ -31,6 +31,7 @@ mod faulty;
 mod helpers;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod rng;
 mod scenarios;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
