@@ -621,61 +621,18 @@ async fn cluster_shard_execution_refuses_cross_slot_batches() {
     assert_eq!(logs, vec!["x".to_owned()]);
 }
 
-/// The conformance suite on `shard=execution` (the layout whose cross-log writes go through
-/// the repair path): every scenario but the three that write one batch across executions
-/// (`backend_append_is_compare_and_append`, `save_batch_is_all_or_nothing`,
-/// `save_batch_is_ordered_and_consecutive`), which this layout refuses by design
-/// (`cluster_shard_execution_refuses_cross_slot_batches` checks the refusal).
-mod shard_execution_conformance {
-    ckpt::__conformance_scenarios!(
-        ckpt::testing::RedisClusterHarness::with_options("shard=execution");
-        round_trips_nested_states,
-        round_trips_deep_states,
-        round_trips_unicode,
-        round_trips_binary,
-        round_trips_empty_states,
-        round_trips_edit_sequences,
-        round_trips_map_key_orders,
-        metadata_round_trips,
-        round_trips_large_states,
-        versions_ids_parents_and_timestamps,
-        list_latest_and_at_version,
-        not_found_names_what_was_missing,
-        history_is_newest_first_and_filters,
-        delete_hides_exactly_one_checkpoint,
-        delete_of_the_latest_moves_latest_back,
-        clear_removes_only_its_execution,
-        clear_never_reuses_versions,
-        fork_copies_the_source,
-        fork_refuses_bad_sources_and_targets,
-        executions_summarise_live_checkpoints,
-        reopen_keeps_every_projection,
-        two_stores_see_each_other,
-        concurrent_saves_are_all_kept,
-        save_after_checks_the_latest,
-        save_after_races_have_one_winner,
-        backend_blobs_follow_the_contract,
-        concurrent_plain_saves_from_two_stores,
-        plain_saves_survive_contention,
-        watch_yields_new_saves_in_order,
-        watch_starts_at_the_call,
-        gc_reclaims_cleared_and_deleted,
-        gc_keeps_blobs_shared_with_live_checkpoints,
-        gc_does_not_break_other_stores,
-        gc_racing_saves_keeps_every_live_checkpoint,
-        gc_elsewhere_never_takes_what_a_save_needs,
-        gc_elsewhere_is_repaired_without_cross_log_atomicity,
-        a_dead_gc_is_ended_after_its_lease,
-        retention_keeps_what_it_must,
-        rekey_reseals_everything_in_place,
-        loads_survive_a_rekey_elsewhere,
-        deltas_keep_storage_small,
-        growing_long_strings_cost_what_changed,
-        export_import_keeps_everything,
-        long_delta_chains_load_every_version,
-        invalid_input_is_refused_and_harmless,
-    );
-}
+// The conformance suite on `shard=execution` (the layout whose cross-log writes go through
+// the repair path): the scenarios of kind `any` in `ckpt::__conformance_scenario_list!`, that is
+// all but the three that write one batch across executions (`backend_append_is_compare_and_append`,
+// `save_batch_is_all_or_nothing`, `save_batch_is_ordered_and_consecutive`), which this layout
+// refuses by design (`cluster_shard_execution_refuses_cross_slot_batches` checks the refusal), and
+// the two added after this list was written (`save_batch_is_all_or_nothing_under_faults`,
+// `damage_is_contained`).
+ckpt::conformance_tests!(
+    shard_execution_conformance,
+    ckpt::testing::RedisClusterHarness::with_options("shard=execution"),
+    shard_execution
+);
 
 /// The Cluster's nodes, from `CKPT_TEST_REDIS_CLUSTER_URL`.
 fn cluster_nodes() -> Vec<(String, u16)> {
