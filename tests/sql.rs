@@ -154,7 +154,9 @@ async fn passwords_never_appear_in_errors() {
 }
 
 /// The CLI with the store URL from `CKPT_STORE` and the password from `PGPASSWORD` (read by the
-/// driver): the error names the server, never the password.
+/// driver): the error names the server, never the password. (Only with the `cli` feature, which
+/// builds the binary.)
+#[cfg(feature = "cli")]
 #[test]
 fn passwords_from_the_environment_stay_out_of_cli_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
