@@ -3,6 +3,9 @@
 // Each test binary uses a part of these.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
