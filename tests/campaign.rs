@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ckpt::testing::rng::XorShift;
 use ckpt::{Checkpoint, Error, Store};
 use serde_json::{json, Value};
 
@@ -26,22 +27,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-}
-
-/// xorshift64*: the campaign's only randomness, so a seed replays it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn seed() -> u64 {
@@ -211,7 +196,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The offsets to flip in each file: every byte of files up to 256 bytes, and a share of
 /// `total` proportional to size (at least 64) in the others, drawn by `rng`. A file is weighed
 /// at most 16 KiB: the sled WAL is a 128 KiB file of mostly zeros after a clean close.
-fn sample(files: &[(PathBuf, u64)], total: usize, rng: &mut Rng) -> Vec<(PathBuf, u64)> {
+fn sample(files: &[(PathBuf, u64)], total: usize, rng: &mut XorShift) -> Vec<(PathBuf, u64)> {
     let weight = |len: u64| len.min(16 * 1024);
     let bytes: u64 = files.iter().map(|(_, len)| weight(*len)).sum();
     let mut out = Vec::new();
@@ -262,7 +247,7 @@ fn campaign(name: &str, make_url: impl Fn(&Path) -> String) -> BTreeMap<Outcome,
         .collect();
     let seed = seed();
     eprintln!("{name}: campaign seed {seed}, files {files:?}");
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::from_state(seed);
     let offsets = sample(&files, flips(), &mut rng);
     assert!(offsets.len() >= flips().min(files.iter().map(|f| f.1 as usize).sum()));
     let mut tally = BTreeMap::new();

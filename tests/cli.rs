@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
+use common::cli::command;
+
 fn ckpt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
-        .args(args)
-        .env_remove("CKPT_STORE")
-        .output()
-        .expect("the ckpt binary runs")
+    command().args(args).output().expect("the ckpt binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -250,9 +250,8 @@ fn help_describes_every_option() {
 /// `ckpt ARGS`, killed if it has not ended within a minute (a command that waits forever on a
 /// store that does not exist would otherwise hang the suite instead of failing it).
 fn ckpt_bounded(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    let child = command()
         .args(args)
-        .env_remove("CKPT_STORE")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -353,9 +352,8 @@ fn read_commands_never_create_a_store() {
 fn a_scheme_without_slashes_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     for url in ["sqlite:x.db", "sled:x", "postgres:/x", "foo://x"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        let out = command()
             .args(["--store", url, "demo", "--steps", "1"])
-            .env_remove("CKPT_STORE")
             .current_dir(dir.path())
             .output()
             .unwrap();
@@ -366,9 +364,8 @@ fn a_scheme_without_slashes_is_refused() {
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{url}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    let out = command()
         .args(["--store", "./a:b", "demo", "--steps", "1"])
-        .env_remove("CKPT_STORE")
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -461,9 +458,8 @@ fn error_messages_have_no_runs_of_spaces() {
     let bundle = dir.path().join("sealed.bundle");
     let key = "ab".repeat(32);
     let with_key = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        command()
             .args(args)
-            .env_remove("CKPT_STORE")
             .env("CKPT_KEY", &key)
             .output()
             .expect("the ckpt binary runs")

@@ -1,12 +1,14 @@
 //! The inspecting subcommands of the `ckpt` binary (executions, history, show, diff, log, grep,
 //! watch), run against a sled store built with the library: known states, known answers.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use ckpt::{Checkpoint, Store};
+
+mod common;
 
 const EXEC: &str = "exec-1";
 const LONG: &str =
@@ -85,11 +87,10 @@ fn fixture() -> (TempDir, String) {
 }
 
 fn ckpt(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    common::cli::command()
         .arg("--store")
         .arg(store)
         .args(args)
-        .env_remove("CKPT_STORE")
         .env("NO_COLOR", "1")
         .output()
         .expect("the ckpt binary runs")

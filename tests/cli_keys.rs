@@ -2,16 +2,11 @@
 //! a real sled store.
 #![cfg(feature = "sled")]
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn ckpt(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
-    cmd.args(args).env_remove("CKPT_STORE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run ckpt")
-}
+mod common;
+
+use common::cli::ckpt;
 
 fn text(out: &Output) -> String {
     format!(

@@ -14,6 +14,8 @@ use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+mod common;
+
 /// A long string (stored as a blob) distinct per execution and step.
 fn long_text(exec: &str, step: u64) -> String {
     format!(
@@ -86,11 +88,10 @@ fn live(path: &Path, exec: &str) -> Vec<u64> {
 }
 
 fn ckpt(path: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    common::cli::command()
         .arg("--store")
         .arg(path)
         .args(args)
-        .env_remove("CKPT_STORE")
         .output()
         .expect("the ckpt binary runs")
 }

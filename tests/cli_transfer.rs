@@ -5,12 +5,14 @@
 #![cfg(feature = "sled")]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ckpt::{Checkpoint, Store};
 
+mod common;
+
 fn ckpt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    common::cli::command()
         .args(args)
         .output()
         .expect("run ckpt")

@@ -13,6 +13,7 @@ use std::fmt::Debug;
 use std::path::Path;
 use std::time::Duration;
 
+use ckpt::testing::rng::XorShift64;
 use ckpt::{Checkpoint, CheckpointHeader, ExecutionSummary, HistoryQuery, Store};
 use serde_json::json;
 use tempfile::TempDir;
@@ -31,12 +32,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// 400 bytes of text unique to `(exec, i)`: stored as a blob of its own.
 fn long_text(exec: &str, i: u64) -> String {
     let mut s = format!("{exec}/{i}:");
-    let mut x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ exec.len() as u64;
+    let mut rng =
+        XorShift64::from_state((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ exec.len() as u64);
     while s.len() < 400 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push(char::from(b'a' + (x % 26) as u8));
+        s.push(char::from(b'a' + (rng.next_u64() % 26) as u8));
     }
     s
 }

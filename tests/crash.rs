@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ckpt::testing::rng::XorShift64;
 use ckpt::{Checkpoint, Store};
 
 const CHILD_ENV: &str = "CKPT_CRASH_CHILD_DIR";
@@ -50,14 +51,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         })
-}
-
-/// xorshift64: the kill points of a seed.
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
 }
 
 /// Reads `ack VERSION STEP` lines from `child`; once `kill_after` have come, waits `then` and
@@ -110,12 +103,12 @@ fn acks_until_killed(child: &mut Child, kill_after: usize, then: Duration) -> Ve
 async fn sigkill_keeps_every_acknowledged_save() {
     let seed = seed();
     eprintln!("crash seed {seed} (CKPT_CRASH_SEED={seed} repeats this run)");
-    let mut rng = seed | 1;
+    let mut rng = XorShift64::from_state(seed | 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut acked: Vec<(u64, u64)> = Vec::new();
     for round in 0..ROUNDS {
-        let kill_after = 1 + (next(&mut rng) % 300) as usize;
-        let then = Duration::from_micros(next(&mut rng) % 5_000);
+        let kill_after = 1 + (rng.next_u64() % 300) as usize;
+        let then = Duration::from_micros(rng.next_u64() % 5_000);
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",

@@ -4,21 +4,17 @@
 
 #![cfg(feature = "sqlite")]
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use ckpt::{Checkpoint, HistoryQuery, Store};
 use serde_json::{json, Value};
 use sqlx::Connection;
+use tempfile::TempDir;
 
-fn ckpt(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
-    cmd.args(args).env_remove("CKPT_STORE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run ckpt")
-}
+mod common;
+
+use common::cli::ckpt;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -60,6 +56,42 @@ async fn save(store: &Store, exec: &str, n: u64, snapshot_at: u64) -> Vec<Checkp
     out
 }
 
+/// A new SQLite store (`store.db` in a temporary directory, sealed with `key` if given) holding,
+/// for each `(exec, n, snapshot_at)`, the checkpoints [`save`] saves; returns the directory (the
+/// store lives as long as it), the database and what was saved, in the order given.
+fn store_with(
+    key: Option<&ckpt::crypto::Key>,
+    saves: &[(&str, u64, u64)],
+) -> (TempDir, PathBuf, Vec<Vec<Checkpoint>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let saved = rt().block_on(async {
+        let mut builder = Store::builder(&url(&db));
+        if let Some(key) = key {
+            builder = builder.encryption(key.clone());
+        }
+        let store = builder.open().await.expect("open");
+        let mut saved = Vec::new();
+        for (exec, n, snapshot_at) in saves {
+            saved.push(save(&store, exec, *n, *snapshot_at).await);
+        }
+        saved
+    });
+    (dir, db, saved)
+}
+
+/// Asserts that the binary exited with `code`, showing what it printed otherwise.
+#[track_caller]
+fn assert_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}{}{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 async fn sql(path: &Path, statement: &str) -> u64 {
     let mut conn = sqlx::SqliteConnection::connect(&url(path))
         .await
@@ -75,13 +107,7 @@ async fn sql(path: &Path, statement: &str) -> u64 {
 /// tail for `verify`, not a healthy store.
 #[test]
 fn verify_reports_a_lost_tail_frame() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
-    rt().block_on(async {
-        let store = Store::open(&url(&db)).await.expect("open");
-        save(&store, "a", 6, 100).await;
-        save(&store, "b", 2, 100).await;
-    });
+    let (_dir, db, _) = store_with(None, &[("a", 6, 100), ("b", 2, 100)]);
     let healthy = ckpt(&["--store", &url(&db), "verify"], &[]);
     assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
     assert_eq!(
@@ -90,13 +116,7 @@ fn verify_reports_a_lost_tail_frame() {
     );
 
     let out = ckpt(&["--store", &url(&db), "verify"], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "");
     let text = stdout(&out);
     assert!(
         text.contains("seq 6") && text.contains("lost tail"),
@@ -120,25 +140,15 @@ fn verify_reports_a_lost_tail_frame() {
 /// the next save goes on above the last frame instead of giving up on "contention".
 #[test]
 fn a_lowered_next_seq_is_reported_and_writes_continue_above_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
-    let saved = rt().block_on(async {
-        let store = Store::open(&url(&db)).await.expect("open");
-        save(&store, "a", 6, 100).await
-    });
+    let (_dir, db, saved) = store_with(None, &[("a", 6, 100)]);
+    let saved = &saved[0];
     assert_eq!(
         rt().block_on(sql(&db, "UPDATE logs SET next_seq = 5 WHERE log = 'a'")),
         1
     );
 
     let out = ckpt(&["--store", &url(&db), "verify"], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "");
     assert!(stdout(&out).contains("lowered"), "{}", stdout(&out));
 
     rt().block_on(async {
@@ -151,52 +161,31 @@ fn a_lowered_next_seq_is_reported_and_writes_continue_above_it() {
             .await
             .expect("the save after a lowered next_seq");
         assert_eq!(next.version, 7, "a version that exists was handed out");
-        for cp in &saved {
+        for cp in saved {
             let loaded = store.load(&cp.id).await.expect("load");
             assert_eq!(loaded.state_value(), cp.state_value(), "{}", cp.id);
         }
     });
     // The append moved the stored number back above the last frame.
     let out = ckpt(&["--store", &url(&db), "verify"], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0, "");
 }
 
 /// Finding 5: a missing or wrong key is configuration (exit 3), not damage (exit 1).
 #[test]
 fn verify_tells_a_key_problem_from_damage() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
     let key = ckpt::crypto::Key::generate();
     let other = ckpt::crypto::Key::generate();
+    let (_dir, db, _) = store_with(Some(&key), &[("a", 3, 100)]);
     let (k, o) = (key.to_hex(), other.to_hex());
     let env = [("CKPT_K", k.as_str()), ("CKPT_O", o.as_str())];
     let keyed = format!("{}?key_env=CKPT_K", url(&db));
     let wrong = format!("{}?key_env=CKPT_O", url(&db));
-    rt().block_on(async {
-        let store = Store::builder(&url(&db))
-            .encryption(key.clone())
-            .open()
-            .await
-            .expect("open");
-        save(&store, "a", 3, 100).await;
-    });
     let ok = ckpt(&["--store", &keyed, "verify"], &env);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     for (store, what) in [(url(&db), "no key"), (wrong, "the wrong key")] {
         let out = ckpt(&["--store", &store, "verify"], &env);
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "{what}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert_exit(&out, 3, &format!("{what}: "));
         let msg = stderr(&out);
         assert!(msg.contains("configuration, not damage"), "{what}: {msg}");
         assert!(
@@ -214,13 +203,7 @@ fn verify_tells_a_key_problem_from_damage() {
         "UPDATE frames SET frame = zeroblob(length(frame)) WHERE log = 'a' AND seq = 2",
     ));
     let out = ckpt(&["--store", &keyed, "verify"], &env);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "");
     assert!(
         stdout(&out).contains("execution \"a\" seq 2"),
         "{}",
@@ -233,16 +216,9 @@ fn verify_tells_a_key_problem_from_damage() {
 /// readable checkpoint with its version; finding 9: a damaged blob fails `export`.
 #[test]
 fn a_damaged_frame_is_contained_and_salvaged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
-    let (a, b) = rt().block_on(async {
-        let store = Store::open(&url(&db)).await.expect("open");
-        // a: 1 snapshot, 2-4 deltas, 5 a snapshot, 6 a delta.
-        (
-            save(&store, "a", 6, 5).await,
-            save(&store, "b", 3, 100).await,
-        )
-    });
+    // a: 1 snapshot, 2-4 deltas, 5 a snapshot, 6 a delta.
+    let (dir, db, saved) = store_with(None, &[("a", 6, 5), ("b", 3, 100)]);
+    let (a, b) = (&saved[0], &saved[1]);
     let store_url = url(&db);
     let store = store_url.as_str();
     rt().block_on(sql(
@@ -367,7 +343,7 @@ fn a_damaged_frame_is_contained_and_salvaged() {
             );
             let bs = store.list("b").await.expect("b");
             assert_eq!(bs.len(), b.len());
-            for (got, want) in bs.iter().zip(&b) {
+            for (got, want) in bs.iter().zip(b) {
                 assert_eq!(
                     (got.id.clone(), got.state_value()),
                     (want.id.clone(), want.state_value())
@@ -391,12 +367,7 @@ fn a_damaged_frame_is_contained_and_salvaged() {
 /// used to exit 0 and put the damaged blob in the bundle).
 #[test]
 fn export_refuses_a_damaged_blob() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
-    rt().block_on(async {
-        let store = Store::open(&url(&db)).await.expect("open");
-        save(&store, "b", 3, 100).await;
-    });
+    let (dir, db, _) = store_with(None, &[("b", 3, 100)]);
     let changed = rt().block_on(sql(
         &db,
         "UPDATE blobs SET data = zeroblob(length(data)) \

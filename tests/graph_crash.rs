@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ckpt::graph::{CompileConfig, CompiledGraph, Outcome, RunConfig, StateGraph, END};
+use ckpt::testing::rng::XorShift64;
 use ckpt::{Checkpoint, CheckpointId, CheckpointStore, Store};
 use serde::{Deserialize, Serialize};
 
@@ -89,18 +90,6 @@ fn parse_saved(line: &str) -> Option<(u64, u32)> {
     Some((version.parse().ok()?, step.parse().ok()?))
 }
 
-/// xorshift64, seeded from the clock.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// A store that prints `saved VERSION STEP` once each save has returned (is acknowledged).
 struct Reporting(Arc<dyn CheckpointStore>);
 
@@ -167,10 +156,10 @@ async fn sigkill_mid_graph_resumes_exactly() {
         .as_nanos() as u64
         | 1;
     println!("graph_crash seed: {seed}");
-    let mut rng = XorShift(seed);
+    let mut rng = XorShift64::from_state(seed);
 
     for round in 0..2 {
-        let target = 5 + (rng.next() % 36) as usize; // 5..=40
+        let target = 5 + (rng.next_u64() % 36) as usize; // 5..=40
         let dir = tempfile::tempdir().unwrap();
         let store_dir = dir.path().join("db");
         let effects = dir.path().join("effects");
@@ -192,7 +181,7 @@ async fn sigkill_mid_graph_resumes_exactly() {
             acked.extend(parse_saved(&line.unwrap()));
         }
         // A random moment inside the next step (each sleeps ~2 ms).
-        std::thread::sleep(Duration::from_micros(rng.next() % 2500));
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 2500));
         child.kill().unwrap(); // SIGKILL on Unix
                                // Saves reported before the kill are still in the pipe: read them all.
         for line in lines {

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use ckpt::testing::rng::XorShift64;
 use ckpt::testing::{is_injected, FaultControl, FaultyHarness, Harness};
 use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Metadata, RetentionPolicy, Store};
 use proptest::prelude::*;
@@ -247,12 +248,9 @@ impl Model {
 fn text(n: u64, len: usize) -> String {
     let mut s = format!("m{n}:");
     s.truncate(len);
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = XorShift64::from_state(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     while s.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push(char::from(b'a' + (x % 26) as u8));
+        s.push(char::from(b'a' + (rng.next_u64() % 26) as u8));
     }
     s
 }

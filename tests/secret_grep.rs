@@ -6,7 +6,6 @@
 #![cfg(all(feature = "sled", feature = "sqlite"))]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -51,9 +50,8 @@ async fn open(path: &str) -> Store {
 
 /// Runs the real binary: `ckpt --store URL compact --json`; returns its report.
 fn ckpt_compact(url: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+    let out = common::cli::command()
         .args(["--store", url, "compact", "--json"])
-        .env_remove("CKPT_STORE")
         .output()
         .unwrap();
     assert!(

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ckpt::testing::rng::XorShift;
 use ckpt::{Checkpoint, Store};
 use serde_json::{json, Value};
 
@@ -40,18 +41,6 @@ fn state_for(round: u64, exec: &str, step: u64) -> Value {
         .map(|i| (b'a' + ((round * 31 + step * 7 + i) % 26) as u8) as char)
         .collect();
     json!({ "exec": exec, "round": round, "step": step, "text": text })
-}
-
-/// xorshift64*, so that a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
 }
 
 /// The child half: does anything only when started by a soak below.
@@ -263,7 +252,7 @@ fn soak(name: &str, server: &mut dyn Server, kills_server: bool) {
                 | 1
         });
     eprintln!("soak {name}: seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::from_state(seed);
     let mut acks: Vec<Ack> = Vec::new();
     let mut server_kills = 0;
     let rounds = rounds();

@@ -35,6 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::rng::XorShift;
 use super::Harness;
 use crate::backend::{
     Backend, Blob, BlobHash, Capabilities, CompactReport, Inspect, LogAppend, Maintain, Notify,
@@ -220,30 +221,10 @@ struct Scripted {
     fault: Fault,
 }
 
-/// xorshift64*: small, seedable, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 #[derive(Default)]
 struct State {
     armed: bool,
-    rng: Option<Rng>,
+    rng: Option<XorShift>,
     /// Faults per 1000 eligible calls while armed.
     per_mille: u64,
     /// The same for calls that write (appends, truncates, blob puts and deletes, rewrites).
@@ -288,7 +269,7 @@ impl FaultControl {
         let control = FaultControl::default();
         {
             let mut s = control.lock();
-            s.rng = Some(Rng::new(seed));
+            s.rng = Some(XorShift::new(seed));
             s.per_mille = per_mille.min(1000);
             s.writes_per_mille = s.per_mille;
         }

@@ -4,6 +4,7 @@
 use std::fmt::{Debug, Display};
 use std::time::SystemTime;
 
+use super::rng::XorShift64;
 use crate::{
     Checkpoint, CheckpointHeader, CheckpointId, ExecutionSummary, Metadata, Result, Store,
 };
@@ -41,15 +42,14 @@ pub(crate) fn assert_not_found<T: Debug>(result: Result<T>, id: &str, what: impl
 pub(crate) fn text(tag: &str, i: u64, len: usize) -> String {
     let mut s: String = format!("{tag}#{i}:");
     s.truncate(len);
-    let mut x = tag.bytes().fold(
-        0xcbf2_9ce4_8422_2325_u64 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3),
-    ) | 1;
+    let mut rng = XorShift64::from_state(
+        tag.bytes().fold(
+            0xcbf2_9ce4_8422_2325_u64 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3),
+        ) | 1,
+    );
     while s.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let c = (x % 27) as u8;
+        let c = (rng.next_u64() % 27) as u8;
         s.push(if c == 26 { ' ' } else { char::from(b'a' + c) });
     }
     s

@@ -31,6 +31,7 @@ mod faulty;
 mod helpers;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod rng;
 mod scenarios;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -223,73 +224,43 @@ impl<H: Harness> Harness for Encrypted<H> {
 /// ckpt::conformance_tests!(memory, ckpt::testing::MemoryHarness::new());
 /// ```
 ///
+/// A third argument picks the scenarios a layout runs: `all` (the default) or `shard_execution`
+/// (Redis Cluster's `shard=execution`, which refuses batches across executions; see
+/// `__conformance_scenario_list!` in `testing/scenarios/mod.rs` for each scenario's kind).
+///
 /// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($name:ident, $harness:expr) => {
+    ($name:ident, $harness:expr, $layout:ident) => {
         mod $name {
-            $crate::__conformance_scenarios!(
-                $harness;
-                round_trips_nested_states,
-                round_trips_deep_states,
-                round_trips_unicode,
-                round_trips_binary,
-                round_trips_empty_states,
-                round_trips_edit_sequences,
-                round_trips_map_key_orders,
-                metadata_round_trips,
-                round_trips_large_states,
-                versions_ids_parents_and_timestamps,
-                list_latest_and_at_version,
-                not_found_names_what_was_missing,
-                history_is_newest_first_and_filters,
-                delete_hides_exactly_one_checkpoint,
-                delete_of_the_latest_moves_latest_back,
-                clear_removes_only_its_execution,
-                clear_never_reuses_versions,
-                fork_copies_the_source,
-                fork_refuses_bad_sources_and_targets,
-                save_batch_is_ordered_and_consecutive,
-                save_batch_is_all_or_nothing,
-                save_batch_is_all_or_nothing_under_faults,
-                executions_summarise_live_checkpoints,
-                reopen_keeps_every_projection,
-                two_stores_see_each_other,
-                concurrent_saves_are_all_kept,
-                save_after_checks_the_latest,
-                save_after_races_have_one_winner,
-                backend_append_is_compare_and_append,
-                backend_blobs_follow_the_contract,
-                concurrent_plain_saves_from_two_stores,
-                plain_saves_survive_contention,
-                watch_yields_new_saves_in_order,
-                watch_starts_at_the_call,
-                gc_reclaims_cleared_and_deleted,
-                gc_keeps_blobs_shared_with_live_checkpoints,
-                gc_does_not_break_other_stores,
-                gc_racing_saves_keeps_every_live_checkpoint,
-                gc_elsewhere_never_takes_what_a_save_needs,
-                gc_elsewhere_is_repaired_without_cross_log_atomicity,
-                a_dead_gc_is_ended_after_its_lease,
-                retention_keeps_what_it_must,
-                rekey_reseals_everything_in_place,
-                loads_survive_a_rekey_elsewhere,
-                deltas_keep_storage_small,
-                growing_long_strings_cost_what_changed,
-                export_import_keeps_everything,
-                long_delta_chains_load_every_version,
-                invalid_input_is_refused_and_harmless,
-                damage_is_contained,
+            $crate::__conformance_scenario_list!(
+                __conformance_scenarios! { @list ($harness) $layout; }
             );
         }
+    };
+    ($name:ident, $harness:expr) => {
+        $crate::conformance_tests!($name, $harness, all);
     };
 }
 
 /// Implementation detail of [`conformance_tests!`](crate::conformance_tests): one test per
-/// scenario name.
+/// scenario, from the list (`@list ($harness) layout; kind name, ...`, filtered by the layout) or
+/// from names given (`$harness; name, ...`).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_scenarios {
+    (@list ($harness:expr) $layout:ident; $($kind:ident $scenario:ident,)*) => {
+        $(
+            $crate::__conformance_scenarios!(@one ($harness) $layout $kind $scenario);
+        )*
+    };
+    (@one ($harness:expr) all $kind:ident $scenario:ident) => {
+        $crate::__conformance_scenarios!($harness; $scenario);
+    };
+    (@one ($harness:expr) shard_execution any $scenario:ident) => {
+        $crate::__conformance_scenarios!($harness; $scenario);
+    };
+    (@one ($harness:expr) shard_execution $kind:ident $scenario:ident) => {};
     ($harness:expr; $($scenario:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 // Each test binary uses a part of these.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
@@ -35,6 +38,47 @@ pub fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// A listener on 127.0.0.1 that never answers (the kernel completes the handshake into the
+/// backlog; nothing ever reads or answers), and its port. It listens while it lives.
+pub fn silent_listener() -> (TcpListener, u16) {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    (silent, port)
+}
+
+/// An error with its sources, as the CLI shows it.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Opens `builder`, whose server at `127.0.0.1:{port}` refuses or never answers, and asserts the
+/// open fails within 10 s (not after the 30 s default timeout a retried failure would use up)
+/// with an error naming the address; returns the error with its sources, for the caller to check
+/// what it says. The fail-fast tests of every networked backend share it.
+pub async fn open_fails_fast(builder: ckpt::StoreBuilder, port: u16, what: &str) -> String {
+    let started = Instant::now();
+    let Err(e) = builder.open().await else {
+        panic!("{what}: nothing answers on {port}, yet the open succeeded");
+    };
+    let elapsed = started.elapsed();
+    let text = chain(&e);
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "{what}: {text}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "{what}: {elapsed:?}: {text}"
+    );
+    text
 }
 
 /// A `redis-server` of the test's own, durable (`appendfsync always`), in `dir`; `extra`
