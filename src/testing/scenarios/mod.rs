@@ -48,9 +48,7 @@ use super::{faulty_store, is_injected, Call, Elsewhere, Fault, FaultControl, Fau
 ///
 /// A scenario's kind says which layouts run it: `any`, every harness; `cross_execution`, it writes
 /// one batch across executions, which Redis Cluster's `shard=execution` layout refuses by design
-/// (`cluster_shard_execution_refuses_cross_slot_batches` in `tests/redis.rs` checks the refusal);
-/// `not_on_shard_execution`, it was added after the list of that layout was written and has not
-/// been run there.
+/// (`cluster_shard_execution_refuses_cross_slot_batches` in `tests/redis.rs` checks the refusal).
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_scenario_list {
@@ -118,9 +116,9 @@ macro_rules! __conformance_scenario_list {
             // export.rs
             any export_import_keeps_everything,
             // faults.rs
-            not_on_shard_execution save_batch_is_all_or_nothing_under_faults,
+            any save_batch_is_all_or_nothing_under_faults,
             // damage.rs
-            not_on_shard_execution damage_is_contained,
+            any damage_is_contained,
         }
     };
 }
