@@ -15,7 +15,7 @@
 //! conflict); `write` the other events (delete, clear, fork); `read` the way out (projection
 //! refresh, state rebuild, blob fetch); `query` the answers read from projections alone
 //! (history, executions, damage); `gc` and `reclaim` the sweep and its fence across processes;
-//! `verify` and `compact` the whole-store check and maintenance.
+//! `verify`, `stats` and `compact` the whole-store projections and maintenance the CLI calls.
 
 mod builder;
 mod compact;
@@ -28,6 +28,7 @@ mod read;
 pub(crate) mod reclaim;
 mod retention;
 mod save;
+mod stats;
 mod transcode;
 mod transfer;
 mod types;
@@ -52,6 +53,7 @@ pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
+pub use stats::{ExecutionStats, StatsReport, StatsTotals};
 pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
 pub use types::{
     CheckpointStore, ExecutionDamage, ExecutionSummary, GcReport, HistoryQuery, WriteStats,
@@ -195,6 +197,13 @@ impl Store {
     /// lock), as another process opening the same storage would be.
     pub fn with_same_keys(&self, backend: Arc<dyn Backend>) -> Store {
         Store::with_backend_and_keys(backend, self.inner.keys.clone())
+    }
+
+    /// A new store on this store's backend with its keys and nothing else of it (no cached
+    /// projection, state or blob), as this process would find the storage after a restart:
+    /// for a cold read, or to reattach to a `memory://` store whose first handle is gone.
+    pub fn reopened(&self) -> Store {
+        self.with_same_keys(self.inner.backend.clone())
     }
 
     /// A store on a backend, sealing with `keys[0]` and opening with any of `keys` (see
