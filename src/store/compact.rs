@@ -45,7 +45,7 @@ impl Store {
 
     /// Compacts the store `url` names while no process has it open, as [`Store::compact`] does
     /// for an open one: for sled, whose compaction rewrites the database directory (see
-    /// [`crate::backend::sled::compact`]) and so cannot run on an open store. Never reads what
+    /// `ckpt::backend::sled::compact`) and so cannot run on an open store. Never reads what
     /// the store holds, so an encrypted store needs no key (a `key_env` option is ignored).
     ///
     /// Other URLs are refused with [`Error::InvalidInput`]: open the store and call

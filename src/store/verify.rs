@@ -34,7 +34,7 @@ pub struct VerifyReport {
     /// replaced: see [`crate::backend::RecordedDamage`].
     pub recorded_damage: Vec<crate::backend::RecordedDamage>,
     /// What the storage engine's own consistency check found (see
-    /// [`crate::backend::Backend::check_storage`]).
+    /// [`crate::backend::Inspect::check_storage`]).
     pub storage_problems: Vec<String>,
 }
 
