@@ -171,7 +171,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     }
     // The same from a store that has cached nothing (as after a restart): each execution's index
     // is built from its log and its latest state rebuilt from a snapshot and deltas.
-    let cold = store.with_same_keys(store.backend().clone());
+    let cold = store.reopened();
     let mut latest_cold = Vec::with_capacity(executions.len());
     for exec in &executions {
         let t = Instant::now();

@@ -42,9 +42,9 @@ pub async fn run(args: CompactArgs, global: &Global) -> CliResult {
         ));
     }
     let report = match parsed {
-        StoreUrl::Sled { path, .. } => tokio::task::spawn_blocking(move || compact_sled(&path))
+        // sled compacts offline only: the store rewrites the directory without opening it.
+        StoreUrl::Sled { .. } => ckpt::Store::compact_offline(&url)
             .await
-            .context("compacting")?
             .context("compacting the store")?,
         _ => {
             let store = super::open_existing(&url).await?;
@@ -76,16 +76,4 @@ fn print_report(report: &CompactReport) -> CliResult {
         say!("no caveats: nothing deleted remains readable in the files compact can reach")?;
     }
     Ok(())
-}
-
-#[cfg(feature = "sled")]
-fn compact_sled(path: &std::path::Path) -> ckpt::Result<CompactReport> {
-    ckpt::backend::sled::compact(path)
-}
-
-#[cfg(not(feature = "sled"))]
-fn compact_sled(_: &std::path::Path) -> ckpt::Result<CompactReport> {
-    Err(ckpt::Error::InvalidInput(
-        "this build of ckpt has no sled backend".into(),
-    ))
 }

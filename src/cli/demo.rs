@@ -5,12 +5,9 @@
 //! dropped. The demo then opens the store again from its URL, loads the execution's latest
 //! checkpoint, resumes from it to the end, and prints the execution's history and what was stored.
 
-use std::sync::Arc;
-
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use ckpt::backend::Backend;
 use ckpt::url::{redact, StoreUrl};
 use ckpt::{Checkpoint, HistoryQuery, Store, WriteStats};
 
@@ -130,19 +127,20 @@ async fn run_agent(
 }
 
 /// The first run, which crashes half way. Returns what it wrote and, for `memory://` (which does
-/// not outlive its store), the backend to reopen; a durable store is simply dropped.
+/// not outlive its store), the store reopened on the same in-process data; a durable store is
+/// simply dropped.
 async fn first_run(
     url: &str,
     is_memory: bool,
     execution: &str,
     steps: u32,
-) -> CliResult<(WriteStats, Option<Arc<dyn Backend>>)> {
+) -> CliResult<(WriteStats, Option<Store>)> {
     let store = super::open_or_create(url).await?;
     let mut state = AgentState::new();
     let crash_at = steps / 2;
     run_agent(&store, execution, &mut state, steps, Some(crash_at)).await?;
     say!("  !! crash after step {crash_at}: the process loses everything in memory")?;
-    let keep = is_memory.then(|| store.backend().clone());
+    let keep = is_memory.then(|| store.reopened());
     Ok((store.write_stats(), keep))
 }
 
@@ -162,13 +160,13 @@ pub async fn run(args: DemoArgs, global: &Global) -> CliResult {
     say!("")?;
 
     say!("run 1:")?;
-    let (first_stats, memory_backend) = first_run(url, is_memory, &execution, steps).await?;
+    let (first_stats, memory_store) = first_run(url, is_memory, &execution, steps).await?;
 
     say!("")?;
     say!("run 2: reopening the store")?;
-    let store = match memory_backend {
+    let store = match memory_store {
         // memory:// is gone with its store: reattach to the same in-process data instead.
-        Some(backend) => Store::with_backend(backend),
+        Some(reopened) => reopened,
         None => Store::open(url).await?,
     };
     let mut state = match store.latest(&execution).await? {

@@ -1,11 +1,8 @@
 //! `ckpt stats`: logical bytes offered vs bytes stored, per execution and in total.
 
-use ckpt::backend::BackendExt;
 use clap::Args;
-use serde::Serialize;
 
-use ckpt::codec::blob;
-use ckpt::HistoryQuery;
+use ckpt::store::StatsReport;
 
 use super::delete::open_store;
 use super::fmt::{self, Table};
@@ -30,90 +27,21 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// One execution.
-#[derive(Debug, Serialize)]
-struct ExecStats {
-    execution: String,
-    checkpoints: usize,
-    logical_bytes: u64,
-    log_bytes: u64,
-    damaged_frames: Vec<u64>,
-    unreadable_versions: Vec<u64>,
-}
-
-/// The whole store.
-#[derive(Debug, Serialize)]
-struct Totals {
-    checkpoints: usize,
-    logical_bytes: u64,
-    log_bytes: u64,
-    blobs: u64,
-    blob_bytes: u64,
-    stored_bytes: Option<u64>,
-    ratio: Option<f64>,
-}
-
-/// What `--json` prints.
-#[derive(Debug, Serialize)]
-struct Report {
-    executions: Vec<ExecStats>,
-    totals: Totals,
-}
-
 /// Runs `ckpt stats`.
 pub async fn run(args: StatsArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
-    let mut execs = Vec::new();
-    for summary in store.executions().await.context("listing the executions")? {
-        let damaged_frames = summary.damaged_frames;
-        let unreadable_versions = summary.unreadable_versions;
-        let exec = summary.execution_id;
-        let headers = store
-            .history(&exec, HistoryQuery::default())
-            .await
-            .with_context(|| format!("reading the history of execution {exec}"))?;
-        execs.push(ExecStats {
-            checkpoints: headers.len(),
-            logical_bytes: headers.iter().map(|h| h.state_size).sum(),
-            log_bytes: summary.log_bytes,
-            execution: exec,
-            damaged_frames,
-            unreadable_versions,
-        });
-    }
-    let backend = store.backend();
-    let (mut blobs, mut blob_bytes) = (0u64, 0u64);
-    for hash in backend.list_blobs().await.context("listing the blobs")? {
-        let stored = backend
-            .get_blob(&hash)
-            .await
-            .with_context(|| format!("reading blob {}", blob::hex(&hash)))?;
-        if let Some(bytes) = stored {
-            blobs += 1;
-            blob_bytes += bytes.len() as u64;
-        }
-    }
-    let stored_bytes = store.stored_bytes().await.context("measuring the store")?;
-    let logical_bytes: u64 = execs.iter().map(|e| e.logical_bytes).sum();
-    let log_bytes: u64 = execs.iter().map(|e| e.log_bytes).sum();
-    let kept = log_bytes + blob_bytes;
-    let totals = Totals {
-        checkpoints: execs.iter().map(|e| e.checkpoints).sum(),
-        logical_bytes,
-        log_bytes,
-        blobs,
-        blob_bytes,
-        stored_bytes,
-        ratio: (kept > 0).then(|| logical_bytes as f64 / kept as f64),
-    };
+    let report = store
+        .stats()
+        .await
+        .context("computing the store's statistics")?;
     if args.json {
-        let report = Report {
-            executions: execs,
-            totals,
-        };
         say!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
+    let StatsReport {
+        executions: execs,
+        totals,
+    } = report;
     let mut table = Table::new(&["EXECUTION", ">CHECKPOINTS", ">LOGICAL", ">LOG"]);
     for e in &execs {
         let mark = if e.damaged_frames.is_empty() {

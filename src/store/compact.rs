@@ -5,10 +5,13 @@
 //! Redis's append-only file). [`Store::compact`] asks the backend to rewrite its storage (see
 //! [`crate::backend::Maintain::compact`] for the contract), so that clearing an execution and
 //! collecting it leaves nothing of its state a reader of the raw files could recover.
+//! [`Store::compact_offline`] does the same for a store no process has open (sled, whose
+//! compaction rewrites its directory).
 
 use super::Store;
 use crate::backend::CompactReport;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::url::{redact, strip_key_env, StoreUrl};
 
 impl Store {
     /// Rewrites the backend's storage so that nothing deleted can be read from its files, as far
@@ -39,6 +42,42 @@ impl Store {
             }
         }
     }
+
+    /// Compacts the store `url` names while no process has it open, as [`Store::compact`] does
+    /// for an open one: for sled, whose compaction rewrites the database directory (see
+    /// `ckpt::backend::sled::compact`) and so cannot run on an open store. Never reads what
+    /// the store holds, so an encrypted store needs no key (a `key_env` option is ignored).
+    ///
+    /// Other URLs are refused with [`Error::InvalidInput`]: open the store and call
+    /// [`Store::compact`]. So is a sled URL in a build without the `sled` feature.
+    pub async fn compact_offline(url: &str) -> Result<CompactReport> {
+        let url = strip_key_env(url);
+        match StoreUrl::parse(&url)? {
+            StoreUrl::Sled { path, .. } => tokio::task::spawn_blocking(move || compact_sled(&path))
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: "sled",
+                    context: "compacting".into(),
+                    source: e.into(),
+                })?,
+            _ => Err(Error::InvalidInput(format!(
+                "offline compaction is for sled stores only; open {} and call Store::compact",
+                redact(&url)
+            ))),
+        }
+    }
+}
+
+#[cfg(feature = "sled")]
+fn compact_sled(path: &std::path::Path) -> Result<CompactReport> {
+    crate::backend::sled::compact(path)
+}
+
+#[cfg(not(feature = "sled"))]
+fn compact_sled(_: &std::path::Path) -> Result<CompactReport> {
+    Err(Error::InvalidInput(
+        "this build of ckpt has no sled backend".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -58,5 +97,11 @@ mod tests {
         assert_eq!(report.backend, "memory");
         assert!(report.caveats.is_empty(), "{report:?}");
         assert_eq!(report.bytes_before, report.bytes_after);
+    }
+
+    #[tokio::test]
+    async fn offline_compaction_is_for_sled_only() {
+        let err = Store::compact_offline("memory://").await.unwrap_err();
+        assert!(matches!(err, crate::Error::InvalidInput(_)), "{err}");
     }
 }

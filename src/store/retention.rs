@@ -10,7 +10,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Marker, Store};
+use super::write::Marker;
+use super::Store;
 use crate::checkpoint::CheckpointHeader;
 use crate::error::{Error, Result};
 use crate::HistoryQuery;

@@ -15,8 +15,9 @@ use crate::backend::BackendExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::save::{Expect, Pending};
 use super::transcode::{BlobSource, Transcoder};
-use super::{reclaim, Expect, Pending, Store};
+use super::{reclaim, Store};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};

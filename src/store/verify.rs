@@ -7,7 +7,9 @@
 //! ([`Error::Decrypt`] from the key check, a store opened without its key), which is a matter of
 //! configuration, not of the stored bytes, or a backend that cannot be read.
 
-use super::{damage_reason, ExecIndex, Store, FETCH_BATCH, SCAN_PAGE};
+use super::index::ExecIndex;
+use super::read::{check_base, damage_reason, maybe_deleted, needs_damaged};
+use super::{Store, FETCH_BATCH, SCAN_PAGE};
 use crate::backend::BlobHash;
 use crate::codec::blob;
 use crate::codec::frame::Body;
@@ -32,7 +34,7 @@ pub struct VerifyReport {
     /// replaced: see [`crate::backend::RecordedDamage`].
     pub recorded_damage: Vec<crate::backend::RecordedDamage>,
     /// What the storage engine's own consistency check found (see
-    /// [`crate::backend::Backend::check_storage`]).
+    /// [`crate::backend::Inspect::check_storage`]).
     pub storage_problems: Vec<String>,
 }
 
@@ -219,7 +221,7 @@ impl Store {
                 continue;
             };
             let rebuilt = match entry.chain.needs {
-                Some(needed) => Err(super::needs_damaged(idx, *seq, needed)),
+                Some(needed) => Err(needs_damaged(idx, *seq, needed)),
                 None => self.apply_frame(idx, *seq, bytes, state.take(), applied, &broken),
             };
             let result = match rebuilt {
@@ -244,7 +246,7 @@ impl Store {
                 continue;
             }
             let result = match idx.unreadable_because(*seq) {
-                Some(d) if result.is_ok() => Err(super::maybe_deleted(idx, *seq, d)),
+                Some(d) if result.is_ok() => Err(maybe_deleted(idx, *seq, d)),
                 _ => result,
             };
             match result {
@@ -276,7 +278,7 @@ impl Store {
                 format!("its state is stored as changes on top of version {base}, and {why}"),
             ));
         }
-        super::check_base(&idx.log, seq, &body, applied)?;
+        check_base(&idx.log, seq, &body, applied)?;
         self.apply_body(&idx.log, seq, state, body)
     }
 

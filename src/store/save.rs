@@ -1,0 +1,569 @@
+//! The save path. A save (or batch, or fork, or salvaged checkpoint) goes through named steps,
+//! retried as a whole:
+//!
+//! 1. **fence**: where the save stands against gc, read before any blob is checked or written
+//!    (a fenced append to the gc log, or on a backend that cannot fence the gc log's position);
+//!    cached stored states are revalidated if a gc or rekey ran since they were read.
+//! 2. **prepare**: each execution's projection is refreshed (or trusted on the first try), the
+//!    caller's precondition checked, its frames encoded as snapshots or deltas on top of the
+//!    newest state, and the blobs their states lift encoded (only those the backend lacks).
+//! 3. **commit**: one backend call appends every frame (and the fence) and puts the blobs.
+//! 4. **on conflict**: a gc that began elsewhere re-runs the save once it ends; a log that moved
+//!    is looked at again, then retried with backoff until the retry bound, then given up.
+//!
+//! After an unfenced commit, blobs a gc took meanwhile are put back (`repair_after_gc`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmpv::Value;
+use tokio::sync::OwnedMutexGuard;
+
+use super::index::{CachedState, Chain, ExecIndex};
+use super::{backoff, from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
+use crate::backend::{BlobHash, LogAppend};
+use crate::checkpoint::{Checkpoint, CheckpointId};
+use crate::codec::frame::{ParentRef, SaveHeader};
+use crate::codec::tree::{self, Lifted};
+use crate::codec::{value, Codec};
+use crate::error::{Error, Result};
+
+/// Longest run of deltas before a snapshot is forced; bounds the work of loading an old version.
+const MAX_CHAIN: u32 = 100;
+/// Deltas may add up to this many bytes before a snapshot, however small the snapshot.
+const MIN_DELTA_BUDGET: u64 = 4096;
+/// A plain save whose appends keep conflicting (many writers on one execution) retries at least
+/// [`MAX_CONFLICT_RETRIES`] times and for at least this long before it gives up.
+const CONFLICT_PATIENCE: Duration = Duration::from_secs(10);
+/// How often a save is prepared again because a gc elsewhere began before it landed; each time
+/// it first waits for that gc to end, so only back-to-back gc runs can use these up.
+const MAX_FENCE_RETRIES: u32 = 1000;
+/// A save lifting at most this many blobs, of at most [`BLIND_PUT_BYTES`] in all, sends them
+/// without asking which the backend has, where the backend puts them in the append's own round
+/// trip ([`crate::backend::Capabilities::blobs_with_append`]); a snapshot's many blobs are still asked about.
+const BLIND_PUT_BLOBS: usize = 8;
+/// See [`BLIND_PUT_BLOBS`].
+const BLIND_PUT_BYTES: usize = 64 << 10;
+
+/// A checkpoint waiting to be appended, with how it must be stored.
+pub(super) struct Pending {
+    pub(super) checkpoint: Checkpoint,
+    pub(super) parent: Option<ParentRef>,
+    pub(super) force_snapshot: bool,
+    /// The time to record instead of now (a salvaged checkpoint keeps its own).
+    pub(super) timestamp_us: Option<u64>,
+}
+
+impl Pending {
+    /// A checkpoint saved as itself: parent the execution's latest, a delta where it pays, now.
+    pub(super) fn plain(checkpoint: Checkpoint) -> Self {
+        Pending {
+            checkpoint,
+            parent: None,
+            force_snapshot: false,
+            timestamp_us: None,
+        }
+    }
+}
+
+/// What a precondition on a save expects the execution's latest version to be.
+#[derive(Clone, Copy)]
+pub(super) enum Expect {
+    /// No precondition: a save that races another writer is retried on top of it.
+    Any,
+    /// The execution's newest live version must be this (`None`: it has none), else
+    /// [`Error::Conflict`].
+    Latest(Option<u64>),
+}
+
+/// One execution's part of an append in flight.
+struct Prepared {
+    append: LogAppend,
+    /// Per save: header, body length, frame length, the checkpoint as stored.
+    saves: Vec<(SaveHeader, u64, u64, Checkpoint)>,
+    newest_state: Option<CachedState>,
+}
+
+/// Where one attempt stands against gc (step 1), read before any blob is checked or written:
+/// see `reclaim`.
+struct Fence {
+    /// The empty append to the gc log that fails the commit if a gc began since (`None` when
+    /// the backend cannot fence).
+    append: Option<LogAppend>,
+    /// Where the backend cannot fence: the gc log's position, to repair after the commit.
+    unfenced: Option<u64>,
+    /// The gc position the blob addresses this attempt trusts are valid under.
+    epoch: Option<u64>,
+}
+
+/// One attempt's frames and blobs, ready to commit (step 2).
+struct Batch {
+    /// Per execution (in lock order): the saves the frames hold and the newest state.
+    prepared: Vec<Prepared>,
+    /// Per execution: the frames to append at its expected sequence number.
+    appends: Vec<LogAppend>,
+    /// The blobs to put, as stored.
+    blobs: Vec<(BlobHash, Vec<u8>)>,
+    /// Every blob the saved states lift, kept for the repair after an unfenced commit.
+    needed: Vec<Lifted>,
+    /// Bytes of all the frames.
+    bytes: u64,
+    /// Per execution: its log's next sequence number once the frames landed.
+    tails: Vec<u64>,
+}
+
+/// How one save retries (step 4): how often and how long it may, and whether it still trusts
+/// its cached projections.
+struct Attempts {
+    expect: Expect,
+    /// Retries because a gc elsewhere began first (bounded by [`MAX_FENCE_RETRIES`]).
+    fenced_off: u32,
+    /// Retries because another writer appended first (see [`Attempts::may_retry`]).
+    conflicts: u32,
+    patient_until: Instant,
+    /// A projection this store keeps up to date is trusted for the first try: the
+    /// compare-and-append tells if the log moved, and saves it is current for skip a round trip.
+    /// (Not when the caller states what the latest must be: that is checked on a fresh view.)
+    trust_cache: bool,
+}
+
+impl Attempts {
+    fn new(expect: Expect) -> Self {
+        Attempts {
+            expect,
+            fenced_off: 0,
+            conflicts: 0,
+            patient_until: Instant::now() + CONFLICT_PATIENCE,
+            trust_cache: matches!(expect, Expect::Any),
+        }
+    }
+
+    /// Whether a plain save may try again after another conflict: while under the retry bound,
+    /// or within its patience.
+    fn may_retry(&self) -> bool {
+        self.conflicts + 1 < MAX_CONFLICT_RETRIES || Instant::now() < self.patient_until
+    }
+}
+
+impl Store {
+    /// Saves a checkpoint and returns it as stored: with its id, version, timestamp and parent
+    /// (the execution's previous live checkpoint). Durable when it returns (on a durable backend).
+    ///
+    /// A save that races another writer of the same execution is retried on top of it, so both
+    /// are kept; use [`Store::save_after`] to fail instead.
+    pub async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
+        let mut saved = self
+            .save_pending(vec![Pending::plain(checkpoint)], Expect::Any)
+            .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves a checkpoint only if the execution's newest live checkpoint is still `parent`
+    /// (`None`: the execution has none). Otherwise nothing is written and the result is
+    /// [`Error::Conflict`]: optimistic concurrency for writers that must not interleave.
+    pub async fn save_after(
+        &self,
+        checkpoint: Checkpoint,
+        parent: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        if let Some(p) = parent {
+            if p.execution_id() != checkpoint.execution_id {
+                return Err(Error::InvalidInput(format!(
+                    "save_after: parent {p} is not in execution {:?}",
+                    checkpoint.execution_id
+                )));
+            }
+        }
+        let expect = Expect::Latest(parent.map(CheckpointId::version));
+        let mut saved = self
+            .save_pending(vec![Pending::plain(checkpoint)], expect)
+            .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves several checkpoints (of one or more executions) atomically: after an error, none of
+    /// them is stored. Returned in the order given.
+    pub async fn save_batch(&self, checkpoints: Vec<Checkpoint>) -> Result<Vec<Checkpoint>> {
+        self.save_pending(
+            checkpoints.into_iter().map(Pending::plain).collect(),
+            Expect::Any,
+        )
+        .await
+    }
+
+    /// Saves `pending` (grouped by execution, each group in order) atomically, as one backend
+    /// call, retrying per [`Attempts`]; returns the checkpoints as stored, in the order given.
+    pub(super) async fn save_pending(
+        &self,
+        pending: Vec<Pending>,
+        expect: Expect,
+    ) -> Result<Vec<Checkpoint>> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Group by execution (order kept within each), lock executions in id order.
+        let mut groups: BTreeMap<String, Vec<(usize, Pending)>> = BTreeMap::new();
+        for (i, p) in pending.into_iter().enumerate() {
+            p.checkpoint.validate()?;
+            groups
+                .entry(p.checkpoint.execution_id.clone())
+                .or_default()
+                .push((i, p));
+        }
+        let total: usize = groups.values().map(Vec::len).sum();
+        let crypto = self.crypto().await?;
+        crypto.check_writable()?;
+        let codec = crypto.codec();
+        // Taken before the execution locks, in the same order as gc, so the two cannot deadlock.
+        let _shared = self.inner.gc_lock.read().await;
+        let mut guards: Vec<OwnedMutexGuard<ExecIndex>> = Vec::with_capacity(groups.len());
+        for exec in groups.keys() {
+            guards.push(self.handle(exec).lock_owned().await);
+        }
+        let mut attempts = Attempts::new(expect);
+        loop {
+            let fence = self.fence(&mut guards).await?;
+            let batch = self
+                .prepare_batch(&mut guards, &groups, &attempts, &fence, codec)
+                .await?;
+            let mut appends = batch.appends;
+            appends.extend(fence.append);
+            match self.commit(appends, batch.blobs).await {
+                Ok(()) => {
+                    if let Some(position) = fence.unfenced {
+                        self.repair_after_gc(position, &batch.needed, codec).await?;
+                    }
+                    self.count_frames(total as u64, batch.bytes);
+                    return Ok(self.apply_committed(
+                        &mut guards,
+                        &groups,
+                        batch.prepared,
+                        batch.tails,
+                        fence.epoch,
+                    ));
+                }
+                Err(e) => {
+                    let first = groups.keys().next().map_or("", String::as_str);
+                    self.on_conflict(e, &mut attempts, first).await?;
+                }
+            }
+        }
+    }
+
+    /// Step 1: reads where the save stands against gc, and revalidates every locked
+    /// execution's cached stored state that was read under another gc position.
+    async fn fence(&self, guards: &mut [OwnedMutexGuard<ExecIndex>]) -> Result<Fence> {
+        // Read before any blob is checked or written: see `reclaim`.
+        let append = self.gc_fence().await?;
+        let unfenced = self.gc_position_unfenced().await?;
+        let epoch = append.as_ref().map(|f| f.expected_seq).or(unfenced);
+        for idx in guards.iter_mut() {
+            if epoch != Some(idx.stored_epoch) {
+                self.revalidate_stored_state(idx, epoch.unwrap_or(0))
+                    .await?;
+            }
+        }
+        Ok(Fence {
+            append,
+            unfenced,
+            epoch,
+        })
+    }
+
+    /// Step 2: brings each execution's projection up to date (unless trusted), checks the
+    /// caller's precondition, encodes the frames, and the blobs they lift that must be put.
+    async fn prepare_batch(
+        &self,
+        guards: &mut [OwnedMutexGuard<ExecIndex>],
+        groups: &BTreeMap<String, Vec<(usize, Pending)>>,
+        attempts: &Attempts,
+        fence: &Fence,
+        codec: &Codec,
+    ) -> Result<Batch> {
+        let mut prepared = Vec::with_capacity(groups.len());
+        let mut lifted = codec.lifting();
+        for (idx, group) in guards.iter_mut().zip(groups.values()) {
+            if !(attempts.trust_cache && idx.synced) {
+                self.refresh(idx).await?;
+            }
+            if let Expect::Latest(v) = attempts.expect {
+                let actual = idx.latest_live();
+                if actual != v {
+                    return Err(Error::Conflict {
+                        log: idx.log.to_string(),
+                        expected: v.unwrap_or(0),
+                        actual: actual.unwrap_or(0),
+                    });
+                }
+            }
+            prepared.push(self.prepare(idx, group, &mut lifted, codec).await?);
+        }
+        let needed = match fence.unfenced {
+            Some(_) => lifted.blobs.clone(),
+            None => Vec::new(),
+        };
+        let blobs = self.encode_blobs(lifted.blobs, codec).await?;
+        let appends: Vec<LogAppend> = prepared
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.append))
+            .collect();
+        let bytes: u64 = appends
+            .iter()
+            .flat_map(|a| &a.frames)
+            .map(|f| f.len() as u64)
+            .sum();
+        let tails: Vec<u64> = appends
+            .iter()
+            .map(|a| a.expected_seq + a.frames.len() as u64)
+            .collect();
+        self.count_blobs(&blobs);
+        Ok(Batch {
+            prepared,
+            appends,
+            blobs,
+            needed,
+            bytes,
+            tails,
+        })
+    }
+
+    /// After step 3 succeeded: folds the saves into the projections (with the newest state,
+    /// stamped with the gc position it was prepared under), tells watchers, and returns the
+    /// checkpoints as stored in the order they were given.
+    fn apply_committed(
+        &self,
+        guards: &mut [OwnedMutexGuard<ExecIndex>],
+        groups: &BTreeMap<String, Vec<(usize, Pending)>>,
+        prepared: Vec<Prepared>,
+        tails: Vec<u64>,
+        epoch: Option<u64>,
+    ) -> Vec<Checkpoint> {
+        let total: usize = groups.values().map(Vec::len).sum();
+        let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
+        for (((idx, group), p), tail) in guards
+            .iter_mut()
+            .zip(groups.values())
+            .zip(prepared)
+            .zip(tails)
+        {
+            let log = idx.log.clone();
+            for ((header, body_len, frame_len, cp), (i, _)) in p.saves.into_iter().zip(group) {
+                let version = cp.version;
+                idx.apply_save(version, header, body_len, frame_len);
+                let _ = self.inner.saved.send((log.clone(), version));
+                out.push((*i, cp));
+            }
+            idx.next_seq = tail;
+            idx.newest_state = p.newest_state;
+            idx.stored_epoch = epoch.unwrap_or(0);
+            self.note_tail(idx);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, cp)| cp).collect()
+    }
+
+    /// Step 4: decides what a failed commit means. `Ok(())` to prepare again (after waiting
+    /// where that is due), else the error to return: the conflict itself when the caller's
+    /// precondition failed, "gave up" when a plain save ran out of retries, any other error as is.
+    async fn on_conflict(&self, e: Error, attempts: &mut Attempts, exec: &str) -> Result<()> {
+        match e {
+            // A gc began elsewhere: prepare again once it has ended, whatever `expect`.
+            e if reclaim::is_fence_conflict(&e) && attempts.fenced_off < MAX_FENCE_RETRIES => {
+                attempts.fenced_off += 1;
+                self.forget_gc_fence();
+                Ok(())
+            }
+            // The log moved since this store last looked: look, then decide.
+            Error::Conflict { .. } if attempts.trust_cache => {
+                attempts.trust_cache = false;
+                Ok(())
+            }
+            Error::Conflict { .. }
+                if matches!(attempts.expect, Expect::Any) && attempts.may_retry() =>
+            {
+                backoff(attempts.conflicts).await;
+                attempts.conflicts += 1;
+                Ok(())
+            }
+            Error::Conflict { .. } if matches!(attempts.expect, Expect::Any) => {
+                Err(self.gave_up(exec))
+            }
+            e => Err(e),
+        }
+    }
+
+    /// Encodes the frames of one execution's pending saves on top of its current projection.
+    async fn prepare(
+        &self,
+        idx: &mut ExecIndex,
+        group: &[(usize, Pending)],
+        lifted: &mut tree::Lifting,
+        codec: &crate::codec::Codec,
+    ) -> Result<Prepared> {
+        let log = idx.log.clone();
+        let mut seq = idx.next_seq;
+        let mut parent = idx.latest_live();
+        // Deltas build on the newest save (live or deleted) while anything is live; gc keeps
+        // exactly those saves' chains.
+        // A state that cannot be rebuilt (its chain runs through a damaged frame, or it fails
+        // to rebuild) is no base: the save is then a snapshot, readable whatever came before.
+        let newest = idx
+            .newest_save()
+            .filter(|(_, e)| parent.is_some() && e.chain.needs.is_none())
+            .map(|(v, e)| (v, e.chain));
+        let mut base: Option<(CachedState, Chain)> = match newest {
+            Some((v, chain)) => match self.state_of(idx, v).await {
+                Ok(state) => Some((state, chain)),
+                Err(e) if self.is_damage(&e) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let mut frames = Vec::with_capacity(group.len());
+        let mut saves = Vec::with_capacity(group.len());
+        for (_, p) in group {
+            let cp = &p.checkpoint;
+            let (stored, body, delta_base, chain) = match &base {
+                Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
+                    let ops = tree::externalize_ops(&tree::diff(&b.logical, &cp.state), lifted);
+                    let mut stored = Value::clone(&b.stored);
+                    tree::apply(&mut stored, &ops).map_err(|e| {
+                        Error::corrupt(
+                            format!("checkpoint {log}@{}", b.version),
+                            format!("cached state does not take its own delta: {e}"),
+                        )
+                    })?;
+                    let delta = value::encode(&tree::ops_to_value(&ops));
+                    let len = delta.len() as u64;
+                    if chain.delta_bytes + len <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET) {
+                        (stored, delta, Some(b.version), chain.extend(len))
+                    } else {
+                        let snapshot = value::encode(&stored);
+                        let chain = Chain::snapshot(seq, snapshot.len() as u64);
+                        (stored, snapshot, None, chain)
+                    }
+                }
+                _ => {
+                    let stored = tree::externalize(&cp.state, lifted);
+                    let snapshot = value::encode(&stored);
+                    let chain = Chain::snapshot(seq, snapshot.len() as u64);
+                    (stored, snapshot, None, chain)
+                }
+            };
+            let timestamp_us = p.timestamp_us.unwrap_or_else(now_micros);
+            let header = SaveHeader {
+                node: cp.node_name.clone(),
+                metadata: cp.metadata.clone(),
+                timestamp_us,
+                parent: p.parent.clone().or(parent.map(|version| ParentRef {
+                    execution: None,
+                    version,
+                })),
+                state_size: cp.state_size,
+                delta_base,
+            };
+            let frame = codec.frames.encode_save(&log, seq, &header, &body)?;
+            let mut saved = cp.clone();
+            saved.version = seq;
+            saved.id = CheckpointId::new_unchecked(log.clone(), seq);
+            saved.timestamp = from_micros(timestamp_us);
+            saved.parent = self.parent_id(&log, &header.parent);
+            saves.push((header, body.len() as u64, frame.len() as u64, saved));
+            frames.push(frame);
+            let state = CachedState {
+                version: seq,
+                logical: cp.state.clone(),
+                stored: Arc::new(stored),
+            };
+            base = Some((state, chain));
+            parent = Some(seq);
+            seq += 1;
+        }
+        Ok(Prepared {
+            append: LogAppend::new(log.to_string(), idx.next_seq, frames),
+            newest_state: base.map(|(s, _)| s),
+            saves,
+        })
+    }
+
+    /// The stored form of the lifted leaves and chunks the backend does not have yet (each once).
+    async fn encode_blobs(
+        &self,
+        lifted: Vec<Lifted>,
+        codec: &crate::codec::Codec,
+    ) -> Result<Vec<(BlobHash, Vec<u8>)>> {
+        let mut seen = HashSet::with_capacity(lifted.len());
+        let lifted: Vec<Lifted> = lifted
+            .into_iter()
+            .filter(|(h, _)| seen.insert(*h))
+            .collect();
+        if lifted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes: usize = lifted.iter().map(|(_, c)| c.len()).sum();
+        if self.inner.backend.capabilities().blobs_with_append
+            && lifted.len() <= BLIND_PUT_BLOBS
+            && bytes <= BLIND_PUT_BYTES
+        {
+            // A delta's few new leaves: cheaper to send than to ask about.
+            return lifted
+                .into_iter()
+                .map(|(hash, content)| Ok((hash, codec.blobs.encode(&hash, &content)?)))
+                .collect();
+        }
+        let hashes: Vec<BlobHash> = lifted.iter().map(|(h, _)| *h).collect();
+        let missing: HashSet<BlobHash> = self
+            .inner
+            .backend
+            .missing_blobs(&hashes)
+            .await?
+            .into_iter()
+            .collect();
+        let mut stored = Vec::with_capacity(missing.len());
+        for (hash, content) in lifted {
+            if missing.contains(&hash) {
+                stored.push((hash, codec.blobs.encode(&hash, &content)?));
+            }
+        }
+        Ok(stored)
+    }
+
+    fn count_blobs(&self, blobs: &[(BlobHash, Vec<u8>)]) {
+        let s = &self.inner.stats;
+        s.blobs.fetch_add(blobs.len() as u64, Ordering::Relaxed);
+        let bytes: usize = blobs.iter().map(|(_, b)| b.len()).sum();
+        s.blob_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(super) async fn append_one(&self, log: &str, seq: u64, frame: Vec<u8>) -> Result<()> {
+        let len = frame.len() as u64;
+        self.append(vec![LogAppend::new(log, seq, vec![frame])])
+            .await?;
+        self.count_frames(1, len);
+        Ok(())
+    }
+
+    pub(super) fn count_frames(&self, n: u64, bytes: u64) {
+        self.inner.stats.frames.fetch_add(n, Ordering::Relaxed);
+        self.inner
+            .stats
+            .frame_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn gave_up(&self, log: &str) -> Error {
+        Error::Backend {
+            backend: self.inner.backend.name(),
+            context: format!(
+                "execution {log:?}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends from other writers"
+            ),
+            source: "too much contention".into(),
+        }
+    }
+}

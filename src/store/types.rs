@@ -1,0 +1,173 @@
+//! The store's public API types: the history filter, what executions, damage, gc and writes
+//! report, and [`CheckpointStore`], the trait-object face of [`Store`].
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::Store;
+use crate::checkpoint::{Checkpoint, CheckpointId};
+use crate::codec::frame::SaveHeader;
+use crate::error::Result;
+
+/// A filter for [`Store::history`]: newest first, optionally before a version, limited, and
+/// restricted to checkpoints whose metadata holds given values.
+///
+/// ```
+/// use ckpt::HistoryQuery;
+/// let q = HistoryQuery::default().before(100).limit(20).metadata("source", "loop");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    pub(super) limit: Option<usize>,
+    metadata: Vec<(String, serde_json::Value)>,
+    node: Option<String>,
+}
+
+impl HistoryQuery {
+    /// Only versions strictly below `version`.
+    pub fn before(mut self, version: u64) -> Self {
+        self.before = Some(version);
+        self
+    }
+
+    /// At most `n` headers.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Only checkpoints whose metadata has `key` equal to `value` (repeatable: all must hold).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Only checkpoints saved by node `name`.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    pub(super) fn matches(&self, version: u64, header: &SaveHeader) -> bool {
+        self.before.is_none_or(|b| version < b)
+            && self.node.as_ref().is_none_or(|n| *n == header.node)
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| header.metadata.get(k) == Some(v))
+    }
+}
+
+/// One execution, as [`Store::executions`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionSummary {
+    /// The execution id.
+    pub execution_id: String,
+    /// Live checkpoints.
+    pub checkpoints: usize,
+    /// Version of the newest live checkpoint.
+    pub latest_version: u64,
+    /// Node of the newest live checkpoint.
+    pub latest_node: String,
+    /// When the newest live checkpoint was saved.
+    pub last_timestamp: SystemTime,
+    /// Bytes of this execution's frames in the log (blobs are shared, so not counted).
+    pub log_bytes: u64,
+    /// Frames of this execution's log that failed verification, by sequence number (empty for a
+    /// healthy execution). The counts and the latest above describe only what can be read.
+    pub damaged_frames: Vec<u64>,
+    /// Live versions whose state cannot be rebuilt because their delta chain runs through a
+    /// damaged frame (they fail to load with [`Error::Corrupt`](crate::Error::Corrupt)).
+    pub unreadable_versions: Vec<u64>,
+}
+
+impl ExecutionSummary {
+    /// Whether any frame of the execution failed verification.
+    pub fn is_damaged(&self) -> bool {
+        !self.damaged_frames.is_empty()
+    }
+}
+
+/// What is damaged in one execution, as [`Store::damage`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionDamage {
+    /// Frames that failed verification: sequence number and the check that failed.
+    pub frames: Vec<(u64, String)>,
+    /// Live versions whose delta chain needs a damaged frame: version and the frame it needs.
+    pub unreadable: Vec<(u64, u64)>,
+}
+
+impl ExecutionDamage {
+    /// Whether nothing is damaged.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// What [`Store::gc`] reclaimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Log frames removed (deleted and cleared checkpoints no live checkpoint depends on).
+    pub frames_removed: u64,
+    /// Blobs removed because no remaining frame references them.
+    pub blobs_removed: u64,
+    /// Blobs kept.
+    pub blobs_kept: u64,
+}
+
+/// Bytes this store handed to its backend since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Frames appended.
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub frame_bytes: u64,
+    /// Blobs put (only those the store did not know to exist).
+    pub blobs: u64,
+    /// Bytes of those blobs, as stored (compressed).
+    pub blob_bytes: u64,
+}
+
+/// The seed interface: what a runtime needs to checkpoint and resume, as a trait object
+/// (`Arc<dyn CheckpointStore>`). [`Store`] implements it.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// Saves a checkpoint; returns it as stored (with id, version, timestamp and parent).
+    async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint>;
+    /// Loads one checkpoint, or [`Error::NotFound`](crate::Error::NotFound).
+    async fn load(&self, id: &CheckpointId) -> Result<Checkpoint>;
+    /// Every live checkpoint of an execution, oldest first.
+    async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>>;
+    /// Deletes one checkpoint, or [`Error::NotFound`](crate::Error::NotFound).
+    async fn delete(&self, id: &CheckpointId) -> Result<()>;
+    /// Removes every checkpoint of an execution.
+    async fn clear(&self, execution_id: &str) -> Result<()>;
+    /// The newest live checkpoint of an execution.
+    async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
+        Ok(self.list(execution_id).await?.pop())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for Store {
+    async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
+        Store::save(self, checkpoint).await
+    }
+    async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
+        Store::load(self, id).await
+    }
+    async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
+        Store::list(self, execution_id).await
+    }
+    async fn delete(&self, id: &CheckpointId) -> Result<()> {
+        Store::delete(self, id).await
+    }
+    async fn clear(&self, execution_id: &str) -> Result<()> {
+        Store::clear(self, execution_id).await
+    }
+    async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
+        Store::latest(self, execution_id).await
+    }
+}
