@@ -51,6 +51,6 @@ pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata};
 pub use error::{Error, Result};
 pub use store::{
     CheckpointStore, CompactReport, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery,
-    PruneReport, RekeyReport, RetentionPolicy, RetentionTask, Store, StoreBuilder, Watch,
-    WriteStats,
+    PruneReport, RekeyReport, RetentionPolicy, RetentionTask, StatsReport, Store, StoreBuilder,
+    Watch, WriteStats,
 };
