@@ -35,7 +35,8 @@
 //! 1. A folder or file under `src/backend/` behind a cargo feature, holding a type that implements
 //!    every method of [`Backend`] (twelve primitives, a name and [`Backend::capabilities`]), plus
 //!    whichever of [`Rewrite`], [`Notify`], [`Maintain`] and [`Inspect`] it can do, announced in
-//!    its capabilities. Transient-error retries inside one call use [`retry`].
+//!    its capabilities. Transient-error retries inside one call use [`retry`] (backoff, the
+//!    retry-until-deadline loop, durations in URL options).
 //! 2. A URL scheme in [`crate::url`] that opens it.
 //! 3. A [`crate::testing::Harness`] for it and one line in a test file:
 //!    `ckpt::conformance_tests!(mine, MyHarness::new());` — the backend is done when the whole
@@ -52,6 +53,7 @@ pub mod heads;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod retry;
 #[cfg(feature = "sled")]
 pub mod sled;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -94,10 +94,8 @@
 //! connections kept for blocking `watch` reads), and for TLS URLs `tls_ca=PATH` (a PEM file of
 //! root certificates to trust instead of the system's). [`ConnectOptions`] overrides the URL.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -109,6 +107,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError, Script, Value};
 
+use super::retry;
 use super::{
     Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Expiry, LogAppend,
     Maintain, Notify, Rewrite,
@@ -126,9 +125,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WAITERS: usize = 4;
 /// Keys asked for per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
-/// First and largest pause between retries of a transient failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Longest [`Backend::compact`] waits for one node's background AOF rewrite or snapshot.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often compaction polls `INFO persistence` while a background job runs.
@@ -655,7 +651,7 @@ impl RedisBackend {
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) && Instant::now() < deadline => {
-                    pause(attempt, deadline).await;
+                    retry::REDIS.pause_until(attempt, deadline).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(backend_error(format!("{} on {}", what(), self.url), e)),
@@ -813,7 +809,7 @@ impl RedisBackend {
                 let err = backend_error(format!("{} on {}", what(), self.url), e);
                 return self.give_up(appends, maybe_applied, err).await;
             }
-            pause(attempt, deadline).await;
+            retry::REDIS.pause_until(attempt, deadline).await;
             attempt += 1;
         }
     }
@@ -1293,29 +1289,6 @@ fn is_ambiguous(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped()
 }
 
-/// Sleeps before retry number `attempt + 1`: exponential from [`BACKOFF_MIN`] up to
-/// [`BACKOFF_MAX`], with full jitter, never past `deadline`.
-async fn pause(attempt: u32, deadline: Instant) {
-    let ceiling = BACKOFF_MIN
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_MAX);
-    let jitter = random_u64() % 1000;
-    let wait = ceiling.mul_f64(0.5 + jitter as f64 / 2000.0);
-    let left = deadline.saturating_duration_since(Instant::now());
-    tokio::time::sleep(wait.min(left)).await;
-}
-
-/// A random number from the standard library's per-process random hasher keys.
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
 fn backend_error(context: String, e: RedisError) -> Error {
     Error::Backend {
         backend: NAME,
@@ -1475,21 +1448,14 @@ impl ParsedUrl {
     }
 }
 
-/// `500ms`, `30s`, `5m`, `24h`, `2d`, or a bare number of seconds; `None` if malformed or zero.
+/// A duration as [`retry::parse_duration`] reads it (`500ms`, `30s`, `5m`, `24h`, `2d`), or a bare
+/// number of seconds (this backend's URLs always took one); `None` if malformed or zero.
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        "d" => Duration::from_secs(n.checked_mul(86_400)?),
-        _ => return None,
+    let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(text.parse().ok()?)
+    } else {
+        retry::parse_duration(text).ok()?
     };
     (!d.is_zero()).then_some(d)
 }

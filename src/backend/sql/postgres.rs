@@ -63,6 +63,7 @@ use tokio::sync::{broadcast, watch, OnceCell};
 use tokio::time::Instant;
 
 use super::{end_seq, frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
     Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
     Maintain, Notify, RecordedDamage, Rewrite,
@@ -484,7 +485,7 @@ impl PostgresBackend {
                 }
             };
             let not_ready = matches!(e, sqlx::Error::Database(_)) && is_transient(&e);
-            let delay = super::backoff_delay(attempt);
+            let delay = retry::SQL.delay(attempt);
             if !not_ready || Instant::now() + delay >= deadline {
                 return Err(self.error(what, &e));
             }
@@ -526,28 +527,18 @@ impl PostgresBackend {
     }
 
     /// Runs `f` until it succeeds, retrying transient failures with backoff, within the timeout.
-    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
     {
         let deadline = Instant::now() + self.timeout;
-        let mut attempt = 0;
-        loop {
-            match tokio::time::timeout_at(deadline, f()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if is_transient(&e) => {
-                    let delay = super::backoff_delay(attempt);
-                    if Instant::now() + delay >= deadline {
-                        return Err(self.error(what, &e));
-                    }
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Ok(Err(e)) => return Err(self.error(what, &e)),
-                Err(_) => return Err(self.timed_out(what)),
-            }
-        }
+        retry::retrying(deadline, retry::SQL, f, is_transient)
+            .await
+            .map_err(|gave_up| match gave_up {
+                GaveUp::Failed(e) => self.error(what, &e),
+                GaveUp::TimedOut => self.timed_out(what),
+            })
     }
 
     /// Runs a maintenance statement (`VACUUM FULL`, `CHECKPOINT`) with the simple protocol, so
@@ -919,7 +910,7 @@ impl PostgresBackend {
                 });
             }
             ambiguous |= may_have_committed(&e);
-            let delay = super::backoff_delay(attempt);
+            let delay = retry::SQL.delay(attempt);
             if !is_transient(&e) || Instant::now() + delay >= deadline {
                 if ambiguous && self.already_appended(appends).await.unwrap_or(false) {
                     return Ok(());
