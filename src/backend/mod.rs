@@ -88,7 +88,7 @@ pub struct ConnectOptions {
 /// here where backends have always named it.
 pub use crate::hash::BlobHash;
 
-/// What [`Backend::compact`] (and [`crate::Store::compact`]) did, and what it could not do.
+/// What [`Maintain::compact`] (and [`crate::Store::compact`]) did, and what it could not do.
 ///
 /// `caveats` empty means: nothing deleted before the call can be read from the files the backend
 /// controls. Copies outside them (replicas, backups, archived WAL, snapshots taken by the

@@ -2,7 +2,7 @@
 //! jitter, the "retry transient failures until the deadline" loop, and the durations users write
 //! in URLs and on the command line.
 //!
-//! Each caller keeps its own numbers (a [`Backoff`] constant), because they answer different
+//! Each caller keeps its own numbers (a `Backoff` constant), because they answer different
 //! questions: a SQL server restarting, a Redis failover, two writers of one log racing in the
 //! store. The shape is the same everywhere: retry number `n` waits between half and all of
 //! `first * 2^n` (capped at `max`), chosen at random, so that writers retrying together spread

@@ -13,7 +13,7 @@ use super::{backend_error, Conn, RedisBackend, NAME};
 use crate::backend::{CompactReport, Maintain};
 use crate::error::{Error, Result};
 
-/// Longest [`Backend::compact`] waits for one node's background AOF rewrite or snapshot.
+/// Longest [`Maintain::compact`] waits for one node's background AOF rewrite or snapshot.
 pub(super) const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often compaction polls `INFO persistence` while a background job runs.
 pub(super) const BACKGROUND_POLL: Duration = Duration::from_millis(50);
@@ -154,7 +154,7 @@ pub async fn used_memory(backend: &RedisBackend) -> Result<u64> {
 }
 
 impl RedisBackend {
-    /// Compacts one server (see [`Backend::compact`]); `name` prefixes its lines in `report`.
+    /// Compacts one server (see [`Maintain::compact`]); `name` prefixes its lines in `report`.
     pub(super) async fn compact_node(
         &self,
         name: &str,

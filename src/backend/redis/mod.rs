@@ -52,20 +52,20 @@
 //!
 //! # Watching
 //!
-//! [`Backend::wait_for_append`] is `XREAD BLOCK <timeout> STREAMS <stream> <next_seq - 1>-1` on a
+//! [`Notify::wait_for_append`](super::Notify::wait_for_append) is `XREAD BLOCK <timeout> STREAMS <stream> <next_seq - 1>-1` on a
 //! connection of its own (never the shared one, which a blocking read would stall), taken from a
 //! small pool of idle ones: a save by any process or machine wakes the watcher at once.
 //!
 //! # Size
 //!
-//! [`Backend::stored_bytes`] is the sum of `MEMORY USAGE` over the store's keys (found with
+//! [`Maintain::stored_bytes`](super::Maintain::stored_bytes) is the sum of `MEMORY USAGE` over the store's keys (found with
 //! `SCAN`), so it includes Redis's per-key overhead; [`used_memory`] reads the server's whole
 //! `used_memory` (for benchmarks).
 //!
 //! # Compaction
 //!
 //! A deleted key stays in the append-only file (as the commands that wrote it) and in the RDB
-//! snapshot until they are rewritten. [`Backend::compact`] visits every server (each node of a
+//! snapshot until they are rewritten. [`Maintain::compact`](super::Maintain::compact) visits every server (each node of a
 //! Cluster, primaries and replicas, found with `CLUSTER NODES`): `BGREWRITEAOF` when the AOF is
 //! on, `BGSAVE` when snapshots are scheduled (or one was taken since the server started), each
 //! waited for; Redis 7 deletes the old AOF files right after the rewrite, in the background.

@@ -242,7 +242,7 @@ impl RedisBackend {
         Err(err)
     }
 
-    /// [`Backend::append_with_blobs`] once the logs are marked in flight: on one server one
+    /// [`Backend::commit`] once the logs are marked in flight: on one server one
     /// pipeline, on a Cluster the blobs first.
     pub(super) async fn append_blobs_first(
         &self,

@@ -15,7 +15,7 @@
 //! # Concurrency and durability
 //!
 //! A process owns a sled directory exclusively (sled locks it), so an in-process mutex held while
-//! the next sequence numbers are read, checked and the writes applied makes [`Backend::append`] a
+//! the next sequence numbers are read, checked and the writes applied makes [`Backend::commit`] a
 //! compare-and-append. An append of one frame is applied as plain inserts (blobs, frame, mark),
 //! of several frames as one atomic batch: sled makes a batch atomic by sealing its I/O buffer and
 //! handing it to its thread pool, which on a 2-core machine costs more than the writes.
@@ -32,7 +32,7 @@
 //! This file holds the type, its key layout and the [`Backend`], [`Rewrite`] and [`Inspect`]
 //! implementations; `open.rs` the classification of open failures and the read-only copy;
 //! `recover.rs` the replay of the WAL and the check against the heads file at open;
-//! `compact.rs` [`Maintain`](super::Maintain) and the offline [`compact`]; [`wal`] and [`heads`]
+//! `compact.rs` [`Maintain`](super::Maintain) and the offline [`compact()`]; [`wal`] and [`heads`]
 //! the two file formats beside sled's own.
 
 use std::fmt;
@@ -181,7 +181,7 @@ impl SledBackend {
     ///
     /// Opening replays the write-ahead log and compares every log with the heads file (see
     /// [`heads`]): acknowledged frames that sled's files lost are recorded as damage
-    /// ([`Backend::recorded_damage`]) and their sequence numbers are never handed out again.
+    /// ([`Inspect::recorded_damage`]) and their sequence numbers are never handed out again.
     ///
     /// Fails with [`Error::Busy`] when another process has the directory open,
     /// [`Error::Corrupt`] when sled cannot read its own files (a panic inside sled included),

@@ -63,7 +63,7 @@ pub const SCAN_SQL: &str =
 /// A log's next sequence number: the stored one, but never at or below its last frame. A stored
 /// number that was lowered (by hand, or by damage) would otherwise make every append conflict
 /// with a log that cannot move, and hand out versions that exist; `Store::verify` reports it
-/// (see [`Backend::log_problems`]).
+/// (see [`Inspect::log_problems`]).
 const NEXT_SEQ_SQL: &str = "SELECT MAX(\
      COALESCE((SELECT next_seq FROM logs WHERE log = ?1), 1), \
      COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?1), 1))";

@@ -8,7 +8,7 @@ use super::{PostgresBackend, NAME};
 use crate::backend::{CompactReport, Maintain};
 use crate::error::Result;
 
-/// The tables of a store's schema, which [`Backend::compact`] rewrites.
+/// The tables of a store's schema, which [`Maintain::compact`] rewrites.
 pub(super) const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
 /// The SQLSTATE of a refused privilege.
 pub(super) const INSUFFICIENT_PRIVILEGE: &str = "42501";

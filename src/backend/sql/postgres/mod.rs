@@ -28,14 +28,14 @@
 //!
 //! # Watching
 //!
-//! [`Backend::wait_for_append`] listens on the channel (one `LISTEN` connection per backend,
+//! [`Notify::wait_for_append`](crate::backend::Notify::wait_for_append) listens on the channel (one `LISTEN` connection per backend,
 //! started on first use, reconnected when dropped) and wakes as soon as the log of interest is
 //! appended to, by any process; without a listener it waits out the timeout (polling).
 //!
 //! # Compaction
 //!
 //! Deleted rows stay in the table files until `VACUUM FULL`, and in the WAL until the segments
-//! holding them are retired. [`Backend::compact`] runs `VACUUM FULL` on the schema's tables, then
+//! holding them are retired. [`Maintain::compact`](crate::backend::Maintain::compact) runs `VACUUM FULL` on the schema's tables, then
 //! `pg_switch_wal()` and `CHECKPOINT`, after which PostgreSQL removes every segment before the
 //! new redo point. What it cannot reach is reported: `wal_recycle = on` (the default: retired
 //! segments are renamed for reuse and keep their bytes until overwritten), a role that may not

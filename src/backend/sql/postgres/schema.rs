@@ -80,7 +80,7 @@ impl Queries {
     }
 }
 
-/// The statement [`Backend::scan`] runs on schema `s`: a range of the primary key `(log, seq)`.
+/// The statement [`Backend::scan`](crate::backend::Backend::scan) runs on schema `s`: a range of the primary key `(log, seq)`.
 pub fn scan_sql(s: &str) -> String {
     format!("SELECT seq, frame FROM {s}.frames WHERE log = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
 }
