@@ -14,9 +14,9 @@ use crate::backend::{CompactReport, Maintain};
 use crate::error::{Error, Result};
 
 /// Longest [`Maintain::compact`] waits for one node's background AOF rewrite or snapshot.
-pub(super) const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often compaction polls `INFO persistence` while a background job runs.
-pub(super) const BACKGROUND_POLL: Duration = Duration::from_millis(50);
+const BACKGROUND_POLL: Duration = Duration::from_millis(50);
 /// Whether `info` says none of `jobs` runs (a missing field counts as not running: older
 /// servers lack some).
 pub(super) fn idle(info: &HashMap<String, String>, jobs: &[&str]) -> bool {
@@ -25,7 +25,7 @@ pub(super) fn idle(info: &HashMap<String, String>, jobs: &[&str]) -> bool {
 }
 
 /// The `INFO persistence` fields that are 1 while a background job runs or waits to.
-pub(super) const BACKGROUND_JOBS: [&str; 3] = [
+const BACKGROUND_JOBS: [&str; 3] = [
     "aof_rewrite_in_progress",
     "aof_rewrite_scheduled",
     "rdb_bgsave_in_progress",
@@ -155,7 +155,7 @@ pub async fn used_memory(backend: &RedisBackend) -> Result<u64> {
 
 impl RedisBackend {
     /// Compacts one server (see [`Maintain::compact`]); `name` prefixes its lines in `report`.
-    pub(super) async fn compact_node(
+    async fn compact_node(
         &self,
         name: &str,
         conn: &mut NodeConn,
@@ -278,7 +278,7 @@ impl RedisBackend {
 
     /// Waits until no background rewrite or snapshot runs or is scheduled on one server; returns
     /// its last `INFO persistence`.
-    pub(super) async fn wait_idle(
+    async fn wait_idle(
         &self,
         name: &str,
         conn: &mut NodeConn,
@@ -310,11 +310,7 @@ impl RedisBackend {
     }
 
     /// A caveat naming the replicas of a single server: they keep their own files.
-    pub(super) async fn replica_caveat(
-        &self,
-        conn: &mut NodeConn,
-        report: &mut CompactReport,
-    ) -> Result<()> {
+    async fn replica_caveat(&self, conn: &mut NodeConn, report: &mut CompactReport) -> Result<()> {
         let info = conn
             .info("replication")
             .await

@@ -10,14 +10,13 @@ use crate::error::{Error, Result};
 use crate::url::{redact, RawUrl};
 
 /// The prefix when the URL names none.
-pub(super) const DEFAULT_PREFIX: &str = "ckpt";
+const DEFAULT_PREFIX: &str = "ckpt";
 /// How long one call may take, retries included, when neither the URL nor the builder says.
-pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle dedicated connections kept for blocking reads (`XREAD BLOCK`) when not configured.
-pub(super) const DEFAULT_WAITERS: usize = 4;
+const DEFAULT_WAITERS: usize = 4;
 /// The URL options this backend accepts, for error messages.
-pub(super) const ACCEPTED: &str =
-    "prefix=NAME, ttl=DURATION, timeout=DURATION, shard=store|execution, \
+const ACCEPTED: &str = "prefix=NAME, ttl=DURATION, timeout=DURATION, shard=store|execution, \
                         max_connections=N, tls_ca=PATH (durations like 500ms, 30s, 5m, 24h, 2d)";
 
 /// How a store's logs map to Cluster hash slots (see the [module documentation](self)).
@@ -194,7 +193,7 @@ impl ParsedUrl {
 
 /// A duration as [`retry::parse_duration`] reads it (`500ms`, `30s`, `5m`, `24h`, `2d`), or a bare
 /// number of seconds (this backend's URLs always took one); `None` if malformed or zero.
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         Duration::from_secs(text.parse().ok()?)

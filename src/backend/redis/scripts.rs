@@ -107,7 +107,7 @@ return n
 
 /// The append script's reply: `None` when applied, else the conflicting part (0-based) and the
 /// log's actual next sequence number.
-pub(super) fn append_reply(reply: Value) -> redis::RedisResult<Option<(usize, u64)>> {
+fn append_reply(reply: Value) -> redis::RedisResult<Option<(usize, u64)>> {
     match reply {
         Value::Int(0) => Ok(None),
         other => {
@@ -130,7 +130,7 @@ pub(super) fn conflict(appends: &[LogAppend], part: usize, actual: u64) -> Error
 }
 
 /// Whether `e` says the server does not know the script (its script cache starts empty).
-pub(super) fn is_no_script(e: &RedisError) -> bool {
+fn is_no_script(e: &RedisError) -> bool {
     e.code() == Some("NOSCRIPT")
 }
 
@@ -158,7 +158,7 @@ impl RedisBackend {
 
     /// The expiry an append arms: none when it writes to a log the store says never expires
     /// (its own logs: the gc log, an encrypted store's descriptor).
-    pub(super) fn ttl_for(&self, appends: &[LogAppend]) -> u64 {
+    fn ttl_for(&self, appends: &[LogAppend]) -> u64 {
         let never = |a: &LogAppend| !a.frames.is_empty() && a.expiry == Expiry::Never;
         if appends.iter().any(never) {
             0
@@ -168,7 +168,7 @@ impl RedisBackend {
     }
 
     /// The appends as one script call: keys and arguments in the order `APPEND_LUA` reads them.
-    pub(super) fn append_invocation(&self, appends: &[LogAppend]) -> redis::ScriptInvocation<'_> {
+    fn append_invocation(&self, appends: &[LogAppend]) -> redis::ScriptInvocation<'_> {
         let mut inv = self.append_script.prepare_invoke();
         inv.arg(self.ttl_for(appends));
         for a in appends {
@@ -227,12 +227,7 @@ impl RedisBackend {
     /// Ends a failed append with `err`, unless an attempt may have landed unheard and the log,
     /// read once more (briefly), holds exactly its frames: a save that landed is not reported
     /// as failed.
-    pub(super) async fn give_up(
-        &self,
-        appends: &[LogAppend],
-        maybe_applied: bool,
-        err: Error,
-    ) -> Result<()> {
+    async fn give_up(&self, appends: &[LogAppend], maybe_applied: bool, err: Error) -> Result<()> {
         if maybe_applied {
             let grace = self.settings.timeout.min(Duration::from_secs(2));
             if let Ok(Ok(true)) = tokio::time::timeout(grace, self.append_landed(appends)).await {
@@ -279,7 +274,7 @@ impl RedisBackend {
     }
 
     /// One server: `SET NX` of every blob, then the append script (`EVALSHA`), in one pipeline.
-    pub(super) async fn try_append_pipelined(
+    async fn try_append_pipelined(
         &self,
         manager: &ConnectionManager,
         appends: &[LogAppend],
@@ -315,10 +310,7 @@ impl RedisBackend {
 
     /// One attempt of the append script: `Ok(None)` when applied, `Ok(Some((part, actual)))` on a
     /// conflict of part `part` (0-based).
-    pub(super) async fn try_append(
-        &self,
-        appends: &[LogAppend],
-    ) -> redis::RedisResult<Option<(usize, u64)>> {
+    async fn try_append(&self, appends: &[LogAppend]) -> redis::RedisResult<Option<(usize, u64)>> {
         let inv = self.append_invocation(appends);
         let reply: Value = match &self.conn {
             Conn::Single { manager, .. } => inv.invoke_async(&mut manager.clone()).await?,
@@ -330,7 +322,7 @@ impl RedisBackend {
     /// After an append whose outcome is unknown: whether the logs hold exactly its frames at the
     /// expected positions (it was applied). The script is all or nothing, so the first part with
     /// frames decides.
-    pub(super) async fn append_landed(&self, appends: &[LogAppend]) -> redis::RedisResult<bool> {
+    async fn append_landed(&self, appends: &[LogAppend]) -> redis::RedisResult<bool> {
         let Some(first) = appends.iter().find(|a| !a.frames.is_empty()) else {
             return Ok(false);
         };

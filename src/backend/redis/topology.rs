@@ -20,7 +20,7 @@ use crate::backend::LogAppend;
 use crate::error::{Error, Result};
 
 /// Keys asked for per `SCAN` step.
-pub(super) const SCAN_COUNT: usize = 1000;
+const SCAN_COUNT: usize = 1000;
 /// Connects the shared connection.
 pub(super) async fn connect(parsed: &ParsedUrl, settings: &Settings) -> redis::RedisResult<Conn> {
     let certs = match &settings.tls_ca {
@@ -65,10 +65,7 @@ pub(super) async fn connect(parsed: &ParsedUrl, settings: &Settings) -> redis::R
 }
 
 /// `SCAN`s one node for `pattern` until its cursor returns to 0; `send` runs one `SCAN` command.
-pub(super) async fn scan_node<F, Fut>(
-    pattern: &[u8],
-    mut send: F,
-) -> redis::RedisResult<Vec<Vec<u8>>>
+async fn scan_node<F, Fut>(pattern: &[u8], mut send: F) -> redis::RedisResult<Vec<Vec<u8>>>
 where
     F: FnMut(Cmd) -> Fut,
     Fut: Future<Output = redis::RedisResult<(u64, Vec<Vec<u8>>)>>,
@@ -122,7 +119,7 @@ pub(super) async fn cluster_nodes(
 }
 
 /// The nodes of a `CLUSTER NODES` reply: `<id> <ip:port@cport[,hostname]> <flags> ...` per line.
-pub(super) fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -191,7 +188,7 @@ impl NodeConn {
 }
 
 /// The Redis Cluster hash slot of `key` (CRC16 of the hash tag, or of the key, mod 16384).
-pub(super) fn key_slot(key: &[u8]) -> u16 {
+fn key_slot(key: &[u8]) -> u16 {
     let tag = match key.iter().position(|&b| b == b'{') {
         Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
             Some(len) if len > 0 => &key[open + 1..open + 1 + len],
@@ -203,7 +200,7 @@ pub(super) fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
-pub(super) fn crc16_xmodem(data: &[u8]) -> u16 {
+fn crc16_xmodem(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in data {
         crc ^= u16::from(byte) << 8;

@@ -33,7 +33,7 @@ impl Notify for RedisBackend {
 
 impl RedisBackend {
     /// A dedicated connection for one blocking read: an idle one, or a new one.
-    pub(super) async fn take_waiter(&self) -> redis::RedisResult<Waiter> {
+    async fn take_waiter(&self) -> redis::RedisResult<Waiter> {
         if let Some(w) = self
             .waiters
             .lock()
@@ -59,7 +59,7 @@ impl RedisBackend {
         }
     }
 
-    pub(super) fn return_waiter(&self, waiter: Waiter) {
+    fn return_waiter(&self, waiter: Waiter) {
         let mut idle = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.settings.waiters {
             idle.push(waiter);
@@ -68,7 +68,7 @@ impl RedisBackend {
 
     /// `XREAD BLOCK` on a dedicated connection; returns when an entry `>= next_seq` exists or
     /// `timeout` has passed.
-    pub(super) async fn block_for(
+    async fn block_for(
         &self,
         log: &str,
         next_seq: u64,

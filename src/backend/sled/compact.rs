@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// The total size of the files under `dir`, recursively (symbolic links are not followed; entries
 /// that vanish while walking, as sled rewrites its files, are skipped).
-pub(super) fn dir_size(dir: &Path) -> io::Result<u64> {
+fn dir_size(dir: &Path) -> io::Result<u64> {
     let mut total: u64 = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -69,7 +69,7 @@ impl Maintain for SledBackend {
     }
 }
 
-pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -164,7 +164,7 @@ pub(super) fn finish_compaction(path: &Path) -> Result<()> {
 }
 
 /// Removes a directory sled may still be closing (its flusher can hold a file a moment longer).
-pub(super) fn remove_dir_eventually(dir: &Path) -> Result<()> {
+fn remove_dir_eventually(dir: &Path) -> Result<()> {
     let mut last = None;
     for _ in 0..50 {
         match std::fs::remove_dir_all(dir) {

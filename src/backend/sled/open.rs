@@ -46,7 +46,7 @@ impl Drop for ReadOnlyCopy {
 }
 
 /// Copies the directory tree `from` to `to` (regular files and directories).
-pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// The WAL's file name in the database directory, and its size (pre-zeroed; a full WAL costs
 /// one sled flush and restarts).
 pub(super) const WAL_FILE: &str = "ckpt-wal";
-pub(super) const WAL_SIZE: u64 = 128 * 1024;
+const WAL_SIZE: u64 = 128 * 1024;
 
 /// The heads file (see [`super::heads`]) and the heads raised since it last recorded them.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Witness {
 pub(super) const HEADS_FILE: &str = "ckpt-heads";
 
 /// The log name and sequence number of a frame key.
-pub(super) fn parse_frame_key(key: &[u8]) -> Option<(String, u64)> {
+fn parse_frame_key(key: &[u8]) -> Option<(String, u64)> {
     let (&kind, rest) = key.split_first()?;
     if kind != FRAME {
         return None;
@@ -201,7 +201,7 @@ pub(super) fn replay(
 }
 
 /// The damage record of versions `from..to` of `log`, lost with damaged WAL records.
-pub(super) fn lost_in_wal(
+fn lost_in_wal(
     log: &str,
     from: u64,
     to: u64,
@@ -226,11 +226,7 @@ pub(super) fn lost_in_wal(
 /// its head lost acknowledged frames (sled's recovery rolled its files back): that is recorded
 /// in `found`, and the log's high-water mark is raised to the head so that the lost positions
 /// are never handed out again.
-pub(super) fn check_heads(
-    db: &sled::Db,
-    witness: &Witness,
-    found: &mut Vec<RecordedDamage>,
-) -> Result<()> {
+fn check_heads(db: &sled::Db, witness: &Witness, found: &mut Vec<RecordedDamage>) -> Result<()> {
     let heads: Vec<(String, u64)> = lock(&witness.heads)
         .heads()
         .iter()
@@ -265,7 +261,7 @@ pub(super) fn check_heads(
 }
 
 /// Stores damage found at this open, for every later open and `verify` to report.
-pub(super) fn record_damage(db: &sled::Db, found: &[RecordedDamage]) -> Result<()> {
+fn record_damage(db: &sled::Db, found: &[RecordedDamage]) -> Result<()> {
     for damage in found {
         let id = db
             .generate_id()

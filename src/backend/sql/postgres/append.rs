@@ -10,11 +10,11 @@ use crate::backend::{Backend, BlobHash, LogAppend};
 use crate::error::{Error, Result};
 
 /// The SQLSTATE `ckpt_append` raises when a compare fails.
-pub(super) const CONFLICT_STATE: &str = "CK409";
+const CONFLICT_STATE: &str = "CK409";
 /// Whether a statement that failed with `e` may still have committed: only when the connection
 /// was lost (an answer that never came), not when the server answered with an error or the
 /// statement was never sent.
-pub(super) fn may_have_committed(e: &sqlx::Error) -> bool {
+fn may_have_committed(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
         || e.as_database_error()
             .and_then(|d| d.code())
@@ -22,7 +22,7 @@ pub(super) fn may_have_committed(e: &sqlx::Error) -> bool {
 }
 
 /// The failing part (1-based) and the log's actual next sequence number of a `CK409` error.
-pub(super) fn conflict_of(e: &sqlx::Error) -> Option<(usize, u64)> {
+fn conflict_of(e: &sqlx::Error) -> Option<(usize, u64)> {
     let d = e.as_database_error()?;
     if d.code()?.as_ref() != CONFLICT_STATE {
         return None;
@@ -130,7 +130,7 @@ impl PostgresBackend {
 
     /// Whether every frame of `appends` is stored at its position, byte for byte: an append whose
     /// commit was not acknowledged but happened.
-    pub(super) async fn already_appended(&self, appends: &[LogAppend]) -> Result<bool> {
+    async fn already_appended(&self, appends: &[LogAppend]) -> Result<bool> {
         let mut any = false;
         for a in appends.iter().filter(|a| !a.frames.is_empty()) {
             any = true;

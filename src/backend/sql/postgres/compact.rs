@@ -9,9 +9,9 @@ use crate::backend::{CompactReport, Maintain};
 use crate::error::Result;
 
 /// The tables of a store's schema, which [`Maintain::compact`] rewrites.
-pub(super) const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
+const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
 /// The SQLSTATE of a refused privilege.
-pub(super) const INSUFFICIENT_PRIVILEGE: &str = "42501";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// For an error the server raised (not a lost connection): whether it refused a privilege, and
 /// its message.
@@ -71,12 +71,12 @@ impl PostgresBackend {
     /// Runs a maintenance statement (`VACUUM FULL`, `CHECKPOINT`) with the simple protocol, so
     /// outside any transaction block, as `VACUUM` requires. No timeout: a rewrite of a large
     /// table takes as long as it takes, and the server finishes it even if the client gave up.
-    pub(super) async fn maintenance(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    async fn maintenance(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
         sqlx::raw_sql(sql).execute(&self.pool).await.map(|_| ())
     }
 
     /// The server settings that decide what compaction can remove: name and value.
-    pub(super) async fn wal_settings(&self) -> Result<Vec<(String, String)>> {
+    async fn wal_settings(&self) -> Result<Vec<(String, String)>> {
         self.retry("reading the WAL settings", || {
             sqlx::query_as("SELECT name, setting FROM pg_settings WHERE name = ANY($1::TEXT[])")
                 .bind([
@@ -92,7 +92,7 @@ impl PostgresBackend {
 
     /// `VACUUM FULL` of the schema's tables this role may vacuum (the others are named in a
     /// caveat: `VACUUM` only warns about them, so they are left out beforehand).
-    pub(super) async fn vacuum_full(&self, report: &mut CompactReport) -> Result<()> {
+    async fn vacuum_full(&self, report: &mut CompactReport) -> Result<()> {
         let s = &self.schema;
         let tables: Vec<(String, bool)> = self
             .retry("listing the tables to vacuum", || {
@@ -132,7 +132,7 @@ impl PostgresBackend {
     /// Ends the current WAL segment and checkpoints, so that PostgreSQL retires every segment
     /// holding the deleted rows (those before the new checkpoint's redo point). Refusals
     /// (privileges, a standby) become caveats. Returns whether both ran.
-    pub(super) async fn retire_wal(&self, report: &mut CompactReport) -> Result<bool> {
+    async fn retire_wal(&self, report: &mut CompactReport) -> Result<bool> {
         let switched = match self.maintenance("SELECT pg_switch_wal()").await {
             Ok(()) => {
                 report.step("pg_switch_wal() closed the WAL segment holding the latest writes");
@@ -183,7 +183,7 @@ impl PostgresBackend {
     /// Moves the WAL through each (a checkpoint record, then a switch) into a segment created
     /// new, so that PostgreSQL retires them, which now unlinks them; a final checkpoint retires
     /// the last.
-    pub(super) async fn retire_recycled_segments(&self, report: &mut CompactReport) -> Result<()> {
+    async fn retire_recycled_segments(&self, report: &mut CompactReport) -> Result<()> {
         let ahead = match self.segments_ahead().await {
             Ok(n) => n,
             Err(e) => match refused(&e) {
@@ -220,7 +220,7 @@ impl PostgresBackend {
     }
 
     /// How many WAL segment files wait ahead of the one being written.
-    pub(super) async fn segments_ahead(&self) -> std::result::Result<i64, sqlx::Error> {
+    async fn segments_ahead(&self) -> std::result::Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' \
              AND name > pg_walfile_name(pg_current_wal_lsn())",
@@ -231,7 +231,7 @@ impl PostgresBackend {
 
     /// Caveats from the server's settings and replication: what keeps WAL, or copies of it,
     /// beyond what a checkpoint retires.
-    pub(super) async fn wal_caveats(
+    async fn wal_caveats(
         &self,
         settings: &[(String, String)],
         report: &mut CompactReport,

@@ -58,7 +58,7 @@ pub(super) fn secrets_of(url: &str) -> Vec<String> {
 }
 
 /// `%XX`-decodes `text` (invalid escapes are kept as they are).
-pub(super) fn percent_decode(text: &str) -> String {
+fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -86,7 +86,7 @@ pub fn scan_sql(s: &str) -> String {
 }
 
 /// The schema, version 1 (`{s}`: the schema; `{channel}`: the notification channel).
-pub(super) const SCHEMA_V1: &str = r#"
+const SCHEMA_V1: &str = r#"
 CREATE TABLE {s}.logs (log TEXT PRIMARY KEY, next_seq BIGINT NOT NULL);
 CREATE TABLE {s}.frames (
     log TEXT NOT NULL,
@@ -153,7 +153,7 @@ INSERT INTO {s}.ckpt_schema (version) VALUES (1);
 "#;
 
 /// What opening found of the schema.
-pub(super) enum Migration {
+enum Migration {
     /// Created, or already at a version this code knows.
     Ready,
     /// Written by a newer ckpt (its version).
@@ -196,7 +196,7 @@ impl PostgresBackend {
     }
 
     /// One migration attempt.
-    pub(super) fn migrate_once(
+    fn migrate_once(
         &self,
         create: bool,
     ) -> futures_util::future::BoxFuture<'_, std::result::Result<Migration, sqlx::Error>> {
