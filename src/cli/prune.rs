@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde::Serialize;
 
+use ckpt::backend::retry::parse_duration;
 use ckpt::{ExecutionPlan, RetentionPolicy};
 
 use super::delete::{confirm, open_store};
@@ -56,32 +57,6 @@ pub struct PruneArgs {
     /// "kept_interrupted": [versions]}]}
     #[arg(long)]
     pub json: bool,
-}
-
-/// Parses `30s`, `15m`, `12h`, `7d`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 30s, 15m, 12h or 7d"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?} does not start with a number: write e.g. 30s, 15m, 12h or 7d")
-    })?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use s, m, h or d (e.g. 30s, 15m, 12h, 7d)"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))
 }
 
 /// What happens to one execution.

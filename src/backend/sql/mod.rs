@@ -24,6 +24,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::retry::parse_duration;
 use super::ConnectOptions;
 use crate::error::{Error, Result};
 
@@ -158,29 +159,6 @@ fn apply_builder(pool: &mut PoolSettings, acquire_set: &mut bool, builder: &Conn
     }
 }
 
-/// Parses `250ms`, `30s`, `15m`, `12h`, `1d`.
-pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let hint = "write e.g. 250ms, 30s, 15m, 12h or 1d";
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit: {hint}"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number: {hint}"))?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: {hint}")),
-    };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))
-}
-
 /// A driver error as text, with every occurrence of the password removed: what the SQL backends
 /// put in [`Error::Backend`]'s `source`, so that neither `Display` nor `Debug` of an error can
 /// show a password, whatever the driver put in its message.
@@ -228,26 +206,6 @@ impl fmt::Debug for DriverError {
 }
 
 impl std::error::Error for DriverError {}
-
-/// How long to wait before retry number `attempt` (0-based) of a transient failure: 20 ms doubling
-/// up to 1 s, each with up to 50% random jitter so that writers retrying together spread out.
-pub(crate) fn backoff_delay(attempt: u32) -> Duration {
-    let base = 20u64.saturating_mul(1u64 << attempt.min(6)).min(1_000);
-    let jitter = jitter_below(base / 2 + 1);
-    Duration::from_millis(base / 2 + jitter)
-}
-
-/// A cheap pseudo-random number below `bound` (not cryptographic: it only spreads retries).
-fn jitter_below(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() % bound.max(1)
-}
 
 /// A sequence number as the databases store it (a signed 64-bit integer).
 pub(crate) fn to_db_seq(seq: u64, what: &str) -> Result<i64> {
@@ -311,16 +269,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert!(parse_duration("15").is_err());
-        assert!(parse_duration("15w").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
     fn options_merge_with_the_builder_winning() {
         let builder = ConnectOptions {
             max_connections: Some(7),
@@ -366,12 +314,5 @@ mod tests {
         let e = DriverError::new(&io, &["hunter2".to_owned()]);
         assert!(!e.to_string().contains("hunter2"));
         assert!(!format!("{e:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        for attempt in 0..40 {
-            assert!(backoff_delay(attempt) <= Duration::from_millis(1_000));
-        }
     }
 }

@@ -37,6 +37,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{end_seq, frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
     Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
     Maintain, RecordedDamage, Rewrite,
@@ -62,7 +63,7 @@ pub const SCAN_SQL: &str =
 /// A log's next sequence number: the stored one, but never at or below its last frame. A stored
 /// number that was lowered (by hand, or by damage) would otherwise make every append conflict
 /// with a log that cannot move, and hand out versions that exist; `Store::verify` reports it
-/// (see [`Backend::log_problems`]).
+/// (see [`Inspect::log_problems`]).
 const NEXT_SEQ_SQL: &str = "SELECT MAX(\
      COALESCE((SELECT next_seq FROM logs WHERE log = ?1), 1), \
      COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?1), 1))";
@@ -224,28 +225,19 @@ impl SqliteBackend {
     }
 
     /// Runs a read, retrying while another connection holds a lock, within the call timeout.
-    async fn read<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    async fn read<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut attempt = 0;
-        loop {
-            match tokio::time::timeout_at(deadline, f()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if is_busy(&e) || matches!(e, sqlx::Error::PoolTimedOut) => {
-                    let delay = super::backoff_delay(attempt);
-                    if tokio::time::Instant::now() + delay >= deadline {
-                        return Err(db_error(what, &e));
-                    }
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Ok(Err(e)) => return Err(db_error(what, &e)),
-                Err(_) => return Err(timed_out(what, self.timeout)),
-            }
-        }
+        let busy = |e: &sqlx::Error| is_busy(e) || matches!(e, sqlx::Error::PoolTimedOut);
+        retry::retrying(deadline, retry::SQL, f, busy)
+            .await
+            .map_err(|gave_up| match gave_up {
+                GaveUp::Failed(e) => db_error(what, &e),
+                GaveUp::TimedOut => timed_out(what, self.timeout),
+            })
     }
 }
 
@@ -413,7 +405,7 @@ async fn open_writer(
             Ok((conn, Ok(()))) => return Ok(conn),
             Ok((_, Err(e))) => return Err(e),
             Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(super::backoff_delay(attempt)).await;
+                tokio::time::sleep(retry::SQL.delay(attempt)).await;
                 attempt += 1;
             }
             Err(e) => return Err(db_error(what, &e)),

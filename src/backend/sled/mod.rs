@@ -10,12 +10,12 @@
 //! | `b'l'` + log name | a high-water mark for the log's next sequence number, `u64` BE (present for every log ever appended to; the next sequence number is the larger of it and one past the last frame) |
 //! | `b'b'` + 32-byte hash | the blob |
 //!
-//! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends ([`super::wal`]).
+//! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends ([`wal`]).
 //!
 //! # Concurrency and durability
 //!
 //! A process owns a sled directory exclusively (sled locks it), so an in-process mutex held while
-//! the next sequence numbers are read, checked and the writes applied makes [`Backend::append`] a
+//! the next sequence numbers are read, checked and the writes applied makes [`Backend::commit`] a
 //! compare-and-append. An append of one frame is applied as plain inserts (blobs, frame, mark),
 //! of several frames as one atomic batch: sled makes a batch atomic by sealing its I/O buffer and
 //! handing it to its thread pool, which on a 2-core machine costs more than the writes.
@@ -26,6 +26,14 @@
 //! on its own schedule; when the WAL is full, or before a truncate or blob delete (which a replay
 //! must not undo), sled is flushed and the WAL restarts. Opening replays the WAL, so a crash
 //! (power loss included) loses no acknowledged append, and never half of one.
+//!
+//! # Files of this module
+//!
+//! This file holds the type, its key layout and the [`Backend`], [`Rewrite`] and [`Inspect`]
+//! implementations; `open.rs` the classification of open failures and the read-only copy;
+//! `recover.rs` the replay of the WAL and the check against the heads file at open;
+//! `compact.rs` [`Maintain`](super::Maintain) and the offline [`compact()`]; [`wal`] and [`heads`]
+//! the two file formats beside sled's own.
 
 use std::fmt;
 use std::io;
@@ -35,15 +43,22 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use std::collections::{HashMap, HashSet};
-
-use super::heads::Heads;
-use super::wal::{self, Wal, WalRecord, WalWrite};
-use super::{
-    Backend, Blob, BlobHash, Capabilities, CompactReport, Inspect, LogAppend, Maintain,
-    RecordedDamage, Rewrite,
-};
+use self::compact::finish_compaction;
+use self::open::{open_error, open_sled, OpenFailure, ReadOnlyCopy};
+use self::recover::{recover, Witness};
+use self::wal::{Wal, WalRecord};
+use super::{Backend, Blob, BlobHash, Capabilities, Inspect, LogAppend, RecordedDamage, Rewrite};
 use crate::error::{Error, Result};
+use crate::hash::hex;
+
+mod compact;
+mod open;
+mod recover;
+
+pub use self::compact::compact;
+/// The write-ahead log and the heads file, also at `ckpt::backend::{wal, heads}` (they build
+/// without the `sled` feature, for fuzzing).
+pub use super::{heads, wal};
 
 /// The backend's name in errors.
 const NAME: &str = "sled";
@@ -91,59 +106,6 @@ pub struct SledBackend {
     /// For a store whose directory cannot be written: the private copy it was opened from
     /// (removed when the backend is dropped: declared last, so the database closes first).
     read_only: Option<ReadOnlyCopy>,
-}
-
-/// A private, temporary copy of a read-only store's directory.
-#[derive(Debug)]
-struct ReadOnlyCopy {
-    dir: PathBuf,
-}
-
-impl ReadOnlyCopy {
-    /// Copies the directory `path` (sled's files, the WAL, the heads file) to a new directory
-    /// under the system's temporary directory.
-    fn of(path: &Path) -> Result<Self> {
-        static COPIES: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ckpt-read-only-{}-{}",
-            std::process::id(),
-            COPIES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let copy = ReadOnlyCopy { dir };
-        copy_tree(path, &copy.dir).map_err(|e| {
-            backend_error(
-                format!(
-                    "{} cannot be written, and copying it to {} to read it failed",
-                    path.display(),
-                    copy.dir.display()
-                ),
-                e,
-            )
-        })?;
-        Ok(copy)
-    }
-}
-
-impl Drop for ReadOnlyCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Copies the directory tree `from` to `to` (regular files and directories).
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 impl fmt::Debug for SledBackend {
@@ -209,35 +171,6 @@ fn blob_key(hash: &BlobHash) -> [u8; 33] {
 }
 
 // Lowercase hex, for messages.
-use crate::hash::hex;
-
-/// The total size of the files under `dir`, recursively (symbolic links are not followed; entries
-/// that vanish while walking, as sled rewrites its files, are skipped).
-fn dir_size(dir: &Path) -> io::Result<u64> {
-    let mut total: u64 = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let meta = match entry.path().symlink_metadata() {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
-                total = total.saturating_add(meta.len());
-            }
-        }
-    }
-    Ok(total)
-}
 
 impl SledBackend {
     /// Opens (creating it if needed) the sled database in the directory `path`.
@@ -247,8 +180,8 @@ impl SledBackend {
     /// [`Backend::flush`], and a crash may lose the latest appends (never half of one).
     ///
     /// Opening replays the write-ahead log and compares every log with the heads file (see
-    /// [`super::heads`]): acknowledged frames that sled's files lost are recorded as damage
-    /// ([`Backend::recorded_damage`]) and their sequence numbers are never handed out again.
+    /// [`heads`]): acknowledged frames that sled's files lost are recorded as damage
+    /// ([`Inspect::recorded_damage`]) and their sequence numbers are never handed out again.
     ///
     /// Fails with [`Error::Busy`] when another process has the directory open,
     /// [`Error::Corrupt`] when sled cannot read its own files (a panic inside sled included),
@@ -854,147 +787,6 @@ impl Inspect for SledBackend {
     }
 }
 
-#[async_trait]
-impl Maintain for SledBackend {
-    /// Not a server that keeps everything in memory.
-    async fn server_memory(&self) -> Result<Option<u64>> {
-        Ok(None)
-    }
-
-    /// The total size of the files in the database directory.
-    async fn stored_bytes(&self) -> Result<Option<u64>> {
-        let size = dir_size(&self.path).map_err(|e| {
-            backend_error(
-                format!("measuring the database directory {}", self.path.display()),
-                e,
-            )
-        })?;
-        Ok(Some(size))
-    }
-
-    /// sled compacts offline only (see [`compact`]): this store has the directory open, and
-    /// sled lets one process open it.
-    async fn compact(&self) -> Result<CompactReport> {
-        Err(Error::InvalidInput(format!(
-            "sled stores are compacted offline: close every store on {} (sled lets one process \
-             open it), then run `ckpt --store {} compact`",
-            self.path.display(),
-            self.path.display()
-        )))
-    }
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Rewrites the sled database in `path` into a fresh directory that holds only its live keys,
-/// and swaps it in. sled is log-structured: deleted values (cleared checkpoints, collected blobs)
-/// stay in its files until their segments are reused; after `Store::gc` and `compact`, nothing
-/// of them is left in the store's files. The database must not be open (sled allows one process
-/// per directory, and this opens it). A crash part way is finished (or undone) at the next open.
-pub fn compact(path: &Path) -> Result<CompactReport> {
-    let fail = |what: String, e: io::Error| backend_error(what, e);
-    let bytes_before =
-        dir_size(path).map_err(|e| fail(format!("measuring {}", path.display()), e))?;
-    let fresh_path = sibling(path, ".compacting");
-    let old_path = sibling(path, ".old");
-    if fresh_path.exists() {
-        std::fs::remove_dir_all(&fresh_path)
-            .map_err(|e| fail(format!("removing {}", fresh_path.display()), e))?;
-    }
-    {
-        // Through the backend, so that a WAL left by a crash is replayed first.
-        let source = SledBackend::open(path, true)?;
-        source
-            .db
-            .flush()
-            .map_err(|e| backend_error("flushing before compaction", e))?;
-        let fresh = sled::Config::new()
-            .path(&fresh_path)
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .map_err(|e| backend_error(format!("creating {}", fresh_path.display()), e))?;
-        for entry in source.db.iter() {
-            let (key, value) = entry.map_err(|e| backend_error("reading for compaction", e))?;
-            fresh
-                .insert(key, value)
-                .map_err(|e| backend_error("writing the compacted copy", e))?;
-        }
-        fresh
-            .flush()
-            .map_err(|e| backend_error("flushing the compacted copy", e))?;
-        // The witness of every log's head goes with the data (the WAL is empty after the open).
-        let heads = path.join(HEADS_FILE);
-        if heads.exists() {
-            std::fs::copy(&heads, fresh_path.join(HEADS_FILE))
-                .and_then(|_| std::fs::File::open(fresh_path.join(HEADS_FILE))?.sync_all())
-                .map_err(|e| fail(format!("copying {}", heads.display()), e))?;
-        }
-    }
-    // The copy is complete and durable: from here on, an open finishes the swap.
-    std::fs::rename(path, &old_path)
-        .map_err(|e| fail(format!("moving {} aside", path.display()), e))?;
-    std::fs::rename(&fresh_path, path).map_err(|e| {
-        fail(
-            format!("moving the compacted copy to {}", path.display()),
-            e,
-        )
-    })?;
-    remove_dir_eventually(&old_path)?;
-    let bytes_after =
-        dir_size(path).map_err(|e| fail(format!("measuring {}", path.display()), e))?;
-    let mut report = CompactReport::new(NAME);
-    report.step(format!(
-        "rewrote {} with only its live keys and removed the old files",
-        path.display()
-    ));
-    report.bytes_before = Some(bytes_before);
-    report.bytes_after = Some(bytes_after);
-    Ok(report)
-}
-
-/// Completes a [`compact`] a crash interrupted: a complete copy whose swap did not finish is
-/// moved in, a partial copy is removed, and the old directory goes.
-fn finish_compaction(path: &Path) -> Result<()> {
-    let fresh_path = sibling(path, ".compacting");
-    let old_path = sibling(path, ".old");
-    let moved = |what: &Path, e: io::Error| {
-        backend_error(format!("finishing a compaction of {}", what.display()), e)
-    };
-    if !path.exists() && old_path.exists() && fresh_path.exists() {
-        std::fs::rename(&fresh_path, path).map_err(|e| moved(path, e))?;
-    }
-    if path.exists() {
-        if fresh_path.exists() {
-            std::fs::remove_dir_all(&fresh_path).map_err(|e| moved(path, e))?;
-        }
-        if old_path.exists() {
-            remove_dir_eventually(&old_path)?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes a directory sled may still be closing (its flusher can hold a file a moment longer).
-fn remove_dir_eventually(dir: &Path) -> Result<()> {
-    let mut last = None;
-    for _ in 0..50 {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    match last {
-        Some(e) => Err(backend_error(format!("removing {}", dir.display()), e)),
-        None => Ok(()),
-    }
-}
-
 impl Drop for SledBackend {
     /// A clean close leaves an empty WAL: sled is flushed (it holds everything the WAL does) and
     /// the WAL restarted, so only a crash leaves records to replay.
@@ -1005,11 +797,6 @@ impl Drop for SledBackend {
         }
     }
 }
-
-/// The WAL's file name in the database directory, and its size (pre-zeroed; a full WAL costs
-/// one sled flush and restarts).
-const WAL_FILE: &str = "ckpt-wal";
-const WAL_SIZE: u64 = 128 * 1024;
 
 /// Takes a mutex whose data stays consistent however a holder ended (nothing is left half-done
 /// under these locks), so a poisoned one is taken as it is.
@@ -1061,371 +848,15 @@ fn last_frame_in(db: &sled::Db, log: &str) -> Result<Option<u64>> {
     .transpose()
 }
 
-/// The heads file (see [`super::heads`]) and the heads raised since it last recorded them.
-#[derive(Debug)]
-struct Witness {
-    heads: Mutex<Heads>,
-    /// Heads of appends applied to sled since the heads file last recorded them.
-    raised: Mutex<HashMap<String, u64>>,
-}
-
-impl Witness {
-    /// Notes that `log`'s head is now `next_seq` (called under the append lock).
-    fn raise(&self, log: &str, next_seq: u64) {
-        let mut raised = lock(&self.raised);
-        match raised.get_mut(log) {
-            Some(head) => *head = (*head).max(next_seq),
-            None => {
-                raised.insert(log.to_owned(), next_seq);
-            }
-        }
-    }
-
-    /// Makes everything applied durable in sled's files, then records the heads that covers;
-    /// after it the WAL may restart, since every head it held is in the heads file.
-    fn seal(&self, db: &sled::Db) -> io::Result<()> {
-        // Taken before the flush: every append noted here was applied before it, so the flush
-        // covers it. Appends noted later stay for the next seal.
-        let raised = std::mem::take(&mut *lock(&self.raised));
-        let result = db
-            .flush()
-            .map_err(io::Error::other)
-            .and_then(|_| lock(&self.heads).record(&raised));
-        if result.is_err() {
-            for (log, head) in raised {
-                self.raise(&log, head);
-            }
-        }
-        result
-    }
-}
-
-/// The heads file's name in the database directory.
-const HEADS_FILE: &str = "ckpt-heads";
-
-/// Why an open failed, before it is classified.
-enum OpenFailure {
-    Io(io::Error),
-    Sled(sled::Error),
-    Panic(String),
-}
-
-impl OpenFailure {
-    /// Whether the file system refused a write (read-only, or no permission to write).
-    fn refused_writing(&self) -> bool {
-        match self {
-            OpenFailure::Io(e) | OpenFailure::Sled(sled::Error::Io(e)) => matches!(
-                e.kind(),
-                io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied
-            ),
-            _ => false,
-        }
-    }
-}
-
-/// The error for a failed open of the store in `path`: which of locked, corrupt, permission
-/// denied, read-only, no space or unsupported format it is, and what to do.
-fn open_error(path: &Path, doing: &str, failure: OpenFailure) -> Error {
-    let shown = path.display();
-    let io_error = |e: io::Error| -> Error {
-        let fix = match e.kind() {
-            io::ErrorKind::PermissionDenied => format!(
-                "permission denied: the user running ckpt cannot write {shown}; fix the \
-                 directory's owner or mode"
-            ),
-            io::ErrorKind::ReadOnlyFilesystem => format!(
-                "{shown} is on a read-only file system; copy the directory somewhere writable \
-                 to open it"
-            ),
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => format!(
-                "no space left on the device holding {shown}; free some space and open it again"
-            ),
-            _ if e.to_string().contains("could not acquire lock") => {
-                return Error::Busy {
-                    what: format!(
-                        "another process has the sled store at {shown} open (sled lets one \
-                         process open a directory); stop it, or use a server backend (sqlite://, \
-                         postgres://, redis://) to share a store between processes"
-                    ),
-                }
-            }
-            _ => format!("{doing} in {shown}"),
-        };
-        backend_error(fix, e)
-    };
-    match failure {
-        OpenFailure::Io(e) | OpenFailure::Sled(sled::Error::Io(e)) => io_error(e),
-        OpenFailure::Sled(sled::Error::Unsupported(what)) => Error::Backend {
-            backend: NAME,
-            context: format!(
-                "{shown} holds a sled database in a format or configuration this ckpt cannot \
-                 open; open it with the ckpt that wrote it and `ckpt export` it"
-            ),
-            source: what.into(),
-        },
-        OpenFailure::Sled(e) => Error::corrupt(
-            format!("the sled database files in {shown}"),
-            format!(
-                "sled cannot read them ({e}); run `ckpt verify` on a copy of a backup, or \
-                 restore the directory from one"
-            ),
-        ),
-        OpenFailure::Panic(message) => Error::corrupt(
-            format!("the sled database files in {shown}"),
-            format!(
-                "sled failed reading them ({message}); they are damaged: restore the directory \
-                 from a backup"
-            ),
-        ),
-    }
-}
-
-/// Runs `f`, turning a panic inside sled into an error: damaged files make sled 0.34 panic
-/// ("tried to serialize Uninitialized"), and no dependency's panic may reach the user.
-fn catching_panics<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned())
-    })
-}
-
-/// Opens sled's database in `path`.
-fn open_sled(path: &Path) -> std::result::Result<sled::Db, OpenFailure> {
-    // 64 KiB segments instead of sled's 512 KiB: checkpoint logs are many small writes, and
-    // smaller segments cut the directory's size by a third on the conversation workload
-    // (2.2 MB -> 1.4 MB) at no measurable cost in throughput.
-    let config = sled::Config::new().path(path).segment_size(SEGMENT_SIZE);
-    match catching_panics(|| config.open()) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(OpenFailure::Sled(e)),
-        Err(panic) => Err(OpenFailure::Panic(panic)),
-    }
-}
-
-/// The log name and sequence number of a frame key.
-fn parse_frame_key(key: &[u8]) -> Option<(String, u64)> {
-    let (&kind, rest) = key.split_first()?;
-    if kind != FRAME {
-        return None;
-    }
-    let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
-    let seq = u64::from_be_bytes(rest.get(2 + len..)?.try_into().ok()?);
-    Some((name.to_owned(), seq))
-}
-
-/// Replays the WAL (if one is kept or left) and checks every log against the heads file,
-/// recording what was lost; returns the WAL when `sync`, restarted, and the witness.
-fn recover(db: &sled::Db, dir: &Path, sync: bool) -> Result<(Option<Wal>, Witness)> {
-    let heads_path = dir.join(HEADS_FILE);
-    let (heads, parsed_heads) = Heads::open(&heads_path)
-        .map_err(|e| open_error(dir, "opening the heads file", OpenFailure::Io(e)))?;
-    let witness = Witness {
-        heads: Mutex::new(heads),
-        raised: Mutex::new(HashMap::new()),
-    };
-    let mut found: Vec<RecordedDamage> = parsed_heads
-        .damage
-        .iter()
-        .map(|(offset, len)| RecordedDamage {
-            log: None,
-            lost: None,
-            detail: format!(
-                "{len} bytes of the heads file {} at offset {offset} were damaged: a rollback \
-                 of sled's files below the heads they held cannot be detected",
-                heads_path.display()
-            ),
-        })
-        .collect();
-    let wal_path = dir.join(WAL_FILE);
-    let mut wal = None;
-    if sync || wal_path.exists() {
-        let context = || format!("recovering the write-ahead log {}", wal_path.display());
-        let (opened, parsed) =
-            Wal::open(&wal_path, WAL_SIZE).map_err(|e| backend_error(context(), e))?;
-        replay(db, &parsed, &witness, &wal_path, &mut found)?;
-        wal = Some(opened);
-    }
-    check_heads(db, &witness, &mut found)?;
-    record_damage(db, &found)?;
-    witness
-        .seal(db)
-        .map_err(|e| backend_error(format!("recovering the store in {}", dir.display()), e))?;
-    if let Some(wal) = &mut wal {
-        wal.restart().map_err(|e| {
-            backend_error(
-                format!("restarting the write-ahead log {}", wal_path.display()),
-                e,
-            )
-        })?;
-    }
-    Ok((wal.filter(|_| sync), witness))
-}
-
-/// Applies the WAL's records to sled (idempotent: replaying one again changes nothing). Damage
-/// the WAL reports is recorded in `found`, with the versions it lost where the records after it
-/// show them (a log's first frame after the damage starting above the log's tail).
-fn replay(
-    db: &sled::Db,
-    parsed: &wal::Parsed,
-    witness: &Witness,
-    wal_path: &Path,
-    found: &mut Vec<RecordedDamage>,
-) -> Result<()> {
-    // The damage being read past, the logs seen since, and whether any showed a loss.
-    let mut current: Option<(&wal::WalDamage, HashSet<String>, bool)> = None;
-    let close = |current: Option<(&wal::WalDamage, HashSet<String>, bool)>,
-                 found: &mut Vec<RecordedDamage>| {
-        if let Some((damage, _, false)) = current {
-            found.push(RecordedDamage {
-                log: None,
-                lost: None,
-                detail: format!(
-                    "{} at offset {} of the write-ahead log {} were damaged; they held \
-                     acknowledged saves of unknown executions, which are lost",
-                    damage.what,
-                    damage.offset,
-                    wal_path.display()
-                ),
-            });
-        }
-    };
-    for (i, record) in parsed.records.iter().enumerate() {
-        // A damaged header loses nothing: its records were read.
-        for damage in parsed
-            .damage
-            .iter()
-            .filter(|d| d.next_record == i && d.len > 0)
-        {
-            close(current.take(), found);
-            current = Some((damage, HashSet::new(), false));
-        }
-        let writes = wal::parse_record(record).map_err(|reason| Error::Corrupt {
-            location: format!("the write-ahead log {}", wal_path.display()),
-            reason,
-        })?;
-        let mut batch = sled::Batch::default();
-        for write in writes {
-            match write {
-                WalWrite::Insert(key, value) => {
-                    if let (Some((damage, seen, shown)), Some((log, seq))) =
-                        (&mut current, parse_frame_key(&key))
-                    {
-                        if seen.insert(log.clone()) {
-                            let next = next_seq_in(db, &log)?;
-                            if seq > next {
-                                *shown = true;
-                                found.push(lost_in_wal(&log, next, seq, damage, wal_path));
-                            }
-                        }
-                    }
-                    batch.insert(key, value);
-                }
-                WalWrite::Raise(key, new) => {
-                    let current_mark = db
-                        .get(&key)
-                        .map_err(|e| backend_error("replaying the write-ahead log", e))?;
-                    if current_mark.is_none_or(|c| c.as_ref() < &new[..]) {
-                        batch.insert(&key[..], &new[..]);
-                    }
-                    if let Ok(name) = std::str::from_utf8(&key[1..]) {
-                        witness.raise(name, u64::from_be_bytes(new));
-                    }
-                }
-            }
-        }
-        db.apply_batch(batch)
-            .map_err(|e| backend_error("replaying the write-ahead log", e))?;
-    }
-    close(current, found);
-    Ok(())
-}
-
-/// The damage record of versions `from..to` of `log`, lost with damaged WAL records.
-fn lost_in_wal(
-    log: &str,
-    from: u64,
-    to: u64,
-    damage: &wal::WalDamage,
-    wal_path: &Path,
-) -> RecordedDamage {
-    RecordedDamage {
-        log: Some(log.to_owned()),
-        lost: Some((from, to)),
-        detail: format!(
-            "acknowledged saves at positions {from}..={} of execution {log:?} were in {} at \
-             offset {} of the write-ahead log {}, which were damaged; they are lost",
-            to - 1,
-            damage.what,
-            damage.offset,
-            wal_path.display()
-        ),
-    }
-}
-
-/// Compares every log's tail in sled with the head the heads file recorded for it. A log below
-/// its head lost acknowledged frames (sled's recovery rolled its files back): that is recorded
-/// in `found`, and the log's high-water mark is raised to the head so that the lost positions
-/// are never handed out again.
-fn check_heads(db: &sled::Db, witness: &Witness, found: &mut Vec<RecordedDamage>) -> Result<()> {
-    let heads: Vec<(String, u64)> = lock(&witness.heads)
-        .heads()
-        .iter()
-        .map(|(log, head)| (log.clone(), *head))
-        .collect();
-    for (log, head) in heads {
-        let next = match next_seq_in(db, &log) {
-            Ok(next) => next,
-            // A damaged mark or key: every read of that log reports it; the store still opens.
-            Err(e) if e.is_corrupt() => continue,
-            Err(e) => return Err(e),
-        };
-        if next >= head {
-            continue;
-        }
-        found.push(RecordedDamage {
-            log: Some(log.clone()),
-            lost: Some((next, head)),
-            detail: format!(
-                "acknowledged saves at positions {next}..={} of execution {log:?} are missing \
-                 from sled's files, which recorded the log up to {}: sled's recovery rolled its \
-                 files back (they were damaged); those saves are lost, and their positions are \
-                 never used again",
-                head - 1,
-                head - 1
-            ),
-        });
-        db.insert(log_key(&log), &head.to_be_bytes()[..])
-            .map_err(|e| backend_error(format!("raising the next sequence of log {log:?}"), e))?;
-    }
-    Ok(())
-}
-
-/// Stores damage found at this open, for every later open and `verify` to report.
-fn record_damage(db: &sled::Db, found: &[RecordedDamage]) -> Result<()> {
-    for damage in found {
-        let id = db
-            .generate_id()
-            .map_err(|e| backend_error("recording damage found at open", e))?;
-        let mut key = vec![DAMAGE];
-        key.extend_from_slice(&id.to_be_bytes());
-        let value = serde_json::to_vec(damage)
-            .map_err(|e| backend_error("recording damage found at open", e))?;
-        db.insert(key, value)
-            .map_err(|e| backend_error("recording damage found at open", e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use super::open::catching_panics;
+    use super::recover::{HEADS_FILE, WAL_FILE};
     use super::*;
     use crate::backend::BackendExt;
+    use crate::backend::Maintain;
 
     fn frames(items: &[&str]) -> Vec<Vec<u8>> {
         items.iter().map(|s| s.as_bytes().to_vec()).collect()

@@ -1,0 +1,551 @@
+//! The PostgreSQL [`Backend`] (`postgres://user@host:port/db`), through sqlx.
+//!
+//! # Layout
+//!
+//! The tables of the [SQL backends](super), in the schema named by `schema=` (default `public`),
+//! plus a function `ckpt_append` doing a whole compare-and-append in one statement (one round
+//! trip, atomic by itself): it stores the blobs, moves each log's `next_seq` from the expected
+//! value (`UPDATE logs ... WHERE next_seq = expected`; a new log is inserted with
+//! `ON CONFLICT DO NOTHING`), inserts the frames (the primary key `(log, seq)` fences them) and
+//! notifies the channel `ckpt_<schema>` with the log's name. A failed check raises SQLSTATE
+//! `CK409`, which rolls the statement back and is reported as [`Error::Conflict`].
+//!
+//! The schema is created on first open and versioned (`ckpt_schema`); migrations run under a
+//! transaction-scoped advisory lock, so processes opening together migrate once. A schema newer
+//! than this code is refused.
+//!
+//! # Failures
+//!
+//! Opening makes one direct connection first, bounded by `acquire_timeout`: an address that
+//! refuses the connection (nothing listens there) or cannot be resolved fails at once with the
+//! operating system's error, and a server that does not answer fails after `acquire_timeout`,
+//! instead of either being retried for the whole `timeout` behind a bare "timed out". Once a
+//! server has been reached, transient failures (connection refused, reset or lost; pool timeout;
+//! serialization failure, deadlock, admin shutdown, server starting up) are retried with
+//! jittered exponential backoff, bounded by the call's `timeout`. When an append's outcome is unknown (the connection dropped
+//! while its statement ran), the retry first looks for the frames it sent: if they are stored at
+//! the expected position, the append had committed and succeeds without being written twice.
+//!
+//! # Watching
+//!
+//! [`Notify::wait_for_append`](crate::backend::Notify::wait_for_append) listens on the channel (one `LISTEN` connection per backend,
+//! started on first use, reconnected when dropped) and wakes as soon as the log of interest is
+//! appended to, by any process; without a listener it waits out the timeout (polling).
+//!
+//! # Compaction
+//!
+//! Deleted rows stay in the table files until `VACUUM FULL`, and in the WAL until the segments
+//! holding them are retired. [`Maintain::compact`](crate::backend::Maintain::compact) runs `VACUUM FULL` on the schema's tables, then
+//! `pg_switch_wal()` and `CHECKPOINT`, after which PostgreSQL removes every segment before the
+//! new redo point. What it cannot reach is reported: `wal_recycle = on` (the default: retired
+//! segments are renamed for reuse and keep their bytes until overwritten), a role that may not
+//! switch the WAL or checkpoint, `archive_mode`, `wal_keep_size`, replication slots, standbys.
+//! Standbys, base backups and WAL archives keep their own copies in any case.
+//!
+//! # URL options
+//!
+//! The [pool options](super), `schema=NAME` (lowercase letters, digits, `_`; created if missing),
+//! and sqlx's own connection options (`sslmode`, `sslrootcert`, `application_name`, ...), which
+//! are passed on. The password may come from the URL or from `PGPASSWORD`; no error, log line or
+//! `Debug` output shows it.
+//!
+//! # Files of this module
+//!
+//! This file holds the type, opening (with the reachability check), the retry loop and the
+//! [`Backend`], [`Rewrite`] and [`Inspect`] implementations; `schema.rs` the tables, the
+//! statements and the migration; `append.rs` the compare-and-append and its read-back;
+//! `listen.rs` [`Notify`](crate::backend::Notify) through `LISTEN`; `compact.rs`
+//! [`Maintain`](crate::backend::Maintain); `options.rs` the driver URL and the secrets messages
+//! must not show.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use tokio::sync::{watch, OnceCell};
+use tokio::time::Instant;
+
+use self::listen::Listener;
+use self::options::{driver_url, secrets_of, DRIVER_OPTIONS};
+use self::schema::{valid_schema, Queries};
+use super::{frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
+use crate::backend::retry::{self, GaveUp};
+use crate::backend::{
+    Backend, Blob, BlobHash, Capabilities, ConnectOptions, Inspect, LogAppend, RecordedDamage,
+    Rewrite,
+};
+use crate::error::{Error, Result};
+use crate::url::RawUrl;
+
+mod append;
+mod compact;
+mod listen;
+mod options;
+mod schema;
+
+pub use self::schema::{scan_sql, SCHEMA_VERSION};
+
+/// The backend's name in errors.
+const NAME: &str = "PostgreSQL";
+/// Default pool size.
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// A [`Backend`] on a PostgreSQL database; see the [module documentation](self).
+pub struct PostgresBackend {
+    pool: PgPool,
+    /// The URL without its password, for messages.
+    url: String,
+    /// The password (in every form), to scrub from driver messages.
+    secrets: Vec<String>,
+    schema: String,
+    sql: Queries,
+    timeout: Duration,
+    listener: OnceCell<Listener>,
+    /// Dropped with the backend, which stops the listener task.
+    stop: watch::Sender<()>,
+}
+
+impl fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("url", &self.url)
+            .field("schema", &self.schema)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`Error::Backend`] from this backend, its message scrubbed of the password.
+fn backend_error(context: String, source: DriverError) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context,
+        source: Box::new(source),
+    }
+}
+
+/// Whether retrying `e` may succeed: the connection or the server went away or is starting, the
+/// pool had no connection in time, or the transaction lost a serialization race or a deadlock.
+fn is_transient(e: &sqlx::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | BrokenPipe
+                | UnexpectedEof
+                | TimedOut
+                | NotConnected
+                | Interrupted
+        ),
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            matches!(
+                c.as_ref(),
+                "40001"
+                    | "40P01"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "08000"
+                    | "08001"
+                    | "08003"
+                    | "08004"
+                    | "08006"
+                    | "53300"
+            )
+        }),
+        _ => false,
+    }
+}
+
+impl PostgresBackend {
+    /// Connects to the database a `postgres://` URL names and creates (or checks) the schema.
+    ///
+    /// Fails with [`Error::InvalidUrl`] on an unknown or malformed option, and with
+    /// [`Error::Backend`] when the server cannot be reached within the timeout (transient
+    /// failures are retried until then) or the stored schema is newer than this code.
+    pub async fn open(url: &RawUrl, options: &ConnectOptions) -> Result<Self> {
+        Self::open_with(url, options, true).await
+    }
+
+    /// Like [`PostgresBackend::open`], but creates nothing: a schema without ckpt's tables is
+    /// [`Error::NotFound`] (for tools that only read, so that a mistyped schema or database
+    /// does not become a new, empty store).
+    pub async fn open_existing(url: &RawUrl, options: &ConnectOptions) -> Result<Self> {
+        Self::open_with(url, options, false).await
+    }
+
+    async fn open_with(url: &RawUrl, options: &ConnectOptions, create: bool) -> Result<Self> {
+        let redacted = url.redacted();
+        let full = url.expose();
+        let parsed = parse_options(full, &redacted, &["schema"], &DRIVER_OPTIONS, options)?;
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: redacted.clone(),
+            reason,
+        };
+        let mut schema = "public".to_owned();
+        for (key, value) in &parsed.own {
+            if key == "schema" {
+                if !valid_schema(value) {
+                    return Err(invalid(format!(
+                        "schema must be lowercase letters, digits and _ (not starting with a digit, \
+                         at most 50), got {value:?}"
+                    )));
+                }
+                schema = value.clone();
+            }
+        }
+        let connect = PgConnectOptions::from_str(&driver_url(full, &parsed.driver))
+            .map_err(|e| invalid(super::scrub(&e.to_string(), &secrets_of(full))))?;
+        let secrets = secrets_of(full);
+        let connect = connect.application_name("ckpt");
+        let pool = PgPoolOptions::new()
+            .max_connections(
+                parsed
+                    .pool
+                    .max_connections
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            )
+            .min_connections(parsed.pool.min_connections)
+            .max_lifetime(parsed.pool.max_lifetime)
+            .acquire_timeout(parsed.pool.acquire_timeout)
+            // No ping before each use (a round trip per call): a connection the server dropped
+            // fails its statement with an I/O error, which is retried on a fresh connection.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect.clone());
+        let (stop, _) = watch::channel(());
+        let backend = PostgresBackend {
+            pool,
+            url: redacted,
+            secrets,
+            sql: Queries::new(&schema),
+            schema,
+            timeout: parsed.pool.timeout,
+            listener: OnceCell::new(),
+            stop,
+        };
+        backend
+            .check_reachable(&connect, parsed.pool.acquire_timeout)
+            .await?;
+        backend.migrate(create).await?;
+        Ok(backend)
+    }
+
+    /// Makes one connection outside the pool, as the first contact with the server. The pool
+    /// retries a refused connection until its acquire timeout and then reports only that it
+    /// timed out, so a server that is down, or a wrong port, would take the whole `timeout` and
+    /// hide the cause. Here an I/O failure (refused, unreachable, no such host) fails at once
+    /// with the OS's error, and silence fails after `acquire_timeout`; a server that answers
+    /// that it is not ready (starting up, too many connections) is retried within `timeout`.
+    async fn check_reachable(&self, connect: &PgConnectOptions, acquire: Duration) -> Result<()> {
+        let what = "connecting";
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            let limit = acquire.min(deadline.saturating_duration_since(Instant::now()));
+            let e = match tokio::time::timeout(limit, PgConnection::connect_with(connect)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tokio::time::timeout(limit, conn.close()).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(backend_error(
+                        format!("{what} (on {})", self.url),
+                        DriverError(format!(
+                            "no answer within the acquire timeout of {limit:?}: is a PostgreSQL \
+                             server listening at this address and port? (set acquire_timeout= \
+                             in the URL or StoreBuilder::acquire_timeout)"
+                        )),
+                    ))
+                }
+            };
+            let not_ready = matches!(e, sqlx::Error::Database(_)) && is_transient(&e);
+            let delay = retry::SQL.delay(attempt);
+            if !not_ready || Instant::now() + delay >= deadline {
+                return Err(self.error(what, &e));
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The notification channel appends to this schema notify.
+    fn channel(&self) -> String {
+        format!("ckpt_{}", self.schema)
+    }
+
+    /// An [`Error::Backend`] for `e` while doing `what`, naming the (redacted) URL.
+    fn error(&self, what: &str, e: &sqlx::Error) -> Error {
+        let source = match e {
+            sqlx::Error::PoolTimedOut => DriverError(
+                "no connection within the acquire timeout: is the server running and reachable?"
+                    .into(),
+            ),
+            e => DriverError::new(e, &self.secrets),
+        };
+        backend_error(format!("{what} (on {})", self.url), source)
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        backend_error(
+            format!("{what} (on {})", self.url),
+            DriverError(format!(
+                "no success within the timeout of {:?} (transient failures were retried)",
+                self.timeout
+            )),
+        )
+    }
+
+    /// Runs `f` until it succeeds, retrying transient failures with backoff, within the timeout.
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        retry::retrying(deadline, retry::SQL, f, is_transient)
+            .await
+            .map_err(|gave_up| match gave_up {
+                GaveUp::Failed(e) => self.error(what, &e),
+                GaveUp::TimedOut => self.timed_out(what),
+            })
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn next_seq(&self, log: &str) -> Result<u64> {
+        let next: Option<i64> = self
+            .retry(&format!("reading the next sequence of log {log:?}"), || {
+                sqlx::query_scalar(&self.sql.next_seq)
+                    .bind(log)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))
+    }
+
+    async fn commit(&self, appends: Vec<LogAppend>, blobs: Vec<Blob>) -> Result<()> {
+        if appends.is_empty() && blobs.is_empty() {
+            return Ok(());
+        }
+        self.append_call(&appends, blobs).await
+    }
+
+    async fn scan(&self, log: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .retry(&format!("reading log {log:?}"), || {
+                sqlx::query_as(&self.sql.scan)
+                    .bind(log)
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        frames_of(rows, log)
+    }
+
+    async fn list_logs(&self) -> Result<Vec<String>> {
+        self.retry("listing the logs", || {
+            sqlx::query_scalar(&self.sql.list_logs).fetch_all(&self.pool)
+        })
+        .await
+    }
+
+    async fn raise_next_seq(&self, log: &str, next_seq: u64) -> Result<()> {
+        let what = format!("raising the next sequence of log {log:?}");
+        let next = to_db_seq(next_seq, &what)?.max(1);
+        self.retry(&what, || {
+            sqlx::query(&self.sql.raise)
+                .bind(log)
+                .bind(next)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn truncate(&self, log: &str, before: u64) -> Result<()> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        self.retry(&format!("truncating log {log:?}"), || {
+            sqlx::query(&self.sql.truncate)
+                .bind(log)
+                .bind(before)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn put_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let mut blobs = blobs;
+        blobs.sort_by_key(|a| a.0);
+        let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
+        let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
+        self.retry("storing blobs", || {
+            sqlx::query(&self.sql.put_blobs)
+                .bind(&hashes)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One query for all of them.
+    async fn get_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<Option<Vec<u8>>>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .retry("reading blobs", || {
+                sqlx::query_as(&self.sql.get_blobs)
+                    .bind(&keys)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for (hash, data) in rows {
+            found.insert(to_hash(&hash)?, data);
+        }
+        Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
+    }
+
+    async fn missing_blobs(&self, hashes: &[BlobHash]) -> Result<Vec<BlobHash>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let missing: Vec<Vec<u8>> = self
+            .retry("looking up blobs", || {
+                sqlx::query_scalar(&self.sql.missing_blobs)
+                    .bind(&keys)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        missing.iter().map(|h| to_hash(h)).collect()
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
+        let hashes: Vec<Vec<u8>> = self
+            .retry("listing blobs", || {
+                sqlx::query_scalar(&self.sql.list_blobs).fetch_all(&self.pool)
+            })
+            .await?;
+        hashes.iter().map(|h| to_hash(h)).collect()
+    }
+
+    async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        self.retry("deleting blobs", || {
+            sqlx::query(&self.sql.delete_blobs)
+                .bind(&keys)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every append is durable when its commit returns: nothing to do.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities<'_> {
+        let mut caps = Capabilities::new();
+        // `ckpt_append` inserts the blobs (`ON CONFLICT DO NOTHING`) in the same statement.
+        caps.blobs_with_append = true;
+        caps.rewrite = Some(self);
+        caps.notify = Some(self);
+        caps.maintain = Some(self);
+        caps.inspect = Some(self);
+        caps
+    }
+}
+
+#[async_trait]
+impl Rewrite for PostgresBackend {
+    async fn rewrite_frames(&self, log: &str, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let seqs: Vec<i64> = frames
+            .iter()
+            .map(|(s, _)| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let datas: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
+        self.retry(&format!("rewriting frames of log {log:?}"), || {
+            sqlx::query(&self.sql.rewrite_frames)
+                .bind(log)
+                .bind(&seqs)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rewrite_blobs(&self, blobs: Vec<(BlobHash, Vec<u8>)>) -> Result<()> {
+        let hashes: Vec<&[u8]> = blobs.iter().map(|(h, _)| &h[..]).collect();
+        let datas: Vec<&[u8]> = blobs.iter().map(|(_, d)| d.as_slice()).collect();
+        self.retry("rewriting blobs", || {
+            sqlx::query(&self.sql.rewrite_blobs)
+                .bind(&hashes)
+                .bind(&datas)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Inspect for PostgresBackend {
+    async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
+        // PostgreSQL never rolls a committed transaction back silently.
+        Ok(Vec::new())
+    }
+
+    async fn check_storage(&self) -> Result<Vec<String>> {
+        // PostgreSQL checks its pages as it reads them (and `amcheck` needs an extension).
+        Ok(Vec::new())
+    }
+
+    /// A stored next sequence number at or below the last frame (which [`Backend::next_seq`]
+    /// ignores, and the next append repairs).
+    async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .retry(&format!("checking log {log:?}"), || {
+                sqlx::query_as(&self.sql.log_problems)
+                    .bind(log)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(super::lowered_next_seq(row))
+    }
+}
