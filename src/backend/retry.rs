@@ -39,7 +39,6 @@ pub(crate) const REDIS: Backoff = Backoff {
 
 /// The store's retries of a save that lost a race for a log: 100 µs doubling up to 25 ms (short,
 /// because the winner has already written and the loser only needs to read the new tail).
-#[allow(dead_code)] // The store switches over to it from its own copy (issue 13).
 pub(crate) const STORE_CONFLICT: Backoff = Backoff {
     first: Duration::from_micros(100),
     max: Duration::from_millis(25),
@@ -65,7 +64,6 @@ impl Backoff {
     }
 
     /// Sleeps [`Backoff::delay`]`(attempt)`.
-    #[allow(dead_code)] // The store switches over to it from its own copy (issue 13).
     pub(crate) async fn pause(&self, attempt: u32) {
         tokio::time::sleep(self.delay(attempt)).await;
     }

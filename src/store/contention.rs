@@ -76,8 +76,11 @@ impl Contention {
         result
     }
 
-    /// Waits until no append of this process to `log` is in flight, or [`SETTLE_MAX`] passed.
+    /// Waits until the appends of this process to `log` in flight now have ended, or
+    /// [`SETTLE_MAX`] passed. A writer in line for `log` reading its tail is retrying: it keeps
+    /// its place.
     pub(crate) async fn settled(&self, log: &str) {
+        self.turns.keep_place(log);
         let mark = self
             .in_flight
             .lock()
@@ -86,6 +89,7 @@ impl Contention {
             .cloned();
         if let Some(mark) = mark {
             let _ = tokio::time::timeout(SETTLE_MAX, mark.idle()).await;
+            self.turns.keep_place(log);
         }
     }
 
@@ -198,9 +202,11 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// How long a writer that lost a compare-and-append keeps its place in line: longer than the
-/// store's longest backoff between retries (25 ms) plus a re-read of the log.
-const TURN_EXPIRY: Duration = Duration::from_millis(60);
+/// How long a writer that lost a compare-and-append keeps its place in line without showing
+/// signs of life (losing again, or reading the log's tail to retry): longer than the store's
+/// longest backoff between retries (25 ms) plus a re-read of the log and preparing the save again
+/// on a loaded machine (sealing, a scan). Only a writer that died in line costs others this long.
+const TURN_EXPIRY: Duration = Duration::from_millis(150);
 
 /// In-process fairness between writers contending on one log.
 ///
@@ -262,6 +268,21 @@ impl Turns {
                 // Woken by any change of any line; at the latest when the first task expires.
                 let _ = tokio::time::timeout(TURN_EXPIRY, changed).await;
             }
+        }
+    }
+
+    /// Refreshes the current task's place in line for `log`, if it has one: it is alive and
+    /// about to try again.
+    fn keep_place(&self, log: &str) {
+        let Some(me) = tokio::task::try_id() else {
+            return;
+        };
+        let mut lines = self.lines();
+        if let Some(entry) = lines
+            .get_mut(log)
+            .and_then(|line| line.iter_mut().find(|(id, _)| *id == me))
+        {
+            entry.1 = tokio::time::Instant::now();
         }
     }
 
@@ -337,6 +358,42 @@ mod tests {
         other.await.unwrap();
         // Nobody in line: no wait.
         turns.wait_turn(&["log".into(), "other".into()]).await;
+    }
+
+    /// A loser that reads the tail to retry keeps its place in line past the expiry; one that
+    /// stops showing signs of life loses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retrying_loser_keeps_its_place() {
+        let contention = Arc::new(Contention::default());
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let loser = {
+            let contention = contention.clone();
+            tokio::spawn(async move {
+                contention.turns.record(&[], Some("log"));
+                let _ = lost_tx.send(());
+                // Retrying for longer than the expiry, reading the tail as it goes.
+                for _ in 0..4 {
+                    tokio::time::sleep(TURN_EXPIRY / 2).await;
+                    contention.settled("log").await;
+                }
+                let _ = go_rx.await;
+                contention.commit(&["log".into()], async { Ok(()) }).await
+            })
+        };
+        lost_rx.await.unwrap();
+        let other = {
+            let contention = contention.clone();
+            tokio::spawn(async move { contention.turns.wait_turn(&["log".into()]).await })
+        };
+        tokio::time::sleep(TURN_EXPIRY * 2).await;
+        assert!(
+            !other.is_finished(),
+            "went before a loser that was still retrying"
+        );
+        go_tx.send(()).unwrap();
+        loser.await.unwrap().unwrap();
+        other.await.unwrap();
     }
 
     /// A read of the tail waits for this process's append in flight to the same log, and not

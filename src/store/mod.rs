@@ -323,19 +323,6 @@ fn shared_gc_lock(backend: &Arc<dyn Backend>) -> Arc<RwLock<()>> {
     lock
 }
 
-/// Waits before retrying a conflicting append: exponential (0.1 ms doubling, at most 25 ms) with
-/// jitter, so writers that collided do not collide again in lockstep.
-async fn backoff(attempt: u32) {
-    let ceiling_us = (100u64 << attempt.min(8)).min(25_000);
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    tokio::time::sleep(Duration::from_micros(
-        ceiling_us / 2 + jitter % (ceiling_us / 2 + 1),
-    ))
-    .await;
-}
-
 fn poisoned() -> Error {
     Error::InvalidInput("an earlier panic left a store lock poisoned; reopen the store".into())
 }

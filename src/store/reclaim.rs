@@ -30,7 +30,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{backoff, now_micros, Store};
+use super::{now_micros, Store};
 use crate::backend::LogAppend;
 use crate::codec::frame::{self, Event, GcMark};
 use crate::error::{Error, Result};
@@ -183,7 +183,9 @@ impl Store {
                     ),
                 });
             }
-            backoff(attempt.min(8)).await;
+            crate::backend::retry::STORE_CONFLICT
+                .pause(attempt.min(8))
+                .await;
             attempt += 1;
         }
     }
@@ -241,7 +243,9 @@ impl Store {
                     self.forget_gc_fence();
                     return Ok(next);
                 }
-                Err(Error::Conflict { .. }) => backoff(attempt).await,
+                Err(Error::Conflict { .. }) => {
+                    crate::backend::retry::STORE_CONFLICT.pause(attempt).await
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -22,7 +22,7 @@ use rmpv::Value;
 use tokio::sync::OwnedMutexGuard;
 
 use super::index::{CachedState, Chain, ExecIndex};
-use super::{backoff, from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
+use super::{from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
 use crate::backend::{BlobHash, LogAppend};
 use crate::checkpoint::{Checkpoint, CheckpointId};
 use crate::codec::frame::{ParentRef, SaveHeader};
@@ -387,7 +387,9 @@ impl Store {
             Error::Conflict { .. }
                 if matches!(attempts.expect, Expect::Any) && attempts.may_retry() =>
             {
-                backoff(attempts.conflicts).await;
+                crate::backend::retry::STORE_CONFLICT
+                    .pause(attempts.conflicts)
+                    .await;
                 attempts.conflicts += 1;
                 Ok(())
             }

@@ -4,7 +4,7 @@
 //! another writer appended first.
 
 use super::save::{Expect, Pending};
-use super::{backoff, Store, MAX_CONFLICT_RETRIES};
+use super::{Store, MAX_CONFLICT_RETRIES};
 use crate::checkpoint::{validate_execution_id, Checkpoint, CheckpointId};
 use crate::codec::frame::ParentRef;
 use crate::error::{Error, Result};
@@ -68,7 +68,9 @@ impl Store {
                     self.note_tail(&idx);
                     return Ok(true);
                 }
-                Err(Error::Conflict { .. }) => backoff(attempt).await,
+                Err(Error::Conflict { .. }) => {
+                    crate::backend::retry::STORE_CONFLICT.pause(attempt).await
+                }
                 Err(e) => return Err(e),
             }
         }
