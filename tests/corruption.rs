@@ -4,7 +4,7 @@
 //! execution and sequence, or the blob hash), never panic and never return wrong data; reads the
 //! damage does not concern still work where the design allows.
 //!
-//! sled layout (see `src/backend/sled.rs`): one default tree; `b'e'` + u16 BE name length + name +
+//! sled layout (see `src/backend/sled/mod.rs`): one default tree; `b'e'` + u16 BE name length + name +
 //! u64 BE seq is a log frame, `b'b'` + 32-byte hash a blob, `b'l'` + name a log's next sequence.
 
 #![cfg(feature = "sled")]

@@ -5,42 +5,9 @@
 //! are computed above it, in [`crate::store`], in one place, so backends cannot drift apart. Nor
 //! does it retry conflicts or order contending writers: that policy lives in the store too.
 //!
-//! # Contract
-//!
-//! An implementation of [`Backend`]:
-//! - **must** number the frames of a log with consecutive sequence numbers starting at 1, and report
-//!   the next one with [`Backend::next_seq`] (1 for a log never appended to);
-//! - **must** make [`Backend::commit`] compare-and-append: for every [`LogAppend`] in the call, the
-//!   log's next sequence number must equal `expected_seq`, otherwise no frame at all is written and
-//!   the call returns [`crate::Error::Conflict`]. When every check passes, all frames of all logs in
-//!   the call become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
-//!   a backend that cannot do this across logs says so in [`Capabilities::atomic_across_logs`] and
-//!   refuses such calls;
-//! - **must** make an append durable before returning (unless the user relaxed durability, e.g.
-//!   `sled://...?sync=false`), and make every blob put before an append at least as durable as it;
-//! - **must** never reuse a sequence number: [`Backend::truncate`] removes frames but keeps the
-//!   log's next sequence number, and the log stays listed by [`Backend::list_logs`];
-//! - **must** return frames and blobs byte for byte as given; verification (checksums, hashes) is
-//!   done above the backend, which only reports what it holds;
-//! - **must** treat [`Backend::put_blobs`] as idempotent: putting a hash that exists is a no-op;
-//! - **must** honour [`LogAppend::expiry`] if it expires logs at all: the store's own logs are
-//!   marked [`Expiry::Never`];
-//! - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`);
-//! - **must**, if it offers [`Maintain`], leave none of the deleted frames and blobs readable in
-//!   its files after [`Maintain::compact`] as far as its server lets it, and report what it could
-//!   not do (see [`CompactReport`]).
-//!
-//! # Adding a backend
-//!
-//! 1. A folder or file under `src/backend/` behind a cargo feature, holding a type that implements
-//!    every method of [`Backend`] (twelve primitives, a name and [`Backend::capabilities`]), plus
-//!    whichever of [`Rewrite`], [`Notify`], [`Maintain`] and [`Inspect`] it can do, announced in
-//!    its capabilities. Transient-error retries inside one call use [`retry`] (backoff, the
-//!    retry-until-deadline loop, durations in URL options).
-//! 2. A URL scheme in [`crate::url`] that opens it.
-//! 3. A [`crate::testing::Harness`] for it and one line in a test file:
-//!    `ckpt::conformance_tests!(mine, MyHarness::new());` — the backend is done when the whole
-//!    suite passes (and, for a new storage engine, the crash and corruption tests run on it).
+//! The contract every backend follows, and how to add one, are written on [`Backend`].
+//! The layout: `memory.rs`; `sled/` (with its write-ahead log and heads file); `sql/` (`sqlite.rs`,
+//! `postgres/`); `redis/`; `retry.rs` (what backends share for transient errors).
 
 use std::fmt;
 use std::time::Duration;
@@ -260,10 +227,46 @@ impl fmt::Debug for Capabilities<'_> {
     }
 }
 
-/// The primitives a storage engine provides. See the [module documentation](self) for the
-/// contract. Every method is required; what a backend can do beyond them it says in
-/// [`Backend::capabilities`]. Conveniences ([`BackendExt`]) and every derived operation live
-/// above the trait.
+/// The primitives a storage engine provides. Every method is required; what a backend can do
+/// beyond them it says in [`Backend::capabilities`]. Conveniences ([`BackendExt`]) and every
+/// derived operation live above the trait, in [`crate::store`].
+///
+/// # Contract
+///
+/// An implementation:
+/// - **must** number the frames of a log with consecutive sequence numbers starting at 1, and report
+///   the next one with [`Backend::next_seq`] (1 for a log never appended to);
+/// - **must** make [`Backend::commit`] compare-and-append: for every [`LogAppend`] in the call, the
+///   log's next sequence number must equal `expected_seq`, otherwise no frame at all is written and
+///   the call returns [`crate::Error::Conflict`]. When every check passes, all frames of all logs in
+///   the call become visible together (all or nothing), at `expected_seq`, `expected_seq + 1`, ...;
+///   a backend that cannot do this across logs says so in [`Capabilities::atomic_across_logs`] and
+///   refuses such calls;
+/// - **must** make an append durable before returning (unless the user relaxed durability, e.g.
+///   `sled://...?sync=false`), and make every blob put before an append at least as durable as it;
+/// - **must** never reuse a sequence number: [`Backend::truncate`] removes frames but keeps the
+///   log's next sequence number, and the log stays listed by [`Backend::list_logs`];
+/// - **must** return frames and blobs byte for byte as given; verification (checksums, hashes) is
+///   done above the backend, which only reports what it holds;
+/// - **must** treat [`Backend::put_blobs`] as idempotent: putting a hash that exists is a no-op;
+/// - **must** honour [`LogAppend::expiry`] if it expires logs at all: the store's own logs are
+///   marked [`Expiry::Never`];
+/// - **must** be safe to share between tasks and between [`crate::Store`]s (`Arc<dyn Backend>`);
+/// - **must**, if it offers [`Maintain`], leave none of the deleted frames and blobs readable in
+///   its files after [`Maintain::compact`] as far as its server lets it, and report what it could
+///   not do (see [`CompactReport`]).
+///
+/// # Adding a backend
+///
+/// 1. A folder or file under `src/backend/` behind a cargo feature, holding a type that implements
+///    every method of [`Backend`] (twelve primitives, a name and [`Backend::capabilities`]), plus
+///    whichever of [`Rewrite`], [`Notify`], [`Maintain`] and [`Inspect`] it can do, announced in
+///    its capabilities. Transient-error retries inside one call use [`retry`] (backoff, the
+///    retry-until-deadline loop, durations in URL options).
+/// 2. A URL scheme in [`crate::url`] that opens it.
+/// 3. A [`crate::testing::Harness`] for it and one line in a test file:
+///    `ckpt::conformance_tests!(mine, MyHarness::new());` — the backend is done when the whole
+///    suite passes (and, for a new storage engine, the crash and corruption tests run on it).
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages (`memory`, `sled`, ...).

@@ -140,7 +140,7 @@ impl Call {
     }
 }
 
-/// What happens to one call; see the [module documentation](self).
+/// What happens to one call; see [`Faulty`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Fails without reaching the backend.
@@ -413,7 +413,7 @@ enum Then {
 }
 
 /// Wraps a backend and injects the faults its [`FaultControl`] decides; forwards everything else
-/// unchanged, capabilities included. See the [module documentation](self).
+/// unchanged, capabilities included. What a fault may leave behind follows the backend contract (`src/testing/faulty.rs` says how).
 pub struct Faulty<B: Backend + ?Sized> {
     inner: Arc<B>,
     control: Arc<FaultControl>,

@@ -237,7 +237,7 @@ impl RedisBackend {
         Err(err)
     }
 
-    /// [`Backend::commit`] once the logs are marked in flight: on one server one
+    /// [`Backend::commit`] with blobs: on one server one
     /// pipeline, on a Cluster the blobs first.
     pub(super) async fn append_blobs_first(
         &self,
