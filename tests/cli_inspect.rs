@@ -417,3 +417,47 @@ fn every_subcommand_documents_its_options() {
         }
     }
 }
+
+/// `history --branch` lists one branch of an execution that branched (a save with a named
+/// parent), newest first, and `--json` carries every entry's parent.
+#[test]
+fn history_shows_one_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store").to_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&path).await.unwrap();
+        let mut ids = Vec::new();
+        for step in 1..=3 {
+            let cp = Checkpoint::new("b", "step", &json!({ "step": step })).unwrap();
+            ids.push(store.save(cp).await.unwrap().id);
+        }
+        let cp = Checkpoint::new("b", "retry", &json!({ "step": 20 })).unwrap();
+        let v4 = store.save_with_parent(cp, &ids[0]).await.unwrap();
+        assert_eq!(v4.version, 4);
+        store.flush().await.unwrap();
+    });
+    drop(runtime);
+    let doc = json_of(&ok(&path, &["history", "b", "--branch", "4", "--json"]));
+    let entries = doc.as_array().expect("an array");
+    let versions: Vec<u64> = entries
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [4, 1]);
+    assert_eq!(entries[0]["parent"], json!("b@1"));
+    assert_eq!(entries[1]["parent"], Value::Null);
+    let all = json_of(&ok(&path, &["history", "b", "--json"]));
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(4),
+        "history lists every branch"
+    );
+    let text = ok(&path, &["history", "b", "--branch", "b@3"]);
+    assert!(
+        text.contains("b@3") && text.contains("b@2") && !text.contains("b@4"),
+        "{text}"
+    );
+    let err = fails(&path, &["history", "b", "--branch", "other@1"]);
+    assert!(err.contains("another execution"), "{err}");
+}

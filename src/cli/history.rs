@@ -33,6 +33,10 @@ pub struct HistoryArgs {
     /// node, version, time (UTC), timestamp_ms, parent, metadata, state_size, stored_size
     #[arg(long)]
     pub json: bool,
+    /// Only the branch ending at this checkpoint (VERSION or EXEC@VERSION): it, its parent, its
+    /// parent's parent... back to the root, without the versions of other branches.
+    #[arg(long, value_name = "ID")]
+    pub branch: Option<String>,
 }
 
 /// A value given on the command line: JSON if it parses as JSON, else the text as a string.
@@ -70,6 +74,22 @@ fn report_damage(exec: &str, damage: &ckpt::store::ExecutionDamage) {
     }
 }
 
+/// The checkpoint `--branch` names: a version of `exec`, or `exec@VERSION`.
+fn branch_id(exec: &str, text: &str) -> CliResult<ckpt::CheckpointId> {
+    let id = match text.parse::<u64>() {
+        Ok(version) => ckpt::CheckpointId::new(exec, version)
+            .with_context(|| format!("--branch {text} is not a version of {exec}"))?,
+        Err(_) => super::delete::parse_id(text)?,
+    };
+    if id.execution_id() != exec {
+        return Err(super::Failure::new(format!(
+            "--branch {id} is a checkpoint of another execution than {exec}"
+        ))
+        .into());
+    }
+    Ok(id)
+}
+
 /// Runs `ckpt history`.
 pub async fn run(args: HistoryArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
@@ -87,10 +107,14 @@ pub async fn run(args: HistoryArgs, global: &Global) -> CliResult {
     for (k, v) in &args.filters {
         query = query.metadata(k.clone(), v.clone());
     }
-    let headers = store
-        .history(exec, query)
-        .await
-        .with_context(|| format!("reading the history of {exec}"))?;
+    let headers = match &args.branch {
+        None => store.history(exec, query).await,
+        Some(id) => {
+            let id = branch_id(exec, id)?;
+            store.branch(&id, query).await
+        }
+    }
+    .with_context(|| format!("reading the history of {exec}"))?;
     let damage = store
         .damage(exec)
         .await

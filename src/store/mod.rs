@@ -31,6 +31,7 @@ mod save;
 mod stats;
 mod transcode;
 mod transfer;
+mod tree;
 mod types;
 mod verify;
 mod watch;

@@ -51,6 +51,9 @@ const BLIND_PUT_BYTES: usize = 64 << 10;
 pub(super) struct Pending {
     pub(super) checkpoint: Checkpoint,
     pub(super) parent: Option<ParentRef>,
+    /// The user named `parent` ([`Store::save_with_parent`]): it must be live when the save
+    /// lands. (A salvaged checkpoint keeps a parent that may not have been salvaged.)
+    pub(super) parent_must_be_live: bool,
     pub(super) force_snapshot: bool,
     /// The time to record instead of now (a salvaged checkpoint keeps its own).
     pub(super) timestamp_us: Option<u64>,
@@ -62,6 +65,7 @@ impl Pending {
         Pending {
             checkpoint,
             parent: None,
+            parent_must_be_live: false,
             force_snapshot: false,
             timestamp_us: None,
         }
@@ -157,6 +161,53 @@ impl Store {
         let mut saved = self
             .save_pending(vec![Pending::plain(checkpoint)], Expect::Any)
             .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves a checkpoint as a child of `parent`, any live checkpoint of the same execution: a
+    /// new branch when `parent` is not the newest (time travel: resume or edit an old version
+    /// and go on from there). The version is still the log's next sequence number, and
+    /// [`Store::latest`] is still the newest save; the parent links form a tree that
+    /// [`Store::children`], [`Store::heads`] and [`Store::branch`] walk.
+    ///
+    /// Refused with [`Error::InvalidInput`] when `parent` belongs to another execution (use
+    /// [`Store::fork`]), and with [`Error::NotFound`] when it is not a live checkpoint (never
+    /// saved, deleted or cleared), checked when the save lands.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ckpt::Error> {
+    /// use ckpt::{Checkpoint, Store};
+    /// let store = Store::memory();
+    /// let v1 = store.save(Checkpoint::new("run", "plan", &1)?).await?;
+    /// let _v2 = store.save(Checkpoint::new("run", "act", &2)?).await?;
+    /// // Back to version 1, and a different step from there.
+    /// let v3 = store.save_with_parent(Checkpoint::new("run", "act", &20)?, &v1.id).await?;
+    /// assert_eq!(v3.parent, Some(v1.id.clone()));
+    /// assert_eq!(store.heads("run").await?.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn save_with_parent(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+    ) -> Result<Checkpoint> {
+        if parent.execution_id() != checkpoint.execution_id {
+            return Err(Error::InvalidInput(format!(
+                "the parent {parent} is a checkpoint of another execution than {:?}; a save's \
+                 parent must be in its own execution (fork to start a new execution from it)",
+                checkpoint.execution_id
+            )));
+        }
+        let mut pending = Pending::plain(checkpoint);
+        pending.parent = Some(ParentRef {
+            execution: None,
+            version: parent.version(),
+        });
+        pending.parent_must_be_live = true;
+        let mut saved = self.save_pending(vec![pending], Expect::Any).await?;
         saved
             .pop()
             .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
@@ -431,6 +482,9 @@ impl Store {
         let mut saves = Vec::with_capacity(group.len());
         for (_, p) in group {
             let cp = &p.checkpoint;
+            if p.parent_must_be_live {
+                check_parent_is_live(idx, p.parent.as_ref())?;
+            }
             let (stored, body, delta_base, chain) = match &base {
                 Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
                     let ops = tree::externalize_ops(&tree::diff(&b.logical, &cp.state), lifted);
@@ -567,5 +621,20 @@ impl Store {
             ),
             source: "too much contention".into(),
         }
+    }
+}
+
+/// Refuses a save whose named parent (in its own execution) is not a live checkpoint there.
+fn check_parent_is_live(idx: &ExecIndex, parent: Option<&ParentRef>) -> Result<()> {
+    match parent {
+        Some(ParentRef {
+            execution: None,
+            version,
+        }) if idx.live_entry(*version).is_none() => Err(Error::not_found(format!(
+            "checkpoint {}@{version}, named as the parent of a save (it was never saved, or was \
+             deleted or cleared)",
+            idx.log
+        ))),
+        _ => Ok(()),
     }
 }

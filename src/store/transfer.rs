@@ -216,6 +216,7 @@ impl Store {
                     execution: (p.execution_id() != log).then(|| p.execution_id().to_owned()),
                     version: p.version(),
                 }),
+                parent_must_be_live: false,
                 force_snapshot: false,
                 timestamp_us: Some(micros(&cp)),
                 checkpoint: Checkpoint {

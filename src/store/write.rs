@@ -100,6 +100,7 @@ impl Store {
                 execution: Some(id.execution_id().to_owned()),
                 version: id.version(),
             }),
+            parent_must_be_live: false,
             force_snapshot: true,
             timestamp_us: None,
         };

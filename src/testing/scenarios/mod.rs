@@ -20,6 +20,7 @@ mod rekey;
 mod reopen;
 mod round_trips;
 mod storage;
+mod tree;
 mod versions;
 mod watch;
 
@@ -36,6 +37,7 @@ pub use rekey::*;
 pub use reopen::*;
 pub use round_trips::*;
 pub use storage::*;
+pub use tree::*;
 pub use versions::*;
 pub use watch::*;
 
@@ -77,6 +79,9 @@ macro_rules! __conformance_scenario_list {
             // fork.rs
             any fork_copies_the_source,
             any fork_refuses_bad_sources_and_targets,
+            // tree.rs
+            any branches_form_a_tree,
+            any a_saves_parent_must_be_live_in_its_execution,
             // batches.rs
             cross_execution save_batch_is_ordered_and_consecutive,
             cross_execution save_batch_is_all_or_nothing,
