@@ -461,3 +461,35 @@ fn history_shows_one_branch() {
     let err = fails(&path, &["history", "b", "--branch", "other@1"]);
     assert!(err.contains("another execution"), "{err}");
 }
+
+/// `log --graph` draws the tree: two branches off version 1, each in its own lane, joining at 1.
+#[test]
+fn log_graph_draws_the_branches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store").to_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&path).await.unwrap();
+        let mut ids = Vec::new();
+        for step in 1..=3 {
+            let cp = Checkpoint::new("g", "step", &json!({ "step": step })).unwrap();
+            ids.push(store.save(cp).await.unwrap().id);
+        }
+        let cp = Checkpoint::new("g", "retry", &json!({ "step": 20 })).unwrap();
+        store.save_with_parent(cp, &ids[0]).await.unwrap();
+        let cp = Checkpoint::new("g", "retry", &json!({ "step": 30 })).unwrap();
+        store.save(cp).await.unwrap();
+        store.flush().await.unwrap();
+    });
+    drop(runtime);
+    let out = ok(&path, &["log", "g", "--graph"]);
+    let rows: Vec<String> = out
+        .lines()
+        .map(|l| l.split("  ").next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        rows,
+        ["* g@5", "* g@4", "| * g@3", "| * g@2", "|/", "* g@1"],
+        "{out}"
+    );
+}

@@ -370,7 +370,8 @@ async fn time_travel_from_an_old_version(store: Arc<dyn CheckpointStore>) {
     edited.log.push("edited".into());
     let forked = app.update_state(&v2, edited).await.unwrap();
     let f = store.load(&forked).await.unwrap();
-    assert_eq!(f.parent, Some(old[3].id.clone()));
+    // The edit is a child of the version it edits: a new branch of the execution's tree.
+    assert_eq!(f.parent, Some(v2.clone()));
     assert_eq!(next_of(&f), ["n3"]);
 
     let s = finished(app.resume("tt", &forked).await).await;
@@ -381,6 +382,16 @@ async fn time_travel_from_an_old_version(store: Arc<dyn CheckpointStore>) {
     assert_eq!(all.len(), 7);
     assert_eq!(all[5].parent, Some(forked.clone()));
     assert_eq!(all[6].parent, Some(all[5].id.clone()));
+    // Resuming from an old version (not the latest) branches there too.
+    let again = finished(app.resume("tt", &old[2].id).await).await;
+    assert_eq!(again.log, ["n1", "n2", "n3", "n4"]);
+    let all = store.list("tt").await.unwrap();
+    assert_eq!(all.len(), 8);
+    assert_eq!(
+        all[7].parent,
+        Some(old[2].id.clone()),
+        "a resume from v3 branches at v3"
+    );
     // The old versions are untouched and still load.
     for cp in &old {
         assert_eq!(
@@ -720,6 +731,9 @@ impl CheckpointStore for FailingStore {
             context: "saving".into(),
             source: "disk on fire".into(),
         })
+    }
+    async fn save_with_parent(&self, cp: Checkpoint, _: &CheckpointId) -> ckpt::Result<Checkpoint> {
+        self.save(cp).await
     }
     async fn load(&self, id: &CheckpointId) -> ckpt::Result<Checkpoint> {
         Err(ckpt::Error::NotFound {

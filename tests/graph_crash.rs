@@ -101,6 +101,16 @@ impl CheckpointStore for Reporting {
         println!("saved {} {step}", saved.version);
         Ok(saved)
     }
+    async fn save_with_parent(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+    ) -> ckpt::Result<Checkpoint> {
+        let saved = self.0.save_with_parent(checkpoint, parent).await?;
+        let step = saved.state::<St>().map_or(0, |s| s.n);
+        println!("saved {} {step}", saved.version);
+        Ok(saved)
+    }
     async fn load(&self, id: &CheckpointId) -> ckpt::Result<Checkpoint> {
         self.0.load(id).await
     }

@@ -39,6 +39,13 @@ enum Op {
         msg_len: usize,
         same_as_prev: bool,
     },
+    /// Time travel: save, as a child of the `nth` live checkpoint of `exec` (modulo), its state
+    /// plus one message: a branch unless it is the latest.
+    Branch {
+        exec: usize,
+        nth: usize,
+        msg_len: usize,
+    },
     /// Delete the `nth` live checkpoint (modulo); with none live, delete a removed or unknown id.
     Delete { exec: usize, nth: usize },
     /// Clear `exec`.
@@ -72,6 +79,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (exec(), msg_len(), proptest::bool::weighted(0.15))
             .prop_map(|(exec, msg_len, same_as_prev)| Op::Save { exec, msg_len, same_as_prev }),
         2 => (exec(), any::<usize>()).prop_map(|(exec, nth)| Op::Delete { exec, nth }),
+        2 => (exec(), any::<usize>(), msg_len()).prop_map(|(exec, nth, msg_len)| Op::Branch { exec, nth, msg_len }),
         1 => exec().prop_map(|exec| Op::Clear { exec }),
         2 => (exec(), any::<usize>(), exec()).prop_map(|(exec, nth, to)| Op::Fork { exec, nth, to }),
         1 => Just(Op::Reopen),
@@ -382,6 +390,30 @@ async fn apply(
                 }
             }
         }
+        Op::Branch { exec, nth, msg_len } => {
+            let exec = EXECS[*exec];
+            let live = model.live(exec);
+            if live.is_empty() {
+                return Ok(());
+            }
+            let parent = live[*nth % live.len()].clone();
+            let state = model.grow(&parent.state, *msg_len);
+            let cp = model.checkpoint(exec, &state)?;
+            match store.save_with_parent(cp.clone(), &parent.id).await {
+                Ok(saved) => model.record_with_parent(&saved, &cp, &state, Some(parent.id))?,
+                Err(e) => {
+                    if faults.failed(e, "save with a parent")? {
+                        let saved = ok(store.latest(exec).await, "latest after a failed save")?;
+                        let Some(saved) = saved else {
+                            return Err(TestCaseError::fail(format!(
+                                "save to {exec} landed but {exec} has no latest"
+                            )));
+                        };
+                        model.record_with_parent(&saved, &cp, &state, Some(parent.id))?;
+                    }
+                }
+            }
+        }
         Op::Delete { exec, nth } => {
             let exec = EXECS[*exec];
             let live = model.live(exec);
@@ -565,9 +597,45 @@ async fn apply(
 }
 
 /// Compares every projection of the store with the model.
+/// The tree the model expects: the heads of `exec` (live checkpoints no live checkpoint of it
+/// names as parent), newest first, and the branch ending at its latest, newest first.
+fn model_tree(expected: &[ModelCp]) -> (Vec<u64>, Vec<u64>) {
+    let live: BTreeMap<&CheckpointId, &ModelCp> = expected.iter().map(|c| (&c.id, c)).collect();
+    let parents: Vec<&CheckpointId> = expected.iter().filter_map(|c| c.parent.as_ref()).collect();
+    let heads = expected
+        .iter()
+        .rev()
+        .filter(|c| !parents.contains(&&c.id))
+        .map(|c| c.version)
+        .collect();
+    let mut branch = Vec::new();
+    let mut at = expected.last();
+    while let Some(c) = at {
+        branch.push(c.version);
+        at = c.parent.as_ref().and_then(|p| live.get(p).copied());
+    }
+    (heads, branch)
+}
+
 async fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
     for exec in EXECS {
         let expected = model.live(exec);
+        let (heads, branch) = model_tree(expected);
+        let got: Vec<u64> = ok(store.heads(exec).await, "heads")?
+            .iter()
+            .map(|h| h.version)
+            .collect();
+        prop_assert_eq!(got, heads, "heads of {}", exec);
+        if let Some(latest) = expected.last() {
+            let got: Vec<u64> = ok(
+                store.branch(&latest.id, HistoryQuery::default()).await,
+                "branch",
+            )?
+            .iter()
+            .map(|h| h.version)
+            .collect();
+            prop_assert_eq!(got, branch, "branch of {}", latest.id);
+        }
         let list = ok(store.list(exec).await, "list")?;
         let list: Vec<ModelCp> = list.iter().map(ModelCp::of).collect::<Result<_, _>>()?;
         prop_assert_eq!(&list, &expected.to_vec(), "list of {}", exec);

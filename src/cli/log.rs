@@ -4,7 +4,7 @@
 use clap::Args;
 use serde_json::{json, Value};
 
-use ckpt::HistoryQuery;
+use ckpt::{CheckpointHeader, CheckpointId, HistoryQuery};
 
 use super::diff::{diff_values, use_color};
 use super::fmt;
@@ -21,6 +21,10 @@ pub struct LogArgs {
     /// first checkpoint is compared with an empty state)
     #[arg(short = 'p', long = "patch")]
     pub patch: bool,
+    /// Draw the execution's tree of checkpoints, newest first, like `git log --graph`: a save
+    /// that named an older parent (a time travel, an edited state) starts a branch
+    #[arg(long, conflicts_with = "patch")]
+    pub graph: bool,
     /// Show only the N most recent checkpoints (still oldest first)
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -42,11 +46,91 @@ fn empty_like(v: &Value) -> Value {
     }
 }
 
+/// The tree of `headers` (newest first) drawn like `git log --graph`: one row per checkpoint,
+/// `*` in its lane, `|` for the other branches alive at that point, and a `/` where a branch
+/// joins the lane of the checkpoint it grew from.
+fn graph_lines(headers: &[CheckpointHeader]) -> Vec<String> {
+    let listed: std::collections::HashSet<u64> = headers.iter().map(|h| h.version).collect();
+    // Each lane waits for the version it continues with (a listed parent).
+    let mut lanes: Vec<Option<u64>> = Vec::new();
+    let mut lines = Vec::new();
+    for h in headers {
+        let waiting: Vec<usize> = (0..lanes.len())
+            .filter(|i| lanes[*i] == Some(h.version))
+            .collect();
+        let col = match waiting.first() {
+            Some(col) => *col,
+            None => match lanes.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    lanes.push(None);
+                    lanes.len() - 1
+                }
+            },
+        };
+        let joining: Vec<usize> = waiting.iter().copied().filter(|i| *i != col).collect();
+        if !joining.is_empty() {
+            let mut cells: Vec<char> = lanes
+                .iter()
+                .flat_map(|l| [if l.is_some() { '|' } else { ' ' }, ' '])
+                .collect();
+            for j in &joining {
+                cells[2 * j] = ' ';
+                cells[2 * j - 1] = '/';
+            }
+            lines.push(cells.into_iter().collect());
+            for j in joining {
+                lanes[j] = None;
+            }
+            while lanes.len() > col + 1 && lanes.last() == Some(&None) {
+                lanes.pop();
+            }
+        }
+        let row: String = (0..lanes.len())
+            .map(|i| match (i == col, lanes[i].is_some()) {
+                (true, _) => "* ",
+                (false, true) => "| ",
+                (false, false) => "  ",
+            })
+            .collect();
+        lines.push(format!(
+            "{row}{}  {}  {}  {}",
+            h.id,
+            h.node_name,
+            fmt::utc(h.timestamp),
+            fmt::metadata(&h.metadata)
+        ));
+        lanes[col] = h
+            .parent
+            .as_ref()
+            .filter(|p| p.execution_id() == h.execution_id && listed.contains(&p.version()))
+            .map(CheckpointId::version);
+        while lanes.last() == Some(&None) {
+            lanes.pop();
+        }
+    }
+    lines
+}
+
 /// Runs `ckpt log`.
 pub async fn run(args: LogArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
     let exec = &args.execution;
     require_execution(&store, exec).await?;
+    if args.graph && !args.json {
+        let mut query = HistoryQuery::default();
+        if let Some(n) = args.limit {
+            query = query.limit(n);
+        }
+        let headers = store
+            .history(exec, query)
+            .await
+            .with_context(|| format!("reading the history of {exec}"))?;
+        for line in graph_lines(&headers) {
+            say!("{}", line.trim_end())?;
+        }
+        return Ok(());
+    }
     if !args.patch {
         let mut query = HistoryQuery::default();
         if let Some(n) = args.limit {

@@ -52,6 +52,9 @@ struct Cursor<S> {
     /// The checkpoint holding `state`, if one was saved, and whether it records an interrupt
     /// that was already honoured (resuming from it must not pause again).
     last: Option<(CheckpointId, String, bool)>,
+    /// The checkpoint a time travel resumed from, when it is not the execution's latest: the
+    /// run's first checkpoint names it as its parent, so the run is a new branch from there.
+    branch_from: Option<CheckpointId>,
 }
 
 /// The events of a streamed run ([`CompiledGraph::stream`]); the run waits when its buffer is
@@ -149,7 +152,10 @@ impl<S: GraphState> CompiledGraph<S> {
 
     /// Continues execution `execution_id` from checkpoint `checkpoint` (any checkpoint of it,
     /// not only the latest): from its saved state, with its saved next node. New checkpoints are
-    /// appended to the same execution. An interrupt recorded on that checkpoint is not repeated.
+    /// appended to the same execution; when `checkpoint` is not the latest, the first of them
+    /// names it as its parent, so the run is a new branch of the execution's tree
+    /// ([`ckpt::Store::heads`](crate::Store::heads)). An interrupt recorded on that checkpoint is
+    /// not repeated.
     pub async fn resume(
         &self,
         execution_id: &str,
@@ -177,9 +183,15 @@ impl<S: GraphState> CompiledGraph<S> {
                 reason: format!("it is not a checkpoint of execution {execution_id:?}"),
             });
         }
-        let cp = self.store()?.load(checkpoint).await?;
-        let cp = self.resolve(cp).await?;
-        let cursor = self.cursor_from(&cp)?;
+        let store = self.store()?;
+        let given = store.load(checkpoint).await?;
+        let latest = store.latest(execution_id).await?.map(|c| c.version);
+        let branches = !is_pending_write(&given) && latest != Some(given.version);
+        let cp = self.resolve(given).await?;
+        let mut cursor = self.cursor_from(&cp)?;
+        if branches {
+            cursor.branch_from = Some(cp.id.clone());
+        }
         self.run_loop(cursor, &config, None).await
     }
 
@@ -197,9 +209,9 @@ impl<S: GraphState> CompiledGraph<S> {
             .await
     }
 
-    /// Saves `state` as a new checkpoint of `checkpoint`'s execution (its parent is the
-    /// execution's latest checkpoint) with the same next node(s) as `checkpoint`, and returns its
-    /// id; [`CompiledGraph::resume`] from it continues with the new state. An interrupt honoured
+    /// Saves `state` as a new checkpoint of `checkpoint`'s execution, a child of `checkpoint`
+    /// (of its fan-out step's checkpoint for a pending write; a new branch when it is not the
+    /// latest), with the same next node(s) as `checkpoint`, and returns its id; [`CompiledGraph::resume`] from it continues with the new state. An interrupt honoured
     /// at `checkpoint` counts as honoured at the new one too.
     pub async fn update_state(
         &self,
@@ -219,7 +231,7 @@ impl<S: GraphState> CompiledGraph<S> {
         if interrupted {
             cp = cp.with_metadata("interrupted", true);
         }
-        Ok(store.save(cp).await?.id)
+        Ok(store.save_with_parent(cp, &source.id).await?.id)
     }
 
     /// A pending write (a branch's result, saved during a fan-out step) is not a run position:
@@ -330,6 +342,7 @@ impl<S: GraphState> CompiledGraph<S> {
             fan,
             step,
             last: Some((cp.id.clone(), cp.node_name.clone(), interrupted)),
+            branch_from: None,
         })
     }
 
@@ -352,6 +365,7 @@ impl<S: GraphState> CompiledGraph<S> {
             fan: None,
             step: 0,
             last: None,
+            branch_from: None,
         };
         self.run_loop(cursor, &config, events).await
     }
@@ -400,7 +414,7 @@ impl<S: GraphState> CompiledGraph<S> {
                     .with_metadata("next", next_list(&node))
                     .with_metadata("source", source)
                     .with_metadata("interrupted", true);
-                let saved = store.save(cp).await?;
+                let saved = save_from(store, cp, cur.branch_from.take()).await?;
                 emit(GraphEvent::CheckpointSaved {
                     id: saved.id.clone(),
                     version: saved.version,
@@ -429,6 +443,9 @@ impl<S: GraphState> CompiledGraph<S> {
                     _ => return Err(GraphError::NoOutgoingEdge(node)),
                 };
                 let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
+                // Pending writes are saved in parallel, each on the newest: a resumed run whose
+                // first step is a fan-out does not record its branch point (yet).
+                cur.branch_from = None;
                 let mut done = BTreeMap::new();
                 if resuming {
                     if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
@@ -507,6 +524,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 fan,
                 step,
                 last: None,
+                branch_from: cur.branch_from.take(),
             };
             let next_names = self.next_names(&next_cur);
             let pause_before = next_cur.fan.is_none()
@@ -521,7 +539,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 if pause_after || pause_before {
                     cp = cp.with_metadata("interrupted", true);
                 }
-                let saved = store.save(cp).await?;
+                let saved = save_from(store, cp, cur.branch_from.take()).await?;
                 emit(GraphEvent::CheckpointSaved {
                     id: saved.id.clone(),
                     version: saved.version,
@@ -639,5 +657,17 @@ impl<S: GraphState> CompiledGraph<S> {
             }
             Some(Edge::FanOut { .. }) | None => Err(GraphError::NoOutgoingEdge(node.to_owned())),
         }
+    }
+}
+
+/// Saves `cp`, a child of `parent` when one is given (the first save of a run that branches).
+async fn save_from(
+    store: &Arc<dyn CheckpointStore>,
+    cp: Checkpoint,
+    parent: Option<CheckpointId>,
+) -> crate::Result<Checkpoint> {
+    match parent {
+        Some(parent) => store.save_with_parent(cp, &parent).await,
+        None => store.save(cp).await,
     }
 }

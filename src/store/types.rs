@@ -136,6 +136,13 @@ pub struct WriteStats {
 pub trait CheckpointStore: Send + Sync {
     /// Saves a checkpoint; returns it as stored (with id, version, timestamp and parent).
     async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint>;
+    /// Saves a checkpoint as a child of `parent`, a live checkpoint of the same execution (see
+    /// [`Store::save_with_parent`]).
+    async fn save_with_parent(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+    ) -> Result<Checkpoint>;
     /// Loads one checkpoint, or [`Error::NotFound`](crate::Error::NotFound).
     async fn load(&self, id: &CheckpointId) -> Result<Checkpoint>;
     /// Every live checkpoint of an execution, oldest first.
@@ -154,6 +161,13 @@ pub trait CheckpointStore: Send + Sync {
 impl CheckpointStore for Store {
     async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
         Store::save(self, checkpoint).await
+    }
+    async fn save_with_parent(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+    ) -> Result<Checkpoint> {
+        Store::save_with_parent(self, checkpoint, parent).await
     }
     async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
         Store::load(self, id).await
