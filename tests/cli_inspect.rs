@@ -418,10 +418,9 @@ fn every_subcommand_documents_its_options() {
     }
 }
 
-/// `history --branch` lists one branch of an execution that branched (a save with a named
-/// parent), newest first, and `--json` carries every entry's parent.
-#[test]
-fn history_shows_one_branch() {
+/// A sled store whose execution `exec` branched: versions 1 <- 2 <- 3, and 1 <- 4 <- 5 (4 saved
+/// with version 1 as its named parent, 5 a plain save after it).
+fn branched_store(exec: &str) -> (TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store").to_str().unwrap().to_owned();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -429,15 +428,25 @@ fn history_shows_one_branch() {
         let store = Store::open(&path).await.unwrap();
         let mut ids = Vec::new();
         for step in 1..=3 {
-            let cp = Checkpoint::new("b", "step", &json!({ "step": step })).unwrap();
+            let cp = Checkpoint::new(exec, "step", &json!({ "step": step })).unwrap();
             ids.push(store.save(cp).await.unwrap().id);
         }
-        let cp = Checkpoint::new("b", "retry", &json!({ "step": 20 })).unwrap();
+        let cp = Checkpoint::new(exec, "retry", &json!({ "step": 20 })).unwrap();
         let v4 = store.save_with_parent(cp, &ids[0]).await.unwrap();
         assert_eq!(v4.version, 4);
+        let cp = Checkpoint::new(exec, "retry", &json!({ "step": 30 })).unwrap();
+        store.save(cp).await.unwrap();
         store.flush().await.unwrap();
     });
     drop(runtime);
+    (dir, path)
+}
+
+/// `history --branch` lists one branch of an execution that branched (a save with a named
+/// parent), newest first, and `--json` carries every entry's parent.
+#[test]
+fn history_shows_one_branch() {
+    let (_dir, path) = branched_store("b");
     let doc = json_of(&ok(&path, &["history", "b", "--branch", "4", "--json"]));
     let entries = doc.as_array().expect("an array");
     let versions: Vec<u64> = entries
@@ -450,7 +459,7 @@ fn history_shows_one_branch() {
     let all = json_of(&ok(&path, &["history", "b", "--json"]));
     assert_eq!(
         all.as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "history lists every branch"
     );
     let text = ok(&path, &["history", "b", "--branch", "b@3"]);
@@ -465,23 +474,7 @@ fn history_shows_one_branch() {
 /// `log --graph` draws the tree: two branches off version 1, each in its own lane, joining at 1.
 #[test]
 fn log_graph_draws_the_branches() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store").to_str().unwrap().to_owned();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let store = Store::open(&path).await.unwrap();
-        let mut ids = Vec::new();
-        for step in 1..=3 {
-            let cp = Checkpoint::new("g", "step", &json!({ "step": step })).unwrap();
-            ids.push(store.save(cp).await.unwrap().id);
-        }
-        let cp = Checkpoint::new("g", "retry", &json!({ "step": 20 })).unwrap();
-        store.save_with_parent(cp, &ids[0]).await.unwrap();
-        let cp = Checkpoint::new("g", "retry", &json!({ "step": 30 })).unwrap();
-        store.save(cp).await.unwrap();
-        store.flush().await.unwrap();
-    });
-    drop(runtime);
+    let (_dir, path) = branched_store("g");
     let out = ok(&path, &["log", "g", "--graph"]);
     let rows: Vec<String> = out
         .lines()
