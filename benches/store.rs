@@ -26,7 +26,7 @@ use serde::Serialize;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
-use ckpt::{Checkpoint, HistoryQuery, Store};
+use ckpt::{Checkpoint, CheckpointId, HistoryQuery, Store};
 
 const LONG_EXEC: &str = "long-exec";
 const LONG_STEPS: u64 = 10_000;
@@ -238,6 +238,37 @@ fn bench_long_execution(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
                         .await
                         .expect("latest")
                         .expect("saved")
+                }
+            })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("tree_of_10k");
+    for f in fixtures {
+        let middle = CheckpointId::new(LONG_EXEC, LONG_STEPS / 2).expect("id");
+        let latest = CheckpointId::new(LONG_EXEC, LONG_STEPS).expect("id");
+        group.bench_function(format!("heads/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let store = f.store.clone();
+                async move { store.heads(LONG_EXEC).await.expect("heads") }
+            })
+        });
+        group.bench_function(format!("children/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let (store, middle) = (f.store.clone(), middle.clone());
+                async move { store.children(&middle).await.expect("children") }
+            })
+        });
+        group.bench_function(format!("branch_100/{}", f.name), |b| {
+            b.to_async(rt).iter(|| {
+                let (store, latest) = (f.store.clone(), latest.clone());
+                async move {
+                    let path = store
+                        .branch(&latest, HistoryQuery::default().limit(100))
+                        .await
+                        .expect("branch");
+                    assert_eq!(path.len(), 100);
+                    path
                 }
             })
         });

@@ -6,8 +6,6 @@
 //! Only readable live checkpoints take part, as in [`Store::history`]: a deleted or unreadable
 //! checkpoint ends the path through it, and its children count as roots of what is left.
 
-use std::collections::HashSet;
-
 use super::index::{ExecIndex, SaveEntry};
 use super::{HistoryQuery, Store};
 use crate::checkpoint::{validate_execution_id, CheckpointHeader, CheckpointId};
@@ -31,15 +29,39 @@ impl Store {
     pub async fn heads(&self, execution_id: &str) -> Result<Vec<CheckpointHeader>> {
         validate_execution_id(execution_id)?;
         let idx = self.index(execution_id).await?;
-        let parents: HashSet<u64> = idx
-            .readable()
+        let readable: Vec<(u64, &SaveEntry)> = idx.readable().collect();
+        let (Some(&(first, _)), Some(&(last, _))) = (readable.first(), readable.last()) else {
+            return Ok(Vec::new());
+        };
+        let parents: Vec<u64> = readable
+            .iter()
             .filter_map(|(_, e)| parent_in_execution(e))
             .collect();
-        Ok(idx
-            .readable()
+        let span = last - first + 1;
+        let is_head: Box<dyn Fn(u64) -> bool> = if span <= 4 * readable.len() as u64 {
+            // Versions are dense (the usual case): one flag per version, set for a parent.
+            let mut is_parent = vec![false; span as usize];
+            for p in parents.iter().filter(|p| (first..=last).contains(*p)) {
+                if let Some(flag) = is_parent.get_mut((p - first) as usize) {
+                    *flag = true;
+                }
+            }
+            Box::new(move |v| {
+                !v.checked_sub(first)
+                    .and_then(|i| is_parent.get(i as usize))
+                    .copied()
+                    .unwrap_or(false)
+            })
+        } else {
+            // Sparse (most versions deleted): a set.
+            let parents: std::collections::HashSet<u64> = parents.into_iter().collect();
+            Box::new(move |v| !parents.contains(&v))
+        };
+        Ok(readable
+            .iter()
             .rev()
-            .filter(|(v, _)| !parents.contains(v))
-            .map(|(v, e)| self.header(&idx.log, v, e))
+            .filter(|(v, _)| is_head(*v))
+            .map(|(v, e)| self.header(&idx.log, *v, e))
             .collect())
     }
 
