@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 /// The contention state of one backend handle, shared by every store on it in this process.
 #[derive(Debug, Default)]
 pub(crate) struct Contention {
+    /// Saves hold it shared from their first blob put to their append; gc holds it exclusively,
+    /// so gc never sweeps a blob whose event is still on its way (see `reclaim`).
+    pub(crate) gc_lock: Arc<tokio::sync::RwLock<()>>,
     turns: Turns,
     /// Per log, this process's appends in flight. A counter and a notification, not a lock: an
     /// append never waits on anything, so an idle reader (an unpolled watch) cannot hold a

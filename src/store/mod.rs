@@ -112,7 +112,7 @@ struct Inner {
     /// so gc never sweeps a blob whose event is still on its way. Shared by every store of this
     /// process on the same backend.
     gc_lock: Arc<RwLock<()>>,
-    /// How this process's writers share logs (see `contention`); shared like `gc_lock`.
+    /// How this process's writers share logs (see `contention`), which also holds `gc_lock`.
     contention: Arc<contention::Contention>,
     /// The gc log's next sequence number as last read while no gc ran; 0 when unknown (see
     /// `reclaim`).
@@ -214,10 +214,12 @@ impl Store {
         keys: Vec<crate::crypto::Key>,
     ) -> Store {
         let (saved, _) = broadcast::channel(1024);
+        // The gc lock and the contention state are the backend's, in this process.
+        let contention = contention::Contention::of(&backend);
         Store {
             inner: Arc::new(Inner {
-                gc_lock: shared_gc_lock(&backend),
-                contention: contention::Contention::of(&backend),
+                gc_lock: contention.gc_lock.clone(),
+                contention,
                 gc_next: AtomicU64::new(0),
                 keys,
                 crypto: tokio::sync::OnceCell::new(),
@@ -304,24 +306,6 @@ pub fn seq_list(seqs: &[u64]) -> String {
         i = j + 1;
     }
     out.join(", ")
-}
-
-/// The gc lock of `backend`, shared by every store of this process on it.
-fn shared_gc_lock(backend: &Arc<dyn Backend>) -> Arc<RwLock<()>> {
-    type Locks = Mutex<HashMap<usize, std::sync::Weak<RwLock<()>>>>;
-    static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
-    let key = Arc::as_ptr(backend) as *const () as usize;
-    let mut locks = match LOCKS.get_or_init(Locks::default).lock() {
-        Ok(l) => l,
-        Err(p) => p.into_inner(),
-    };
-    locks.retain(|_, w| w.strong_count() > 0);
-    if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
-        return lock;
-    }
-    let lock = Arc::new(RwLock::new(()));
-    locks.insert(key, Arc::downgrade(&lock));
-    lock
 }
 
 fn poisoned() -> Error {
