@@ -488,6 +488,24 @@ impl<B: Backend + ?Sized> Faulty<B> {
         }
     }
 
+    /// The wrapped backend's capabilities, which this wrapper offers only when the wrapped one
+    /// has them (reaching one it lacks would be a bug of the wrapper, reported as lacking).
+    fn inner_rewrite(&self) -> Result<&dyn Rewrite> {
+        (self.inner.capabilities().rewrite).ok_or_else(|| lacking(self.inner.name(), "rewrite"))
+    }
+
+    fn inner_notify(&self) -> Result<&dyn Notify> {
+        (self.inner.capabilities().notify).ok_or_else(|| lacking(self.inner.name(), "notify"))
+    }
+
+    fn inner_maintain(&self) -> Result<&dyn Maintain> {
+        (self.inner.capabilities().maintain).ok_or_else(|| lacking(self.inner.name(), "maintain"))
+    }
+
+    fn inner_inspect(&self) -> Result<&dyn Inspect> {
+        (self.inner.capabilities().inspect).ok_or_else(|| lacking(self.inner.name(), "inspect"))
+    }
+
     fn torn(&self, call: Call) -> Error {
         injected_error(self.inner.name(), call, Fault::Tear)
     }
@@ -630,19 +648,13 @@ impl<B: Backend + ?Sized> Rewrite for Faulty<B> {
         let then = self
             .enter(Call::RewriteFrames, reserved(log), false)
             .await?;
-        let r = match self.inner.capabilities().rewrite {
-            Some(inner) => inner.rewrite_frames(log, frames).await,
-            None => Err(lacking(self.inner.name(), "rewrite_frames")),
-        };
+        let r = async { self.inner_rewrite()?.rewrite_frames(log, frames).await }.await;
         self.leave(Call::RewriteFrames, &then, r)
     }
 
     async fn rewrite_blobs(&self, blobs: Vec<Blob>) -> Result<()> {
         let then = self.enter(Call::RewriteBlobs, false, false).await?;
-        let r = match self.inner.capabilities().rewrite {
-            Some(inner) => inner.rewrite_blobs(blobs).await,
-            None => Err(lacking(self.inner.name(), "rewrite_blobs")),
-        };
+        let r = async { self.inner_rewrite()?.rewrite_blobs(blobs).await }.await;
         self.leave(Call::RewriteBlobs, &then, r)
     }
 }
@@ -653,10 +665,12 @@ impl<B: Backend + ?Sized> Notify for Faulty<B> {
         let then = self
             .enter(Call::WaitForAppend, reserved(log), false)
             .await?;
-        let r = match self.inner.capabilities().notify {
-            Some(inner) => inner.wait_for_append(log, next_seq, timeout).await,
-            None => Err(lacking(self.inner.name(), "wait_for_append")),
-        };
+        let r = async {
+            self.inner_notify()?
+                .wait_for_append(log, next_seq, timeout)
+                .await
+        }
+        .await;
         self.leave(Call::WaitForAppend, &then, r)
     }
 }
@@ -665,28 +679,19 @@ impl<B: Backend + ?Sized> Notify for Faulty<B> {
 impl<B: Backend + ?Sized> Maintain for Faulty<B> {
     async fn server_memory(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::ServerMemory, false, false).await?;
-        let r = match self.inner.capabilities().maintain {
-            Some(inner) => inner.server_memory().await,
-            None => Err(lacking(self.inner.name(), "server_memory")),
-        };
+        let r = async { self.inner_maintain()?.server_memory().await }.await;
         self.leave(Call::ServerMemory, &then, r)
     }
 
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let then = self.enter(Call::StoredBytes, false, false).await?;
-        let r = match self.inner.capabilities().maintain {
-            Some(inner) => inner.stored_bytes().await,
-            None => Err(lacking(self.inner.name(), "stored_bytes")),
-        };
+        let r = async { self.inner_maintain()?.stored_bytes().await }.await;
         self.leave(Call::StoredBytes, &then, r)
     }
 
     async fn compact(&self) -> Result<CompactReport> {
         let then = self.enter(Call::Compact, false, false).await?;
-        let r = match self.inner.capabilities().maintain {
-            Some(inner) => inner.compact().await,
-            None => Err(lacking(self.inner.name(), "compact")),
-        };
+        let r = async { self.inner_maintain()?.compact().await }.await;
         self.leave(Call::Compact, &then, r)
     }
 }
@@ -695,28 +700,19 @@ impl<B: Backend + ?Sized> Maintain for Faulty<B> {
 impl<B: Backend + ?Sized> Inspect for Faulty<B> {
     async fn recorded_damage(&self) -> Result<Vec<RecordedDamage>> {
         let then = self.enter(Call::RecordedDamage, false, false).await?;
-        let r = match self.inner.capabilities().inspect {
-            Some(inner) => inner.recorded_damage().await,
-            None => Err(lacking(self.inner.name(), "recorded_damage")),
-        };
+        let r = async { self.inner_inspect()?.recorded_damage().await }.await;
         self.leave(Call::RecordedDamage, &then, r)
     }
 
     async fn check_storage(&self) -> Result<Vec<String>> {
         let then = self.enter(Call::CheckStorage, false, false).await?;
-        let r = match self.inner.capabilities().inspect {
-            Some(inner) => inner.check_storage().await,
-            None => Err(lacking(self.inner.name(), "check_storage")),
-        };
+        let r = async { self.inner_inspect()?.check_storage().await }.await;
         self.leave(Call::CheckStorage, &then, r)
     }
 
     async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
         let then = self.enter(Call::LogProblems, reserved(log), false).await?;
-        let r = match self.inner.capabilities().inspect {
-            Some(inner) => inner.log_problems(log).await,
-            None => Err(lacking(self.inner.name(), "log_problems")),
-        };
+        let r = async { self.inner_inspect()?.log_problems(log).await }.await;
         self.leave(Call::LogProblems, &then, r)
     }
 }
