@@ -291,6 +291,128 @@ impl Checkpoint {
     }
 }
 
+/// A value attached to a checkpoint that is not a checkpoint itself: a task's pending write, a
+/// journaled task result, an interrupt or its answer. Stored as its own event in the
+/// execution's log (through the same codec as states: deduplicated, compressed, encrypted),
+/// listed by [`crate::Store::writes`], never counted by `list`, `history` or `executions`, and
+/// reclaimed with the checkpoint it belongs to.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ckpt::Error> {
+/// use ckpt::{Checkpoint, Store, Write};
+/// let store = Store::memory();
+/// let cp = store.save(Checkpoint::new("run", "plan", &1)?).await?;
+/// store.put_writes(&cp.id, vec![Write::new("tools", "result", &"42")?]).await?;
+/// let writes = store.writes(&cp.id).await?;
+/// assert_eq!(writes[0].value::<String>()?, "42");
+/// assert_eq!(store.list("run").await?.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct Write {
+    /// The task that wrote it (a node, a branch, a task id).
+    pub task: String,
+    /// What it is: a channel name, or one of the graph runtime's own kinds.
+    pub channel: String,
+    /// Free-form metadata: string keys, JSON-like values.
+    pub metadata: Metadata,
+    /// Its sequence number in the execution's log (0 until stored); writes of one checkpoint
+    /// are listed in this order.
+    pub seq: u64,
+    /// Set when stored.
+    pub timestamp: SystemTime,
+    pub(crate) value: Arc<rmpv::Value>,
+    pub(crate) value_size: u64,
+}
+
+impl Write {
+    /// A new, unstored write of `value` (any `Serialize`) by `task` to `channel`.
+    ///
+    /// Fails with [`Error::InvalidInput`] on an empty or over-long task or channel, and with
+    /// [`Error::Codec`] when the value cannot be encoded.
+    pub fn new<T: Serialize + ?Sized>(task: &str, channel: &str, value: &T) -> Result<Self> {
+        validate_name("task", task)?;
+        validate_name("channel", channel)?;
+        let (value, value_size) = value::from_serialize(value)?;
+        Ok(Write {
+            task: task.to_owned(),
+            channel: channel.to_owned(),
+            metadata: Metadata::new(),
+            seq: 0,
+            timestamp: SystemTime::UNIX_EPOCH,
+            value: Arc::new(value),
+            value_size,
+        })
+    }
+
+    /// Adds (or replaces) a metadata entry.
+    pub fn with_metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Decodes the value into `T`.
+    pub fn value<T: DeserializeOwned>(&self) -> Result<T> {
+        value::to_deserialize(&self.value).map_err(|e| match e {
+            Error::Codec { source, .. } => Error::Codec {
+                context: format!(
+                    "decoding the value of write {} (task {:?}, channel {:?}) into the requested type",
+                    self.seq, self.task, self.channel
+                ),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The value as JSON.
+    pub fn value_json(&self) -> serde_json::Value {
+        value::to_json(&self.value)
+    }
+
+    /// The value as a MessagePack value tree.
+    pub fn value_tree(&self) -> &rmpv::Value {
+        &self.value
+    }
+
+    /// Size in bytes of the value's MessagePack encoding.
+    pub fn value_size(&self) -> u64 {
+        self.value_size
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_name("task", &self.task)?;
+        validate_name("channel", &self.channel)?;
+        for (key, v) in &self.metadata {
+            if value::json_depth(v) > value::MAX_DEPTH {
+                return Err(Error::InvalidInput(format!(
+                    "metadata {key:?} of a write of task {:?} is nested deeper than {} levels",
+                    self.task,
+                    value::MAX_DEPTH
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Write")
+            .field("task", &self.task)
+            .field("channel", &self.channel)
+            .field("seq", &self.seq)
+            .field("metadata", &self.metadata)
+            .field("value_size", &self.value_size)
+            .finish()
+    }
+}
+
 impl fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Checkpoint")

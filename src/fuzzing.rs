@@ -31,9 +31,7 @@ fn codec() -> Codec {
 /// Verifies, opens and decodes a frame as an encrypted store reads it at [`LOG`], [`SEQ`].
 pub fn decode_sealed_frame(bytes: &[u8]) -> Result<()> {
     let decoded = codec().frames.decode(LOG, SEQ, bytes)?;
-    if let frame::Event::Save(h) = &decoded.event {
-        frame::decode_body(LOG, SEQ, h, &decoded.body)?;
-    }
+    decoded.body(LOG, SEQ)?;
     Ok(())
 }
 

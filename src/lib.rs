@@ -47,7 +47,7 @@ pub mod store;
 pub mod testing;
 pub mod url;
 
-pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata};
+pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata, Write};
 pub use error::{Error, Result};
 pub use store::{
     CheckpointStore, CompactReport, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery,

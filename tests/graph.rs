@@ -751,6 +751,27 @@ impl CheckpointStore for FailingStore {
     async fn clear(&self, _: &str) -> ckpt::Result<()> {
         Ok(())
     }
+    async fn put_writes(
+        &self,
+        _: &CheckpointId,
+        _: Vec<ckpt::Write>,
+    ) -> ckpt::Result<Vec<ckpt::Write>> {
+        Err(ckpt::Error::Backend {
+            backend: "failing",
+            context: "writing".into(),
+            source: "disk on fire".into(),
+        })
+    }
+    async fn writes(&self, id: &CheckpointId) -> ckpt::Result<Vec<ckpt::Write>> {
+        Err(ckpt::Error::NotFound {
+            what: id.to_string(),
+        })
+    }
+    async fn children(&self, id: &CheckpointId) -> ckpt::Result<Vec<ckpt::CheckpointHeader>> {
+        Err(ckpt::Error::NotFound {
+            what: id.to_string(),
+        })
+    }
 }
 
 #[tokio::test]

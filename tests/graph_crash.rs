@@ -126,6 +126,22 @@ impl CheckpointStore for Reporting {
     async fn latest(&self, execution_id: &str) -> ckpt::Result<Option<Checkpoint>> {
         self.0.latest(execution_id).await
     }
+    async fn put_writes(
+        &self,
+        checkpoint: &CheckpointId,
+        writes: Vec<ckpt::Write>,
+    ) -> ckpt::Result<Vec<ckpt::Write>> {
+        self.0.put_writes(checkpoint, writes).await
+    }
+    async fn writes(&self, checkpoint: &CheckpointId) -> ckpt::Result<Vec<ckpt::Write>> {
+        self.0.writes(checkpoint).await
+    }
+    async fn children(
+        &self,
+        checkpoint: &CheckpointId,
+    ) -> ckpt::Result<Vec<ckpt::CheckpointHeader>> {
+        self.0.children(checkpoint).await
+    }
 }
 
 /// The child half: only does anything when started by `sigkill_mid_graph_resumes_exactly`.

@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use ckpt::codec::frame::{self, Event};
+use ckpt::codec::frame;
 use libfuzzer_sys::fuzz_target;
 
 const LOG: &str = "fuzz-exec";
@@ -16,9 +16,7 @@ const SEQ: u64 = 7;
 
 fn check(bytes: &[u8]) {
     if let Ok(decoded) = frame::decode(LOG, SEQ, bytes) {
-        if let Event::Save(header) = &decoded.event {
-            let _ = frame::decode_body(LOG, SEQ, header, &decoded.body);
-        }
+        let _ = decoded.body(LOG, SEQ);
     }
 }
 

@@ -12,8 +12,11 @@
 //! Header values: `[1, node, metadata, timestamp_us, parent, state_size, body_kind, base]` for a
 //! save (parent: nil, `[version]` in the same execution, or `[execution, version]`; body_kind 0 is
 //! a snapshot of the stored-form state, 1 a delta from version `base`), `[2, version]` for a
-//! delete, `[3]` for a clear, and `[4, begin, time_us, lease_us]` for a gc mark (only in the
-//! store's reserved gc log, see `store::reclaim`).
+//! delete, `[3]` for a clear, `[4, begin, time_us, lease_us]` for a gc mark (only in the
+//! store's reserved gc log, see `store::reclaim`), `[5, store_id, key_check]` for an encrypted
+//! store's descriptor, and `[6, checkpoint, task, channel, metadata, timestamp_us, value_size]`
+//! for a write attached to checkpoint `checkpoint` of the same log (its body: the value, in
+//! stored form).
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -43,6 +46,7 @@ const KIND_DELETE: u64 = 2;
 const KIND_CLEAR: u64 = 3;
 const KIND_GC: u64 = 4;
 const KIND_STORE: u64 = 5;
+const KIND_WRITE: u64 = 6;
 
 /// A reference to the parent checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +101,26 @@ pub enum Event {
     Gc(GcMark),
     /// What an encrypted store is; only found in the store's reserved descriptor log.
     Store(StoreDescriptor),
+    /// A write attached to a checkpoint (a task's pending write, a journaled result, an
+    /// interrupt or its answer): not a checkpoint itself; its body is the value.
+    Write(WriteHeader),
+}
+
+/// What a write records besides its value (see [`Event::Write`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteHeader {
+    /// The version of the checkpoint (same execution) the write belongs to.
+    pub checkpoint: u64,
+    /// The task that wrote it.
+    pub task: String,
+    /// What it is (a channel name, or one of the runtime's own kinds).
+    pub channel: String,
+    /// Free-form metadata.
+    pub metadata: Metadata,
+    /// Microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Size of the value's MessagePack encoding.
+    pub value_size: u64,
 }
 
 /// An encrypted store's descriptor: its id (bound into every sealed frame and blob) and a check
@@ -124,6 +148,14 @@ pub struct GcMark {
 }
 
 impl Body {
+    /// Adds every blob this body references to `refs`.
+    pub fn collect_refs(&self, refs: &mut std::collections::HashSet<tree::Ref>) {
+        match self {
+            Body::Snapshot(v) => tree::collect_refs(v, refs),
+            Body::Delta { ops, .. } => tree::collect_op_refs(ops, refs),
+        }
+    }
+
     /// The MessagePack bytes of this body, as [`encode_save`] takes them.
     pub fn encode(&self) -> Vec<u8> {
         match self {
@@ -167,6 +199,27 @@ fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// The payload of a write frame: its header value, then its body.
+fn write_payload(header: &WriteHeader, body: &[u8]) -> Vec<u8> {
+    let head = Value::Array(vec![
+        KIND_WRITE.into(),
+        header.checkpoint.into(),
+        header.task.as_str().into(),
+        header.channel.as_str().into(),
+        metadata_to_value(&header.metadata),
+        header.timestamp_us.into(),
+        header.value_size.into(),
+    ]);
+    let mut payload = value::encode(&head);
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// Encodes a write frame (see [`FrameCodec::encode_write`]).
+pub fn encode_write(log: &str, seq: u64, header: &WriteHeader, body: &[u8]) -> Result<Vec<u8>> {
+    FrameCodec::plain().encode_write(log, seq, header, body)
+}
+
 /// Encodes a delete frame.
 pub fn encode_delete(log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
     FrameCodec::plain().encode_delete(log, seq, version)
@@ -202,6 +255,17 @@ impl FrameCodec {
         body: &[u8],
     ) -> Result<Vec<u8>> {
         seal(log, seq, save_payload(header, body), self.seal.as_deref())
+    }
+
+    /// Encodes a write frame; `body` is the value's stored form, MessagePack-encoded.
+    pub fn encode_write(
+        &self,
+        log: &str,
+        seq: u64,
+        header: &WriteHeader,
+        body: &[u8],
+    ) -> Result<Vec<u8>> {
+        seal(log, seq, write_payload(header, body), self.seal.as_deref())
     }
 
     /// Encodes a delete frame ([`encode_delete`]), sealed when the store is encrypted.
@@ -421,10 +485,34 @@ fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> 
         value::read_prefix(&mut cursor).map_err(|e| corrupt(format!("invalid header: {e}")))?;
     let rest = payload[cursor.position() as usize..].to_vec();
     let event = event_from_value(head).map_err(|e| corrupt(format!("invalid header: {e}")))?;
-    if !matches!(event, Event::Save(_)) && !rest.is_empty() {
+    if !matches!(event, Event::Save(_) | Event::Write(_)) && !rest.is_empty() {
         return Err(corrupt("trailing bytes after the event".into()));
     }
     Ok(Decoded { event, body: rest })
+}
+
+impl Decoded {
+    /// The body of a frame that has one: a save's state (snapshot or delta), or a write's value
+    /// (as a [`Body::Snapshot`]); `None` for the events that carry no value.
+    pub fn body(&self, log: &str, seq: u64) -> Result<Option<Body>> {
+        match &self.event {
+            Event::Save(h) => decode_body(log, seq, h, &self.body).map(Some),
+            Event::Write(_) => {
+                decode_write_body(log, seq, &self.body).map(|v| Some(Body::Snapshot(v)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Decodes a write's value (its stored form) from its body bytes (from [`decode`]).
+pub fn decode_write_body(log: &str, seq: u64, body: &[u8]) -> Result<Value> {
+    value::decode(body).map_err(|e| {
+        Error::corrupt(
+            format!("execution {log:?} seq {seq}"),
+            format!("invalid write value: {e}"),
+        )
+    })
 }
 
 /// Decodes a save's body bytes (from [`decode`]).
@@ -491,8 +579,38 @@ fn event_from_value(head: Value) -> Result<Event, String> {
                 key_check,
             }))
         }
+        (KIND_WRITE, 7) => write_from_fields(fields),
         (k, n) => Err(format!("unknown event kind {k} with {n} fields")),
     }
+}
+
+fn write_from_fields(fields: Vec<Value>) -> Result<Event, String> {
+    let mut f = fields.into_iter().skip(1);
+    let mut next = || f.next().ok_or("missing field");
+    let checkpoint = next()?
+        .as_u64()
+        .ok_or("write checkpoint is not an integer")?;
+    let mut text = |what: &str| match next() {
+        Ok(Value::String(s)) => s.into_str().ok_or(format!("write {what} is not UTF-8")),
+        _ => Err(format!("write {what} is not a string")),
+    };
+    let task = text("task")?;
+    let channel = text("channel")?;
+    let metadata = metadata_from_value(next()?)?;
+    let timestamp_us = next()?
+        .as_u64()
+        .ok_or("write timestamp is not an integer")?;
+    let value_size = next()?
+        .as_u64()
+        .ok_or("write value size is not an integer")?;
+    Ok(Event::Write(WriteHeader {
+        checkpoint,
+        task,
+        channel,
+        metadata,
+        timestamp_us,
+        value_size,
+    }))
 }
 
 fn save_from_fields(fields: Vec<Value>) -> Result<Event, String> {
@@ -627,6 +745,29 @@ mod tests {
         };
         assert_eq!(h, header());
         assert_eq!(decode_body("exec", 9, &h, &d.body).unwrap(), body);
+    }
+
+    #[test]
+    fn write_round_trips() {
+        let mut metadata = Metadata::new();
+        metadata.insert("path".into(), serde_json::json!(["a", 1]));
+        let header = WriteHeader {
+            checkpoint: 4,
+            task: "tools".into(),
+            channel: "__journal__".into(),
+            metadata,
+            timestamp_us: 1_700_000_000_000_000,
+            value_size: 3,
+        };
+        let body = value::encode(&Value::from("abc"));
+        let frame = encode_write("exec", 9, &header, &body).unwrap();
+        let d = decode("exec", 9, &frame).unwrap();
+        assert_eq!(d.event, Event::Write(header));
+        assert_eq!(
+            decode_write_body("exec", 9, &d.body).unwrap(),
+            Value::from("abc")
+        );
+        assert!(decode("exec", 8, &frame).unwrap_err().is_corrupt());
     }
 
     #[test]

@@ -262,10 +262,7 @@ impl Store {
             .codec()
             .frames
             .decode(log, seq, bytes)?;
-        match &decoded.event {
-            Event::Save(header) => frame::decode_body(log, seq, header, &decoded.body).map(drop),
-            _ => Ok(()),
-        }
+        decoded.body(log, seq).map(drop)
     }
 
     /// Verifies a blob of this store stored under `hash`: its seal (in an encrypted store) or

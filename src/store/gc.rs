@@ -9,7 +9,6 @@ use std::time::Duration;
 use super::index::ExecIndex;
 use super::{reclaim, BlobCache, GcReport, Store};
 use crate::backend::BlobHash;
-use crate::codec::frame::Body;
 use crate::codec::tree;
 use crate::error::{Error, Result};
 
@@ -92,22 +91,25 @@ impl Store {
                     .map_or(idx.next_seq, |(_, e)| e.chain.start),
             };
             let frames = self.scan_range(&idx.log, 1, idx.next_seq).await?;
+            let write_seqs: HashSet<u64> = idx.writes.keys().map(|(_, seq)| *seq).collect();
             for (seq, bytes) in &frames {
                 if *seq < keep_from {
                     report.frames_removed += 1;
                     continue;
                 }
                 if idx.saves.contains_key(seq) {
-                    match self.decode_body(&idx.log, *seq, bytes)? {
-                        Body::Snapshot(v) => tree::collect_refs(&v, &mut referenced),
-                        Body::Delta { ops, .. } => tree::collect_op_refs(&ops, &mut referenced),
-                    }
+                    self.decode_body(&idx.log, *seq, bytes)?
+                        .collect_refs(&mut referenced);
+                } else if write_seqs.contains(seq) {
+                    self.decode_write(&idx.log, *seq, bytes)?
+                        .collect_refs(&mut referenced);
                 }
             }
             if frames.first().is_some_and(|(s, _)| *s < keep_from) {
                 backend.truncate(&log, keep_from).await?;
             }
             idx.saves.retain(|v, _| *v >= keep_from);
+            idx.writes.retain(|(_, seq), _| *seq >= keep_from);
             if idx.saves.is_empty() {
                 idx.newest_state = None;
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rmpv::Value;
 
-use crate::codec::frame::{Decoded, Event, SaveHeader};
+use crate::codec::frame::{Decoded, Event, SaveHeader, WriteHeader};
 
 /// Where a save's state starts: the snapshot its delta chain begins at, and the chain's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,14 @@ pub(crate) struct SaveEntry {
     pub frame_len: u64,
 }
 
+/// One write attached to a checkpoint, as the projection knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteEntry {
+    pub header: WriteHeader,
+    /// Bytes of the frame as stored.
+    pub frame_len: u64,
+}
+
 /// A version's state in both forms: as the user sees it, and as stored (long leaves as blob
 /// references).
 #[derive(Debug, Clone)]
@@ -90,6 +98,9 @@ pub(crate) struct ExecIndex {
     /// Saves since the last clear, live and deleted, by version.
     pub saves: BTreeMap<u64, SaveEntry>,
     pub live_count: usize,
+    /// Writes since the last clear, by (the checkpoint they belong to, their sequence number).
+    /// Those of a deleted checkpoint are dead with it.
+    pub writes: BTreeMap<(u64, u64), WriteEntry>,
     /// The state of the newest save (live or not), which the next save is diffed against.
     pub newest_state: Option<CachedState>,
     /// The gc log position under which `newest_state`'s stored form (its blob addresses) was
@@ -128,6 +139,7 @@ impl ExecIndex {
             next_seq: 1,
             saves: BTreeMap::new(),
             live_count: 0,
+            writes: BTreeMap::new(),
             newest_state: None,
             stored_epoch: 0,
             synced: false,
@@ -161,6 +173,7 @@ impl ExecIndex {
             }
             Event::Delete(version) => self.apply_delete(*version),
             Event::Clear => self.apply_clear(seq),
+            Event::Write(header) => self.apply_write(seq, header.clone(), frame_len),
             Event::Gc(_) | Event::Store(_) => {
                 self.damaged.insert(
                     seq,
@@ -259,6 +272,35 @@ impl ExecIndex {
         self.live_count += 1;
     }
 
+    /// Folds a write. One that names a checkpoint the log does not hold before it is damage:
+    /// the store only appends writes to live checkpoints.
+    pub fn apply_write(&mut self, seq: u64, header: WriteHeader, frame_len: u64) {
+        if header.checkpoint >= seq
+            || !(self.saves.contains_key(&header.checkpoint)
+                || self.damaged.contains_key(&header.checkpoint)
+                || self.first_folded.is_some_and(|f| header.checkpoint < f))
+        {
+            self.damaged.insert(
+                seq,
+                format!(
+                    "a write to checkpoint version {}, which is not in the log before it",
+                    header.checkpoint
+                ),
+            );
+            return;
+        }
+        self.writes
+            .insert((header.checkpoint, seq), WriteEntry { header, frame_len });
+    }
+
+    /// The writes of live checkpoint `version`, oldest first.
+    pub fn writes_of(&self, version: u64) -> impl Iterator<Item = (u64, &WriteEntry)> {
+        self.writes
+            .range((version, 0)..=(version, u64::MAX))
+            .filter(move |_| self.live_entry(version).is_some())
+            .map(|((_, seq), e)| (*seq, e))
+    }
+
     pub fn apply_delete(&mut self, version: u64) {
         if let Some(e) = self.saves.get_mut(&version) {
             if !e.deleted {
@@ -271,6 +313,7 @@ impl ExecIndex {
     pub fn apply_clear(&mut self, seq: u64) {
         self.cleared_at = self.cleared_at.max(seq);
         self.saves.clear();
+        self.writes.clear();
         self.live_count = 0;
         self.newest_state = None;
     }

@@ -36,6 +36,7 @@ mod types;
 mod verify;
 mod watch;
 mod write;
+mod writes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

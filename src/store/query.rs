@@ -61,7 +61,8 @@ impl Store {
                 latest_version,
                 latest_node,
                 last_timestamp,
-                log_bytes: idx.saves.values().map(|e| e.frame_len).sum(),
+                log_bytes: idx.saves.values().map(|e| e.frame_len).sum::<u64>()
+                    + idx.writes.values().map(|e| e.frame_len).sum::<u64>(),
                 damaged_frames,
                 unreadable_versions,
             });

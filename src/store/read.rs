@@ -347,6 +347,23 @@ impl Store {
         }
     }
 
+    /// A write's value (stored form, as a snapshot body) from its frame.
+    pub(super) fn decode_write(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Body> {
+        let decoded = self.codec()?.frames.decode(log, seq, bytes)?;
+        match decoded.event {
+            frame::Event::Write(_) => decoded.body(log, seq)?.ok_or_else(|| {
+                Error::corrupt(
+                    format!("execution {log:?} seq {seq}"),
+                    "a write without a value",
+                )
+            }),
+            _ => Err(Error::corrupt(
+                format!("execution {log:?} seq {seq}"),
+                "expected a write, found another event",
+            )),
+        }
+    }
+
     pub(super) fn apply_body(
         &self,
         log: &str,

@@ -92,14 +92,14 @@ struct Prepared {
 
 /// Where one attempt stands against gc (step 1), read before any blob is checked or written:
 /// see `reclaim`.
-struct Fence {
+pub(super) struct Fence {
     /// The empty append to the gc log that fails the commit if a gc began since (`None` when
     /// the backend cannot fence).
-    append: Option<LogAppend>,
+    pub(super) append: Option<LogAppend>,
     /// Where the backend cannot fence: the gc log's position, to repair after the commit.
-    unfenced: Option<u64>,
+    pub(super) unfenced: Option<u64>,
     /// The gc position the blob addresses this attempt trusts are valid under.
-    epoch: Option<u64>,
+    pub(super) epoch: Option<u64>,
 }
 
 /// One attempt's frames and blobs, ready to commit (step 2).
@@ -120,7 +120,7 @@ struct Batch {
 
 /// How one save retries (step 4): how often and how long it may, and whether it still trusts
 /// its cached projections.
-struct Attempts {
+pub(super) struct Attempts {
     expect: Expect,
     /// Retries because a gc elsewhere began first (bounded by [`MAX_FENCE_RETRIES`]).
     fenced_off: u32,
@@ -130,11 +130,11 @@ struct Attempts {
     /// A projection this store keeps up to date is trusted for the first try: the
     /// compare-and-append tells if the log moved, and saves it is current for skip a round trip.
     /// (Not when the caller states what the latest must be: that is checked on a fresh view.)
-    trust_cache: bool,
+    pub(super) trust_cache: bool,
 }
 
 impl Attempts {
-    fn new(expect: Expect) -> Self {
+    pub(super) fn new(expect: Expect) -> Self {
         Attempts {
             expect,
             fenced_off: 0,
@@ -309,7 +309,7 @@ impl Store {
 
     /// Step 1: reads where the save stands against gc, and revalidates every locked
     /// execution's cached stored state that was read under another gc position.
-    async fn fence(&self, guards: &mut [OwnedMutexGuard<ExecIndex>]) -> Result<Fence> {
+    pub(super) async fn fence(&self, guards: &mut [OwnedMutexGuard<ExecIndex>]) -> Result<Fence> {
         // Read before any blob is checked or written: see `reclaim`.
         let append = self.gc_fence().await?;
         let unfenced = self.gc_position_unfenced().await?;
@@ -422,7 +422,12 @@ impl Store {
     /// Step 4: decides what a failed commit means. `Ok(())` to prepare again (after waiting
     /// where that is due), else the error to return: the conflict itself when the caller's
     /// precondition failed, "gave up" when a plain save ran out of retries, any other error as is.
-    async fn on_conflict(&self, e: Error, attempts: &mut Attempts, exec: &str) -> Result<()> {
+    pub(super) async fn on_conflict(
+        &self,
+        e: Error,
+        attempts: &mut Attempts,
+        exec: &str,
+    ) -> Result<()> {
         match e {
             // A gc began elsewhere: prepare again once it has ended, whatever `expect`.
             e if reclaim::is_fence_conflict(&e) && attempts.fenced_off < MAX_FENCE_RETRIES => {
@@ -549,7 +554,7 @@ impl Store {
     }
 
     /// The stored form of the lifted leaves and chunks the backend does not have yet (each once).
-    async fn encode_blobs(
+    pub(super) async fn encode_blobs(
         &self,
         lifted: Vec<Lifted>,
         codec: &crate::codec::Codec,
@@ -590,7 +595,7 @@ impl Store {
         Ok(stored)
     }
 
-    fn count_blobs(&self, blobs: &[(BlobHash, Vec<u8>)]) {
+    pub(super) fn count_blobs(&self, blobs: &[(BlobHash, Vec<u8>)]) {
         let s = &self.inner.stats;
         s.blobs.fetch_add(blobs.len() as u64, Ordering::Relaxed);
         let bytes: usize = blobs.iter().map(|(_, b)| b.len()).sum();

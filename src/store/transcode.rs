@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::backend::{Backend, BlobHash};
 use crate::codec::blob;
-use crate::codec::frame::{self, Body, Event};
+use crate::codec::frame::{Body, Event};
 use crate::codec::tree::{self, Manifest, Ref};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -116,11 +116,8 @@ impl<'a> Transcoder<'a> {
         let mut refs = HashSet::new();
         for (seq, bytes) in frames {
             let decoded = self.from.frames.decode(log, *seq, bytes)?;
-            if let Event::Save(header) = &decoded.event {
-                match frame::decode_body(log, *seq, header, &decoded.body)? {
-                    Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
-                    Body::Delta { ops, .. } => tree::collect_op_refs(&ops, &mut refs),
-                }
+            if let Some(body) = decoded.body(log, *seq)? {
+                body.collect_refs(&mut refs);
             }
         }
         Ok(refs)
@@ -239,10 +236,7 @@ impl<'a> Transcoder<'a> {
     /// Call [`Transcoder::blobs`] with the frame's references first.
     pub(crate) fn frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let decoded = self.from.frames.decode(log, seq, bytes)?;
-        let body = match &decoded.event {
-            Event::Save(header) => Some(frame::decode_body(log, seq, header, &decoded.body)?),
-            _ => None,
-        };
+        let body = decoded.body(log, seq)?;
         let remapped = body.as_ref().map(|b| self.remap(log, seq, b)).transpose()?;
         let addresses_kept = match (&body, &remapped) {
             (Some(old), Some(new)) => old == new,
@@ -256,6 +250,11 @@ impl<'a> Transcoder<'a> {
                 self.to
                     .frames
                     .encode_save(log, seq, &header, &body.encode())?
+            }
+            (Event::Write(header), Some(body)) => {
+                self.to
+                    .frames
+                    .encode_write(log, seq, &header, &body.encode())?
             }
             (Event::Delete(version), _) => self.to.frames.encode_delete(log, seq, version)?,
             (Event::Clear, _) => self.to.frames.encode_clear(log, seq)?,

@@ -22,8 +22,8 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::LogAppend;
 use crate::bundle::{Bundle, BundleLog};
 use crate::checkpoint::{quote_name, validate_execution_id, Checkpoint, CheckpointId};
-use crate::codec::frame::{self, Body, ParentRef};
-use crate::codec::{blob, tree, Codec};
+use crate::codec::frame::ParentRef;
+use crate::codec::{blob, Codec};
 use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
 
@@ -100,11 +100,8 @@ impl Store {
             let frames = self.scan_range(exec, 1, next_seq).await?;
             for (seq, bytes) in &frames {
                 let decoded = codec.frames.decode(exec, *seq, bytes)?;
-                if let frame::Event::Save(header) = &decoded.event {
-                    match frame::decode_body(exec, *seq, header, &decoded.body)? {
-                        Body::Snapshot(v) => tree::collect_refs(&v, &mut refs),
-                        Body::Delta { ops, .. } => tree::collect_op_refs(&ops, &mut refs),
-                    }
+                if let Some(body) = decoded.body(exec, *seq)? {
+                    body.collect_refs(&mut refs);
                 }
             }
             bundle.logs.push(BundleLog {

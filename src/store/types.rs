@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::Store;
-use crate::checkpoint::{Checkpoint, CheckpointId};
+use crate::checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Write};
 use crate::codec::frame::SaveHeader;
 use crate::error::Result;
 
@@ -155,6 +155,14 @@ pub trait CheckpointStore: Send + Sync {
     async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         Ok(self.list(execution_id).await?.pop())
     }
+    /// Appends writes to a live checkpoint, atomically (see [`Store::put_writes`]).
+    async fn put_writes(&self, checkpoint: &CheckpointId, writes: Vec<Write>)
+        -> Result<Vec<Write>>;
+    /// The writes of a live checkpoint, oldest first (see [`Store::writes`]).
+    async fn writes(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>>;
+    /// The live checkpoints whose parent is `checkpoint`, oldest first (see
+    /// [`Store::children`]).
+    async fn children(&self, checkpoint: &CheckpointId) -> Result<Vec<CheckpointHeader>>;
 }
 
 #[async_trait]
@@ -183,5 +191,18 @@ impl CheckpointStore for Store {
     }
     async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         Store::latest(self, execution_id).await
+    }
+    async fn put_writes(
+        &self,
+        checkpoint: &CheckpointId,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Write>> {
+        Store::put_writes(self, checkpoint, writes).await
+    }
+    async fn writes(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>> {
+        Store::writes(self, checkpoint).await
+    }
+    async fn children(&self, checkpoint: &CheckpointId) -> Result<Vec<CheckpointHeader>> {
+        Store::children(self, checkpoint).await
     }
 }

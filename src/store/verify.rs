@@ -198,7 +198,44 @@ impl Store {
             out.log_problems.extend(inspect.log_problems(log).await?);
         }
         self.replay_live(&idx, &frames, &mut out).await?;
+        self.verify_writes(&idx, &frames, &mut out).await?;
         Ok(out)
+    }
+
+    /// Checks that the value of every write of a live checkpoint rebuilds (its blobs are there
+    /// and verify); one that does not is reported as a damaged frame.
+    async fn verify_writes(
+        &self,
+        idx: &ExecIndex,
+        frames: &[(u64, Vec<u8>)],
+        out: &mut ExecutionVerify,
+    ) -> Result<()> {
+        let live: std::collections::HashSet<u64> = idx
+            .writes
+            .keys()
+            .filter(|(cp, _)| idx.live_entry(*cp).is_some())
+            .map(|(_, seq)| *seq)
+            .collect();
+        for (seq, bytes) in frames.iter().filter(|(s, _)| live.contains(s)) {
+            let checked = match self.decode_write(&idx.log, *seq, bytes) {
+                Ok(crate::codec::frame::Body::Snapshot(v)) => {
+                    self.resolve(&idx.log, *seq, &v).await.map(drop)
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => {}
+                Err(e) if self.is_damage(&e) => {
+                    if !out.damaged_frames.iter().any(|(s, _)| s == seq) {
+                        out.damaged_frames.push((*seq, damage_reason(&e)));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.damaged_frames.sort_by_key(|(s, _)| *s);
+        Ok(())
     }
 
     /// Rebuilds every live version in order from the frames, as [`Store::list`] does, but

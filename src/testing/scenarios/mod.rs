@@ -23,6 +23,7 @@ mod storage;
 mod tree;
 mod versions;
 mod watch;
+mod writes;
 
 pub use batches::*;
 pub use concurrency::*;
@@ -40,6 +41,7 @@ pub use storage::*;
 pub use tree::*;
 pub use versions::*;
 pub use watch::*;
+pub use writes::*;
 
 // The scenarios were written one level up (in `testing/scenarios.rs`) and name their siblings in
 // `testing` as `super::...`; these imports keep those paths meaning the same one level down.
@@ -82,6 +84,8 @@ macro_rules! __conformance_scenario_list {
             // tree.rs
             any branches_form_a_tree,
             any a_saves_parent_must_be_live_in_its_execution,
+            // writes.rs
+            any writes_belong_to_their_checkpoint,
             // batches.rs
             cross_execution save_batch_is_ordered_and_consecutive,
             cross_execution save_batch_is_all_or_nothing,
