@@ -486,6 +486,10 @@ async fn write_seed_corpus() {
             .with_metadata("source", "loop");
         ids.push(store.save(cp).await.unwrap().id);
     }
+    let journal = ckpt::Write::new("tools", "__journal__", &serde_json::json!({"reply": long}))
+        .unwrap()
+        .with_metadata("key", "call-1");
+    store.put_writes(&ids[2], vec![journal]).await.unwrap();
     store.delete(&ids[1]).await.unwrap();
     store.fork(&ids[2], "exec-2").await.unwrap();
     store.clear("exec-1").await.unwrap();
@@ -539,6 +543,10 @@ async fn write_seed_corpus() {
                 Event::Store(d) => (
                     "store",
                     frame::encode_store(FRAME_LOG, FRAME_SEQ, d).unwrap(),
+                ),
+                Event::Write(h) => (
+                    "write",
+                    frame::encode_write(FRAME_LOG, FRAME_SEQ, h, &decoded.body).unwrap(),
                 ),
             };
             let n = kinds.entry(kind.to_owned()).or_default();
