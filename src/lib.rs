@@ -34,6 +34,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod codec;
 pub mod crypto;
+pub mod diff;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -48,7 +49,7 @@ pub mod testing;
 pub mod url;
 
 pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata, Write};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use store::{
     CheckpointStore, CompactReport, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery,
     PruneReport, RekeyReport, RetentionPolicy, RetentionTask, StatsReport, Store, StoreBuilder,

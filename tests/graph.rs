@@ -90,6 +90,7 @@ fn interrupted(out: Result<Outcome<St>, GraphError>) -> (CheckpointId, St, Vec<S
             checkpoint,
             state,
             next,
+            ..
         }) => (checkpoint, state, next),
         other => panic!("expected Interrupted, got {other:?}"),
     }
@@ -151,18 +152,22 @@ async fn linear_graph_checkpoints_every_step(store: Arc<dyn CheckpointStore>) {
     assert_eq!(s, expected(3));
 
     let cps = store.list("lin").await.unwrap();
-    assert_eq!(cps.len(), 3);
+    assert_eq!(cps.len(), 4, "the input and one checkpoint per step");
     let nodes: Vec<_> = cps.iter().map(|c| c.node_name.as_str()).collect();
-    assert_eq!(nodes, ["n1", "n2", "n3"]);
+    assert_eq!(nodes, ["__input__", "n1", "n2", "n3"]);
     let nexts: Vec<_> = cps.iter().map(next_of).collect();
-    assert_eq!(nexts, [vec!["n2"], vec!["n3"], Vec::<&str>::new()]);
+    assert_eq!(
+        nexts,
+        [vec!["n1"], vec!["n2"], vec!["n3"], Vec::<&str>::new()]
+    );
+    assert_eq!(cps[0].metadata["source"], "input");
     for (i, cp) in cps.iter().enumerate() {
-        assert_eq!(cp.metadata["step"], (i + 1) as u64);
-        assert_eq!(cp.metadata["source"], "loop");
-        assert_eq!(cp.state::<St>().unwrap(), expected(i + 1));
+        assert_eq!(cp.metadata["step"], i as u64);
+        assert_eq!(cp.state::<St>().unwrap(), expected(i));
         if i == 0 {
             assert_eq!(cp.parent, None);
         } else {
+            assert_eq!(cp.metadata["source"], "loop");
             assert!(cp.version > cps[i - 1].version);
             assert_eq!(cp.parent, Some(cps[i - 1].id.clone()));
         }
@@ -176,7 +181,7 @@ async fn linear_graph_checkpoints_every_step(store: Arc<dyn CheckpointStore>) {
     .await;
     assert_eq!(again, expected(3));
     assert_eq!(counts(&calls), [1, 1, 1]);
-    assert_eq!(store.list("lin").await.unwrap().len(), 3);
+    assert_eq!(store.list("lin").await.unwrap().len(), 4);
 }
 
 async fn conditional_loop_terminates(store: Arc<dyn CheckpointStore>) {
@@ -203,9 +208,9 @@ async fn conditional_loop_terminates(store: Arc<dyn CheckpointStore>) {
     assert_eq!(s.n, 5);
     assert_eq!(calls[0].load(SeqCst), 5);
     let cps = store.list("loop").await.unwrap();
-    assert_eq!(cps.len(), 5);
-    assert_eq!(next_of(&cps[3]), ["inc"]);
-    assert!(next_of(&cps[4]).is_empty());
+    assert_eq!(cps.len(), 6, "the input and five steps");
+    assert_eq!(next_of(&cps[4]), ["inc"]);
+    assert!(next_of(&cps[5]).is_empty());
 }
 
 async fn crash_recovery_resumes_without_rerunning(store: Arc<dyn CheckpointStore>) {
@@ -236,7 +241,7 @@ async fn crash_recovery_resumes_without_rerunning(store: Arc<dyn CheckpointStore
         }
         other => panic!("expected a node error, got {other:?}"),
     }
-    assert_eq!(store.list("crash").await.unwrap().len(), 2);
+    assert_eq!(store.list("crash").await.unwrap().len(), 3, "input, n1, n2");
     assert_eq!(counts(&calls), [1, 1, 1, 0, 0, 0]);
 
     let got = finished(app.resume_latest("crash").await).await;
@@ -244,7 +249,7 @@ async fn crash_recovery_resumes_without_rerunning(store: Arc<dyn CheckpointStore
     // No node before the failure ran twice; the failed node ran once more.
     assert_eq!(counts(&calls), [1, 1, 2, 1, 1, 1]);
     let cps = store.list("crash").await.unwrap();
-    assert_eq!(cps.len(), 6);
+    assert_eq!(cps.len(), 7);
     for w in cps.windows(2) {
         assert_eq!(w[1].parent, Some(w[0].id.clone()));
     }
@@ -362,11 +367,11 @@ async fn time_travel_from_an_old_version(store: Arc<dyn CheckpointStore>) {
     )
     .await;
     let old = store.list("tt").await.unwrap();
-    assert_eq!(old.len(), 4);
-    let v2 = old[1].id.clone();
-    assert_eq!(v2.version(), old[1].version);
+    assert_eq!(old.len(), 5, "the input and four steps");
+    let v2 = old[2].id.clone();
+    assert_eq!(v2.version(), old[2].version);
 
-    let mut edited = old[1].state::<St>().unwrap();
+    let mut edited = old[2].state::<St>().unwrap();
     edited.log.push("edited".into());
     let forked = app.update_state(&v2, edited).await.unwrap();
     let f = store.load(&forked).await.unwrap();
@@ -379,18 +384,18 @@ async fn time_travel_from_an_old_version(store: Arc<dyn CheckpointStore>) {
     assert_eq!(counts(&calls), [1, 1, 2, 2]);
 
     let all = store.list("tt").await.unwrap();
-    assert_eq!(all.len(), 7);
-    assert_eq!(all[5].parent, Some(forked.clone()));
-    assert_eq!(all[6].parent, Some(all[5].id.clone()));
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[6].parent, Some(forked.clone()));
+    assert_eq!(all[7].parent, Some(all[6].id.clone()));
     // Resuming from an old version (not the latest) branches there too.
-    let again = finished(app.resume("tt", &old[2].id).await).await;
+    let again = finished(app.resume("tt", &old[3].id).await).await;
     assert_eq!(again.log, ["n1", "n2", "n3", "n4"]);
     let all = store.list("tt").await.unwrap();
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), 9);
     assert_eq!(
-        all[7].parent,
-        Some(old[2].id.clone()),
-        "a resume from v3 branches at v3"
+        all[8].parent,
+        Some(old[3].id.clone()),
+        "a resume from v4 branches at v4"
     );
     // The old versions are untouched and still load.
     for cp in &old {
@@ -400,7 +405,7 @@ async fn time_travel_from_an_old_version(store: Arc<dyn CheckpointStore>) {
         );
     }
     assert_eq!(
-        store.load(&all[6].id).await.unwrap().state::<St>().unwrap(),
+        store.load(&all[7].id).await.unwrap().state::<St>().unwrap(),
         s
     );
 }
@@ -415,6 +420,10 @@ async fn stream_yields_events_in_order(store: Arc<dyn CheckpointStore>) {
         .await;
     let cps = store.list("st").await.unwrap();
     let want = vec![
+        GraphEvent::CheckpointSaved {
+            id: cps[0].id.clone(),
+            version: cps[0].version,
+        },
         GraphEvent::NodeStart {
             node: "n1".into(),
             step: 1,
@@ -425,8 +434,8 @@ async fn stream_yields_events_in_order(store: Arc<dyn CheckpointStore>) {
             state: expected(1),
         },
         GraphEvent::CheckpointSaved {
-            id: cps[0].id.clone(),
-            version: cps[0].version,
+            id: cps[1].id.clone(),
+            version: cps[1].version,
         },
         GraphEvent::NodeStart {
             node: "n2".into(),
@@ -438,8 +447,8 @@ async fn stream_yields_events_in_order(store: Arc<dyn CheckpointStore>) {
             state: expected(2),
         },
         GraphEvent::CheckpointSaved {
-            id: cps[1].id.clone(),
-            version: cps[1].version,
+            id: cps[2].id.clone(),
+            version: cps[2].version,
         },
         GraphEvent::Finished { state: expected(2) },
     ];
@@ -464,7 +473,9 @@ async fn stream_backpressure_loses_nothing(store: Arc<dyn CheckpointStore>) {
         seen.push(ev);
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
-    assert_eq!(seen.len(), 6 * 3 + 1);
+    assert_eq!(seen.len(), 1 + 6 * 3 + 1, "the input's checkpoint, 3 per step, the end");
+    assert!(matches!(&seen[0], GraphEvent::CheckpointSaved { version: 1, .. }));
+    let seen = &seen[1..];
     for (i, name) in NAMES.iter().enumerate() {
         let step = i as u64 + 1;
         assert_eq!(
@@ -772,6 +783,11 @@ impl CheckpointStore for FailingStore {
             what: id.to_string(),
         })
     }
+    async fn fork(&self, id: &CheckpointId, _: &str) -> ckpt::Result<Checkpoint> {
+        Err(ckpt::Error::NotFound {
+            what: id.to_string(),
+        })
+    }
 }
 
 #[tokio::test]
@@ -786,8 +802,8 @@ async fn failing_checkpointer_stops_the_run() {
         Err(GraphError::Store(e)) => assert!(e.to_string().contains("failing")),
         other => panic!("expected a store error, got {other:?}"),
     }
-    // The first node ran; nothing after the failed save did.
-    assert_eq!(counts(&calls), [1, 0, 0]);
+    // The input's save failed: no node ran.
+    assert_eq!(counts(&calls), [0, 0, 0]);
 
     // Streaming reports the error as the last item.
     let events: Vec<_> = app

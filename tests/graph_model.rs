@@ -120,7 +120,8 @@ fn config(exec: &str) -> RunConfig {
 fn interpret(spec: &[NodeSpec]) -> Vec<St> {
     let k = spec.len();
     let mut state = input(k);
-    let mut trace = Vec::new();
+    // The run's input is its first checkpoint.
+    let mut trace = vec![state.clone()];
     let mut node = 0;
     while node < k {
         let spec_node = &spec[node];
@@ -154,7 +155,8 @@ async fn check(spec: Vec<NodeSpec>) -> Result<(), TestCaseError> {
         return Err(TestCaseError::fail(format!("not finished: {out:?}")));
     };
     let cps = store.list(exec).await.unwrap();
-    // One checkpoint per step, each holding the state the spec gives after that step.
+    // The input, then one checkpoint per step, each holding the state the spec gives after
+    // that step.
     let trace = interpret(&spec);
     prop_assert_eq!(&fin, trace.last().unwrap(), "final state against the spec");
     let states: Vec<St> = cps.iter().map(|c| c.state().unwrap()).collect();

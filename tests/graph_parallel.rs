@@ -194,29 +194,31 @@ async fn fan_out_runs_concurrently_and_merges_in_order(store: Arc<dyn Checkpoint
 
     let list = store.list("fan").await.unwrap();
     let nodes: Vec<&str> = list.iter().map(|c| c.node_name.as_str()).collect();
-    // start, the pending writes in the order the branches finished, the merge, done.
-    assert_eq!(nodes, ["start", "b3", "b2", "b1", "start", "done"]);
-    assert_eq!(next_of(&list[0]), BRANCHES);
-    assert_eq!(list[0].metadata["step"], 1);
-    for (cp, branch) in list[1..4].iter().zip(["b3", "b2", "b1"]) {
-        assert!(is_pending(cp), "{:?}", cp.metadata);
-        assert_eq!(cp.metadata["branch"], branch);
-        assert_eq!(cp.metadata["fan_out_from"], "start");
-        assert_eq!(cp.metadata["fan_out_base"], list[0].version);
-        assert_eq!(cp.metadata["step"], 2);
-        assert_eq!(next_of(cp), ["done"]);
-        assert_eq!(cp.state::<St>().unwrap().log, ["start", branch]);
+    // The input, start, the merge, done: the branches' results are not checkpoints.
+    assert_eq!(nodes, ["__input__", "start", "start", "done"]);
+    assert!(list.iter().all(|c| !is_pending(c)));
+    let start = &list[1];
+    assert_eq!(next_of(start), BRANCHES);
+    assert_eq!(start.metadata["step"], 1);
+    // They are pending writes of the step's base, in the order the branches finished.
+    let writes = store.writes(&start.id).await.unwrap();
+    let tasks: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
+    assert_eq!(tasks, ["b3", "b2", "b1"]);
+    for w in &writes {
+        assert_eq!(w.channel, "__branch__");
+        assert!(w.seq > start.version);
+        assert_eq!(w.value::<St>().unwrap().log, ["start", w.task.as_str()]);
     }
-    assert!(!is_pending(&list[4]));
-    assert_eq!(list[4].metadata["source"], "join");
-    assert_eq!(list[4].metadata["step"], 2);
-    assert_eq!(next_of(&list[4]), ["done"]);
+    assert_eq!(list[2].metadata["source"], "join");
+    assert_eq!(list[2].metadata["step"], 2);
+    assert_eq!(list[2].parent, Some(start.id.clone()));
+    assert_eq!(next_of(&list[2]), ["done"]);
     assert_eq!(
-        list[4].state::<St>().unwrap().log,
+        list[2].state::<St>().unwrap().log,
         ["start", "b1", "b2", "b3"]
     );
-    assert_eq!(list[5].metadata["step"], 3);
-    assert!(next_of(&list[5]).is_empty());
+    assert_eq!(list[3].metadata["step"], 3);
+    assert!(next_of(&list[3]).is_empty());
 
     // A finished execution is not run again.
     let again = finished(
@@ -241,15 +243,12 @@ async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn Checkpoin
             matches!(&err, GraphError::Node { node, .. } if node == "b2"),
             "{err}"
         );
-        // b1 and b3 finished, and were saved as pending writes.
+        // b1 and b3 finished, and were saved as pending writes of start's checkpoint.
         let list = store.list(exec).await.unwrap();
-        let pending: Vec<&str> = list
-            .iter()
-            .filter(|c| is_pending(c))
-            .map(|c| c.node_name.as_str())
-            .collect();
+        assert_eq!(list.len(), 2, "the input and start: pending writes are not checkpoints");
+        let writes = store.writes(&list[1].id).await.unwrap();
+        let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
         assert_eq!(pending, ["b3", "b1"]);
-        assert_eq!(list.len(), 3, "start and two pending writes");
         assert_eq!(calls.branches(), [1, 1, 1]);
 
         let out = if by_invoke {
@@ -266,8 +265,11 @@ async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn Checkpoin
 
         let list = store.list(exec).await.unwrap();
         let nodes: Vec<&str> = list.iter().map(|c| c.node_name.as_str()).collect();
-        assert_eq!(nodes, ["start", "b3", "b1", "b2", "start", "done"]);
-        assert_eq!(list[4].metadata["source"], "join");
+        assert_eq!(nodes, ["__input__", "start", "start", "done"]);
+        assert_eq!(list[2].metadata["source"], "join");
+        let writes = store.writes(&list[1].id).await.unwrap();
+        let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
+        assert_eq!(pending, ["b3", "b1", "b2"], "b2's result joined the others");
     }
 }
 

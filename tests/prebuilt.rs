@@ -205,12 +205,12 @@ async fn react_agent_checkpoints_every_step() {
         );
         let saved = store.list("cp").await.unwrap();
         let nodes: Vec<&str> = saved.iter().map(|c| c.node_name.as_str()).collect();
-        assert_eq!(nodes, ["agent", "tools", "agent"], "{kind}");
+        assert_eq!(nodes, ["__input__", "agent", "tools", "agent"], "{kind}");
         let versions: Vec<u64> = saved.iter().map(|c| c.version).collect();
-        assert_eq!(versions, [1, 2, 3], "{kind}");
-        let last: AgentState = saved[2].state().unwrap();
+        assert_eq!(versions, [1, 2, 3, 4], "{kind}");
+        let last: AgentState = saved[3].state().unwrap();
         assert_eq!(last, s, "{kind}");
-        let mid: AgentState = saved[1].state().unwrap();
+        let mid: AgentState = saved[2].state().unwrap();
         assert_eq!(mid.messages.len(), 3, "{kind}");
         assert_eq!(
             mid.messages[1].tool_calls[0].arguments,
@@ -246,7 +246,7 @@ async fn react_agent_crash_then_resume_latest_runs_tools_once() {
             }
             other => panic!("{kind}: expected a node error, got {other:?}"),
         }
-        assert_eq!(store.list("crash").await.unwrap().len(), 2, "{kind}");
+        assert_eq!(store.list("crash").await.unwrap().len(), 3, "{kind}: input, agent, tools");
 
         let second = Arc::new(ScriptedChatModel::new(vec![AssistantTurn::text("42")]));
         let agent = create_react_agent(
@@ -271,7 +271,7 @@ async fn react_agent_crash_then_resume_latest_runs_tools_once() {
             .into_iter()
             .map(|c| c.node_name)
             .collect();
-        assert_eq!(nodes, ["agent", "tools", "agent"], "{kind}");
+        assert_eq!(nodes, ["__input__", "agent", "tools", "agent"], "{kind}");
     }
 }
 
@@ -326,7 +326,15 @@ async fn planner_agent_runs_a_two_step_plan() {
             .collect();
         assert_eq!(
             nodes,
-            ["plan", "execute", "tools", "execute", "execute", "answer"],
+            [
+                "__input__",
+                "plan",
+                "execute",
+                "tools",
+                "execute",
+                "execute",
+                "answer"
+            ],
             "{kind}"
         );
     }

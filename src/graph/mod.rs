@@ -42,6 +42,8 @@
 //! # Ok(()) }
 //! ```
 
+mod context;
+mod replay;
 mod run;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -57,6 +59,10 @@ use crate::checkpoint::{validate_name, CheckpointId};
 use crate::error::BoxError;
 use crate::store::CheckpointStore;
 
+pub use context::{Command, Interrupt, Interrupted, NodeContext, NotRecorded};
+pub use replay::{
+    replay_regression, Divergence, ReplayMode, ReplayOptions, ReplayReport, ReplayStep,
+};
 pub use run::{CompiledGraph, GraphStream};
 
 /// The name of the virtual node that ends a run: route to it to finish.
@@ -71,7 +77,8 @@ pub trait GraphState: Serialize + DeserializeOwned + Clone + Send + Sync + 'stat
 
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> GraphState for T {}
 
-pub(crate) type NodeFn<S> = Arc<dyn Fn(S) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
+pub(crate) type NodeFn<S> =
+    Arc<dyn Fn(S, NodeContext) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
 pub(crate) type RouteFn<S> = Arc<dyn Fn(&S) -> String + Send + Sync>;
 pub(crate) type MergeFn<S> = Arc<dyn Fn(S, Vec<(String, S)>) -> S + Send + Sync>;
 
@@ -191,6 +198,15 @@ pub enum GraphError {
     /// The task running a streamed graph panicked or was cancelled.
     #[error("the graph run task failed: {0}")]
     Task(String),
+
+    /// A [`Command`] does not fit the interrupts pending on the execution's latest checkpoint.
+    #[error("cannot resume execution {execution:?} with this command: {reason}")]
+    InvalidCommand {
+        /// The execution.
+        execution: String,
+        /// Why (no interrupt pending, several pending for a single answer, an unknown id).
+        reason: String,
+    },
 }
 
 /// How often a node is attempted, and how long to wait between attempts (doubling each time).
@@ -280,6 +296,7 @@ pub struct RunConfig {
     pub(crate) execution_id: String,
     pub(crate) recursion_limit: usize,
     pub(crate) buffer: usize,
+    pub(crate) run_id: Option<String>,
 }
 
 impl RunConfig {
@@ -290,7 +307,14 @@ impl RunConfig {
             execution_id: id.into(),
             recursion_limit: 100,
             buffer: 64,
+            run_id: None,
         }
+    }
+
+    /// Names this run ([`NodeContext::run_id`]); by default every call gets a new random id.
+    pub fn run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
+        self
     }
 
     /// At most `n` nodes run in this call; one more is [`GraphError::RecursionLimit`].
@@ -311,7 +335,9 @@ impl RunConfig {
 pub enum Outcome<S> {
     /// The run reached [`END`]; the final state.
     Finished(S),
-    /// The run paused at an interrupt; resume it with [`CompiledGraph::resume`].
+    /// The run paused: at a static interrupt (resume it with [`CompiledGraph::resume`]), or
+    /// because nodes asked for values ([`NodeContext::interrupt`]; answer with
+    /// [`CompiledGraph::resume_with_command`]).
     Interrupted {
         /// The checkpoint to resume from.
         checkpoint: CheckpointId,
@@ -319,6 +345,9 @@ pub enum Outcome<S> {
         state: S,
         /// The node(s) that run next (empty when the next step is [`END`]).
         next: Vec<String>,
+        /// The interrupts nodes raised and that wait for an answer (empty at a static
+        /// interrupt).
+        interrupts: Vec<Interrupt>,
     },
 }
 
@@ -368,6 +397,8 @@ pub enum GraphEvent<S> {
         checkpoint: CheckpointId,
         /// The node(s) that run next.
         next: Vec<String>,
+        /// The interrupts waiting for an answer (see [`Outcome::Interrupted`]).
+        interrupts: Vec<Interrupt>,
     },
     /// The run reached [`END`]; the last event.
     Finished {
@@ -384,6 +415,24 @@ pub(crate) enum Edge<S> {
         join: String,
         merge: MergeFn<S>,
     },
+}
+
+impl<S> Clone for Edge<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Edge::To(to) => Edge::To(to.clone()),
+            Edge::Conditional(f) => Edge::Conditional(f.clone()),
+            Edge::FanOut {
+                branches,
+                join,
+                merge,
+            } => Edge::FanOut {
+                branches: branches.clone(),
+                join: join.clone(),
+                merge: merge.clone(),
+            },
+        }
+    }
 }
 
 /// A graph under construction: nodes, edges and an entry point. Mistakes are reported by
@@ -432,8 +481,40 @@ impl<S: GraphState> StateGraph<S> {
         Fut: Future<Output = Result<S, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let f: NodeFn<S> = Arc::new(move |s: S| {
+        let f: NodeFn<S> = Arc::new(move |s: S, _ctx: NodeContext| {
             let fut = node(s);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.nodes.push((name.into(), f, retry));
+        self
+    }
+
+    /// Adds a node that is also given its [`NodeContext`]: to ask a person for a value
+    /// ([`NodeContext::interrupt`]) and to run side effects once ([`NodeContext::task`]).
+    pub fn add_node_with_context<F, Fut, E>(&mut self, name: impl Into<String>, node: F) -> &mut Self
+    where
+        F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.add_node_with_context_and_retry(name, node, RetryPolicy::default())
+    }
+
+    /// [`StateGraph::add_node_with_context`], retried on error according to `retry` (a retry
+    /// finds the tasks the failed attempt journaled: they do not run again).
+    pub fn add_node_with_context_and_retry<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+        retry: RetryPolicy,
+    ) -> &mut Self
+    where
+        F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let f: NodeFn<S> = Arc::new(move |s: S, ctx: NodeContext| {
+            let fut = node(s, ctx);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
         self.nodes.push((name.into(), f, retry));

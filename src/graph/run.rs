@@ -9,11 +9,17 @@ use futures_util::future::join_all;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
+use super::context::{
+    self, is_interrupt, Command, Interrupt, NodeContext, NotRecorded, StepRecord, StepShared,
+    TaskMode,
+};
+use super::replay::Track;
 use super::{
     CompileConfig, Edge, GraphError, GraphEvent, GraphState, NodeFn, Outcome, RetryPolicy,
     RunConfig, END, INPUT,
 };
-use crate::checkpoint::{Checkpoint, CheckpointId};
+use crate::checkpoint::{Checkpoint, CheckpointId, Write};
+use crate::error::BoxError;
 use crate::store::CheckpointStore;
 
 type EventTx<S> = mpsc::Sender<Result<GraphEvent<S>, GraphError>>;
@@ -41,7 +47,7 @@ struct Inner<S> {
 }
 
 /// Where a run stands between two steps.
-struct Cursor<S> {
+pub(super) struct Cursor<S> {
     state: S,
     /// The node to run next, or [`END`] (ignored when `fan` is set).
     next: String,
@@ -54,7 +60,28 @@ struct Cursor<S> {
     last: Option<(CheckpointId, String, bool)>,
     /// The checkpoint a time travel resumed from, when it is not the execution's latest: the
     /// run's first checkpoint names it as its parent, so the run is a new branch from there.
-    branch_from: Option<CheckpointId>,
+    pub(super) branch_from: Option<CheckpointId>,
+}
+
+impl<S> Cursor<S> {
+    /// Marks the position's static interrupt as honoured: the run goes on without pausing.
+    pub(super) fn honour_interrupt(&mut self) {
+        if let Some((_, _, honoured)) = &mut self.last {
+            *honoured = true;
+        }
+    }
+
+    /// A fresh run's position: `state` about to enter `entry`.
+    fn start(state: S, entry: String) -> Self {
+        Cursor {
+            state,
+            next: entry,
+            fan: None,
+            step: 0,
+            last: None,
+            branch_from: None,
+        }
+    }
 }
 
 /// The events of a streamed run ([`CompiledGraph::stream`]); the run waits when its buffer is
@@ -109,7 +136,22 @@ impl<S: GraphState> CompiledGraph<S> {
         }
     }
 
-    fn store(&self) -> Result<&Arc<dyn CheckpointStore>, GraphError> {
+    /// The same graph (nodes, edges, interrupts), saving to `store` instead.
+    pub fn with_checkpointer(&self, store: Arc<dyn CheckpointStore>) -> Self {
+        let mut config = self.inner.config.clone();
+        config.checkpointer = Some(store);
+        CompiledGraph {
+            inner: Arc::new(Inner {
+                nodes: self.inner.nodes.clone(),
+                edges: self.inner.edges.clone(),
+                branches: self.inner.branches.clone(),
+                entry: self.inner.entry.clone(),
+                config,
+            }),
+        }
+    }
+
+    pub(super) fn store(&self) -> Result<&Arc<dyn CheckpointStore>, GraphError> {
         self.inner
             .config
             .checkpointer
@@ -192,7 +234,7 @@ impl<S: GraphState> CompiledGraph<S> {
         if branches {
             cursor.branch_from = Some(cp.id.clone());
         }
-        self.run_loop(cursor, &config, None).await
+        self.run_loop(cursor, &mut RunState::new(config, None)).await
     }
 
     /// Crash recovery: continues execution `execution_id` from its latest checkpoint
@@ -205,8 +247,103 @@ impl<S: GraphState> CompiledGraph<S> {
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.to_owned()))?;
         let cp = self.resolve(cp).await?;
         let cursor = self.cursor_from(&cp)?;
-        self.run_loop(cursor, &RunConfig::execution_id(execution_id), None)
+        let mut run = RunState::new(RunConfig::execution_id(execution_id), None);
+        self.run_loop(cursor, &mut run).await
+    }
+
+    /// Answers the interrupts pending on execution `execution_id`'s latest checkpoint
+    /// ([`NodeContext::interrupt`]) and continues the run: the answers are written to the log
+    /// first (a crash after this call began does not lose them), then the interrupted node(s)
+    /// run again, and each `ctx.interrupt` call that was answered returns its answer.
+    ///
+    /// [`GraphError::InvalidCommand`] when nothing is pending, when [`Command::Resume`] is
+    /// given while several interrupts are pending (answer them by id), or when an id is not
+    /// pending.
+    pub async fn resume_with_command(
+        &self,
+        execution_id: &str,
+        command: Command,
+    ) -> Result<Outcome<S>, GraphError> {
+        self.resume_with_command_config(RunConfig::execution_id(execution_id), command)
             .await
+    }
+
+    /// [`CompiledGraph::resume_with_command`] with a run configuration.
+    pub async fn resume_with_command_config(
+        &self,
+        config: RunConfig,
+        command: Command,
+    ) -> Result<Outcome<S>, GraphError> {
+        let store = self.store()?;
+        let execution_id = config.execution_id.clone();
+        let cp = store
+            .latest(&execution_id)
+            .await?
+            .ok_or_else(|| GraphError::NoCheckpoint(execution_id.clone()))?;
+        let cp = self.resolve(cp).await?;
+        let pending = StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts();
+        let invalid = |reason: String| GraphError::InvalidCommand {
+            execution: execution_id.clone(),
+            reason,
+        };
+        if pending.is_empty() {
+            return Err(invalid(format!(
+                "no interrupt is waiting for an answer at its latest checkpoint {}",
+                cp.id
+            )));
+        }
+        let answers: Vec<(&Interrupt, serde_json::Value)> = match command {
+            Command::Resume(answer) => match pending.as_slice() {
+                [one] => vec![(one, answer)],
+                many => {
+                    return Err(invalid(format!(
+                        "{} interrupts are waiting ({}); answer them by id with                          Command::resume_by_id",
+                        many.len(),
+                        many.iter()
+                            .map(|i| format!("{} from {:?}", i.id, i.node))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+            Command::ResumeById(map) => {
+                let mut out = Vec::with_capacity(map.len());
+                for (id, answer) in map {
+                    let Some(i) = pending.iter().find(|i| i.id == id) else {
+                        return Err(invalid(format!(
+                            "no pending interrupt has id {id:?}; pending: {}",
+                            pending
+                                .iter()
+                                .map(|i| i.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    };
+                    out.push((i, answer));
+                }
+                out
+            }
+        };
+        let writes = answers
+            .iter()
+            .map(|(i, a)| context::answer_write(i, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        store.put_writes(&cp.id, writes).await?;
+        let cursor = self.cursor_from(&cp)?;
+        self.run_loop(cursor, &mut RunState::new(config, None)).await
+    }
+
+    /// The interrupts waiting for an answer at execution `execution_id`'s latest checkpoint.
+    pub async fn pending_interrupts(
+        &self,
+        execution_id: &str,
+    ) -> Result<Vec<Interrupt>, GraphError> {
+        let store = self.store()?;
+        let Some(cp) = store.latest(execution_id).await? else {
+            return Ok(Vec::new());
+        };
+        let cp = self.resolve(cp).await?;
+        Ok(StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts())
     }
 
     /// Saves `state` as a new checkpoint of `checkpoint`'s execution, a child of `checkpoint`
@@ -236,7 +373,7 @@ impl<S: GraphState> CompiledGraph<S> {
 
     /// A pending write (a branch's result, saved during a fan-out step) is not a run position:
     /// the position is the checkpoint the fan-out step started from.
-    async fn resolve(&self, cp: Checkpoint) -> Result<Checkpoint, GraphError> {
+    pub(super) async fn resolve(&self, cp: Checkpoint) -> Result<Checkpoint, GraphError> {
         if !is_pending_write(&cp) {
             return Ok(cp);
         }
@@ -267,41 +404,8 @@ impl<S: GraphState> CompiledGraph<S> {
         }
     }
 
-    /// The branch results of the fan-out from `from` that started at checkpoint `base`, saved as
-    /// pending writes after it (the first one of each branch).
-    async fn pending_writes(
-        &self,
-        store: &Arc<dyn CheckpointStore>,
-        exec: &str,
-        from: &str,
-        base: &CheckpointId,
-    ) -> Result<BTreeMap<String, S>, GraphError> {
-        let branches = self.fan_branches(from);
-        let mut done = BTreeMap::new();
-        for cp in store.list(exec).await? {
-            if cp.version <= base.version()
-                || !is_pending_write(&cp)
-                || cp.metadata.get("fan_out_from").and_then(|v| v.as_str()) != Some(from)
-                || cp
-                    .metadata
-                    .get("fan_out_base")
-                    .and_then(serde_json::Value::as_u64)
-                    != Some(base.version())
-            {
-                continue;
-            }
-            let Some(branch) = cp.metadata.get("branch").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            if branches.iter().any(|b| b == branch) && !done.contains_key(branch) {
-                done.insert(branch.to_owned(), cp.state()?);
-            }
-        }
-        Ok(done)
-    }
-
     /// The run position a checkpoint records.
-    fn cursor_from(&self, cp: &Checkpoint) -> Result<Cursor<S>, GraphError> {
+    pub(super) fn cursor_from(&self, cp: &Checkpoint) -> Result<Cursor<S>, GraphError> {
         let invalid = |reason: String| GraphError::InvalidCheckpoint {
             id: cp.id.clone(),
             reason,
@@ -352,47 +456,92 @@ impl<S: GraphState> CompiledGraph<S> {
         config: RunConfig,
         events: Option<EventTx<S>>,
     ) -> Result<Outcome<S>, GraphError> {
-        if let Some(store) = &self.inner.config.checkpointer {
-            if let Some(cp) = store.latest(&config.execution_id).await? {
-                let cp = self.resolve(cp).await?;
-                let cursor = self.cursor_from(&cp)?;
-                return self.run_loop(cursor, &config, events).await;
-            }
-        }
-        let cursor = Cursor {
-            state: input,
-            next: self.inner.entry.clone(),
-            fan: None,
-            step: 0,
-            last: None,
-            branch_from: None,
+        let mut run = RunState::new(config, events);
+        let Some(store) = &self.inner.config.checkpointer else {
+            let cursor = Cursor::start(input, self.inner.entry.clone());
+            return self.run_loop(cursor, &mut run).await;
         };
-        self.run_loop(cursor, &config, events).await
+        if let Some(cp) = store.latest(&run.config.execution_id).await? {
+            let cp = self.resolve(cp).await?;
+            let cursor = self.cursor_from(&cp)?;
+            return self.run_loop(cursor, &mut run).await;
+        }
+        // The run's input is a checkpoint too: the first step's base (what its tasks and
+        // interrupts attach to), and where a replay of the whole run starts.
+        let entry = self.inner.entry.clone();
+        let pause = self.inner.config.interrupt_before.contains(&entry);
+        let mut cp = Checkpoint::new(&run.config.execution_id, INPUT, &input)?
+            .with_metadata("step", 0)
+            .with_metadata("next", next_list(&entry))
+            .with_metadata("source", "input");
+        if pause {
+            cp = cp.with_metadata("interrupted", true);
+        }
+        let saved = store.save(cp).await?;
+        run.emit(GraphEvent::CheckpointSaved {
+            id: saved.id.clone(),
+            version: saved.version,
+        })
+        .await;
+        if pause {
+            return run
+                .interrupted(saved.id, input, next_list(&entry), Vec::new())
+                .await;
+        }
+        let mut cursor = Cursor::start(input, entry);
+        cursor.last = Some((saved.id, INPUT.to_owned(), false));
+        self.run_loop(cursor, &mut run).await
     }
 
-    async fn run_loop(
+    /// What the step about to run from `cur` finds recorded on its base checkpoint: on the
+    /// first step of a run (it may have run before: a crash, a failure, an answer), or in a
+    /// replay (the recorded run's base for this step).
+    async fn step_record(
+        &self,
+        cur: &Cursor<S>,
+        run: &RunState<S>,
+        resuming: bool,
+        index: usize,
+    ) -> Result<(StepRecord, TaskMode), GraphError> {
+        let Some(store) = &self.inner.config.checkpointer else {
+            return Ok((StepRecord::default(), TaskMode::Live));
+        };
+        if let Some(track) = &run.track {
+            let mut record = match track.recorded_base(index) {
+                Some(base) => StepRecord::from_writes(store.writes(&base).await?),
+                None => StepRecord::default(),
+            };
+            // A replay runs every node again: only tasks (when recorded) and answers carry over.
+            record.branches.clear();
+            let mode = match track.mode {
+                super::ReplayMode::Recorded => TaskMode::Recorded,
+                super::ReplayMode::Live => {
+                    record.journal.clear();
+                    TaskMode::Live
+                }
+            };
+            return Ok((record, mode));
+        }
+        let record = match (&cur.last, resuming) {
+            (Some((base, _, _)), true) => StepRecord::from_writes(store.writes(base).await?),
+            _ => StepRecord::default(),
+        };
+        Ok((record, TaskMode::Live))
+    }
+
+    pub(super) async fn run_loop(
         &self,
         mut cur: Cursor<S>,
-        config: &RunConfig,
-        events: Option<EventTx<S>>,
+        run: &mut RunState<S>,
     ) -> Result<Outcome<S>, GraphError> {
-        let emit = |ev: GraphEvent<S>| {
-            let tx = events.clone();
-            async move {
-                if let Some(tx) = tx {
-                    // A dropped stream does not stop the run.
-                    let _ = tx.send(Ok(ev)).await;
-                }
-            }
-        };
-        let streaming = events.is_some();
         let cfg = &self.inner.config;
-        let exec = config.execution_id.as_str();
+        let exec = run.config.execution_id.clone();
+        let exec = exec.as_str();
         let mut ran = 0usize;
         loop {
             if cur.fan.is_none() && cur.next == END {
-                if streaming {
-                    emit(GraphEvent::Finished {
+                if run.events.is_some() {
+                    run.emit(GraphEvent::Finished {
                         state: cur.state.clone(),
                     })
                     .await;
@@ -401,8 +550,10 @@ impl<S: GraphState> CompiledGraph<S> {
             }
             let node = cur.fan.clone().unwrap_or_else(|| cur.next.clone());
             let honoured = cur.last.as_ref().is_some_and(|(_, _, i)| *i);
+            // A replay goes through the recorded run's static pauses.
+            let statics = run.track.is_none();
             // Interrupts on fan-out branches are refused at compile time.
-            if cur.fan.is_none() && cfg.interrupt_before.contains(&node) && !honoured {
+            if statics && cur.fan.is_none() && cfg.interrupt_before.contains(&node) && !honoured {
                 // Make sure a checkpoint records the pause (and that it was honoured).
                 let store = self.store()?;
                 let (node_name, source) = match &cur.last {
@@ -415,101 +566,52 @@ impl<S: GraphState> CompiledGraph<S> {
                     .with_metadata("source", source)
                     .with_metadata("interrupted", true);
                 let saved = save_from(store, cp, cur.branch_from.take()).await?;
-                emit(GraphEvent::CheckpointSaved {
+                run.emit(GraphEvent::CheckpointSaved {
                     id: saved.id.clone(),
                     version: saved.version,
                 })
                 .await;
-                return self
-                    .interrupted(saved.id, cur.state, next_list(&node), &emit)
+                return run
+                    .interrupted(saved.id, cur.state, next_list(&node), Vec::new())
                     .await;
             }
-            if ran >= config.recursion_limit {
+            if ran >= run.config.recursion_limit {
                 return Err(GraphError::RecursionLimit {
-                    limit: config.recursion_limit,
+                    limit: run.config.recursion_limit,
                 });
             }
             let resuming = ran == 0;
+            let index = ran;
             ran += 1;
             let step = cur.step + 1;
-            let (state, next, source, pause_after) = if cur.fan.is_some() {
-                // `node` is the node the fan-out leaves from; its branches run now.
-                let (branches, join, merge) = match self.inner.edges.get(&node) {
-                    Some(Edge::FanOut {
-                        branches,
-                        join,
-                        merge,
-                    }) => (branches, join, merge),
-                    _ => return Err(GraphError::NoOutgoingEdge(node)),
-                };
-                let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
-                // Pending writes are saved in parallel, each on the newest: a resumed run whose
-                // first step is a fan-out does not record its branch point (yet).
-                cur.branch_from = None;
-                let mut done = BTreeMap::new();
-                if resuming {
-                    if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
-                        done = self.pending_writes(store, exec, &node, base).await?;
-                    }
-                }
-                let runs = branches
-                    .iter()
-                    .filter(|b| !done.contains_key(*b))
-                    .map(|branch| {
-                        let input = cur.state.clone();
-                        let (emit, base, node, join, events) = (&emit, &base, &node, join, &events);
-                        async move {
-                            let out = self.run_node_reported(branch, step, input, events).await?;
-                            if let (Some(store), Some(base)) = (&cfg.checkpointer, base) {
-                                // The pending write: this branch is not run again on resume.
-                                let cp = Checkpoint::new(exec, branch, &out)?
-                                    .with_metadata("step", step)
-                                    .with_metadata("next", next_list(join))
-                                    .with_metadata("source", "pending_write")
-                                    .with_metadata("pending_write", true)
-                                    .with_metadata("branch", branch.as_str())
-                                    .with_metadata("fan_out_from", node.as_str())
-                                    .with_metadata("fan_out_base", base.version());
-                                let saved = store.save(cp).await?;
-                                emit(GraphEvent::CheckpointSaved {
-                                    id: saved.id.clone(),
-                                    version: saved.version,
-                                })
-                                .await;
-                            }
-                            Ok::<_, GraphError>((branch.clone(), out))
-                        }
-                    });
-                // Every branch runs to its end (and is saved) even when another fails.
-                let mut failure = None;
-                for res in join_all(runs).await {
-                    match res {
-                        Ok((branch, out)) => {
-                            done.insert(branch, out);
-                        }
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                        }
-                    }
-                }
-                if let Some(e) = failure {
-                    return Err(e);
-                }
-                let results = branches
-                    .iter()
-                    .filter_map(|b| done.remove(b).map(|s| (b.clone(), s)))
-                    .collect();
-                let merged = merge(cur.state, results);
-                (merged, join.clone(), "join", false)
+            let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
+            let (record, mode) = self.step_record(&cur, run, resuming, index).await?;
+            let shared = Arc::new(StepShared {
+                execution_id: exec.to_owned(),
+                step,
+                run_id: run.run_id.clone(),
+                store: cfg.checkpointer.clone(),
+                base: base.clone(),
+                record: std::sync::Mutex::new(record),
+                mode,
+                missing: std::sync::Mutex::new(Vec::new()),
+            });
+            let result = if cur.fan.is_some() {
+                self.run_fan_out(&node, step, &cur.state, &shared, run).await
             } else {
-                let state = self
-                    .run_node_reported(&node, step, cur.state, &events)
-                    .await?;
-                let next = match self.inner.edges.get(&node) {
-                    Some(Edge::FanOut { .. }) => END.to_owned(),
-                    _ => self.route(&node, &state)?,
-                };
-                (state, next, "loop", cfg.interrupt_after.contains(&node))
+                self.run_single(&node, step, &cur.state, &shared, run).await
+            };
+            if let Some(track) = &mut run.track {
+                track.note_missing(&shared);
+            }
+            let (state, next, source, pause_after) = match result {
+                Ok(done) => done,
+                Err(Stop::Interrupted(next)) => {
+                    let id = base.ok_or(GraphError::NoCheckpointer)?;
+                    let pending = self.record_interrupts(&shared, &id).await?;
+                    return run.interrupted(id, cur.state, next, pending).await;
+                }
+                Err(Stop::Failed(e)) => return Err(e),
             };
             let fan = if cur.fan.is_none()
                 && matches!(self.inner.edges.get(&node), Some(Edge::FanOut { .. }))
@@ -527,9 +629,11 @@ impl<S: GraphState> CompiledGraph<S> {
                 branch_from: cur.branch_from.take(),
             };
             let next_names = self.next_names(&next_cur);
-            let pause_before = next_cur.fan.is_none()
+            let pause_before = statics
+                && next_cur.fan.is_none()
                 && next_cur.next != END
                 && cfg.interrupt_before.contains(&next_cur.next);
+            let pause_after = statics && pause_after;
             cur = next_cur;
             if let Some(store) = &cfg.checkpointer {
                 let mut cp = Checkpoint::new(exec, &node, &cur.state)?
@@ -540,11 +644,14 @@ impl<S: GraphState> CompiledGraph<S> {
                     cp = cp.with_metadata("interrupted", true);
                 }
                 let saved = save_from(store, cp, cur.branch_from.take()).await?;
-                emit(GraphEvent::CheckpointSaved {
+                run.emit(GraphEvent::CheckpointSaved {
                     id: saved.id.clone(),
                     version: saved.version,
                 })
                 .await;
+                if let Some(track) = &mut run.track {
+                    track.record_step(index, &node, &saved)?;
+                }
                 cur.last = Some((saved.id, node.clone(), pause_after || pause_before));
             }
             if pause_after || pause_before {
@@ -552,32 +659,123 @@ impl<S: GraphState> CompiledGraph<S> {
                     Some((id, _, _)) => id.clone(),
                     None => return Err(GraphError::NoCheckpointer),
                 };
-                return self.interrupted(id, cur.state, next_names, &emit).await;
+                return run
+                    .interrupted(id, cur.state, next_names, Vec::new())
+                    .await;
             }
         }
     }
 
-    async fn interrupted<F, Fut>(
+    /// One node's step: runs it, and picks the next node from what it returned.
+    async fn run_single(
         &self,
-        checkpoint: CheckpointId,
-        state: S,
-        next: Vec<String>,
-        emit: &F,
-    ) -> Result<Outcome<S>, GraphError>
-    where
-        F: Fn(GraphEvent<S>) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        emit(GraphEvent::Interrupted {
-            checkpoint: checkpoint.clone(),
-            next: next.clone(),
-        })
-        .await;
-        Ok(Outcome::Interrupted {
-            checkpoint,
-            state,
-            next,
-        })
+        node: &str,
+        step: u64,
+        state: &S,
+        shared: &Arc<StepShared>,
+        run: &RunState<S>,
+    ) -> Result<StepDone<S>, Stop> {
+        let state = self
+            .run_node_reported(node, step, state, shared, &run.events)
+            .await
+            .map_err(|e| Stop::from_node(e, vec![node.to_owned()]))?;
+        let next = match self.inner.edges.get(node) {
+            Some(Edge::FanOut { .. }) => END.to_owned(),
+            _ => self.route(node, &state).map_err(Stop::Failed)?,
+        };
+        let pause_after = self.inner.config.interrupt_after.contains(node);
+        Ok((state, next, "loop", pause_after))
+    }
+
+    /// A fan-out step: runs the branches that have no recorded result concurrently, records
+    /// each result as it finishes (a pending write on the base), and merges them all.
+    async fn run_fan_out(
+        &self,
+        from: &str,
+        step: u64,
+        state: &S,
+        shared: &Arc<StepShared>,
+        run: &RunState<S>,
+    ) -> Result<StepDone<S>, Stop> {
+        let (branches, join, merge) = match self.inner.edges.get(from) {
+            Some(Edge::FanOut {
+                branches,
+                join,
+                merge,
+            }) => (branches, join, merge),
+            _ => return Err(Stop::Failed(GraphError::NoOutgoingEdge(from.to_owned()))),
+        };
+        let mut done: BTreeMap<String, S> = BTreeMap::new();
+        let recorded: Vec<(String, Write)> = match shared.record.lock() {
+            Ok(r) => r.branches.iter().map(|(b, w)| (b.clone(), w.clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        for (branch, w) in recorded {
+            if branches.contains(&branch) {
+                done.insert(branch, w.value().map_err(|e| Stop::Failed(e.into()))?);
+            }
+        }
+        let runs = branches
+            .iter()
+            .filter(|b| !done.contains_key(*b))
+            .map(|branch| async move {
+                let out = self
+                    .run_node_reported(branch, step, state, shared, &run.events)
+                    .await?;
+                if let (Some(store), Some(base)) = (&shared.store, &shared.base) {
+                    // The pending write: this branch is not run again on resume.
+                    let w = Write::new(branch, context::BRANCH, &out)?;
+                    store.put_writes(base, vec![w]).await?;
+                }
+                Ok::<_, GraphError>((branch.clone(), out))
+            });
+        // Every branch runs to its end (and is recorded) even when another fails or pauses.
+        let mut failure = None;
+        let mut paused = false;
+        for res in join_all(runs).await {
+            match res {
+                Ok((branch, out)) => {
+                    done.insert(branch, out);
+                }
+                Err(e) if is_interrupt_error(&e) => paused = true,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(Stop::Failed(e));
+        }
+        if paused {
+            return Err(Stop::Interrupted(branches.clone()));
+        }
+        let results = branches
+            .iter()
+            .filter_map(|b| done.remove(b).map(|s| (b.clone(), s)))
+            .collect();
+        let merged = merge(state.clone(), results);
+        Ok((merged, join.clone(), "join", false))
+    }
+
+    /// Writes the interrupts raised in this step that the log does not hold yet, and returns
+    /// every interrupt of the step still waiting for an answer.
+    async fn record_interrupts(
+        &self,
+        shared: &StepShared,
+        base: &CheckpointId,
+    ) -> Result<Vec<Interrupt>, GraphError> {
+        let store = self.store()?;
+        let (fresh, pending) = match shared.record.lock() {
+            Ok(mut r) => (std::mem::take(&mut r.unwritten), r.pending_interrupts()),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        let writes = pending
+            .iter()
+            .filter(|i| fresh.contains(&(i.node.clone(), i.index)))
+            .map(context::interrupt_write)
+            .collect::<Result<Vec<_>, _>>()?;
+        store.put_writes(base, writes).await?;
+        Ok(pending)
     }
 
     /// Runs one node, reporting its start and (with the state it returned) its end to a stream.
@@ -585,11 +783,12 @@ impl<S: GraphState> CompiledGraph<S> {
         &self,
         node: &str,
         step: u64,
-        state: S,
+        state: &S,
+        shared: &Arc<StepShared>,
         events: &Option<EventTx<S>>,
     ) -> Result<S, GraphError> {
         let Some(tx) = events else {
-            return self.run_node(node, state).await;
+            return self.run_node(node, state, shared).await;
         };
         // A dropped stream does not stop the run.
         let _ = tx
@@ -598,7 +797,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 step,
             }))
             .await;
-        let out = self.run_node(node, state).await?;
+        let out = self.run_node(node, state, shared).await?;
         let _ = tx
             .send(Ok(GraphEvent::NodeEnd {
                 node: node.to_owned(),
@@ -609,8 +808,15 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(out)
     }
 
-    /// Runs one node with its retry policy.
-    async fn run_node(&self, node: &str, state: S) -> Result<S, GraphError> {
+    /// Runs one node with its retry policy (an interrupt, or a task a replay cannot answer, is
+    /// not retried). Each attempt gets a fresh context over the step's shared record, so a
+    /// retry finds what earlier attempts journaled.
+    async fn run_node(
+        &self,
+        node: &str,
+        state: &S,
+        shared: &Arc<StepShared>,
+    ) -> Result<S, GraphError> {
         let (f, retry) = self
             .inner
             .nodes
@@ -621,9 +827,10 @@ impl<S: GraphState> CompiledGraph<S> {
             })?;
         let mut attempt = 1;
         loop {
-            match f(state.clone()).await {
+            let ctx = NodeContext::new(shared.clone(), node);
+            match f(state.clone(), ctx).await {
                 Ok(s) => return Ok(s),
-                Err(source) if attempt >= retry.attempts() => {
+                Err(source) if attempt >= retry.attempts() || !retriable(&source) => {
                     return Err(GraphError::Node {
                         node: node.to_owned(),
                         source,
@@ -670,4 +877,103 @@ async fn save_from(
         Some(parent) => store.save_with_parent(cp, &parent).await,
         None => store.save(cp).await,
     }
+}
+
+/// What a step produced: the new state, the next node, the checkpoint's `source`, and whether
+/// to pause after it.
+type StepDone<S> = (S, String, &'static str, bool);
+
+/// Why a step did not produce a state.
+enum Stop {
+    /// Nodes asked for values; the run pauses before these nodes.
+    Interrupted(Vec<String>),
+    Failed(GraphError),
+}
+
+impl Stop {
+    fn from_node(e: GraphError, next: Vec<String>) -> Self {
+        if is_interrupt_error(&e) {
+            Stop::Interrupted(next)
+        } else {
+            Stop::Failed(e)
+        }
+    }
+}
+
+/// Whether a node failed by pausing at [`NodeContext::interrupt`].
+fn is_interrupt_error(e: &GraphError) -> bool {
+    matches!(e, GraphError::Node { source, .. } if is_interrupt(source))
+}
+
+/// Whether a node's error may be retried: not a pause, nor a task a replay has no result for.
+fn retriable(e: &BoxError) -> bool {
+    !is_interrupt(e) && e.downcast_ref::<NotRecorded>().is_none()
+}
+
+/// One call's run: its configuration and id, where its events go, and (in a replay) what it
+/// is compared with.
+pub(super) struct RunState<S> {
+    pub(super) config: RunConfig,
+    pub(super) run_id: String,
+    events: Option<EventTx<S>>,
+    pub(super) track: Option<Track>,
+}
+
+impl<S: GraphState> RunState<S> {
+    pub(super) fn new(config: RunConfig, events: Option<EventTx<S>>) -> Self {
+        let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
+        RunState {
+            config,
+            run_id,
+            events,
+            track: None,
+        }
+    }
+
+    async fn emit(&self, ev: GraphEvent<S>) {
+        if let Some(tx) = &self.events {
+            // A dropped stream does not stop the run.
+            let _ = tx.send(Ok(ev)).await;
+        }
+    }
+
+    async fn interrupted(
+        &self,
+        checkpoint: CheckpointId,
+        state: S,
+        next: Vec<String>,
+        interrupts: Vec<Interrupt>,
+    ) -> Result<Outcome<S>, GraphError> {
+        self.emit(GraphEvent::Interrupted {
+            checkpoint: checkpoint.clone(),
+            next: next.clone(),
+            interrupts: interrupts.clone(),
+        })
+        .await;
+        Ok(Outcome::Interrupted {
+            checkpoint,
+            state,
+            next,
+            interrupts,
+        })
+    }
+}
+
+/// A new random run id (32 hex digits).
+fn new_run_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            .to_le_bytes(),
+    );
+    h.update(
+        &COUNTER
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    crate::hash::hex(&h.finalize().as_bytes()[..16])
 }

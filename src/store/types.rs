@@ -163,6 +163,8 @@ pub trait CheckpointStore: Send + Sync {
     /// The live checkpoints whose parent is `checkpoint`, oldest first (see
     /// [`Store::children`]).
     async fn children(&self, checkpoint: &CheckpointId) -> Result<Vec<CheckpointHeader>>;
+    /// Starts execution `new_execution` from a copy of `checkpoint` (see [`Store::fork`]).
+    async fn fork(&self, checkpoint: &CheckpointId, new_execution: &str) -> Result<Checkpoint>;
 }
 
 #[async_trait]
@@ -204,5 +206,8 @@ impl CheckpointStore for Store {
     }
     async fn children(&self, checkpoint: &CheckpointId) -> Result<Vec<CheckpointHeader>> {
         Store::children(self, checkpoint).await
+    }
+    async fn fork(&self, checkpoint: &CheckpointId, new_execution: &str) -> Result<Checkpoint> {
+        Store::fork(self, checkpoint, new_execution).await
     }
 }
