@@ -246,7 +246,11 @@ async fn react_agent_crash_then_resume_latest_runs_tools_once() {
             }
             other => panic!("{kind}: expected a node error, got {other:?}"),
         }
-        assert_eq!(store.list("crash").await.unwrap().len(), 3, "{kind}: input, agent, tools");
+        assert_eq!(
+            store.list("crash").await.unwrap().len(),
+            3,
+            "{kind}: input, agent, tools"
+        );
 
         let second = Arc::new(ScriptedChatModel::new(vec![AssistantTurn::text("42")]));
         let agent = create_react_agent(

@@ -285,23 +285,29 @@ impl Track {
         outcome: Result<Outcome<S>, GraphError>,
     ) -> ReplayReport<S> {
         let ran = self.steps.len();
-        if self.divergence.is_none() && ran < self.path.len() {
-            let next = &self.path[ran];
+        if self.divergence.is_none() && (ran < self.path.len() || outcome.is_err()) {
+            let next = self.path.get(ran);
             let why = match &outcome {
                 Ok(Outcome::Finished(_)) => "finished".to_owned(),
                 Ok(Outcome::Interrupted { .. }) => "was interrupted".to_owned(),
                 Err(e) => format!("failed ({e})"),
             };
-            self.divergence = Some(Divergence {
-                index: ran + 1,
-                reason: format!(
+            let reason = match next {
+                Some(next) => format!(
                     "the replay {why} after {ran} step(s); the recorded run went on with {:?}",
                     next.node_name
                 ),
+                None => {
+                    format!("the replay {why} after {ran} step(s), where the recorded run ended")
+                }
+            };
+            self.divergence = Some(Divergence {
+                index: ran + 1,
+                reason,
                 node: None,
-                recorded_node: Some(next.node_name.clone()),
+                recorded_node: next.map(|n| n.node_name.clone()),
                 checkpoint: None,
-                recorded: Some(next.id.clone()),
+                recorded: next.map(|n| n.id.clone()),
                 diff: Diff::default(),
             });
         }
@@ -419,9 +425,7 @@ pub async fn replay_regression<S: GraphState>(
     execution_id: &str,
 ) -> Result<ReplayReport<S>, GraphError> {
     let scratch = crate::Store::memory();
-    source
-        .copy_to(&scratch, &[execution_id.to_owned()])
-        .await?;
+    source.copy_to(&scratch, &[execution_id.to_owned()]).await?;
     let first = scratch
         .history(execution_id, crate::HistoryQuery::default())
         .await?
