@@ -2,18 +2,36 @@
 //!
 //! Build a [`StateGraph`] of async nodes (each takes the state and returns the new state), connect
 //! them with static or conditional edges, [`StateGraph::compile`] it, then run it with
-//! [`CompiledGraph::invoke`] or [`CompiledGraph::stream`]. With a checkpointer configured, a
-//! checkpoint is saved after every node (metadata `step`, `next`, `source`), so a run that crashed
-//! or failed can be continued with [`CompiledGraph::resume_latest`], paused with interrupts,
-//! edited with [`CompiledGraph::update_state`], and resumed from any earlier checkpoint
-//! ([`CompiledGraph::resume`]).
+//! [`CompiledGraph::invoke`] or [`CompiledGraph::stream`]. With a checkpointer configured, a run's
+//! input is saved as its first checkpoint (node [`INPUT`]) and a checkpoint is saved after every
+//! node (metadata `step`, `next`, `source`), so a run that crashed or failed can be continued with
+//! [`CompiledGraph::resume_latest`], paused with interrupts, edited with
+//! [`CompiledGraph::update_state`], and resumed from any earlier checkpoint
+//! ([`CompiledGraph::resume`]) as a new branch of the execution's tree.
+//!
+//! Time travel inside a run:
+//! - **Interrupts with values.** A node added with [`StateGraph::add_node_with_context`] gets a
+//!   [`NodeContext`]; [`NodeContext::interrupt`] pauses the run until a person answers
+//!   ([`CompiledGraph::resume_with_command`] with a [`Command`]); the answer is in the log before
+//!   the node runs again.
+//! - **Journaled tasks.** [`NodeContext::task`] runs a side effect once per recorded result: its
+//!   result is appended to the log before the node continues, and a node that runs again (after
+//!   a crash, a failure, an answer, a resume) gets the recorded result instead of running it.
+//! - **Replay.** [`CompiledGraph::replay`] runs a recorded execution again from any checkpoint,
+//!   with recorded task results ([`ReplayMode::Recorded`]: offline, deterministic) or live ones,
+//!   and reports where the new run diverges ([`ReplayReport`]); [`replay_regression`] turns a
+//!   stored run into a regression test.
+//!
+//! Interrupts, answers, task results and fan-out branch results are [`crate::Write`]s attached to
+//! the checkpoint their step started from, not checkpoints: `list`, `history` and `executions`
+//! count only checkpoints.
 //!
 //! A node has at most one outgoing edge: static, conditional (naming one node or [`END`]), or a
 //! fan-out ([`StateGraph::add_fan_out`]): several branch nodes that run concurrently in one step
 //! on clones of the state, whose results a merge function combines before execution continues at
-//! a join node. A branch that finishes is saved at once as a *pending write* of its step (a
-//! checkpoint with metadata `pending_write: true`), so a run that crashed or failed in another
-//! branch resumes by running only the branches that did not finish.
+//! a join node. A branch that finishes is recorded at once as a *pending write* of its step, so a
+//! run that crashed or failed in another branch resumes by running only the branches that did not
+//! finish.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -38,7 +56,8 @@
 //! let app = g.compile(CompileConfig::default().checkpointer(store.clone()))?;
 //! let out = app.invoke(Counter { n: 0 }, RunConfig::execution_id("count-1")).await?;
 //! assert!(matches!(out, Outcome::Finished(Counter { n: 3 })));
-//! assert_eq!(store.list("count-1").await?.len(), 3);
+//! // The input, then one checkpoint per step.
+//! assert_eq!(store.list("count-1").await?.len(), 4);
 //! # Ok(()) }
 //! ```
 
@@ -546,11 +565,13 @@ impl<S: GraphState> StateGraph<S> {
     /// branches' results (in the order `branches` lists them) into the new state, and execution
     /// continues at `join` (a node, or [`END`]).
     ///
-    /// All branches count as one step. With a checkpointer, each branch's result is saved as soon
-    /// as it finishes, as a pending write (node name the branch, metadata `pending_write: true`,
-    /// `branch`, `fan_out_from`, `fan_out_base` and `step`); the merged state is then saved as the
-    /// step's checkpoint (node name `from`, metadata `source: "join"`). Resuming a run that
-    /// stopped during the step reuses the pending writes and runs only the missing branches.
+    /// All branches count as one step. With a checkpointer, each branch's result is recorded as
+    /// soon as it finishes, as a pending write of the step's base checkpoint (a
+    /// [`crate::Write`] on channel `__branch__`, task the branch: see
+    /// [`crate::Store::writes`]); the merged state is then saved as the step's checkpoint (node
+    /// name `from`, metadata `source: "join"`). Resuming a run that stopped during the step
+    /// reuses the pending writes and runs only the missing branches. A branch may call
+    /// [`NodeContext::interrupt`]: the step pauses once every branch has finished or paused.
     ///
     /// A branch node has no edge of its own (its way out is the join), is not the entry point,
     /// and is not the target of any other edge.
