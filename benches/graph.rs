@@ -7,9 +7,17 @@
 //! random letters the node leaves unchanged). The per-step checkpointing overhead is
 //! `(time with a store - time without) / 100`.
 //!
+//! `journaled_tasks`: one node that calls 100 journaled tasks ([`NodeContext::task`], each
+//! returning a small value), against the same node calling nothing, on memory and durable sled:
+//! the cost of one task is `(time with 100 tasks - time with none) / 100`.
+//!
+//! `replay_1000_steps`: a recorded run of 1,000 steps of a trivial node, replayed from its input
+//! in recorded mode on a memory store (the recording is made outside the measurement, a new one
+//! per sample).
+//!
 //! Every invocation uses a new execution id (invoking an existing one would continue it).
 //! Sample sizes are small (10 samples, 3 s) so that `cargo bench --bench graph` finishes in
-//! about a minute.
+//! about two minutes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
-use ckpt::graph::{CompileConfig, CompiledGraph, Outcome, RunConfig, StateGraph, END};
+use ckpt::graph::{
+    CompileConfig, CompiledGraph, NodeContext, Outcome, ReplayOptions, RunConfig, StateGraph, END,
+};
 use ckpt::{CheckpointStore, Store};
 
 /// The checkpointers compared: a name, and the store (none for the baseline).
@@ -153,9 +163,119 @@ fn bench_state<S: Counted>(
     group.finish();
 }
 
+const TASKS: u64 = 100;
+
+/// One node calling `tasks` journaled tasks, then the end.
+fn task_graph(store: Arc<dyn CheckpointStore>, tasks: u64) -> CompiledGraph<Small> {
+    let mut g = StateGraph::<Small>::new();
+    g.add_node_with_context("work", move |mut s: Small, ctx: NodeContext| async move {
+        for i in 0..tasks {
+            s.n += ctx
+                .task("step", async move { Ok::<_, std::io::Error>(i) })
+                .await?;
+        }
+        Ok::<_, ckpt::BoxError>(s)
+    });
+    g.add_edge("work", END).set_entry_point("work");
+    g.compile(CompileConfig::default().checkpointer(store))
+        .expect("the graph compiles")
+}
+
+fn bench_tasks(c: &mut Criterion, rt: &Runtime, stores: &[Checkpointer]) {
+    static EXEC: AtomicU64 = AtomicU64::new(0);
+    let mut group = c.benchmark_group("journaled_tasks");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500));
+    for (store_name, store) in stores {
+        let Some(store) = store else { continue };
+        for tasks in [0, TASKS] {
+            let app = task_graph(store.clone(), tasks);
+            let id = BenchmarkId::new(*store_name, format!("{tasks}_tasks"));
+            group.bench_function(id, |b| {
+                b.to_async(rt).iter(|| {
+                    let app = app.clone();
+                    async move {
+                        let exec = format!("tasks-{}", EXEC.fetch_add(1, Ordering::Relaxed));
+                        let out = app
+                            .invoke(Small { n: 0 }, RunConfig::execution_id(exec))
+                            .await
+                            .expect("the run");
+                        assert!(out.is_finished());
+                    }
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+const REPLAY_STEPS: u64 = 1000;
+
+fn bench_replay(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("replay_1000_steps");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500));
+    group.bench_function("memory", |b| {
+        b.iter_batched(
+            || {
+                // The recording: a new memory store holding one run of 1,000 steps.
+                let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
+                let app = long_graph(store.clone());
+                rt.block_on(async {
+                    let out = app
+                        .invoke(
+                            Small { n: 0 },
+                            RunConfig::execution_id("rec").recursion_limit(10_000),
+                        )
+                        .await
+                        .expect("the recording");
+                    assert!(out.is_finished());
+                    let input = store.list("rec").await.expect("list")[0].id.clone();
+                    (app, input)
+                })
+            },
+            |(app, input)| {
+                rt.block_on(async {
+                    let report = app
+                        .replay("rec", &input, ReplayOptions::recorded())
+                        .await
+                        .expect("the replay");
+                    assert!(report.is_faithful());
+                    assert_eq!(report.steps.len(), REPLAY_STEPS as usize);
+                })
+            },
+            criterion::BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+/// A trivial node looping [`REPLAY_STEPS`] times.
+fn long_graph(store: Arc<dyn CheckpointStore>) -> CompiledGraph<Small> {
+    let mut g = StateGraph::<Small>::new();
+    g.add_node("tick", |mut s: Small| {
+        s.n += 1;
+        std::future::ready(Ok::<_, std::io::Error>(s))
+    });
+    g.add_conditional_edges("tick", |s: &Small| {
+        if s.n >= REPLAY_STEPS {
+            END.into()
+        } else {
+            "tick".into()
+        }
+    });
+    g.set_entry_point("tick");
+    g.compile(CompileConfig::default().checkpointer(store))
+        .expect("the graph compiles")
+}
+
 fn benches(c: &mut Criterion) {
     let rt = runtime();
     let (stores, _dir) = stores(&rt);
+    bench_tasks(c, &rt, &stores);
+    bench_replay(c, &rt);
     bench_state(c, &rt, "trivial_state", Small { n: 0 }, &stores);
     bench_state(
         c,

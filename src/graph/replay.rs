@@ -12,6 +12,7 @@
 //! recorded run's at that step) and, at the first divergence, the paths that differ with their
 //! recorded and new values ([`crate::diff`], what `ckpt diff` prints).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -324,37 +325,57 @@ impl Track {
 }
 
 /// The recorded run after `from`: the branch ending at `head`, or by default the oldest child
-/// at every step.
+/// at every step. One `list` of the execution (its states rebuilt in one pass), not a load per
+/// step.
 async fn recorded_path(
     store: &Arc<dyn CheckpointStore>,
     from: &CheckpointId,
     head: Option<&CheckpointId>,
 ) -> Result<Vec<Checkpoint>, GraphError> {
+    let exec = from.execution_id();
+    let all = store.list(exec).await?;
+    let index: HashMap<u64, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.version, i))
+        .collect();
+    let parent_of = |c: &Checkpoint| {
+        c.parent
+            .as_ref()
+            .filter(|p| p.execution_id() == exec)
+            .map(CheckpointId::version)
+    };
     let mut path = Vec::new();
     match head {
         Some(head) => {
-            let mut at = store.load(head).await?;
-            while at.id != *from {
-                let parent = match &at.parent {
-                    Some(p) if p.execution_id() == from.execution_id() => p.clone(),
-                    _ => {
-                        return Err(GraphError::InvalidCheckpoint {
-                            id: head.clone(),
-                            reason: format!("it does not descend from {from}"),
-                        })
-                    }
+            let mut at = *index
+                .get(&head.version())
+                .filter(|_| head.execution_id() == exec)
+                .ok_or_else(|| crate::Error::not_found(format!("checkpoint {head}")))?;
+            while all[at].version != from.version() {
+                let Some(parent) = parent_of(&all[at]).and_then(|p| index.get(&p)) else {
+                    return Err(GraphError::InvalidCheckpoint {
+                        id: head.clone(),
+                        reason: format!("it does not descend from {from}"),
+                    });
                 };
-                path.push(at);
-                at = store.load(&parent).await?;
+                path.push(all[at].clone());
+                at = *parent;
             }
             path.reverse();
         }
         None => {
-            let mut at = from.clone();
-            while let Some(child) = store.children(&at).await?.into_iter().next() {
-                let cp = store.load(&child.id).await?;
-                at = cp.id.clone();
-                path.push(cp);
+            // Listed oldest first: the first child seen of each parent is its oldest.
+            let mut oldest_child: HashMap<u64, usize> = HashMap::new();
+            for (i, c) in all.iter().enumerate() {
+                if let Some(p) = parent_of(c) {
+                    oldest_child.entry(p).or_insert(i);
+                }
+            }
+            let mut at = from.version();
+            while let Some(&i) = oldest_child.get(&at) {
+                path.push(all[i].clone());
+                at = all[i].version;
             }
         }
     }
