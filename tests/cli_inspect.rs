@@ -486,3 +486,40 @@ fn log_graph_draws_the_branches() {
         "{out}"
     );
 }
+
+/// `show` lists what is attached to a checkpoint (pending writes, task results, interrupts and
+/// answers), in text and in `--json`; a checkpoint without writes shows none.
+#[test]
+fn show_lists_the_writes_of_a_checkpoint() {
+    let (_dir, path) = branched_store("w");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&path).await.unwrap();
+        let id = ckpt::CheckpointId::new("w", 2).unwrap();
+        let journal = ckpt::Write::new("tools", "__journal__", &json!({"reply": "forty-two"}))
+            .unwrap()
+            .with_metadata("key", "model");
+        store.put_writes(&id, vec![journal]).await.unwrap();
+        store.flush().await.unwrap();
+    });
+    drop(runtime);
+    let doc = json_of(&ok(&path, &["show", "w@2", "--json"]));
+    let writes = doc["writes"].as_array().expect("a writes array");
+    assert_eq!(writes.len(), 1, "{doc}");
+    assert_eq!(writes[0]["seq"], json!(6));
+    assert_eq!(writes[0]["task"], json!("tools"));
+    assert_eq!(writes[0]["channel"], json!("__journal__"));
+    assert_eq!(writes[0]["metadata"]["key"], json!("model"));
+    assert_eq!(writes[0]["value"]["reply"], json!("forty-two"));
+    let text = ok(&path, &["show", "w@2"]);
+    assert!(
+        text.contains("writes (1)") && text.contains("forty-two"),
+        "{text}"
+    );
+    let none = json_of(&ok(&path, &["show", "w@3", "--json"]));
+    assert_eq!(none["writes"], json!([]));
+    assert!(!ok(&path, &["show", "w@3"]).contains("writes ("));
+    // A write is not a checkpoint: history still lists five.
+    let all = json_of(&ok(&path, &["history", "w", "--json"]));
+    assert_eq!(all.as_array().map(Vec::len), Some(5));
+}

@@ -23,8 +23,9 @@ pub struct ShowArgs {
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
     /// Print one JSON document instead: the header (id, execution_id, node, version, time,
-    /// timestamp_ms, parent, metadata, state_size) and "state" (or, with --path, "path" and
-    /// "value")
+    /// timestamp_ms, parent, metadata, state_size), "state" (or, with --path, "path" and
+    /// "value") and "writes" (pending writes, task results, interrupts and answers attached to
+    /// the checkpoint: seq, task, channel, metadata, value)
     #[arg(long)]
     pub json: bool,
 }
@@ -211,8 +212,24 @@ pub async fn run(args: ShowArgs, global: &Global) -> CliResult {
         ),
         None => None,
     };
+    let writes = store
+        .writes(&cp.id)
+        .await
+        .with_context(|| format!("reading the writes of {}", cp.id))?;
     if args.json {
         let mut doc = Head::from(&cp).to_json();
+        doc["writes"] = writes
+            .iter()
+            .map(|w| {
+                json!({
+                    "seq": w.seq,
+                    "task": w.task,
+                    "channel": w.channel,
+                    "metadata": w.metadata,
+                    "value": w.value_json(),
+                })
+            })
+            .collect();
         match (&args.path, part) {
             (Some(path), Some(v)) => {
                 doc["path"] = json!(path);
@@ -253,6 +270,26 @@ pub async fn run(args: ShowArgs, global: &Global) -> CliResult {
     say!("{title}")?;
     let pretty = serde_json::to_string_pretty(value).context("formatting the state as JSON")?;
     say!("{pretty}")?;
+    if !writes.is_empty() {
+        say!("")?;
+        say!(
+            "writes ({}): pending writes, task results, interrupts and answers",
+            writes.len()
+        )?;
+        let mut table = Table::new(&["seq", "task", "channel", "metadata", "value"]);
+        for w in &writes {
+            table.row(vec![
+                w.seq.to_string(),
+                w.task.clone(),
+                w.channel.clone(),
+                fmt::metadata(&w.metadata),
+                ckpt::diff::shorten(&w.value_json()),
+            ]);
+        }
+        for line in table.lines("  ") {
+            say!("{line}")?;
+        }
+    }
     Ok(())
 }
 
