@@ -518,6 +518,7 @@ async fn a_recorded_replay_is_faithful_and_offline(store: Store) {
     assert_eq!(recorded.log, ["tool:1", "tool:11", "tool:21"]);
     let input = store.list("rec").await.unwrap()[0].id.clone();
     let before = store.list("rec").await.unwrap().len();
+    let input_writes = store.writes(&input).await.unwrap().len();
     // A new process: nothing may call the model or the tools.
     let fresh = Agent::new(3);
     let report = fresh
@@ -540,6 +541,11 @@ async fn a_recorded_replay_is_faithful_and_offline(store: Store) {
     let first = store.load(&report.steps[0].checkpoint).await.unwrap();
     assert_eq!(first.parent, Some(input.clone()));
     assert_eq!(store.heads("rec").await.unwrap().len(), 2);
+    assert_eq!(
+        store.writes(&input).await.unwrap().len(),
+        input_writes,
+        "the replay's first step starts at the recorded input: nothing is journaled twice there"
+    );
     // The replay's branch journaled what it used: replaying it again is faithful too.
     let again = fresh
         .compile(&store)

@@ -200,6 +200,9 @@ pub(crate) struct StepShared {
     pub base: Option<CheckpointId>,
     pub record: Mutex<StepRecord>,
     pub mode: TaskMode,
+    /// In a recorded replay whose step started from another checkpoint than the recorded
+    /// step: recorded results used are journaled on this step's base too.
+    pub copy_journal: bool,
     /// In a recorded replay: the tasks the journal did not hold.
     pub missing: Mutex<Vec<NotRecorded>>,
 }
@@ -403,7 +406,7 @@ impl NodeContext {
                          type the node asks for: {e}"
                     )
                 })?;
-                if shared.mode == TaskMode::Recorded {
+                if shared.copy_journal {
                     // The replay's own branch keeps the result too, so it can be replayed.
                     shared.put(w).await?;
                 }

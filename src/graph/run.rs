@@ -504,15 +504,17 @@ impl<S: GraphState> CompiledGraph<S> {
         run: &RunState<S>,
         resuming: bool,
         index: usize,
-    ) -> Result<(StepRecord, TaskMode), GraphError> {
+    ) -> Result<(StepRecord, TaskMode, bool), GraphError> {
         let Some(store) = &self.inner.config.checkpointer else {
-            return Ok((StepRecord::default(), TaskMode::Live));
+            return Ok((StepRecord::default(), TaskMode::Live, false));
         };
         if let Some(track) = &run.track {
-            let mut record = match track.recorded_base(index) {
-                Some(base) => StepRecord::from_writes(store.writes(&base).await?),
+            let recorded_base = track.recorded_base(index);
+            let mut record = match &recorded_base {
+                Some(base) => StepRecord::from_writes(store.writes(base).await?),
                 None => StepRecord::default(),
             };
+            let elsewhere = recorded_base.as_ref() != cur.last.as_ref().map(|(id, _, _)| id);
             // A replay runs every node again: only tasks (when recorded) and answers carry over.
             record.branches.clear();
             let mode = match track.mode {
@@ -522,13 +524,13 @@ impl<S: GraphState> CompiledGraph<S> {
                     TaskMode::Live
                 }
             };
-            return Ok((record, mode));
+            return Ok((record, mode, mode == TaskMode::Recorded && elsewhere));
         }
         let record = match (&cur.last, resuming) {
             (Some((base, _, _)), true) => StepRecord::from_writes(store.writes(base).await?),
             _ => StepRecord::default(),
         };
-        Ok((record, TaskMode::Live))
+        Ok((record, TaskMode::Live, false))
     }
 
     pub(super) async fn run_loop(
@@ -587,7 +589,8 @@ impl<S: GraphState> CompiledGraph<S> {
             ran += 1;
             let step = cur.step + 1;
             let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
-            let (record, mode) = self.step_record(&cur, run, resuming, index).await?;
+            let (record, mode, copy_journal) =
+                self.step_record(&cur, run, resuming, index).await?;
             let shared = Arc::new(StepShared {
                 execution_id: exec.to_owned(),
                 step,
@@ -596,6 +599,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 base: base.clone(),
                 record: std::sync::Mutex::new(record),
                 mode,
+                copy_journal,
                 missing: std::sync::Mutex::new(Vec::new()),
             });
             let result = if cur.fan.is_some() {
