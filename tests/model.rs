@@ -63,6 +63,13 @@ enum Op {
     /// Retention: keep the newest `keep` checkpoints of every execution (and every interrupted
     /// one), or with `drop_all`, drop every execution whose latest is not interrupted.
     Prune { keep: usize, drop_all: bool },
+    /// Attach `count` writes (values of `len` bytes) to the `nth` live checkpoint of `exec`.
+    Write {
+        exec: usize,
+        nth: usize,
+        count: usize,
+        len: usize,
+    },
     /// Encrypted runs: another store on the same storage re-keys it (the newest key alternates),
     /// moving every blob to a new address, while the store under test keeps what it cached.
     /// Nothing changes for the model. A no-op on plaintext runs.
@@ -88,6 +95,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..5usize, proptest::bool::weighted(0.3)).prop_map(|(keep, drop_all)| Op::Prune { keep, drop_all }),
         1 => Just(Op::Rekey),
         1 => exec().prop_map(|exec| Op::Tally { exec }),
+        2 => (exec(), any::<usize>(), 1..3usize, msg_len())
+            .prop_map(|(exec, nth, count, len)| Op::Write { exec, nth, count, len }),
     ]
 }
 
@@ -127,6 +136,9 @@ struct Model {
     gone: Vec<CheckpointId>,
     /// Makes every message unique.
     counter: u64,
+    /// The values written to each checkpoint, in order (those of removed checkpoints are gone
+    /// with them: see `check`).
+    writes: BTreeMap<CheckpointId, Vec<serde_json::Value>>,
 }
 
 impl Model {
@@ -555,6 +567,39 @@ async fn apply(
             given.metadata = source.metadata.clone();
             model.record_with_parent(&fork, &given, &source.state, Some(source.id.clone()))?;
         }
+        Op::Write {
+            exec,
+            nth,
+            count,
+            len,
+        } => {
+            let exec = EXECS[*exec];
+            let live = model.live(exec);
+            if live.is_empty() {
+                return Ok(());
+            }
+            let target = live[*nth % live.len()].id.clone();
+            let mut values = Vec::new();
+            let mut writes = Vec::new();
+            for _ in 0..*count {
+                model.counter += 1;
+                let value = json!({ "n": model.counter, "text": text(model.counter, *len) });
+                writes.push(ok(
+                    ckpt::Write::new("task", "channel", &value),
+                    "Write::new",
+                )?);
+                values.push(value);
+            }
+            match store.put_writes(&target, writes).await {
+                Ok(stored) => prop_assert_eq!(stored.len(), values.len()),
+                Err(e) => {
+                    if !faults.failed(e, "put_writes")? {
+                        return Ok(());
+                    }
+                }
+            }
+            model.writes.entry(target).or_default().extend(values);
+        }
         Op::Reopen | Op::Gc | Op::Rekey => unreachable!("handled by the caller"),
         Op::SaveBatch { execs } => {
             let mut pending: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
@@ -676,6 +721,12 @@ async fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
         for cp in expected {
             let at = ModelCp::of(&ok(store.at_version(exec, cp.version).await, "at_version")?)?;
             prop_assert_eq!(&at, cp, "at_version {}", cp.id);
+            let writes: Vec<serde_json::Value> = ok(store.writes(&cp.id).await, "writes")?
+                .iter()
+                .map(ckpt::Write::value_json)
+                .collect();
+            let want = model.writes.get(&cp.id).cloned().unwrap_or_default();
+            prop_assert_eq!(writes, want, "writes of {}", cp.id);
         }
     }
     for id in &model.gone {

@@ -589,8 +589,7 @@ impl<S: GraphState> CompiledGraph<S> {
             ran += 1;
             let step = cur.step + 1;
             let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
-            let (record, mode, copy_journal) =
-                self.step_record(&cur, run, resuming, index).await?;
+            let (record, mode, copy_journal) = self.step_record(&cur, run, resuming, index).await?;
             let shared = Arc::new(StepShared {
                 execution_id: exec.to_owned(),
                 step,
