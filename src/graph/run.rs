@@ -373,8 +373,10 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(store.save_with_parent(cp, &source.id).await?.id)
     }
 
-    /// A pending write (a branch's result, saved during a fan-out step) is not a run position:
-    /// the position is the checkpoint the fan-out step started from.
+    /// A pending write saved as a checkpoint (metadata `pending_write: true`, by ckpt versions
+    /// before pending writes became [`Write`]s) is not a run position: the position is the
+    /// checkpoint the fan-out step started from. (Such a step's branches all run again: their
+    /// old results are not read.)
     pub(super) async fn resolve(&self, cp: Checkpoint) -> Result<Checkpoint, GraphError> {
         if !is_pending_write(&cp) {
             return Ok(cp);
