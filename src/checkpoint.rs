@@ -241,15 +241,8 @@ impl Checkpoint {
 
     /// Decodes the state into `T`.
     pub fn state<T: DeserializeOwned>(&self) -> Result<T> {
-        value::to_deserialize(&self.state).map_err(|e| match e {
-            Error::Codec { source, .. } => Error::Codec {
-                context: format!(
-                    "decoding the state of checkpoint {} into the requested type",
-                    self.id
-                ),
-                source,
-            },
-            other => other,
+        decode_as(&self.state, || {
+            format!("the state of checkpoint {}", self.id)
         })
     }
 
@@ -273,22 +266,40 @@ impl Checkpoint {
     pub(crate) fn validate(&self) -> Result<()> {
         validate_execution_id(&self.execution_id)?;
         validate_name("node name", &self.node_name)?;
-        for (key, v) in &self.metadata {
-            if value::json_depth(v) > value::MAX_DEPTH {
-                return Err(Error::InvalidInput(format!(
-                    "metadata {key:?} of a checkpoint of {:?} is nested deeper than {} levels",
-                    self.execution_id,
-                    value::MAX_DEPTH
-                )));
-            }
-        }
-        Ok(())
+        validate_metadata(&self.metadata, || {
+            format!("a checkpoint of {:?}", self.execution_id)
+        })
     }
 
     /// Whether this checkpoint has been saved (has a version).
     pub fn is_saved(&self) -> bool {
         self.version > 0
     }
+}
+
+/// Decodes a stored value into `T`, naming `what` it is when it does not fit.
+fn decode_as<T: DeserializeOwned>(v: &rmpv::Value, what: impl FnOnce() -> String) -> Result<T> {
+    value::to_deserialize(v).map_err(|e| match e {
+        Error::Codec { source, .. } => Error::Codec {
+            context: format!("decoding {} into the requested type", what()),
+            source,
+        },
+        other => other,
+    })
+}
+
+/// Refuses metadata nested deeper than the codec takes; `owner` names what it belongs to.
+fn validate_metadata(metadata: &Metadata, owner: impl Fn() -> String) -> Result<()> {
+    for (key, v) in metadata {
+        if value::json_depth(v) > value::MAX_DEPTH {
+            return Err(Error::InvalidInput(format!(
+                "metadata {key:?} of {} is nested deeper than {} levels",
+                owner(),
+                value::MAX_DEPTH
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A value attached to a checkpoint that is not a checkpoint itself: a task's pending write, a
@@ -358,15 +369,11 @@ impl Write {
 
     /// Decodes the value into `T`.
     pub fn value<T: DeserializeOwned>(&self) -> Result<T> {
-        value::to_deserialize(&self.value).map_err(|e| match e {
-            Error::Codec { source, .. } => Error::Codec {
-                context: format!(
-                    "decoding the value of write {} (task {:?}, channel {:?}) into the requested type",
-                    self.seq, self.task, self.channel
-                ),
-                source,
-            },
-            other => other,
+        decode_as(&self.value, || {
+            format!(
+                "the value of write {} (task {:?}, channel {:?})",
+                self.seq, self.task, self.channel
+            )
         })
     }
 
@@ -388,16 +395,9 @@ impl Write {
     pub(crate) fn validate(&self) -> Result<()> {
         validate_name("task", &self.task)?;
         validate_name("channel", &self.channel)?;
-        for (key, v) in &self.metadata {
-            if value::json_depth(v) > value::MAX_DEPTH {
-                return Err(Error::InvalidInput(format!(
-                    "metadata {key:?} of a write of task {:?} is nested deeper than {} levels",
-                    self.task,
-                    value::MAX_DEPTH
-                )));
-            }
-        }
-        Ok(())
+        validate_metadata(&self.metadata, || {
+            format!("a write of task {:?}", self.task)
+        })
     }
 }
 

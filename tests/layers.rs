@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("hash", &["error"]),
+    ("diff", &[]),
     ("codec", &["error", "hash"]),
     ("crypto", &["error", "hash", "codec"]),
     ("checkpoint", &["error", "codec"]),
@@ -32,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("fuzzing", &["error", "codec", "crypto"]),
-    ("graph", &["error", "checkpoint", "store"]),
+    ("graph", &["error", "hash", "diff", "checkpoint", "store"]),
     ("prebuilt", &["error", "graph", "store"]),
 ];
 

@@ -500,12 +500,7 @@ impl<S: GraphState> StateGraph<S> {
         Fut: Future<Output = Result<S, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let f: NodeFn<S> = Arc::new(move |s: S, _ctx: NodeContext| {
-            let fut = node(s);
-            Box::pin(async move { fut.await.map_err(Into::into) })
-        });
-        self.nodes.push((name.into(), f, retry));
-        self
+        self.add_node_with_context_and_retry(name, move |s: S, _ctx: NodeContext| node(s), retry)
     }
 
     /// Adds a node that is also given its [`NodeContext`]: to ask a person for a value

@@ -385,7 +385,8 @@ async fn recorded_path(
 impl<S: GraphState> CompiledGraph<S> {
     /// Runs execution `execution_id` again from its checkpoint `from`, as a new branch of the
     /// execution (or in a new one, [`ReplayOptions::into_execution`]), with the current graph
-    /// code, and compares every step with the recorded run: see the [module docs](self).
+    /// code, and compares every step with the recorded run: see [`ReplayMode`] and
+    /// [`ReplayReport`].
     ///
     /// Errors are for a replay that cannot start (no checkpointer, `from` not found or not a
     /// run position); how the replay itself ended, failures included, is in the report.
