@@ -473,8 +473,15 @@ async fn stream_backpressure_loses_nothing(store: Arc<dyn CheckpointStore>) {
         seen.push(ev);
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
-    assert_eq!(seen.len(), 1 + 6 * 3 + 1, "the input's checkpoint, 3 per step, the end");
-    assert!(matches!(&seen[0], GraphEvent::CheckpointSaved { version: 1, .. }));
+    assert_eq!(
+        seen.len(),
+        1 + 6 * 3 + 1,
+        "the input's checkpoint, 3 per step, the end"
+    );
+    assert!(matches!(
+        &seen[0],
+        GraphEvent::CheckpointSaved { version: 1, .. }
+    ));
     let seen = &seen[1..];
     for (i, name) in NAMES.iter().enumerate() {
         let step = i as u64 + 1;

@@ -142,7 +142,11 @@ impl CheckpointStore for Reporting {
     ) -> ckpt::Result<Vec<ckpt::CheckpointHeader>> {
         self.0.children(checkpoint).await
     }
-    async fn fork(&self, checkpoint: &CheckpointId, new_execution: &str) -> ckpt::Result<Checkpoint> {
+    async fn fork(
+        &self,
+        checkpoint: &CheckpointId,
+        new_execution: &str,
+    ) -> ckpt::Result<Checkpoint> {
         self.0.fork(checkpoint, new_execution).await
     }
 }

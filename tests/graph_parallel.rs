@@ -245,7 +245,11 @@ async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn Checkpoin
         );
         // b1 and b3 finished, and were saved as pending writes of start's checkpoint.
         let list = store.list(exec).await.unwrap();
-        assert_eq!(list.len(), 2, "the input and start: pending writes are not checkpoints");
+        assert_eq!(
+            list.len(),
+            2,
+            "the input and start: pending writes are not checkpoints"
+        );
         let writes = store.writes(&list[1].id).await.unwrap();
         let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
         assert_eq!(pending, ["b3", "b1"]);

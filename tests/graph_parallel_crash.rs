@@ -99,7 +99,6 @@ fn count(lines: &[String], name: &str) -> usize {
     lines.iter().filter(|l| *l == name).count()
 }
 
-
 /// The child half: only does anything when started by `sigkill_during_fan_out_resumes_missing_branch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn par_crash_child() {
@@ -192,7 +191,11 @@ async fn sigkill_during_fan_out_resumes_missing_branch() {
 
     let saved = store.list(EXEC).await.unwrap();
     let nodes: Vec<&str> = saved.iter().map(|c| c.node_name.as_str()).collect();
-    assert_eq!(nodes, ["__input__", "start"], "pending writes are not checkpoints");
+    assert_eq!(
+        nodes,
+        ["__input__", "start"],
+        "pending writes are not checkpoints"
+    );
     let writes = store.writes(&saved[1].id).await.unwrap();
     let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
     println!("checkpoints at the kill: {nodes:?}, pending writes: {pending:?}");

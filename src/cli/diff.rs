@@ -62,4 +62,3 @@ pub async fn run(args: DiffArgs, global: &Global) -> CliResult {
     }
     Ok(())
 }
-

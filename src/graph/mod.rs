@@ -491,7 +491,11 @@ impl<S: GraphState> StateGraph<S> {
 
     /// Adds a node that is also given its [`NodeContext`]: to ask a person for a value
     /// ([`NodeContext::interrupt`]) and to run side effects once ([`NodeContext::task`]).
-    pub fn add_node_with_context<F, Fut, E>(&mut self, name: impl Into<String>, node: F) -> &mut Self
+    pub fn add_node_with_context<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+    ) -> &mut Self
     where
         F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<S, E>> + Send + 'static,

@@ -419,9 +419,7 @@ pub async fn replay_regression<S: GraphState>(
     execution_id: &str,
 ) -> Result<ReplayReport<S>, GraphError> {
     let scratch = crate::Store::memory();
-    source
-        .copy_to(&scratch, &[execution_id.to_owned()])
-        .await?;
+    source.copy_to(&scratch, &[execution_id.to_owned()]).await?;
     let first = scratch
         .history(execution_id, crate::HistoryQuery::default())
         .await?

@@ -234,7 +234,8 @@ impl<S: GraphState> CompiledGraph<S> {
         if branches {
             cursor.branch_from = Some(cp.id.clone());
         }
-        self.run_loop(cursor, &mut RunState::new(config, None)).await
+        self.run_loop(cursor, &mut RunState::new(config, None))
+            .await
     }
 
     /// Crash recovery: continues execution `execution_id` from its latest checkpoint
@@ -330,7 +331,8 @@ impl<S: GraphState> CompiledGraph<S> {
             .collect::<Result<Vec<_>, _>>()?;
         store.put_writes(&cp.id, writes).await?;
         let cursor = self.cursor_from(&cp)?;
-        self.run_loop(cursor, &mut RunState::new(config, None)).await
+        self.run_loop(cursor, &mut RunState::new(config, None))
+            .await
     }
 
     /// The interrupts waiting for an answer at execution `execution_id`'s latest checkpoint.
@@ -597,7 +599,8 @@ impl<S: GraphState> CompiledGraph<S> {
                 missing: std::sync::Mutex::new(Vec::new()),
             });
             let result = if cur.fan.is_some() {
-                self.run_fan_out(&node, step, &cur.state, &shared, run).await
+                self.run_fan_out(&node, step, &cur.state, &shared, run)
+                    .await
             } else {
                 self.run_single(&node, step, &cur.state, &shared, run).await
             };
@@ -659,9 +662,7 @@ impl<S: GraphState> CompiledGraph<S> {
                     Some((id, _, _)) => id.clone(),
                     None => return Err(GraphError::NoCheckpointer),
                 };
-                return run
-                    .interrupted(id, cur.state, next_names, Vec::new())
-                    .await;
+                return run.interrupted(id, cur.state, next_names, Vec::new()).await;
             }
         }
     }
@@ -707,7 +708,11 @@ impl<S: GraphState> CompiledGraph<S> {
         };
         let mut done: BTreeMap<String, S> = BTreeMap::new();
         let recorded: Vec<(String, Write)> = match shared.record.lock() {
-            Ok(r) => r.branches.iter().map(|(b, w)| (b.clone(), w.clone())).collect(),
+            Ok(r) => r
+                .branches
+                .iter()
+                .map(|(b, w)| (b.clone(), w.clone()))
+                .collect(),
             Err(_) => Vec::new(),
         };
         for (branch, w) in recorded {
