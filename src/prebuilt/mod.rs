@@ -10,9 +10,22 @@
 //!   per line), node `"execute"` carries out one step at a time (with node `"tools"` for the tool
 //!   calls of a step), and node `"answer"` asks the model for the final answer.
 //!
-//! With [`AgentConfig::checkpointer`], a checkpoint is saved after every node, so an agent that
-//! crashed can be continued with [`crate::graph::CompiledGraph::resume_latest`] without re-running
-//! the tools that already ran. [`ScriptedChatModel`] replays a fixed script (for tests and
+//! With [`AgentConfig::checkpointer`], a checkpoint is saved after every node, and every model
+//! call and every tool call is a journaled task ([`crate::graph::NodeContext::task`]): its result
+//! is written to the log as soon as it returns. An agent that crashed is continued with
+//! [`crate::graph::CompiledGraph::resume_latest`]; a node that runs again gets the recorded
+//! results of the calls it already made, so a crash in the middle of a step with three tool calls
+//! re-runs only the calls that had not returned (at most the one in flight). The tasks' keys are
+//! `"model"` for the model call of a node and `"tool:<call id>"` for a tool call.
+//!
+//! A tool's error is journaled like its success (as the text the tool returned, with a flag), not
+//! retried: the agent feeds it to the model as the tool's result, so the recorded conversation
+//! holds it, and a replay ([`crate::graph::ReplayMode::Recorded`]) shows the model the same
+//! error. A model's error is not journaled: the node fails, and the call is made again when the
+//! run is resumed.
+//!
+//! With [`AgentConfig::approve_tool_calls`], the `"tools"` node asks a person before each tool
+//! call (see [`Approval`]). [`ScriptedChatModel`] replays a fixed script (for tests and
 //! examples); no network model is included.
 //!
 //! ```
@@ -39,6 +52,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BoxError;
+use crate::graph::{GraphError, NodeContext};
 use crate::store::CheckpointStore;
 
 pub use planner::{create_planner_agent, PlannerState};
@@ -258,6 +272,9 @@ pub struct AgentConfig {
     pub checkpointer: Option<Arc<dyn CheckpointStore>>,
     /// Sent to the model as the first (system) message of every call; not stored in the state.
     pub system_prompt: Option<String>,
+    /// Asks a person before each tool call (off by default; needs a checkpointer). See
+    /// [`AgentConfig::approve_tool_calls`].
+    pub approve_tool_calls: bool,
 }
 
 impl Default for AgentConfig {
@@ -266,6 +283,7 @@ impl Default for AgentConfig {
             max_iterations: 10,
             checkpointer: None,
             system_prompt: None,
+            approve_tool_calls: false,
         }
     }
 }
@@ -276,6 +294,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("max_iterations", &self.max_iterations)
             .field("checkpointer", &self.checkpointer.is_some())
             .field("system_prompt", &self.system_prompt)
+            .field("approve_tool_calls", &self.approve_tool_calls)
             .finish()
     }
 }
@@ -299,13 +318,112 @@ impl AgentConfig {
         self
     }
 
-    pub(crate) fn compile_config(&self) -> crate::graph::CompileConfig {
-        let mut c = crate::graph::CompileConfig::default();
-        if let Some(store) = &self.checkpointer {
-            c = c.checkpointer(store.clone());
-        }
-        c
+    /// Before each tool call, the `"tools"` node (of both agents) pauses the run with
+    /// [`crate::graph::NodeContext::interrupt`], asking
+    /// `{"tool": name, "arguments": arguments, "call_id": id}`; the run ends as
+    /// [`crate::graph::Outcome::Interrupted`] listing that question. Answer with
+    /// [`crate::graph::CompiledGraph::resume_with_command`] and
+    /// [`crate::graph::Command::resume`] of an [`Approval`] (or plain `true` / `false`): the tool
+    /// runs only when approved; a refusal becomes the tool's result for the model. Several tool
+    /// calls in one step are asked one at a time, in order: each answer runs the node again
+    /// (the calls already approved and run are not run again), which asks the next question.
+    /// An unknown tool is not asked about (nothing would run).
+    ///
+    /// The agent's constructor fails with [`GraphError::NoCheckpointer`] when this is set
+    /// without [`AgentConfig::checkpointer`]: the questions and answers live in the log.
+    pub fn approve_tool_calls(mut self, on: bool) -> Self {
+        self.approve_tool_calls = on;
+        self
     }
+
+    pub(crate) fn compile_config(&self) -> Result<crate::graph::CompileConfig, GraphError> {
+        let mut c = crate::graph::CompileConfig::default();
+        match &self.checkpointer {
+            Some(store) => c = c.checkpointer(store.clone()),
+            None if self.approve_tool_calls => return Err(GraphError::NoCheckpointer),
+            None => {}
+        }
+        Ok(c)
+    }
+}
+
+/// A person's answer to the question [`AgentConfig::approve_tool_calls`] asks before a tool
+/// call. As JSON (what [`crate::graph::Command::resume`] carries), the answer may be:
+///
+/// - `true` (run the tool) or `false` (refuse it);
+/// - `{"approve": true}`, or `{"approve": false, "reason": "..."}` (what this type serializes
+///   to; the reason is optional and is passed on to the model);
+///
+/// anything else refuses the call (the tool does not run), with a reason that quotes the answer:
+/// an answer the agent cannot read is never taken for a yes. A refused call's result, as the
+/// model sees it, is `the user refused this tool call` followed by `: <reason>` when one is given.
+///
+/// ```
+/// use ckpt::prebuilt::Approval;
+/// use serde_json::json;
+///
+/// assert_eq!(serde_json::to_value(Approval::refuse("too expensive")).unwrap(),
+///            json!({"approve": false, "reason": "too expensive"}));
+/// assert!(Approval::from_answer(&json!(true)).approve);
+/// assert!(!Approval::from_answer(&json!("yes please")).approve);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Whether the tool may run.
+    pub approve: bool,
+    /// Why (told to the model on a refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Approval {
+    /// Lets the tool run.
+    pub fn approve() -> Self {
+        Approval {
+            approve: true,
+            reason: None,
+        }
+    }
+
+    /// Refuses the call, telling the model `reason`.
+    pub fn refuse(reason: impl Into<String>) -> Self {
+        Approval {
+            approve: false,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// Reads an answer as the type's documentation says (anything unreadable refuses).
+    pub fn from_answer(answer: &serde_json::Value) -> Self {
+        if let Some(approve) = answer.as_bool() {
+            return Approval {
+                approve,
+                reason: None,
+            };
+        }
+        match serde_json::from_value::<Approval>(answer.clone()) {
+            Ok(a) => a,
+            Err(_) => Approval::refuse(format!(
+                "the answer {answer} is not an approval (true, false, or {{\"approve\": bool, \"reason\": \"...\"}})"
+            )),
+        }
+    }
+
+    /// The tool message content a refusal becomes.
+    fn refusal_text(&self) -> String {
+        match self.reason.as_deref() {
+            Some(r) if !r.is_empty() => format!("the user refused this tool call: {r}"),
+            _ => "the user refused this tool call".to_owned(),
+        }
+    }
+}
+
+/// The task key of a node's model call.
+const MODEL_TASK: &str = "model";
+
+/// The task key of tool call `id`.
+fn tool_task(id: &str) -> String {
+    format!("tool:{id}")
 }
 
 /// What the agent nodes share: the model, the tools, the system prompt.
@@ -315,6 +433,7 @@ pub(crate) struct Toolbox {
     tools: Arc<Vec<Arc<dyn Tool>>>,
     specs: Arc<Vec<ToolSpec>>,
     system_prompt: Option<Arc<str>>,
+    approve: bool,
 }
 
 impl Toolbox {
@@ -335,48 +454,87 @@ impl Toolbox {
             tools: Arc::new(tools),
             specs: Arc::new(specs),
             system_prompt: config.system_prompt.as_deref().map(Arc::from),
+            approve: config.approve_tool_calls,
         }
     }
 
-    /// Asks the model (the system prompt first, if any), offering the tools if `with_tools`.
+    /// Asks the model (the system prompt first, if any), offering the tools if `with_tools`, as
+    /// the node's journaled task `"model"`: when the node runs again from the same checkpoint,
+    /// the recorded reply is returned and the model is not called.
     pub(crate) async fn ask(
         &self,
+        ctx: &NodeContext,
         messages: &[Message],
         with_tools: bool,
     ) -> Result<Message, BoxError> {
-        let specs: &[ToolSpec] = if with_tools { &self.specs } else { &[] };
-        let turn = match &self.system_prompt {
-            Some(p) => {
-                let mut all = Vec::with_capacity(messages.len() + 1);
-                all.push(Message::system(p.as_ref()));
-                all.extend_from_slice(messages);
-                self.model.complete(&all, specs).await?
-            }
-            None => self.model.complete(messages, specs).await?,
-        };
+        let model = self.model.clone();
+        let specs = with_tools.then(|| self.specs.clone());
+        let mut all = Vec::with_capacity(messages.len() + 1);
+        if let Some(p) = &self.system_prompt {
+            all.push(Message::system(p.as_ref()));
+        }
+        all.extend_from_slice(messages);
+        let turn: AssistantTurn = ctx
+            .task(MODEL_TASK, async move {
+                let specs: &[ToolSpec] = specs.as_deref().map_or(&[], Vec::as_slice);
+                model.complete(&all, specs).await
+            })
+            .await?;
         Ok(turn.into_message())
     }
 
     /// Runs every tool call of `calls`, in order, and returns one [`Role::Tool`] message per call.
-    /// An unknown tool or a failing tool becomes a message saying so.
-    pub(crate) async fn run_tools(&self, calls: &[ToolCall]) -> Vec<Message> {
+    /// Each call is the node's journaled task `"tool:<call id>"`; its result (success or error)
+    /// is recorded, so a node that runs again does not repeat it. An unknown tool or a failing
+    /// tool becomes a message saying so; with approval on, each call is first put to a person
+    /// ([`AgentConfig::approve_tool_calls`]), and the error of that pause (or of the log) is
+    /// returned.
+    pub(crate) async fn run_tools(
+        &self,
+        ctx: &NodeContext,
+        calls: &[ToolCall],
+    ) -> Result<Vec<Message>, BoxError> {
         let mut out = Vec::with_capacity(calls.len());
         for call in calls {
-            let content = match self.tools.iter().find(|t| t.name() == call.name) {
-                None => {
-                    let known: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+            let Some(tool) = self.tools.iter().find(|t| t.name() == call.name) else {
+                let known: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+                out.push(Message::tool(
+                    &call.id,
                     format!(
                         "error: unknown tool {:?}; the available tools are {known:?}",
                         call.name
-                    )
+                    ),
+                ));
+                continue;
+            };
+            if self.approve {
+                let answer: serde_json::Value = ctx.interrupt(&serde_json::json!({
+                    "tool": call.name,
+                    "arguments": call.arguments,
+                    "call_id": call.id,
+                }))?;
+                let approval = Approval::from_answer(&answer);
+                if !approval.approve {
+                    out.push(Message::tool(&call.id, approval.refusal_text()));
+                    continue;
                 }
-                Some(tool) => match tool.call(call.arguments.clone()).await {
-                    Ok(text) => text,
-                    Err(e) => format!("error: tool {:?} failed: {e}", call.name),
-                },
+            }
+            let (tool, arguments) = (tool.clone(), call.arguments.clone());
+            // The tool's error is a result too (the model is told), so it is journaled: the
+            // outer Result is the task's (never an error), the inner one the tool's.
+            let result: Result<String, String> = ctx
+                .task(&tool_task(&call.id), async move {
+                    Ok::<_, std::convert::Infallible>(
+                        tool.call(arguments).await.map_err(|e| e.to_string()),
+                    )
+                })
+                .await?;
+            let content = match result {
+                Ok(text) => text,
+                Err(e) => format!("error: tool {:?} failed: {e}", call.name),
             };
             out.push(Message::tool(&call.id, content));
         }
-        out
+        Ok(out)
     }
 }

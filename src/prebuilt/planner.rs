@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AgentConfig, ChatModel, Message, Role, Tool, Toolbox};
 use crate::error::BoxError;
-use crate::graph::{CompiledGraph, GraphError, StateGraph, END};
+use crate::graph::{CompiledGraph, GraphError, NodeContext, StateGraph, END};
 
 /// The state of a planner agent ([`create_planner_agent`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -82,6 +82,11 @@ fn parse_steps(plan: &str) -> Vec<String> {
 ///   [`AgentConfig::max_iterations`] model calls were made (then `error` is set).
 /// - `"answer"`: asks the model (without tools) for the final answer, stored in
 ///   [`PlannerState::answer`].
+///
+/// Every model call (task `"model"` of its node) and tool call (task `"tool:<call id>"` of node
+/// `"tools"`) is journaled (see [the module](super)); with [`AgentConfig::approve_tool_calls`],
+/// node `"tools"` asks before each tool call, as the ReAct agent's does. Fails with
+/// [`GraphError::NoCheckpointer`] when approval is asked for without a checkpointer.
 pub fn create_planner_agent(
     model: Arc<dyn ChatModel>,
     tools: Vec<Arc<dyn Tool>>,
@@ -92,14 +97,14 @@ pub fn create_planner_agent(
     let mut g = StateGraph::<PlannerState>::new();
 
     let tb = toolbox.clone();
-    g.add_node("plan", move |mut s: PlannerState| {
+    g.add_node_with_context("plan", move |mut s: PlannerState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
             s.messages.push(Message::user(format!(
                 "Make a plan to reach this goal, one step per line, nothing else:\n{}",
                 s.goal
             )));
-            let reply = tb.ask(&s.messages, false).await?;
+            let reply = tb.ask(&ctx, &s.messages, false).await?;
             s.steps = parse_steps(&reply.content);
             s.messages.push(reply);
             Ok::<_, BoxError>(s)
@@ -107,7 +112,7 @@ pub fn create_planner_agent(
     });
 
     let tb = toolbox.clone();
-    g.add_node("execute", move |mut s: PlannerState| {
+    g.add_node_with_context("execute", move |mut s: PlannerState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
             let Some(step) = s.current_step().map(str::to_owned) else {
@@ -121,7 +126,7 @@ pub fn create_planner_agent(
                     s.steps.len()
                 )));
             }
-            let reply = tb.ask(&s.messages, true).await?;
+            let reply = tb.ask(&ctx, &s.messages, true).await?;
             s.iterations += 1;
             if reply.tool_calls.is_empty() {
                 s.results.push(reply.content.clone());
@@ -135,7 +140,7 @@ pub fn create_planner_agent(
     });
 
     let tb = toolbox.clone();
-    g.add_node("tools", move |mut s: PlannerState| {
+    g.add_node_with_context("tools", move |mut s: PlannerState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
             let calls = s
@@ -144,21 +149,21 @@ pub fn create_planner_agent(
                 .filter(|m| m.role == Role::Assistant)
                 .map(|m| m.tool_calls.clone())
                 .unwrap_or_default();
-            let results = tb.run_tools(&calls).await;
+            let results = tb.run_tools(&ctx, &calls).await?;
             s.messages.extend(results);
             Ok::<_, BoxError>(s)
         }
     });
 
     let tb = toolbox;
-    g.add_node("answer", move |mut s: PlannerState| {
+    g.add_node_with_context("answer", move |mut s: PlannerState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
             s.messages.push(Message::user(format!(
                 "Using the results of the steps above, give the final answer to: {}",
                 s.goal
             )));
-            let reply = tb.ask(&s.messages, false).await?;
+            let reply = tb.ask(&ctx, &s.messages, false).await?;
             s.answer = Some(reply.content.clone());
             s.messages.push(reply);
             s.done = true;
@@ -185,7 +190,7 @@ pub fn create_planner_agent(
     g.add_edge("tools", "execute");
     g.add_edge("answer", END);
     g.set_entry_point("plan");
-    g.compile(config.compile_config())
+    g.compile(config.compile_config()?)
 }
 
 #[cfg(test)]

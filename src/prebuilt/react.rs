@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AgentConfig, ChatModel, Message, Role, Tool, Toolbox};
 use crate::error::BoxError;
-use crate::graph::{CompiledGraph, GraphError, StateGraph, END};
+use crate::graph::{CompiledGraph, GraphError, NodeContext, StateGraph, END};
 
 /// The state of a ReAct agent ([`create_react_agent`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -49,8 +49,13 @@ impl AgentState {
 /// [`AgentConfig::max_iterations`] model calls the agent stops with
 /// `error = "stopped after N iterations"`.
 ///
+/// The model call and each tool call are journaled tasks (see [the module](super)), and with
+/// [`AgentConfig::approve_tool_calls`] node `"tools"` asks before each tool call.
+///
 /// A run takes up to `2 * max_iterations` steps: raise
 /// [`crate::graph::RunConfig::recursion_limit`] (100 by default) for more than 50 iterations.
+///
+/// Fails with [`GraphError::NoCheckpointer`] when approval is asked for without a checkpointer.
 pub fn create_react_agent(
     model: Arc<dyn ChatModel>,
     tools: Vec<Arc<dyn Tool>>,
@@ -60,10 +65,10 @@ pub fn create_react_agent(
     let max = config.max_iterations;
     let mut g = StateGraph::<AgentState>::new();
     let tb = toolbox.clone();
-    g.add_node("agent", move |mut s: AgentState| {
+    g.add_node_with_context("agent", move |mut s: AgentState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
-            let reply = tb.ask(&s.messages, true).await?;
+            let reply = tb.ask(&ctx, &s.messages, true).await?;
             s.iterations += 1;
             let wants_tools = !reply.tool_calls.is_empty();
             s.messages.push(reply);
@@ -77,7 +82,7 @@ pub fn create_react_agent(
         }
     });
     let tb = toolbox;
-    g.add_node("tools", move |mut s: AgentState| {
+    g.add_node_with_context("tools", move |mut s: AgentState, ctx: NodeContext| {
         let tb = tb.clone();
         async move {
             let calls = s
@@ -86,7 +91,7 @@ pub fn create_react_agent(
                 .filter(|m| m.role == Role::Assistant)
                 .map(|m| m.tool_calls.clone())
                 .unwrap_or_default();
-            let results = tb.run_tools(&calls).await;
+            let results = tb.run_tools(&ctx, &calls).await?;
             s.messages.extend(results);
             Ok::<_, BoxError>(s)
         }
@@ -103,5 +108,5 @@ pub fn create_react_agent(
     );
     g.add_edge("tools", "agent");
     g.set_entry_point("agent");
-    g.compile(config.compile_config())
+    g.compile(config.compile_config()?)
 }
