@@ -29,6 +29,12 @@ for example in examples/*.rs; do
   cargo run --quiet --all-features --example "$name"
 done
 
+step "time-travel example kept on disk, its tree drawn by ckpt log --graph"
+tt_dir=$(mktemp -d)
+CKPT_EXAMPLE_DIR="$tt_dir/store" cargo run --quiet --all-features --example time_travel >/dev/null
+cargo run --quiet --all-features --bin ckpt -- --store "sled://$tt_dir/store" log time-travel --graph
+rm -rf "$tt_dir"
+
 step "cargo test --no-default-features (memory only builds and passes)"
 cargo test --no-default-features --lib
 
