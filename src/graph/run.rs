@@ -296,14 +296,16 @@ impl<S: GraphState> CompiledGraph<S> {
         let answers: Vec<(&Interrupt, serde_json::Value)> = match command {
             Command::Resume(answer) => match pending.as_slice() {
                 [one] => vec![(one, answer)],
-                many => return Err(invalid(format!(
+                many => {
+                    return Err(invalid(format!(
                     "{} interrupts are waiting ({}); answer them by id with Command::resume_by_id",
                     many.len(),
                     many.iter()
                         .map(|i| format!("{} from {:?}", i.id, i.node))
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))),
+                )))
+                }
             },
             Command::ResumeById(map) => {
                 let mut out = Vec::with_capacity(map.len());
