@@ -435,3 +435,175 @@ fn delete_and_clear_ask_on_a_terminal_and_obey_the_answer() {
     assert!(!no.status.success(), "an empty answer must not clear");
     assert_eq!(live(&path, "a"), [1, 3, 4]);
 }
+
+/// Every key of `ckpt bench --json`, for every workload.
+const BENCH_KEYS: [&str; 23] = [
+    "workload",
+    "store",
+    "encrypted",
+    "threads",
+    "steps",
+    "executions",
+    "saves",
+    "seconds",
+    "saves_per_s",
+    "load_latest_ms",
+    "load_latest_cold_ms",
+    "load_random_ms",
+    "list_ms",
+    "history_ms",
+    "bytes_logical",
+    "bytes_written",
+    "bytes_stored",
+    "reopen_ms",
+    "reopen_latest_ms",
+    "reopen_history_ms",
+    "reopen_at_version_ms",
+    "list_executions_ms",
+    "reopen_list_executions_ms",
+];
+
+#[test]
+fn bench_shapes_run_at_a_tiny_size_on_sled_and_leave_what_they_report() {
+    // (workload, executions, steps, threads, state bytes per save: at least, at most)
+    let tool_bytes = 1_000u64;
+    for (workload, execs, steps, threads, per_save) in [
+        ("long", 3u64, 20u64, 1u64, 120.0..170.0),
+        ("many", 10, 5, 4, 1_000.0..1_150.0),
+        // A save of step n holds n tool outputs and a 2,000-letter scratchpad.
+        (
+            "tools",
+            2,
+            4,
+            4,
+            2_000.0 + 2.5 * 1_000.0..2_100.0 + 2.5 * 1_050.0,
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(workload);
+        let out = ckpt(
+            &path,
+            &[
+                "bench",
+                "--workload",
+                workload,
+                "--executions",
+                &execs.to_string(),
+                "--steps",
+                &steps.to_string(),
+                "--tool-bytes",
+                &tool_bytes.to_string(),
+                "--json",
+            ],
+        );
+        let r = json_of(&out);
+        let obj = r.as_object().expect("an object");
+        for key in BENCH_KEYS {
+            assert!(obj.contains_key(key), "{workload}: no {key} in {r}");
+        }
+        assert_eq!(obj.len(), BENCH_KEYS.len(), "{workload}: {r}");
+        assert_eq!(r["workload"], workload);
+        assert_eq!(r["executions"], execs, "{r}");
+        assert_eq!(r["steps"], steps, "{r}");
+        assert_eq!(r["threads"], threads, "{workload}'s default writers: {r}");
+        assert_eq!(r["saves"], execs * steps, "{r}");
+        let num = |k: &str| {
+            r[k].as_f64()
+                .unwrap_or_else(|| panic!("{workload}: {k} is not a number in {r}"))
+        };
+        for k in [
+            "seconds",
+            "saves_per_s",
+            "load_latest_ms",
+            "load_latest_cold_ms",
+            "reopen_ms",
+            "reopen_latest_ms",
+            "reopen_history_ms",
+            "reopen_at_version_ms",
+            "list_executions_ms",
+            "reopen_list_executions_ms",
+        ] {
+            assert!(num(k) >= 0.0, "{workload}: {k} in {r}");
+        }
+        // Open + a read takes at least as long as the read alone, in the same samples.
+        assert!(num("reopen_latest_ms") >= num("load_latest_cold_ms"), "{r}");
+        for k in ["load_random_ms", "list_ms", "history_ms"] {
+            assert!(r[k].is_null(), "{workload}: {k} is conversation's: {r}");
+        }
+        let per = num("bytes_logical") / num("saves");
+        assert!(
+            per_save.contains(&per),
+            "{workload}: {per} bytes a save: {r}"
+        );
+        assert!(
+            num("bytes_written") > 0.0 && num("bytes_stored") > 0.0,
+            "{r}"
+        );
+
+        // The store holds what the bench says it saved.
+        let listed = with_store(&path, |store| async move {
+            store.executions().await.expect("executions")
+        });
+        assert_eq!(listed.len() as u64, execs, "{workload}: {listed:?}");
+        for summary in &listed {
+            assert!(
+                summary
+                    .execution_id
+                    .starts_with(&format!("bench-{workload}-")),
+                "{summary:?}"
+            );
+            assert_eq!(summary.checkpoints as u64, steps, "{summary:?}");
+            assert_eq!(summary.latest_version, steps, "{summary:?}");
+        }
+    }
+}
+
+#[test]
+fn bench_conversation_reports_null_for_the_shapes_figures_and_refuses_executions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store");
+    let r = json_of(&ckpt(
+        &path,
+        &["bench", "--threads", "2", "--steps", "3", "--json"],
+    ));
+    assert_eq!(r["workload"], "conversation");
+    assert_eq!(r["executions"], 2, "{r}");
+    assert_eq!(r["saves"], 6, "{r}");
+    for k in BENCH_KEYS {
+        assert!(r.get(k).is_some(), "no {k} in {r}");
+    }
+    for k in [
+        "load_random_ms",
+        "list_ms",
+        "history_ms",
+        "load_latest_cold_ms",
+    ] {
+        assert!(r[k].as_f64().is_some(), "{k} in {r}");
+    }
+    for k in ["reopen_ms", "reopen_latest_ms", "list_executions_ms"] {
+        assert!(r[k].is_null(), "{k} in {r}");
+    }
+    let err = fails(&ckpt(
+        &path,
+        &["bench", "--executions", "3", "--steps", "2", "--json"],
+    ));
+    assert!(
+        err.contains("--executions") && err.contains("--threads"),
+        "{err}"
+    );
+
+    let help = ok(&common::cli::command()
+        .args(["bench", "--help"])
+        .output()
+        .expect("the ckpt binary runs"));
+    for word in [
+        "long",
+        "many",
+        "tools",
+        "--executions",
+        "--tool-bytes",
+        "20000 for long",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}

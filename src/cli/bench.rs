@@ -7,6 +7,8 @@
 //! node `chat` with metadata `{source: "loop", step: n}`. Then it times reads: the latest
 //! checkpoint of each execution, a list of one execution, 50 random old versions, and 20 histories
 //! of 20 headers; flushes, closes the store, and measures what it occupies.
+//!
+//! The `long`, `many` and `tools` workloads (issue 15's shapes) are in [`shapes`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,21 +22,33 @@ use ckpt::{Checkpoint, HistoryQuery, Store};
 use super::fmt;
 use super::{say, unix_millis, CliResult, Context, Failure, Global};
 
+mod shapes;
+
 /// Options of `ckpt bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The workload to run
     #[arg(long, value_enum, default_value_t = Workload::Conversation)]
     pub workload: Workload,
-    /// Executions saving concurrently (one async task each)
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub threads: u32,
-    /// Saves per execution, one after the other
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub steps: u32,
-    /// Length in bytes of each new message (random ASCII letters)
+    /// Writers saving concurrently (async tasks). conversation: one execution each; long, many,
+    /// tools: they share the executions, each taking the next one not yet started [default: 4;
+    /// 1 for long]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
+    /// Saves per execution, one after the other [default: 200 for conversation, 20000 for long,
+    /// 5 for many, 150 for tools]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub steps: Option<u32>,
+    /// Executions of the long, many and tools workloads (conversation runs one per writer)
+    /// [default: 1 for long, 2000 for many, 4 for tools]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub executions: Option<u32>,
+    /// Length in bytes of each new message (random ASCII letters) of the conversation workload
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
     pub message_bytes: u32,
+    /// Length in bytes of each tool output of the tools workload (random ASCII letters)
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub tool_bytes: u32,
     /// Seed of the pseudo-random generator (xorshift) for message text and the versions read
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -51,12 +65,24 @@ pub struct BenchArgs {
 pub enum Workload {
     /// Chat-like executions: every save adds one message to a growing list of messages
     Conversation,
+    /// One long execution (20,000 saves) of a small state (~140 bytes): save rate, stored size,
+    /// and a reopened store's first latest, history of 20 and old version
+    Long,
+    /// Many short executions (2,000 x 5 saves) of ~1 KB states, 4 writers: save rate, stored
+    /// size, listing every execution warm and after a reopen
+    Many,
+    /// An agent's tool loop (4 x 150 saves): each save adds a ~20 KB tool output to a list and
+    /// replaces a ~2 KB scratchpad; latest warm and after a reopen
+    Tools,
 }
 
 impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Conversation => "conversation",
+            Workload::Long => "long",
+            Workload::Many => "many",
+            Workload::Tools => "tools",
         }
     }
 }
@@ -67,7 +93,8 @@ const RANDOM_LOADS: usize = 50;
 const HISTORY_RUNS: usize = 20;
 const HISTORY_LIMIT: usize = 20;
 
-/// What `--json` prints.
+/// What `--json` prints: every workload prints every key, `null` where it does not measure it.
+/// All times are medians in milliseconds.
 #[derive(Debug, Serialize)]
 struct Report {
     workload: &'static str,
@@ -75,17 +102,32 @@ struct Report {
     encrypted: bool,
     threads: u32,
     steps: u32,
+    executions: u32,
     saves: u64,
     seconds: f64,
     saves_per_s: f64,
+    /// Latest of an execution in the store that saved it.
     load_latest_ms: f64,
-    load_latest_cold_ms: f64,
-    load_random_ms: f64,
-    list_ms: f64,
-    history_ms: f64,
+    /// Latest of an execution in a store that has cached nothing (the open not included).
+    load_latest_cold_ms: Option<f64>,
+    load_random_ms: Option<f64>,
+    list_ms: Option<f64>,
+    history_ms: Option<f64>,
     bytes_logical: u64,
     bytes_written: u64,
     bytes_stored: Option<u64>,
+    /// Opening the store again (after the first handle is closed).
+    reopen_ms: Option<f64>,
+    /// Open + the first `latest` of an execution.
+    reopen_latest_ms: Option<f64>,
+    /// Open + the first `history` of 20 headers of an execution.
+    reopen_history_ms: Option<f64>,
+    /// Open + the first `at_version` of a random version.
+    reopen_at_version_ms: Option<f64>,
+    /// `executions()` (every execution with its summary) in the store that saved them.
+    list_executions_ms: Option<f64>,
+    /// Open + the first `executions()`.
+    reopen_list_executions_ms: Option<f64>,
     /// Redis URLs only: how much the server's `used_memory` grew over the saves (bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_used_memory_delta: Option<i64>,
@@ -100,6 +142,18 @@ struct Conversation<'a> {
 
 /// Runs `ckpt bench`.
 pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
+    if args.workload != Workload::Conversation {
+        return shapes::run(args, global).await;
+    }
+    if args.executions.is_some() {
+        return Err(Failure::new(
+            "--executions applies to the long, many and tools workloads; conversation runs one \
+             execution per writer (--threads)",
+        )
+        .into());
+    }
+    let threads = args.threads.unwrap_or(4);
+    let steps = args.steps.unwrap_or(200);
     // Without a store, a fresh sled database in a scratch directory removed afterwards.
     let scratch;
     let url = match &global.store {
@@ -116,7 +170,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     }
     let store = builder.open().await?;
     let stamp = unix_millis();
-    let executions: Vec<String> = (1..=args.threads)
+    let executions: Vec<String> = (1..=threads)
         .map(|n| format!("bench-{n}-{stamp}"))
         .collect();
     for exec in &executions {
@@ -136,13 +190,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     let mut tasks = Vec::with_capacity(executions.len());
     for (n, exec) in executions.iter().enumerate() {
         let rng = XorShift::new(args.seed.wrapping_add(n as u64));
-        let task = conversation(
-            store.clone(),
-            exec.clone(),
-            args.steps,
-            args.message_bytes,
-            rng,
-        );
+        let task = conversation(store.clone(), exec.clone(), steps, args.message_bytes, rng);
         tasks.push(tokio::spawn(task));
     }
     let mut bytes_logical = 0;
@@ -150,7 +198,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         bytes_logical += task.await.context("a benchmark task failed")??;
     }
     let elapsed = started.elapsed();
-    let saves = u64::from(args.threads) * u64::from(args.steps);
+    let saves = u64::from(threads) * u64::from(steps);
     let memory_after = store.server_memory().await?;
 
     // Reads.
@@ -161,10 +209,10 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         let cp = store.latest(exec).await?;
         latest.push(t.elapsed());
         let version = cp.map_or(0, |c| c.version);
-        if version != u64::from(args.steps) {
+        if version != u64::from(steps) {
             return Err(Failure::new(format!(
                 "execution {exec}: latest version is {version} after {} saves",
-                args.steps
+                steps
             ))
             .into());
         }
@@ -183,12 +231,12 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     let t = Instant::now();
     let listed = store.list(&executions[0]).await?;
     let list = t.elapsed();
-    if listed.len() != args.steps as usize {
+    if listed.len() != steps as usize {
         return Err(Failure::new(format!(
             "execution {}: listed {} checkpoints after {} saves",
             executions[0],
             listed.len(),
-            args.steps
+            steps
         ))
         .into());
     }
@@ -196,7 +244,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     let mut random = Vec::with_capacity(RANDOM_LOADS);
     for _ in 0..RANDOM_LOADS {
         let exec = &executions[(rng.next() % executions.len() as u64) as usize];
-        let version = 1 + rng.next() % u64::from(args.steps);
+        let version = 1 + rng.next() % u64::from(steps);
         let t = Instant::now();
         store.at_version(exec, version).await?;
         random.push(t.elapsed());
@@ -238,19 +286,26 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         workload: args.workload.name(),
         store: redact(&url),
         encrypted: args.encrypt,
-        threads: args.threads,
-        steps: args.steps,
+        threads,
+        steps,
+        executions: threads,
         saves,
         seconds: round3(seconds),
         saves_per_s: round3(saves as f64 / seconds.max(1e-9)),
         load_latest_ms: median_ms(latest),
-        load_latest_cold_ms: median_ms(latest_cold),
-        load_random_ms: median_ms(random),
-        list_ms: round3(list.as_secs_f64() * 1e3),
-        history_ms: median_ms(history),
+        load_latest_cold_ms: Some(median_ms(latest_cold)),
+        load_random_ms: Some(median_ms(random)),
+        list_ms: Some(round3(list.as_secs_f64() * 1e3)),
+        history_ms: Some(median_ms(history)),
         bytes_logical,
         bytes_written,
         bytes_stored,
+        reopen_ms: None,
+        reopen_latest_ms: None,
+        reopen_history_ms: None,
+        reopen_at_version_ms: None,
+        list_executions_ms: None,
+        reopen_list_executions_ms: None,
         redis_used_memory_delta: memory_before
             .zip(memory_after)
             .map(|(before, after)| after as i64 - before as i64),
@@ -290,25 +345,46 @@ async fn conversation(
 
 fn print_summary(r: &Report) -> CliResult {
     say!(
-        "{} workload on {}: {} executions x {} steps = {} saves in {:.2} s ({:.1} saves/s)",
+        "{} workload on {}: {} executions x {} steps = {} saves by {} writers in {:.2} s ({:.1} \
+         saves/s)",
         r.workload,
         r.store,
-        r.threads,
+        r.executions,
         r.steps,
         r.saves,
+        r.threads,
         r.seconds,
         r.saves_per_s
     )?;
-    say!(
-        "reads (median): latest {:.3} ms ({:.3} ms from a cold store), random old version {:.3} ms, \
-         list of {} {:.3} ms, history of {HISTORY_LIMIT} {:.3} ms",
-        r.load_latest_ms,
-        r.load_latest_cold_ms,
-        r.load_random_ms,
-        r.steps,
-        r.list_ms,
-        r.history_ms
-    )?;
+    let ms = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.3} ms"));
+    if r.workload == Workload::Conversation.name() {
+        say!(
+            "reads (median): latest {:.3} ms ({} from a cold store), random old version {}, \
+             list of {} {}, history of {HISTORY_LIMIT} {}",
+            r.load_latest_ms,
+            ms(r.load_latest_cold_ms),
+            ms(r.load_random_ms),
+            r.steps,
+            ms(r.list_ms),
+            ms(r.history_ms)
+        )?;
+    } else {
+        say!(
+            "reads (median): latest {:.3} ms ({} from a cold store), every execution listed {}",
+            r.load_latest_ms,
+            ms(r.load_latest_cold_ms),
+            ms(r.list_executions_ms),
+        )?;
+        say!(
+            "after a reopen (open {}), open + the first: latest {}, history of {HISTORY_LIMIT} \
+             {}, random old version {}, list of every execution {}",
+            ms(r.reopen_ms),
+            ms(r.reopen_latest_ms),
+            ms(r.reopen_history_ms),
+            ms(r.reopen_at_version_ms),
+            ms(r.reopen_list_executions_ms),
+        )?;
+    }
     let stored = r
         .bytes_stored
         .map_or_else(|| "unknown".to_owned(), fmt::bytes);
