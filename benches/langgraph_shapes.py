@@ -34,8 +34,9 @@ LangGraph graph with a TypedDict state has):
 
 A save is what a graph's loop does after a step: `aput(config, checkpoint, metadata,
 new_versions)` with the full channel_values, channel_versions bumped with the saver's
-`get_next_version` for the channels that changed (and only those in new_versions),
-versions_seen for the node, metadata {source: "loop", step: n, parents: {}}, and the config
+`get_next_version` for the channels that changed and the node's trigger channel
+`branch:to:NODE` (only those in new_versions), versions_seen as a graph records it (`__input__`,
+`__start__`, and each node's trigger version), metadata {source: "loop", step: n, parents: {}}, and the config
 returned by the previous `aput` as the parent. A real graph also calls `aput_writes` for each
 task's writes before the checkpoint; this does not (so it flatters the saver a little).
 
@@ -101,7 +102,11 @@ class Thread:
         self.rng = random.Random(seed + n)
         self.thread_id = f"bench-{workload}-{n + 1}"
         self.config = {"configurable": {"thread_id": self.thread_id, "checkpoint_ns": ""}}
+        # As after a graph's input step: `__start__` written and seen.
         self.checkpoint = empty_checkpoint()
+        start = saver.get_next_version(None, None)
+        self.checkpoint["channel_versions"] = {"__start__": start}
+        self.checkpoint["versions_seen"] = {"__input__": {}, "__start__": {"__start__": start}}
         self.values = {}
 
     def step_values(self, step):
@@ -148,12 +153,15 @@ class Thread:
         prev = self.checkpoint
         versions = dict(prev["channel_versions"])
         new_versions = {}
-        for channel in changed:
+        # The node ran because the previous step wrote its trigger channel; it has seen that
+        # version (what a graph's loop records in versions_seen), and wrote the state's channels.
+        trigger = f"branch:to:{node}"
+        for channel in [trigger, *changed]:
             v = self.saver.get_next_version(versions.get(channel), None)
             versions[channel] = v
             new_versions[channel] = v
         seen = {k: dict(v) for k, v in prev["versions_seen"].items()}
-        seen[node] = dict(versions)
+        seen[node] = {trigger: versions[trigger]}
         checkpoint = {
             "v": prev["v"],
             "id": str(uuid6(clock_seq=step)),
