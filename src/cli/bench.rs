@@ -94,7 +94,7 @@ const HISTORY_RUNS: usize = 20;
 const HISTORY_LIMIT: usize = 20;
 
 /// What `--json` prints: every workload prints every key, `null` where it does not measure it.
-/// All times are medians in milliseconds.
+/// Times are in milliseconds: medians where several were taken, else the one sample.
 #[derive(Debug, Serialize)]
 struct Report {
     workload: &'static str,

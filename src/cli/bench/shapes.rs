@@ -60,6 +60,7 @@ impl Sizes {
         let (executions, threads, steps) = match args.workload {
             Workload::Long => (1, 1, 20_000),
             Workload::Many => (2_000, 4, 5),
+            // (Conversation never comes here: `bench::run` runs it.)
             Workload::Tools | Workload::Conversation => (4, 4, 150),
         };
         Sizes {
