@@ -243,6 +243,10 @@ macro_rules! conformance_tests {
     };
 }
 
+/// How long one conformance scenario may run before it counts as hung (the slowest take a few
+/// seconds; a shared CI machine is slower).
+pub const SCENARIO_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Implementation detail of [`conformance_tests!`](crate::conformance_tests): one test per
 /// scenario, from the list (`@list ($harness) layout; kind name, ...`, filtered by the layout) or
 /// from names given (`$harness; name, ...`).
@@ -266,7 +270,18 @@ macro_rules! __conformance_scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() {
                 let harness = $harness;
-                $crate::testing::$scenario(&harness).await;
+                // A scenario that hangs fails, naming itself, instead of stalling the suite.
+                let limit = $crate::testing::SCENARIO_LIMIT;
+                if tokio::time::timeout(limit, $crate::testing::$scenario(&harness))
+                    .await
+                    .is_err()
+                {
+                    panic!(
+                        "scenario {} did not finish within {} s: it hangs",
+                        stringify!($scenario),
+                        limit.as_secs()
+                    );
+                }
             }
         )*
     };
