@@ -89,7 +89,7 @@ impl State {
                     c
                 }
             };
-            let (found, next) = self.store.saved_since(&self.execution, cursor).await?;
+            let (found, next) = self.saved_since(cursor).await?;
             self.cursor = Some(next);
             if !found.is_empty() {
                 self.pending.extend(found);
@@ -107,9 +107,12 @@ impl State {
         let mut cursor = match self.known_tail {
             Some(tail) => tail,
             None => {
-                self.store
-                    .first_save_since(&self.execution, self.called_us)
-                    .await?
+                let (store, exec, since) =
+                    (self.store.clone(), self.execution.clone(), self.called_us);
+                detached(&self.store, async move {
+                    store.first_save_since(&exec, since).await
+                })
+                .await?
             }
         };
         while let Ok((exec, version)) = self.rx.try_recv() {
@@ -118,6 +121,15 @@ impl State {
             }
         }
         Ok(cursor)
+    }
+
+    /// The live checkpoints saved at or after `cursor`, and the log's next sequence number.
+    async fn saved_since(&self, cursor: u64) -> Result<(Vec<Checkpoint>, u64)> {
+        let (store, exec) = (self.store.clone(), self.execution.clone());
+        detached(&self.store, async move {
+            store.saved_since(&exec, cursor).await
+        })
+        .await
     }
 
     /// Waits for a save to the execution at or after `next`: one made through this process's
@@ -155,6 +167,24 @@ impl State {
             }
         }
     }
+}
+
+/// Runs a read of the store in its own task. A watch's pending read lives inside the stream, so
+/// it only advances while the stream is polled; a read that holds the execution's lock (as every
+/// read of the projection does) must not be parked there while the consumer does something else
+/// (or saves to the same execution: that would wait for the lock forever). In its own task the
+/// read runs to its end and lets go of the lock whether or not the stream is polled.
+async fn detached<T: Send + 'static>(
+    store: &Store,
+    read: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(read)
+        .await
+        .map_err(|e| crate::Error::Backend {
+            backend: store.backend().name(),
+            context: "a watch's read of the store".into(),
+            source: Box::new(e),
+        })?
 }
 
 impl Stream for Watch {

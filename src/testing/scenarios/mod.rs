@@ -104,6 +104,7 @@ macro_rules! __conformance_scenario_list {
             // watch.rs
             any watch_yields_new_saves_in_order,
             any watch_starts_at_the_call,
+            any an_unpolled_watch_does_not_stall_writers,
             // gc.rs
             any gc_reclaims_cleared_and_deleted,
             any gc_keeps_blobs_shared_with_live_checkpoints,

@@ -115,3 +115,28 @@ pub async fn watch_starts_at_the_call(h: &dyn Harness) {
     );
     assert_quiet(&mut w, &format!("[{name}] nothing more")).await;
 }
+
+/// A watch whose consumer stopped polling it half way through a read (a timeout around
+/// `next()`, a `select!` that took another branch) does not hold anything a writer needs: a save
+/// to the watched execution still lands, and the watch then yields it.
+pub async fn an_unpolled_watch_does_not_stall_writers(h: &dyn Harness) {
+    let name = h.name();
+    let store = h.open().await;
+    save_n(&store, "unpolled", 2).await;
+    let mut w = store.watch("unpolled");
+    // One poll: the watch starts reading the execution, and (on a backend that answers over
+    // the network) is left waiting for the answer, inside the stream.
+    let first = futures_util::FutureExt::now_or_never(w.next());
+    assert!(
+        first.is_none(),
+        "[{name}] the watch yielded {first:?} before anything was saved"
+    );
+    let saved = match tokio::time::timeout(Duration::from_secs(10), save_one(&store, "unpolled", 3))
+        .await
+    {
+        Ok(cp) => cp,
+        Err(_) => panic!("[{name}] a save waited 10 s behind an unpolled watch"),
+    };
+    let got = next_within(&mut w, &format!("[{name}] the save made while unpolled")).await;
+    assert_cp_eq(&got, &saved, format!("[{name}] the watch after a pause"));
+}
