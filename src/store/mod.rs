@@ -280,6 +280,11 @@ impl Store {
     /// 50 ms). "Now" is the log tail as this store last saw it, or as the backend reports it at
     /// this call; a backend that cannot answer without waiting (a network server) is asked at the
     /// stream's first poll instead. Ends only when dropped.
+    ///
+    /// A checkpoint deleted before the watch read it is not yielded (nor one this store deleted
+    /// after the read, before it was yielded); one another process deleted in that window may
+    /// still be. A watch the consumer stops polling holds nothing writers need: its reads run
+    /// in their own task.
     pub fn watch(&self, execution_id: &str) -> Watch {
         Watch::new(self.clone(), execution_id, Duration::from_millis(50))
     }

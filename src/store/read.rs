@@ -182,6 +182,24 @@ impl Store {
             .clone()
     }
 
+    /// Whether this store already knows `version` of `exec` to be gone (deleted or cleared),
+    /// from its projection in memory, without reading anything: `false` when it does not know
+    /// (the projection is busy, or was never built). A watch asks before it yields a checkpoint
+    /// it read earlier.
+    pub(crate) fn known_gone(&self, exec: &str, version: u64) -> bool {
+        let handle = match self.inner.executions.lock() {
+            Ok(m) => m.get(exec).cloned(),
+            Err(p) => p.into_inner().get(exec).cloned(),
+        };
+        let Some(handle) = handle else {
+            return false;
+        };
+        let Ok(idx) = handle.try_lock() else {
+            return false;
+        };
+        idx.cleared_at > version || idx.saves.get(&version).is_some_and(|e| e.deleted)
+    }
+
     /// The execution's projection, brought up to the log's tail.
     pub(super) async fn index(&self, exec: &str) -> Result<OwnedMutexGuard<ExecIndex>> {
         let mut idx = self.handle(exec).lock_owned().await;

@@ -79,6 +79,11 @@ impl State {
     async fn next_item(&mut self) -> Result<Checkpoint> {
         loop {
             if let Some(cp) = self.pending.pop_front() {
+                // Read earlier (its read runs in its own task, maybe while the consumer was
+                // away): one deleted since, by this store, is skipped.
+                if self.store.known_gone(&self.execution, cp.version) {
+                    continue;
+                }
                 return Ok(cp);
             }
             let cursor = match self.cursor {
