@@ -15,6 +15,11 @@
 //!   version (a snapshot plus a chain of deltas); `history_20` reads the 20 newest headers;
 //!   `load_latest/cold_of_10k` loads its latest checkpoint from a new `Store` each time.
 //!
+//! - `reopen_20k`: issue 15's long shape: one execution of 20,000 checkpoints of a small state
+//!   (~140 bytes: a step, a status, a few fields that change each step), built once in setup;
+//!   each iteration opens the store from its URL (sled directory, SQLite file), reads the latest
+//!   checkpoint and closes the store: what a process start pays before its first answer.
+//!
 //! Sample sizes are small (20 samples, 3 s) so that `cargo bench` finishes in a few minutes.
 
 use std::cell::RefCell;
@@ -293,8 +298,74 @@ fn bench_long_execution(c: &mut Criterion, rt: &Runtime, fixtures: &[Fixture]) {
     group.finish();
 }
 
+const REOPEN_STEPS: u64 = 20_000;
+const REOPEN_EXEC: &str = "long";
+
+/// A small state of the long shape at `step` (~140 bytes of MessagePack).
+fn small_state(step: u64) -> serde_json::Value {
+    serde_json::json!({
+        "step": step,
+        "status": if step % 3 == 0 { "waiting" } else { "running" },
+        "attempt": step % 7,
+        "last_tool": format!("tool-{}", step % 11),
+        "score": (step % 100) as f64 / 100.0,
+        "note": format!("step {step} of a long run"),
+    })
+}
+
+/// Stores (their URLs, and the directory holding them) with one execution of
+/// [`REOPEN_STEPS`] small checkpoints.
+fn reopen_fixtures(rt: &Runtime) -> (Vec<(&'static str, String)>, TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let urls = vec![
+        (
+            "sled",
+            format!("sled://{}", dir.path().join("sled").display()),
+        ),
+        (
+            "sqlite",
+            format!("sqlite://{}", dir.path().join("long.db").display()),
+        ),
+    ];
+    for (_, url) in &urls {
+        rt.block_on(async {
+            let store = Store::open(url).await.expect("open");
+            for first in (1..=REOPEN_STEPS).step_by(500) {
+                let batch = (first..first + 500)
+                    .map(|step| {
+                        Checkpoint::new(REOPEN_EXEC, "step", &small_state(step))
+                            .expect("checkpoint")
+                            .with_metadata("step", step)
+                    })
+                    .collect();
+                store.save_batch(batch).await.expect("save batch");
+            }
+            store.flush().await.expect("flush");
+        });
+    }
+    (urls, dir)
+}
+
+fn bench_reopen(c: &mut Criterion, rt: &Runtime) {
+    let (urls, _dir) = reopen_fixtures(rt);
+    let mut group = c.benchmark_group("reopen_20k");
+    group.sample_size(10);
+    for (name, url) in &urls {
+        group.bench_function(format!("open_and_latest/{name}"), |b| {
+            b.to_async(rt).iter(|| async move {
+                let store = Store::open(url).await.expect("open");
+                let latest = store.latest(REOPEN_EXEC).await.expect("latest");
+                assert_eq!(latest.map(|c| c.version), Some(REOPEN_STEPS));
+                drop(store);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let rt = runtime();
+    bench_reopen(c, &rt);
     let fixtures = fixtures(&rt);
     bench_save(c, &rt, &fixtures);
     bench_load_latest(c, &rt, &fixtures);
