@@ -305,7 +305,7 @@ const REOPEN_EXEC: &str = "long";
 fn small_state(step: u64) -> serde_json::Value {
     serde_json::json!({
         "step": step,
-        "status": if step % 3 == 0 { "waiting" } else { "running" },
+        "status": if step.is_multiple_of(3) { "waiting" } else { "running" },
         "attempt": step % 7,
         "last_tool": format!("tool-{}", step % 11),
         "score": (step % 100) as f64 / 100.0,
