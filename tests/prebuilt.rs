@@ -74,6 +74,17 @@ fn finished<S: std::fmt::Debug>(out: Outcome<S>) -> S {
     }
 }
 
+/// The node names of an execution's checkpoints, oldest first.
+async fn node_names(store: &Store, exec: &str) -> Vec<String> {
+    store
+        .list(exec)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.node_name)
+        .collect()
+}
+
 #[tokio::test]
 async fn react_agent_calls_a_tool_then_answers() {
     let model = Arc::new(ScriptedChatModel::new(vec![
@@ -286,13 +297,7 @@ async fn react_agent_crash_then_resume_latest_runs_tools_once() {
             Some(&Message::tool("c1", "42")),
             "{kind}"
         );
-        let nodes: Vec<String> = store
-            .list("crash")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.node_name)
-            .collect();
+        let nodes = node_names(&store, "crash").await;
         assert_eq!(nodes, ["__input__", "agent", "tools", "agent"], "{kind}");
     }
 }
@@ -339,13 +344,7 @@ async fn planner_agent_runs_a_two_step_plan() {
             .unwrap()
             .content
             .contains("step 2 of 2: double it"));
-        let nodes: Vec<String> = store
-            .list("plan")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.node_name)
-            .collect();
+        let nodes = node_names(&store, "plan").await;
         assert_eq!(
             nodes,
             [
@@ -665,13 +664,7 @@ async fn react_agent_model_reply_is_not_asked_again_after_a_crash_before_its_che
         assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 1), "{kind}");
         assert_eq!(s.messages[1].content, "three tools", "{kind}");
         assert_eq!(s.final_answer(), Some("done"), "{kind}");
-        let nodes: Vec<String> = store
-            .list("lost")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.node_name)
-            .collect();
+        let nodes = node_names(&store, "lost").await;
         assert_eq!(nodes, ["__input__", "agent", "tools", "agent"], "{kind}");
     }
 }
