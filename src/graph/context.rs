@@ -208,7 +208,8 @@ pub(crate) struct StepShared {
 }
 
 impl StepShared {
-    fn record(&self) -> std::sync::MutexGuard<'_, StepRecord> {
+    /// The step's record (recovered from a panic elsewhere: it holds plain maps).
+    pub(crate) fn record(&self) -> std::sync::MutexGuard<'_, StepRecord> {
         match self.record.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -437,18 +438,7 @@ impl NodeContext {
     /// deduplicates on it sees a task re-run after a crash as the same request.
     pub fn task_key(&self, key: &str) -> String {
         let n = self.calls().tasks.get(key).copied().unwrap_or(0);
-        let mut h = blake3::Hasher::new();
-        for part in [
-            self.shared.execution_id.as_bytes(),
-            &self.base_version().to_le_bytes(),
-            self.node.as_bytes(),
-            key.as_bytes(),
-            &n.to_le_bytes(),
-        ] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        crate::hash::hex(&h.finalize().as_bytes()[..16])
+        self.place_hash(&[key.as_bytes(), &n.to_le_bytes()], 16)
     }
 
     fn base_version(&self) -> u64 {
@@ -457,17 +447,24 @@ impl NodeContext {
 
     /// The id of this node's interrupt `index` in this step: stable across runs of the step.
     fn interrupt_id(&self, index: u64) -> String {
-        let mut h = blake3::Hasher::new();
-        for part in [
+        self.place_hash(&[&index.to_le_bytes()], 8)
+    }
+
+    /// Hex of the first `bytes` of a hash of this node's place (execution, base checkpoint,
+    /// node) and `extra`, each part length-prefixed: the same in every run of the step.
+    fn place_hash(&self, extra: &[&[u8]], bytes: usize) -> String {
+        let base = self.base_version().to_le_bytes();
+        let place: [&[u8]; 3] = [
             self.shared.execution_id.as_bytes(),
-            &self.base_version().to_le_bytes(),
+            &base,
             self.node.as_bytes(),
-            &index.to_le_bytes(),
-        ] {
+        ];
+        let mut h = blake3::Hasher::new();
+        for part in place.iter().chain(extra) {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
-        crate::hash::hex(&h.finalize().as_bytes()[..8])
+        crate::hash::hex(&h.finalize().as_bytes()[..bytes])
     }
 }
 

@@ -277,12 +277,10 @@ impl<S: GraphState> CompiledGraph<S> {
     ) -> Result<Outcome<S>, GraphError> {
         let store = self.store()?;
         let execution_id = config.execution_id.clone();
-        let cp = store
-            .latest(&execution_id)
+        let (cp, pending) = self
+            .latest_pending(&execution_id)
             .await?
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.clone()))?;
-        let cp = self.resolve(cp).await?;
-        let pending = StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts();
         let invalid = |reason: String| GraphError::InvalidCommand {
             execution: execution_id.clone(),
             reason,
@@ -340,12 +338,26 @@ impl<S: GraphState> CompiledGraph<S> {
         &self,
         execution_id: &str,
     ) -> Result<Vec<Interrupt>, GraphError> {
+        Ok(self
+            .latest_pending(execution_id)
+            .await?
+            .map(|(_, pending)| pending)
+            .unwrap_or_default())
+    }
+
+    /// The run position of `execution_id`'s latest checkpoint and the interrupts waiting there
+    /// (`None`: the execution has no checkpoint).
+    async fn latest_pending(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<(Checkpoint, Vec<Interrupt>)>, GraphError> {
         let store = self.store()?;
         let Some(cp) = store.latest(execution_id).await? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let cp = self.resolve(cp).await?;
-        Ok(StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts())
+        let pending = StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts();
+        Ok(Some((cp, pending)))
     }
 
     /// Saves `state` as a new checkpoint of `checkpoint`'s execution, a child of `checkpoint`
@@ -712,14 +724,12 @@ impl<S: GraphState> CompiledGraph<S> {
             _ => return Err(Stop::Failed(GraphError::NoOutgoingEdge(from.to_owned()))),
         };
         let mut done: BTreeMap<String, S> = BTreeMap::new();
-        let recorded: Vec<(String, Write)> = match shared.record.lock() {
-            Ok(r) => r
-                .branches
-                .iter()
-                .map(|(b, w)| (b.clone(), w.clone()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let recorded: Vec<(String, Write)> = shared
+            .record()
+            .branches
+            .iter()
+            .map(|(b, w)| (b.clone(), w.clone()))
+            .collect();
         for (branch, w) in recorded {
             if branches.contains(&branch) {
                 done.insert(branch, w.value().map_err(|e| Stop::Failed(e.into()))?);
@@ -775,9 +785,9 @@ impl<S: GraphState> CompiledGraph<S> {
         base: &CheckpointId,
     ) -> Result<Vec<Interrupt>, GraphError> {
         let store = self.store()?;
-        let (fresh, pending) = match shared.record.lock() {
-            Ok(mut r) => (std::mem::take(&mut r.unwritten), r.pending_interrupts()),
-            Err(_) => (Vec::new(), Vec::new()),
+        let (fresh, pending) = {
+            let mut r = shared.record();
+            (std::mem::take(&mut r.unwritten), r.pending_interrupts())
         };
         let writes = pending
             .iter()
