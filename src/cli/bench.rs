@@ -310,12 +310,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
             .zip(memory_after)
             .map(|(before, after)| after as i64 - before as i64),
     };
-    if args.json {
-        say!("{}", serde_json::to_string(&report)?)?;
-    } else {
-        print_summary(&report)?;
-    }
-    Ok(())
+    emit(&report, args.json)
 }
 
 /// One execution of the conversation workload; returns the bytes of state it offered.
@@ -341,6 +336,16 @@ async fn conversation(
         store.save(checkpoint).await?;
     }
     Ok(logical)
+}
+
+/// Prints the report: one JSON line with `json`, else the summary for people.
+fn emit(report: &Report, json: bool) -> CliResult {
+    if json {
+        say!("{}", serde_json::to_string(report)?)?;
+        Ok(())
+    } else {
+        print_summary(report)
+    }
 }
 
 fn print_summary(r: &Report) -> CliResult {

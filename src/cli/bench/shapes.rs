@@ -28,9 +28,9 @@ use serde::Serialize;
 use ckpt::url::{redact, StoreUrl};
 use ckpt::{Checkpoint, HistoryQuery, Store};
 
-use super::super::{say, unix_millis, CliResult, Context, Failure, Global};
+use super::super::{unix_millis, CliResult, Context, Failure, Global};
 use super::{
-    dir_size, median_ms, print_summary, round3, BenchArgs, Report, ScratchDir, Workload, XorShift,
+    dir_size, emit, median_ms, round3, BenchArgs, Report, ScratchDir, Workload, XorShift,
     HISTORY_LIMIT,
 };
 
@@ -327,12 +327,7 @@ pub(super) async fn run(args: BenchArgs, global: &Global) -> CliResult {
             .zip(memory_after)
             .map(|(before, after)| after as i64 - before as i64),
     };
-    if args.json {
-        say!("{}", serde_json::to_string(&report)?)?;
-    } else {
-        print_summary(&report)?;
-    }
-    Ok(())
+    emit(&report, args.json)
 }
 
 /// Samples of the cold reads.
