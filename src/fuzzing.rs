@@ -35,6 +35,12 @@ pub fn decode_sealed_frame(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Verifies and decodes a persisted projection (a derived record of execution [`LOG`]) as a
+/// plaintext store reads it when it opens the execution; `Err` says why it is not usable.
+pub fn decode_projection_record(bytes: &[u8]) -> std::result::Result<(), String> {
+    crate::store::decode_record(LOG, bytes)
+}
+
 /// Opens and decodes a blob as an encrypted store reads it under `hash`.
 pub fn decode_sealed_blob(hash: &[u8; 32], bytes: &[u8]) -> Result<()> {
     let content = codec().blobs.decode(hash, bytes)?;

@@ -9,7 +9,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Backend, Blob, BlobHash, Capabilities, CompactReport, LogAppend, Maintain, Rewrite};
+use super::{
+    Backend, Blob, BlobHash, Capabilities, CompactReport, LogAppend, Maintain, Rewrite, SideTable,
+};
 use crate::error::{Error, Result};
 
 /// Bytes counted by [`MemoryBackend`]'s `stored_bytes` for a frame's key (its sequence number).
@@ -31,6 +33,7 @@ pub struct MemoryBackend {
 struct State {
     logs: HashMap<String, Log>,
     blobs: HashMap<BlobHash, Vec<u8>>,
+    records: HashMap<String, Vec<u8>>,
 }
 
 /// One log: its high-water mark and the frames not truncated away.
@@ -111,6 +114,7 @@ impl Backend for MemoryBackend {
         let mut caps = Capabilities::new();
         caps.rewrite = Some(self);
         caps.maintain = Some(self);
+        caps.side_table = Some(self);
         caps
     }
 
@@ -203,6 +207,46 @@ impl Backend for MemoryBackend {
 
     async fn flush(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SideTable for MemoryBackend {
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.state().records.extend(records);
+        Ok(())
+    }
+
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.state();
+        Ok(keys.iter().map(|k| state.records.get(k).cloned()).collect())
+    }
+
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let state = self.state();
+        Ok(state
+            .records
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn delete_records(&self, keys: &[String]) -> Result<()> {
+        let mut state = self.state();
+        for k in keys {
+            state.records.remove(k);
+        }
+        Ok(())
+    }
+
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
+        let state = self.state();
+        Ok(state
+            .logs
+            .iter()
+            .map(|(name, log)| (name.clone(), log.next_seq))
+            .collect())
     }
 }
 

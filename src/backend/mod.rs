@@ -190,6 +190,10 @@ pub struct Capabilities<'a> {
     /// The engine's own consistency checks and recorded damage, for [`crate::Store::verify`];
     /// `None` finds nothing.
     pub inspect: Option<&'a dyn Inspect>,
+    /// A table of derived records beside the logs, where the store keeps each execution's
+    /// projection so that a reopen does not fold the whole log; `None`: every projection is
+    /// folded from its log.
+    pub side_table: Option<&'a dyn SideTable>,
 }
 
 impl Capabilities<'_> {
@@ -203,6 +207,7 @@ impl Capabilities<'_> {
             notify: None,
             maintain: None,
             inspect: None,
+            side_table: None,
         }
     }
 }
@@ -223,6 +228,7 @@ impl fmt::Debug for Capabilities<'_> {
             .field("notify", &self.notify.is_some())
             .field("maintain", &self.maintain.is_some())
             .field("inspect", &self.inspect.is_some())
+            .field("side_table", &self.side_table.is_some())
             .finish()
     }
 }
@@ -415,4 +421,36 @@ pub trait Inspect: Send + Sync {
     /// sentence each (e.g. a stored next sequence number below the last frame, which the
     /// backend must then ignore: [`Backend::next_seq`] never answers below the last frame + 1).
     async fn log_problems(&self, log: &str) -> Result<Vec<String>>;
+}
+
+/// Records derived from the logs, kept beside them ([`Capabilities::side_table`]): the store
+/// keeps each execution's projection there (key `p/<execution>`), so that opening a long
+/// execution reads one record and the log's tail instead of the whole log, and listing
+/// executions reads one table.
+///
+/// Records are a cache. The store checks each against its log before trusting it (it names the
+/// log position it was made at, and the hash of the frame there), so a lost, stale or damaged
+/// record costs time, never data. An implementation:
+/// - **must** replace a record whole: a reader gets the old bytes or the new, never a mix;
+/// - **may** lose records written shortly before a crash (they need not be durable when
+///   [`SideTable::put_records`] returns), and **may** drop them all at any time;
+/// - **must** keep them out of the logs and blobs: they are never returned by
+///   [`Backend::scan`], [`Backend::list_logs`] or [`Backend::list_blobs`].
+#[async_trait]
+pub trait SideTable: Send + Sync {
+    /// Stores records, each replacing any record under the same key.
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()>;
+
+    /// The records under `keys`, in the same order (`None` where there is none).
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Every record whose key starts with `prefix`, in no particular order.
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Deletes records; unknown keys are ignored.
+    async fn delete_records(&self, keys: &[String]) -> Result<()>;
+
+    /// Every log with its next sequence number, in one call: what [`Backend::list_logs`] and
+    /// [`Backend::next_seq`] of each would say.
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>>;
 }

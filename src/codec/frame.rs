@@ -173,6 +173,14 @@ pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Res
 
 /// The payload of a save frame: its header value, then its body.
 fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
+    let mut payload = value::encode(&save_header_value(header));
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// A save's header as the MessagePack value its frame stores (also how a persisted projection
+/// stores it; read back with [`header_from_value`]).
+pub(crate) fn save_header_value(header: &SaveHeader) -> Value {
     let parent = match &header.parent {
         None => Value::Nil,
         Some(ParentRef {
@@ -184,7 +192,7 @@ fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
             version,
         }) => Value::Array(vec![e.as_str().into(), (*version).into()]),
     };
-    let head = Value::Array(vec![
+    Value::Array(vec![
         KIND_SAVE.into(),
         header.node.as_str().into(),
         metadata_to_value(&header.metadata),
@@ -193,15 +201,19 @@ fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
         header.state_size.into(),
         u64::from(header.delta_base.is_some()).into(),
         header.delta_base.unwrap_or(0).into(),
-    ]);
-    let mut payload = value::encode(&head);
-    payload.extend_from_slice(body);
-    payload
+    ])
 }
 
 /// The payload of a write frame: its header value, then its body.
 fn write_payload(header: &WriteHeader, body: &[u8]) -> Vec<u8> {
-    let head = Value::Array(vec![
+    let mut payload = value::encode(&write_header_value(header));
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// A write's header as the MessagePack value its frame stores.
+pub(crate) fn write_header_value(header: &WriteHeader) -> Value {
+    Value::Array(vec![
         KIND_WRITE.into(),
         header.checkpoint.into(),
         header.task.as_str().into(),
@@ -209,10 +221,12 @@ fn write_payload(header: &WriteHeader, body: &[u8]) -> Vec<u8> {
         metadata_to_value(&header.metadata),
         header.timestamp_us.into(),
         header.value_size.into(),
-    ]);
-    let mut payload = value::encode(&head);
-    payload.extend_from_slice(body);
-    payload
+    ])
+}
+
+/// The event whose header value is `head` ([`save_header_value`], [`write_header_value`]).
+pub(crate) fn header_from_value(head: Value) -> Result<Event, String> {
+    event_from_value(head)
 }
 
 /// Encodes a write frame (see [`FrameCodec::encode_write`]).
@@ -285,6 +299,20 @@ impl FrameCodec {
     /// [`Error::Decrypt`].
     pub fn decode(&self, log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
         decode_with(log, seq, frame, self.seal.as_deref())
+    }
+
+    /// Encodes a record derived from a log (an execution's projection), as frames are:
+    /// compressed, sealed when the store is encrypted, and checksummed with `place` and
+    /// `position` bound in, so a record read back from the wrong place does not open.
+    pub fn encode_record(&self, place: &str, position: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
+        seal(place, position, payload, self.seal.as_deref())
+    }
+
+    /// The payload of a record written by [`FrameCodec::encode_record`] with the same `place`
+    /// and `position`: [`Error::Corrupt`] when its checksum fails, [`Error::Decrypt`] when it
+    /// does not open with this store's keys.
+    pub fn decode_record(&self, place: &str, position: u64, record: &[u8]) -> Result<Vec<u8>> {
+        open_payload(place, position, record, self.seal.as_deref())
     }
 
     /// Whether `frame` (as stored) is sealed with this store's newest key (never, in a
@@ -417,8 +445,9 @@ pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
     decode_with(log, seq, frame, None)
 }
 
-/// [`decode`], opening a sealed frame with `sealer` (see [`FrameCodec::decode`]).
-fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Decoded> {
+/// The payload of a frame (or record) stored at `seq` of `log`: checksum verified, opened
+/// with `sealer` when sealed, decompressed.
+fn open_payload(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Vec<u8>> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
     if frame.len() < 2 + CHECKSUM_LEN {
         return Err(corrupt(format!(
@@ -480,6 +509,13 @@ fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> 
         }
         flags => return Err(corrupt(format!("unknown frame flags {flags:#x}"))),
     };
+    Ok(payload)
+}
+
+/// [`decode`], opening a sealed frame with `sealer` (see [`FrameCodec::decode`]).
+fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Decoded> {
+    let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
+    let payload = open_payload(log, seq, frame, sealer)?;
     let mut cursor = Cursor::new(&payload[..]);
     let head =
         value::read_prefix(&mut cursor).map_err(|e| corrupt(format!("invalid header: {e}")))?;

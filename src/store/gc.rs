@@ -113,6 +113,11 @@ impl Store {
             if idx.saves.is_empty() {
                 idx.newest_state = None;
             }
+            idx.log_bytes = idx.saves.values().map(|e| e.frame_len).sum::<u64>()
+                + idx.writes.values().map(|e| e.frame_len).sum::<u64>();
+            // The persisted projection counted the bytes gc just removed: write it again.
+            idx.persisted_at = 0;
+            let _ = self.persist(&mut idx).await;
         }
         let referenced = self.with_chunks(referenced).await?;
         let mut dead = Vec::new();

@@ -124,6 +124,19 @@ pub(crate) struct ExecIndex {
     pub damaged_saves: std::collections::BTreeSet<u64>,
     /// The first frame folded since the projection was built (where the log starts now).
     pub first_folded: Option<u64>,
+    /// 0 when the projection holds everything since the log's start (or its last clear);
+    /// otherwise it was loaded from a persisted record (see `persist`) and holds only the
+    /// saves and writes from this sequence number on.
+    pub horizon: u64,
+    /// Whether a frame folded into a partial projection touched what lies before its horizon
+    /// (a delete or a write of an older version): it must be folded from the whole log.
+    pub needs_complete: bool,
+    /// Bytes of the frames of the saves and writes since the last clear.
+    pub log_bytes: u64,
+    /// The position of the record last written or read (0: none known).
+    pub persisted_at: u64,
+    /// The last frame folded: its sequence number and checksum.
+    pub tail_sum: Option<(u64, [u8; 8])>,
 }
 
 /// See [`ExecIndex::apply_damaged`].
@@ -148,6 +161,11 @@ impl ExecIndex {
             cleared_at: 0,
             damaged_saves: std::collections::BTreeSet::new(),
             first_folded: None,
+            horizon: 0,
+            needs_complete: false,
+            log_bytes: 0,
+            persisted_at: 0,
+            tail_sum: None,
         }
     }
 
@@ -236,6 +254,10 @@ impl ExecIndex {
     }
 
     pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) {
+        if header.delta_base.is_some_and(|base| base < self.horizon) {
+            self.needs_complete = true;
+            return;
+        }
         let chain = match header.delta_base {
             None => Chain::snapshot(seq, body_len),
             Some(base) => match self.saves.get(&base) {
@@ -270,11 +292,16 @@ impl ExecIndex {
             },
         );
         self.live_count += 1;
+        self.log_bytes += frame_len;
     }
 
     /// Folds a write. One that names a checkpoint the log does not hold before it is damage:
     /// the store only appends writes to live checkpoints.
     pub fn apply_write(&mut self, seq: u64, header: WriteHeader, frame_len: u64) {
+        if header.checkpoint < self.horizon {
+            self.needs_complete = true;
+            return;
+        }
         if header.checkpoint >= seq
             || !(self.saves.contains_key(&header.checkpoint)
                 || self.damaged.contains_key(&header.checkpoint)
@@ -291,6 +318,7 @@ impl ExecIndex {
         }
         self.writes
             .insert((header.checkpoint, seq), WriteEntry { header, frame_len });
+        self.log_bytes += frame_len;
     }
 
     /// The writes of live checkpoint `version`, oldest first.
@@ -302,6 +330,10 @@ impl ExecIndex {
     }
 
     pub fn apply_delete(&mut self, version: u64) {
+        if version < self.horizon {
+            self.needs_complete = true;
+            return;
+        }
         if let Some(e) = self.saves.get_mut(&version) {
             if !e.deleted {
                 e.deleted = true;
@@ -316,6 +348,25 @@ impl ExecIndex {
         self.writes.clear();
         self.live_count = 0;
         self.newest_state = None;
+        self.log_bytes = 0;
+        // Nothing before a clear matters: the projection is whole again.
+        self.horizon = 0;
+    }
+
+    /// Whether the projection holds every save and write since the log's start (or last clear).
+    pub fn is_complete(&self) -> bool {
+        self.horizon == 0
+    }
+
+    /// Whether `version` lies before a partial projection's horizon (unknown here).
+    pub fn before_horizon(&self, version: u64) -> bool {
+        version < self.horizon
+    }
+
+    /// Whether a partial projection can answer for the newest live save: it holds one, or none
+    /// is live.
+    pub fn holds_latest(&self) -> bool {
+        self.is_complete() || self.live_count == 0 || self.latest_live().is_some()
     }
 
     /// Live saves, oldest first.

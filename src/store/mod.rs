@@ -23,6 +23,8 @@ mod contention;
 mod encryption;
 mod gc;
 mod index;
+mod persist;
+pub(crate) use persist::decode_record;
 mod query;
 mod read;
 pub(crate) mod reclaim;
@@ -58,7 +60,8 @@ pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use stats::{ExecutionStats, StatsReport, StatsTotals};
 pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
 pub use types::{
-    CheckpointStore, ExecutionDamage, ExecutionSummary, GcReport, HistoryQuery, WriteStats,
+    CheckpointStore, ExecutionDamage, ExecutionSummary, GcReport, HistoryQuery, ReadStats,
+    WriteStats,
 };
 pub use verify::{DamagedBlob, ExecutionVerify, UnreadableVersion, VerifyReport};
 pub use watch::Watch;
@@ -126,6 +129,8 @@ struct Inner {
     /// Per execution, the log tail this store last saw (for [`Store::watch`], which must start
     /// where the store is without waiting for the backend).
     known_tails: Mutex<HashMap<Arc<str>, u64>>,
+    /// Executions whose first persisted projection waits to be written (see `persist`).
+    dirty_records: Mutex<std::collections::HashSet<Arc<str>>>,
     stats: Stats,
 }
 
@@ -135,6 +140,8 @@ struct Stats {
     frame_bytes: AtomicU64,
     blobs: AtomicU64,
     blob_bytes: AtomicU64,
+    frames_folded: AtomicU64,
+    records_opened: AtomicU64,
 }
 
 /// Decoded leaves by address, bounded in bytes (emptied when full: cheap, and good enough for
@@ -229,6 +236,7 @@ impl Store {
                 blob_cache: Mutex::new(BlobCache::default()),
                 saved,
                 known_tails: Mutex::new(HashMap::new()),
+                dirty_records: Mutex::new(std::collections::HashSet::new()),
                 stats: Stats::default(),
             }),
         }
@@ -275,6 +283,15 @@ impl Store {
         }
     }
 
+    /// What this store has read to build projections since it was opened (shared by clones).
+    pub fn read_stats(&self) -> ReadStats {
+        let s = &self.inner.stats;
+        ReadStats {
+            frames_folded: s.frames_folded.load(Ordering::Relaxed),
+            records_opened: s.records_opened.load(Ordering::Relaxed),
+        }
+    }
+
     /// A stream of the checkpoints saved to `execution_id` from now on, by this store or any
     /// other writer of the same backend (this store's saves wake it at once, other writers' within
     /// 50 ms). "Now" is the log tail as this store last saw it, or as the backend reports it at
@@ -291,6 +308,8 @@ impl Store {
 
     /// Makes everything written durable (saves already are, unless durability was relaxed).
     pub async fn flush(&self) -> Result<()> {
+        // Persisted projections are a cache: one that cannot be written is no reason to fail.
+        let _ = self.write_dirty_records().await;
         self.inner.backend.flush().await
     }
 }

@@ -2,8 +2,10 @@
 //! filtered newest first), the executions with their summaries, one execution's damage, and the
 //! executions that have a log.
 
+use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
+use super::persist::{RecordHead, RECORD_PREFIX};
 use super::{from_micros, reclaim, ExecutionDamage, ExecutionSummary, HistoryQuery, Store};
 use crate::checkpoint::{validate_execution_id, CheckpointHeader};
 use crate::error::Result;
@@ -20,14 +22,23 @@ impl Store {
         query: HistoryQuery,
     ) -> Result<Vec<CheckpointHeader>> {
         validate_execution_id(execution_id)?;
-        let idx = self.index(execution_id).await?;
-        Ok(idx
-            .readable()
-            .rev()
-            .filter(|(v, e)| query.matches(*v, &e.header))
-            .take(query.limit.unwrap_or(usize::MAX))
-            .map(|(v, e)| self.header(&idx.log, v, e))
-            .collect())
+        let mut idx = self.recent_index(execution_id).await?;
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let matching = |idx: &super::index::ExecIndex| -> Vec<CheckpointHeader> {
+            idx.readable()
+                .rev()
+                .filter(|(v, e)| query.matches(*v, &e.header))
+                .take(limit)
+                .map(|(v, e)| self.header(&idx.log, v, e))
+                .collect()
+        };
+        let found = matching(&idx);
+        // A partial projection answers when it has found enough; older matches need the rest.
+        if found.len() >= limit || idx.is_complete() {
+            return Ok(found);
+        }
+        self.refresh(&mut idx).await?;
+        Ok(matching(&idx))
     }
 
     /// Every execution with at least one live checkpoint, or with damaged frames, by id.
@@ -36,38 +47,78 @@ impl Store {
     /// the newest of them; version 0, no node and the Unix epoch when none is readable) and
     /// marked with its damaged frames and unreadable versions; the others are untouched by it.
     pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
-        let mut logs = self.execution_logs().await?;
+        let (mut logs, heads) = self.logs_and_records().await?;
         logs.sort();
         let mut out = Vec::new();
-        for log in logs {
-            let idx = self.index(&log).await?;
-            let damaged_frames: Vec<u64> = idx.damaged.keys().copied().collect();
-            let unreadable_versions: Vec<u64> = idx
-                .live()
-                .filter(|(v, _)| idx.unreadable_because(*v).is_some())
-                .map(|(v, _)| v)
-                .collect();
-            let latest = idx.readable().next_back();
-            if latest.is_none() && damaged_frames.is_empty() && unreadable_versions.is_empty() {
-                continue;
-            }
-            let (latest_version, latest_node, last_timestamp) = match latest {
-                Some((v, e)) => (v, e.header.node.clone(), from_micros(e.header.timestamp_us)),
-                None => (0, String::new(), UNIX_EPOCH),
+        for (log, tail) in logs {
+            // A record made at the log's tail is the summary: nothing to read.
+            let head = heads.get(&log).filter(|h| tail == Some(h.position));
+            let summary = match head {
+                Some(h) => summary_of_record(&log, h),
+                None => self.summary_of_log(&log).await?,
             };
-            out.push(ExecutionSummary {
-                execution_id: log.clone(),
-                checkpoints: idx.readable().count(),
-                latest_version,
-                latest_node,
-                last_timestamp,
-                log_bytes: idx.saves.values().map(|e| e.frame_len).sum::<u64>()
-                    + idx.writes.values().map(|e| e.frame_len).sum::<u64>(),
-                damaged_frames,
-                unreadable_versions,
-            });
+            out.extend(summary);
         }
+        // The summaries folded above become records, so the next listing reads them.
+        let _ = self.write_dirty_records().await;
         Ok(out)
+    }
+
+    /// Every execution's log with its tail (when the backend tells it in the same call) and
+    /// the heads of the persisted projections.
+    async fn logs_and_records(
+        &self,
+    ) -> Result<(Vec<(String, Option<u64>)>, HashMap<String, RecordHead>)> {
+        let Some(side) = self.inner.backend.capabilities().side_table else {
+            let logs = self.execution_logs().await?;
+            return Ok((
+                logs.into_iter().map(|l| (l, None)).collect(),
+                HashMap::new(),
+            ));
+        };
+        let mut logs = side.log_tails().await?;
+        logs.retain(|(log, _)| !reclaim::is_reserved_log(log));
+        let records = side.scan_records(RECORD_PREFIX).await.unwrap_or_default();
+        let heads = records
+            .into_iter()
+            .filter_map(|(key, bytes)| {
+                let exec = key.strip_prefix(RECORD_PREFIX)?;
+                Some((exec.to_owned(), self.record_head(exec, &bytes)?))
+            })
+            .collect();
+        Ok((logs.into_iter().map(|(l, t)| (l, Some(t))).collect(), heads))
+    }
+
+    /// One execution's summary from its projection (`None` when it has nothing to list).
+    async fn summary_of_log(&self, log: &str) -> Result<Option<ExecutionSummary>> {
+        let mut idx = self.recent_index(log).await?;
+        if !idx.damaged.is_empty() && !idx.is_complete() {
+            self.refresh(&mut idx).await?;
+        }
+        let damaged_frames: Vec<u64> = idx.damaged.keys().copied().collect();
+        let unreadable_versions: Vec<u64> = idx
+            .live()
+            .filter(|(v, _)| idx.unreadable_because(*v).is_some())
+            .map(|(v, _)| v)
+            .collect();
+        let latest = idx.readable().next_back();
+        if latest.is_none() && damaged_frames.is_empty() && unreadable_versions.is_empty() {
+            return Ok(None);
+        }
+        let (latest_version, latest_node, last_timestamp) = match latest {
+            Some((v, e)) => (v, e.header.node.clone(), from_micros(e.header.timestamp_us)),
+            None => (0, String::new(), UNIX_EPOCH),
+        };
+        Ok(Some(ExecutionSummary {
+            execution_id: log.to_owned(),
+            checkpoints: idx.live_count - unreadable_versions.len(),
+            latest_version,
+            latest_node,
+            last_timestamp,
+            log_bytes: idx.log_bytes,
+            damaged_frames,
+            unreadable_versions,
+        }))
     }
 
     /// The damaged frames of an execution and the live versions that cannot be read because of
@@ -91,4 +142,19 @@ impl Store {
         logs.retain(|log| !reclaim::is_reserved_log(log));
         Ok(logs)
     }
+}
+
+/// The summary a persisted projection states (records are written only without damage).
+fn summary_of_record(log: &str, head: &RecordHead) -> Option<ExecutionSummary> {
+    let (version, node, timestamp_us) = head.latest.clone()?;
+    Some(ExecutionSummary {
+        execution_id: log.to_owned(),
+        checkpoints: head.live_count,
+        latest_version: version,
+        latest_node: node,
+        last_timestamp: from_micros(timestamp_us),
+        log_bytes: head.log_bytes,
+        damaged_frames: Vec::new(),
+        unreadable_versions: Vec::new(),
+    })
 }

@@ -42,7 +42,10 @@ impl Store {
         execution_id: &str,
         version: u64,
     ) -> Result<Checkpoint> {
-        let mut idx = self.index(execution_id).await?;
+        let mut idx = self.recent_index(execution_id).await?;
+        if idx.before_horizon(version) {
+            self.refresh(&mut idx).await?;
+        }
         if let Some(reason) = idx.damaged.get(&version) {
             return Err(damage_error(
                 &idx,
@@ -93,7 +96,7 @@ impl Store {
     }
 
     pub(super) async fn latest_once(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
-        let mut idx = self.index(execution_id).await?;
+        let mut idx = self.recent_index(execution_id).await?;
         let latest = idx.latest_live();
         // A damaged frame after the newest live save may have been a newer save: answering with
         // an older one would silently roll the execution back.
@@ -200,16 +203,53 @@ impl Store {
         idx.cleared_at > version || idx.saves.get(&version).is_some_and(|e| e.deleted)
     }
 
-    /// The execution's projection, brought up to the log's tail.
+    /// The execution's whole projection, brought up to the log's tail.
     pub(super) async fn index(&self, exec: &str) -> Result<OwnedMutexGuard<ExecIndex>> {
         let mut idx = self.handle(exec).lock_owned().await;
         self.refresh(&mut idx).await?;
         Ok(idx)
     }
 
+    /// The execution's projection brought up to the log's tail, possibly partial (loaded from
+    /// its persisted record, see `persist`): it holds the newest live save and the saves near
+    /// it. Callers that need a version before its horizon call [`Store::refresh`] on it.
+    pub(super) async fn recent_index(&self, exec: &str) -> Result<OwnedMutexGuard<ExecIndex>> {
+        let mut idx = self.handle(exec).lock_owned().await;
+        self.refresh_recent(&mut idx).await?;
+        Ok(idx)
+    }
+
+    /// Brings `idx` up to the log's tail and makes it whole (a partial projection is folded
+    /// again from the whole log).
+    pub(super) async fn refresh(&self, idx: &mut ExecIndex) -> Result<()> {
+        if !idx.is_complete() {
+            idx.reset();
+        }
+        self.fold_tail(idx).await?;
+        self.after_move(idx).await;
+        Ok(())
+    }
+
+    /// Brings `idx` up to the log's tail, starting a fresh projection from its persisted
+    /// record when there is a usable one.
+    pub(super) async fn refresh_recent(&self, idx: &mut ExecIndex) -> Result<()> {
+        let fresh = idx.next_seq == 1 && !idx.synced;
+        if fresh {
+            self.crypto().await?;
+            self.load_record(idx).await?;
+        }
+        self.fold_tail(idx).await?;
+        if idx.needs_complete || !idx.holds_latest() {
+            idx.reset();
+            self.fold_tail(idx).await?;
+        }
+        self.after_move(idx).await;
+        Ok(())
+    }
+
     /// Folds any frames appended since the projection was last brought up to date. A gap (frames
     /// removed by gc before this projection saw them) rebuilds it from the log.
-    pub(super) async fn refresh(&self, idx: &mut ExecIndex) -> Result<()> {
+    async fn fold_tail(&self, idx: &mut ExecIndex) -> Result<()> {
         self.crypto().await?;
         let tail = self.tail(&idx.log).await?;
         if tail == idx.next_seq {
@@ -235,6 +275,10 @@ impl Store {
             }
             let Some((last, _)) = page.last() else { break };
             let last = *last;
+            self.inner
+                .stats
+                .frames_folded
+                .fetch_add(page.len() as u64, std::sync::atomic::Ordering::Relaxed);
             for (seq, bytes) in &page {
                 if let Some(p) = previous.filter(|p| *seq > p + 1) {
                     idx.apply_missing(p + 1, *seq);
@@ -255,6 +299,9 @@ impl Store {
                 }
             }
             idx.next_seq = last + 1;
+            idx.tail_sum = page
+                .last()
+                .and_then(|(seq, bytes)| Some((*seq, super::persist::frame_sum(bytes)?)));
             if page.len() < SCAN_PAGE {
                 break;
             }

@@ -115,7 +115,7 @@ struct Batch {
     /// Bytes of all the frames.
     bytes: u64,
     /// Per execution: its log's next sequence number once the frames landed.
-    tails: Vec<u64>,
+    tails: Vec<(u64, Option<[u8; 8]>)>,
 }
 
 /// How one save retries (step 4): how often and how long it may, and whether it still trusts
@@ -291,13 +291,17 @@ impl Store {
                         self.repair_after_gc(position, &batch.needed, codec).await?;
                     }
                     self.count_frames(total as u64, batch.bytes);
-                    return Ok(self.apply_committed(
+                    let saved = self.apply_committed(
                         &mut guards,
                         &groups,
                         batch.prepared,
                         batch.tails,
                         fence.epoch,
-                    ));
+                    );
+                    for idx in guards.iter_mut() {
+                        self.after_move(idx).await;
+                    }
+                    return Ok(saved);
                 }
                 Err(e) => {
                     let first = groups.keys().next().map_or("", String::as_str);
@@ -341,6 +345,15 @@ impl Store {
         let mut lifted = codec.lifting();
         for (idx, group) in guards.iter_mut().zip(groups.values()) {
             if !(attempts.trust_cache && idx.synced) {
+                self.refresh_recent(idx).await?;
+            }
+            let old_parent = group.iter().any(|(_, p)| {
+                p.parent_must_be_live
+                    && p.parent
+                        .as_ref()
+                        .is_some_and(|r| r.execution.is_none() && idx.before_horizon(r.version))
+            });
+            if old_parent {
                 self.refresh(idx).await?;
             }
             if let Expect::Latest(v) = attempts.expect {
@@ -369,9 +382,12 @@ impl Store {
             .flat_map(|a| &a.frames)
             .map(|f| f.len() as u64)
             .sum();
-        let tails: Vec<u64> = appends
+        let tails: Vec<(u64, Option<[u8; 8]>)> = appends
             .iter()
-            .map(|a| a.expected_seq + a.frames.len() as u64)
+            .map(|a| {
+                let sum = a.frames.last().and_then(|f| super::persist::frame_sum(f));
+                (a.expected_seq + a.frames.len() as u64, sum)
+            })
             .collect();
         self.count_blobs(&blobs);
         Ok(Batch {
@@ -392,7 +408,7 @@ impl Store {
         guards: &mut [OwnedMutexGuard<ExecIndex>],
         groups: &BTreeMap<String, Vec<(usize, Pending)>>,
         prepared: Vec<Prepared>,
-        tails: Vec<u64>,
+        tails: Vec<(u64, Option<[u8; 8]>)>,
         epoch: Option<u64>,
     ) -> Vec<Checkpoint> {
         let total: usize = groups.values().map(Vec::len).sum();
@@ -410,7 +426,9 @@ impl Store {
                 let _ = self.inner.saved.send((log.clone(), version));
                 out.push((*i, cp));
             }
+            let (tail, sum) = tail;
             idx.next_seq = tail;
+            idx.tail_sum = sum.map(|s| (tail - 1, s));
             idx.newest_state = p.newest_state;
             idx.stored_epoch = epoch.unwrap_or(0);
             self.note_tail(idx);

@@ -130,6 +130,17 @@ pub struct WriteStats {
     pub blob_bytes: u64,
 }
 
+/// What this [`Store`](crate::Store) has read to build its projections (see
+/// [`Store::read_stats`](crate::Store::read_stats)): how much opening executions cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Frames folded into projections (a long execution opened without a persisted projection
+    /// folds every frame of its log).
+    pub frames_folded: u64,
+    /// Projections opened from their persisted record (then only the frames after it fold).
+    pub records_opened: u64,
+}
+
 /// The seed interface: what a runtime needs to checkpoint and resume, as a trait object
 /// (`Arc<dyn CheckpointStore>`). [`Store`] implements it.
 #[async_trait]

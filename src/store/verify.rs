@@ -157,7 +157,7 @@ impl Store {
     }
 
     async fn verify_execution(&self, log: &str) -> Result<ExecutionVerify> {
-        let idx = self.index(log).await?;
+        let mut idx = self.index(log).await?;
         let mut out = ExecutionVerify {
             execution_id: log.to_owned(),
             ..ExecutionVerify::default()
@@ -196,6 +196,12 @@ impl Store {
         out.log_problems = missing_frames(&frames, next_seq);
         if let Some(inspect) = self.backend().capabilities().inspect {
             out.log_problems.extend(inspect.log_problems(log).await?);
+        }
+        if let Some(problem) = self.check_record(&idx).await? {
+            out.log_problems.push(problem);
+            // Rewritten from the log at once, so the next open does not read it.
+            idx.persisted_at = 0;
+            let _ = self.persist(&mut idx).await;
         }
         self.replay_live(&idx, &frames, &mut out).await?;
         self.verify_writes(&idx, &frames, &mut out).await?;

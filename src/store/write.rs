@@ -58,6 +58,7 @@ impl Store {
                 }
                 Marker::Clear | Marker::ClearIfLatest(_) => codec.frames.encode_clear(exec, seq)?,
             };
+            let sum = super::persist::frame_sum(&frame);
             match self.append_one(exec, seq, frame).await {
                 Ok(()) => {
                     match marker {
@@ -65,6 +66,8 @@ impl Store {
                         Marker::Clear | Marker::ClearIfLatest(_) => idx.apply_clear(seq),
                     }
                     idx.next_seq = seq + 1;
+                    idx.tail_sum = sum.map(|s| (seq, s));
+                    self.after_move(&mut idx).await;
                     self.note_tail(&idx);
                     return Ok(true);
                 }

@@ -44,6 +44,9 @@ impl Store {
             let fence = self.fence(&mut guards).await?;
             let idx = &mut guards[0];
             if !(attempts.trust_cache && idx.synced) {
+                self.refresh_recent(idx).await?;
+            }
+            if idx.before_horizon(checkpoint.version()) {
                 self.refresh(idx).await?;
             }
             if idx.live_entry(checkpoint.version()).is_none() {
@@ -81,6 +84,7 @@ impl Store {
             let blobs = self.encode_blobs(lifted.blobs, codec).await?;
             self.count_blobs(&blobs);
             let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+            let tail_sum = frames.last().and_then(|f| super::persist::frame_sum(f));
             let mut appends = vec![LogAppend::new(log.to_string(), idx.next_seq, frames)];
             appends.extend(fence.append);
             match self.commit(appends, blobs).await {
@@ -98,7 +102,9 @@ impl Store {
                         out.push(w);
                         idx.next_seq = seq + 1;
                     }
+                    idx.tail_sum = tail_sum.map(|s| (idx.next_seq - 1, s));
                     self.note_tail(idx);
+                    self.after_move(idx).await;
                     return Ok(out);
                 }
                 Err(e) => {
@@ -117,8 +123,10 @@ impl Store {
     }
 
     async fn writes_once(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>> {
-        let mut idx = self.index(checkpoint.execution_id()).await?;
-        self.refresh(&mut idx).await?;
+        let mut idx = self.recent_index(checkpoint.execution_id()).await?;
+        if idx.before_horizon(checkpoint.version()) {
+            self.refresh(&mut idx).await?;
+        }
         if idx.live_entry(checkpoint.version()).is_none() {
             return Err(Error::not_found(format!("checkpoint {checkpoint}")));
         }

@@ -9,6 +9,7 @@
 //! | `b'e'` + `u16` BE length of the log name + log name + `u64` BE sequence | the frame |
 //! | `b'l'` + log name | a high-water mark for the log's next sequence number, `u64` BE (present for every log ever appended to; the next sequence number is the larger of it and one past the last frame) |
 //! | `b'b'` + 32-byte hash | the blob |
+//! | `b'r'` + key | a derived record ([`SideTable`]; not in the write-ahead log: a crash may lose it) |
 //!
 //! Beside sled's files, `ckpt-wal` is the write-ahead log of synced appends ([`wal`]).
 //!
@@ -47,7 +48,9 @@ use self::compact::finish_compaction;
 use self::open::{open_error, open_sled, OpenFailure, ReadOnlyCopy};
 use self::recover::{recover, Witness};
 use self::wal::{Wal, WalRecord};
-use super::{Backend, Blob, BlobHash, Capabilities, Inspect, LogAppend, RecordedDamage, Rewrite};
+use super::{
+    Backend, Blob, BlobHash, Capabilities, Inspect, LogAppend, RecordedDamage, Rewrite, SideTable,
+};
 use crate::error::{Error, Result};
 use crate::hash::hex;
 
@@ -70,6 +73,8 @@ const FRAME: u8 = b'e';
 const LOG: u8 = b'l';
 /// Key prefix of a blob.
 const BLOB: u8 = b'b';
+/// Key prefix of a derived record ([`SideTable`]).
+const RECORD: u8 = b'r';
 /// Key prefix of damage found at an open (acknowledged frames lost), kept to be reported by
 /// every later open and `verify`.
 const DAMAGE: u8 = b'x';
@@ -459,6 +464,7 @@ impl Backend for SledBackend {
         caps.rewrite = Some(self);
         caps.maintain = Some(self);
         caps.inspect = Some(self);
+        caps.side_table = Some(self);
         caps
     }
 
@@ -807,6 +813,70 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The next sequence number of `log` in `db` (1 when it was never appended to): one past its
 /// last frame, or its stored high-water mark if that is higher (after a truncation, or an append
 /// whose frame a crash lost after its mark was written).
+/// The key of derived record `key`.
+fn record_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(RECORD);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Derived records live in sled's tree beside the frames, but outside the write-ahead log: they
+/// are a cache, written without a sync, and a crash may lose the newest of them.
+#[async_trait]
+impl SideTable for SledBackend {
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        for (key, value) in records {
+            self.db
+                .insert(record_key(&key), value)
+                .map_err(|e| backend_error("writing a derived record", e))?;
+        }
+        Ok(())
+    }
+
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|key| {
+                self.db
+                    .get(record_key(key))
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| backend_error("reading a derived record", e))
+            })
+            .collect()
+    }
+
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(record_key(prefix)) {
+            let (key, value) = item.map_err(|e| backend_error("listing derived records", e))?;
+            // A key that is not UTF-8 was not written by this code: not a record of ours.
+            if let Ok(key) = std::str::from_utf8(&key[1..]) {
+                out.push((key.to_owned(), value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_records(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            self.db
+                .remove(record_key(key))
+                .map_err(|e| backend_error("deleting a derived record", e))?;
+        }
+        Ok(())
+    }
+
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
+        let logs = self.list_logs().await?;
+        logs.into_iter()
+            .map(|log| {
+                let next = next_seq_in(&self.db, &log)?;
+                Ok((log, next))
+            })
+            .collect()
+    }
+}
+
 fn next_seq_in(db: &sled::Db, log: &str) -> Result<u64> {
     let value = db
         .get(log_key(log))

@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! The tables of the [SQL backends](super): `logs` and `frames` (`WITHOUT ROWID`, keyed by
-//! `log` and `(log, seq)`), `blobs` keyed by hash, and `ckpt_schema` with the schema version.
+//! `log` and `(log, seq)`), `blobs` keyed by hash, `ckpt_schema` with the schema version, and
+//! `records` with the store's derived records ([`SideTable`]; created by any open, so an older
+//! database gains it without a schema change: older code ignores it).
 //!
 //! # Writes: one writer, group commit
 //!
@@ -40,7 +42,7 @@ use super::{end_seq, frames_of, from_db_seq, parse_options, to_db_seq, to_hash, 
 use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
     Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
-    Maintain, RecordedDamage, Rewrite,
+    Maintain, RecordedDamage, Rewrite, SideTable,
 };
 use crate::error::{Error, Result};
 use crate::url::{parse_bool, RawUrl};
@@ -67,6 +69,10 @@ pub const SCAN_SQL: &str =
 const NEXT_SEQ_SQL: &str = "SELECT MAX(\
      COALESCE((SELECT next_seq FROM logs WHERE log = ?1), 1), \
      COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?1), 1))";
+
+/// The derived records' table ([`SideTable`]), beside schema version 1.
+const RECORDS_TABLE: &str = "CREATE TABLE IF NOT EXISTS records \
+     (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 
 /// The schema, version 1.
 const SCHEMA_V1: &str = "
@@ -130,6 +136,10 @@ enum WriteOp {
     },
     /// Replaces existing blobs' bytes (rekey).
     RewriteBlobs(Vec<(BlobHash, Vec<u8>)>),
+    /// Stores derived records, replacing those under the same keys.
+    PutRecords(Vec<(String, Vec<u8>)>),
+    /// Deletes derived records.
+    DeleteRecords(Vec<String>),
     /// Moves the WAL into the database file and empties it (outside any transaction).
     Checkpoint,
     /// `VACUUM`, then a checkpoint that must empty the WAL (outside any transaction).
@@ -428,11 +438,12 @@ async fn migrate(conn: &mut SqliteConnection) -> std::result::Result<Result<()>,
         match version {
             None => {
                 sqlx::raw_sql(SCHEMA_V1).execute(&mut *conn).await?;
-                Ok(Ok(()))
             }
-            Some(v) if v > SCHEMA_VERSION => Ok(Err(newer_schema(v))),
-            Some(_) => Ok(Ok(())),
+            Some(v) if v > SCHEMA_VERSION => return Ok(Err(newer_schema(v))),
+            Some(_) => {}
         }
+        sqlx::query(RECORDS_TABLE).execute(&mut *conn).await?;
+        Ok(Ok(()))
     }
     .await;
     match outcome {
@@ -624,6 +635,30 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| db_error("rewriting blobs", &e))?;
+            }
+            Ok(())
+        }
+        WriteOp::PutRecords(records) => {
+            for (key, value) in records {
+                sqlx::query(
+                    "INSERT INTO records (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value.as_slice())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error("writing derived records", &e))?;
+            }
+            Ok(())
+        }
+        WriteOp::DeleteRecords(keys) => {
+            for key in keys {
+                sqlx::query("DELETE FROM records WHERE key = ?1")
+                    .bind(key)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error("deleting derived records", &e))?;
             }
             Ok(())
         }
@@ -920,7 +955,78 @@ impl Backend for SqliteBackend {
         caps.rewrite = Some(self);
         caps.maintain = Some(self);
         caps.inspect = Some(self);
+        caps.side_table = Some(self);
         caps
+    }
+}
+
+/// Records go through the writer like every write, so they ride in the next group commit.
+#[async_trait]
+impl SideTable for SqliteBackend {
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::PutRecords(records), "writing derived records")
+            .await
+    }
+
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(HASH_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT key, value FROM records WHERE key IN ({placeholders})");
+            let rows: Vec<(String, Vec<u8>)> = self
+                .read("reading derived records", || {
+                    let mut query = sqlx::query_as(&sql);
+                    for key in chunk {
+                        query = query.bind(key);
+                    }
+                    query.fetch_all(&self.readers)
+                })
+                .await?;
+            found.extend(rows);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read("listing derived records", || {
+            sqlx::query_as("SELECT key, value FROM records WHERE substr(key, 1, length(?1)) = ?1")
+                .bind(prefix)
+                .fetch_all(&self.readers)
+        })
+        .await
+    }
+
+    async fn delete_records(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(
+            WriteOp::DeleteRecords(keys.to_vec()),
+            "deleting derived records",
+        )
+        .await
+    }
+
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64, Option<i64>)> = self
+            .read("listing the logs", || {
+                sqlx::query_as(
+                    "SELECT l.log, l.next_seq, \
+                     (SELECT MAX(seq) FROM frames f WHERE f.log = l.log) FROM logs l",
+                )
+                .fetch_all(&self.readers)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(log, next, last)| {
+                let next = next.max(last.map_or(1, |l| l.saturating_add(1))).max(1);
+                let next = from_db_seq(next, &format!("log {log:?}"))?;
+                Ok((log, next))
+            })
+            .collect()
     }
 }
 

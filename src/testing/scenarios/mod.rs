@@ -92,6 +92,7 @@ macro_rules! __conformance_scenario_list {
             any executions_summarise_live_checkpoints,
             // reopen.rs
             any reopen_keeps_every_projection,
+            any a_long_execution_reopens_from_its_record,
             any two_stores_see_each_other,
             // concurrency.rs
             any concurrent_saves_are_all_kept,

@@ -155,3 +155,207 @@ pub async fn two_stores_see_each_other(h: &dyn Harness) {
         "[{name}] executions after clear"
     );
 }
+
+/// The `i`-th checkpoint of [`a_long_execution_reopens_from_its_record`]: a small state.
+fn long_checkpoint(i: u64) -> Checkpoint {
+    let state = serde_json::json!({ "step": i, "note": format!("step {i} of a long run") });
+    must(
+        Checkpoint::new("long", "step", &state),
+        "building a checkpoint",
+    )
+    .with_metadata("step", i)
+}
+
+/// Reads of `long` that a persisted projection answers alone.
+async fn recent_reads(
+    store: &Store,
+    at: &[u64],
+) -> (Option<Checkpoint>, Vec<CheckpointHeader>, Vec<Checkpoint>) {
+    let latest = must(store.latest("long").await, "latest");
+    let history = must(
+        store
+            .history("long", HistoryQuery::default().limit(20))
+            .await,
+        "history(20)",
+    );
+    let mut loads = Vec::new();
+    for v in at {
+        loads.push(must(
+            store.at_version("long", *v).await,
+            format_args!("at_version {v}"),
+        ));
+    }
+    (latest, history, loads)
+}
+
+/// An execution of 700 checkpoints (with a delete near its head and one far back, writes and a
+/// branch) reopens from its persisted projection where the backend keeps one: latest,
+/// history(20) and recent versions are answered after folding only the log's tail, and equal
+/// what a store that folded the whole log answers; every other read (an old version, the full
+/// history, the list, executions) is unchanged. A record behind the log, damaged, or moved to
+/// another execution is never trusted: the answers stay the same.
+pub async fn a_long_execution_reopens_from_its_record(h: &dyn Harness) {
+    let name = h.name();
+    let store = h.open().await;
+    let mut saved = Vec::new();
+    for chunk in (1..=700u64).collect::<Vec<_>>().chunks(50) {
+        let batch = chunk.iter().map(|i| long_checkpoint(*i)).collect();
+        saved.extend(must(store.save_batch(batch).await, "save_batch"));
+    }
+    must(store.delete(&saved[3].id).await, "delete an old version");
+    must(
+        store.delete(&saved[690].id).await,
+        "delete a recent version",
+    );
+    let head = saved[699].id.clone();
+    must(
+        store
+            .put_writes(
+                &head,
+                vec![must(crate::Write::new("task-1", "out", &1), "write")],
+            )
+            .await,
+        "put_writes",
+    );
+    must(
+        store
+            .save_with_parent(long_checkpoint(701), &saved[680].id)
+            .await,
+        "branch from a recent version",
+    );
+    let mut tail = Vec::new();
+    for i in 702..=710 {
+        tail.push(must(store.save(long_checkpoint(i)).await, "save"));
+    }
+    let recent: Vec<u64> = vec![saved[695].version, saved[680].version, tail[8].version];
+    let expected_recent = recent_reads(&store, &recent).await;
+    let expected = capture(&store, &["long"]).await;
+    let expected_writes = must(store.writes(&head).await, "writes");
+    must(store.flush().await, "flush");
+    drop(store);
+
+    let with_records = |s: &Store| s.backend().capabilities().side_table.is_some();
+    let store = h.open().await;
+    let before = store.read_stats();
+    assert_eq!(
+        recent_reads(&store, &recent).await,
+        expected_recent,
+        "[{name}] recent reads after reopen"
+    );
+    let read = store.read_stats();
+    if with_records(&store) {
+        assert_eq!(
+            read.records_opened - before.records_opened,
+            1,
+            "[{name}] record not opened"
+        );
+        let folded = read.frames_folded - before.frames_folded;
+        assert!(
+            folded < 300,
+            "[{name}] reopen folded {folded} frames of ~720: the record was not used"
+        );
+    }
+    assert_eq!(
+        must(store.writes(&head).await, "writes"),
+        expected_writes,
+        "[{name}] writes"
+    );
+    let old = must(
+        store.at_version("long", saved[10].version).await,
+        "old version",
+    );
+    assert_cps_eq(
+        std::slice::from_ref(&old),
+        std::slice::from_ref(&expected.lists[0][9]),
+        format!("[{name}] an old version after reopen"),
+    );
+    assert_not_found(
+        store.load(&saved[3].id).await,
+        &saved[3].id.to_string(),
+        format!("[{name}] deleted old version after reopen"),
+    );
+    assert_same_projections(
+        &capture(&store, &["long"]).await,
+        &expected,
+        &format!("[{name}] after reopen from a record"),
+    );
+    // Ten saves the record has not seen: the reopen folds them on top of it.
+    for i in 711..=720 {
+        tail.push(must(store.save(long_checkpoint(i)).await, "save"));
+    }
+    save_n(&store, "short", 3).await;
+    let expected = capture(&store, &["long"]).await;
+    drop(store);
+    let store = h.open().await;
+    assert_eq!(
+        must(store.latest("long").await, "latest").map(|c| c.version),
+        tail.last().map(|c| c.version),
+        "[{name}] latest past a stale record"
+    );
+    assert_same_projections(
+        &capture(&store, &["long"]).await,
+        &expected,
+        &format!("[{name}] after reopen from a stale record"),
+    );
+    let report = must(store.verify().await, "verify");
+    assert!(
+        report.is_ok(),
+        "[{name}] verify after reopen: {:?}",
+        report.problems()
+    );
+    let Some(side) = store.backend().capabilities().side_table else {
+        return;
+    };
+    // A damaged record, then another execution's record under this one's key.
+    let key = "p/long".to_owned();
+    let good = must(
+        side.get_records(std::slice::from_ref(&key)).await,
+        "get record",
+    );
+    let good = good
+        .into_iter()
+        .next()
+        .flatten()
+        .expect("a record was written");
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x40;
+    must(store.flush().await, "flush");
+    let short = must(
+        side.get_records(&["p/short".to_owned()]).await,
+        "get record",
+    );
+    drop(store);
+    for (what, bytes) in [
+        ("damaged", Some(bad)),
+        ("moved", short.into_iter().next().flatten()),
+    ] {
+        let Some(bytes) = bytes else { continue };
+        let store = h.open().await;
+        let side = store
+            .backend()
+            .capabilities()
+            .side_table
+            .expect("side table");
+        must(
+            side.put_records(vec![(key.clone(), bytes)]).await,
+            "put record",
+        );
+        assert_eq!(
+            must(store.latest("long").await, "latest").map(|c| c.version),
+            tail.last().map(|c| c.version),
+            "[{name}] latest with a {what} record"
+        );
+        assert_eq!(
+            store.read_stats().records_opened,
+            0,
+            "[{name}] a {what} record was opened"
+        );
+        assert_same_projections(
+            &capture(&store, &["long"]).await,
+            &expected,
+            &format!("[{name}] with a {what} record"),
+        );
+        drop(store);
+    }
+}

@@ -76,7 +76,7 @@ use super::{frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverErr
 use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
     Backend, Blob, BlobHash, Capabilities, ConnectOptions, Inspect, LogAppend, RecordedDamage,
-    Rewrite,
+    Rewrite, SideTable,
 };
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
@@ -487,7 +487,88 @@ impl Backend for PostgresBackend {
         caps.notify = Some(self);
         caps.maintain = Some(self);
         caps.inspect = Some(self);
+        caps.side_table = Some(self);
         caps
+    }
+}
+
+#[async_trait]
+impl SideTable for PostgresBackend {
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut records = records;
+        // One row per key (the last wins), in key order so concurrent puts lock rows alike.
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<&[u8]> = records.iter().map(|(_, v)| v.as_slice()).collect();
+        self.retry("writing derived records", || {
+            sqlx::query(&self.sql.put_records)
+                .bind(&keys)
+                .bind(&values)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<u8>)> = self
+            .retry("reading derived records", || {
+                sqlx::query_as(&self.sql.get_records)
+                    .bind(keys)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        let found: HashMap<String, Vec<u8>> = rows.into_iter().collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.retry("listing derived records", || {
+            sqlx::query_as(&self.sql.scan_records)
+                .bind(prefix)
+                .fetch_all(&self.pool)
+        })
+        .await
+    }
+
+    async fn delete_records(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.retry("deleting derived records", || {
+            sqlx::query(&self.sql.delete_records)
+                .bind(keys)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = self
+            .retry("listing the logs", || {
+                sqlx::query_as(&self.sql.log_tails).fetch_all(&self.pool)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(log, next)| {
+                Ok((from_db_seq(next, &format!("log {log:?}"))?, log)).map(|(n, l)| (l, n))
+            })
+            .collect()
     }
 }
 

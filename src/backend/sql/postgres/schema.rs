@@ -27,6 +27,11 @@ pub(super) struct Queries {
     pub(super) missing_blobs: String,
     pub(super) list_blobs: String,
     pub(super) delete_blobs: String,
+    pub(super) put_records: String,
+    pub(super) get_records: String,
+    pub(super) scan_records: String,
+    pub(super) delete_records: String,
+    pub(super) log_tails: String,
 }
 
 impl Queries {
@@ -51,6 +56,20 @@ impl Queries {
             ),
             scan: scan_sql(s),
             list_logs: format!("SELECT log FROM {s}.logs"),
+            put_records: format!(
+                "INSERT INTO {s}.records (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            get_records: format!("SELECT key, value FROM {s}.records WHERE key = ANY($1)"),
+            scan_records: format!(
+                "SELECT key, value FROM {s}.records WHERE left(key, length($1)) = $1"
+            ),
+            delete_records: format!("DELETE FROM {s}.records WHERE key = ANY($1)"),
+            log_tails: format!(
+                "SELECT l.log, GREATEST(l.next_seq, \
+                 COALESCE((SELECT MAX(seq) + 1 FROM {s}.frames f WHERE f.log = l.log), 1)) \
+                 FROM {s}.logs l"
+            ),
             raise: format!(
                 "INSERT INTO {s}.logs (log, next_seq) VALUES ($1, $2) ON CONFLICT (log) \
                  DO UPDATE SET next_seq = GREATEST({s}.logs.next_seq, EXCLUDED.next_seq)"
@@ -248,6 +267,14 @@ impl PostgresBackend {
                 }
                 Some(_) => {}
             }
+            // Derived records (`SideTable`): beside schema version 1, so an older schema gains
+            // the table without a version change (older code ignores it). Unlogged: a cache
+            // needs no WAL, and a crash that empties it costs time, never data.
+            let records = format!(
+                "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.records \
+                 (key TEXT PRIMARY KEY, value BYTEA NOT NULL)"
+            );
+            (&mut *tx).execute(records.as_str()).await?;
             tx.commit().await?;
             Ok(Migration::Ready)
         })

@@ -1,0 +1,501 @@
+//! Persisted projections: each execution's projection kept as a derived record in the backend's
+//! side table ([`crate::backend::SideTable`]), so that opening a long execution reads one record
+//! and the log's tail instead of folding the whole log, and listing executions reads one table.
+//!
+//! A record holds the projection's summary (live count, newest live save, bytes) and its
+//! *window*: every save and write from the `horizon` on, where the horizon is the start of the
+//! delta chain of the oldest of the newest [`WINDOW`] live saves, so every state in the window
+//! rebuilds from frames the window knows. A projection loaded from a record is *partial*: what
+//! lies before its horizon is not in memory, and the operations that need it (a full history,
+//! an old version, verify, gc...) fold the whole log first (`Store::index`).
+//!
+//! A record is a cache and is never trusted blindly: it names the log position it was made at
+//! and the checksum of the frame just before it, and is used only when the log still has that
+//! frame there (a rekey, a rollback or a log recreated after expiry all change it). It is
+//! written only for projections without damage, sealed like a frame in an encrypted store, and
+//! checksummed with its execution bound in. Losing one costs a fold, never data.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use rmpv::Value;
+
+use super::index::{Chain, ExecIndex, SaveEntry, WriteEntry};
+use super::{poisoned, Store};
+use crate::codec::frame::{self, Event};
+use crate::codec::value;
+use crate::error::Result;
+
+/// Key prefix of an execution's record in the side table.
+pub(super) const RECORD_PREFIX: &str = "p/";
+/// The record format this code writes and reads (others are ignored: rebuilt).
+const FORMAT: u64 = 1;
+/// Live saves a partial projection keeps at least (history(20) and time travel near the head
+/// are answered without a fold).
+const WINDOW: usize = 64;
+/// Frames a projection may move past its record before the record is written again.
+pub(super) const PERSIST_EVERY: u64 = 256;
+/// New executions whose first record waits to be written with others, in one call.
+const DIRTY_BATCH: usize = 64;
+
+/// An execution's summary as a record states it (what [`Store::executions`] lists).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct RecordHead {
+    /// The log position the record was made at: every frame below it is folded in.
+    pub position: u64,
+    /// Checksum of the frame at `position - 1` (none when the log was empty).
+    pub tail_sum: Option<[u8; 8]>,
+    pub live_count: usize,
+    /// The newest live save: version, node, timestamp.
+    pub latest: Option<(u64, String, u64)>,
+    pub log_bytes: u64,
+    pub cleared_at: u64,
+    pub first_folded: Option<u64>,
+    pub horizon: u64,
+}
+
+/// The key of `exec`'s record.
+pub(super) fn record_key(exec: &str) -> String {
+    format!("{RECORD_PREFIX}{exec}")
+}
+
+/// Where a record is bound in its checksum (and seal): no log can have this name.
+fn record_place(exec: &str) -> String {
+    format!("\u{1}projection/{exec}")
+}
+
+/// The checksum a frame carries in its last 8 bytes.
+pub(super) fn frame_sum(frame: &[u8]) -> Option<[u8; 8]> {
+    frame
+        .len()
+        .checked_sub(8)
+        .and_then(|at| frame[at..].try_into().ok())
+}
+
+impl ExecIndex {
+    /// Whether the projection can be written as a record: brought up to its log's tail, without
+    /// damage, and knowing the checksum of its last frame.
+    fn persistable(&self) -> bool {
+        self.synced
+            && self.damaged.is_empty()
+            && self.damaged_saves.is_empty()
+            && self.sealed_damage.is_empty()
+            && (self.next_seq == 1 || self.tail_sum.is_some_and(|(s, _)| s + 1 == self.next_seq))
+    }
+
+    /// The horizon a record of this projection keeps: the chain start of the oldest of the
+    /// newest [`WINDOW`] live saves (never above the newest save's chain start, the base of
+    /// the next delta).
+    fn window_horizon(&self) -> u64 {
+        let floor = self.horizon.max(1);
+        let oldest_kept = self.live().rev().take(WINDOW).last();
+        oldest_kept
+            .into_iter()
+            .chain(self.newest_save())
+            .map(|(_, e)| e.chain.start)
+            .min()
+            .map_or(self.next_seq.max(floor), |s| s.max(floor))
+    }
+
+    fn head(&self) -> RecordHead {
+        RecordHead {
+            position: self.next_seq,
+            tail_sum: self.tail_sum.map(|(_, s)| s),
+            live_count: self.live_count,
+            latest: self
+                .latest_live()
+                .and_then(|v| self.saves.get(&v).map(|e| (v, e)))
+                .map(|(v, e)| (v, e.header.node.clone(), e.header.timestamp_us)),
+            log_bytes: self.log_bytes,
+            cleared_at: self.cleared_at,
+            first_folded: self.first_folded,
+            horizon: self.window_horizon(),
+        }
+    }
+
+    /// The record's payload: its head, then its window.
+    fn record_payload(&self) -> Vec<u8> {
+        let head = self.head();
+        let horizon = head.horizon;
+        let head_value = Value::Array(vec![
+            FORMAT.into(),
+            head.position.into(),
+            head.tail_sum
+                .map_or(Value::Nil, |s| Value::Binary(s.to_vec())),
+            (head.live_count as u64).into(),
+            head.latest.map_or(Value::Nil, |(v, node, ts)| {
+                Value::Array(vec![v.into(), node.into(), ts.into()])
+            }),
+            head.log_bytes.into(),
+            head.cleared_at.into(),
+            head.first_folded.map_or(Value::Nil, Value::from),
+            horizon.into(),
+        ]);
+        let saves = self
+            .saves
+            .range(horizon..)
+            .map(|(v, e)| {
+                Value::Array(vec![
+                    (*v).into(),
+                    frame::save_header_value(&e.header),
+                    e.deleted.into(),
+                    e.chain.start.into(),
+                    e.chain.len.into(),
+                    e.chain.delta_bytes.into(),
+                    e.chain.snapshot_bytes.into(),
+                    e.frame_len.into(),
+                ])
+            })
+            .collect();
+        let writes = self
+            .writes
+            .range((horizon, 0)..)
+            .map(|((v, seq), e)| {
+                Value::Array(vec![
+                    (*v).into(),
+                    (*seq).into(),
+                    frame::write_header_value(&e.header),
+                    e.frame_len.into(),
+                ])
+            })
+            .collect();
+        let mut out = value::encode(&head_value);
+        out.extend(value::encode(&Value::Array(vec![
+            Value::Array(saves),
+            Value::Array(writes),
+        ])));
+        out
+    }
+}
+
+/// Reads a record's head from the front of its payload; the cursor is left at its window.
+fn read_head(cursor: &mut Cursor<&[u8]>) -> std::result::Result<RecordHead, String> {
+    let head = value::read_prefix(cursor).map_err(|e| e.to_string())?;
+    let Value::Array(f) = head else {
+        return Err("head is not an array".into());
+    };
+    if f.len() != 9 || f[0].as_u64() != Some(FORMAT) {
+        return Err("unknown record format".into());
+    }
+    let int = |i: usize| {
+        f[i].as_u64()
+            .ok_or_else(|| format!("field {i} is not an integer"))
+    };
+    let tail_sum = match &f[2] {
+        Value::Nil => None,
+        Value::Binary(b) => Some(<[u8; 8]>::try_from(b.as_slice()).map_err(|_| "tail sum")?),
+        _ => return Err("tail sum".into()),
+    };
+    let latest = match &f[4] {
+        Value::Nil => None,
+        Value::Array(l) if l.len() == 3 => Some((
+            l[0].as_u64().ok_or("latest version")?,
+            l[1].as_str().ok_or("latest node")?.to_owned(),
+            l[2].as_u64().ok_or("latest time")?,
+        )),
+        _ => return Err("latest".into()),
+    };
+    Ok(RecordHead {
+        position: int(1)?,
+        tail_sum,
+        live_count: usize::try_from(int(3)?).map_err(|_| "live count")?,
+        latest,
+        log_bytes: int(5)?,
+        cleared_at: int(6)?,
+        first_folded: match &f[7] {
+            Value::Nil => None,
+            v => Some(v.as_u64().ok_or("first folded")?),
+        },
+        horizon: int(8)?,
+    })
+}
+
+/// The window of a record: its saves and writes.
+type Window = (Vec<(u64, SaveEntry)>, Vec<((u64, u64), WriteEntry)>);
+
+fn read_window(cursor: &mut Cursor<&[u8]>) -> std::result::Result<Window, String> {
+    let window = value::read_prefix(cursor).map_err(|e| e.to_string())?;
+    let Value::Array(mut parts) = window else {
+        return Err("window is not an array".into());
+    };
+    if parts.len() != 2 {
+        return Err("window is not [saves, writes]".into());
+    }
+    let (Value::Array(writes), Value::Array(saves)) = (parts.remove(1), parts.remove(0)) else {
+        return Err("window parts are not arrays".into());
+    };
+    let mut out_saves = Vec::with_capacity(saves.len());
+    for s in saves {
+        let Value::Array(mut f) = s else {
+            return Err("save is not an array".into());
+        };
+        if f.len() != 8 {
+            return Err("save has the wrong length".into());
+        }
+        let int = |f: &[Value], i: usize| f[i].as_u64().ok_or_else(|| format!("save field {i}"));
+        let header = match frame::header_from_value(std::mem::replace(&mut f[1], Value::Nil))? {
+            Event::Save(h) => h,
+            _ => return Err("a save entry with another event's header".into()),
+        };
+        let entry = SaveEntry {
+            header,
+            deleted: f[2].as_bool().ok_or("deleted flag")?,
+            chain: Chain {
+                start: int(&f, 3)?,
+                len: u32::try_from(int(&f, 4)?).map_err(|_| "chain length")?,
+                delta_bytes: int(&f, 5)?,
+                snapshot_bytes: int(&f, 6)?,
+                needs: None,
+            },
+            frame_len: int(&f, 7)?,
+        };
+        out_saves.push((int(&f, 0)?, entry));
+    }
+    let mut out_writes = Vec::with_capacity(writes.len());
+    for w in writes {
+        let Value::Array(mut f) = w else {
+            return Err("write is not an array".into());
+        };
+        if f.len() != 4 {
+            return Err("write has the wrong length".into());
+        }
+        let header = match frame::header_from_value(std::mem::replace(&mut f[2], Value::Nil))? {
+            Event::Write(h) => h,
+            _ => return Err("a write entry with another event's header".into()),
+        };
+        let v = f[0].as_u64().ok_or("write checkpoint")?;
+        let seq = f[1].as_u64().ok_or("write seq")?;
+        let frame_len = f[3].as_u64().ok_or("write frame length")?;
+        out_writes.push(((v, seq), WriteEntry { header, frame_len }));
+    }
+    Ok((out_saves, out_writes))
+}
+
+impl Store {
+    fn side_table(&self) -> Option<&dyn crate::backend::SideTable> {
+        self.inner.backend.capabilities().side_table
+    }
+
+    /// Opens `exec`'s record: `None` when it does not verify or open (it is then ignored).
+    fn open_record(&self, exec: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        let codec = self.codec().ok()?;
+        codec
+            .frames
+            .decode_record(&record_place(exec), 0, bytes)
+            .ok()
+    }
+
+    /// The head of `exec`'s record (see [`Store::executions`]), `None` when it is unusable.
+    pub(super) fn record_head(&self, exec: &str, bytes: &[u8]) -> Option<RecordHead> {
+        let payload = self.open_record(exec, bytes)?;
+        read_head(&mut Cursor::new(&payload[..])).ok()
+    }
+
+    /// Loads `exec`'s record into the fresh projection `idx` and checks it against the log:
+    /// returns the log's frames from the record's position on (the first page) when it holds,
+    /// `None` (leaving `idx` fresh) when there is no usable record.
+    pub(super) async fn load_record(&self, idx: &mut ExecIndex) -> Result<Option<()>> {
+        let Some(side) = self.side_table() else {
+            return Ok(None);
+        };
+        let exec = idx.log.clone();
+        // A record that cannot be read is a cache miss, not an error.
+        let Ok(mut got) = side.get_records(&[record_key(&exec)]).await else {
+            return Ok(None);
+        };
+        let Some(Some(bytes)) = got.pop() else {
+            return Ok(None);
+        };
+        let Some(payload) = self.open_record(&exec, &bytes) else {
+            return Ok(None);
+        };
+        let mut cursor = Cursor::new(&payload[..]);
+        let Ok(head) = read_head(&mut cursor) else {
+            return Ok(None);
+        };
+        let Ok((saves, writes)) = read_window(&mut cursor) else {
+            return Ok(None);
+        };
+        // The record holds only while the log still has the frame it was made after.
+        if head.position > 1 {
+            let page = self.inner.backend.scan(&exec, head.position - 1, 1).await?;
+            let holds = page.first().is_some_and(|(seq, bytes)| {
+                *seq == head.position - 1 && frame_sum(bytes) == head.tail_sum
+            });
+            if !holds {
+                return Ok(None);
+            }
+        } else if head.tail_sum.is_some() {
+            return Ok(None);
+        }
+        idx.reset();
+        idx.next_seq = head.position;
+        idx.live_count = head.live_count;
+        idx.log_bytes = head.log_bytes;
+        idx.cleared_at = head.cleared_at;
+        idx.first_folded = head.first_folded;
+        idx.horizon = head.horizon;
+        idx.tail_sum = head.tail_sum.map(|s| (head.position - 1, s));
+        idx.persisted_at = head.position;
+        idx.saves = saves.into_iter().collect();
+        idx.writes = writes.into_iter().collect();
+        if idx.horizon <= 1 {
+            idx.horizon = 0;
+        }
+        self.inner
+            .stats
+            .records_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(()))
+    }
+
+    /// Writes `idx`'s record now, if it can be written.
+    pub(super) async fn persist(&self, idx: &mut ExecIndex) -> Result<()> {
+        let Some(side) = self.side_table() else {
+            return Ok(());
+        };
+        if !idx.persistable() || idx.persisted_at == idx.next_seq {
+            return Ok(());
+        }
+        let record = self.encode_record(idx)?;
+        side.put_records(vec![(record_key(&idx.log), record)])
+            .await?;
+        idx.persisted_at = idx.next_seq;
+        Ok(())
+    }
+
+    fn encode_record(&self, idx: &ExecIndex) -> Result<Vec<u8>> {
+        self.codec()?
+            .frames
+            .encode_record(&record_place(&idx.log), 0, idx.record_payload())
+    }
+
+    /// After `idx` moved (a save, a fold): writes its record when it is [`PERSIST_EVERY`] frames
+    /// behind, or queues it with other new executions' when it has none yet. Never fails: a
+    /// record is a cache.
+    pub(super) async fn after_move(&self, idx: &mut ExecIndex) {
+        if self.side_table().is_none() || !idx.persistable() {
+            return;
+        }
+        if idx.next_seq >= idx.persisted_at + PERSIST_EVERY {
+            let _ = self.persist(idx).await;
+        } else if idx.persisted_at == 0 {
+            let full = {
+                let Ok(mut dirty) = self.inner.dirty_records.lock() else {
+                    return;
+                };
+                dirty.insert(idx.log.clone());
+                dirty.len() >= DIRTY_BATCH
+            };
+            if full {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    let _ = store.write_dirty_records().await;
+                });
+            }
+        }
+    }
+
+    /// Writes the records of the executions queued by [`Store::after_move`] (those whose
+    /// projection is busy stay queued).
+    pub(super) async fn write_dirty_records(&self) -> Result<()> {
+        let Some(side) = self.side_table() else {
+            return Ok(());
+        };
+        let queued: Vec<Arc<str>> = {
+            let mut dirty = self.inner.dirty_records.lock().map_err(|_| poisoned())?;
+            std::mem::take(&mut *dirty).into_iter().collect()
+        };
+        let mut records = Vec::with_capacity(queued.len());
+        let mut written = Vec::with_capacity(queued.len());
+        let mut busy = HashSet::new();
+        for exec in queued {
+            let handle = self.handle(&exec);
+            let Ok(mut idx) = handle.try_lock_owned() else {
+                busy.insert(exec);
+                continue;
+            };
+            if idx.persistable() && idx.persisted_at != idx.next_seq {
+                records.push((record_key(&exec), self.encode_record(&idx)?));
+                idx.persisted_at = idx.next_seq;
+                written.push(idx);
+            }
+        }
+        if !busy.is_empty() {
+            if let Ok(mut dirty) = self.inner.dirty_records.lock() {
+                dirty.extend(busy);
+            }
+        }
+        if let Err(e) = side.put_records(records).await {
+            for mut idx in written {
+                idx.persisted_at = 0;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Checks `exec`'s record (if any) against `idx`, its projection folded from the whole
+    /// log: what it states wrongly, for [`Store::verify`]. A record behind the log is not wrong.
+    pub(super) async fn check_record(&self, idx: &ExecIndex) -> Result<Option<String>> {
+        let Some(side) = self.side_table() else {
+            return Ok(None);
+        };
+        let Some(Some(bytes)) = side.get_records(&[record_key(&idx.log)]).await?.pop() else {
+            return Ok(None);
+        };
+        let Some(payload) = self.open_record(&idx.log, &bytes) else {
+            return Ok(Some(
+                "its persisted projection does not verify (it is ignored and rebuilt)".into(),
+            ));
+        };
+        let mut cursor = Cursor::new(&payload[..]);
+        let head = match read_head(&mut cursor) {
+            Ok(h) => h,
+            Err(e) => return Ok(Some(format!("its persisted projection is unreadable: {e}"))),
+        };
+        if head.position != idx.next_seq || !idx.persistable() {
+            return Ok(None);
+        }
+        let mine = idx.head();
+        let window = read_window(&mut cursor);
+        let same_window = window.is_ok_and(|(saves, writes)| {
+            saves.iter().all(|(v, e)| {
+                idx.saves.get(v).is_some_and(|m| {
+                    m.header == e.header && m.deleted == e.deleted && m.chain == e.chain
+                })
+            }) && writes
+                .iter()
+                .all(|(k, e)| idx.writes.get(k).is_some_and(|m| m.header == e.header))
+        });
+        let agrees = head.live_count == mine.live_count
+            && head.latest == mine.latest
+            && head.cleared_at == mine.cleared_at
+            && same_window;
+        Ok((!agrees).then(|| {
+            format!(
+                "its persisted projection (at seq {}) disagrees with its log: it states {} live \
+                 checkpoints and newest {:?}, the log {} and {:?}; it was rewritten from \
+                 the log",
+                head.position,
+                head.live_count,
+                head.latest.map(|l| l.0),
+                mine.live_count,
+                mine.latest.map(|l| l.0)
+            )
+        }))
+    }
+}
+
+/// Opens and decodes a plaintext store's record of `exec` as a reopen reads it (for the fuzz
+/// target, through [`crate::fuzzing`]). Never panics.
+pub(crate) fn decode_record(exec: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    let payload = crate::codec::frame::FrameCodec::plain()
+        .decode_record(&record_place(exec), 0, bytes)
+        .map_err(|e| e.to_string())?;
+    let mut cursor = Cursor::new(&payload[..]);
+    read_head(&mut cursor)?;
+    read_window(&mut cursor)?;
+    Ok(())
+}
