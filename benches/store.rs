@@ -18,7 +18,9 @@
 //! - `reopen_20k`: issue 15's long shape: one execution of 20,000 checkpoints of a small state
 //!   (~140 bytes: a step, a status, a few fields that change each step), built once in setup;
 //!   each iteration opens the store from its URL (sled directory, SQLite file), reads the latest
-//!   checkpoint and closes the store: what a process start pays before its first answer.
+//!   checkpoint (or the 20 newest headers, or a version near the head) and closes the store:
+//!   what a process start pays before its first answer. On PostgreSQL too when
+//!   `CKPT_TEST_POSTGRES_URL` names a server.
 //!
 //! Sample sizes are small (20 samples, 3 s) so that `cargo bench` finishes in a few minutes.
 
@@ -317,7 +319,7 @@ fn small_state(step: u64) -> serde_json::Value {
 /// [`REOPEN_STEPS`] small checkpoints.
 fn reopen_fixtures(rt: &Runtime) -> (Vec<(&'static str, String)>, TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let urls = vec![
+    let mut urls = vec![
         (
             "sled",
             format!("sled://{}", dir.path().join("sled").display()),
@@ -327,6 +329,12 @@ fn reopen_fixtures(rt: &Runtime) -> (Vec<(&'static str, String)>, TempDir) {
             format!("sqlite://{}", dir.path().join("long.db").display()),
         ),
     ];
+    // A PostgreSQL server when one is named (`scripts/servers.sh start` prints the variable).
+    if let Ok(url) = std::env::var("CKPT_TEST_POSTGRES_URL") {
+        let schema = format!("bench_reopen_{}", std::process::id());
+        let sep = if url.contains('?') { '&' } else { '?' };
+        urls.push(("postgres", format!("{url}{sep}schema={schema}")));
+    }
     for (_, url) in &urls {
         rt.block_on(async {
             let store = Store::open(url).await.expect("open");
@@ -356,6 +364,23 @@ fn bench_reopen(c: &mut Criterion, rt: &Runtime) {
                 let store = Store::open(url).await.expect("open");
                 let latest = store.latest(REOPEN_EXEC).await.expect("latest");
                 assert_eq!(latest.map(|c| c.version), Some(REOPEN_STEPS));
+                drop(store);
+            })
+        });
+        group.bench_function(format!("open_and_history_20/{name}"), |b| {
+            b.to_async(rt).iter(|| async move {
+                let store = Store::open(url).await.expect("open");
+                let query = HistoryQuery::default().limit(20);
+                let history = store.history(REOPEN_EXEC, query).await.expect("history");
+                assert_eq!(history.len(), 20);
+                drop(store);
+            })
+        });
+        group.bench_function(format!("open_and_at_version/{name}"), |b| {
+            b.to_async(rt).iter(|| async move {
+                let store = Store::open(url).await.expect("open");
+                let cp = store.at_version(REOPEN_EXEC, REOPEN_STEPS - 10).await;
+                assert_eq!(cp.expect("at_version").version, REOPEN_STEPS - 10);
                 drop(store);
             })
         });

@@ -47,6 +47,8 @@ impl Store {
     /// the newest of them; version 0, no node and the Unix epoch when none is readable) and
     /// marked with its damaged frames and unreadable versions; the others are untouched by it.
     pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
+        // This store's own projections that have no record yet are current: write them first.
+        let _ = self.write_dirty_records().await;
         let (mut logs, heads) = self.logs_and_records().await?;
         logs.sort();
         let mut out = Vec::new();

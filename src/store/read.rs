@@ -234,11 +234,17 @@ impl Store {
     /// record when there is a usable one.
     pub(super) async fn refresh_recent(&self, idx: &mut ExecIndex) -> Result<()> {
         let fresh = idx.next_seq == 1 && !idx.synced;
+        let mut known_tail = None;
         if fresh {
             self.crypto().await?;
-            self.load_record(idx).await?;
+            let tail = self.tail(&idx.log).await?;
+            // A log never appended to has no record worth a read: a new execution's first save.
+            if tail > 1 {
+                self.load_record(idx).await?;
+            }
+            known_tail = Some(tail);
         }
-        self.fold_tail(idx).await?;
+        self.fold_tail_to(idx, known_tail).await?;
         if idx.needs_complete || !idx.holds_latest() {
             idx.reset();
             self.fold_tail(idx).await?;
@@ -250,8 +256,16 @@ impl Store {
     /// Folds any frames appended since the projection was last brought up to date. A gap (frames
     /// removed by gc before this projection saw them) rebuilds it from the log.
     async fn fold_tail(&self, idx: &mut ExecIndex) -> Result<()> {
+        self.fold_tail_to(idx, None).await
+    }
+
+    /// [`Store::fold_tail`] to `tail` when the caller has just read it.
+    async fn fold_tail_to(&self, idx: &mut ExecIndex, tail: Option<u64>) -> Result<()> {
         self.crypto().await?;
-        let tail = self.tail(&idx.log).await?;
+        let tail = match tail {
+            Some(t) => t,
+            None => self.tail(&idx.log).await?,
+        };
         if tail == idx.next_seq {
             idx.synced = true;
             return Ok(());

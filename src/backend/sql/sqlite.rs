@@ -74,6 +74,22 @@ const NEXT_SEQ_SQL: &str = "SELECT MAX(\
 const RECORDS_TABLE: &str = "CREATE TABLE IF NOT EXISTS records \
      (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 
+/// Rows per multi-row `INSERT` (3 parameters each; SQLite allows 32766).
+const FRAME_CHUNK: usize = 200;
+
+/// The fast compare-and-move of a log's next sequence number (?1 log, ?2 expected, ?3 new), when
+/// `next_seq` would report exactly the stored number: it equals the expected one and no frame
+/// lies at or past it. Changes no row otherwise (the caller then compares with what `next_seq`
+/// reports, as the slow path).
+const MOVE_NEXT_SEQ_SQL: &str = "UPDATE logs SET next_seq = ?3 \
+     WHERE log = ?1 AND next_seq = ?2 \
+     AND NOT EXISTS (SELECT 1 FROM frames WHERE log = ?1 AND seq >= ?2)";
+
+/// The same for a new log (1 expected): created when it has neither a row nor a frame.
+const CREATE_LOG_SQL: &str = "INSERT INTO logs (log, next_seq) \
+     SELECT ?1, ?3 WHERE ?2 = 1 AND NOT EXISTS (SELECT 1 FROM frames WHERE log = ?1) \
+     ON CONFLICT (log) DO NOTHING";
+
 /// The schema, version 1.
 const SCHEMA_V1: &str = "
 CREATE TABLE logs (log TEXT NOT NULL PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -523,6 +539,29 @@ async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Ve
         .execute(&mut *conn)
         .await
         .map_err(|e| db_error("starting a write transaction", &e))?;
+    if let [job] = jobs {
+        // Alone in its transaction, a job needs no savepoint: a refused one rolls it all back.
+        return match apply(conn, &job.op).await {
+            Ok(()) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+                Ok(_) => Ok(vec![Ok(())]),
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    Err(db_error("writing: committing", &e))
+                }
+            },
+            Err(e) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|r| db_error("writing: rolling back a refused write", &r))?;
+                if is_refusal(&e) {
+                    Ok(vec![Err(e)])
+                } else {
+                    Err(e)
+                }
+            }
+        };
+    }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         match apply_in_savepoint(conn, &job.op).await {
@@ -549,10 +588,7 @@ async fn apply_in_savepoint(conn: &mut SqliteConnection, op: &WriteOp) -> Result
         .await
         .map_err(|e| db_error("writing: savepoint", &e))?;
     let result = apply(conn, op).await;
-    let refused = matches!(
-        result,
-        Err(Error::Conflict { .. } | Error::InvalidInput(_) | Error::Corrupt { .. })
-    );
+    let refused = result.as_ref().is_err_and(is_refusal);
     match result {
         Err(e) if !refused => Err(e),
         result => {
@@ -569,6 +605,15 @@ async fn apply_in_savepoint(conn: &mut SqliteConnection, op: &WriteOp) -> Result
             Ok(result)
         }
     }
+}
+
+/// Whether `e` refuses one write (its compare-and-append failed, or its input is bad) rather
+/// than failing the transaction it ran in.
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Conflict { .. } | Error::InvalidInput(_) | Error::Corrupt { .. }
+    )
 }
 
 /// Applies one write on the writer's connection (inside a transaction).
@@ -668,10 +713,14 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
 
 /// Stores blobs, leaving existing ones as they are.
 async fn insert_blobs(conn: &mut SqliteConnection, blobs: &[(BlobHash, Vec<u8>)]) -> Result<()> {
-    for (hash, data) in blobs {
-        sqlx::query("INSERT INTO blobs (hash, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-            .bind(&hash[..])
-            .bind(data)
+    for chunk in blobs.chunks(FRAME_CHUNK) {
+        let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO blobs (hash, data) VALUES {rows} ON CONFLICT DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        for (hash, data) in chunk {
+            query = query.bind(&hash[..]).bind(data);
+        }
+        query
             .execute(&mut *conn)
             .await
             .map_err(|e| db_error("storing blobs", &e))?;
@@ -694,24 +743,48 @@ async fn append_one(conn: &mut SqliteConnection, append: &LogAppend) -> Result<(
         let actual = current_next_seq(conn, log).await?;
         return check(log, append.expected_seq, actual);
     }
-    // Compared with the log's next sequence number as `next_seq` reports it (never at or below
-    // its last frame), inside the writer's transaction, then moved.
-    let actual = current_next_seq(conn, log).await?;
-    check(log, append.expected_seq, actual)?;
-    sqlx::query(
-        "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
-         ON CONFLICT (log) DO UPDATE SET next_seq = excluded.next_seq",
-    )
-    .bind(log)
-    .bind(end)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| db_error(what(), &e))?;
-    for (seq, frame) in (expected..).zip(&append.frames) {
-        sqlx::query("INSERT INTO frames (log, seq, frame) VALUES (?1, ?2, ?3)")
-            .bind(log)
-            .bind(seq)
-            .bind(frame)
+    // The common case in one statement: the stored number is the expected one and no frame
+    // lies at or past it (so `next_seq` would report exactly it), and it moves.
+    let fast = if append.expected_seq == 1 {
+        CREATE_LOG_SQL
+    } else {
+        MOVE_NEXT_SEQ_SQL
+    };
+    let moved = sqlx::query(fast)
+        .bind(log)
+        .bind(expected)
+        .bind(end)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error(what(), &e))?
+        .rows_affected();
+    if moved == 0 {
+        // Compared with the log's next sequence number as `next_seq` reports it (never at or
+        // below its last frame), inside the writer's transaction, then moved.
+        let actual = current_next_seq(conn, log).await?;
+        check(log, append.expected_seq, actual)?;
+        sqlx::query(
+            "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
+             ON CONFLICT (log) DO UPDATE SET next_seq = excluded.next_seq",
+        )
+        .bind(log)
+        .bind(end)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error(what(), &e))?;
+    }
+    // Every frame in one statement: each statement is a round trip to sqlx's worker thread.
+    for (first, chunk) in (expected..)
+        .step_by(FRAME_CHUNK)
+        .zip(append.frames.chunks(FRAME_CHUNK))
+    {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO frames (log, seq, frame) VALUES {rows}");
+        let mut query = sqlx::query(&sql);
+        for (seq, frame) in (first..).zip(chunk) {
+            query = query.bind(log).bind(seq).bind(frame);
+        }
+        query
             .execute(&mut *conn)
             .await
             .map_err(|e| match e.as_database_error() {
