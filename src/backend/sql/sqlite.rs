@@ -535,13 +535,18 @@ async fn commit_group(conn: &mut SqliteConnection, jobs: Vec<Job>) {
 /// One transaction applying `jobs`: the outer error means nothing was committed; the inner
 /// results are each job's own (a refused job was rolled back to its savepoint).
 async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<Result<()>>> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| db_error("starting a write transaction", &e))?;
     if let [job] = jobs {
         // Alone in its transaction, a job needs no savepoint: a refused one rolls it all back.
-        return match apply(conn, &job.op).await {
+        let applied = match &job.op {
+            WriteOp::Append { appends, blobs } if one_batch_append(appends) => {
+                append_in_one_batch(conn, "BEGIN IMMEDIATE", appends, blobs).await
+            }
+            op => match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+                Ok(_) => apply(conn, op).await,
+                Err(e) => return Err(db_error("starting a write transaction", &e)),
+            },
+        };
+        return match applied {
             Ok(()) => match sqlx::query("COMMIT").execute(&mut *conn).await {
                 Ok(_) => Ok(vec![Ok(())]),
                 Err(e) => {
@@ -550,10 +555,8 @@ async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Ve
                 }
             },
             Err(e) => {
-                sqlx::query("ROLLBACK")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|r| db_error("writing: rolling back a refused write", &r))?;
+                // Fails harmlessly when the transaction never began (a busy BEGIN).
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 if is_refusal(&e) {
                     Ok(vec![Err(e)])
                 } else {
@@ -562,6 +565,10 @@ async fn run_transaction(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Ve
             }
         };
     }
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("starting a write transaction", &e))?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         match apply_in_savepoint(conn, &job.op).await {
@@ -619,6 +626,9 @@ fn is_refusal(e: &Error) -> bool {
 /// Applies one write on the writer's connection (inside a transaction).
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
     match op {
+        WriteOp::Append { appends, blobs } if one_batch_append(appends) => {
+            append_in_one_batch(conn, "", appends, blobs).await
+        }
         WriteOp::Append { appends, blobs } => {
             insert_blobs(conn, blobs).await?;
             for append in appends {
@@ -724,6 +734,129 @@ async fn insert_blobs(conn: &mut SqliteConnection, blobs: &[(BlobHash, Vec<u8>)]
             .execute(&mut *conn)
             .await
             .map_err(|e| db_error("storing blobs", &e))?;
+    }
+    Ok(())
+}
+
+/// A parameter of [`append_in_one_batch`]'s batch.
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+    Blob(&'a [u8]),
+}
+
+/// Whether an append can be made in one batch of statements ([`append_in_one_batch`]): one
+/// log gets at most [`FRAME_CHUNK`] frames, every other part is a check (no frames).
+fn one_batch_append(appends: &[LogAppend]) -> bool {
+    let mut with_frames = appends.iter().filter(|a| !a.frames.is_empty());
+    with_frames
+        .next()
+        .is_some_and(|a| a.frames.len() <= FRAME_CHUNK)
+        && with_frames.next().is_none()
+}
+
+/// `prefix` (`BEGIN IMMEDIATE`, or nothing inside a savepoint), then an append that
+/// [`one_batch_append`] accepts, in one batch of statements: one round trip to sqlx's worker
+/// thread instead of one per statement. The fast move of the log's next sequence number (made
+/// only when every check holds), the frames (inserted only when that move changed its row),
+/// their count, then the blobs. When the fast path did not apply, the append is made (or refused) the slow
+/// way in the same transaction, with exactly the slow path's checks and errors.
+async fn append_in_one_batch(
+    conn: &mut SqliteConnection,
+    prefix: &str,
+    appends: &[LogAppend],
+    blobs: &[(BlobHash, Vec<u8>)],
+) -> Result<()> {
+    let Some(main) = appends.iter().find(|a| !a.frames.is_empty()) else {
+        return Ok(());
+    };
+    let log = &main.log;
+    let what = || format!("appending to log {log:?}");
+    let expected = to_db_seq(main.expected_seq, &what())?;
+    let end = to_db_seq(end_seq(log, main.expected_seq, main.frames.len())?, &what())?;
+    let checks: Vec<&LogAppend> = appends.iter().filter(|a| a.frames.is_empty()).collect();
+    // Anonymous parameters only, bound in the order they appear: sqlx numbers a batch's
+    // parameters across its statements, and a statement whose numbered parameters skip
+    // numbers stops binding early.
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    let mut guard = String::new();
+    for check in &checks {
+        guard.push_str(
+            " AND MAX(COALESCE((SELECT next_seq FROM logs WHERE log = ?), 1), \
+             COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?), 1)) = ?",
+        );
+        args.push(Arg::Text(&check.log));
+        args.push(Arg::Text(&check.log));
+        args.push(Arg::Int(to_db_seq(check.expected_seq, &what())?));
+    }
+    let mut sql = String::new();
+    if !prefix.is_empty() {
+        sql.push_str(prefix);
+        sql.push_str("; ");
+    }
+    // The checks guard the move itself, so a failed one changes nothing.
+    let mut head: Vec<Arg<'_>> = Vec::new();
+    if main.expected_seq == 1 {
+        sql.push_str(&format!(
+            "INSERT INTO logs (log, next_seq) SELECT ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM frames WHERE log = ?){guard} \
+             ON CONFLICT (log) DO NOTHING"
+        ));
+        head.extend([Arg::Text(log), Arg::Int(end), Arg::Text(log)]);
+    } else {
+        sql.push_str(&format!(
+            "UPDATE logs SET next_seq = ? WHERE log = ? AND next_seq = ? \
+             AND NOT EXISTS (SELECT 1 FROM frames WHERE log = ? AND seq >= ?){guard}"
+        ));
+        head.extend([
+            Arg::Int(end),
+            Arg::Text(log),
+            Arg::Int(expected),
+            Arg::Text(log),
+            Arg::Int(expected),
+        ]);
+    }
+    head.append(&mut args);
+    let mut args = head;
+    let rows = vec!["(?, ?, ?)"; main.frames.len()].join(", ");
+    sql.push_str(&format!(
+        "; INSERT INTO frames (log, seq, frame) SELECT column1, column2, column3 \
+         FROM (VALUES {rows}) WHERE changes() = 1; SELECT changes()"
+    ));
+    for (seq, frame) in (expected..).zip(&main.frames) {
+        args.extend([Arg::Text(log), Arg::Int(seq), Arg::Blob(frame)]);
+    }
+    let blob_chunks: Vec<&[(BlobHash, Vec<u8>)]> = blobs.chunks(FRAME_CHUNK).collect();
+    if let Some(first) = blob_chunks.first() {
+        let rows = vec!["(?, ?)"; first.len()].join(", ");
+        sql.push_str(&format!(
+            "; INSERT INTO blobs (hash, data) VALUES {rows} ON CONFLICT DO NOTHING"
+        ));
+        for (hash, data) in first.iter() {
+            args.extend([Arg::Blob(&hash[..]), Arg::Blob(data)]);
+        }
+    }
+    let mut query = sqlx::query_scalar::<_, i64>(&sql);
+    for arg in args {
+        query = match arg {
+            Arg::Text(t) => query.bind(t),
+            Arg::Int(i) => query.bind(i),
+            Arg::Blob(b) => query.bind(b),
+        };
+    }
+    let inserted = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db_error(what(), &e))?;
+    for chunk in blob_chunks.iter().skip(1) {
+        insert_blobs(conn, chunk).await?;
+    }
+    if inserted.first().copied() == Some(main.frames.len() as i64) {
+        return Ok(());
+    }
+    // Not the common case: compare and append the slow way (the blobs are in).
+    for append in appends {
+        append_one(conn, append).await?;
     }
     Ok(())
 }
