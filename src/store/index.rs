@@ -137,6 +137,9 @@ pub(crate) struct ExecIndex {
     pub persisted_at: u64,
     /// The last frame folded: its sequence number and checksum.
     pub tail_sum: Option<(u64, [u8; 8])>,
+    /// For a partial projection: the versions before its horizon known to be deleted, when its
+    /// record listed them (an old version is then read from its own frames without a fold).
+    pub deleted_below: Option<std::collections::BTreeSet<u64>>,
 }
 
 /// See [`ExecIndex::apply_damaged`].
@@ -166,6 +169,7 @@ impl ExecIndex {
             log_bytes: 0,
             persisted_at: 0,
             tail_sum: None,
+            deleted_below: None,
         }
     }
 
@@ -331,7 +335,16 @@ impl ExecIndex {
 
     pub fn apply_delete(&mut self, version: u64) {
         if version < self.horizon {
-            self.needs_complete = true;
+            // The store deletes only live versions: one the partial projection knows of as
+            // deleted already is a repeat; otherwise it was live until now.
+            match &mut self.deleted_below {
+                Some(deleted) => {
+                    if deleted.insert(version) {
+                        self.live_count = self.live_count.saturating_sub(1);
+                    }
+                }
+                None => self.needs_complete = true,
+            }
             return;
         }
         if let Some(e) = self.saves.get_mut(&version) {
@@ -351,6 +364,7 @@ impl ExecIndex {
         self.log_bytes = 0;
         // Nothing before a clear matters: the projection is whole again.
         self.horizon = 0;
+        self.deleted_below = None;
     }
 
     /// Whether the projection holds every save and write since the log's start (or last clear).

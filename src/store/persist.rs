@@ -38,6 +38,9 @@ const WINDOW: usize = 64;
 pub(super) const PERSIST_EVERY: u64 = 256;
 /// New executions whose first record waits to be written with others, in one call.
 const DIRTY_BATCH: usize = 64;
+/// Most deleted versions before its horizon a record lists; with more, an old version is read
+/// after a fold.
+const MAX_DELETED_BELOW: usize = 4096;
 
 /// An execution's summary as a record states it (what [`Store::executions`] lists).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,8 +167,27 @@ impl ExecIndex {
         out.extend(value::encode(&Value::Array(vec![
             Value::Array(saves),
             Value::Array(writes),
+            self.deleted_before(horizon).map_or(Value::Nil, |d| {
+                Value::Array(d.into_iter().map(Value::from).collect())
+            }),
         ])));
         out
+    }
+
+    /// The deleted versions before `horizon`, when known and not too many.
+    fn deleted_before(&self, horizon: u64) -> Option<Vec<u64>> {
+        let in_window = self
+            .saves
+            .range(..horizon)
+            .filter(|(_, e)| e.deleted)
+            .map(|(v, _)| *v);
+        let known: Vec<u64> = if self.is_complete() {
+            in_window.collect()
+        } else {
+            let below = self.deleted_below.as_ref()?;
+            below.iter().copied().chain(in_window).collect()
+        };
+        (known.len() <= MAX_DELETED_BELOW).then_some(known)
     }
 }
 
@@ -211,17 +233,30 @@ fn read_head(cursor: &mut Cursor<&[u8]>) -> std::result::Result<RecordHead, Stri
     })
 }
 
-/// The window of a record: its saves and writes.
-type Window = (Vec<(u64, SaveEntry)>, Vec<((u64, u64), WriteEntry)>);
+/// The window of a record: its saves and writes, and the deleted versions before it.
+type Window = (
+    Vec<(u64, SaveEntry)>,
+    Vec<((u64, u64), WriteEntry)>,
+    Option<std::collections::BTreeSet<u64>>,
+);
 
 fn read_window(cursor: &mut Cursor<&[u8]>) -> std::result::Result<Window, String> {
     let window = value::read_prefix(cursor).map_err(|e| e.to_string())?;
     let Value::Array(mut parts) = window else {
         return Err("window is not an array".into());
     };
-    if parts.len() != 2 {
-        return Err("window is not [saves, writes]".into());
+    if parts.len() != 3 {
+        return Err("window is not [saves, writes, deleted]".into());
     }
+    let deleted_below = match parts.remove(2) {
+        Value::Nil => None,
+        Value::Array(d) => Some(
+            d.iter()
+                .map(|v| v.as_u64().ok_or("deleted version"))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        _ => return Err("deleted versions are not an array".into()),
+    };
     let (Value::Array(writes), Value::Array(saves)) = (parts.remove(1), parts.remove(0)) else {
         return Err("window parts are not arrays".into());
     };
@@ -269,7 +304,7 @@ fn read_window(cursor: &mut Cursor<&[u8]>) -> std::result::Result<Window, String
         let frame_len = f[3].as_u64().ok_or("write frame length")?;
         out_writes.push(((v, seq), WriteEntry { header, frame_len }));
     }
-    Ok((out_saves, out_writes))
+    Ok((out_saves, out_writes, deleted_below))
 }
 
 impl Store {
@@ -314,7 +349,7 @@ impl Store {
         let Ok(head) = read_head(&mut cursor) else {
             return Ok(None);
         };
-        let Ok((saves, writes)) = read_window(&mut cursor) else {
+        let Ok((saves, writes, deleted_below)) = read_window(&mut cursor) else {
             return Ok(None);
         };
         // The record holds only while the log still has the frame it was made after.
@@ -340,8 +375,10 @@ impl Store {
         idx.persisted_at = head.position;
         idx.saves = saves.into_iter().collect();
         idx.writes = writes.into_iter().collect();
+        idx.deleted_below = deleted_below;
         if idx.horizon <= 1 {
             idx.horizon = 0;
+            idx.deleted_below = None;
         }
         self.inner
             .stats
@@ -460,14 +497,26 @@ impl Store {
         }
         let mine = idx.head();
         let window = read_window(&mut cursor);
-        let same_window = window.is_ok_and(|(saves, writes)| {
-            saves.iter().all(|(v, e)| {
-                idx.saves.get(v).is_some_and(|m| {
-                    m.header == e.header && m.deleted == e.deleted && m.chain == e.chain
+        let same_window = window.is_ok_and(|(saves, writes, deleted)| {
+            let horizon = head.horizon;
+            let deleted_agree = deleted.is_none_or(|d| {
+                d.iter().copied().collect::<Vec<_>>()
+                    == idx
+                        .saves
+                        .range(..horizon)
+                        .filter(|(_, e)| e.deleted)
+                        .map(|(v, _)| *v)
+                        .collect::<Vec<_>>()
+            });
+            deleted_agree
+                && saves.iter().all(|(v, e)| {
+                    idx.saves.get(v).is_some_and(|m| {
+                        m.header == e.header && m.deleted == e.deleted && m.chain == e.chain
+                    })
                 })
-            }) && writes
-                .iter()
-                .all(|(k, e)| idx.writes.get(k).is_some_and(|m| m.header == e.header))
+                && writes
+                    .iter()
+                    .all(|(k, e)| idx.writes.get(k).is_some_and(|m| m.header == e.header))
         });
         let agrees = head.live_count == mine.live_count
             && head.latest == mine.latest

@@ -44,6 +44,9 @@ impl Store {
     ) -> Result<Checkpoint> {
         let mut idx = self.recent_index(execution_id).await?;
         if idx.before_horizon(version) {
+            if let Some(cp) = self.old_version_from_frames(&idx, version).await? {
+                return Ok(cp);
+            }
             self.refresh(&mut idx).await?;
         }
         if let Some(reason) = idx.damaged.get(&version) {
@@ -67,6 +70,81 @@ impl Store {
         }
         let state = self.state_of(&mut idx, version).await?.logical;
         Ok(self.checkpoint(&idx.log, version, &entry, state))
+    }
+
+    /// A version before a partial projection's horizon, read from its own frames: its save and
+    /// the delta chain back to its snapshot, found by following each delta's base through a
+    /// few widening scans, without folding the log. `Ok(None)` when the frames cannot tell (the
+    /// projection does not know which old versions were deleted, a frame is missing or
+    /// damaged, the chain is longer than saves make it): the caller folds the whole log.
+    async fn old_version_from_frames(
+        &self,
+        idx: &ExecIndex,
+        version: u64,
+    ) -> Result<Option<Checkpoint>> {
+        /// Saves followed back before giving up (a chain is at most 100 deltas long).
+        const MAX_FOLLOWED: usize = 256;
+        let Some(deleted) = &idx.deleted_below else {
+            return Ok(None);
+        };
+        if version <= idx.cleared_at || deleted.contains(&version) {
+            return Err(self.lost_or_not_found(&idx.log, version).await);
+        }
+        // Frames `lo..=version` read so far, and the saves of the chain, newest first.
+        let mut frames: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut lo = version + 1;
+        let mut width = 128;
+        let mut chain: Vec<(u64, frame::SaveHeader, Vec<u8>)> = Vec::new();
+        let mut want = version;
+        loop {
+            if want < lo {
+                let from = lo.saturating_sub(width).min(want).max(1);
+                frames.extend(self.scan_range(&idx.log, from, lo).await?);
+                lo = from;
+                width = width.saturating_mul(2);
+            }
+            let Some(bytes) = frames.remove(&want) else {
+                return Ok(None);
+            };
+            let decoded = match self.codec()?.frames.decode(&idx.log, want, &bytes) {
+                Ok(d) => d,
+                Err(e) if self.is_damage(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let frame::Event::Save(header) = decoded.event else {
+                // The version is another event (a write, a delete): no checkpoint there.
+                return match want == version {
+                    true => Err(self.lost_or_not_found(&idx.log, version).await),
+                    false => Ok(None),
+                };
+            };
+            let base = header.delta_base;
+            chain.push((want, header, decoded.body));
+            match base {
+                None => break,
+                Some(b) if b < want && chain.len() < MAX_FOLLOWED => want = b,
+                Some(_) => return Ok(None),
+            }
+        }
+        let mut state = None;
+        let mut applied = None;
+        for (seq, header, body) in chain.iter().rev() {
+            let body = frame::decode_body(&idx.log, *seq, header, body)?;
+            check_base(&idx.log, *seq, &body, applied)?;
+            state = Some(self.apply_body(&idx.log, *seq, state, body)?);
+            applied = Some(*seq);
+        }
+        let (Some(stored), Some((_, header, body))) = (state, chain.into_iter().next()) else {
+            return Ok(None);
+        };
+        let logical = Arc::new(self.resolve(&idx.log, version, &stored).await?);
+        let entry = SaveEntry {
+            header,
+            deleted: false,
+            chain: super::index::Chain::snapshot(version, body.len() as u64),
+            frame_len: 0,
+        };
+        Ok(Some(self.checkpoint(&idx.log, version, &entry, logical)))
     }
 
     /// The error for a version the log does not hold: [`Error::Corrupt`] when the backend

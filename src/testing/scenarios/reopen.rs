@@ -242,24 +242,6 @@ pub async fn a_long_execution_reopens_from_its_record(h: &dyn Harness) {
         expected_recent,
         "[{name}] recent reads after reopen"
     );
-    let read = store.read_stats();
-    if with_records(&store) {
-        assert_eq!(
-            read.records_opened - before.records_opened,
-            1,
-            "[{name}] record not opened"
-        );
-        let folded = read.frames_folded - before.frames_folded;
-        assert!(
-            folded < 300,
-            "[{name}] reopen folded {folded} frames of ~720: the record was not used"
-        );
-    }
-    assert_eq!(
-        must(store.writes(&head).await, "writes"),
-        expected_writes,
-        "[{name}] writes"
-    );
     let old = must(
         store.at_version("long", saved[10].version).await,
         "old version",
@@ -273,6 +255,25 @@ pub async fn a_long_execution_reopens_from_its_record(h: &dyn Harness) {
         store.load(&saved[3].id).await,
         &saved[3].id.to_string(),
         format!("[{name}] deleted old version after reopen"),
+    );
+    let read = store.read_stats();
+    if with_records(&store) {
+        assert_eq!(
+            read.records_opened - before.records_opened,
+            1,
+            "[{name}] record not opened"
+        );
+        let folded = read.frames_folded - before.frames_folded;
+        assert!(
+            folded < 300,
+            "[{name}] reopen and an old version folded {folded} frames of ~720: the record \
+             was not used"
+        );
+    }
+    assert_eq!(
+        must(store.writes(&head).await, "writes"),
+        expected_writes,
+        "[{name}] writes"
     );
     assert_same_projections(
         &capture(&store, &["long"]).await,
