@@ -36,7 +36,7 @@ const FORMAT: u64 = 1;
 const WINDOW: usize = 64;
 /// Frames a projection may move past its record before the record is written again.
 pub(super) const PERSIST_EVERY: u64 = 256;
-/// New executions whose first record waits to be written with others, in one call.
+/// Executions whose record waits to be written with others' (in one call) before a flush.
 const DIRTY_BATCH: usize = 64;
 /// Most deleted versions before its horizon a record lists; with more, an old version is read
 /// after a fold.
@@ -409,15 +409,16 @@ impl Store {
     }
 
     /// After `idx` moved (a save, a fold): writes its record when it is [`PERSIST_EVERY`] frames
-    /// behind, or queues it with other new executions' when it has none yet. Never fails: a
-    /// record is a cache.
+    /// behind, else queues it, to be written with other executions' ([`DIRTY_BATCH`] at a time,
+    /// and on [`Store::flush`] and [`Store::executions`]), so that listing executions finds
+    /// current records. Never fails: a record is a cache.
     pub(super) async fn after_move(&self, idx: &mut ExecIndex) {
         if self.side_table().is_none() || !idx.persistable() {
             return;
         }
         if idx.next_seq >= idx.persisted_at + PERSIST_EVERY {
             let _ = self.persist(idx).await;
-        } else if idx.persisted_at == 0 {
+        } else if idx.persisted_at != idx.next_seq {
             let full = {
                 let Ok(mut dirty) = self.inner.dirty_records.lock() else {
                     return;

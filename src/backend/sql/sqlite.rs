@@ -694,16 +694,20 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<()> {
             Ok(())
         }
         WriteOp::PutRecords(records) => {
-            for (key, value) in records {
-                sqlx::query(
-                    "INSERT INTO records (key, value) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value.as_slice())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| db_error("writing derived records", &e))?;
+            for chunk in records.chunks(FRAME_CHUNK) {
+                let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "INSERT INTO records (key, value) VALUES {rows} \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                );
+                let mut query = sqlx::query(&sql);
+                for (key, value) in chunk {
+                    query = query.bind(key).bind(value.as_slice());
+                }
+                query
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| db_error("writing derived records", &e))?;
             }
             Ok(())
         }
