@@ -5,7 +5,8 @@
 //! the codec's decoders and a real cipher as their sealing stage. `crypto` depends on the codec
 //! (it implements [`crate::codec::seal::Seal`]) and the codec on neither, so this is the one
 //! place that sees both without closing a loop. The plaintext decoders need no hook: the fuzz
-//! targets call the codec's public functions directly.
+//! targets call the codec's public functions directly. The one exception is the persisted
+//! projection (a record the store derives from a log), whose decoder lives with the store.
 
 use std::sync::Arc;
 

@@ -32,7 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "backend",
         ],
     ),
-    ("fuzzing", &["error", "codec", "crypto"]),
+    ("fuzzing", &["error", "codec", "crypto", "store"]),
     ("graph", &["error", "hash", "diff", "checkpoint", "store"]),
     ("prebuilt", &["error", "graph", "store"]),
 ];

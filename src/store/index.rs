@@ -362,9 +362,6 @@ impl ExecIndex {
         self.live_count = 0;
         self.newest_state = None;
         self.log_bytes = 0;
-        // Nothing before a clear matters: the projection is whole again.
-        self.horizon = 0;
-        self.deleted_below = None;
     }
 
     /// Whether the projection holds every save and write since the log's start (or last clear).

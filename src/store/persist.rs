@@ -42,6 +42,16 @@ const DIRTY_BATCH: usize = 64;
 /// after a fold.
 const MAX_DELETED_BELOW: usize = 4096;
 
+/// What [`Store::check_record`] found.
+pub(super) enum RecordCheck {
+    /// None, one behind the log, or one that agrees with it.
+    Fine,
+    /// One that does not open or decode (a retired key, damage): every read ignores it.
+    Unusable,
+    /// One that states something else than the log: why.
+    Wrong(String),
+}
+
 /// An execution's summary as a record states it (what [`Store::executions`] lists).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct RecordHead {
@@ -376,10 +386,9 @@ impl Store {
         idx.saves = saves.into_iter().collect();
         idx.writes = writes.into_iter().collect();
         idx.deleted_below = deleted_below;
-        if idx.horizon <= 1 {
-            idx.horizon = 0;
-            idx.deleted_below = None;
-        }
+        // Never complete, even when the window reaches back to the log's start: a whole
+        // projection is one folded from the frames (which finds damage the record cannot show).
+        idx.horizon = idx.horizon.max(1);
         self.inner
             .stats
             .records_opened
@@ -475,26 +484,26 @@ impl Store {
     }
 
     /// Checks `exec`'s record (if any) against `idx`, its projection folded from the whole
-    /// log: what it states wrongly, for [`Store::verify`]. A record behind the log is not wrong.
-    pub(super) async fn check_record(&self, idx: &ExecIndex) -> Result<Option<String>> {
+    /// log: what it states wrongly, for [`Store::verify`]. A record behind the log, or one that
+    /// does not open (every read ignores it), is not wrong.
+    pub(super) async fn check_record(&self, idx: &ExecIndex) -> Result<RecordCheck> {
         let Some(side) = self.side_table() else {
-            return Ok(None);
+            return Ok(RecordCheck::Fine);
         };
         let Some(Some(bytes)) = side.get_records(&[record_key(&idx.log)]).await?.pop() else {
-            return Ok(None);
+            return Ok(RecordCheck::Fine);
         };
+        // A record that does not open (sealed with a key a rekey retired, damaged) is ignored
+        // by every read: stale, not wrong. The caller rewrites it.
         let Some(payload) = self.open_record(&idx.log, &bytes) else {
-            return Ok(Some(
-                "its persisted projection does not verify (it is ignored and rebuilt)".into(),
-            ));
+            return Ok(RecordCheck::Unusable);
         };
         let mut cursor = Cursor::new(&payload[..]);
-        let head = match read_head(&mut cursor) {
-            Ok(h) => h,
-            Err(e) => return Ok(Some(format!("its persisted projection is unreadable: {e}"))),
+        let Ok(head) = read_head(&mut cursor) else {
+            return Ok(RecordCheck::Unusable);
         };
         if head.position != idx.next_seq || !idx.persistable() {
-            return Ok(None);
+            return Ok(RecordCheck::Fine);
         }
         let mine = idx.head();
         let window = read_window(&mut cursor);
@@ -523,18 +532,19 @@ impl Store {
             && head.latest == mine.latest
             && head.cleared_at == mine.cleared_at
             && same_window;
-        Ok((!agrees).then(|| {
-            format!(
-                "its persisted projection (at seq {}) disagrees with its log: it states {} live \
+        if agrees {
+            return Ok(RecordCheck::Fine);
+        }
+        Ok(RecordCheck::Wrong(format!(
+            "its persisted projection (at seq {}) disagrees with its log: it states {} live \
                  checkpoints and newest {:?}, the log {} and {:?}; it was rewritten from \
                  the log",
-                head.position,
-                head.live_count,
-                head.latest.map(|l| l.0),
-                mine.live_count,
-                mine.latest.map(|l| l.0)
-            )
-        }))
+            head.position,
+            head.live_count,
+            head.latest.map(|l| l.0),
+            mine.live_count,
+            mine.latest.map(|l| l.0)
+        )))
     }
 }
 

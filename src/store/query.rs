@@ -53,8 +53,11 @@ impl Store {
         logs.sort();
         let mut out = Vec::new();
         for (log, tail) in logs {
-            // A record made at the log's tail is the summary: nothing to read.
-            let head = heads.get(&log).filter(|h| tail == Some(h.position));
+            // A record made at the log's tail is the summary: nothing to read. Unless this
+            // store has found damage in the log (records are written only without it).
+            let head = heads
+                .get(&log)
+                .filter(|h| tail == Some(h.position) && !self.known_damaged(&log));
             let summary = match head {
                 Some(h) => summary_of_record(&log, h),
                 None => self.summary_of_log(&log).await?,

@@ -281,6 +281,16 @@ impl Store {
         idx.cleared_at > version || idx.saves.get(&version).is_some_and(|e| e.deleted)
     }
 
+    /// Whether this store's projection of `exec` in memory has met damage (`false` when it has
+    /// none in memory, or it is busy).
+    pub(super) fn known_damaged(&self, exec: &str) -> bool {
+        let handle = match self.inner.executions.lock() {
+            Ok(m) => m.get(exec).cloned(),
+            Err(p) => p.into_inner().get(exec).cloned(),
+        };
+        handle.is_some_and(|h| h.try_lock().is_ok_and(|idx| !idx.damaged.is_empty()))
+    }
+
     /// The execution's whole projection, brought up to the log's tail.
     pub(super) async fn index(&self, exec: &str) -> Result<OwnedMutexGuard<ExecIndex>> {
         let mut idx = self.handle(exec).lock_owned().await;
@@ -474,7 +484,9 @@ impl Store {
                 applied = Some(*seq);
             }
         }
-        let stored = state.ok_or_else(|| {
+        // The chain must end at the version itself: a log that no longer returns its frame
+        // (a damaged page hides it) would otherwise yield the state before it.
+        let stored = state.filter(|_| applied == Some(version)).ok_or_else(|| {
             Error::corrupt(
                 format!("execution {:?} seq {version}", idx.log),
                 "the save's frame is missing from the log",

@@ -8,6 +8,7 @@
 //! configuration, not of the stored bytes, or a backend that cannot be read.
 
 use super::index::ExecIndex;
+use super::persist::RecordCheck;
 use super::read::{check_base, damage_reason, maybe_deleted, needs_damaged};
 use super::{Store, FETCH_BATCH, SCAN_PAGE};
 use crate::backend::BlobHash;
@@ -197,9 +198,16 @@ impl Store {
         if let Some(inspect) = self.backend().capabilities().inspect {
             out.log_problems.extend(inspect.log_problems(log).await?);
         }
-        if let Some(problem) = self.check_record(&idx).await? {
-            out.log_problems.push(problem);
-            // Rewritten from the log at once, so the next open does not read it.
+        let rewrite = match self.check_record(&idx).await? {
+            RecordCheck::Fine => false,
+            RecordCheck::Unusable => true,
+            RecordCheck::Wrong(problem) => {
+                out.log_problems.push(problem);
+                true
+            }
+        };
+        if rewrite {
+            // From the whole log, so the next open reads a record checked just now.
             idx.persisted_at = 0;
             let _ = self.persist(&mut idx).await;
         }
