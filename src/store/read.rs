@@ -87,6 +87,11 @@ impl Store {
         let Some(deleted) = &idx.deleted_below else {
             return Ok(None);
         };
+        // A damaged frame folded since the record may have been this version's delete: what
+        // it means for old versions is for the whole fold to tell.
+        if !idx.damaged.is_empty() {
+            return Ok(None);
+        }
         if version <= idx.cleared_at || deleted.contains(&version) {
             return Err(self.lost_or_not_found(&idx.log, version).await);
         }
