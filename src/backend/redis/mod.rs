@@ -16,6 +16,7 @@
 //! | `{P}:L:s` | stream | the frames; entry id `<seq>-1`, one field `f` |
 //! | `{P}:L:n` | string | the log's next sequence number (kept by truncate; exists iff the log does) |
 //! | `P:b:<32 raw hash bytes>` | string | one blob (no hash tag: blobs spread over the Cluster) |
+//! | `P:r:<key>` | string | a derived record ([`SideTable`]: an execution's persisted projection), with the store's `ttl` |
 //!
 //! The entry id `<seq>-1` makes `XRANGE key <from> + COUNT n` exactly "frames `>= from`", and
 //! `XREAD ... <seq-1>-1` exactly "frames `>= seq`".
@@ -116,7 +117,7 @@ use self::options::{ParsedUrl, Settings, Shard};
 use self::scripts::{APPEND_LUA, RAISE_LUA, REWRITE_LUA};
 use self::topology::connect;
 use super::retry;
-use super::{Backend, Blob, BlobHash, Capabilities, ConnectOptions, LogAppend, Rewrite};
+use super::{Backend, Blob, BlobHash, Capabilities, ConnectOptions, LogAppend, Rewrite, SideTable};
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
 
@@ -561,8 +562,138 @@ impl Backend for RedisBackend {
         caps.rewrite = Some(self);
         caps.notify = Some(self);
         caps.maintain = Some(self);
+        caps.side_table = Some(self);
         caps
     }
+}
+
+impl RedisBackend {
+    /// The key of derived record `key` (a plain key, like a blob's: records spread over a
+    /// Cluster's nodes).
+    fn record_key(&self, key: &str) -> String {
+        format!("{}:r:{key}", self.settings.prefix)
+    }
+}
+
+/// Records are plain keys `<prefix>:r:<key>`, written with the store's `ttl` when it has one
+/// (re-armed by every write), so an execution's record expires about when its log does.
+#[async_trait]
+impl SideTable for RedisBackend {
+    async fn put_records(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let ttl = self.ttl_ms();
+        let cmds: Vec<Cmd> = records
+            .iter()
+            .map(|(key, value)| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.record_key(key)).arg(value.as_slice());
+                if ttl > 0 {
+                    cmd.arg("PX").arg(ttl);
+                }
+                cmd
+            })
+            .collect();
+        let _: Vec<Value> = self
+            .retrying(
+                || format!("writing {} derived records", records.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn get_records(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.record_key(key));
+                cmd
+            })
+            .collect();
+        self.retrying(
+            || format!("reading {} derived records", keys.len()),
+            || self.query_many(&cmds),
+        )
+        .await
+    }
+
+    async fn scan_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let head = self.record_key("");
+        let pattern = format!("{}*", self.record_key(&escape_glob(prefix)));
+        let found = self
+            .retrying(
+                || "listing derived records".into(),
+                || self.scan_keys(pattern.as_bytes()),
+            )
+            .await?;
+        let keys: Vec<String> = found
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k).ok())
+            .filter_map(|k| k.strip_prefix(head.as_str()).map(str::to_owned))
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        let values = self.get_records(&keys).await?;
+        // A record that expired between the scan and the read is simply not there.
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
+    }
+
+    async fn delete_records(&self, keys: &[String]) -> Result<()> {
+        let cmds: Vec<Cmd> = keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(self.record_key(key));
+                cmd
+            })
+            .collect();
+        let _: Vec<Value> = self
+            .retrying(
+                || format!("deleting {} derived records", keys.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
+        let logs = self.list_logs().await?;
+        let cmds: Vec<Cmd> = logs
+            .iter()
+            .map(|log| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.next_key(log));
+                cmd
+            })
+            .collect();
+        let tails: Vec<Option<u64>> = self
+            .retrying(
+                || format!("reading the next sequence numbers of {} logs", logs.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        // A log that expired since the listing has no tail: it is gone, not at 1.
+        Ok(logs
+            .into_iter()
+            .zip(tails)
+            .filter_map(|(log, tail)| Some((log, tail?)))
+            .collect())
+    }
+}
+
+/// `text` with the glob characters of a `SCAN MATCH` pattern escaped.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[async_trait]
