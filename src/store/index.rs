@@ -135,6 +135,8 @@ pub(crate) struct ExecIndex {
     pub log_bytes: u64,
     /// The position of the record last written or read (0: none known).
     pub persisted_at: u64,
+    /// The position of the summary record last written (0: none known).
+    pub summarized_at: u64,
     /// The last frame folded: its sequence number and checksum.
     pub tail_sum: Option<(u64, [u8; 8])>,
     /// For a partial projection: the versions before its horizon known to be deleted, when its
@@ -168,6 +170,7 @@ impl ExecIndex {
             needs_complete: false,
             log_bytes: 0,
             persisted_at: 0,
+            summarized_at: 0,
             tail_sum: None,
             deleted_below: None,
         }

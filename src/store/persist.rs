@@ -29,6 +29,9 @@ use crate::error::Result;
 
 /// Key prefix of an execution's record in the side table.
 pub(super) const RECORD_PREFIX: &str = "p/";
+/// Key prefix of an execution's summary record (its record's head alone, kept current for
+/// listing: cheap to write after every few saves, where the window is not).
+pub(super) const SUMMARY_PREFIX: &str = "s/";
 /// The record format this code writes and reads (others are ignored: rebuilt).
 const FORMAT: u64 = 1;
 /// Live saves a partial projection keeps at least (history(20) and time travel near the head
@@ -78,6 +81,16 @@ fn record_place(exec: &str) -> String {
     format!("\u{1}projection/{exec}")
 }
 
+/// The key of `exec`'s summary record.
+fn summary_key(exec: &str) -> String {
+    format!("{SUMMARY_PREFIX}{exec}")
+}
+
+/// Where a summary record is bound, as [`record_place`].
+fn summary_place(exec: &str) -> String {
+    format!("\u{1}summary/{exec}")
+}
+
 /// The checksum a frame carries in its last 8 bytes.
 pub(super) fn frame_sum(frame: &[u8]) -> Option<[u8; 8]> {
     frame
@@ -112,6 +125,10 @@ impl ExecIndex {
     }
 
     fn head(&self) -> RecordHead {
+        self.head_at(self.window_horizon())
+    }
+
+    fn head_at(&self, horizon: u64) -> RecordHead {
         RecordHead {
             position: self.next_seq,
             tail_sum: self.tail_sum.map(|(_, s)| s),
@@ -123,28 +140,24 @@ impl ExecIndex {
             log_bytes: self.log_bytes,
             cleared_at: self.cleared_at,
             first_folded: self.first_folded,
-            horizon: self.window_horizon(),
+            horizon,
         }
+    }
+
+    /// A summary record's payload: a head alone (its horizon unused).
+    fn summary_payload(&self) -> Vec<u8> {
+        let head = RecordHead {
+            horizon: 0,
+            ..self.head_at(0)
+        };
+        value::encode(&head_value(&head))
     }
 
     /// The record's payload: its head, then its window.
     fn record_payload(&self) -> Vec<u8> {
         let head = self.head();
         let horizon = head.horizon;
-        let head_value = Value::Array(vec![
-            FORMAT.into(),
-            head.position.into(),
-            head.tail_sum
-                .map_or(Value::Nil, |s| Value::Binary(s.to_vec())),
-            (head.live_count as u64).into(),
-            head.latest.map_or(Value::Nil, |(v, node, ts)| {
-                Value::Array(vec![v.into(), node.into(), ts.into()])
-            }),
-            head.log_bytes.into(),
-            head.cleared_at.into(),
-            head.first_folded.map_or(Value::Nil, Value::from),
-            horizon.into(),
-        ]);
+        let head_value = head_value(&head);
         let saves = self
             .saves
             .range(horizon..)
@@ -199,6 +212,24 @@ impl ExecIndex {
         };
         (known.len() <= MAX_DELETED_BELOW).then_some(known)
     }
+}
+
+/// A record's head as the MessagePack value that starts its payload.
+fn head_value(head: &RecordHead) -> Value {
+    Value::Array(vec![
+        FORMAT.into(),
+        head.position.into(),
+        head.tail_sum
+            .map_or(Value::Nil, |s| Value::Binary(s.to_vec())),
+        (head.live_count as u64).into(),
+        head.latest.clone().map_or(Value::Nil, |(v, node, ts)| {
+            Value::Array(vec![v.into(), node.into(), ts.into()])
+        }),
+        head.log_bytes.into(),
+        head.cleared_at.into(),
+        head.first_folded.map_or(Value::Nil, Value::from),
+        head.horizon.into(),
+    ])
 }
 
 /// Reads a record's head from the front of its payload; the cursor is left at its window.
@@ -331,9 +362,14 @@ impl Store {
             .ok()
     }
 
-    /// The head of `exec`'s record (see [`Store::executions`]), `None` when it is unusable.
-    pub(super) fn record_head(&self, exec: &str, bytes: &[u8]) -> Option<RecordHead> {
-        let payload = self.open_record(exec, bytes)?;
+    /// The head a summary record of `exec` states (see [`Store::executions`]), `None` when it
+    /// is unusable.
+    pub(super) fn summary_head(&self, exec: &str, bytes: &[u8]) -> Option<RecordHead> {
+        let codec = self.codec().ok()?;
+        let payload = codec
+            .frames
+            .decode_record(&summary_place(exec), 0, bytes)
+            .ok()?;
         read_head(&mut Cursor::new(&payload[..])).ok()
     }
 
@@ -405,10 +441,21 @@ impl Store {
             return Ok(());
         }
         let record = self.encode_record(idx)?;
-        side.put_records(vec![(record_key(&idx.log), record)])
-            .await?;
+        let summary = self.encode_summary(idx)?;
+        side.put_records(vec![
+            (record_key(&idx.log), record),
+            (summary_key(&idx.log), summary),
+        ])
+        .await?;
         idx.persisted_at = idx.next_seq;
+        idx.summarized_at = idx.next_seq;
         Ok(())
+    }
+
+    fn encode_summary(&self, idx: &ExecIndex) -> Result<Vec<u8>> {
+        self.codec()?
+            .frames
+            .encode_record(&summary_place(&idx.log), 0, idx.summary_payload())
     }
 
     fn encode_record(&self, idx: &ExecIndex) -> Result<Vec<u8>> {
@@ -417,17 +464,18 @@ impl Store {
             .encode_record(&record_place(&idx.log), 0, idx.record_payload())
     }
 
-    /// After `idx` moved (a save, a fold): writes its record when it is [`PERSIST_EVERY`] frames
-    /// behind, else queues it, to be written with other executions' ([`DIRTY_BATCH`] at a time,
-    /// and on [`Store::flush`] and [`Store::executions`]), so that listing executions finds
-    /// current records. Never fails: a record is a cache.
+    /// After `idx` moved (a save, a fold): writes its record (and summary) when it is
+    /// [`PERSIST_EVERY`] frames behind, else queues its summary, to be written with other
+    /// executions' ([`DIRTY_BATCH`] at a time, and on [`Store::flush`] and
+    /// [`Store::executions`]), so that listing executions finds current summaries. Never
+    /// fails: a record is a cache.
     pub(super) async fn after_move(&self, idx: &mut ExecIndex) {
         if self.side_table().is_none() || !idx.persistable() {
             return;
         }
         if idx.next_seq >= idx.persisted_at + PERSIST_EVERY {
             let _ = self.persist(idx).await;
-        } else if idx.persisted_at != idx.next_seq {
+        } else if idx.summarized_at != idx.next_seq {
             let full = {
                 let Ok(mut dirty) = self.inner.dirty_records.lock() else {
                     return;
@@ -444,7 +492,7 @@ impl Store {
         }
     }
 
-    /// Writes the records of the executions queued by [`Store::after_move`] (those whose
+    /// Writes the summaries of the executions queued by [`Store::after_move`] (those whose
     /// projection is busy stay queued).
     pub(super) async fn write_dirty_records(&self) -> Result<()> {
         let Some(side) = self.side_table() else {
@@ -463,9 +511,9 @@ impl Store {
                 busy.insert(exec);
                 continue;
             };
-            if idx.persistable() && idx.persisted_at != idx.next_seq {
-                records.push((record_key(&exec), self.encode_record(&idx)?));
-                idx.persisted_at = idx.next_seq;
+            if idx.persistable() && idx.summarized_at != idx.next_seq {
+                records.push((summary_key(&exec), self.encode_summary(&idx)?));
+                idx.summarized_at = idx.next_seq;
                 written.push(idx);
             }
         }
@@ -476,7 +524,7 @@ impl Store {
         }
         if let Err(e) = side.put_records(records).await {
             for mut idx in written {
-                idx.persisted_at = 0;
+                idx.summarized_at = 0;
             }
             return Err(e);
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
-use super::persist::{RecordHead, RECORD_PREFIX};
+use super::persist::{RecordHead, SUMMARY_PREFIX};
 use super::{from_micros, reclaim, ExecutionDamage, ExecutionSummary, HistoryQuery, Store};
 use crate::checkpoint::{validate_execution_id, CheckpointHeader};
 use crate::error::Result;
@@ -83,12 +83,12 @@ impl Store {
         };
         let mut logs = side.log_tails().await?;
         logs.retain(|(log, _)| !reclaim::is_reserved_log(log));
-        let records = side.scan_records(RECORD_PREFIX).await.unwrap_or_default();
+        let records = side.scan_records(SUMMARY_PREFIX).await.unwrap_or_default();
         let heads = records
             .into_iter()
             .filter_map(|(key, bytes)| {
-                let exec = key.strip_prefix(RECORD_PREFIX)?;
-                Some((exec.to_owned(), self.record_head(exec, &bytes)?))
+                let exec = key.strip_prefix(SUMMARY_PREFIX)?;
+                Some((exec.to_owned(), self.summary_head(exec, &bytes)?))
             })
             .collect();
         Ok((logs.into_iter().map(|(l, t)| (l, Some(t))).collect(), heads))
