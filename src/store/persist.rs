@@ -373,9 +373,9 @@ impl Store {
         read_head(&mut Cursor::new(&payload[..])).ok()
     }
 
-    /// Loads `exec`'s record into the fresh projection `idx` and checks it against the log:
-    /// returns the log's frames from the record's position on (the first page) when it holds,
-    /// `None` (leaving `idx` fresh) when there is no usable record.
+    /// Loads `exec`'s record into the fresh projection `idx` after checking it against the
+    /// log: `Some(())` when it held (`idx` is then partial, at the record's position), `None`
+    /// when there is no usable record (`idx` is left fresh).
     pub(super) async fn load_record(&self, idx: &mut ExecIndex) -> Result<Option<()>> {
         let Some(side) = self.side_table() else {
             return Ok(None);
