@@ -22,7 +22,7 @@ use std::sync::Arc;
 use rmpv::Value;
 
 use super::index::{Chain, ExecIndex, SaveEntry, WriteEntry};
-use super::{poisoned, Store};
+use super::{poisoned, Store, SCAN_PAGE};
 use crate::codec::frame::{self, Event};
 use crate::codec::value;
 use crate::error::Result;
@@ -54,6 +54,9 @@ pub(super) enum RecordCheck {
     /// One that states something else than the log: why.
     Wrong(String),
 }
+
+/// Frames of a log as a scan returns them: `(seq, bytes)`, ascending.
+pub(super) type Frames = Vec<(u64, Vec<u8>)>;
 
 /// An execution's summary as a record states it (what [`Store::executions`] lists).
 #[derive(Debug, Clone, PartialEq)]
@@ -374,9 +377,11 @@ impl Store {
     }
 
     /// Loads `exec`'s record into the fresh projection `idx` after checking it against the
-    /// log: `Some(())` when it held (`idx` is then partial, at the record's position), `None`
-    /// when there is no usable record (`idx` is left fresh).
-    pub(super) async fn load_record(&self, idx: &mut ExecIndex) -> Result<Option<()>> {
+    /// log. When it held, `idx` is partial, at the record's position, and the result is the
+    /// log's first page of frames from there on (read with the frame the check needs, so the
+    /// fold after it need not read them again); `None` when there is no usable record (`idx`
+    /// is left fresh).
+    pub(super) async fn load_record(&self, idx: &mut ExecIndex) -> Result<Option<Frames>> {
         let Some(side) = self.side_table() else {
             return Ok(None);
         };
@@ -399,17 +404,25 @@ impl Store {
             return Ok(None);
         };
         // The record holds only while the log still has the frame it was made after.
-        if head.position > 1 {
-            let page = self.inner.backend.scan(&exec, head.position - 1, 1).await?;
+        let after = if head.position > 1 {
+            let mut page = self
+                .inner
+                .backend
+                .scan(&exec, head.position - 1, SCAN_PAGE + 1)
+                .await?;
             let holds = page.first().is_some_and(|(seq, bytes)| {
                 *seq == head.position - 1 && frame_sum(bytes) == head.tail_sum
             });
             if !holds {
                 return Ok(None);
             }
+            page.remove(0);
+            page
         } else if head.tail_sum.is_some() {
             return Ok(None);
-        }
+        } else {
+            self.inner.backend.scan(&exec, 1, SCAN_PAGE).await?
+        };
         idx.reset();
         idx.next_seq = head.position;
         idx.live_count = head.live_count;
@@ -429,7 +442,7 @@ impl Store {
             .stats
             .records_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Some(()))
+        Ok(Some(after))
     }
 
     /// Writes `idx`'s record now, if it can be written.

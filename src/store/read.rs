@@ -328,16 +328,17 @@ impl Store {
     pub(super) async fn refresh_recent(&self, idx: &mut ExecIndex) -> Result<()> {
         let fresh = idx.next_seq == 1 && !idx.synced;
         let mut known_tail = None;
+        let mut first_page = None;
         if fresh {
             self.crypto().await?;
             let tail = self.tail(&idx.log).await?;
             // A log never appended to has no record worth a read: a new execution's first save.
             if tail > 1 {
-                self.load_record(idx).await?;
+                first_page = self.load_record(idx).await?;
             }
             known_tail = Some(tail);
         }
-        self.fold_tail_to(idx, known_tail).await?;
+        self.fold_tail_to(idx, known_tail, first_page).await?;
         if idx.needs_complete || !idx.holds_latest() {
             idx.reset();
             self.fold_tail(idx).await?;
@@ -349,11 +350,18 @@ impl Store {
     /// Folds any frames appended since the projection was last brought up to date. A gap (frames
     /// removed by gc before this projection saw them) rebuilds it from the log.
     async fn fold_tail(&self, idx: &mut ExecIndex) -> Result<()> {
-        self.fold_tail_to(idx, None).await
+        self.fold_tail_to(idx, None, None).await
     }
 
-    /// [`Store::fold_tail`] to `tail` when the caller has just read it.
-    async fn fold_tail_to(&self, idx: &mut ExecIndex, tail: Option<u64>) -> Result<()> {
+    /// [`Store::fold_tail`] to `tail` when the caller has just read it, starting with
+    /// `first_page` when the caller has read the frames from `idx.next_seq` on (at most
+    /// [`SCAN_PAGE`], as a scan returns them).
+    async fn fold_tail_to(
+        &self,
+        idx: &mut ExecIndex,
+        tail: Option<u64>,
+        mut first_page: Option<super::persist::Frames>,
+    ) -> Result<()> {
         self.crypto().await?;
         let tail = match tail {
             Some(t) => t,
@@ -365,6 +373,7 @@ impl Store {
         }
         if tail < idx.next_seq {
             idx.reset();
+            first_page = None;
         }
         let mut rebuilt = idx.next_seq == 1;
         // The last frame folded: frames after it must follow it without a hole (gc removes only
@@ -372,7 +381,10 @@ impl Store {
         let mut previous = (!rebuilt).then(|| idx.next_seq - 1);
         loop {
             let from = idx.next_seq;
-            let page = self.inner.backend.scan(&idx.log, from, SCAN_PAGE).await?;
+            let page = match first_page.take() {
+                Some(page) => page,
+                None => self.inner.backend.scan(&idx.log, from, SCAN_PAGE).await?,
+            };
             let gap = page.first().map_or(from < tail, |(s, _)| *s != from);
             if gap && !rebuilt {
                 idx.reset();
