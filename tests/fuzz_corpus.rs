@@ -464,7 +464,9 @@ fn write_sealed_bundle_seed() {
 
 /// Writes the `valid-*` and `invalid-*` seeds. Valid frames, blobs and deltas are taken from a
 /// real store (a memory store after saves, deltas, long values, a delete, a fork and a clear),
-/// frames re-encoded at the `frame` target's log and sequence number.
+/// frames re-encoded at the `frame` target's log and sequence number. The `valid-*-format1-*`
+/// frame seeds are saves in format 1, written by this function before format 2 and kept as
+/// they are (nothing writes format 1 any more).
 #[tokio::test]
 #[ignore = "writes fuzz/corpus; run by hand to regenerate the seeds"]
 async fn write_seed_corpus() {
@@ -590,7 +592,24 @@ async fn write_seed_corpus() {
     let mut flipped = delete.clone();
     flipped[2] ^= 0x10;
     write("frame", "invalid-flipped-bit", &flipped);
-    write("frame", "invalid-unsealed-format-2", &[2, 0, 0x91, 0x03]);
+    write("frame", "invalid-unsealed-format-3", &[3, 0, 0x91, 0x03]);
+    write(
+        "frame",
+        "invalid-unsealed-format-2-unknown-fields",
+        &[2, 0, 0x91, 0x03],
+    );
+    // A compact save header cut after its node name, and one whose parent is 9 versions
+    // before the frame's own (7).
+    write(
+        "frame",
+        "invalid-unsealed-format-2-cut",
+        &[2, 0, 0x05, 0x01, b'n'],
+    );
+    write(
+        "frame",
+        "invalid-unsealed-format-2-parent-before-first",
+        &[2, 0, 0x01, 0x01, b'n', 0x01, 0x01, 0x09, 0xc0],
+    );
     write("frame", "invalid-unsealed-flags", &[1, 7, 0x91, 0x03]);
     write(
         "frame",

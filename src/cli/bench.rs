@@ -85,6 +85,11 @@ impl Workload {
             Workload::Tools => "tools",
         }
     }
+
+    /// Whether its states are small enough to keep every one for measuring them compressed.
+    fn has_small_states(self) -> bool {
+        matches!(self, Workload::Long | Workload::Many)
+    }
 }
 
 /// Old versions loaded at random.
@@ -116,6 +121,11 @@ struct Report {
     bytes_logical: u64,
     bytes_written: u64,
     bytes_stored: Option<u64>,
+    /// Small-state shapes only: the distinct states offered, each compressed on its own (zstd
+    /// level 3).
+    bytes_content_zstd: Option<u64>,
+    /// Small-state shapes only: all the states offered, compressed as one stream.
+    bytes_content_zstd_stream: Option<u64>,
     /// Opening the store again (after the first handle is closed).
     reopen_ms: Option<f64>,
     /// Open + the first `latest` of an execution.
@@ -300,6 +310,8 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         bytes_logical,
         bytes_written,
         bytes_stored,
+        bytes_content_zstd: None,
+        bytes_content_zstd_stream: None,
         reopen_ms: None,
         reopen_latest_ms: None,
         reopen_history_ms: None,
@@ -399,6 +411,13 @@ fn print_summary(r: &Report) -> CliResult {
         fmt::bytes(r.bytes_written),
         stored
     )?;
+    if let Some((each, stream)) = r.bytes_content_zstd.zip(r.bytes_content_zstd_stream) {
+        say!(
+            "the distinct states compressed (zstd -3): {} each on its own, {} as one stream",
+            fmt::bytes(each),
+            fmt::bytes(stream)
+        )?;
+    }
     Ok(())
 }
 

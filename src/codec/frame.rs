@@ -1,9 +1,11 @@
 //! Event frames: the bytes of one log entry, and the events they carry.
 //!
 //! ```text
-//! frame   = [format: 1][flags][payload][checksum: 8 bytes]
-//! payload = header value, then (saves only) body value          (MessagePack)
+//! frame   = [format: 1 or 2][flags][payload][checksum: 8 bytes]
+//! payload = header, then (saves and writes) body value
 //!           zstd-compressed, prefixed by its length as u32 LE, when flags & 1
+//! header  = format 1: a MessagePack value (below)
+//!           format 2 (saves): the compact save header (below)
 //! checksum = first 8 bytes of blake3(len(log) as u32 LE, log, seq as u64 LE, format, flags, payload)
 //! ```
 //! The checksum binds a frame to its log and sequence number, so a frame that is damaged, or
@@ -17,6 +19,21 @@
 //! store's descriptor, and `[6, checkpoint, task, channel, metadata, timestamp_us, value_size]`
 //! for a write attached to checkpoint `checkpoint` of the same log (its body: the value, in
 //! stored form).
+//!
+//! Saves are written in format 2 (format 1 saves, written before it, are still read): a save's
+//! header is most of a small checkpoint's frame, so it is packed with varints (LEB128) and its
+//! versions stored as distances back from the frame's own sequence number (usually 1 byte):
+//! ```text
+//! compact save header = [fields: varint] [node: varint length, UTF-8] [timestamp_us: varint]
+//!                       [state_size: varint] [parent: varint]                   (fields & 1)
+//!                       [parent execution: varint length, UTF-8]               (fields & 2)
+//!                       [delta base: varint]                                    (fields & 4)
+//!                       [metadata: a MessagePack map]                           (fields & 8)
+//! ```
+//! A version of the same execution is written as its distance `seq - version`, unless
+//! fields & 16, where it is written as it is (a version after the frame's own, which a save
+//! never names today). A parent in another execution (fields & 2, which needs fields & 1) is
+//! named by its version.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -33,7 +50,19 @@ use crate::error::{Error, Result};
 /// here so that the codec does not depend on the model it encodes (which depends on the codec).
 type Metadata = BTreeMap<String, serde_json::Value>;
 
+/// Frames with MessagePack headers: every frame but saves, and saves written before
+/// [`FORMAT_COMPACT`].
 const FORMAT: u8 = 1;
+/// Save frames with the compact header (see the module docs).
+const FORMAT_COMPACT: u8 = 2;
+/// Bits of the compact save header's `fields`.
+const HAS_PARENT: u64 = 1;
+const PARENT_ELSEWHERE: u64 = 2;
+const IS_DELTA: u64 = 4;
+const HAS_METADATA: u64 = 8;
+const VERSIONS_AS_THEY_ARE: u64 = 16;
+const KNOWN_FIELDS: u64 =
+    HAS_PARENT | PARENT_ELSEWHERE | IS_DELTA | HAS_METADATA | VERSIONS_AS_THEY_ARE;
 const FLAG_ZSTD: u8 = 1;
 /// The rest of the frame is sealed ([`Seal`]): it opens to `[flags][payload]`.
 const FLAG_SEALED: u8 = 2;
@@ -171,11 +200,156 @@ pub fn encode_save(log: &str, seq: u64, header: &SaveHeader, body: &[u8]) -> Res
     FrameCodec::plain().encode_save(log, seq, header, body)
 }
 
-/// The payload of a save frame: its header value, then its body.
-fn save_payload(header: &SaveHeader, body: &[u8]) -> Vec<u8> {
-    let mut payload = value::encode(&save_header_value(header));
-    payload.extend_from_slice(body);
-    payload
+/// The payload of a format 2 save frame at `seq`: its compact header, then its body.
+fn save_payload(seq: u64, header: &SaveHeader, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + header.node.len() + body.len());
+    let mut fields = 0;
+    if let Some(parent) = &header.parent {
+        fields |= HAS_PARENT;
+        if parent.execution.is_some() {
+            fields |= PARENT_ELSEWHERE;
+        }
+    }
+    if header.delta_base.is_some() {
+        fields |= IS_DELTA;
+    }
+    if !header.metadata.is_empty() {
+        fields |= HAS_METADATA;
+    }
+    let same_execution = header
+        .parent
+        .as_ref()
+        .filter(|p| p.execution.is_none())
+        .map(|p| p.version);
+    let as_they_are = same_execution
+        .into_iter()
+        .chain(header.delta_base)
+        .any(|v| v > seq);
+    if as_they_are {
+        fields |= VERSIONS_AS_THEY_ARE;
+    }
+    let version = |v: u64| if as_they_are { v } else { seq - v };
+    put_varint(&mut out, fields);
+    put_text(&mut out, &header.node);
+    put_varint(&mut out, header.timestamp_us);
+    put_varint(&mut out, header.state_size);
+    if let Some(parent) = &header.parent {
+        match &parent.execution {
+            None => put_varint(&mut out, version(parent.version)),
+            Some(execution) => {
+                put_varint(&mut out, parent.version);
+                put_text(&mut out, execution);
+            }
+        }
+    }
+    if let Some(base) = header.delta_base {
+        put_varint(&mut out, version(base));
+    }
+    if !header.metadata.is_empty() {
+        value::encode_into(&metadata_to_value(&header.metadata), &mut out);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads a compact save header (see the module docs) from the front of `payload`, a frame at
+/// `seq`; returns it and the rest (the body).
+fn compact_save_header(seq: u64, payload: &[u8]) -> Result<(SaveHeader, &[u8]), String> {
+    let mut rest = payload;
+    let fields = take_varint(&mut rest, "field bits")?;
+    if fields & !KNOWN_FIELDS != 0 || fields & (HAS_PARENT | PARENT_ELSEWHERE) == PARENT_ELSEWHERE {
+        return Err(format!("unknown field bits {fields:#x}"));
+    }
+    let as_they_are = fields & VERSIONS_AS_THEY_ARE != 0;
+    let version = |written: u64, what: &str| {
+        if as_they_are {
+            Ok(written)
+        } else {
+            seq.checked_sub(written)
+                .ok_or_else(|| format!("{what} {written} versions before version {seq}"))
+        }
+    };
+    let node = take_text(&mut rest, "node name")?;
+    let timestamp_us = take_varint(&mut rest, "timestamp")?;
+    let state_size = take_varint(&mut rest, "state size")?;
+    let parent = if fields & HAS_PARENT == 0 {
+        None
+    } else if fields & PARENT_ELSEWHERE == 0 {
+        let written = take_varint(&mut rest, "parent")?;
+        Some(ParentRef {
+            execution: None,
+            version: version(written, "parent")?,
+        })
+    } else {
+        let version = take_varint(&mut rest, "parent version")?;
+        Some(ParentRef {
+            execution: Some(take_text(&mut rest, "parent execution")?),
+            version,
+        })
+    };
+    let delta_base = if fields & IS_DELTA == 0 {
+        None
+    } else {
+        let written = take_varint(&mut rest, "delta base")?;
+        Some(version(written, "delta base")?)
+    };
+    let metadata = if fields & HAS_METADATA == 0 {
+        Metadata::new()
+    } else {
+        let mut cursor = Cursor::new(rest);
+        let map = value::read_prefix(&mut cursor)?;
+        rest = &rest[cursor.position() as usize..];
+        metadata_from_value(map)?
+    };
+    let header = SaveHeader {
+        node,
+        metadata,
+        timestamp_us,
+        parent,
+        state_size,
+        delta_base,
+    };
+    Ok((header, rest))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_varint(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn take_varint(bytes: &mut &[u8], what: &str) -> Result<u64, String> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(b & 0x7f);
+        if i == 9 && b > 1 {
+            break;
+        }
+        v |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Ok(v);
+        }
+    }
+    Err(format!("{what}: invalid or truncated varint"))
+}
+
+fn take_text(bytes: &mut &[u8], what: &str) -> Result<String, String> {
+    let len = take_varint(bytes, what)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&n| n <= bytes.len())
+        .ok_or_else(|| format!("{what}: {len} bytes, past the end of the header"))?;
+    let (text, rest) = bytes.split_at(len);
+    *bytes = rest;
+    String::from_utf8(text.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
 }
 
 /// A save's header as the MessagePack value its frame stores (also how a persisted projection
@@ -268,7 +442,8 @@ impl FrameCodec {
         header: &SaveHeader,
         body: &[u8],
     ) -> Result<Vec<u8>> {
-        seal(log, seq, save_payload(header, body), self.seal.as_deref())
+        let payload = save_payload(seq, header, body);
+        seal(log, seq, FORMAT_COMPACT, payload, self.seal.as_deref())
     }
 
     /// Encodes a write frame; `body` is the value's stored form, MessagePack-encoded.
@@ -279,19 +454,25 @@ impl FrameCodec {
         header: &WriteHeader,
         body: &[u8],
     ) -> Result<Vec<u8>> {
-        seal(log, seq, write_payload(header, body), self.seal.as_deref())
+        seal(
+            log,
+            seq,
+            FORMAT,
+            write_payload(header, body),
+            self.seal.as_deref(),
+        )
     }
 
     /// Encodes a delete frame ([`encode_delete`]), sealed when the store is encrypted.
     pub fn encode_delete(&self, log: &str, seq: u64, version: u64) -> Result<Vec<u8>> {
         let payload = value::encode(&Value::Array(vec![KIND_DELETE.into(), version.into()]));
-        seal(log, seq, payload, self.seal.as_deref())
+        seal(log, seq, FORMAT, payload, self.seal.as_deref())
     }
 
     /// Encodes a clear frame ([`encode_clear`]), sealed when the store is encrypted.
     pub fn encode_clear(&self, log: &str, seq: u64) -> Result<Vec<u8>> {
         let payload = value::encode(&Value::Array(vec![KIND_CLEAR.into()]));
-        seal(log, seq, payload, self.seal.as_deref())
+        seal(log, seq, FORMAT, payload, self.seal.as_deref())
     }
 
     /// [`decode`] in this store: when it is encrypted, the frame must be sealed for this very
@@ -305,14 +486,20 @@ impl FrameCodec {
     /// compressed, sealed when the store is encrypted, and checksummed with `place` and
     /// `position` bound in, so a record read back from the wrong place does not open.
     pub fn encode_record(&self, place: &str, position: u64, payload: Vec<u8>) -> Result<Vec<u8>> {
-        seal(place, position, payload, self.seal.as_deref())
+        seal(place, position, FORMAT, payload, self.seal.as_deref())
     }
 
     /// The payload of a record written by [`FrameCodec::encode_record`] with the same `place`
     /// and `position`: [`Error::Corrupt`] when its checksum fails, [`Error::Decrypt`] when it
     /// does not open with this store's keys.
     pub fn decode_record(&self, place: &str, position: u64, record: &[u8]) -> Result<Vec<u8>> {
-        open_payload(place, position, record, self.seal.as_deref())
+        match open_payload(place, position, record, self.seal.as_deref())? {
+            (FORMAT, payload) => Ok(payload),
+            (format, _) => Err(Error::corrupt(
+                format!("record {place:?}"),
+                format!("a record is never written in format {format}"),
+            )),
+        }
     }
 
     /// Whether `frame` (as stored) is sealed with this store's newest key (never, in a
@@ -335,6 +522,7 @@ pub fn encode_gc(log: &str, seq: u64, mark: GcMark) -> Result<Vec<u8>> {
     seal(
         log,
         seq,
+        FORMAT,
         value::encode(&Value::Array(
             [
                 KIND_GC.into(),
@@ -355,6 +543,7 @@ pub fn encode_store(log: &str, seq: u64, d: &StoreDescriptor) -> Result<Vec<u8>>
     seal(
         log,
         seq,
+        FORMAT,
         value::encode(&Value::Array(vec![
             KIND_STORE.into(),
             Value::Binary(d.store_id.to_vec()),
@@ -379,10 +568,16 @@ pub fn encode_clear(log: &str, seq: u64) -> Result<Vec<u8>> {
     FrameCodec::plain().encode_clear(log, seq)
 }
 
-fn seal(log: &str, seq: u64, payload: Vec<u8>, sealer: Option<&dyn Seal>) -> Result<Vec<u8>> {
+fn seal(
+    log: &str,
+    seq: u64,
+    format: u8,
+    payload: Vec<u8>,
+    sealer: Option<&dyn Seal>,
+) -> Result<Vec<u8>> {
     let inner = inner_bytes(payload);
     let mut frame = Vec::with_capacity(inner.len() + 64 + CHECKSUM_LEN);
-    frame.push(FORMAT);
+    frame.push(format);
     match sealer {
         Some(s) => {
             frame.push(FLAG_SEALED);
@@ -445,9 +640,14 @@ pub fn decode(log: &str, seq: u64, frame: &[u8]) -> Result<Decoded> {
     decode_with(log, seq, frame, None)
 }
 
-/// The payload of a frame (or record) stored at `seq` of `log`: checksum verified, opened
-/// with `sealer` when sealed, decompressed.
-fn open_payload(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Vec<u8>> {
+/// The format and payload of a frame (or record) stored at `seq` of `log`: checksum verified,
+/// opened with `sealer` when sealed, decompressed.
+fn open_payload(
+    log: &str,
+    seq: u64,
+    frame: &[u8],
+    sealer: Option<&dyn Seal>,
+) -> Result<(u8, Vec<u8>)> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
     if frame.len() < 2 + CHECKSUM_LEN {
         return Err(corrupt(format!(
@@ -459,9 +659,9 @@ fn open_payload(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) ->
     if checksum(log, seq, body) != sum {
         return Err(corrupt("checksum mismatch".into()));
     }
-    if body[0] != FORMAT {
+    if body[0] != FORMAT && body[0] != FORMAT_COMPACT {
         return Err(corrupt(format!(
-            "frame format {} is newer than this ckpt understands (1); upgrade ckpt",
+            "frame format {} is newer than this ckpt understands (1 and 2); upgrade ckpt",
             body[0]
         )));
     }
@@ -509,13 +709,21 @@ fn open_payload(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) ->
         }
         flags => return Err(corrupt(format!("unknown frame flags {flags:#x}"))),
     };
-    Ok(payload)
+    Ok((body[0], payload))
 }
 
 /// [`decode`], opening a sealed frame with `sealer` (see [`FrameCodec::decode`]).
 fn decode_with(log: &str, seq: u64, frame: &[u8], sealer: Option<&dyn Seal>) -> Result<Decoded> {
     let corrupt = |reason: String| Error::corrupt(format!("execution {log:?} seq {seq}"), reason);
-    let payload = open_payload(log, seq, frame, sealer)?;
+    let (format, payload) = open_payload(log, seq, frame, sealer)?;
+    if format == FORMAT_COMPACT {
+        let (header, body) = compact_save_header(seq, &payload)
+            .map_err(|e| corrupt(format!("invalid save header: {e}")))?;
+        return Ok(Decoded {
+            event: Event::Save(header),
+            body: body.to_vec(),
+        });
+    }
     let mut cursor = Cursor::new(&payload[..]);
     let head =
         value::read_prefix(&mut cursor).map_err(|e| corrupt(format!("invalid header: {e}")))?;
@@ -781,6 +989,106 @@ mod tests {
         };
         assert_eq!(h, header());
         assert_eq!(decode_body("exec", 9, &h, &d.body).unwrap(), body);
+    }
+
+    /// Every shape of save header round-trips through the compact header, whatever the
+    /// distance from the frame's own sequence number.
+    #[test]
+    fn compact_save_headers_round_trip() {
+        let same = |version| {
+            Some(ParentRef {
+                execution: None,
+                version,
+            })
+        };
+        let elsewhere = Some(ParentRef {
+            execution: Some("other-exec".into()),
+            version: u64::MAX,
+        });
+        let seqs = [1, 2, 9, 130, 1 << 40, u64::MAX];
+        for seq in seqs {
+            for parent in [None, same(0), same(seq - 1), same(seq), same(seq / 2)]
+                .into_iter()
+                .chain([
+                    same(u64::MAX),
+                    same(seq.saturating_add(1)),
+                    elsewhere.clone(),
+                ])
+            {
+                for delta_base in [None, Some(seq - 1), Some(0), Some(u64::MAX)] {
+                    for metadata in [Metadata::new(), header().metadata] {
+                        let h = SaveHeader {
+                            node: "node-ü".into(),
+                            metadata,
+                            timestamp_us: seq.wrapping_mul(7919),
+                            parent: parent.clone(),
+                            state_size: seq / 3,
+                            delta_base,
+                        };
+                        let body = value::encode(&Value::from("body"));
+                        let frame = encode_save("exec", seq, &h, &body).unwrap();
+                        assert_eq!(frame[0], FORMAT_COMPACT);
+                        let d = decode("exec", seq, &frame).unwrap();
+                        assert_eq!(d.event, Event::Save(h), "seq {seq}");
+                        assert_eq!(d.body, body);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Saves written before the compact header (format 1) are still read.
+    #[test]
+    fn format_1_saves_are_still_read() {
+        let h = header();
+        let mut payload = value::encode(&save_header_value(&h));
+        payload.extend_from_slice(&value::encode(&Value::from(5)));
+        let frame = seal("exec", 9, FORMAT, payload, None).unwrap();
+        let d = decode("exec", 9, &frame).unwrap();
+        assert_eq!(d.event, Event::Save(h));
+        assert_eq!(d.body, value::encode(&Value::from(5)));
+    }
+
+    /// A compact header that is cut short, names a version before the first, or sets unknown
+    /// field bits is refused as corrupt, never read as something else.
+    #[test]
+    fn damaged_compact_headers_are_corrupt() {
+        let frame = |payload: Vec<u8>| seal("exec", 7, FORMAT_COMPACT, payload, None).unwrap();
+        let good = {
+            let mut out = Vec::new();
+            put_varint(&mut out, HAS_PARENT | IS_DELTA);
+            put_text(&mut out, "plan");
+            put_varint(&mut out, 1_700_000_000_000_000);
+            put_varint(&mut out, 12);
+            put_varint(&mut out, 1);
+            put_varint(&mut out, 2);
+            out
+        };
+        let d = decode("exec", 7, &frame(good.clone())).unwrap();
+        let Event::Save(h) = d.event else {
+            panic!("not a save")
+        };
+        assert_eq!((h.parent.unwrap().version, h.delta_base), (6, Some(5)));
+        for cut in 0..good.len() {
+            let err = decode("exec", 7, &frame(good[..cut].to_vec())).unwrap_err();
+            assert!(err.is_corrupt(), "cut at {cut}: {err}");
+        }
+        let mut before_first = good.clone();
+        *before_first.last_mut().unwrap() = 8;
+        let err = decode("exec", 7, &frame(before_first)).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("delta base 8 versions before version 7"));
+        let mut unknown = good.clone();
+        unknown[0] = 0x20;
+        assert!(decode("exec", 7, &frame(unknown)).unwrap_err().is_corrupt());
+        let mut elsewhere_alone = good;
+        elsewhere_alone[0] = PARENT_ELSEWHERE as u8;
+        assert!(decode("exec", 7, &frame(elsewhere_alone))
+            .unwrap_err()
+            .is_corrupt());
+        let err = decode("exec", 7, &frame(vec![0xff; 11])).unwrap_err();
+        assert!(err.to_string().contains("varint"), "{err}");
     }
 
     #[test]

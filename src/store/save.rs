@@ -520,12 +520,17 @@ impl Store {
                     })?;
                     let delta = value::encode(&tree::ops_to_value(&ops));
                     let len = delta.len() as u64;
-                    if chain.delta_bytes + len <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET) {
-                        (stored, delta, Some(b.version), chain.extend(len))
-                    } else {
-                        let snapshot = value::encode(&stored);
-                        let chain = Chain::snapshot(seq, snapshot.len() as u64);
-                        (stored, snapshot, None, chain)
+                    let within_budget =
+                        chain.delta_bytes + len <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET);
+                    match smaller_snapshot(&stored, len, cp.state_size()) {
+                        None if within_budget => {
+                            (stored, delta, Some(b.version), chain.extend(len))
+                        }
+                        smaller => {
+                            let snapshot = smaller.unwrap_or_else(|| value::encode(&stored));
+                            let chain = Chain::snapshot(seq, snapshot.len() as u64);
+                            (stored, snapshot, None, chain)
+                        }
                     }
                 }
                 _ => {
@@ -660,4 +665,17 @@ fn check_parent_is_live(idx: &ExecIndex, parent: Option<&ParentRef>) -> Result<(
         ))),
         _ => Ok(()),
     }
+}
+
+/// The encoding of state `stored` when it is no larger than its delta of `delta_len` bytes:
+/// a small state whose every field changes (a step counter, a status, a cursor) costs more as
+/// ops, each naming its path, than whole, and a snapshot also ends the delta chain.
+/// Encoded only when it may be smaller: the stored form is at most about `state_size` (the
+/// state's own MessagePack size), so a delta under half of that always wins.
+fn smaller_snapshot(stored: &Value, delta_len: u64, state_size: u64) -> Option<Vec<u8>> {
+    if delta_len.saturating_mul(2) < state_size {
+        return None;
+    }
+    let snapshot = value::encode(stored);
+    (snapshot.len() as u64 <= delta_len).then_some(snapshot)
 }

@@ -196,10 +196,14 @@ pub(super) async fn run(args: BenchArgs, global: &Global) -> CliResult {
         )));
     }
     let mut bytes_logical = 0;
+    let mut offered = Vec::new();
     for task in tasks {
-        bytes_logical += task.await.context("a benchmark task failed")??;
+        let (logical, states) = task.await.context("a benchmark task failed")??;
+        bytes_logical += logical;
+        offered.extend(states);
     }
     let elapsed = started.elapsed();
+    let content = compressed_content(offered)?;
     let saves = u64::from(sizes.executions) * u64::from(sizes.steps);
     let memory_after = store.server_memory().await?;
 
@@ -317,6 +321,8 @@ pub(super) async fn run(args: BenchArgs, global: &Global) -> CliResult {
         bytes_logical,
         bytes_written,
         bytes_stored,
+        bytes_content_zstd: content.map(|c| c.each),
+        bytes_content_zstd_stream: content.map(|c| c.stream),
         reopen_ms: Some(median_ms(cold.open)),
         reopen_latest_ms: Some(median_ms(cold.open_latest)),
         reopen_history_ms: Some(median_ms(cold.open_history)),
@@ -342,7 +348,8 @@ struct Cold {
 }
 
 /// One writer: takes the next execution nobody has started and saves all its steps, until none
-/// is left; returns the bytes of state it offered.
+/// is left; returns the bytes of state it offered, and (small states only) the states'
+/// MessagePack encodings, for [`compressed_content`].
 async fn writer(
     store: Store,
     workload: Workload,
@@ -350,12 +357,13 @@ async fn writer(
     names: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
     seed: u64,
-) -> ckpt::Result<u64> {
+) -> ckpt::Result<(u64, Vec<Vec<u8>>)> {
     let mut logical = 0;
+    let mut offered = Vec::new();
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         let Some(exec) = names.get(n) else {
-            return Ok(logical);
+            return Ok((logical, offered));
         };
         let mut rng = XorShift::new(seed.wrapping_add(n as u64));
         // What the execution keeps from step to step.
@@ -407,9 +415,49 @@ async fn writer(
                 .with_metadata("source", "loop")
                 .with_metadata("step", step);
             logical += checkpoint.state_size();
+            if workload.has_small_states() {
+                offered.push(ckpt::codec::value::encode(checkpoint.state_value()));
+            }
             store.save(checkpoint).await?;
         }
     }
+}
+
+/// What the offered states weigh compressed: the yardstick of issue 15's bytes goal.
+#[derive(Debug, Clone, Copy)]
+struct Content {
+    /// Every distinct state compressed on its own (zstd level 3): what a store that keeps each
+    /// state once, compressed, would write.
+    each: u64,
+    /// All the states in the order offered, compressed as one stream (zstd level 3, with a
+    /// window that spans many states): close to the content's own entropy, a bound no store of
+    /// separately readable checkpoints reaches.
+    stream: u64,
+}
+
+/// Measures [`Content`] of the states a run offered (`None` when it kept none: large states).
+fn compressed_content(offered: Vec<Vec<u8>>) -> Result<Option<Content>, Failure> {
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    let compress = |bytes: &[u8]| {
+        zstd::bulk::compress(bytes, 3)
+            .map(|c| c.len() as u64)
+            .map_err(|e| Failure::new(format!("compressing the offered states: {e}")))
+    };
+    let mut seen = HashSet::new();
+    let mut each = 0;
+    let mut stream = Vec::new();
+    for state in &offered {
+        stream.extend_from_slice(state);
+        if seen.insert(state.as_slice()) {
+            each += compress(state)?;
+        }
+    }
+    Ok(Some(Content {
+        each,
+        stream: compress(&stream)?,
+    }))
 }
 
 /// Checks that a latest checkpoint is the last of `steps` saves.
