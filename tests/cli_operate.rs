@@ -437,7 +437,7 @@ fn delete_and_clear_ask_on_a_terminal_and_obey_the_answer() {
 }
 
 /// Every key of `ckpt bench --json`, for every workload.
-const BENCH_KEYS: [&str; 23] = [
+const BENCH_KEYS: [&str; 25] = [
     "workload",
     "store",
     "encrypted",
@@ -455,6 +455,8 @@ const BENCH_KEYS: [&str; 23] = [
     "bytes_logical",
     "bytes_written",
     "bytes_stored",
+    "bytes_content_zstd",
+    "bytes_content_zstd_stream",
     "reopen_ms",
     "reopen_latest_ms",
     "reopen_history_ms",
@@ -539,6 +541,18 @@ fn bench_shapes_run_at_a_tiny_size_on_sled_and_leave_what_they_report() {
             num("bytes_written") > 0.0 && num("bytes_stored") > 0.0,
             "{r}"
         );
+        // The offered states compressed: measured for the small-state shapes only, and a
+        // stream compresses better than its states one by one.
+        if workload == "tools" {
+            assert!(r["bytes_content_zstd"].is_null(), "{r}");
+            assert!(r["bytes_content_zstd_stream"].is_null(), "{r}");
+        } else {
+            assert!(num("bytes_content_zstd_stream") > 0.0, "{r}");
+            assert!(
+                num("bytes_content_zstd") > num("bytes_content_zstd_stream"),
+                "{r}"
+            );
+        }
 
         // The store holds what the bench says it saved.
         let listed = with_store(&path, |store| async move {

@@ -14,7 +14,12 @@ use crate::{Checkpoint, HistoryQuery, Store};
 /// A state of `step` for the damage scenario; with `bulk`, 200 short fields that all change, a
 /// change too large for a delta, so the save after it is a snapshot.
 fn damage_state(step: u64, bulk: bool) -> serde_json::Value {
-    let mut state = json!({ "step": step, "note": text("damage", step, 40) });
+    // The unchanging context keeps a delta smaller than the state (else it is a snapshot).
+    let mut state = json!({
+        "step": step,
+        "note": text("damage", step, 40),
+        "context": text("context", 0, 120),
+    });
     if bulk {
         let fields: serde_json::Map<String, serde_json::Value> = (0..200)
             .map(|i| {

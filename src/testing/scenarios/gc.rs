@@ -361,10 +361,14 @@ async fn gc_elsewhere(
     let steps = 120u64;
     let pool = |i: u64| text("pooled", i, 700);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(4);
+    // The churn starts once the collector has run a gc, so that on a loaded machine it cannot
+    // finish before the collector is first scheduled.
+    let (collecting, started) = tokio::sync::oneshot::channel::<()>();
     // Makes blob `pool(i)` exist with nothing live referencing it, then hands `i` over.
     let churn = {
         let store = here.clone();
         tokio::spawn(async move {
+            let _ = started.await;
             for i in 0..steps {
                 let cp = must(
                     Checkpoint::new("churn", "n", &json!({ "p": pool(i) })),
@@ -395,11 +399,17 @@ async fn gc_elsewhere(
         let done = churn;
         tokio::spawn(async move {
             let mut runs = 0u32;
+            let mut collecting = Some(collecting);
             while !done.is_finished() {
                 match store.gc().await {
                     Ok(_) => runs += 1,
                     Err(Error::Busy { .. }) => {}
                     Err(e) => panic!("gc: {e}"),
+                }
+                if runs > 0 {
+                    if let Some(tx) = collecting.take() {
+                        let _ = tx.send(());
+                    }
                 }
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
