@@ -453,4 +453,12 @@ pub trait SideTable: Send + Sync {
     /// Every log with its next sequence number, in one call: what [`Backend::list_logs`] and
     /// [`Backend::next_seq`] of each would say.
     async fn log_tails(&self) -> Result<Vec<(String, u64)>>;
+
+    /// Whether [`SideTable::get_records`] of many known keys costs less than one
+    /// [`SideTable::scan_records`] of their prefix: true where a scan visits every key of the
+    /// database whatever the prefix (Redis `SCAN`), false (the default) where a prefix scan is
+    /// one range read.
+    fn gets_beat_scans(&self) -> bool {
+        false
+    }
 }

@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use super::persist::{RecordHead, SUMMARY_PREFIX};
 use super::{from_micros, reclaim, ExecutionDamage, ExecutionSummary, HistoryQuery, Store};
+use crate::backend::SideTable;
 use crate::checkpoint::{validate_execution_id, CheckpointHeader};
 use crate::error::Result;
 
@@ -83,7 +84,17 @@ impl Store {
         };
         let mut logs = side.log_tails().await?;
         logs.retain(|(log, _)| !reclaim::is_reserved_log(log));
-        let records = side.scan_records(SUMMARY_PREFIX).await.unwrap_or_default();
+        let records = if side.gets_beat_scans() {
+            summaries_by_key(side, &logs).await
+        } else {
+            side.scan_records(SUMMARY_PREFIX).await.unwrap_or_default()
+        };
+        // Summaries of an encrypted store open with its keys, found on first use: a store
+        // that has not read anything yet must find them first, or fold every log. (A wrong key
+        // is left to the fold, which names it.)
+        if !records.is_empty() {
+            let _ = self.crypto().await;
+        }
         let heads = records
             .into_iter()
             .filter_map(|(key, bytes)| {
@@ -162,4 +173,18 @@ fn summary_of_record(log: &str, head: &RecordHead) -> Option<ExecutionSummary> {
         damaged_frames: Vec::new(),
         unreadable_versions: Vec::new(),
     })
+}
+
+/// The summary records of `logs`, read by key ([`SideTable::gets_beat_scans`]); none when
+/// the read fails (records are a cache: listing then folds).
+async fn summaries_by_key(side: &dyn SideTable, logs: &[(String, u64)]) -> Vec<(String, Vec<u8>)> {
+    let keys: Vec<String> = logs
+        .iter()
+        .map(|(log, _)| format!("{SUMMARY_PREFIX}{log}"))
+        .collect();
+    let values = side.get_records(&keys).await.unwrap_or_default();
+    keys.into_iter()
+        .zip(values)
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
 }

@@ -286,8 +286,24 @@ pub async fn a_long_execution_reopens_from_its_record(h: &dyn Harness) {
     }
     save_n(&store, "short", 3).await;
     let expected = capture(&store, &["long"]).await;
+    let listed = must(store.executions().await, "executions");
+    must(store.flush().await, "flush");
     drop(store);
     let store = h.open().await;
+    // Listing reads the summary records written by the flush: it folds no log.
+    let before = store.read_stats();
+    assert_eq!(
+        must(store.executions().await, "executions after reopen"),
+        listed,
+        "[{name}] executions after reopen"
+    );
+    if with_records(&store) {
+        let folded = store.read_stats().frames_folded - before.frames_folded;
+        assert_eq!(
+            folded, 0,
+            "[{name}] listing after a flush folded {folded} frames"
+        );
+    }
     assert_eq!(
         must(store.latest("long").await, "latest").map(|c| c.version),
         tail.last().map(|c| c.version),
