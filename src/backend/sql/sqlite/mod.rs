@@ -439,6 +439,9 @@ impl Backend for SqliteBackend {
 
     fn capabilities(&self) -> Capabilities<'_> {
         let mut caps = Capabilities::new();
+        // The append's transaction inserts blobs with `ON CONFLICT DO NOTHING`: a save's few new
+        // blobs are cheaper to send than to ask about (a pool read) first.
+        caps.blobs_with_append = true;
         caps.rewrite = Some(self);
         caps.maintain = Some(self);
         caps.inspect = Some(self);
