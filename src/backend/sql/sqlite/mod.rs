@@ -1,5 +1,5 @@
 //! The SQLite [`Backend`] (`sqlite://PATH`): one database file, shareable by several processes.
-//! Reads go through a pool of sqlx connections; writes through the [writer] thread's own
+//! Reads go through a pool of sqlx connections; writes through the writer thread's own
 //! (rusqlite) connection.
 //!
 //! # Layout
@@ -11,9 +11,9 @@
 //!
 //! # Writes: one writer, group commit
 //!
-//! Every write goes through one [writer] thread owning one connection. It takes every write
-//! queued while it was busy and commits them in one `BEGIN IMMEDIATE` transaction (one fsync for
-//! all): each write runs inside its own savepoint, so a write that conflicts (its
+//! Every write goes through one writer thread (`writer.rs`) owning one connection. It takes every
+//! write queued while it was busy and commits them in one `BEGIN IMMEDIATE` transaction (one fsync
+//! for all): each write runs inside its own savepoint, so a write that conflicts (its
 //! compare-and-append fails) is rolled back alone while the others commit. Should a statement fail
 //! in a way that may poison the transaction, the whole transaction is rolled back and its writes
 //! are retried one by one. `BEGIN IMMEDIATE` takes SQLite's write lock first, so the
@@ -221,7 +221,7 @@ fn location(url: &str) -> &str {
 }
 
 /// The connection settings of the read pool's connections (the writer's and the tail reader's
-/// are [`writer::connect`]'s, the same).
+/// are `writer::connect`'s, the same).
 fn connect_options(path: &Path, sync: bool, timeout: Duration) -> SqliteConnectOptions {
     // Built from the path, not by handing sqlx the URL, whose options are ckpt's.
     SqliteConnectOptions::new()
