@@ -6,7 +6,7 @@
 //! does it retry conflicts or order contending writers: that policy lives in the store too.
 //!
 //! The contract every backend follows, and how to add one, are written on [`Backend`].
-//! The layout: `memory.rs`; `sled/` (with its write-ahead log and heads file); `sql/` (`sqlite.rs`,
+//! The layout: `memory.rs`; `sled/` (with its write-ahead log and heads file); `sql/` (`sqlite/`,
 //! `postgres/`); `redis/`; `retry.rs` (what backends share for transient errors).
 
 use std::fmt;
