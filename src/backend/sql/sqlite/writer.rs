@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{ffi, params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{newer_schema, NAME, NEXT_SEQ_SQL, SCHEMA_VERSION};
+use super::{newer_schema, JOURNAL_SIZE_LIMIT, NAME, NEXT_SEQ_SQL, SCHEMA_VERSION};
 use crate::backend::retry;
 use crate::backend::sql::{end_seq, from_db_seq, to_db_seq, DriverError};
 use crate::backend::{BlobHash, LogAppend};
@@ -138,12 +138,11 @@ pub(super) fn connect(path: &Path, sync: bool, busy: Duration) -> rusqlite::Resu
     conn.busy_timeout(busy)?;
     let synchronous = if sync { "FULL" } else { "NORMAL" };
     // In the order sqlx's connect options run them for the pool's connections.
-    // `journal_size_limit`: the WAL is emptied at each checkpoint past this size, so it does not
-    // keep its peak size. `secure_delete`: deleted rows (cleared checkpoints, collected blobs)
-    // are overwritten, not left in free pages.
+    // `journal_size_limit`: see [`JOURNAL_SIZE_LIMIT`]. `secure_delete`: deleted rows (cleared
+    // checkpoints, collected blobs) are overwritten, not left in free pages.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
-         PRAGMA synchronous = {synchronous}; PRAGMA journal_size_limit = 1048576; \
+         PRAGMA synchronous = {synchronous}; PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}; \
          PRAGMA secure_delete = ON;"
     ))?;
     Ok(conn)
