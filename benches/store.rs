@@ -19,7 +19,7 @@
 //!   (~140 bytes: a step, a status, a few fields that change each step), built once in setup;
 //!   each iteration opens the store from its URL (sled directory, SQLite file), reads the latest
 //!   checkpoint (or the 20 newest headers, or a version near the head) and closes the store:
-//!   what a process start pays before its first answer. On PostgreSQL too when
+//!   what a process start pays before its first answer (`reopen_20k/open`: the open alone). On PostgreSQL too when
 //!   `CKPT_TEST_POSTGRES_URL` names a server.
 //!
 //! - `many`: issue 15's many-executions shape, as `ckpt bench --workload many` builds it:
@@ -386,6 +386,11 @@ fn bench_reopen(c: &mut Criterion, rt: &Runtime) {
     let mut group = c.benchmark_group("reopen_20k");
     group.sample_size(10);
     for (name, url) in &urls {
+        // The open alone: what the reads below add to it is the rest.
+        group.bench_function(format!("open/{name}"), |b| {
+            b.to_async(rt)
+                .iter(|| async move { drop(Store::open(url).await.expect("open")) })
+        });
         group.bench_function(format!("open_and_latest/{name}"), |b| {
             b.to_async(rt).iter(|| async move {
                 let store = Store::open(url).await.expect("open");
