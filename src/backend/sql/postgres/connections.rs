@@ -10,9 +10,10 @@
 //! returns a connection from a spawned task, which the next statement of the same task usually
 //! overtakes).
 //!
-//! The kept connection counts toward `max_connections` (the pool holds one fewer). It is given
-//! up, and the pool used from then on, when a statement on it fails or is cancelled (its state
-//! is unknown then) or when it has lived `max_lifetime`.
+//! The kept connection counts toward `max_connections` (the pool holds one fewer; with fewer than
+//! three there is no kept connection). It is given up, and the pool used from then on, when a
+//! statement on it fails or is cancelled (its state is unknown then) or when it has lived
+//! `max_lifetime`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

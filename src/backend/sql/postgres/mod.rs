@@ -221,9 +221,10 @@ impl PostgresBackend {
             .max_connections
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
         // The connection made first is kept for the statements after the open (see
-        // `connections.rs`) and counts toward `max_connections`; with a limit of one there is
-        // nothing to spare, and the pool holds the only connection.
-        let keep_first = max_connections > 1;
+        // `connections.rs`) and counts toward `max_connections`. A statement that finds it busy
+        // waits for the pool alone, so the pool keeps at least two (one may be a `LISTEN`):
+        // below three there is none to spare, and it is closed.
+        let keep_first = max_connections >= 3;
         let pool = PgPoolOptions::new()
             .max_connections(if keep_first {
                 max_connections - 1
