@@ -19,8 +19,22 @@
 //!   (~140 bytes: a step, a status, a few fields that change each step), built once in setup;
 //!   each iteration opens the store from its URL (sled directory, SQLite file), reads the latest
 //!   checkpoint (or the 20 newest headers, or a version near the head) and closes the store:
-//!   what a process start pays before its first answer. On PostgreSQL too when
+//!   what a process start pays before its first answer (`reopen_20k/open`: the open alone). On PostgreSQL too when
 //!   `CKPT_TEST_POSTGRES_URL` names a server.
+//!
+//! - `many`: issue 15's many-executions shape, as `ckpt bench --workload many` builds it:
+//!   executions of 5 saves of a ~1 KB state (a 600-letter input set at the first step, a
+//!   420-letter output replaced at every step, a step and a status). `many/save` is one save,
+//!   a new execution every 5 saves (so a fifth of the saves are an execution's first);
+//!   `many/executions_after_reopen` opens a store of 2,000 such executions from its URL and lists
+//!   them (`Store::executions`).
+//! - `tools`: issue 15's tool-loop shape, as `ckpt bench --workload tools` builds it: each save
+//!   appends a 20 KB tool output to a list and replaces a 2 KB scratchpad. `tools/save` is one
+//!   save, a new execution every 150 saves (states grow to ~3 MB); `tools/open_and_latest` opens
+//!   a store holding one execution of 150 such saves and reads its latest checkpoint (~3 MB).
+//!
+//! The `reopen_20k`, `many` and `tools` groups run on sled, SQLite, and PostgreSQL when
+//! `CKPT_TEST_POSTGRES_URL` names a server (each run in a schema of its own).
 //!
 //! Sample sizes are small (20 samples, 3 s) so that `cargo bench` finishes in a few minutes.
 
@@ -315,26 +329,39 @@ fn small_state(step: u64) -> serde_json::Value {
     })
 }
 
+/// URLs of empty stores named `tag` on each backend measured by the shape groups: sled and
+/// SQLite in `dir`, and PostgreSQL (a schema of its own) when `CKPT_TEST_POSTGRES_URL` names a
+/// server (`scripts/servers.sh start` prints the variable).
+fn shape_urls(dir: &TempDir, tag: &str) -> Vec<(&'static str, String)> {
+    let mut urls = vec![
+        (
+            "sled",
+            format!(
+                "sled://{}",
+                dir.path().join(format!("{tag}-sled")).display()
+            ),
+        ),
+        (
+            "sqlite",
+            format!(
+                "sqlite://{}",
+                dir.path().join(format!("{tag}.db")).display()
+            ),
+        ),
+    ];
+    if let Ok(url) = std::env::var("CKPT_TEST_POSTGRES_URL") {
+        let schema = format!("bench_{tag}_{}", std::process::id());
+        let sep = if url.contains('?') { '&' } else { '?' };
+        urls.push(("postgres", format!("{url}{sep}schema={schema}")));
+    }
+    urls
+}
+
 /// Stores (their URLs, and the directory holding them) with one execution of
 /// [`REOPEN_STEPS`] small checkpoints.
 fn reopen_fixtures(rt: &Runtime) -> (Vec<(&'static str, String)>, TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut urls = vec![
-        (
-            "sled",
-            format!("sled://{}", dir.path().join("sled").display()),
-        ),
-        (
-            "sqlite",
-            format!("sqlite://{}", dir.path().join("long.db").display()),
-        ),
-    ];
-    // A PostgreSQL server when one is named (`scripts/servers.sh start` prints the variable).
-    if let Ok(url) = std::env::var("CKPT_TEST_POSTGRES_URL") {
-        let schema = format!("bench_reopen_{}", std::process::id());
-        let sep = if url.contains('?') { '&' } else { '?' };
-        urls.push(("postgres", format!("{url}{sep}schema={schema}")));
-    }
+    let urls = shape_urls(&dir, "reopen");
     for (_, url) in &urls {
         rt.block_on(async {
             let store = Store::open(url).await.expect("open");
@@ -359,6 +386,11 @@ fn bench_reopen(c: &mut Criterion, rt: &Runtime) {
     let mut group = c.benchmark_group("reopen_20k");
     group.sample_size(10);
     for (name, url) in &urls {
+        // The open alone: what the reads below add to it is the rest.
+        group.bench_function(format!("open/{name}"), |b| {
+            b.to_async(rt)
+                .iter(|| async move { drop(Store::open(url).await.expect("open")) })
+        });
         group.bench_function(format!("open_and_latest/{name}"), |b| {
             b.to_async(rt).iter(|| async move {
                 let store = Store::open(url).await.expect("open");
@@ -388,9 +420,241 @@ fn bench_reopen(c: &mut Criterion, rt: &Runtime) {
     group.finish();
 }
 
+/// Saves per execution of the `many` shape.
+const MANY_STEPS: u32 = 5;
+/// Executions of the store `many/executions_after_reopen` lists.
+const MANY_EXECUTIONS: u32 = 2_000;
+/// Letters of the `many` state's input and output (as `ckpt bench --workload many`).
+const MANY_INPUT: usize = 600;
+const MANY_OUTPUT: usize = 420;
+/// Saves per execution of the `tools` shape, and the letters of its tool outputs and
+/// scratchpad (as `ckpt bench --workload tools`).
+const TOOLS_STEPS: u32 = 150;
+const TOOLS_OUTPUT: usize = 20_000;
+const TOOLS_SCRATCHPAD: usize = 2_000;
+
+/// State of the `many` shape (the fields of `ckpt bench`'s).
+#[derive(Serialize)]
+struct Request<'a> {
+    input: &'a str,
+    step: u32,
+    status: String,
+    output: &'a str,
+    user: String,
+}
+
+/// State of the `tools` shape (the fields of `ckpt bench`'s).
+#[derive(Serialize)]
+struct ToolLoop<'a> {
+    step: u32,
+    tool_outputs: &'a [String],
+    scratchpad: &'a str,
+}
+
+/// Where a `many` writer is: the execution it saves to, that execution's input, its next step.
+struct ManyCursor {
+    exec: u32,
+    input: String,
+    step: u32,
+    rng: XorShift,
+}
+
+impl ManyCursor {
+    fn new(seed: u64) -> Self {
+        ManyCursor {
+            exec: 0,
+            input: String::new(),
+            step: MANY_STEPS,
+            rng: XorShift::new(seed),
+        }
+    }
+
+    /// The next checkpoint of the shape, on an execution named `{prefix}-{n}`: step 1 of a new
+    /// execution after the last step of the previous one.
+    fn next(&mut self, prefix: &str) -> Checkpoint {
+        if self.step == MANY_STEPS {
+            self.exec += 1;
+            self.step = 0;
+            self.input = self.rng.letters(MANY_INPUT);
+        }
+        self.step += 1;
+        let output = self.rng.letters(MANY_OUTPUT);
+        let state = Request {
+            input: &self.input,
+            step: self.step,
+            status: format!("step {} of {MANY_STEPS}", self.step),
+            output: &output,
+            user: format!("user-{}", self.exec),
+        };
+        Checkpoint::new(&format!("{prefix}-{}", self.exec), "respond", &state)
+            .expect("checkpoint")
+            .with_metadata("source", "loop")
+            .with_metadata("step", self.step)
+    }
+}
+
+/// Where a `tools` writer is: its execution, the outputs so far, the next step.
+struct ToolsCursor {
+    exec: u32,
+    outputs: Vec<String>,
+    rng: XorShift,
+}
+
+impl ToolsCursor {
+    fn new(seed: u64) -> Self {
+        ToolsCursor {
+            exec: 0,
+            outputs: Vec::new(),
+            rng: XorShift::new(seed),
+        }
+    }
+
+    /// The next checkpoint of the shape, on an execution named `{prefix}-{n}`: a new execution
+    /// after [`TOOLS_STEPS`] saves (and at the start).
+    fn next(&mut self, prefix: &str) -> Checkpoint {
+        if self.exec == 0 || self.outputs.len() == TOOLS_STEPS as usize {
+            self.exec += 1;
+            self.outputs.clear();
+        }
+        self.outputs.push(self.rng.letters(TOOLS_OUTPUT));
+        let scratchpad = self.rng.letters(TOOLS_SCRATCHPAD);
+        let step = self.outputs.len() as u32;
+        let state = ToolLoop {
+            step,
+            tool_outputs: &self.outputs,
+            scratchpad: &scratchpad,
+        };
+        Checkpoint::new(&format!("{prefix}-{}", self.exec), "tools", &state)
+            .expect("checkpoint")
+            .with_metadata("source", "loop")
+            .with_metadata("step", step)
+    }
+}
+
+/// One save per iteration to the store at `url` (opened on first use, so that a filtered-out
+/// bench costs nothing), each checkpoint the next `make` gives from the cursor it keeps across
+/// criterion's batches. Only the save is timed: building the checkpoint (random text, encoding
+/// the state) is left out.
+fn bench_saves<C: 'static>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    id: String,
+    url: &str,
+    cursor: C,
+    make: fn(&mut C) -> Checkpoint,
+) {
+    let cursor = Rc::new(RefCell::new(Some(cursor)));
+    let store = std::cell::OnceCell::new();
+    group.bench_function(id, |b| {
+        let store = store.get_or_init(|| rt.block_on(Store::open(url)).expect("open"));
+        b.to_async(rt).iter_custom(|iters| {
+            let store = store.clone();
+            let cursor = cursor.clone();
+            async move {
+                let mut c = cursor.borrow_mut().take().expect("the cursor");
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let cp = make(&mut c);
+                    let start = Instant::now();
+                    store.save(cp).await.expect("save");
+                    elapsed += start.elapsed();
+                }
+                *cursor.borrow_mut() = Some(c);
+                elapsed
+            }
+        })
+    });
+}
+
+/// Fills the store at `url` with [`MANY_EXECUTIONS`] executions of the `many` shape (in
+/// batches: setup, not measured).
+async fn many_executions(url: &str) {
+    let store = Store::open(url).await.expect("open");
+    let mut cursor = ManyCursor::new(6);
+    let per_batch = 100 * MANY_STEPS;
+    for _ in 0..MANY_EXECUTIONS * MANY_STEPS / per_batch {
+        let batch = (0..per_batch).map(|_| cursor.next("listed")).collect();
+        store.save_batch(batch).await.expect("save batch");
+    }
+    store.flush().await.expect("flush");
+}
+
+/// Saves one execution of [`TOOLS_STEPS`] saves of the `tools` shape (`cold-1`) to the store at
+/// `url`.
+async fn tools_execution(url: &str) {
+    let store = Store::open(url).await.expect("open");
+    let mut cursor = ToolsCursor::new(7);
+    for _ in 0..TOOLS_STEPS {
+        store.save(cursor.next("cold")).await.expect("save");
+    }
+    store.flush().await.expect("flush");
+}
+
+/// The `many` shape: saves, and listing a store of [`MANY_EXECUTIONS`] after a reopen.
+fn bench_many(c: &mut Criterion, rt: &Runtime) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut group = c.benchmark_group("many");
+    group.sample_size(10);
+    // The saves go to stores of their own: the listed ones hold exactly their executions.
+    let saves = shape_urls(&dir, "many_saves");
+    for ((name, url), (_, saves_url)) in shape_urls(&dir, "many").into_iter().zip(saves) {
+        bench_saves(
+            &mut group,
+            rt,
+            format!("save/{name}"),
+            &saves_url,
+            ManyCursor::new(5),
+            |c| c.next("save"),
+        );
+        let filled = std::cell::OnceCell::new();
+        group.bench_function(format!("executions_after_reopen/{name}"), |b| {
+            filled.get_or_init(|| rt.block_on(many_executions(&url)));
+            let url = &url;
+            b.to_async(rt).iter(|| async move {
+                let store = Store::open(url).await.expect("open");
+                let listed = store.executions().await.expect("executions");
+                assert_eq!(listed.len(), MANY_EXECUTIONS as usize);
+                drop(store);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The `tools` shape: saves, and the latest of a 150-save execution after a reopen.
+fn bench_tools(c: &mut Criterion, rt: &Runtime) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut group = c.benchmark_group("tools");
+    group.sample_size(10);
+    for (name, url) in shape_urls(&dir, "tools") {
+        bench_saves(
+            &mut group,
+            rt,
+            format!("save/{name}"),
+            &url,
+            ToolsCursor::new(8),
+            |c| c.next("save"),
+        );
+        let filled = std::cell::OnceCell::new();
+        group.bench_function(format!("open_and_latest/{name}"), |b| {
+            filled.get_or_init(|| rt.block_on(tools_execution(&url)));
+            let url = &url;
+            b.to_async(rt).iter(|| async move {
+                let store = Store::open(url).await.expect("open");
+                let latest = store.latest("cold-1").await.expect("latest");
+                assert_eq!(latest.map(|c| c.version), Some(u64::from(TOOLS_STEPS)));
+                drop(store);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let rt = runtime();
     bench_reopen(c, &rt);
+    bench_many(c, &rt);
+    bench_tools(c, &rt);
     let fixtures = fixtures(&rt);
     bench_save(c, &rt, &fixtures);
     bench_load_latest(c, &rt, &fixtures);

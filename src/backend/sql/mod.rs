@@ -12,7 +12,7 @@
 //!
 //! | option | meaning | default |
 //! |---|---|---|
-//! | `max_connections=N` | most pooled connections | 4 (SQLite readers), 10 (PostgreSQL) |
+//! | `max_connections=N` | most pooled connections (on PostgreSQL, from 3 on, with the one opening made and keeps) | 4 (SQLite readers), 10 (PostgreSQL) |
 //! | `min_connections=N` | connections kept open when idle | 0 |
 //! | `max_lifetime=30m` | longest a connection is reused | 30m |
 //! | `acquire_timeout=10s` | longest a call waits for a connection; on PostgreSQL also the longest the first connection at open may take | 10s (at most `timeout`) |

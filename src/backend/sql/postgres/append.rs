@@ -69,7 +69,7 @@ impl PostgresBackend {
                 .bind(&frames)
                 .bind(&hashes)
                 .bind(&datas)
-                .execute(&self.pool);
+                .execute(&self.db);
             let e = match tokio::time::timeout_at(deadline, call).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => e,
@@ -121,7 +121,7 @@ impl PostgresBackend {
             || {
                 sqlx::query(&self.sql.heal_next_seq)
                     .bind(log)
-                    .execute(&self.pool)
+                    .execute(&self.db)
             },
         )
         .await?;

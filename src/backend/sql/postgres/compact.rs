@@ -40,7 +40,7 @@ impl Maintain for PostgresBackend {
                      WHERE n.nspname = $1 AND c.relkind = 'r'",
                 )
                 .bind(&self.schema)
-                .fetch_one(&self.pool)
+                .fetch_one(self.db.pool())
             })
             .await?;
         Ok(Some(u64::try_from(bytes).unwrap_or(0)))
@@ -72,7 +72,7 @@ impl PostgresBackend {
     /// outside any transaction block, as `VACUUM` requires. No timeout: a rewrite of a large
     /// table takes as long as it takes, and the server finishes it even if the client gave up.
     async fn maintenance(&self, sql: &str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::raw_sql(sql).execute(&self.pool).await.map(|_| ())
+        sqlx::raw_sql(sql).execute(self.db.pool()).await.map(|_| ())
     }
 
     /// The server settings that decide what compaction can remove: name and value.
@@ -85,7 +85,7 @@ impl PostgresBackend {
                     "wal_keep_size",
                     "wal_keep_segments",
                 ])
-                .fetch_all(&self.pool)
+                .fetch_all(self.db.pool())
         })
         .await
     }
@@ -104,7 +104,7 @@ impl PostgresBackend {
                 )
                 .bind(s)
                 .bind(TABLES)
-                .fetch_all(&self.pool)
+                .fetch_all(self.db.pool())
             })
             .await?;
         let (owned, foreign): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(_, own)| *own);
@@ -225,7 +225,7 @@ impl PostgresBackend {
             "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' \
              AND name > pg_walfile_name(pg_current_wal_lsn())",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.db.pool())
         .await
     }
 
@@ -265,7 +265,7 @@ impl PostgresBackend {
                     "SELECT slot_name::TEXT, restart_lsn::TEXT FROM pg_replication_slots \
                      WHERE restart_lsn IS NOT NULL ORDER BY slot_name",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(self.db.pool())
             })
             .await?;
         for (slot, lsn) in slots {
@@ -276,7 +276,8 @@ impl PostgresBackend {
         }
         let standbys: i64 = self
             .retry("counting standbys", || {
-                sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication").fetch_one(&self.pool)
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication")
+                    .fetch_one(self.db.pool())
             })
             .await?;
         if standbys > 0 {

@@ -92,7 +92,7 @@ impl PostgresBackend {
     /// The notification fan-out, started on first use; `None` when the listener cannot connect.
     pub(super) async fn listener(&self, timeout: Duration) -> Option<&Listener> {
         let start = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
+            let mut listener = PgListener::connect_with(self.db.pool()).await?;
             listener.listen(&self.channel()).await?;
             let (names, _) = broadcast::channel(1024);
             let connected = Arc::new(AtomicBool::new(true));

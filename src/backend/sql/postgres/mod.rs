@@ -12,11 +12,19 @@
 //!
 //! The schema is created on first open and versioned (`ckpt_schema`); migrations run under a
 //! transaction-scoped advisory lock, so processes opening together migrate once. A schema newer
-//! than this code is refused.
+//! than this code is refused. An open of a schema that is ready reads its version (and that
+//! every table is there) in one statement, without the lock or any DDL.
+//!
+//! # Connections
+//!
+//! The connection opening makes first is kept and runs the statements that follow while it is
+//! free (the pool serves the others): an open and its first reads cost one server connection,
+//! not one per statement the pool could not hand back in time (see `connections.rs`). It counts
+//! toward `max_connections`.
 //!
 //! # Failures
 //!
-//! Opening makes one direct connection first, bounded by `acquire_timeout`: an address that
+//! Opening makes one direct connection first (the one kept), bounded by `acquire_timeout`: an address that
 //! refuses the connection (nothing listens there) or cannot be resolved fails at once with the
 //! operating system's error, and a server that does not answer fails after `acquire_timeout`,
 //! instead of either being retried for the whole `timeout` behind a bare "timed out". Once a
@@ -52,8 +60,8 @@
 //! # Files of this module
 //!
 //! This file holds the type, opening (with the reachability check), the retry loop and the
-//! [`Backend`], [`Rewrite`] and [`Inspect`] implementations; `schema.rs` the tables, the
-//! statements and the migration; `append.rs` the compare-and-append and its read-back;
+//! [`Backend`], [`Rewrite`] and [`Inspect`] implementations; `connections.rs` the kept
+//! connection beside the pool; `schema.rs` the tables, the statements and the migration; `append.rs` the compare-and-append and its read-back;
 //! `listen.rs` [`Notify`](crate::backend::Notify) through `LISTEN`; `compact.rs`
 //! [`Maintain`](crate::backend::Maintain); `options.rs` the driver URL and the secrets messages
 //! must not show.
@@ -64,11 +72,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
+use self::connections::Connections;
 use self::listen::Listener;
 use self::options::{driver_url, secrets_of, DRIVER_OPTIONS};
 use self::schema::{valid_schema, Queries};
@@ -83,6 +92,7 @@ use crate::url::RawUrl;
 
 mod append;
 mod compact;
+mod connections;
 mod listen;
 mod options;
 mod schema;
@@ -95,7 +105,8 @@ const NAME: &str = "PostgreSQL";
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// A [`Backend`] on a PostgreSQL database; see the [module documentation](self).
 pub struct PostgresBackend {
-    pool: PgPool,
+    /// The pool, and the connection opening made, kept for the statements that follow.
+    db: Connections,
     /// The URL without its password, for messages.
     url: String,
     /// The password (in every form), to scrub from driver messages.
@@ -205,13 +216,21 @@ impl PostgresBackend {
             .map_err(|e| invalid(super::scrub(&e.to_string(), &secrets_of(full))))?;
         let secrets = secrets_of(full);
         let connect = connect.application_name("ckpt");
+        let max_connections = parsed
+            .pool
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        // The connection made first is kept for the statements after the open (see
+        // `connections.rs`) and counts toward `max_connections`. A statement that finds it busy
+        // waits for the pool alone, so the pool keeps at least two (one may be a `LISTEN`):
+        // below three there is none to spare, and it is closed.
+        let keep_first = max_connections >= 3;
         let pool = PgPoolOptions::new()
-            .max_connections(
-                parsed
-                    .pool
-                    .max_connections
-                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            )
+            .max_connections(if keep_first {
+                max_connections - 1
+            } else {
+                max_connections
+            })
             .min_connections(parsed.pool.min_connections)
             .max_lifetime(parsed.pool.max_lifetime)
             .acquire_timeout(parsed.pool.acquire_timeout)
@@ -221,7 +240,7 @@ impl PostgresBackend {
             .connect_lazy_with(connect.clone());
         let (stop, _) = watch::channel(());
         let backend = PostgresBackend {
-            pool,
+            db: Connections::new(pool, parsed.pool.max_lifetime),
             url: redacted,
             secrets,
             sql: Queries::new(&schema),
@@ -230,9 +249,14 @@ impl PostgresBackend {
             listener: OnceCell::new(),
             stop,
         };
-        backend
+        let first = backend
             .check_reachable(&connect, parsed.pool.acquire_timeout)
             .await?;
+        if keep_first {
+            backend.db.keep(first);
+        } else {
+            let _ = tokio::time::timeout(parsed.pool.acquire_timeout, first.close()).await;
+        }
         backend.migrate(create).await?;
         Ok(backend)
     }
@@ -243,17 +267,18 @@ impl PostgresBackend {
     /// hide the cause. Here an I/O failure (refused, unreachable, no such host) fails at once
     /// with the OS's error, and silence fails after `acquire_timeout`; a server that answers
     /// that it is not ready (starting up, too many connections) is retried within `timeout`.
-    async fn check_reachable(&self, connect: &PgConnectOptions, acquire: Duration) -> Result<()> {
+    async fn check_reachable(
+        &self,
+        connect: &PgConnectOptions,
+        acquire: Duration,
+    ) -> Result<PgConnection> {
         let what = "connecting";
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
             let limit = acquire.min(deadline.saturating_duration_since(Instant::now()));
             let e = match tokio::time::timeout(limit, PgConnection::connect_with(connect)).await {
-                Ok(Ok(conn)) => {
-                    let _ = tokio::time::timeout(limit, conn.close()).await;
-                    return Ok(());
-                }
+                Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => e,
                 Err(_) => {
                     return Err(backend_error(
@@ -335,7 +360,7 @@ impl Backend for PostgresBackend {
             .retry(&format!("reading the next sequence of log {log:?}"), || {
                 sqlx::query_scalar(&self.sql.next_seq)
                     .bind(log)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.db)
             })
             .await?;
         from_db_seq(next.unwrap_or(1), &format!("log {log:?}"))
@@ -360,7 +385,7 @@ impl Backend for PostgresBackend {
                     .bind(log)
                     .bind(from)
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.db)
             })
             .await?;
         frames_of(rows, log)
@@ -368,7 +393,7 @@ impl Backend for PostgresBackend {
 
     async fn list_logs(&self) -> Result<Vec<String>> {
         self.retry("listing the logs", || {
-            sqlx::query_scalar(&self.sql.list_logs).fetch_all(&self.pool)
+            sqlx::query_scalar(&self.sql.list_logs).fetch_all(&self.db)
         })
         .await
     }
@@ -380,7 +405,7 @@ impl Backend for PostgresBackend {
             sqlx::query(&self.sql.raise)
                 .bind(log)
                 .bind(next)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -392,7 +417,7 @@ impl Backend for PostgresBackend {
             sqlx::query(&self.sql.truncate)
                 .bind(log)
                 .bind(before)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -410,7 +435,7 @@ impl Backend for PostgresBackend {
             sqlx::query(&self.sql.put_blobs)
                 .bind(&hashes)
                 .bind(&datas)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -426,7 +451,7 @@ impl Backend for PostgresBackend {
             .retry("reading blobs", || {
                 sqlx::query_as(&self.sql.get_blobs)
                     .bind(&keys)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.db)
             })
             .await?;
         let mut found = HashMap::with_capacity(rows.len());
@@ -445,7 +470,7 @@ impl Backend for PostgresBackend {
             .retry("looking up blobs", || {
                 sqlx::query_scalar(&self.sql.missing_blobs)
                     .bind(&keys)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.db)
             })
             .await?;
         missing.iter().map(|h| to_hash(h)).collect()
@@ -454,7 +479,7 @@ impl Backend for PostgresBackend {
     async fn list_blobs(&self) -> Result<Vec<BlobHash>> {
         let hashes: Vec<Vec<u8>> = self
             .retry("listing blobs", || {
-                sqlx::query_scalar(&self.sql.list_blobs).fetch_all(&self.pool)
+                sqlx::query_scalar(&self.sql.list_blobs).fetch_all(&self.db)
             })
             .await?;
         hashes.iter().map(|h| to_hash(h)).collect()
@@ -468,7 +493,7 @@ impl Backend for PostgresBackend {
         self.retry("deleting blobs", || {
             sqlx::query(&self.sql.delete_blobs)
                 .bind(&keys)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -515,7 +540,7 @@ impl SideTable for PostgresBackend {
             sqlx::query(&self.sql.put_records)
                 .bind(&keys)
                 .bind(&values)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -529,7 +554,7 @@ impl SideTable for PostgresBackend {
             .retry("reading derived records", || {
                 sqlx::query_as(&self.sql.get_records)
                     .bind(keys)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.db)
             })
             .await?;
         let found: HashMap<String, Vec<u8>> = rows.into_iter().collect();
@@ -540,7 +565,7 @@ impl SideTable for PostgresBackend {
         self.retry("listing derived records", || {
             sqlx::query_as(&self.sql.scan_records)
                 .bind(prefix)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db)
         })
         .await
     }
@@ -552,7 +577,7 @@ impl SideTable for PostgresBackend {
         self.retry("deleting derived records", || {
             sqlx::query(&self.sql.delete_records)
                 .bind(keys)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -561,7 +586,7 @@ impl SideTable for PostgresBackend {
     async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> = self
             .retry("listing the logs", || {
-                sqlx::query_as(&self.sql.log_tails).fetch_all(&self.pool)
+                sqlx::query_as(&self.sql.log_tails).fetch_all(&self.db)
             })
             .await?;
         rows.into_iter()
@@ -585,7 +610,7 @@ impl Rewrite for PostgresBackend {
                 .bind(log)
                 .bind(&seqs)
                 .bind(&datas)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -598,7 +623,7 @@ impl Rewrite for PostgresBackend {
             sqlx::query(&self.sql.rewrite_blobs)
                 .bind(&hashes)
                 .bind(&datas)
-                .execute(&self.pool)
+                .execute(&self.db)
         })
         .await?;
         Ok(())
@@ -624,7 +649,7 @@ impl Inspect for PostgresBackend {
             .retry(&format!("checking log {log:?}"), || {
                 sqlx::query_as(&self.sql.log_problems)
                     .bind(log)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.db)
             })
             .await?;
         Ok(super::lowered_next_seq(row))

@@ -2,7 +2,8 @@
 //! the backend runs, named once per schema, and the migration that creates or checks them under an
 //! advisory lock.
 
-use sqlx::Executor;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Executor, Row};
 
 use super::{backend_error, PostgresBackend};
 use crate::backend::sql::DriverError;
@@ -193,11 +194,16 @@ pub(super) fn valid_schema(name: &str) -> bool {
 }
 
 impl PostgresBackend {
-    /// Creates the schema (first open, when `create`) or checks its version, under an advisory
+    /// Creates the schema (first open, when `create`) or checks its version. A schema that is
+    /// ready is recognised by one read-only statement; anything else (no schema yet, an older
+    /// one, a half-made one) goes through [`PostgresBackend::migrate_once`], under an advisory
     /// lock so that processes opening at the same time do it once.
     pub(super) async fn migrate(&self, create: bool) -> Result<()> {
         let what = format!("creating or checking the schema {:?}", self.schema);
-        let outcome = self.retry(&what, || self.migrate_once(create)).await?;
+        let outcome = match self.retry(&what, || self.ready_schema()).await? {
+            Some(outcome) => outcome,
+            None => self.retry(&what, || self.migrate_once(create)).await?,
+        };
         match outcome {
             Migration::Missing => Err(Error::not_found(format!(
                 "store {}: schema {:?} has no ckpt tables (opened without creating a store)",
@@ -214,16 +220,57 @@ impl PostgresBackend {
         }
     }
 
-    /// One migration attempt.
+    /// What an existing schema states, read in one round trip without a lock or DDL (every
+    /// open but a store's first pays only this): [`Migration::Ready`] when it is at this
+    /// version with every table, [`Migration::Newer`] when a newer ckpt wrote it, `None` when
+    /// the migration must look (no schema or version table yet, an older version, no records
+    /// table). Sent as a simple query: no statement to prepare first.
+    async fn ready_schema(&self) -> std::result::Result<Option<Migration>, sqlx::Error> {
+        let s = self.schema.as_str();
+        let sql = format!(
+            "SELECT MAX(version), to_regclass('{s}.records') IS NOT NULL FROM {s}.ckpt_schema"
+        );
+        // (`RawSql::fetch_optional` fails on no row: the executor's is called instead.)
+        let row = match (&self.db).fetch_optional(sqlx::raw_sql(&sql)).await {
+            Ok(row) => row,
+            // Not there (yet), or not readable: the migration finds out and says what.
+            Err(e @ sqlx::Error::Database(_)) if !super::is_transient(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(row) = row else { return Ok(None) };
+        let version: Option<i32> = row.try_get(0)?;
+        let records: bool = row.try_get(1)?;
+        Ok(match version {
+            Some(v) if v > SCHEMA_VERSION => Some(Migration::Newer(v)),
+            Some(SCHEMA_VERSION) if records => Some(Migration::Ready),
+            _ => None,
+        })
+    }
+
+    /// One migration attempt, on one connection (the kept one when it is free).
     fn migrate_once(
         &self,
         create: bool,
     ) -> futures_util::future::BoxFuture<'_, std::result::Result<Migration, sqlx::Error>> {
         // Boxed: sqlx's executor lifetimes defeat the Send inference of a plain async fn here.
         Box::pin(async move {
+            let mut taken = self.db.take().await?;
+            let outcome = self.migrate_on(taken.conn(), create).await;
+            self.db.give_back(taken, &outcome);
+            outcome
+        })
+    }
+
+    /// [`PostgresBackend::migrate_once`] on `conn`, in one transaction.
+    fn migrate_on<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        create: bool,
+    ) -> futures_util::future::BoxFuture<'c, std::result::Result<Migration, sqlx::Error>> {
+        Box::pin(async move {
             let s = self.schema.as_str();
             // Rolled back when dropped unless committed.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = conn.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind(format!("ckpt schema {s}"))
                 .execute(&mut *tx)
