@@ -63,6 +63,25 @@ pub use self::compact::compact;
 /// without the `sled` feature, for fuzzing).
 pub use super::{heads, wal};
 
+/// Runs `f`, which blocks on the disk: in place on a multi-threaded tokio runtime (through
+/// `block_in_place`, which hands this worker's other tasks to another thread), else on tokio's
+/// blocking pool. In place spares a group write two thread handoffs (to a pool thread and back),
+/// which cost more than its `fdatasync`: one writer's saves on issue 15's `long` shape, 6,296 ->
+/// 8,582 saves/s (medians of 5 interleaved runs; 4,673 -> 6,194 with two busy loops beside).
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(io::Error::other)?,
+        // Not polled by tokio at all: nothing to hand the work to.
+        Err(_) => f(),
+    }
+}
+
 /// The backend's name in errors.
 const NAME: &str = "sled";
 /// sled's segment size (a power of two).
@@ -342,7 +361,7 @@ impl SledBackend {
         let wal = Arc::clone(wal);
         let db = self.db.clone();
         let witness = Arc::clone(&self.witness);
-        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let write = move || -> io::Result<()> {
             let mut wal = lock(&wal);
             if wal.fits(&records) && wal.append(&records).is_ok() {
                 return Ok(());
@@ -351,12 +370,10 @@ impl SledBackend {
             // applied durable, after which the WAL may start over.
             witness.seal(&db)?;
             wal.restart()
-        })
-        .await
-        .map_err(|e| backend_error(format!("writing the WAL in {}", self.path.display()), e))
-        .and_then(|r| {
-            r.map_err(|e| backend_error(format!("writing the WAL in {}", self.path.display()), e))
-        });
+        };
+        let written = run_blocking(write)
+            .await
+            .map_err(|e| backend_error(format!("writing the WAL in {}", self.path.display()), e));
         if let Err(e) = written {
             // The records are gone from the queue: their writers must not be told they are
             // durable by a later group.
