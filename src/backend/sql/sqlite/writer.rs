@@ -30,6 +30,8 @@ use crate::error::{Error, Result};
 
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 256;
+/// Prepared statements the writer's connection keeps (see [`connect`]).
+const STATEMENT_CACHE: usize = 32;
 
 /// The fast compare-and-move of a log's next sequence number (?1 log, ?2 expected, ?3 new), when
 /// `next_seq` would report exactly the stored number: it equals the expected one and no frame
@@ -135,6 +137,10 @@ pub(super) fn connect(path: &Path, sync: bool, busy: Duration) -> rusqlite::Resu
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
+    // rusqlite keeps 16 prepared statements by default; the writer prepares about 20 in all
+    // (the save path's dozen, transaction control, and rarer ones: truncate, rewrite, records),
+    // so a rare write would evict one the next save needs again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(busy)?;
     let synchronous = if sync { "FULL" } else { "NORMAL" };
     // In the order sqlx's connect options run them for the pool's connections.
