@@ -131,6 +131,10 @@ struct Inner {
     known_tails: Mutex<HashMap<Arc<str>, u64>>,
     /// Executions whose first persisted projection waits to be written (see `persist`).
     dirty_records: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Held while queued summary records are written, so that a listing (which writes what is
+    /// queued first) waits for a write already under way instead of reading records it has
+    /// not written yet and folding their logs.
+    summary_writes: tokio::sync::Mutex<()>,
     stats: Stats,
 }
 
@@ -237,6 +241,7 @@ impl Store {
                 saved,
                 known_tails: Mutex::new(HashMap::new()),
                 dirty_records: Mutex::new(std::collections::HashSet::new()),
+                summary_writes: tokio::sync::Mutex::new(()),
                 stats: Stats::default(),
             }),
         }

@@ -15,7 +15,6 @@
 //! written only for projections without damage, sealed like a frame in an encrypted store, and
 //! checksummed with its execution bound in. Losing one costs a fold, never data.
 
-use std::collections::HashSet;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -511,31 +510,35 @@ impl Store {
         let Some(side) = self.side_table() else {
             return Ok(());
         };
+        let _writing = self.inner.summary_writes.lock().await;
+        // Each execution leaves the queue only once its projection is locked here: while
+        // queued it is never forgotten (see `Store::handle`), and a save after it queues it
+        // again.
         let queued: Vec<Arc<str>> = {
-            let mut dirty = self.inner.dirty_records.lock().map_err(|_| poisoned())?;
-            std::mem::take(&mut *dirty).into_iter().collect()
+            let dirty = self.inner.dirty_records.lock().map_err(|_| poisoned())?;
+            dirty.iter().cloned().collect()
         };
         let mut records = Vec::with_capacity(queued.len());
         let mut written = Vec::with_capacity(queued.len());
-        let mut busy = HashSet::new();
         for exec in queued {
             let handle = self.handle(&exec);
+            // A busy projection (a save under way) stays queued.
             let Ok(mut idx) = handle.try_lock_owned() else {
-                busy.insert(exec);
                 continue;
             };
+            if let Ok(mut dirty) = self.inner.dirty_records.lock() {
+                dirty.remove(&exec);
+            }
             if idx.persistable() && idx.summarized_at != idx.next_seq {
                 records.push((summary_key(&exec), self.encode_summary(&idx)?));
                 idx.summarized_at = idx.next_seq;
                 written.push(idx);
             }
         }
-        if !busy.is_empty() {
-            if let Ok(mut dirty) = self.inner.dirty_records.lock() {
-                dirty.extend(busy);
-            }
-        }
         if let Err(e) = side.put_records(records).await {
+            if let Ok(mut dirty) = self.inner.dirty_records.lock() {
+                dirty.extend(written.iter().map(|idx| idx.log.clone()));
+            }
             for mut idx in written {
                 idx.summarized_at = 0;
             }

@@ -260,8 +260,13 @@ impl Store {
             Err(p) => p.into_inner(),
         };
         if map.len() >= MAX_CACHED_EXECUTIONS && !map.contains_key(exec) {
-            // Projections are rebuilt from the log on demand: forget those nobody is using.
-            map.retain(|_, idx| Arc::strong_count(idx) > 1);
+            // Projections are rebuilt from the log on demand: forget those nobody is using,
+            // but not those whose summary record is queued (a handful: they are written 64 at a
+            // time), which a forgotten projection could not write: the next listing would fold
+            // their logs.
+            let dirty = self.inner.dirty_records.lock();
+            let queued = |exec: &str| dirty.as_ref().is_ok_and(|d| d.contains(exec));
+            map.retain(|exec, idx| Arc::strong_count(idx) > 1 || queued(exec));
         }
         map.entry(exec.to_owned())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ExecIndex::new(exec.into()))))

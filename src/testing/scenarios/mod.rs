@@ -93,6 +93,7 @@ macro_rules! __conformance_scenario_list {
             // reopen.rs
             any reopen_keeps_every_projection,
             any a_long_execution_reopens_from_its_record,
+            any listing_more_executions_than_are_cached_reads_summaries,
             any two_stores_see_each_other,
             // concurrency.rs
             any concurrent_saves_are_all_kept,

@@ -376,3 +376,44 @@ pub async fn a_long_execution_reopens_from_its_record(h: &dyn Harness) {
         drop(store);
     }
 }
+
+/// Saves to more executions than a store keeps projections of in memory (1,024): each
+/// execution's summary record must still be written, so that listing them all, in the store that
+/// saved them and after a reopen, reads summaries and folds no log.
+pub async fn listing_more_executions_than_are_cached_reads_summaries(h: &dyn Harness) {
+    const EXECUTIONS: usize = 1_100;
+    let name = h.name();
+    let store = h.open().await;
+    let with_records = store.backend().capabilities().side_table.is_some();
+    let names: Vec<String> = (0..EXECUTIONS).map(|i| format!("many-{i:04}")).collect();
+    for (i, exec) in names.iter().enumerate() {
+        let cp = must(Checkpoint::new(exec, "n", &i), "checkpoint");
+        must(store.save(cp).await, format!("[{name}] save {exec}"));
+    }
+    check_listing_reads_summaries(name, &store, &names, with_records).await;
+    must(store.flush().await, "flush");
+    drop(store);
+    let store = h.open().await;
+    check_listing_reads_summaries(name, &store, &names, with_records).await;
+}
+
+/// Lists every execution of `store`: exactly `names`, each with one checkpoint, and (on a
+/// backend that keeps records) without folding any log.
+async fn check_listing_reads_summaries(
+    name: &str,
+    store: &Store,
+    names: &[String],
+    with_records: bool,
+) {
+    let before = store.read_stats();
+    let listed = must(store.executions().await, "executions");
+    let ids: Vec<&str> = listed.iter().map(|s| s.execution_id.as_str()).collect();
+    assert_eq!(ids, names, "[{name}] every execution listed, in order");
+    assert!(listed
+        .iter()
+        .all(|s| s.checkpoints == 1 && s.latest_version == 1));
+    if with_records {
+        let folded = store.read_stats().frames_folded - before.frames_folded;
+        assert_eq!(folded, 0, "[{name}] listing folded {folded} frames");
+    }
+}
