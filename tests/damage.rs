@@ -111,7 +111,7 @@ fn verify_reports_a_lost_tail_frame() {
     let healthy = ckpt(&["--store", &url(&db), "verify"], &[]);
     assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
     assert_eq!(
-        rt().block_on(sql(&db, "DELETE FROM frames WHERE log = 'a' AND seq = 6")),
+        rt().block_on(sql(&db, "DELETE FROM frames WHERE id = (SELECT (id << 32) + 6 FROM logs WHERE log = 'a')")),
         1
     );
 
@@ -200,7 +200,7 @@ fn verify_tells_a_key_problem_from_damage() {
     }
     rt().block_on(sql(
         &db,
-        "UPDATE frames SET frame = zeroblob(length(frame)) WHERE log = 'a' AND seq = 2",
+        "UPDATE frames SET frame = zeroblob(length(frame)) WHERE id = (SELECT (id << 32) + 2 FROM logs WHERE log = 'a')",
     ));
     let out = ckpt(&["--store", &keyed, "verify"], &env);
     assert_exit(&out, 1, "");
@@ -223,7 +223,7 @@ fn a_damaged_frame_is_contained_and_salvaged() {
     let store = store_url.as_str();
     rt().block_on(sql(
         &db,
-        "UPDATE frames SET frame = zeroblob(length(frame)) WHERE log = 'a' AND seq = 3",
+        "UPDATE frames SET frame = zeroblob(length(frame)) WHERE id = (SELECT (id << 32) + 3 FROM logs WHERE log = 'a')",
     ));
 
     let out = ckpt(&["--store", store, "executions", "--json"], &[]);

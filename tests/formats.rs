@@ -130,3 +130,116 @@ async fn a_store_of_format_1_frames_reads_and_grows_in_format_2() {
         assert_eq!(report.executions.len(), 5);
     }
 }
+
+/// Every frame of a SQLite database as `(log, seq, frame)`, read with the schema version it has.
+async fn sqlite_frames(url: &str) -> Vec<(String, i64, Vec<u8>)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM ckpt_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let sql = match version {
+        1 => "SELECT log, seq, frame FROM frames ORDER BY log, seq",
+        2 => {
+            "SELECT l.log, f.id & 4294967295, f.frame FROM frames f \
+             JOIN logs l ON f.id >> 32 = l.id ORDER BY l.log, f.id"
+        }
+        v => panic!("schema version {v}"),
+    };
+    let rows = sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    rows
+}
+
+/// One number a query returns.
+async fn sqlite_number(url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let out = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    out
+}
+
+/// Runs a statement; returns the rows it changed.
+async fn sqlite_exec(url: &str, sql: &str) -> u64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let changed = sqlx::query(sql).execute(&mut conn).await.unwrap().rows_affected();
+    conn.close().await.unwrap();
+    changed
+}
+
+/// Schema version 1 (frames keyed by log name and sequence) is upgraded to version 2 (one integer
+/// key) by the first open, in place: every frame keeps its log, sequence number and bytes, every
+/// log its next sequence number, and a log whose frames had lost their `logs` row gets one.
+#[tokio::test]
+async fn a_schema_1_sqlite_file_is_upgraded_in_place() {
+    let (_dir, url) = fixture();
+    // Damage version 1 allowed: the frames of "long" without their log row.
+    assert_eq!(
+        sqlite_exec(&url, "DELETE FROM logs WHERE log LIKE 'bench-long%'").await,
+        1
+    );
+    let before = sqlite_frames(&url).await;
+    let next_before = sqlite_number(&url, "SELECT SUM(next_seq) FROM logs").await;
+    assert_eq!(before.len(), 30 + 12 + 7 + 1, "the fixture's frames");
+
+    let store = Store::open(&url).await.unwrap();
+    check_old_checkpoints(&store).await;
+    drop(store);
+    assert_eq!(
+        sqlite_number(&url, "SELECT MAX(version) FROM ckpt_schema").await,
+        2
+    );
+    assert_eq!(sqlite_frames(&url).await, before);
+    // The rows kept their next sequence number; the lost row came back one past its last frame.
+    assert_eq!(
+        sqlite_number(&url, "SELECT SUM(next_seq) FROM logs").await,
+        next_before + 31
+    );
+    let store = Store::open(&url).await.unwrap();
+    check_old_checkpoints(&store).await;
+    for exec in store.executions().await.unwrap() {
+        let exec = exec.execution_id;
+        let latest = store.latest(&exec).await.unwrap().unwrap();
+        let saved = store
+            .save(Checkpoint::new(&exec, "after", &serde_json::json!({"n": 1})).unwrap())
+            .await
+            .unwrap();
+        assert!(saved.version > latest.version, "{exec}");
+        assert_eq!(saved.parent.as_ref(), Some(&latest.id), "{exec}");
+    }
+    assert!(store.verify().await.unwrap().is_ok());
+}
+
+/// A version 1 file with a frame version 2 cannot key is refused, unchanged, naming the way out.
+#[tokio::test]
+async fn a_schema_1_file_version_2_cannot_hold_is_refused_unchanged() {
+    let (_dir, url) = fixture();
+    assert_eq!(
+        sqlite_exec(
+            &url,
+            "UPDATE frames SET seq = 5000000000 WHERE log = 'forked' AND seq = 1",
+        )
+        .await,
+        1
+    );
+    let before = sqlite_frames(&url).await;
+    let e = Store::open(&url).await.unwrap_err();
+    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("schema version 1 to 2")
+            && chain.contains("1 frames")
+            && chain.contains("ckpt export"),
+        "{chain}"
+    );
+    assert_eq!(
+        sqlite_number(&url, "SELECT MAX(version) FROM ckpt_schema").await,
+        1
+    );
+    assert_eq!(sqlite_frames(&url).await, before);
+}

@@ -377,11 +377,54 @@ async fn sqlite_reads_one_event_of_a_long_log_through_the_index() {
     .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
     .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("SEARCH frames USING PRIMARY KEY"), "{plan}");
+    assert!(plan.contains("SEARCH f USING INTEGER PRIMARY KEY"), "{plan}");
     assert!(
         !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
         "{plan}"
     );
+}
+
+/// A SQLite frame's key holds a sequence number of 32 bits: a log that would pass it is refused
+/// with an error naming the limit, and the log stays as it was; up to the limit it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_log_past_its_sequence_limit() {
+    let h = SqliteHarness::new();
+    let backend = sqlite_backend(&h.url()).await;
+    let last = u64::from(u32::MAX);
+    backend.raise_next_seq("edge", last).await.unwrap();
+    backend
+        .append(vec![LogAppend::new("edge", last, vec![b"last".to_vec()])])
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.scan("edge", last, 10).await.unwrap(),
+        vec![(last, b"last".to_vec())]
+    );
+    assert!(backend.scan("edge", last + 1, 10).await.unwrap().is_empty());
+    assert!(backend.scan("edge", u64::MAX, 10).await.unwrap().is_empty());
+    let e = backend
+        .append(vec![LogAppend::new("edge", last + 1, vec![b"x".to_vec()])])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 4294967295 frames per log"), "{e}");
+    let e = backend
+        .raise_next_seq("other", last + 2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 4294967295 frames per log"), "{e}");
+    assert_eq!(backend.next_seq("edge").await.unwrap(), last + 1);
+    assert_eq!(backend.next_seq("other").await.unwrap(), 1);
+    // A neighbouring log's frames are not in this one's key range.
+    backend
+        .append(vec![LogAppend::new("next", 1, vec![b"n".to_vec()])])
+        .await
+        .unwrap();
+    assert_eq!(backend.scan("edge", 0, 10).await.unwrap().len(), 1);
+    backend.truncate("edge", last + 1).await.unwrap();
+    assert!(backend.scan("edge", 0, 10).await.unwrap().is_empty());
+    assert_eq!(backend.scan("next", 0, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,12 @@
 //! how they wrap driver errors (never with a password in them), and the bounded, jittered backoff
 //! their retries use.
 //!
-//! Both store the same three tables: `logs (log, next_seq)`, one row per log ever appended to (so
-//! a truncate keeps the next sequence number); `frames (log, seq, frame)` with the primary key
-//! `(log, seq)`, which fences concurrent appends and serves every scan; and `blobs (hash, data)`.
-//! A `ckpt_schema` table holds the schema version, so that a store written by a newer ckpt is
-//! refused instead of being written to.
+//! Both store the same three tables: `logs`, one row per log ever appended to with its next
+//! sequence number (so a truncate keeps it); `frames`, whose primary key (PostgreSQL:
+//! `(log, seq)`; SQLite: one integer made of the log's id and the sequence number) fences
+//! concurrent appends and serves every scan; and `blobs (hash, data)`. A `ckpt_schema` table
+//! holds the schema version, so that a store written by a newer ckpt is refused instead of being
+//! written to.
 //!
 //! # URL options
 //!

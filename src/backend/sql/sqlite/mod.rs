@@ -4,10 +4,21 @@
 //!
 //! # Layout
 //!
-//! The tables of the [SQL backends](super): `logs` and `frames` (`WITHOUT ROWID`, keyed by
-//! `log` and `(log, seq)`), `blobs` keyed by hash, `ckpt_schema` with the schema version, and
-//! `records` with the store's derived records ([`SideTable`]; created by any open, so an older
-//! database gains it without a schema change: older code ignores it).
+//! Schema version 2 (`writer.rs` creates it, and migrates a version 1 database in place at open):
+//!
+//! | table | key | columns |
+//! | --- | --- | --- |
+//! | `logs` | `id` (the rowid), `log` unique | the log's name and next sequence number; a row per log ever appended to (a truncate keeps it), never deleted |
+//! | `frames` | `id` = the log's id × 2³² + the frame's sequence number (the rowid) | the frame |
+//! | `blobs` | `hash` | the blob |
+//! | `records` | `key` | a derived record ([`SideTable`]) |
+//! | `ckpt_schema` | | the schema version |
+//!
+//! A frame's key is one integer instead of version 1's `(log name, seq)`: a row no longer repeats
+//! the log's name, and appends at the end of a log fill B-tree pages whole (SQLite's append
+//! fast path for rowids), so issue 15's `long` shape (20,000 frames of ~195 bytes) takes 21% fewer
+//! bytes. The price is a limit of 2³² - 1 frames per log and 2³¹ - 1 logs per database, both
+//! checked on append with an error.
 //!
 //! # Writes: one writer, group commit
 //!
@@ -53,23 +64,46 @@ use crate::url::{parse_bool, RawUrl};
 /// The backend's name in errors.
 const NAME: &str = "SQLite";
 /// The schema version this code writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Default size of the read pool.
 const DEFAULT_READERS: u32 = 4;
 /// Hashes per `IN (...)` query (SQLite allows 32766 parameters; stay far below).
 const HASH_CHUNK: usize = 500;
 
-/// The statement [`Backend::scan`] runs: a range of the primary key `(log, seq)`.
-pub const SCAN_SQL: &str =
-    "SELECT seq, frame FROM frames WHERE log = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
+/// The highest sequence number a frame can have: the low 32 bits of its key.
+pub(super) const MAX_SEQ: u64 = u32::MAX as u64;
+/// The highest log id: its key's high bits, kept clear of the sign bit.
+pub(super) const MAX_LOG_ID: i64 = i32::MAX as i64;
+
+/// The key of frame `seq` of the log with id `log_id` (`seq <= MAX_SEQ`).
+pub(super) fn frame_key(log_id: i64, seq: u64) -> i64 {
+    (log_id << 32) | (seq.min(MAX_SEQ) as i64)
+}
+
+/// The statement [`Backend::scan`] runs: a range of frame keys (?1 log, ?2 first seq, at most
+/// `MAX_SEQ + 1`, ?3 limit).
+pub const SCAN_SQL: &str = "SELECT f.id & 4294967295, f.frame FROM logs l, frames f \
+     WHERE l.log = ?1 AND f.id BETWEEN (l.id << 32) + ?2 AND (l.id << 32) + 4294967295 \
+     ORDER BY f.id LIMIT ?3";
+
+/// The sequence number of the last frame of the log whose row is `l` (NULL when it has none).
+macro_rules! last_seq_of_l {
+    () => {
+        "(SELECT f.id & 4294967295 FROM frames f \
+          WHERE f.id BETWEEN (l.id << 32) AND (l.id << 32) + 4294967295 \
+          ORDER BY f.id DESC LIMIT 1)"
+    };
+}
 
 /// A log's next sequence number: the stored one, but never at or below its last frame. A stored
 /// number that was lowered (by hand, or by damage) would otherwise make every append conflict
 /// with a log that cannot move, and hand out versions that exist; `Store::verify` reports it
-/// (see [`Inspect::log_problems`]).
-const NEXT_SEQ_SQL: &str = "SELECT MAX(\
-     COALESCE((SELECT next_seq FROM logs WHERE log = ?1), 1), \
-     COALESCE((SELECT MAX(seq) + 1 FROM frames WHERE log = ?1), 1))";
+/// (see [`Inspect::log_problems`]). 1 for a log without a row (frames need one).
+const NEXT_SEQ_SQL: &str = concat!(
+    "SELECT COALESCE((SELECT MAX(l.next_seq, COALESCE(",
+    last_seq_of_l!(),
+    " + 1, 1)) FROM logs l WHERE l.log = ?1), 1)"
+);
 
 /// A [`Backend`] on one SQLite file; see the [module documentation](self).
 pub struct SqliteBackend {
@@ -327,7 +361,8 @@ impl Backend for SqliteBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        // Past the last possible frame: an empty range, not an overflowing key.
+        let from = from.min(MAX_SEQ + 1) as i64;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .read(&format!("reading log {log:?}"), || {
@@ -512,10 +547,11 @@ impl SideTable for SqliteBackend {
     async fn log_tails(&self) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64, Option<i64>)> = self
             .read("listing the logs", || {
-                sqlx::query_as(
-                    "SELECT l.log, l.next_seq, \
-                     (SELECT MAX(seq) FROM frames f WHERE f.log = l.log) FROM logs l",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT l.log, l.next_seq, ",
+                    last_seq_of_l!(),
+                    " FROM logs l"
+                ))
                 .fetch_all(&self.readers)
             })
             .await?;
@@ -574,10 +610,11 @@ impl Inspect for SqliteBackend {
     async fn log_problems(&self, log: &str) -> Result<Vec<String>> {
         let row: Option<(i64, Option<i64>)> = self
             .read(&format!("checking log {log:?}"), || {
-                sqlx::query_as(
-                    "SELECT next_seq, (SELECT MAX(seq) FROM frames WHERE log = ?1) \
-                     FROM logs WHERE log = ?1",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT l.next_seq, ",
+                    last_seq_of_l!(),
+                    " FROM logs l WHERE l.log = ?1"
+                ))
                 .bind(log)
                 .fetch_optional(&self.readers)
             })

@@ -19,10 +19,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::{ffi, params, Connection, OpenFlags};
+use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{newer_schema, JOURNAL_SIZE_LIMIT, NAME, NEXT_SEQ_SQL, SCHEMA_VERSION};
+use super::{
+    frame_key, newer_schema, JOURNAL_SIZE_LIMIT, MAX_LOG_ID, MAX_SEQ, NAME, NEXT_SEQ_SQL,
+    SCHEMA_VERSION,
+};
 use crate::backend::retry;
 use crate::backend::sql::{end_seq, from_db_seq, to_db_seq, DriverError};
 use crate::backend::{BlobHash, LogAppend};
@@ -35,32 +38,58 @@ const STATEMENT_CACHE: usize = 32;
 
 /// The fast compare-and-move of a log's next sequence number (?1 log, ?2 expected, ?3 new), when
 /// `next_seq` would report exactly the stored number: it equals the expected one and no frame
-/// lies at or past it. Changes no row otherwise (the caller then compares with what `next_seq`
-/// reports, as the slow path).
+/// lies at or past it. Returns the log's id; changes and returns no row otherwise (the caller
+/// then compares with what `next_seq` reports, as the slow path).
 const MOVE_NEXT_SEQ_SQL: &str = "UPDATE logs SET next_seq = ?3 \
      WHERE log = ?1 AND next_seq = ?2 \
-     AND NOT EXISTS (SELECT 1 FROM frames WHERE log = ?1 AND seq >= ?2)";
+     AND NOT EXISTS (SELECT 1 FROM frames \
+         WHERE id BETWEEN (logs.id << 32) + ?2 AND (logs.id << 32) + 4294967295) \
+     RETURNING id";
 
-/// The same for a new log (1 expected): created when it has neither a row nor a frame.
+/// The same for a new log (1 expected): created when it has no row (a log with frames has one).
 const CREATE_LOG_SQL: &str = "INSERT INTO logs (log, next_seq) \
-     SELECT ?1, ?3 WHERE ?2 = 1 AND NOT EXISTS (SELECT 1 FROM frames WHERE log = ?1) \
-     ON CONFLICT (log) DO NOTHING";
+     SELECT ?1, ?3 WHERE ?2 = 1 \
+     ON CONFLICT (log) DO NOTHING RETURNING id";
+
+/// Sets a log's next sequence number, creating its row if needed; returns the log's id.
+const SET_NEXT_SEQ_SQL: &str = "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
+     ON CONFLICT (log) DO UPDATE SET next_seq = excluded.next_seq RETURNING id";
 
 /// The derived records' table ([`crate::backend::SideTable`]), beside schema version 1.
 const RECORDS_TABLE: &str = "CREATE TABLE IF NOT EXISTS records \
      (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 
-/// The schema, version 1.
-const SCHEMA_V1: &str = "
-CREATE TABLE logs (log TEXT NOT NULL PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE frames (
-    log TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    frame BLOB NOT NULL,
-    PRIMARY KEY (log, seq)
-) WITHOUT ROWID;
+/// The schema, version 2 (see the [module documentation](super) for its keys).
+const SCHEMA_V2: &str = "
+CREATE TABLE logs (id INTEGER PRIMARY KEY, log TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
+CREATE TABLE frames (id INTEGER PRIMARY KEY, frame BLOB NOT NULL);
 CREATE TABLE blobs (hash BLOB NOT NULL PRIMARY KEY, data BLOB NOT NULL);
-INSERT INTO ckpt_schema (version) VALUES (1);
+INSERT INTO ckpt_schema (version) VALUES (2);
+";
+
+/// Frames of a version 1 database that version 2 cannot key (a sequence number outside
+/// `0..=MAX_SEQ`): a migration refuses to run while there are any.
+const V1_UNKEYABLE_SQL: &str =
+    "SELECT COUNT(*) FROM frames WHERE seq < 0 OR seq > 4294967295";
+
+/// Version 1 to 2, in the open's transaction: the same rows under the new keys. A log with
+/// frames but no row (version 1 allowed it after damage) gets a row with the next sequence
+/// number reads reported, one past its last frame.
+const MIGRATE_V1_TO_V2: &str = "
+CREATE TABLE logs_v2 (id INTEGER PRIMARY KEY, log TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
+INSERT INTO logs_v2 (log, next_seq) SELECT log, next_seq FROM logs ORDER BY log;
+INSERT INTO logs_v2 (log, next_seq)
+    SELECT log, MAX(seq) + 1 FROM frames WHERE log NOT IN (SELECT log FROM logs_v2)
+    GROUP BY log ORDER BY log;
+CREATE TABLE frames_v2 (id INTEGER PRIMARY KEY, frame BLOB NOT NULL);
+INSERT INTO frames_v2 (id, frame)
+    SELECT (l.id << 32) + f.seq, f.frame FROM frames f JOIN logs_v2 l ON l.log = f.log
+    ORDER BY l.id, f.seq;
+DROP TABLE frames;
+DROP TABLE logs;
+ALTER TABLE logs_v2 RENAME TO logs;
+ALTER TABLE frames_v2 RENAME TO frames;
+INSERT INTO ckpt_schema (version) VALUES (2);
 ";
 
 /// One write for the writer thread, and where to send its outcome.
@@ -218,8 +247,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<Result<()>> {
         let version: Option<i64> =
             conn.query_row("SELECT MAX(version) FROM ckpt_schema", [], |row| row.get(0))?;
         match version {
-            None => conn.execute_batch(SCHEMA_V1)?,
+            None => conn.execute_batch(SCHEMA_V2)?,
             Some(v) if v > SCHEMA_VERSION => return Ok(Err(newer_schema(v))),
+            Some(1) => {
+                let unkeyable: i64 = conn.query_row(V1_UNKEYABLE_SQL, [], |row| row.get(0))?;
+                if unkeyable > 0 {
+                    return Ok(Err(unmigratable(unkeyable)));
+                }
+                conn.execute_batch(MIGRATE_V1_TO_V2)?;
+            }
             Some(_) => {}
         }
         conn.execute_batch(RECORDS_TABLE)?;
@@ -371,6 +407,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<()> {
         }
         WriteOp::RaiseNextSeq { log, next_seq } => {
             let next = to_db_seq(*next_seq, "raising a log's next sequence number")?.max(1);
+            check_seq_limit(log, *next_seq)?;
             conn.prepare_cached(
                 "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
                  ON CONFLICT (log) DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
@@ -380,9 +417,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<()> {
             Ok(())
         }
         WriteOp::Truncate { log, before } => {
-            let before = i64::try_from(*before).unwrap_or(i64::MAX);
-            conn.prepare_cached("DELETE FROM frames WHERE log = ?1 AND seq < ?2")
-                .and_then(|mut s| s.execute(params![log, before]))
+            let before = (*before).min(MAX_SEQ + 1) as i64;
+            conn.prepare_cached(
+                "DELETE FROM frames WHERE id >= (SELECT id << 32 FROM logs WHERE log = ?1) \
+                 AND id < (SELECT (id << 32) + ?2 FROM logs WHERE log = ?1)",
+            )
+            .and_then(|mut s| s.execute(params![log, before]))
                 .map_err(|e| sql_error(format!("truncating log {log:?}"), &e))?;
             Ok(())
         }
@@ -395,11 +435,14 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<()> {
             Ok(())
         }
         WriteOp::RewriteFrames { log, frames } => {
-            for (seq, bytes) in frames {
-                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                conn.prepare_cached("UPDATE frames SET frame = ?3 WHERE log = ?1 AND seq = ?2")
-                    .and_then(|mut s| s.execute(params![log, seq, bytes]))
-                    .map_err(|e| sql_error(format!("rewriting log {log:?}"), &e))?;
+            // A sequence number past MAX_SEQ has no frame to rewrite.
+            for (seq, bytes) in frames.iter().filter(|(seq, _)| *seq <= MAX_SEQ) {
+                conn.prepare_cached(
+                    "UPDATE frames SET frame = ?3 \
+                     WHERE id = (SELECT (id << 32) + ?2 FROM logs WHERE log = ?1)",
+                )
+                .and_then(|mut s| s.execute(params![log, *seq as i64, bytes]))
+                .map_err(|e| sql_error(format!("rewriting log {log:?}"), &e))?;
             }
             Ok(())
         }
@@ -465,6 +508,7 @@ fn append_one(conn: &Connection, append: &LogAppend) -> Result<()> {
         let actual = current_next_seq(conn, log)?;
         return check(log, append.expected_seq, actual);
     }
+    check_seq_limit(log, end as u64)?;
     // The common case in one statement: the stored number is the expected one and no frame
     // lies at or past it (so `next_seq` would report exactly it), and it moves.
     let fast = if append.expected_seq == 1 {
@@ -472,27 +516,31 @@ fn append_one(conn: &Connection, append: &LogAppend) -> Result<()> {
     } else {
         MOVE_NEXT_SEQ_SQL
     };
-    let moved = conn
+    let moved: Option<i64> = conn
         .prepare_cached(fast)
-        .and_then(|mut s| s.execute(params![log, expected, end]))
+        .and_then(|mut s| {
+            s.query_row(params![log, expected, end], |row| row.get(0))
+                .optional()
+        })
         .map_err(|e| sql_error(what(), &e))?;
-    if moved == 0 {
-        // Compared with the log's next sequence number as `next_seq` reports it (never at or
-        // below its last frame), inside the writer's transaction, then moved.
-        let actual = current_next_seq(conn, log)?;
-        check(log, append.expected_seq, actual)?;
-        conn.prepare_cached(
-            "INSERT INTO logs (log, next_seq) VALUES (?1, ?2) \
-             ON CONFLICT (log) DO UPDATE SET next_seq = excluded.next_seq",
-        )
-        .and_then(|mut s| s.execute(params![log, end]))
-        .map_err(|e| sql_error(what(), &e))?;
-    }
+    let log_id = match moved {
+        Some(id) => id,
+        None => {
+            // Compared with the log's next sequence number as `next_seq` reports it (never at
+            // or below its last frame), inside the writer's transaction, then moved.
+            let actual = current_next_seq(conn, log)?;
+            check(log, append.expected_seq, actual)?;
+            conn.prepare_cached(SET_NEXT_SEQ_SQL)
+                .and_then(|mut s| s.query_row(params![log, end], |row| row.get(0)))
+                .map_err(|e| sql_error(what(), &e))?
+        }
+    };
+    check_log_id_limit(log_id)?;
     let mut insert = conn
-        .prepare_cached("INSERT INTO frames (log, seq, frame) VALUES (?1, ?2, ?3)")
+        .prepare_cached("INSERT INTO frames (id, frame) VALUES (?1, ?2)")
         .map_err(|e| sql_error(what(), &e))?;
-    for (seq, frame) in (expected..).zip(&append.frames) {
-        insert.execute(params![log, seq, frame]).map_err(|e| {
+    for (seq, frame) in (append.expected_seq..).zip(&append.frames) {
+        insert.execute(params![frame_key(log_id, seq), frame]).map_err(|e| {
             if is_unique_violation(&e) {
                 Error::Conflict {
                     log: log.clone(),
@@ -505,6 +553,43 @@ fn append_one(conn: &Connection, append: &LogAppend) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Refuses a sequence number past what a frame key holds (see [`MAX_SEQ`]).
+fn check_seq_limit(log: &str, next_seq: u64) -> Result<()> {
+    if next_seq <= MAX_SEQ + 1 {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "log {log:?} would reach sequence number {next_seq}; a SQLite store holds at most \
+         {MAX_SEQ} frames per log (use PostgreSQL for longer logs)"
+    )))
+}
+
+/// Refuses a log id past what a frame key holds (see [`MAX_LOG_ID`]); the new log's row is
+/// rolled back with the refused append.
+fn check_log_id_limit(log_id: i64) -> Result<()> {
+    if (1..=MAX_LOG_ID).contains(&log_id) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "a SQLite store holds at most {MAX_LOG_ID} logs and this one has no id left (log id \
+         {log_id}); start a new store, or use PostgreSQL"
+    )))
+}
+
+/// The refusal to migrate a version 1 database holding frames version 2 cannot key.
+fn unmigratable(frames: i64) -> Error {
+    Error::Backend {
+        backend: NAME,
+        context: "upgrading the database from schema version 1 to 2".into(),
+        source: format!(
+            "{frames} frames have a sequence number outside 0..={MAX_SEQ}, which version 2 \
+             cannot store; export the store with the ckpt that wrote it (ckpt export) and \
+             import the file into a new store (nothing was changed)"
+        )
+        .into(),
+    }
 }
 
 /// A conflict unless `actual == expected`.
