@@ -26,7 +26,8 @@
 //!
 //! With [`AgentConfig::approve_tool_calls`], the `"tools"` node asks a person before each tool
 //! call (see [`Approval`]). [`ScriptedChatModel`] replays a fixed script (for tests and
-//! examples); no network model is included.
+//! examples); `OpenAiChatModel` (feature `openai`) calls any OpenAI-compatible chat-completions
+//! API: OpenAI, or a local vLLM, Ollama or llama.cpp server.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -42,6 +43,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "openai")]
+mod openai;
 mod planner;
 mod react;
 
@@ -55,6 +58,8 @@ use crate::error::BoxError;
 use crate::graph::{GraphError, NodeContext};
 use crate::store::CheckpointStore;
 
+#[cfg(feature = "openai")]
+pub use openai::{OpenAiChatModel, OpenAiChatModelBuilder, OpenAiError};
 pub use planner::{create_planner_agent, PlannerState};
 pub use react::{create_react_agent, AgentState};
 
@@ -256,7 +261,7 @@ pub trait ChatModel: Send + Sync {
     ///
     /// The default calls [`ChatModel::complete`] and hands over the whole text at once (nothing
     /// when it is empty), so a caller can stream from any model; a model that can stream
-    /// overrides it.
+    /// (such as `OpenAiChatModel`, feature `openai`) overrides it.
     async fn complete_streaming(
         &self,
         messages: &[Message],
