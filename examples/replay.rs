@@ -60,10 +60,7 @@ mod demo {
             let (model, code) = (model.clone(), reader.clone());
             async move {
                 let prompt = s.messages.clone();
-                let specs = vec![ToolSpec {
-                    name: "add".into(),
-                    description: "adds a and b".into(),
-                }];
+                let specs = vec![ToolSpec::new("add", "adds a and b")];
                 // The model call is a task: recorded once, replayed from the log.
                 let turn: AssistantTurn = ctx
                     .task(

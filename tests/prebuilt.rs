@@ -9,7 +9,7 @@ use ckpt::error::BoxError;
 use ckpt::graph::{Command, GraphError, Outcome, RunConfig};
 use ckpt::prebuilt::{
     create_planner_agent, create_react_agent, AgentConfig, AgentState, Approval, AssistantTurn,
-    Message, PlannerState, Role, ScriptedChatModel, Tool, ToolCall,
+    ChatModel, Message, PlannerState, Role, ScriptedChatModel, Tool, ToolCall, ToolSpec,
 };
 use ckpt::{Checkpoint, CheckpointHeader, CheckpointId, CheckpointStore, Store, Write};
 use serde_json::json;
@@ -123,6 +123,59 @@ async fn react_agent_calls_a_tool_then_answers() {
     assert_eq!(calls[0][0], Message::system("You add numbers."));
     assert_eq!(calls[1].last(), Some(&Message::tool("c1", "5")));
     assert_eq!(calls[1].len(), 4);
+}
+
+#[tokio::test]
+async fn any_model_streams_its_whole_text_as_one_token() {
+    let model = ScriptedChatModel::new(vec![
+        AssistantTurn::text("all at once"),
+        add_call("c1", 1.0, 2.0),
+        AssistantTurn::text(""),
+    ]);
+    let mut tokens = Vec::new();
+    let mut sink = |t: &str| tokens.push(t.to_owned());
+    let turn = model
+        .complete_streaming(&[Message::user("hi")], &[], &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(turn, AssistantTurn::text("all at once"));
+    let turn = model
+        .complete_streaming(&[Message::user("hi")], &[], &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(turn.tool_calls.len(), 1);
+    // An empty reply hands over nothing.
+    model
+        .complete_streaming(&[Message::user("hi")], &[], &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(tokens, ["all at once", "let me add"]);
+}
+
+#[test]
+fn a_tools_schema_reaches_its_spec() {
+    struct Schemaless;
+    #[async_trait]
+    impl Tool for Schemaless {
+        fn name(&self) -> &str {
+            "now"
+        }
+        fn description(&self) -> &str {
+            "the time"
+        }
+        async fn call(&self, _: serde_json::Value) -> Result<String, BoxError> {
+            Ok("noon".into())
+        }
+    }
+    let spec = ToolSpec::of(&Schemaless);
+    assert_eq!(spec, ToolSpec::new("now", "the time"));
+    assert_eq!(
+        spec.parameters_schema(),
+        json!({"type": "object", "properties": {}})
+    );
+    // A spec saved before `parameters` existed still reads.
+    let old: ToolSpec = serde_json::from_value(json!({"name": "a", "description": "b"})).unwrap();
+    assert_eq!(old.parameters, None);
 }
 
 #[tokio::test]

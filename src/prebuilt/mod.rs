@@ -26,7 +26,8 @@
 //!
 //! With [`AgentConfig::approve_tool_calls`], the `"tools"` node asks a person before each tool
 //! call (see [`Approval`]). [`ScriptedChatModel`] replays a fixed script (for tests and
-//! examples); no network model is included.
+//! examples); `OpenAiChatModel` (feature `openai`) calls any OpenAI-compatible chat-completions
+//! API: OpenAI, or a local vLLM, Ollama or llama.cpp server.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -42,6 +43,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "openai")]
+mod openai;
 mod planner;
 mod react;
 
@@ -55,6 +58,8 @@ use crate::error::BoxError;
 use crate::graph::{GraphError, NodeContext};
 use crate::store::CheckpointStore;
 
+#[cfg(feature = "openai")]
+pub use openai::{OpenAiChatModel, OpenAiChatModelBuilder, OpenAiError};
 pub use planner::{create_planner_agent, PlannerState};
 pub use react::{create_react_agent, AgentState};
 
@@ -149,12 +154,65 @@ impl Message {
 }
 
 /// What the model is told about a tool.
+///
+/// ```
+/// use ckpt::prebuilt::ToolSpec;
+/// use serde_json::json;
+///
+/// let spec = ToolSpec::new("add", "Adds a and b.").with_parameters(json!({
+///     "type": "object",
+///     "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+///     "required": ["a", "b"],
+/// }));
+/// assert_eq!(spec.parameters_schema()["required"], json!(["a", "b"]));
+/// assert_eq!(ToolSpec::new("now", "The time.").parameters_schema(),
+///            json!({"type": "object", "properties": {}}));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolSpec {
     /// The tool's name.
     pub name: String,
     /// What it does (and what arguments it takes).
     pub description: String,
+    /// The JSON schema of its arguments (an object schema), if it has one. Models that take
+    /// schemas (OpenAI's `tools[].function.parameters`) are sent
+    /// [`ToolSpec::parameters_schema`]; without one the description is all the model knows.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+}
+
+impl ToolSpec {
+    /// A tool named `name` doing `description`, without an argument schema.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        ToolSpec {
+            name: name.into(),
+            description: description.into(),
+            parameters: None,
+        }
+    }
+
+    /// Sets [`ToolSpec::parameters`], the JSON schema of the arguments.
+    pub fn with_parameters(mut self, schema: serde_json::Value) -> Self {
+        self.parameters = Some(schema);
+        self
+    }
+
+    /// [`ToolSpec::parameters`], or the schema of an object with any properties when there is
+    /// none (what APIs that require a schema accept for "no declared arguments").
+    pub fn parameters_schema(&self) -> serde_json::Value {
+        self.parameters
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}))
+    }
+
+    /// The spec [`crate::prebuilt`]'s agents send for `tool`.
+    pub fn of(tool: &dyn Tool) -> Self {
+        ToolSpec {
+            name: tool.name().to_owned(),
+            description: tool.description().to_owned(),
+            parameters: tool.parameters(),
+        }
+    }
 }
 
 /// One reply of the model: text and/or tool calls.
@@ -197,6 +255,25 @@ pub trait ChatModel: Send + Sync {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> Result<AssistantTurn, BoxError>;
+
+    /// Like [`ChatModel::complete`], also handing `on_token` the reply's text as it is
+    /// generated, piece by piece; the pieces concatenated are the returned turn's `content`.
+    ///
+    /// The default calls [`ChatModel::complete`] and hands over the whole text at once (nothing
+    /// when it is empty), so a caller can stream from any model; a model that can stream
+    /// (such as `OpenAiChatModel`, feature `openai`) overrides it.
+    async fn complete_streaming(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        on_token: &mut (dyn for<'t> FnMut(&'t str) + Send),
+    ) -> Result<AssistantTurn, BoxError> {
+        let turn = self.complete(messages, tools).await?;
+        if !turn.content.is_empty() {
+            on_token(&turn.content);
+        }
+        Ok(turn)
+    }
 }
 
 /// A tool an agent can call.
@@ -206,6 +283,12 @@ pub trait Tool: Send + Sync {
     fn name(&self) -> &str;
     /// What it does, for the model.
     fn description(&self) -> &str;
+    /// The JSON schema of its arguments (an object schema), for models that take one
+    /// ([`ToolSpec::parameters`]). None by default: the model then has only the description
+    /// to go by, so say there what the arguments are.
+    fn parameters(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Runs it; an error is reported to the model as the tool's result, not as a crash.
     async fn call(&self, arguments: serde_json::Value) -> Result<String, BoxError>;
 }
@@ -442,13 +525,7 @@ impl Toolbox {
         tools: Vec<Arc<dyn Tool>>,
         config: &AgentConfig,
     ) -> Self {
-        let specs = tools
-            .iter()
-            .map(|t| ToolSpec {
-                name: t.name().to_owned(),
-                description: t.description().to_owned(),
-            })
-            .collect();
+        let specs = tools.iter().map(|t| ToolSpec::of(t.as_ref())).collect();
         Toolbox {
             model,
             tools: Arc::new(tools),
