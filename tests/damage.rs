@@ -111,7 +111,10 @@ fn verify_reports_a_lost_tail_frame() {
     let healthy = ckpt(&["--store", &url(&db), "verify"], &[]);
     assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
     assert_eq!(
-        rt().block_on(sql(&db, "DELETE FROM frames WHERE id = (SELECT (id << 32) + 6 FROM logs WHERE log = 'a')")),
+        rt().block_on(sql(
+            &db,
+            "DELETE FROM frames WHERE id = (SELECT (id << 32) + 6 FROM logs WHERE log = 'a')"
+        )),
         1
     );
 

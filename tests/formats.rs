@@ -165,7 +165,11 @@ async fn sqlite_number(url: &str, sql: &str) -> i64 {
 async fn sqlite_exec(url: &str, sql: &str) -> u64 {
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    let changed = sqlx::query(sql).execute(&mut conn).await.unwrap().rows_affected();
+    let changed = sqlx::query(sql)
+        .execute(&mut conn)
+        .await
+        .unwrap()
+        .rows_affected();
     conn.close().await.unwrap();
     changed
 }

@@ -229,6 +229,15 @@ async fn fan_out_runs_concurrently_and_merges_in_order(store: Arc<dyn Checkpoint
     assert_eq!(calls.branches(), [1, 1, 1]);
 }
 
+/// The branches whose results a step's writes hold, in the order they were written.
+fn branch_results(writes: &[ckpt::Write]) -> Vec<&str> {
+    writes
+        .iter()
+        .filter(|w| w.channel == "__branch__")
+        .map(|w| w.task.as_str())
+        .collect()
+}
+
 async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn CheckpointStore>) {
     for (exec, by_invoke) in [("crash-resume", false), ("crash-invoke", true)] {
         let calls = Calls::new();
@@ -251,8 +260,16 @@ async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn Checkpoin
             "the input and start: pending writes are not checkpoints"
         );
         let writes = store.writes(&list[1].id).await.unwrap();
-        let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
+        let pending: Vec<&str> = branch_results(&writes);
         assert_eq!(pending, ["b3", "b1"]);
+        // b2's failure is recorded beside them (what get_state shows as its error).
+        let failures: Vec<(&str, String)> = writes
+            .iter()
+            .filter(|w| w.channel == "__error__")
+            .map(|w| (w.task.as_str(), w.value_json().to_string()))
+            .collect();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].0, "b2");
         assert_eq!(calls.branches(), [1, 1, 1]);
 
         let out = if by_invoke {
@@ -272,7 +289,7 @@ async fn branch_failure_resumes_only_the_missing_branch(store: Arc<dyn Checkpoin
         assert_eq!(nodes, ["__input__", "start", "start", "done"]);
         assert_eq!(list[2].metadata["source"], "join");
         let writes = store.writes(&list[1].id).await.unwrap();
-        let pending: Vec<&str> = writes.iter().map(|w| w.task.as_str()).collect();
+        let pending: Vec<&str> = branch_results(&writes);
         assert_eq!(pending, ["b3", "b1", "b2"], "b2's result joined the others");
     }
 }

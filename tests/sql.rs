@@ -377,7 +377,10 @@ async fn sqlite_reads_one_event_of_a_long_log_through_the_index() {
     .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
     .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("SEARCH f USING INTEGER PRIMARY KEY"), "{plan}");
+    assert!(
+        plan.contains("SEARCH f USING INTEGER PRIMARY KEY"),
+        "{plan}"
+    );
     assert!(
         !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
         "{plan}"

@@ -27,6 +27,9 @@ pub(crate) const JOURNAL: &str = "__journal__";
 pub(crate) const INTERRUPT: &str = "__interrupt__";
 /// The channel of an interrupt's answer (task: the node; metadata `id`, `index`).
 pub(crate) const RESUME: &str = "__resume__";
+/// The channel of the error a node failed with, its retries used up (task: the node; value: the
+/// error and its causes, as text).
+pub(crate) const ERROR: &str = "__error__";
 
 /// An interrupt a node raised and nobody answered yet: what [`super::Outcome::Interrupted`]
 /// lists. Answer it with [`Command::resume`] (the only one) or [`Command::resume_by_id`].
@@ -131,6 +134,8 @@ pub(crate) struct StepRecord {
     pub unwritten: Vec<(String, u64)>,
     /// branch -> the write holding its result (a state).
     pub branches: BTreeMap<String, Write>,
+    /// node -> the error it last failed with.
+    pub errors: BTreeMap<String, String>,
 }
 
 impl StepRecord {
@@ -160,6 +165,14 @@ impl StepRecord {
                             .entry((w.task.clone(), index))
                             .or_insert((id, w.value_json()));
                     }
+                }
+                ERROR => {
+                    // Writes come oldest first: the last failure is kept.
+                    let text = w.value_json();
+                    let text = text
+                        .as_str()
+                        .map_or_else(|| text.to_string(), str::to_owned);
+                    rec.errors.insert(w.task.clone(), text);
                 }
                 RESUME => {
                     if let Some(index) = meta_u64("index") {

@@ -22,7 +22,12 @@
 //!   and reports where the new run diverges ([`ReplayReport`]); [`replay_regression`] turns a
 //!   stored run into a regression test.
 //!
-//! Interrupts, answers, task results and fan-out branch results are [`crate::Write`]s attached to
+//! - **State snapshots.** [`CompiledGraph::get_state`], [`CompiledGraph::get_state_at`] and
+//!   [`CompiledGraph::get_state_history`] read a checkpoint as a [`StateSnapshot`]: values, next
+//!   nodes, pending tasks with their recorded results and errors, pending interrupts, ids and
+//!   metadata.
+//!
+//! Interrupts, answers, task results, node errors and fan-out branch results are [`crate::Write`]s attached to
 //! the checkpoint their step started from, not checkpoints: `list`, `history` and `executions`
 //! count only checkpoints.
 //!
@@ -64,6 +69,7 @@
 mod context;
 mod replay;
 mod run;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::future::Future;
@@ -83,6 +89,7 @@ pub use replay::{
     replay_regression, Divergence, ReplayMode, ReplayOptions, ReplayReport, ReplayStep,
 };
 pub use run::{CompiledGraph, GraphStream};
+pub use snapshot::{PendingTask, StateSnapshot};
 
 /// The name of the virtual node that ends a run: route to it to finish.
 pub const END: &str = "__end__";

@@ -631,7 +631,12 @@ impl<S: GraphState> CompiledGraph<S> {
                     let pending = self.record_interrupts(&shared, &id).await?;
                     return run.interrupted(id, cur.state, next, pending).await;
                 }
-                Err(Stop::Failed(e)) => return Err(e),
+                Err(Stop::Failed(e)) => {
+                    if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
+                        record_failure(store, base, &node, &e).await;
+                    }
+                    return Err(e);
+                }
             };
             let fan = if cur.fan.is_none()
                 && matches!(self.inner.edges.get(&node), Some(Edge::FanOut { .. }))
@@ -896,6 +901,37 @@ async fn save_from(
     match parent {
         Some(parent) => store.save_with_parent(cp, &parent).await,
         None => store.save(cp).await,
+    }
+}
+
+/// Records that `node` failed with `error` in the step that started from `base`, for
+/// [`CompiledGraph::get_state`]'s pending tasks. Best effort: the run fails with `error` either
+/// way, and a store that cannot take this write would only add its own error to it.
+async fn record_failure(
+    store: &Arc<dyn CheckpointStore>,
+    base: &CheckpointId,
+    node: &str,
+    error: &GraphError,
+) {
+    let task = match error {
+        GraphError::Node { node, .. } => node.as_str(),
+        // Not a task's failure: the store's own.
+        GraphError::Store(_) => return,
+        _ => node,
+    };
+    // The causes a message does not already include (a node's error names its source).
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    if let Ok(write) = Write::new(task, super::context::ERROR, &text) {
+        let _ = store.put_writes(base, vec![write]).await;
     }
 }
 

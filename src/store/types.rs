@@ -51,12 +51,37 @@ impl HistoryQuery {
     }
 
     pub(super) fn matches(&self, version: u64, header: &SaveHeader) -> bool {
+        self.matches_parts(version, &header.node, &header.metadata)
+    }
+
+    fn matches_parts(&self, version: u64, node: &str, metadata: &crate::Metadata) -> bool {
         self.before.is_none_or(|b| version < b)
-            && self.node.as_ref().is_none_or(|n| *n == header.node)
+            && self.node.as_ref().is_none_or(|n| n == node)
             && self
                 .metadata
                 .iter()
-                .all(|(k, v)| header.metadata.get(k) == Some(v))
+                .all(|(k, v)| metadata.get(k) == Some(v))
+    }
+
+    /// Whether `cp` passes the version, node and metadata filters (the limit aside).
+    pub fn matches_checkpoint(&self, cp: &Checkpoint) -> bool {
+        self.matches_parts(cp.version, &cp.node_name, &cp.metadata)
+    }
+}
+
+/// A loaded checkpoint's header, for [`CheckpointStore::history`]'s default: its stored size is
+/// not known there (0).
+fn header_of(cp: &Checkpoint) -> CheckpointHeader {
+    CheckpointHeader {
+        id: cp.id.clone(),
+        execution_id: cp.execution_id.clone(),
+        node_name: cp.node_name.clone(),
+        metadata: cp.metadata.clone(),
+        version: cp.version,
+        timestamp: cp.timestamp,
+        parent: cp.parent.clone(),
+        state_size: cp.state_size,
+        stored_size: 0,
     }
 }
 
@@ -166,6 +191,25 @@ pub trait CheckpointStore: Send + Sync {
     async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
         Ok(self.list(execution_id).await?.pop())
     }
+    /// Headers of an execution's live checkpoints, newest first, filtered by `query` (see
+    /// [`Store::history`]). The default lists every checkpoint and filters them; a store that
+    /// can answer from headers alone overrides it.
+    async fn history(
+        &self,
+        execution_id: &str,
+        query: HistoryQuery,
+    ) -> Result<Vec<CheckpointHeader>> {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        Ok(self
+            .list(execution_id)
+            .await?
+            .iter()
+            .rev()
+            .filter(|cp| query.matches_checkpoint(cp))
+            .take(limit)
+            .map(header_of)
+            .collect())
+    }
     /// Appends writes to a live checkpoint, atomically (see [`Store::put_writes`]).
     async fn put_writes(&self, checkpoint: &CheckpointId, writes: Vec<Write>)
         -> Result<Vec<Write>>;
@@ -195,6 +239,13 @@ impl CheckpointStore for Store {
     }
     async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
         Store::list(self, execution_id).await
+    }
+    async fn history(
+        &self,
+        execution_id: &str,
+        query: HistoryQuery,
+    ) -> Result<Vec<CheckpointHeader>> {
+        Store::history(self, execution_id, query).await
     }
     async fn delete(&self, id: &CheckpointId) -> Result<()> {
         Store::delete(self, id).await

@@ -69,8 +69,7 @@ INSERT INTO ckpt_schema (version) VALUES (2);
 
 /// Frames of a version 1 database that version 2 cannot key (a sequence number outside
 /// `0..=MAX_SEQ`): a migration refuses to run while there are any.
-const V1_UNKEYABLE_SQL: &str =
-    "SELECT COUNT(*) FROM frames WHERE seq < 0 OR seq > 4294967295";
+const V1_UNKEYABLE_SQL: &str = "SELECT COUNT(*) FROM frames WHERE seq < 0 OR seq > 4294967295";
 
 /// Version 1 to 2, in the open's transaction: the same rows under the new keys. A log with
 /// frames but no row (version 1 allowed it after damage) gets a row with the next sequence
@@ -423,7 +422,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<()> {
                  AND id < (SELECT (id << 32) + ?2 FROM logs WHERE log = ?1)",
             )
             .and_then(|mut s| s.execute(params![log, before]))
-                .map_err(|e| sql_error(format!("truncating log {log:?}"), &e))?;
+            .map_err(|e| sql_error(format!("truncating log {log:?}"), &e))?;
             Ok(())
         }
         WriteOp::DeleteBlobs(hashes) => {
@@ -540,17 +539,19 @@ fn append_one(conn: &Connection, append: &LogAppend) -> Result<()> {
         .prepare_cached("INSERT INTO frames (id, frame) VALUES (?1, ?2)")
         .map_err(|e| sql_error(what(), &e))?;
     for (seq, frame) in (append.expected_seq..).zip(&append.frames) {
-        insert.execute(params![frame_key(log_id, seq), frame]).map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict {
-                    log: log.clone(),
-                    expected: append.expected_seq,
-                    actual: append.expected_seq,
+        insert
+            .execute(params![frame_key(log_id, seq), frame])
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict {
+                        log: log.clone(),
+                        expected: append.expected_seq,
+                        actual: append.expected_seq,
+                    }
+                } else {
+                    sql_error(what(), &e)
                 }
-            } else {
-                sql_error(what(), &e)
-            }
-        })?;
+            })?;
     }
     Ok(())
 }
