@@ -68,6 +68,7 @@ on_both_stores!(
     two_workers_resuming_one_execution_cannot_interleave,
     two_workers_starting_one_execution_cannot_interleave,
     update_state_stops_a_running_worker,
+    the_trait_default_refuses_a_stale_save,
 );
 
 fn push(s: &mut St, what: &str) {
@@ -763,4 +764,89 @@ async fn update_state_stops_a_running_worker(store: Arc<dyn CheckpointStore>) {
         assert_eq!(done.state().n, 50);
         assert!(done.state().log.contains(&"edited".to_string()));
     }
+}
+
+/// A `CheckpointStore` that implements only what the trait requires: the fenced saves are the
+/// trait's defaults (check the latest, then save).
+struct Plain(Arc<dyn CheckpointStore>);
+
+#[async_trait]
+impl CheckpointStore for Plain {
+    async fn save(&self, cp: Checkpoint) -> ckpt::Result<Checkpoint> {
+        self.0.save(cp).await
+    }
+    async fn save_with_parent(&self, cp: Checkpoint, p: &CheckpointId) -> ckpt::Result<Checkpoint> {
+        self.0.save_with_parent(cp, p).await
+    }
+    async fn load(&self, id: &CheckpointId) -> ckpt::Result<Checkpoint> {
+        self.0.load(id).await
+    }
+    async fn list(&self, e: &str) -> ckpt::Result<Vec<Checkpoint>> {
+        self.0.list(e).await
+    }
+    async fn delete(&self, id: &CheckpointId) -> ckpt::Result<()> {
+        self.0.delete(id).await
+    }
+    async fn clear(&self, e: &str) -> ckpt::Result<()> {
+        self.0.clear(e).await
+    }
+    async fn put_writes(
+        &self,
+        id: &CheckpointId,
+        w: Vec<ckpt::Write>,
+    ) -> ckpt::Result<Vec<ckpt::Write>> {
+        self.0.put_writes(id, w).await
+    }
+    async fn writes(&self, id: &CheckpointId) -> ckpt::Result<Vec<ckpt::Write>> {
+        self.0.writes(id).await
+    }
+    async fn children(&self, id: &CheckpointId) -> ckpt::Result<Vec<ckpt::CheckpointHeader>> {
+        self.0.children(id).await
+    }
+    async fn fork(&self, id: &CheckpointId, e: &str) -> ckpt::Result<Checkpoint> {
+        self.0.fork(id, e).await
+    }
+}
+
+async fn the_trait_default_refuses_a_stale_save(store: Arc<dyn CheckpointStore>) {
+    let plain: Arc<dyn CheckpointStore> = Arc::new(Plain(store.clone()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = counter(plain.clone(), calls, 6, Duration::ZERO);
+    let stopped = app
+        .invoke(
+            St::default(),
+            RunConfig::execution_id("plain").recursion_limit(2),
+        )
+        .await;
+    assert!(matches!(stopped, Err(GraphError::RecursionLimit { .. })));
+    let cps = store.list("plain").await.unwrap();
+    assert_eq!(cps.len(), 3);
+    assert_linear(&cps, "plain");
+    // Another writer moved the execution on since `cps[1]`: refused, nothing written.
+    let stale = plain
+        .save_after(
+            Checkpoint::new("plain", "x", &St::default()).unwrap(),
+            Some(&cps[1].id),
+        )
+        .await;
+    assert!(
+        stale.as_ref().is_err_and(ckpt::Error::is_conflict),
+        "{stale:?}"
+    );
+    let branch = plain
+        .save_with_parent_after(
+            Checkpoint::new("plain", "x", &St::default()).unwrap(),
+            &cps[0].id,
+            None,
+        )
+        .await;
+    assert!(
+        branch.as_ref().is_err_and(ckpt::Error::is_conflict),
+        "{branch:?}"
+    );
+    assert_eq!(store.list("plain").await.unwrap().len(), 3);
+    // A run through the defaults finishes, unbranched.
+    let done = app.resume_latest("plain").await.unwrap();
+    assert_eq!(done.state().n, 6);
+    assert_linear(&store.list("plain").await.unwrap(), "plain");
 }

@@ -648,7 +648,7 @@ impl<S: GraphState> CompiledGraph<S> {
         loop {
             if let Some(saver) = saver.as_mut() {
                 // A background save that already failed stops the run before its next node.
-                if saver.failed_early() {
+                if saver.save_ended() {
                     settled(cur, saver, run).await?;
                 }
             }
@@ -1131,7 +1131,7 @@ impl Saver {
     }
 
     /// Whether a background save has already ended (a failure then stops the run at once).
-    fn failed_early(&self) -> bool {
+    fn save_ended(&self) -> bool {
         self.in_flight.as_ref().is_some_and(|t| t.is_finished())
     }
 
