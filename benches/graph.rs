@@ -15,6 +15,15 @@
 //! in recorded mode on a memory store (the recording is made outside the measurement, a new one
 //! per sample).
 //!
+//! `durability`: the same 100-step counter graph in each durability mode (`Sync`, `Async`,
+//! `Exit`; see `ckpt::graph::Durability`) on memory, durable sled, and PostgreSQL (a schema of
+//! its own on the server `CKPT_TEST_POSTGRES_URL` names; left out when it is unset:
+//! `eval "$(scripts/servers.sh start)"` starts one), against no checkpointer. Twice: with the
+//! trivial node (`durability/trivial_node`: a step costs what the runtime and its saves cost,
+//! so async mode shows how fast saves land back to back), and with a node that computes for
+//! 500 µs (`durability/500us_node`: `(time - time without a store) / 100` is what saving adds
+//! to a step's critical path, which async mode overlaps with the next step).
+//!
 //! Every invocation uses a new execution id (invoking an existing one would continue it).
 //! Sample sizes are small (10 samples, 3 s) so that `cargo bench --bench graph` finishes in
 //! about two minutes.
@@ -29,7 +38,8 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use ckpt::graph::{
-    CompileConfig, CompiledGraph, NodeContext, Outcome, ReplayOptions, RunConfig, StateGraph, END,
+    CompileConfig, CompiledGraph, Durability, NodeContext, Outcome, ReplayOptions, RunConfig,
+    StateGraph, END,
 };
 use ckpt::{CheckpointStore, Store};
 
@@ -163,6 +173,80 @@ fn bench_state<S: Counted>(
     group.finish();
 }
 
+/// A counter graph of [`STEPS`] steps whose node computes for `work` (busy, like a parser or a
+/// model on the CPU: a sleep would measure the timer).
+fn working_graph(store: Option<Arc<dyn CheckpointStore>>, work: Duration) -> CompiledGraph<Small> {
+    let mut g = StateGraph::<Small>::new();
+    g.add_node("tick", move |mut s: Small| {
+        let until = std::time::Instant::now() + work;
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        s.n += 1;
+        std::future::ready(Ok::<_, std::io::Error>(s))
+    });
+    g.add_conditional_edges("tick", |s: &Small| {
+        if s.n >= STEPS {
+            END.into()
+        } else {
+            "tick".into()
+        }
+    });
+    g.set_entry_point("tick");
+    let mut config = CompileConfig::default();
+    if let Some(store) = store {
+        config = config.checkpointer(store);
+    }
+    g.compile(config).expect("the graph compiles")
+}
+
+fn bench_durability(c: &mut Criterion, rt: &Runtime, stores: &[Checkpointer]) {
+    static EXEC: AtomicU64 = AtomicU64::new(0);
+    let mut all: Vec<Checkpointer> = stores.to_vec();
+    if let Ok(url) = std::env::var("CKPT_TEST_POSTGRES_URL") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}schema=bench_graph_{}", std::process::id());
+        let pg = rt.block_on(Store::open(&url)).expect("open PostgreSQL");
+        all.push(("postgres", Some(Arc::new(pg))));
+    }
+    for (label, work) in [
+        ("trivial_node", Duration::ZERO),
+        ("500us_node", Duration::from_micros(500)),
+    ] {
+        let mut group = c.benchmark_group(format!("durability/{label}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(3));
+        group.warm_up_time(Duration::from_millis(500));
+        for (store_name, store) in &all {
+            let modes: &[Durability] = match store {
+                None => &[Durability::Sync],
+                Some(_) => &[Durability::Sync, Durability::Async, Durability::Exit],
+            };
+            let app = working_graph(store.clone(), work);
+            for mode in modes {
+                let id = match store {
+                    None => BenchmarkId::from_parameter("none"),
+                    Some(_) => BenchmarkId::new(*store_name, format!("{mode:?}")),
+                };
+                group.bench_function(id, |b| {
+                    b.to_async(rt).iter(|| {
+                        let app = app.clone();
+                        async move {
+                            let exec = format!("dur-{}", EXEC.fetch_add(1, Ordering::Relaxed));
+                            let config = RunConfig::execution_id(exec)
+                                .recursion_limit(1000)
+                                .durability(*mode);
+                            let out = app.invoke(Small { n: 0 }, config).await.expect("the run");
+                            assert!(matches!(out, Outcome::Finished(ref s) if s.n == STEPS));
+                        }
+                    });
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
 const TASKS: u64 = 100;
 
 /// One node calling `tasks` journaled tasks, then the end.
@@ -274,6 +358,7 @@ fn long_graph(store: Arc<dyn CheckpointStore>) -> CompiledGraph<Small> {
 fn benches(c: &mut Criterion) {
     let rt = runtime();
     let (stores, _dir) = stores(&rt);
+    bench_durability(c, &rt, &stores);
     bench_tasks(c, &rt, &stores);
     bench_replay(c, &rt);
     bench_state(c, &rt, "trivial_state", Small { n: 0 }, &stores);

@@ -14,13 +14,18 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ckpt::graph::{CompileConfig, CompiledGraph, Outcome, RunConfig, StateGraph, END, INPUT};
+use ckpt::graph::{
+    CompileConfig, CompiledGraph, Durability, GraphEvent, Outcome, RunConfig, StateGraph, END,
+    INPUT,
+};
 use ckpt::testing::rng::XorShift64;
 use ckpt::{Checkpoint, CheckpointId, CheckpointStore, Store};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 const STORE_ENV: &str = "CKPT_GRAPH_CRASH_STORE";
 const EFFECTS_ENV: &str = "CKPT_GRAPH_CRASH_EFFECTS";
+const ASYNC_STORE_ENV: &str = "CKPT_GRAPH_ASYNC_CRASH_STORE";
 const EXEC: &str = "crash-exec";
 const STEPS: u32 = 50;
 
@@ -111,6 +116,16 @@ impl CheckpointStore for Reporting {
         println!("saved {} {step}", saved.version);
         Ok(saved)
     }
+    async fn save_after(
+        &self,
+        checkpoint: Checkpoint,
+        expected_latest: Option<&CheckpointId>,
+    ) -> ckpt::Result<Checkpoint> {
+        let saved = self.0.save_after(checkpoint, expected_latest).await?;
+        let step = saved.state::<St>().map_or(0, |s| s.n);
+        println!("saved {} {step}", saved.version);
+        Ok(saved)
+    }
     async fn load(&self, id: &CheckpointId) -> ckpt::Result<Checkpoint> {
         self.0.load(id).await
     }
@@ -165,6 +180,143 @@ async fn crash_child() {
         .await
         .expect("child run");
     assert!(out.is_finished());
+}
+
+/// The child half of `sigkill_mid_async_graph_keeps_every_reported_save`: the same run in
+/// async mode, printing `saved VERSION STEP` for each save the stream reports (saves land in
+/// order: the input is step 0, then one per step).
+#[tokio::test]
+async fn async_crash_child() {
+    let (Ok(dir), Ok(effects)) = (std::env::var(ASYNC_STORE_ENV), std::env::var(EFFECTS_ENV))
+    else {
+        return;
+    };
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(Store::open(&dir).await.expect("child opens the store"));
+    let app = graph(PathBuf::from(effects), Some(store));
+    let config = RunConfig::execution_id(EXEC).durability(Durability::Async);
+    let mut events = app.stream(St::default(), config);
+    let mut step = 0;
+    while let Some(ev) = events.next().await {
+        match ev.expect("child run") {
+            GraphEvent::CheckpointSaved { version, .. } => {
+                println!("saved {version} {step}");
+                step += 1;
+            }
+            GraphEvent::Finished { .. } => return,
+            _ => {}
+        }
+    }
+    panic!("the stream ended without finishing");
+}
+
+/// Async mode under SIGKILL: every checkpoint the run reported as saved is in the store with
+/// its state, at most the one save in flight landed unreported, the log is unbranched, and
+/// continuing the execution finishes with the state of an uninterrupted run; a step whose save
+/// was reported never runs again.
+#[tokio::test]
+async fn sigkill_mid_async_graph_keeps_every_reported_save() {
+    let ref_dir = tempfile::tempdir().unwrap();
+    let reference = graph(ref_dir.path().join("effects"), None)
+        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .await
+        .unwrap();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("async graph_crash seed: {seed}");
+    let mut rng = XorShift64::from_state(seed);
+    for round in 0..2 {
+        let target = 5 + (rng.next_u64() % 36) as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("db");
+        let effects = dir.path().join("effects");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "async_crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ASYNC_STORE_ENV, &store_dir)
+            .env(EFFECTS_ENV, &effects)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reported: Vec<(u64, u32)> = Vec::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while reported.len() < target {
+            let Some(line) = lines.next() else {
+                panic!("round {round}: the child exited before its save {target}");
+            };
+            reported.extend(parse_saved(&line.unwrap()));
+        }
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 2500));
+        child.kill().unwrap();
+        for line in lines {
+            reported.extend(parse_saved(&line.unwrap()));
+        }
+        child.wait().unwrap();
+        let before = effect_lines(&effects);
+
+        let store = Store::open(store_dir.to_str().unwrap()).await.unwrap();
+        let saved = store.list(EXEC).await.unwrap();
+        for w in saved.windows(2) {
+            assert_eq!(w[1].parent.as_ref(), Some(&w[0].id), "round {round}");
+        }
+        for (version, step) in &reported {
+            let cp = store
+                .at_version(EXEC, *version)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: reported version {version} lost: {e}"));
+            assert_eq!(cp.state::<St>().unwrap().n, *step, "round {round}");
+        }
+        let n = reported.len();
+        assert!(
+            saved.len() == n || saved.len() == n + 1,
+            "round {round}: {} saved, {n} reported",
+            saved.len()
+        );
+        let checkpointed = saved.len() as u32 - 1;
+        assert!(
+            checkpointed < STEPS,
+            "round {round}: the kill came too late"
+        );
+        // Side effects: steps 1..=L, L at most two past the last saved step (the step whose
+        // save was in flight, and the one running).
+        let l = before.len() as u32;
+        assert_eq!(before, (1..=l).collect::<Vec<_>>(), "round {round}");
+        assert!(
+            (checkpointed..=checkpointed + 2).contains(&l),
+            "round {round}: {l} side effects, {checkpointed} checkpoints"
+        );
+
+        let store: Arc<dyn CheckpointStore> = Arc::new(store);
+        let out = graph(effects.clone(), Some(store.clone()))
+            .invoke(
+                St::default(),
+                RunConfig::execution_id(EXEC).durability(Durability::Async),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.state(), reference.state(), "round {round}: final state");
+        let after = effect_lines(&effects);
+        let reported_steps = n as u32 - 1;
+        for step in 1..=STEPS {
+            let c = after.iter().filter(|s| **s == step).count();
+            assert!(
+                (1..=2).contains(&c),
+                "round {round}: step {step} ran {c} times"
+            );
+            assert!(
+                c == 1 || step > reported_steps,
+                "round {round}: step {step} ran again though its save was reported"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,27 @@
 //! the checkpoint their step started from, not checkpoints: `list`, `history` and `executions`
 //! count only checkpoints.
 //!
+//! **Durability.** [`RunConfig::durability`] chooses when a run's checkpoints are saved:
+//! [`Durability::Sync`] (the default) saves each step's checkpoint before the next step starts;
+//! [`Durability::Async`] saves it in the background while the next step runs (in order, one save
+//! in flight; a failed save fails the run at the next step boundary); [`Durability::Exit`] saves
+//! only where the run ended (finished, interrupted or failed), as a child of the checkpoint it
+//! started from, so a crash restarts the whole run from there. In every mode, the outcome comes
+//! after every save has landed, and a step that records to its base checkpoint (tasks,
+//! interrupts, fan-out branch results) runs only once that base is in the store.
+//!
+//! **Fencing.** Every save of a run is a compare-and-append
+//! ([`CheckpointStore::save_after`], [`CheckpointStore::save_with_parent_after`]): it lands only
+//! if the execution's latest checkpoint is still the run's previous save (for the first save:
+//! the latest when the run started, or none for a fresh run). Two workers that resume the same
+//! execution at once therefore cannot interleave: the first to save goes on, the other gets
+//! [`GraphError::Conflict`] and stops without saving anything further.
+//! [`CompiledGraph::update_state`] is fenced the same way, and a run that was going on when it
+//! landed stops with the conflict. Writes to a step's base checkpoint are appends, not fenced:
+//! two workers running the same step both record their task results and branch results there
+//! (readers take the first of each), which is why their idempotency keys
+//! ([`NodeContext::task_key`]) are the same.
+//!
 //! A node has at most one outgoing edge: static, conditional (naming one node or [`END`]), or a
 //! fan-out ([`StateGraph::add_fan_out`]): several branch nodes that run concurrently in one step
 //! on clones of the state, whose results a merge function combines before execution continues at
@@ -107,6 +128,25 @@ pub(crate) type NodeFn<S> =
     Arc<dyn Fn(S, NodeContext) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
 pub(crate) type RouteFn<S> = Arc<dyn Fn(&S) -> String + Send + Sync>;
 pub(crate) type MergeFn<S> = Arc<dyn Fn(S, Vec<(String, S)>) -> S + Send + Sync>;
+
+/// A node as the runtime keeps it.
+pub(crate) struct NodeSpec<S> {
+    pub(crate) f: NodeFn<S>,
+    pub(crate) retry: RetryPolicy,
+    /// Whether the node was given a [`NodeContext`], through which it may record to its
+    /// step's base checkpoint (tasks, interrupts).
+    pub(crate) context: bool,
+}
+
+impl<S> Clone for NodeSpec<S> {
+    fn clone(&self) -> Self {
+        NodeSpec {
+            f: self.f.clone(),
+            retry: self.retry,
+            context: self.context,
+        }
+    }
+}
 
 /// Everything that can go wrong building or running a graph.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +265,23 @@ pub enum GraphError {
     #[error("the graph run task failed: {0}")]
     Task(String),
 
+    /// Another worker saved to this execution since this run last looked at it (two workers
+    /// resumed the same execution, or one resumed it while another still ran it): this run's
+    /// checkpoint was refused, and the run stopped without saving anything further. What the
+    /// other worker saved is intact; reload the execution and resume from its latest checkpoint
+    /// ([`CompiledGraph::resume_latest`]), or leave it to the worker that advanced it.
+    #[error("execution {execution_id:?} was advanced by another worker: this run expected its latest checkpoint to be {}, but it is {}; this run stopped without saving anything further. Reload the execution and resume from its latest checkpoint (resume_latest), or leave it to the other worker", show_id(.expected), show_id(.found))]
+    Conflict {
+        /// The execution.
+        execution_id: String,
+        /// The latest checkpoint this run expected (its previous save, or the execution's
+        /// latest when the run started; `None`: no checkpoint).
+        expected: Option<CheckpointId>,
+        /// The execution's latest checkpoint when the conflict was reported (`None`: none, or
+        /// it could not be read).
+        found: Option<CheckpointId>,
+    },
+
     /// A [`Command`] does not fit the interrupts pending on the execution's latest checkpoint.
     #[error("cannot resume execution {execution:?} with this command: {reason}")]
     InvalidCommand {
@@ -233,6 +290,43 @@ pub enum GraphError {
         /// Why (no interrupt pending, several pending for a single answer, an unknown id).
         reason: String,
     },
+}
+
+fn show_id(id: &Option<CheckpointId>) -> String {
+    match id {
+        Some(id) => id.to_string(),
+        None => "none".to_owned(),
+    }
+}
+
+/// When a run's checkpoints are saved ([`RunConfig::durability`]).
+///
+/// Whatever the mode, every save is a compare-and-append against the run's previous checkpoint
+/// (see [`GraphError::Conflict`]), and what a run returns (the [`Outcome`], or the stream's
+/// last event) comes after every save it made has landed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Each step's checkpoint is saved before the next step starts: a crash loses at most the
+    /// step that was running.
+    #[default]
+    Sync,
+    /// Each step's checkpoint is saved in the background while the next step runs (one save
+    /// in flight at a time, so saves land in order); a failed save fails the run at the next
+    /// step boundary, with the save's error. A crash loses at most the step running and the
+    /// save in flight. A step that records to its base checkpoint (a node added with a
+    /// [`NodeContext`], or a fan-out step) first waits for that checkpoint to land: its task
+    /// results, interrupts, idempotency keys and branch results refer to it. Events report a
+    /// checkpoint ([`GraphEvent::CheckpointSaved`]) once it has landed, so they may come after
+    /// the next step's `NodeStart`.
+    Async,
+    /// Nothing is saved while the run goes well: one checkpoint is saved when the run ends
+    /// (finished, interrupted or failed), holding where it stopped, as a child of the
+    /// checkpoint the run started from. A crash loses the whole run: it starts again from that
+    /// checkpoint (a fresh run: from its input, which is not saved either). A step that records
+    /// to its base checkpoint (a node with a [`NodeContext`], a fan-out step) saves that base
+    /// before it runs, so its task results, interrupts and branch results have a checkpoint
+    /// to attach to.
+    Exit,
 }
 
 /// How often a node is attempted, and how long to wait between attempts (doubling each time).
@@ -323,6 +417,7 @@ pub struct RunConfig {
     pub(crate) recursion_limit: usize,
     pub(crate) buffer: usize,
     pub(crate) run_id: Option<String>,
+    pub(crate) durability: Durability,
 }
 
 impl RunConfig {
@@ -334,7 +429,42 @@ impl RunConfig {
             recursion_limit: 100,
             buffer: 64,
             run_id: None,
+            durability: Durability::Sync,
         }
+    }
+
+    /// When this run's checkpoints are saved: after every step before the next one
+    /// ([`Durability::Sync`], the default), in the background while the next step runs
+    /// ([`Durability::Async`]), or only when the run ends ([`Durability::Exit`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use ckpt::graph::{CompileConfig, Durability, RunConfig, StateGraph, END};
+    /// use ckpt::{CheckpointStore, Store};
+    ///
+    /// let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
+    /// let mut g = StateGraph::<u32>::new();
+    /// g.add_node("inc", |n: u32| async move { Ok::<_, std::io::Error>(n + 1) });
+    /// g.add_conditional_edges("inc", |n: &u32| if *n >= 5 { END.into() } else { "inc".into() });
+    /// g.set_entry_point("inc");
+    /// let app = g.compile(CompileConfig::default().checkpointer(store.clone()))?;
+    ///
+    /// // Saves overlap with the next step; every save has landed when invoke returns.
+    /// let config = RunConfig::execution_id("async").durability(Durability::Async);
+    /// assert_eq!(*app.invoke(0, config).await?.state(), 5);
+    /// assert_eq!(store.list("async").await?.len(), 6); // the input and 5 steps
+    ///
+    /// // Only where the run ended is saved.
+    /// let config = RunConfig::execution_id("exit").durability(Durability::Exit);
+    /// assert_eq!(*app.invoke(0, config).await?.state(), 5);
+    /// assert_eq!(store.list("exit").await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn durability(mut self, mode: Durability) -> Self {
+        self.durability = mode;
+        self
     }
 
     /// Names this run ([`NodeContext::run_id`]); by default every call gets a new random id.
@@ -464,7 +594,7 @@ impl<S> Clone for Edge<S> {
 /// A graph under construction: nodes, edges and an entry point. Mistakes are reported by
 /// [`StateGraph::compile`].
 pub struct StateGraph<S> {
-    nodes: Vec<(String, NodeFn<S>, RetryPolicy)>,
+    nodes: Vec<(String, NodeSpec<S>)>,
     edges: Vec<(String, Edge<S>)>,
     entry: Option<String>,
 }
@@ -507,7 +637,7 @@ impl<S: GraphState> StateGraph<S> {
         Fut: Future<Output = Result<S, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        self.add_node_with_context_and_retry(name, move |s: S, _ctx: NodeContext| node(s), retry)
+        self.push_node(name, move |s: S, _ctx: NodeContext| node(s), retry, false)
     }
 
     /// Adds a node that is also given its [`NodeContext`]: to ask a person for a value
@@ -538,11 +668,27 @@ impl<S: GraphState> StateGraph<S> {
         Fut: Future<Output = Result<S, E>> + Send + 'static,
         E: Into<BoxError>,
     {
+        self.push_node(name, node, retry, true)
+    }
+
+    fn push_node<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+        retry: RetryPolicy,
+        context: bool,
+    ) -> &mut Self
+    where
+        F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
         let f: NodeFn<S> = Arc::new(move |s: S, ctx: NodeContext| {
             let fut = node(s, ctx);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        self.nodes.push((name.into(), f, retry));
+        self.nodes
+            .push((name.into(), NodeSpec { f, retry, context }));
         self
     }
 
@@ -618,7 +764,7 @@ impl<S: GraphState> StateGraph<S> {
     /// is [`GraphError::InvalidRoute`].
     pub fn compile(self, config: CompileConfig) -> Result<CompiledGraph<S>, GraphError> {
         let mut nodes = BTreeMap::new();
-        for (name, f, retry) in self.nodes {
+        for (name, spec) in self.nodes {
             if name == END || name == INPUT {
                 return Err(GraphError::ReservedName(name));
             }
@@ -631,7 +777,7 @@ impl<S: GraphState> StateGraph<S> {
             if nodes.contains_key(&name) {
                 return Err(GraphError::DuplicateNode(name));
             }
-            nodes.insert(name, (f, retry));
+            nodes.insert(name, spec);
         }
         let entry = self.entry.ok_or(GraphError::MissingEntryPoint)?;
         if !nodes.contains_key(&entry) {

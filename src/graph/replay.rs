@@ -414,6 +414,8 @@ impl<S: GraphState> CompiledGraph<S> {
             None => {
                 let mut cursor = self.cursor_from(&start)?;
                 cursor.branch_from = Some(start.id.clone());
+                // A new branch, fenced like any run: nobody else may save meanwhile.
+                cursor.fence = store.latest(execution_id).await?.map(|c| c.id);
                 (execution_id.to_owned(), cursor)
             }
         };

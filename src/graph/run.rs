@@ -15,7 +15,7 @@ use super::context::{
 };
 use super::replay::Track;
 use super::{
-    CompileConfig, Edge, GraphError, GraphEvent, GraphState, NodeFn, Outcome, RetryPolicy,
+    CompileConfig, Durability, Edge, GraphError, GraphEvent, GraphState, NodeSpec, Outcome,
     RunConfig, END, INPUT,
 };
 use crate::checkpoint::{Checkpoint, CheckpointId, Write};
@@ -38,7 +38,7 @@ impl<S> Clone for CompiledGraph<S> {
 }
 
 struct Inner<S> {
-    nodes: BTreeMap<String, (NodeFn<S>, RetryPolicy)>,
+    nodes: BTreeMap<String, NodeSpec<S>>,
     edges: BTreeMap<String, Edge<S>>,
     /// Every node that is a branch of a fan-out.
     branches: BTreeSet<String>,
@@ -61,6 +61,9 @@ pub(super) struct Cursor<S> {
     /// The checkpoint a time travel resumed from, when it is not the execution's latest: the
     /// run's first checkpoint names it as its parent, so the run is a new branch from there.
     pub(super) branch_from: Option<CheckpointId>,
+    /// The execution's latest checkpoint when the run started (`None`: it had none): the run's
+    /// first save lands only if it is still the latest, so two workers cannot interleave.
+    pub(super) fence: Option<CheckpointId>,
 }
 
 impl<S> Cursor<S> {
@@ -80,6 +83,7 @@ impl<S> Cursor<S> {
             step: 0,
             last: None,
             branch_from: None,
+            fence: None,
         }
     }
 }
@@ -112,7 +116,7 @@ fn next_list(next: &str) -> Vec<String> {
 
 impl<S: GraphState> CompiledGraph<S> {
     pub(super) fn new(
-        nodes: BTreeMap<String, (NodeFn<S>, RetryPolicy)>,
+        nodes: BTreeMap<String, NodeSpec<S>>,
         edges: BTreeMap<String, Edge<S>>,
         entry: String,
         config: CompileConfig,
@@ -227,13 +231,14 @@ impl<S: GraphState> CompiledGraph<S> {
         }
         let store = self.store()?;
         let given = store.load(checkpoint).await?;
-        let latest = store.latest(execution_id).await?.map(|c| c.version);
-        let branches = !is_pending_write(&given) && latest != Some(given.version);
+        let latest = store.latest(execution_id).await?.map(|c| c.id);
+        let branches = !is_pending_write(&given) && latest.as_ref() != Some(&given.id);
         let cp = self.resolve(given).await?;
         let mut cursor = self.cursor_from(&cp)?;
         if branches {
             cursor.branch_from = Some(cp.id.clone());
         }
+        cursor.fence = latest;
         self.run_loop(cursor, &mut RunState::new(config, None))
             .await
     }
@@ -246,8 +251,7 @@ impl<S: GraphState> CompiledGraph<S> {
             .latest(execution_id)
             .await?
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.to_owned()))?;
-        let cp = self.resolve(cp).await?;
-        let cursor = self.cursor_from(&cp)?;
+        let cursor = self.position(cp).await?;
         let mut run = RunState::new(RunConfig::execution_id(execution_id), None);
         self.run_loop(cursor, &mut run).await
     }
@@ -277,7 +281,7 @@ impl<S: GraphState> CompiledGraph<S> {
     ) -> Result<Outcome<S>, GraphError> {
         let store = self.store()?;
         let execution_id = config.execution_id.clone();
-        let (cp, pending) = self
+        let (latest, cp, pending) = self
             .latest_pending(&execution_id)
             .await?
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.clone()))?;
@@ -328,7 +332,8 @@ impl<S: GraphState> CompiledGraph<S> {
             .map(|(i, a)| context::answer_write(i, a))
             .collect::<Result<Vec<_>, _>>()?;
         store.put_writes(&cp.id, writes).await?;
-        let cursor = self.cursor_from(&cp)?;
+        let mut cursor = self.cursor_from(&cp)?;
+        cursor.fence = Some(latest);
         self.run_loop(cursor, &mut RunState::new(config, None))
             .await
     }
@@ -341,29 +346,46 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(self
             .latest_pending(execution_id)
             .await?
-            .map(|(_, pending)| pending)
+            .map(|(_, _, pending)| pending)
             .unwrap_or_default())
     }
 
-    /// The run position of `execution_id`'s latest checkpoint and the interrupts waiting there
-    /// (`None`: the execution has no checkpoint).
+    /// `execution_id`'s latest checkpoint's id, the run position it records, and the
+    /// interrupts waiting there (`None`: the execution has no checkpoint).
     async fn latest_pending(
         &self,
         execution_id: &str,
-    ) -> Result<Option<(Checkpoint, Vec<Interrupt>)>, GraphError> {
+    ) -> Result<Option<(CheckpointId, Checkpoint, Vec<Interrupt>)>, GraphError> {
         let store = self.store()?;
         let Some(cp) = store.latest(execution_id).await? else {
             return Ok(None);
         };
+        let latest = cp.id.clone();
         let cp = self.resolve(cp).await?;
         let pending = StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts();
-        Ok(Some((cp, pending)))
+        Ok(Some((latest, cp, pending)))
+    }
+
+    /// The run position of `latest`, an execution's latest checkpoint, with the run fenced on
+    /// it.
+    async fn position(&self, latest: Checkpoint) -> Result<Cursor<S>, GraphError> {
+        let fence = latest.id.clone();
+        let cp = self.resolve(latest).await?;
+        let mut cursor = self.cursor_from(&cp)?;
+        cursor.fence = Some(fence);
+        Ok(cursor)
     }
 
     /// Saves `state` as a new checkpoint of `checkpoint`'s execution, a child of `checkpoint`
     /// (of its fan-out step's checkpoint for a pending write; a new branch when it is not the
-    /// latest), with the same next node(s) as `checkpoint`, and returns its id; [`CompiledGraph::resume`] from it continues with the new state. An interrupt honoured
+    /// latest), with the same next node(s) as `checkpoint`, and returns its id;
+    /// [`CompiledGraph::resume`] from it continues with the new state. An interrupt honoured
     /// at `checkpoint` counts as honoured at the new one too.
+    ///
+    /// The save is fenced like a run's: it lands only if the execution's latest checkpoint is
+    /// still the one this call read, else [`GraphError::Conflict`] (a worker is advancing the
+    /// execution); and a run that started before it gets [`GraphError::Conflict`] at its next
+    /// save.
     pub async fn update_state(
         &self,
         checkpoint: &CheckpointId,
@@ -382,7 +404,9 @@ impl<S: GraphState> CompiledGraph<S> {
         if interrupted {
             cp = cp.with_metadata("interrupted", true);
         }
-        Ok(store.save_with_parent(cp, &source.id).await?.id)
+        let latest = store.latest(&source.execution_id).await?.map(|c| c.id);
+        let saved = fenced_save(store.clone(), cp, Some(source.id.clone()), latest).await?;
+        Ok(saved.id)
     }
 
     /// A pending write saved as a checkpoint (metadata `pending_write: true`, by ckpt versions
@@ -463,6 +487,7 @@ impl<S: GraphState> CompiledGraph<S> {
             step,
             last: Some((cp.id.clone(), cp.node_name.clone(), interrupted)),
             branch_from: None,
+            fence: Some(cp.id.clone()),
         })
     }
 
@@ -478,35 +503,22 @@ impl<S: GraphState> CompiledGraph<S> {
             return self.run_loop(cursor, &mut run).await;
         };
         if let Some(cp) = store.latest(&run.config.execution_id).await? {
-            let cp = self.resolve(cp).await?;
-            let cursor = self.cursor_from(&cp)?;
+            let cursor = self.position(cp).await?;
             return self.run_loop(cursor, &mut run).await;
         }
         // The run's input is a checkpoint too: the first step's base (what its tasks and
-        // interrupts attach to), and where a replay of the whole run starts.
+        // interrupts attach to), and where a replay of the whole run starts. Its save expects
+        // the execution to have none (the cursor's fence).
         let entry = self.inner.entry.clone();
-        let pause = self.inner.config.interrupt_before.contains(&entry);
-        let mut cp = Checkpoint::new(&run.config.execution_id, INPUT, &input)?
-            .with_metadata("step", 0)
-            .with_metadata("next", next_list(&entry))
-            .with_metadata("source", "input");
-        if pause {
-            cp = cp.with_metadata("interrupted", true);
-        }
-        let saved = store.save(cp).await?;
-        run.emit(GraphEvent::CheckpointSaved {
-            id: saved.id.clone(),
-            version: saved.version,
-        })
-        .await;
-        if pause {
-            return run
-                .interrupted(saved.id, input, next_list(&entry), Vec::new())
-                .await;
-        }
-        let mut cursor = Cursor::start(input, entry);
-        cursor.last = Some((saved.id, INPUT.to_owned(), false));
-        self.run_loop(cursor, &mut run).await
+        let input_cp = StepMeta {
+            node: INPUT.to_owned(),
+            step: 0,
+            next: next_list(&entry),
+            source: "input",
+            interrupted: self.inner.config.interrupt_before.contains(&entry),
+        };
+        let cursor = Cursor::start(input, entry);
+        self.run_saving(cursor, &mut run, Some(input_cp)).await
     }
 
     /// What the step about to run from `cur` finds recorded on its base checkpoint: on the
@@ -549,22 +561,102 @@ impl<S: GraphState> CompiledGraph<S> {
 
     pub(super) async fn run_loop(
         &self,
-        mut cur: Cursor<S>,
+        cur: Cursor<S>,
         run: &mut RunState<S>,
     ) -> Result<Outcome<S>, GraphError> {
-        let cfg = &self.inner.config;
-        let exec = run.config.execution_id.clone();
-        let exec = exec.as_str();
-        let mut ran = 0usize;
-        loop {
-            if cur.fan.is_none() && cur.next == END {
+        self.run_saving(cur, run, None).await
+    }
+
+    /// Runs from `cur` (first saving `input`, a fresh run's input checkpoint) until the end, an
+    /// interrupt or an error; whatever the durability mode, every checkpoint the run made has
+    /// landed (or failed) when this returns.
+    async fn run_saving(
+        &self,
+        mut cur: Cursor<S>,
+        run: &mut RunState<S>,
+        input: Option<StepMeta>,
+    ) -> Result<Outcome<S>, GraphError> {
+        let mut saver = self.inner.config.checkpointer.as_ref().map(|store| {
+            // A replay compares each step with its checkpoint as it goes.
+            let mode = match run.track {
+                Some(_) => Durability::Sync,
+                None => run.config.durability,
+            };
+            Saver {
+                store: store.clone(),
+                mode,
+                execution_id: run.config.execution_id.clone(),
+                fence: cur.fence.take(),
+                branch_from: cur.branch_from.take(),
+                in_flight: None,
+                held: None,
+            }
+        });
+        match self.steps(&mut cur, run, &mut saver, input).await {
+            Ok(Stopped::Finished) => {
                 if run.events.is_some() {
                     run.emit(GraphEvent::Finished {
                         state: cur.state.clone(),
                     })
                     .await;
                 }
-                return Ok(Outcome::Finished(cur.state));
+                Ok(Outcome::Finished(cur.state))
+            }
+            Ok(Stopped::Interrupted {
+                checkpoint,
+                next,
+                interrupts,
+            }) => {
+                run.interrupted(checkpoint, cur.state, next, interrupts)
+                    .await
+            }
+            Err(e) => {
+                // What the run reached before it failed lands (in exit mode: is saved now), so
+                // that a resume starts there; an error saving it says more than the failure.
+                if let Some(saver) = &mut saver {
+                    saver.settle(&cur.state, run).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The run loop proper; `cur` is where it stands (on an error: the base of the step that
+    /// failed).
+    async fn steps(
+        &self,
+        cur: &mut Cursor<S>,
+        run: &mut RunState<S>,
+        saver: &mut Option<Saver>,
+        input: Option<StepMeta>,
+    ) -> Result<Stopped, GraphError> {
+        let cfg = &self.inner.config;
+        let exec = run.config.execution_id.clone();
+        let exec = exec.as_str();
+        if let (Some(meta), Some(saver)) = (input, saver.as_mut()) {
+            let pause = meta.interrupted;
+            if let Some(saved) = saver.save(meta, &cur.state, run).await? {
+                cur.last = Some(position_of(&saved));
+            }
+            if pause {
+                let id = settled(cur, saver, run).await?;
+                let next = next_list(&cur.next);
+                return Ok(Stopped::interrupted(id, next));
+            }
+        }
+        let mut ran = 0usize;
+        loop {
+            if let Some(saver) = saver.as_mut() {
+                // A background save that already failed stops the run before its next node.
+                if saver.save_ended() {
+                    settled(cur, saver, run).await?;
+                }
+            }
+            if cur.fan.is_none() && cur.next == END {
+                if let Some(saver) = saver.as_mut() {
+                    saver.settle(&cur.state, run).await?;
+                }
+                return Ok(Stopped::Finished);
             }
             let node = cur.fan.clone().unwrap_or_else(|| cur.next.clone());
             let honoured = cur.last.as_ref().is_some_and(|(_, _, i)| *i);
@@ -573,37 +665,43 @@ impl<S: GraphState> CompiledGraph<S> {
             // Interrupts on fan-out branches are refused at compile time.
             if statics && cur.fan.is_none() && cfg.interrupt_before.contains(&node) && !honoured {
                 // Make sure a checkpoint records the pause (and that it was honoured).
-                let store = self.store()?;
+                let saver = saver.as_mut().ok_or(GraphError::NoCheckpointer)?;
                 let (node_name, source) = match &cur.last {
                     Some((_, name, _)) => (name.clone(), "interrupt"),
                     None => (INPUT.to_owned(), "input"),
                 };
-                let cp = Checkpoint::new(exec, &node_name, &cur.state)?
-                    .with_metadata("step", cur.step)
-                    .with_metadata("next", next_list(&node))
-                    .with_metadata("source", source)
-                    .with_metadata("interrupted", true);
-                let saved = save_from(store, cp, cur.branch_from.take()).await?;
-                run.emit(GraphEvent::CheckpointSaved {
-                    id: saved.id.clone(),
-                    version: saved.version,
-                })
-                .await;
-                return run
-                    .interrupted(saved.id, cur.state, next_list(&node), Vec::new())
-                    .await;
+                let meta = StepMeta {
+                    node: node_name,
+                    step: cur.step,
+                    next: next_list(&node),
+                    source,
+                    interrupted: true,
+                };
+                saver.save(meta, &cur.state, run).await?;
+                let id = settled(cur, saver, run).await?;
+                return Ok(Stopped::interrupted(id, next_list(&node)));
             }
             if ran >= run.config.recursion_limit {
                 return Err(GraphError::RecursionLimit {
                     limit: run.config.recursion_limit,
                 });
             }
+            // A step that may record to its base (tasks, interrupts, branch results) needs the
+            // base in the store first; so does a replay's, which it compares with.
+            let records = cur.fan.is_some()
+                || run.track.is_some()
+                || self.inner.nodes.get(&node).is_some_and(|n| n.context);
+            if records && cur.last.is_none() {
+                if let Some(saver) = saver.as_mut() {
+                    settled(cur, saver, run).await?;
+                }
+            }
             let resuming = ran == 0;
             let index = ran;
             ran += 1;
             let step = cur.step + 1;
             let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
-            let (record, mode, copy_journal) = self.step_record(&cur, run, resuming, index).await?;
+            let (record, mode, copy_journal) = self.step_record(cur, run, resuming, index).await?;
             let shared = Arc::new(StepShared {
                 execution_id: exec.to_owned(),
                 step,
@@ -629,7 +727,11 @@ impl<S: GraphState> CompiledGraph<S> {
                 Err(Stop::Interrupted(next)) => {
                     let id = base.ok_or(GraphError::NoCheckpointer)?;
                     let pending = self.record_interrupts(&shared, &id).await?;
-                    return run.interrupted(id, cur.state, next, pending).await;
+                    return Ok(Stopped::Interrupted {
+                        checkpoint: id,
+                        next,
+                        interrupts: pending,
+                    });
                 }
                 Err(Stop::Failed(e)) => {
                     if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
@@ -651,40 +753,34 @@ impl<S: GraphState> CompiledGraph<S> {
                 fan,
                 step,
                 last: None,
-                branch_from: cur.branch_from.take(),
+                branch_from: None,
+                fence: None,
             };
             let next_names = self.next_names(&next_cur);
             let pause_before = statics
                 && next_cur.fan.is_none()
                 && next_cur.next != END
                 && cfg.interrupt_before.contains(&next_cur.next);
-            let pause_after = statics && pause_after;
-            cur = next_cur;
-            if let Some(store) = &cfg.checkpointer {
-                let mut cp = Checkpoint::new(exec, &node, &cur.state)?
-                    .with_metadata("step", step)
-                    .with_metadata("next", next_names.clone())
-                    .with_metadata("source", source);
-                if pause_after || pause_before {
-                    cp = cp.with_metadata("interrupted", true);
-                }
-                let saved = save_from(store, cp, cur.branch_from.take()).await?;
-                run.emit(GraphEvent::CheckpointSaved {
-                    id: saved.id.clone(),
-                    version: saved.version,
-                })
-                .await;
-                if let Some(track) = &mut run.track {
-                    track.record_step(index, &node, &saved)?;
-                }
-                cur.last = Some((saved.id, node.clone(), pause_after || pause_before));
-            }
-            if pause_after || pause_before {
-                let id = match &cur.last {
-                    Some((id, _, _)) => id.clone(),
-                    None => return Err(GraphError::NoCheckpointer),
+            let pause = (statics && pause_after) || pause_before;
+            *cur = next_cur;
+            if let Some(saver) = saver.as_mut() {
+                let meta = StepMeta {
+                    node: node.clone(),
+                    step,
+                    next: next_names.clone(),
+                    source,
+                    interrupted: pause,
                 };
-                return run.interrupted(id, cur.state, next_names, Vec::new()).await;
+                if let Some(saved) = saver.save(meta, &cur.state, run).await? {
+                    if let Some(track) = &mut run.track {
+                        track.record_step(index, &node, &saved)?;
+                    }
+                    cur.last = Some(position_of(&saved));
+                }
+                if pause {
+                    let id = settled(cur, saver, run).await?;
+                    return Ok(Stopped::interrupted(id, next_names));
+                }
             }
         }
     }
@@ -842,14 +938,14 @@ impl<S: GraphState> CompiledGraph<S> {
         state: &S,
         shared: &Arc<StepShared>,
     ) -> Result<S, GraphError> {
-        let (f, retry) = self
-            .inner
-            .nodes
-            .get(node)
-            .ok_or_else(|| GraphError::UnknownNode {
-                node: node.to_owned(),
-                context: "the run".into(),
-            })?;
+        let NodeSpec { f, retry, .. } =
+            self.inner
+                .nodes
+                .get(node)
+                .ok_or_else(|| GraphError::UnknownNode {
+                    node: node.to_owned(),
+                    context: "the run".into(),
+                })?;
         let mut attempt = 1;
         loop {
             let ctx = NodeContext::new(shared.clone(), node);
@@ -892,15 +988,202 @@ impl<S: GraphState> CompiledGraph<S> {
     }
 }
 
-/// Saves `cp`, a child of `parent` when one is given (the first save of a run that branches).
-async fn save_from(
-    store: &Arc<dyn CheckpointStore>,
+/// How a run ended without an error; the caller adds the state.
+enum Stopped {
+    Finished,
+    Interrupted {
+        checkpoint: CheckpointId,
+        next: Vec<String>,
+        interrupts: Vec<Interrupt>,
+    },
+}
+
+impl Stopped {
+    /// A static pause at `checkpoint` (no interrupt waits for an answer).
+    fn interrupted(checkpoint: CheckpointId, next: Vec<String>) -> Self {
+        Stopped::Interrupted {
+            checkpoint,
+            next,
+            interrupts: Vec::new(),
+        }
+    }
+}
+
+/// A cursor's `last`: the checkpoint, its node, and whether it records a pause.
+fn position_of(cp: &Checkpoint) -> (CheckpointId, String, bool) {
+    let interrupted = cp.metadata.get("interrupted") == Some(&serde_json::Value::Bool(true));
+    (cp.id.clone(), cp.node_name.clone(), interrupted)
+}
+
+/// Makes sure `cur`'s position is in the store and returns its checkpoint.
+async fn settled<S: GraphState>(
+    cur: &mut Cursor<S>,
+    saver: &mut Saver,
+    run: &RunState<S>,
+) -> Result<CheckpointId, GraphError> {
+    if let Some(saved) = saver.settle(&cur.state, run).await? {
+        cur.last = Some(position_of(&saved));
+    }
+    match &cur.last {
+        Some((id, _, _)) => Ok(id.clone()),
+        None => Err(GraphError::NoCheckpointer),
+    }
+}
+
+/// A run position's checkpoint, but for the state.
+struct StepMeta {
+    node: String,
+    step: u64,
+    next: Vec<String>,
+    source: &'static str,
+    interrupted: bool,
+}
+
+impl StepMeta {
+    fn checkpoint<S: GraphState>(self, exec: &str, state: &S) -> Result<Checkpoint, GraphError> {
+        let mut cp = Checkpoint::new(exec, &self.node, state)?
+            .with_metadata("step", self.step)
+            .with_metadata("next", self.next)
+            .with_metadata("source", self.source);
+        if self.interrupted {
+            cp = cp.with_metadata("interrupted", true);
+        }
+        Ok(cp)
+    }
+}
+
+/// How a run's positions reach the store ([`Durability`]), each save fenced on the one before.
+struct Saver {
+    store: Arc<dyn CheckpointStore>,
+    mode: Durability,
+    execution_id: String,
+    /// What the execution's latest checkpoint must be for the next save to land: the run's
+    /// previous save, or the latest when the run started.
+    fence: Option<CheckpointId>,
+    /// The parent of the run's first save, when that is not the fence (a new branch).
+    branch_from: Option<CheckpointId>,
+    /// [`Durability::Async`]: the save of the newest position, landing in the background.
+    in_flight: Option<tokio::task::JoinHandle<Result<Checkpoint, GraphError>>>,
+    /// [`Durability::Exit`]: the newest position, not saved.
+    held: Option<StepMeta>,
+}
+
+impl Saver {
+    /// Hands over the run's new position (`meta` with `state`). Sync mode saves it and returns
+    /// it as saved; async mode waits for the save before (failing with its error), then
+    /// starts this one; exit mode keeps it until [`Saver::settle`].
+    async fn save<S: GraphState>(
+        &mut self,
+        meta: StepMeta,
+        state: &S,
+        run: &RunState<S>,
+    ) -> Result<Option<Checkpoint>, GraphError> {
+        match self.mode {
+            Durability::Sync => {
+                let cp = meta.checkpoint(&self.execution_id, state)?;
+                let saved = fenced_save(
+                    self.store.clone(),
+                    cp,
+                    self.branch_from.take(),
+                    self.fence.take(),
+                )
+                .await?;
+                self.landed(&saved, run).await;
+                Ok(Some(saved))
+            }
+            Durability::Async => {
+                self.settle(state, run).await?;
+                let (store, exec) = (self.store.clone(), self.execution_id.clone());
+                let (parent, fence) = (self.branch_from.take(), self.fence.take());
+                // Encoding the state is part of the save: off the step's critical path too.
+                let state = state.clone();
+                self.in_flight = Some(tokio::spawn(async move {
+                    let cp = meta.checkpoint(&exec, &state)?;
+                    fenced_save(store, cp, parent, fence).await
+                }));
+                Ok(None)
+            }
+            Durability::Exit => {
+                self.held = Some(meta);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes the newest position handed over durable, and returns it as saved (`None`:
+    /// nothing was pending). `state` is the newest position's.
+    async fn settle<S: GraphState>(
+        &mut self,
+        state: &S,
+        run: &RunState<S>,
+    ) -> Result<Option<Checkpoint>, GraphError> {
+        let saved = if let Some(task) = self.in_flight.take() {
+            task.await.map_err(|e| GraphError::Task(e.to_string()))??
+        } else if let Some(meta) = self.held.take() {
+            let cp = meta.checkpoint(&self.execution_id, state)?;
+            fenced_save(
+                self.store.clone(),
+                cp,
+                self.branch_from.take(),
+                self.fence.take(),
+            )
+            .await?
+        } else {
+            return Ok(None);
+        };
+        self.landed(&saved, run).await;
+        Ok(Some(saved))
+    }
+
+    /// Whether a background save has already ended (a failure then stops the run at once).
+    fn save_ended(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|t| t.is_finished())
+    }
+
+    async fn landed<S: GraphState>(&mut self, saved: &Checkpoint, run: &RunState<S>) {
+        self.fence = Some(saved.id.clone());
+        run.emit(GraphEvent::CheckpointSaved {
+            id: saved.id.clone(),
+            version: saved.version,
+        })
+        .await;
+    }
+}
+
+/// Saves `cp` only if the execution's latest checkpoint is still `fence` (`None`: it has none),
+/// as a child of `parent` when given (else of `fence`); a lost race is [`GraphError::Conflict`].
+async fn fenced_save(
+    store: Arc<dyn CheckpointStore>,
     cp: Checkpoint,
     parent: Option<CheckpointId>,
-) -> crate::Result<Checkpoint> {
-    match parent {
-        Some(parent) => store.save_with_parent(cp, &parent).await,
-        None => store.save(cp).await,
+    fence: Option<CheckpointId>,
+) -> Result<Checkpoint, GraphError> {
+    let execution_id = cp.execution_id.clone();
+    let res = match &parent {
+        Some(parent) => {
+            store
+                .save_with_parent_after(cp, parent, fence.as_ref())
+                .await
+        }
+        None => store.save_after(cp, fence.as_ref()).await,
+    };
+    match res {
+        Ok(saved) => Ok(saved),
+        Err(e) if e.is_conflict() => {
+            // Best effort: the conflict itself is the error to report.
+            let found = store
+                .latest(&execution_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.id);
+            Err(GraphError::Conflict {
+                execution_id,
+                expected: fence,
+                found,
+            })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -129,7 +129,9 @@ pub(super) struct Attempts {
     patient_until: Instant,
     /// A projection this store keeps up to date is trusted for the first try: the
     /// compare-and-append tells if the log moved, and saves it is current for skip a round trip.
-    /// (Not when the caller states what the latest must be: that is checked on a fresh view.)
+    /// A precondition on the latest checkpoint that the trusted view fails is checked again on
+    /// a fresh view before it is reported: another store may have moved the log to what the
+    /// caller expects.
     pub(super) trust_cache: bool,
 }
 
@@ -140,7 +142,7 @@ impl Attempts {
             fenced_off: 0,
             conflicts: 0,
             patient_until: Instant::now() + CONFLICT_PATIENCE,
-            trust_cache: matches!(expect, Expect::Any),
+            trust_cache: true,
         }
     }
 
@@ -233,6 +235,64 @@ impl Store {
         let mut saved = self
             .save_pending(vec![Pending::plain(checkpoint)], expect)
             .await?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    }
+
+    /// Saves a checkpoint as a child of `parent` (like [`Store::save_with_parent`]) only if the
+    /// execution's newest live checkpoint is still `expected_latest` (`None`: the execution has
+    /// none), else [`Error::Conflict`] and nothing is written: the first save of a writer that
+    /// continues from an older checkpoint (a new branch) and must not interleave with another
+    /// writer of the execution. With `parent == expected_latest` it is [`Store::save_after`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ckpt::Error> {
+    /// use ckpt::{Checkpoint, Store};
+    /// let store = Store::memory();
+    /// let v1 = store.save(Checkpoint::new("run", "plan", &1)?).await?;
+    /// let v2 = store.save(Checkpoint::new("run", "act", &2)?).await?;
+    /// // A branch from v1, as long as nobody saved after v2.
+    /// let v3 = store
+    ///     .save_with_parent_after(Checkpoint::new("run", "act", &20)?, &v1.id, Some(&v2.id))
+    ///     .await?;
+    /// assert_eq!(v3.parent, Some(v1.id.clone()));
+    /// // v2 is no longer the latest: refused.
+    /// let late = store
+    ///     .save_with_parent_after(Checkpoint::new("run", "act", &30)?, &v1.id, Some(&v2.id))
+    ///     .await;
+    /// assert!(late.unwrap_err().is_conflict());
+    /// # Ok(()) }
+    /// ```
+    pub async fn save_with_parent_after(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+        expected_latest: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        for (what, id) in [
+            ("parent", Some(parent)),
+            ("expected latest", expected_latest),
+        ] {
+            if let Some(id) = id {
+                if id.execution_id() != checkpoint.execution_id {
+                    return Err(Error::InvalidInput(format!(
+                        "save_with_parent_after: the {what} {id} is not a checkpoint of \
+                         execution {:?}",
+                        checkpoint.execution_id
+                    )));
+                }
+            }
+        }
+        let mut pending = Pending::plain(checkpoint);
+        pending.parent = Some(ParentRef {
+            execution: None,
+            version: parent.version(),
+        });
+        pending.parent_must_be_live = true;
+        let expect = Expect::Latest(expected_latest.map(CheckpointId::version));
+        let mut saved = self.save_pending(vec![pending], expect).await?;
         saved
             .pop()
             .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
@@ -344,7 +404,8 @@ impl Store {
         let mut prepared = Vec::with_capacity(groups.len());
         let mut lifted = codec.lifting();
         for (idx, group) in guards.iter_mut().zip(groups.values()) {
-            if !(attempts.trust_cache && idx.synced) {
+            let trusted = attempts.trust_cache && idx.synced;
+            if !trusted {
                 self.refresh_recent(idx).await?;
             }
             let old_parent = group.iter().any(|(_, p)| {
@@ -357,6 +418,9 @@ impl Store {
                 self.refresh(idx).await?;
             }
             if let Expect::Latest(v) = attempts.expect {
+                if trusted && idx.latest_live() != v {
+                    self.refresh_recent(idx).await?;
+                }
                 let actual = idx.latest_live();
                 if actual != v {
                     return Err(Error::Conflict {
@@ -469,6 +533,16 @@ impl Store {
             }
             Error::Conflict { .. } if matches!(attempts.expect, Expect::Any) => {
                 Err(self.gave_up(exec))
+            }
+            // A precondition on the latest checkpoint: the log also moves for writes
+            // (`put_writes`) that leave the latest checkpoint as it was, so look again; the
+            // precondition is checked on that fresh view and fails there if a save landed.
+            Error::Conflict { .. } if attempts.may_retry() => {
+                crate::backend::retry::STORE_CONFLICT
+                    .pause(attempts.conflicts)
+                    .await;
+                attempts.conflicts += 1;
+                Ok(())
             }
             e => Err(e),
         }

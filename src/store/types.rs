@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::Store;
 use crate::checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Write};
 use crate::codec::frame::SaveHeader;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A filter for [`Store::history`]: newest first, optionally before a version, limited, and
 /// restricted to checkpoints whose metadata holds given values.
@@ -179,6 +179,37 @@ pub trait CheckpointStore: Send + Sync {
         checkpoint: Checkpoint,
         parent: &CheckpointId,
     ) -> Result<Checkpoint>;
+    /// Saves a checkpoint only if the execution's newest live checkpoint is still
+    /// `expected_latest` (`None`: the execution has none), as its child; otherwise nothing is
+    /// written and the result is [`Error::Conflict`](crate::Error::Conflict) (see
+    /// [`Store::save_after`]). The graph runtime saves every step this way, so that two
+    /// workers running the same execution cannot interleave.
+    ///
+    /// The default reads [`CheckpointStore::latest`], then calls [`CheckpointStore::save`]: it
+    /// catches a writer that moved the execution before the check, not one that saves between
+    /// the check and the save. [`Store`] compares and appends in one step; a wrapper around a
+    /// store should forward to it.
+    async fn save_after(
+        &self,
+        checkpoint: Checkpoint,
+        expected_latest: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        check_latest(self, &checkpoint.execution_id, expected_latest).await?;
+        self.save(checkpoint).await
+    }
+    /// Saves a checkpoint as a child of `parent` (see [`CheckpointStore::save_with_parent`]),
+    /// only if the execution's newest live checkpoint is still `expected_latest` (see
+    /// [`Store::save_with_parent_after`]); the default checks first, then saves, as
+    /// [`CheckpointStore::save_after`]'s does.
+    async fn save_with_parent_after(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+        expected_latest: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        check_latest(self, &checkpoint.execution_id, expected_latest).await?;
+        self.save_with_parent(checkpoint, parent).await
+    }
     /// Loads one checkpoint, or [`Error::NotFound`](crate::Error::NotFound).
     async fn load(&self, id: &CheckpointId) -> Result<Checkpoint>;
     /// Every live checkpoint of an execution, oldest first.
@@ -222,6 +253,25 @@ pub trait CheckpointStore: Send + Sync {
     async fn fork(&self, checkpoint: &CheckpointId, new_execution: &str) -> Result<Checkpoint>;
 }
 
+/// The check of the trait's default compare-and-save: [`Error::Conflict`] unless the
+/// execution's latest is `expected`.
+async fn check_latest<T: CheckpointStore + ?Sized>(
+    store: &T,
+    execution_id: &str,
+    expected: Option<&CheckpointId>,
+) -> Result<()> {
+    let actual = store.latest(execution_id).await?.map(|c| c.version);
+    let expected = expected.map(CheckpointId::version);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        log: execution_id.to_owned(),
+        expected: expected.unwrap_or(0),
+        actual: actual.unwrap_or(0),
+    })
+}
+
 #[async_trait]
 impl CheckpointStore for Store {
     async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
@@ -233,6 +283,21 @@ impl CheckpointStore for Store {
         parent: &CheckpointId,
     ) -> Result<Checkpoint> {
         Store::save_with_parent(self, checkpoint, parent).await
+    }
+    async fn save_after(
+        &self,
+        checkpoint: Checkpoint,
+        expected_latest: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        Store::save_after(self, checkpoint, expected_latest).await
+    }
+    async fn save_with_parent_after(
+        &self,
+        checkpoint: Checkpoint,
+        parent: &CheckpointId,
+        expected_latest: Option<&CheckpointId>,
+    ) -> Result<Checkpoint> {
+        Store::save_with_parent_after(self, checkpoint, parent, expected_latest).await
     }
     async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
         Store::load(self, id).await

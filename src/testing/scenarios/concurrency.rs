@@ -141,6 +141,90 @@ pub async fn save_after_checks_the_latest(h: &dyn Harness) {
     );
 }
 
+/// `save_with_parent_after(cp, parent, expected)` saves a child of `parent` only while
+/// `expected` is the execution's newest live checkpoint; a store whose view is stale neither
+/// refuses a save that another store's newer checkpoint makes right nor accepts one it makes
+/// wrong; and a write (`put_writes`) moves the log but not the latest checkpoint, so it does not
+/// fail a `save_after`.
+pub async fn save_with_parent_after_checks_the_latest(h: &dyn Harness) {
+    let name = h.name();
+    let store = h.open().await;
+    let other = store.with_same_keys(store.backend().clone());
+    let v1 = must(store.save(nth_checkpoint("spa", 1)).await, "save 1");
+    let v2 = must(store.save(nth_checkpoint("spa", 2)).await, "save 2");
+    let branch = must(
+        store
+            .save_with_parent_after(nth_checkpoint("spa", 3), &v1.id, Some(&v2.id))
+            .await,
+        "save_with_parent_after",
+    );
+    assert_eq!(
+        branch.parent.as_ref(),
+        Some(&v1.id),
+        "[{name}] branch parent"
+    );
+    let stale = store
+        .save_with_parent_after(nth_checkpoint("spa", 4), &v1.id, Some(&v2.id))
+        .await;
+    assert!(
+        stale.as_ref().is_err_and(Error::is_conflict),
+        "[{name}] stale expected latest: {stale:?}"
+    );
+    let none = store
+        .save_with_parent_after(nth_checkpoint("spa", 4), &v1.id, None)
+        .await;
+    assert!(
+        none.as_ref().is_err_and(Error::is_conflict),
+        "[{name}] None on a non-empty execution: {none:?}"
+    );
+    let foreign = must(CheckpointId::new("spa-other", v1.version), "id");
+    let wrong = store
+        .save_with_parent_after(nth_checkpoint("spa", 4), &foreign, Some(&branch.id))
+        .await;
+    assert!(
+        wrong.is_err() && !wrong.as_ref().is_err_and(Error::is_conflict),
+        "[{name}] parent from another execution: {wrong:?}"
+    );
+    // Another store moves the execution on: `store` has not seen it.
+    let moved = must(
+        other
+            .save_after(nth_checkpoint("spa", 5), Some(&branch.id))
+            .await,
+        "other save_after",
+    );
+    let behind = store
+        .save_after(nth_checkpoint("spa", 6), Some(&branch.id))
+        .await;
+    assert!(
+        behind.as_ref().is_err_and(Error::is_conflict),
+        "[{name}] a stale view accepted an overtaken latest: {behind:?}"
+    );
+    let w = must(crate::Write::new("t", "c", &1u32), "write");
+    must(other.put_writes(&moved.id, vec![w]).await, "put_writes");
+    let after_write = must(
+        store
+            .save_with_parent_after(nth_checkpoint("spa", 6), &v2.id, Some(&moved.id))
+            .await,
+        "save_with_parent_after behind a write from another store",
+    );
+    assert_eq!(after_write.parent.as_ref(), Some(&v2.id), "[{name}] parent");
+    let listed: Vec<u64> = must(store.list("spa").await, "list")
+        .iter()
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            v1.version,
+            v2.version,
+            branch.version,
+            moved.version,
+            after_write.version
+        ],
+        "[{name}] refused saves wrote"
+    );
+}
+
 /// Two stores on one backend race `save_after` on the same expected parent (five rounds): exactly
 /// one wins, the other gets Conflict, and the winner is the new latest.
 pub async fn save_after_races_have_one_winner(h: &dyn Harness) {

@@ -99,6 +99,7 @@ macro_rules! __conformance_scenario_list {
             any concurrent_saves_are_all_kept,
             any save_after_checks_the_latest,
             any save_after_races_have_one_winner,
+            any save_with_parent_after_checks_the_latest,
             cross_execution backend_append_is_compare_and_append,
             any backend_blobs_follow_the_contract,
             any concurrent_plain_saves_from_two_stores,
