@@ -269,6 +269,45 @@ async fn a_fan_out_step_shows_which_branches_finished_and_which_failed() {
     .await;
 }
 
+/// In every durability mode the failed step's base is stored before its error is recorded on
+/// it: the snapshot shows the error whether saves were in the background or held to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_recorded_in_every_durability_mode() {
+    use ckpt::graph::Durability;
+    on_each_store(|store| async move {
+        for (i, mode) in [Durability::Sync, Durability::Async, Durability::Exit]
+            .into_iter()
+            .enumerate()
+        {
+            let mut g = StateGraph::<St>::new();
+            g.add_node(
+                "a",
+                |s: St| async move { Ok::<_, std::io::Error>(push(s, "a")) },
+            );
+            g.add_node("b", |_: St| async move {
+                Err::<St, _>(std::io::Error::other("b is broken"))
+            });
+            g.add_edge("a", "b").add_edge("b", END).set_entry_point("a");
+            let app = g
+                .compile(CompileConfig::default().checkpointer(store.clone()))
+                .unwrap();
+            let exec = format!("mode-{i}");
+            app.invoke(
+                St::default(),
+                RunConfig::execution_id(exec.as_str()).durability(mode),
+            )
+            .await
+            .unwrap_err();
+            let now = app.get_state(&exec).await.unwrap().unwrap();
+            assert_eq!(now.values.log, ["a"], "{mode:?}");
+            assert_eq!(now.next, ["b"], "{mode:?}");
+            let error = now.tasks[0].error.as_deref().unwrap_or("");
+            assert!(error.contains("b is broken"), "{mode:?}: {:?}", now.tasks);
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn without_a_checkpointer_there_is_no_state_to_read() {
     let mut g = StateGraph::<St>::new();

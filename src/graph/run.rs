@@ -614,7 +614,13 @@ impl<S: GraphState> CompiledGraph<S> {
                 // What the run reached before it failed lands (in exit mode: is saved now), so
                 // that a resume starts there; an error saving it says more than the failure.
                 if let Some(saver) = &mut saver {
-                    saver.settle(&cur.state, run).await?;
+                    if let Some(saved) = saver.settle(&cur.state, run).await? {
+                        cur.last = Some(position_of(&saved));
+                    }
+                    // The failed step's base is in the store now, in every mode.
+                    if let Some((base, _, _)) = &cur.last {
+                        record_failure(&saver.store, base, &e).await;
+                    }
                 }
                 Err(e)
             }
@@ -733,12 +739,7 @@ impl<S: GraphState> CompiledGraph<S> {
                         interrupts: pending,
                     });
                 }
-                Err(Stop::Failed(e)) => {
-                    if let (Some(store), Some(base)) = (&cfg.checkpointer, &base) {
-                        record_failure(store, base, &node, &e).await;
-                    }
-                    return Err(e);
-                }
+                Err(Stop::Failed(e)) => return Err(e),
             };
             let fan = if cur.fan.is_none()
                 && matches!(self.inner.edges.get(&node), Some(Edge::FanOut { .. }))
@@ -1187,20 +1188,14 @@ async fn fenced_save(
     }
 }
 
-/// Records that `node` failed with `error` in the step that started from `base`, for
+/// Records that a node failed with `error` in the step that started from `base`, for
 /// [`CompiledGraph::get_state`]'s pending tasks. Best effort: the run fails with `error` either
 /// way, and a store that cannot take this write would only add its own error to it.
-async fn record_failure(
-    store: &Arc<dyn CheckpointStore>,
-    base: &CheckpointId,
-    node: &str,
-    error: &GraphError,
-) {
-    let task = match error {
-        GraphError::Node { node, .. } => node.as_str(),
-        // Not a task's failure: the store's own.
-        GraphError::Store(_) => return,
-        _ => node,
+async fn record_failure(store: &Arc<dyn CheckpointStore>, base: &CheckpointId, error: &GraphError) {
+    // Only a node's own failure is a task's error; a store error, a lost race or a routing
+    // mistake is the run's.
+    let GraphError::Node { node: task, .. } = error else {
+        return;
     };
     // The causes a message does not already include (a node's error names its source).
     let mut text = error.to_string();
