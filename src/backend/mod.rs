@@ -270,7 +270,7 @@ impl fmt::Debug for Capabilities<'_> {
 ///    its capabilities. Transient-error retries inside one call use [`retry`] (backoff, the
 ///    retry-until-deadline loop, durations in URL options).
 /// 2. A URL scheme in [`crate::url`] that opens it.
-/// 3. A [`crate::testing::Harness`] for it and one line in a test file:
+/// 3. A `ckpt::testing::Harness` (feature `testing`) for it and one line in a test file:
 ///    `ckpt::conformance_tests!(mine, MyHarness::new());` — the backend is done when the whole
 ///    suite passes (and, for a new storage engine, the crash and corruption tests run on it).
 #[async_trait]
