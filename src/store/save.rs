@@ -70,6 +70,18 @@ impl Pending {
             timestamp_us: None,
         }
     }
+
+    /// A checkpoint saved as a child of `parent`, a checkpoint of its own execution that must
+    /// be live when the save lands.
+    fn child_of(checkpoint: Checkpoint, parent: &CheckpointId) -> Self {
+        let mut pending = Pending::plain(checkpoint);
+        pending.parent = Some(ParentRef {
+            execution: None,
+            version: parent.version(),
+        });
+        pending.parent_must_be_live = true;
+        pending
+    }
 }
 
 /// What a precondition on a save expects the execution's latest version to be.
@@ -203,16 +215,8 @@ impl Store {
                 checkpoint.execution_id
             )));
         }
-        let mut pending = Pending::plain(checkpoint);
-        pending.parent = Some(ParentRef {
-            execution: None,
-            version: parent.version(),
-        });
-        pending.parent_must_be_live = true;
-        let mut saved = self.save_pending(vec![pending], Expect::Any).await?;
-        saved
-            .pop()
-            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        self.save_one(Pending::child_of(checkpoint, parent), Expect::Any)
+            .await
     }
 
     /// Saves a checkpoint only if the execution's newest live checkpoint is still `parent`
@@ -232,12 +236,7 @@ impl Store {
             }
         }
         let expect = Expect::Latest(parent.map(CheckpointId::version));
-        let mut saved = self
-            .save_pending(vec![Pending::plain(checkpoint)], expect)
-            .await?;
-        saved
-            .pop()
-            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        self.save_one(Pending::plain(checkpoint), expect).await
     }
 
     /// Saves a checkpoint as a child of `parent` (like [`Store::save_with_parent`]) only if the
@@ -285,13 +284,13 @@ impl Store {
                 }
             }
         }
-        let mut pending = Pending::plain(checkpoint);
-        pending.parent = Some(ParentRef {
-            execution: None,
-            version: parent.version(),
-        });
-        pending.parent_must_be_live = true;
         let expect = Expect::Latest(expected_latest.map(CheckpointId::version));
+        self.save_one(Pending::child_of(checkpoint, parent), expect)
+            .await
+    }
+
+    /// Saves one pending checkpoint under `expect`.
+    async fn save_one(&self, pending: Pending, expect: Expect) -> Result<Checkpoint> {
         let mut saved = self.save_pending(vec![pending], expect).await?;
         saved
             .pop()
