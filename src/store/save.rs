@@ -521,9 +521,11 @@ impl Store {
                 attempts.trust_cache = false;
                 Ok(())
             }
-            Error::Conflict { .. }
-                if matches!(attempts.expect, Expect::Any) && attempts.may_retry() =>
-            {
+            // Another writer appended first: a plain save goes on top of it. A precondition on
+            // the latest checkpoint looks again too, since the log also moves for writes
+            // (`put_writes`) that leave the latest checkpoint as it was; the precondition is
+            // checked on that fresh view and fails there if a save landed.
+            Error::Conflict { .. } if attempts.may_retry() => {
                 crate::backend::retry::STORE_CONFLICT
                     .pause(attempts.conflicts)
                     .await;
@@ -532,16 +534,6 @@ impl Store {
             }
             Error::Conflict { .. } if matches!(attempts.expect, Expect::Any) => {
                 Err(self.gave_up(exec))
-            }
-            // A precondition on the latest checkpoint: the log also moves for writes
-            // (`put_writes`) that leave the latest checkpoint as it was, so look again; the
-            // precondition is checked on that fresh view and fails there if a save landed.
-            Error::Conflict { .. } if attempts.may_retry() => {
-                crate::backend::retry::STORE_CONFLICT
-                    .pause(attempts.conflicts)
-                    .await;
-                attempts.conflicts += 1;
-                Ok(())
             }
             e => Err(e),
         }
