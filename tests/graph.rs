@@ -173,15 +173,30 @@ async fn linear_graph_checkpoints_every_step(store: Arc<dyn CheckpointStore>) {
         }
     }
 
-    // Invoking a finished execution returns its final state without running anything.
+    // Invoking a finished execution starts a new run of it (a graph without reducers starts
+    // from the new input), continuing the same log: a new input checkpoint after the last one,
+    // and the step numbers go on.
     let again = finished(
         app.invoke(St::default(), RunConfig::execution_id("lin"))
             .await,
     )
     .await;
     assert_eq!(again, expected(3));
-    assert_eq!(counts(&calls), [1, 1, 1]);
-    assert_eq!(store.list("lin").await.unwrap().len(), 4);
+    assert_eq!(counts(&calls), [2, 2, 2]);
+    let cps = store.list("lin").await.unwrap();
+    assert_eq!(cps.len(), 8);
+    assert_eq!(cps[4].node_name, "__input__");
+    assert_eq!(cps[4].parent, Some(cps[3].id.clone()));
+    let steps: Vec<u64> = cps
+        .iter()
+        .map(|c| c.metadata["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3, 3, 4, 5, 6]);
+    // Each run's checkpoints name it.
+    let run_of = |c: &Checkpoint| c.metadata["run_id"].as_str().unwrap().to_owned();
+    assert!(cps[..4].iter().all(|c| run_of(c) == run_of(&cps[0])));
+    assert!(cps[4..].iter().all(|c| run_of(c) == run_of(&cps[4])));
+    assert_ne!(run_of(&cps[0]), run_of(&cps[4]));
 }
 
 async fn conditional_loop_terminates(store: Arc<dyn CheckpointStore>) {

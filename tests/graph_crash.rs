@@ -1,7 +1,7 @@
 //! Crash recovery of the graph runtime with a real SIGKILL: a child process (this test binary,
 //! re-run with an env var) runs a 50-step graph on a durable sled store, each step appending its
 //! step number to a side-effect file; the parent kills it mid-run at a random step, then continues
-//! the same execution in-process with `invoke` and checks the final state and that no step whose
+//! the same execution in-process with `start_or_resume` and checks the final state and that no step whose
 //! checkpoint was saved before the kill ran again. The child prints each save as it returns, and
 //! the parent reads them all (to the end of the child's output): every acknowledged checkpoint
 //! must have survived, exactly.
@@ -176,7 +176,7 @@ async fn crash_child() {
         Arc::new(Store::open(&dir).await.expect("child opens the store"));
     let app = graph(PathBuf::from(effects), Some(Arc::new(Reporting(store))));
     let out = app
-        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
         .await
         .expect("child run");
     assert!(out.is_finished());
@@ -296,7 +296,7 @@ async fn sigkill_mid_async_graph_keeps_every_reported_save() {
 
         let store: Arc<dyn CheckpointStore> = Arc::new(store);
         let out = graph(effects.clone(), Some(store.clone()))
-            .invoke(
+            .start_or_resume(
                 St::default(),
                 RunConfig::execution_id(EXEC).durability(Durability::Async),
             )
@@ -424,7 +424,7 @@ async fn sigkill_mid_graph_resumes_exactly() {
 
         let store: Arc<dyn CheckpointStore> = Arc::new(store);
         let out = graph(effects.clone(), Some(store.clone()))
-            .invoke(St::default(), RunConfig::execution_id(EXEC))
+            .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
             .await
             .unwrap();
         let Outcome::Finished(state) = out else {

@@ -141,10 +141,16 @@ fn shape(cps: &[Checkpoint]) -> Vec<(String, St, serde_json::Value, Option<usize
                 .parent
                 .as_ref()
                 .map(|p| cps.iter().position(|o| &o.id == p).expect("parent listed"));
+            // Each run has its own id; everything else must match.
+            let mut metadata = c.metadata.clone();
+            assert!(
+                metadata.remove("run_id").is_some(),
+                "a run's checkpoint names it"
+            );
             (
                 c.node_name.clone(),
                 c.state().unwrap(),
-                serde_json::to_value(&c.metadata).unwrap(),
+                serde_json::to_value(&metadata).unwrap(),
                 parent,
             )
         })
@@ -405,10 +411,7 @@ async fn exit_saves_only_where_the_run_finished(store: Arc<dyn CheckpointStore>)
     assert_eq!(cps[0].parent, None);
     assert_eq!(cps[0].state::<St>().unwrap(), *out.state());
     // It is a finished execution like any other.
-    let again = app
-        .invoke(St::default(), RunConfig::execution_id("exit"))
-        .await
-        .unwrap();
+    let again = app.resume_latest("exit").await.unwrap();
     assert_eq!(again, out);
     assert_eq!(calls.load(SeqCst), 5);
 

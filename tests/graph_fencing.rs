@@ -97,7 +97,7 @@ async fn fencing_child() {
     let store: Arc<dyn CheckpointStore> = Arc::new(Store::open(url).await.expect("child opens"));
     let app = graph(store, Some((PathBuf::from(dir), me.to_owned())));
     let config = RunConfig::execution_id(exec).durability(mode_of(mode));
-    match app.invoke(St::default(), config).await {
+    match app.start_or_resume(St::default(), config).await {
         Ok(out) => println!("outcome finished {}", out.state().n),
         Err(e @ GraphError::Conflict { .. }) => {
             println!("outcome conflict {}", e.to_string().replace('\n', " "))

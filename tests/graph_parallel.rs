@@ -220,11 +220,8 @@ async fn fan_out_runs_concurrently_and_merges_in_order(store: Arc<dyn Checkpoint
     assert_eq!(list[3].metadata["step"], 3);
     assert!(next_of(&list[3]).is_empty());
 
-    // A finished execution is not run again.
-    let again = finished(
-        app.invoke(St::default(), RunConfig::execution_id("fan"))
-            .await,
-    );
+    // Resuming a finished execution runs nothing.
+    let again = finished(app.resume_latest("fan").await);
     assert_eq!(again, expected());
     assert_eq!(calls.branches(), [1, 1, 1]);
 }

@@ -109,7 +109,7 @@ async fn par_crash_child() {
         Arc::new(Store::open(&dir).await.expect("child opens the store"));
     let app = graph(Path::new(&effects), Some(store));
     let out = app
-        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
         .await
         .expect("child run");
     assert!(out.is_finished());
@@ -210,7 +210,7 @@ async fn sigkill_during_fan_out_resumes_missing_branch() {
     // Continue the same execution in-process with the same graph.
     let store: Arc<dyn CheckpointStore> = Arc::new(store);
     let out = graph(&effects, Some(store.clone()))
-        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
         .await
         .unwrap();
     let Outcome::Finished(state) = out else {

@@ -3,7 +3,7 @@
 //! node calls three tasks (`ctx.task`), each appending `<step>:<task>` to a side-effect file and
 //! printing it. The parent kills the child at a seeded random moment after a random number of
 //! effects, restarts it to continue the same execution and kills it again (1 to 3 kills a round),
-//! then finishes the execution in-process with `invoke`. It checks:
+//! then finishes the execution in-process with `start_or_resume`. It checks:
 //!
 //! - after every kill, the log's journal (checkpointed steps, and the `__journal__` writes on the
 //!   latest checkpoint) holds a prefix of the tasks in order, every journaled task's effect is in
@@ -190,7 +190,7 @@ async fn crash_child() {
     let store: Arc<dyn CheckpointStore> =
         Arc::new(Store::open(&dir).await.expect("child opens the store"));
     let out = graph(PathBuf::from(effects), true, Some(store))
-        .invoke(St::default(), RunConfig::execution_id(EXEC))
+        .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
         .await
         .expect("child run");
     assert!(out.is_finished());
@@ -333,7 +333,7 @@ async fn run_rounds(rounds: usize) {
         // Finish in-process: the same execution, continued from its latest checkpoint.
         let store = Arc::new(Store::open(store_dir.to_str().unwrap()).await.unwrap());
         let out = graph(effects.clone(), false, Some(store.clone()))
-            .invoke(St::default(), RunConfig::execution_id(EXEC))
+            .start_or_resume(St::default(), RunConfig::execution_id(EXEC))
             .await
             .unwrap();
         let Outcome::Finished(state) = out else {

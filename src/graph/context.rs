@@ -27,6 +27,10 @@ pub(crate) const JOURNAL: &str = "__journal__";
 pub(crate) const INTERRUPT: &str = "__interrupt__";
 /// The channel of an interrupt's answer (task: the node; metadata `id`, `index`).
 pub(crate) const RESUME: &str = "__resume__";
+/// The channel of the output of one task of a step that ran several (a send, or nodes reached
+/// from several tasks): task the task's key; metadata `kind` (`state` or `update`) and, for a
+/// send, `input` (a hash of its input).
+pub(crate) const TASK: &str = "__task__";
 /// The channel of the error a node failed with, its retries used up (task: the node; value: the
 /// error and its causes, as text).
 pub(crate) const ERROR: &str = "__error__";
@@ -134,6 +138,8 @@ pub(crate) struct StepRecord {
     pub unwritten: Vec<(String, u64)>,
     /// branch -> the write holding its result (a state).
     pub branches: BTreeMap<String, Write>,
+    /// task key -> the write holding its output (a state or an update).
+    pub tasks: BTreeMap<String, Write>,
     /// node -> the error it last failed with.
     pub errors: BTreeMap<String, String>,
 }
@@ -153,6 +159,9 @@ impl StepRecord {
             match w.channel.as_str() {
                 BRANCH => {
                     rec.branches.entry(w.task.clone()).or_insert(w);
+                }
+                TASK => {
+                    rec.tasks.entry(w.task.clone()).or_insert(w);
                 }
                 JOURNAL => {
                     if let (Some(key), Some(n)) = (meta_str("key"), meta_u64("n")) {
@@ -248,6 +257,9 @@ impl StepShared {
 pub struct NodeContext {
     shared: Arc<StepShared>,
     node: Arc<str>,
+    /// What the task's records (journal, interrupts) are keyed by: the node, or for a send
+    /// `node[index]`.
+    task: Arc<str>,
     calls: Arc<Mutex<Calls>>,
 }
 
@@ -271,12 +283,21 @@ impl std::fmt::Debug for NodeContext {
 }
 
 impl NodeContext {
-    pub(crate) fn new(shared: Arc<StepShared>, node: &str) -> Self {
+    /// The context of one task of a step, keyed `task` (a send's `node[index]`).
+    pub(crate) fn for_task(shared: Arc<StepShared>, node: &str, task: &str) -> Self {
         NodeContext {
             shared,
             node: node.into(),
+            task: task.into(),
             calls: Arc::default(),
         }
+    }
+
+    /// The task running: the node, or for a task started by a [`super::SendTo`] the node and
+    /// its place among the step's tasks (`node[index]`). What the task records (interrupts,
+    /// journaled results) is keyed by it.
+    pub fn task_name(&self) -> &str {
+        &self.task
     }
 
     /// The execution this run belongs to.
@@ -351,14 +372,14 @@ impl NodeContext {
             calls.interrupts += 1;
             calls.interrupts - 1
         };
-        let key = (self.node.to_string(), index);
+        let key = (self.task.to_string(), index);
         let mut record = self.shared.record();
         if let Some(answer) = record.answers.get(&key) {
             return serde_json::from_value(answer.clone()).map_err(|e| {
                 format!(
                     "the answer to interrupt {index} of node {:?} does not fit the type the node \
                      asks for: {e}",
-                    self.node
+                    self.task
                 )
                 .into()
             });
@@ -375,7 +396,7 @@ impl NodeContext {
         }
         Err(Box::new(Interrupted {
             id,
-            node: self.node.to_string(),
+            node: self.task.to_string(),
         }))
     }
 
@@ -405,7 +426,7 @@ impl NodeContext {
             *n - 1
         };
         let shared = self.shared.clone();
-        let node = self.node.to_string();
+        let node = self.task.to_string();
         let key = key.to_owned();
         async move {
             let recorded = shared
@@ -470,7 +491,7 @@ impl NodeContext {
         let place: [&[u8]; 3] = [
             self.shared.execution_id.as_bytes(),
             &base,
-            self.node.as_bytes(),
+            self.task.as_bytes(),
         ];
         let mut h = blake3::Hasher::new();
         for part in place.iter().chain(extra) {

@@ -88,6 +88,7 @@
 //! ```
 
 mod context;
+pub mod reduce;
 mod replay;
 mod run;
 mod snapshot;
@@ -104,8 +105,10 @@ use serde::Serialize;
 use crate::checkpoint::{validate_name, CheckpointId};
 use crate::error::BoxError;
 use crate::store::CheckpointStore;
+use reduce::{DecodeFn, NodeInput, Output, UpdateOf};
 
 pub use context::{Command, Interrupt, Interrupted, NodeContext, NotRecorded};
+pub use reduce::{Reducible, SendTo};
 pub use replay::{
     replay_regression, Divergence, ReplayMode, ReplayOptions, ReplayReport, ReplayStep,
 };
@@ -124,10 +127,15 @@ pub trait GraphState: Serialize + DeserializeOwned + Clone + Send + Sync + 'stat
 
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> GraphState for T {}
 
-pub(crate) type NodeFn<S> =
-    Arc<dyn Fn(S, NodeContext) -> BoxFuture<'static, Result<S, BoxError>> + Send + Sync>;
+pub(crate) type NodeFn<S> = Arc<
+    dyn Fn(NodeInput<S>, NodeContext) -> BoxFuture<'static, Result<Output<S>, BoxError>>
+        + Send
+        + Sync,
+>;
 pub(crate) type RouteFn<S> = Arc<dyn Fn(&S) -> String + Send + Sync>;
+pub(crate) type SendsFn<S> = Arc<dyn Fn(&S) -> Vec<SendTo> + Send + Sync>;
 pub(crate) type MergeFn<S> = Arc<dyn Fn(S, Vec<(String, S)>) -> S + Send + Sync>;
+pub(crate) type InputFn<S> = Arc<dyn Fn(&mut S, S) + Send + Sync>;
 
 /// A node as the runtime keeps it.
 pub(crate) struct NodeSpec<S> {
@@ -136,6 +144,11 @@ pub(crate) struct NodeSpec<S> {
     /// Whether the node was given a [`NodeContext`], through which it may record to its
     /// step's base checkpoint (tasks, interrupts).
     pub(crate) context: bool,
+    /// Reads the node's recorded output back from a pending write.
+    pub(crate) decode: DecodeFn<S>,
+    /// Whether the node takes a [`SendTo`]'s input rather than the state: only a send reaches
+    /// it.
+    pub(crate) sent_only: bool,
 }
 
 impl<S> Clone for NodeSpec<S> {
@@ -144,6 +157,8 @@ impl<S> Clone for NodeSpec<S> {
             f: self.f.clone(),
             retry: self.retry,
             context: self.context,
+            decode: self.decode.clone(),
+            sent_only: self.sent_only,
         }
     }
 }
@@ -229,6 +244,36 @@ pub enum GraphError {
         /// Its last error.
         #[source]
         source: BoxError,
+    },
+
+    /// A [`SendTo`] cannot run: it names no node of the graph (or a fan-out branch), or its
+    /// input could not be encoded.
+    #[error("the send edge of node {from:?} sent an invalid task: {reason}")]
+    InvalidSend {
+        /// The node whose send edge ran.
+        from: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A node added with [`StateGraph::add_send_node`] is used where only a node that takes
+    /// the state fits: as the entry point, or the target of an edge or a fan-out.
+    #[error("node {node:?} takes the input of a send (add_send_node), so only a SendTo reaches it, not {context}")]
+    SentOnly {
+        /// The node.
+        node: String,
+        /// Where it was used.
+        context: String,
+    },
+
+    /// The tasks of one step returned updates that cannot be merged: more than one whole state
+    /// (only updates merge; return updates from nodes that run in parallel).
+    #[error("step {step} cannot merge what its tasks returned: {reason}")]
+    InvalidUpdate {
+        /// The step.
+        step: u64,
+        /// Why.
+        reason: String,
     },
 
     /// The checkpointer failed (or a state could not be encoded or decoded); nothing after this
@@ -566,6 +611,7 @@ pub enum GraphEvent<S> {
 pub(crate) enum Edge<S> {
     To(String),
     Conditional(RouteFn<S>),
+    Sends(SendsFn<S>),
     FanOut {
         branches: Vec<String>,
         join: String,
@@ -578,6 +624,7 @@ impl<S> Clone for Edge<S> {
         match self {
             Edge::To(to) => Edge::To(to.clone()),
             Edge::Conditional(f) => Edge::Conditional(f.clone()),
+            Edge::Sends(f) => Edge::Sends(f.clone()),
             Edge::FanOut {
                 branches,
                 join,
@@ -597,6 +644,8 @@ pub struct StateGraph<S> {
     nodes: Vec<(String, NodeSpec<S>)>,
     edges: Vec<(String, Edge<S>)>,
     entry: Option<String>,
+    merge_input: Option<InputFn<S>>,
+    retries: Vec<(String, RetryPolicy)>,
 }
 
 impl<S: GraphState> Default for StateGraph<S> {
@@ -612,6 +661,8 @@ impl<S: GraphState> StateGraph<S> {
             nodes: Vec::new(),
             edges: Vec::new(),
             entry: None,
+            merge_input: None,
+            retries: Vec::new(),
         }
     }
 
@@ -638,6 +689,13 @@ impl<S: GraphState> StateGraph<S> {
         E: Into<BoxError>,
     {
         self.push_node(name, move |s: S, _ctx: NodeContext| node(s), retry, false)
+    }
+
+    /// Sets the retry policy of node `node` (added before or after this call; an unknown name
+    /// is refused by [`StateGraph::compile`]).
+    pub fn set_retry(&mut self, node: impl Into<String>, retry: RetryPolicy) -> &mut Self {
+        self.retries.push((node.into(), retry));
+        self
     }
 
     /// Adds a node that is also given its [`NodeContext`]: to ask a person for a value
@@ -683,12 +741,27 @@ impl<S: GraphState> StateGraph<S> {
         Fut: Future<Output = Result<S, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let f: NodeFn<S> = Arc::new(move |s: S, ctx: NodeContext| {
-            let fut = node(s, ctx);
-            Box::pin(async move { fut.await.map_err(Into::into) })
+        let name = name.into();
+        let me = name.clone();
+        let f: NodeFn<S> = Arc::new(move |input: NodeInput<S>, ctx: NodeContext| {
+            let fut = input.decode(&me, Ok).map(|s| node(s, ctx));
+            Box::pin(async move {
+                match fut {
+                    Ok(fut) => fut.await.map(Output::State).map_err(Into::into),
+                    Err(e) => Err(e),
+                }
+            })
         });
-        self.nodes
-            .push((name.into(), NodeSpec { f, retry, context }));
+        self.nodes.push((
+            name,
+            NodeSpec {
+                f,
+                retry,
+                context,
+                decode: reduce::state_decoder(),
+                sent_only: false,
+            },
+        ));
         self
     }
 
@@ -705,6 +778,26 @@ impl<S: GraphState> StateGraph<S> {
     {
         self.edges
             .push((from.into(), Edge::Conditional(Arc::new(route))));
+        self
+    }
+
+    /// After `from` runs, `sends` picks the tasks of the next step from the new state: one
+    /// [`SendTo`] per task (node and input), known only at run time (map over a list's items).
+    /// They run concurrently in one step; each task's output is recorded as a pending write
+    /// of the step's base checkpoint as soon as it finishes, and the outputs merge into the
+    /// state in the order of the list (updates by the state's reducers: see [`Reducible`]).
+    /// Execution then continues along each sent node's own edge (a node reached by several
+    /// tasks runs once), and a sent node may send again (nested fan-out). An empty list ends
+    /// the run there (unless other tasks of the step continue it).
+    ///
+    /// A resume from the step's checkpoint computes the sends again from its state (so `sends`
+    /// must be a function of the state alone) and runs only the tasks without a recorded
+    /// output.
+    pub fn add_send_edges<F>(&mut self, from: impl Into<String>, sends: F) -> &mut Self
+    where
+        F: Fn(&S) -> Vec<SendTo> + Send + Sync + 'static,
+    {
+        self.edges.push((from.into(), Edge::Sends(Arc::new(sends))));
         self
     }
 
@@ -779,9 +872,31 @@ impl<S: GraphState> StateGraph<S> {
             }
             nodes.insert(name, spec);
         }
+        for (name, retry) in self.retries {
+            match nodes.get_mut(&name) {
+                Some(spec) => spec.retry = retry,
+                None => {
+                    return Err(GraphError::UnknownNode {
+                        node: name,
+                        context: "set_retry".into(),
+                    })
+                }
+            }
+        }
+        let sent_only = |n: &str| {
+            nodes
+                .get(n)
+                .is_some_and(|spec: &NodeSpec<S>| spec.sent_only)
+        };
         let entry = self.entry.ok_or(GraphError::MissingEntryPoint)?;
         if !nodes.contains_key(&entry) {
             return Err(GraphError::UnknownNode {
+                node: entry,
+                context: "the entry point".into(),
+            });
+        }
+        if sent_only(&entry) {
+            return Err(GraphError::SentOnly {
                 node: entry,
                 context: "the entry point".into(),
             });
@@ -792,6 +907,7 @@ impl<S: GraphState> StateGraph<S> {
                 let context = match &edge {
                     Edge::To(to) => format!("the edge {from:?} -> {to:?}"),
                     Edge::Conditional(_) => format!("the conditional edge from {from:?}"),
+                    Edge::Sends(_) => format!("the send edges from {from:?}"),
                     Edge::FanOut { .. } => format!("the fan-out from {from:?}"),
                 };
                 return Err(GraphError::UnknownNode {
@@ -806,12 +922,24 @@ impl<S: GraphState> StateGraph<S> {
                         context: format!("the edge {from:?} -> {to:?}"),
                     });
                 }
+                if sent_only(to) {
+                    return Err(GraphError::SentOnly {
+                        node: to.clone(),
+                        context: format!("the edge {from:?} -> {to:?}"),
+                    });
+                }
             }
             if let Edge::FanOut { branches, join, .. } = &edge {
                 for to in branches.iter().chain(std::iter::once(join)) {
                     let end_join = to == join && to == END;
                     if !end_join && !nodes.contains_key(to) {
                         return Err(GraphError::UnknownNode {
+                            node: to.clone(),
+                            context: format!("the fan-out from {from:?}"),
+                        });
+                    }
+                    if sent_only(to) {
+                        return Err(GraphError::SentOnly {
                             node: to.clone(),
                             context: format!("the fan-out from {from:?}"),
                         });
@@ -891,7 +1019,7 @@ impl<S: GraphState> StateGraph<S> {
             }
             match edges.get(n) {
                 Some(Edge::To(to)) if to != END => queue.push_back(to),
-                Some(Edge::Conditional(_)) => everything = true,
+                Some(Edge::Conditional(_) | Edge::Sends(_)) => everything = true,
                 Some(Edge::FanOut { branches, join, .. }) => {
                     queue.extend(branches.iter().map(String::as_str));
                     if join != END {
@@ -925,6 +1053,163 @@ impl<S: GraphState> StateGraph<S> {
         {
             return Err(GraphError::NoCheckpointer);
         }
-        Ok(CompiledGraph::new(nodes, edges, entry, config))
+        Ok(CompiledGraph::new(
+            nodes,
+            edges,
+            entry,
+            config,
+            self.merge_input,
+        ))
     }
+}
+
+/// Nodes that return updates, and the input of a new turn, for states with reducers.
+impl<S: Reducible> StateGraph<S> {
+    /// An empty graph whose runs of a finished execution merge their input into its last state
+    /// with [`Reducible::merge_input`] (a new turn of a chat) instead of starting from the
+    /// input alone. A graph with an update node or a send node does this too.
+    pub fn with_reducers() -> Self {
+        let mut g = Self::new();
+        g.use_reducers();
+        g
+    }
+
+    fn use_reducers(&mut self) {
+        if self.merge_input.is_none() {
+            self.merge_input = Some(Arc::new(|state: &mut S, input: S| state.merge_input(input)));
+        }
+    }
+
+    /// Adds a node that returns an update ([`Reducible::Update`]) instead of a whole state;
+    /// the state's reducers merge it.
+    pub fn add_update_node<F, Fut, E>(&mut self, name: impl Into<String>, node: F) -> &mut Self
+    where
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S::Update, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.push_update_node(name, move |s: S, _ctx: NodeContext| node(s), false)
+    }
+
+    /// [`StateGraph::add_update_node`] for a node that is also given its [`NodeContext`].
+    pub fn add_update_node_with_context<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+    ) -> &mut Self
+    where
+        F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S::Update, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.push_update_node(name, node, true)
+    }
+
+    /// Adds a node run by [`SendTo`] tasks: it is given a send's input (of type `I`) and its
+    /// [`NodeContext`], and returns an update. Only a send reaches it (not an edge, nor the
+    /// entry point).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ckpt::graph::{reduce, CompileConfig, NodeContext, Reducible, RunConfig, SendTo, StateGraph, END};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Clone, Default, Serialize, Deserialize)]
+    /// struct Words { words: Vec<String>, lengths: Vec<usize> }
+    ///
+    /// impl Reducible for Words {
+    ///     type Update = Vec<usize>;
+    ///     fn apply(&mut self, lengths: Vec<usize>) { reduce::append(&mut self.lengths, lengths) }
+    /// }
+    ///
+    /// let mut g = StateGraph::<Words>::with_reducers();
+    /// g.add_node("split", |s: Words| async move { Ok::<_, std::io::Error>(s) });
+    /// // One task per word, run concurrently; their updates merge in this order.
+    /// g.add_send_edges("split", |s: &Words| {
+    ///     s.words.iter().map(|w| SendTo::new("measure", w)).collect()
+    /// });
+    /// g.add_send_node("measure", |word: String, _ctx: NodeContext| async move {
+    ///     Ok::<_, std::io::Error>(vec![word.len()])
+    /// });
+    /// g.add_edge("measure", END);
+    /// g.set_entry_point("split");
+    /// let app = g.compile(CompileConfig::default())?;
+    /// let words = ["a", "tiny", "graph"].map(String::from).to_vec();
+    /// let out = app.invoke(Words { words, lengths: vec![] }, RunConfig::execution_id("w")).await?;
+    /// assert_eq!(out.state().lengths, [1, 4, 5]);
+    /// # Ok(()) }
+    /// ```
+    pub fn add_send_node<I, F, Fut, E>(&mut self, name: impl Into<String>, node: F) -> &mut Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        F: Fn(I, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S::Update, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.use_reducers();
+        let name = name.into();
+        let me = name.clone();
+        let f: NodeFn<S> = Arc::new(move |input: NodeInput<S>, ctx: NodeContext| {
+            let fut = input
+                .decode::<I>(&me, |_| {
+                    Err(format!(
+                        "node {me:?} takes the input of a send (add_send_node); reach it with a SendTo, not an edge"
+                    )
+                    .into())
+                })
+                .map(|i| node(i, ctx));
+            Box::pin(async move { update_output::<S, E>(fut).await })
+        });
+        self.nodes.push((
+            name,
+            NodeSpec {
+                f,
+                retry: RetryPolicy::default(),
+                context: true,
+                decode: reduce::update_decoder(),
+                sent_only: true,
+            },
+        ));
+        self
+    }
+
+    fn push_update_node<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        node: F,
+        context: bool,
+    ) -> &mut Self
+    where
+        F: Fn(S, NodeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S::Update, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.use_reducers();
+        let name = name.into();
+        let me = name.clone();
+        let f: NodeFn<S> = Arc::new(move |input: NodeInput<S>, ctx: NodeContext| {
+            let fut = input.decode(&me, Ok).map(|s| node(s, ctx));
+            Box::pin(async move { update_output::<S, E>(fut).await })
+        });
+        self.nodes.push((
+            name,
+            NodeSpec {
+                f,
+                retry: RetryPolicy::default(),
+                context,
+                decode: reduce::update_decoder(),
+                sent_only: false,
+            },
+        ));
+        self
+    }
+}
+
+/// Awaits an update node's future (or the error decoding its input) as an [`Output`].
+async fn update_output<S: Reducible, E: Into<BoxError>>(
+    fut: Result<impl Future<Output = Result<S::Update, E>>, BoxError>,
+) -> Result<Output<S>, BoxError> {
+    let update = fut?.await.map_err(Into::into)?;
+    Ok(Output::Update(Arc::new(UpdateOf::<S>(update))))
 }

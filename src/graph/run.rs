@@ -13,10 +13,11 @@ use super::context::{
     self, is_interrupt, Command, Interrupt, NodeContext, NotRecorded, StepRecord, StepShared,
     TaskMode,
 };
+use super::reduce::{NodeInput, Output};
 use super::replay::Track;
 use super::{
-    CompileConfig, Durability, Edge, GraphError, GraphEvent, GraphState, NodeSpec, Outcome,
-    RunConfig, END, INPUT,
+    CompileConfig, Durability, Edge, GraphError, GraphEvent, GraphState, InputFn, NodeSpec,
+    Outcome, RunConfig, END, INPUT,
 };
 use crate::checkpoint::{Checkpoint, CheckpointId, Write};
 use crate::error::BoxError;
@@ -44,6 +45,44 @@ struct Inner<S> {
     branches: BTreeSet<String>,
     entry: String,
     config: CompileConfig,
+    /// How a new run of a finished execution merges its input into the last state (`None`:
+    /// the input replaces it).
+    merge_input: Option<InputFn<S>>,
+}
+
+/// One task of a step that runs several nodes: the nodes reached from the tasks of the step
+/// before (each once), and every [`super::SendTo`].
+#[derive(Clone)]
+pub(super) struct Task {
+    pub(super) node: String,
+    /// A send's input (`None`: the node is given the state).
+    input: Option<Arc<[u8]>>,
+    /// What the task's records are keyed by: the node, or for a send `node[index]`.
+    pub(super) key: String,
+}
+
+impl Task {
+    /// A hash of a send's input, recorded with its output so that a recorded output is only
+    /// reused for the same input.
+    fn input_hash(&self) -> Option<String> {
+        self.input
+            .as_ref()
+            .map(|b| crate::hash::hex(&blake3::hash(b).as_bytes()[..16]))
+    }
+}
+
+/// The step after a node (or a step's tasks): one node (or [`END`]), or several tasks.
+pub(super) enum Plan {
+    Node(String),
+    Tasks(Pending),
+}
+
+/// A step of several tasks, and the nodes of the step before that led to it (its
+/// checkpoint's `ran` metadata: a resume computes the tasks again from them).
+#[derive(Clone)]
+pub(super) struct Pending {
+    pub(super) ran: Vec<String>,
+    pub(super) tasks: Arc<Vec<Task>>,
 }
 
 /// Where a run stands between two steps.
@@ -53,6 +92,8 @@ pub(super) struct Cursor<S> {
     next: String,
     /// When the next step is the fan-out leaving this node: its branches run next.
     fan: Option<String>,
+    /// When the next step runs several tasks (sends, or nodes reached from several tasks).
+    pub(super) tasks: Option<Pending>,
     /// The step of the last node that ran (0 before the first).
     step: u64,
     /// The checkpoint holding `state`, if one was saved, and whether it records an interrupt
@@ -67,6 +108,11 @@ pub(super) struct Cursor<S> {
 }
 
 impl<S> Cursor<S> {
+    /// Whether nothing runs next from here: the run ended.
+    fn finished(&self) -> bool {
+        self.fan.is_none() && self.tasks.is_none() && self.next == END
+    }
+
     /// Marks the position's static interrupt as honoured: the run goes on without pausing.
     pub(super) fn honour_interrupt(&mut self) {
         if let Some((_, _, honoured)) = &mut self.last {
@@ -80,6 +126,7 @@ impl<S> Cursor<S> {
             state,
             next: entry,
             fan: None,
+            tasks: None,
             step: 0,
             last: None,
             branch_from: None,
@@ -120,6 +167,7 @@ impl<S: GraphState> CompiledGraph<S> {
         edges: BTreeMap<String, Edge<S>>,
         entry: String,
         config: CompileConfig,
+        merge_input: Option<InputFn<S>>,
     ) -> Self {
         let branches = edges
             .values()
@@ -136,6 +184,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 branches,
                 entry,
                 config,
+                merge_input,
             }),
         }
     }
@@ -151,6 +200,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 branches: self.inner.branches.clone(),
                 entry: self.inner.entry.clone(),
                 config,
+                merge_input: self.inner.merge_input.clone(),
             }),
         }
     }
@@ -165,13 +215,39 @@ impl<S: GraphState> CompiledGraph<S> {
 
     /// Runs the graph from its entry point with `input`, until [`super::END`] or an interrupt.
     ///
-    /// With a checkpointer, an execution id that already has checkpoints is **continued** from
-    /// its latest checkpoint instead (like [`CompiledGraph::resume_latest`]; `input` is then
-    /// ignored): invoking again after a crash picks up where the run stopped, and invoking a
-    /// finished execution returns [`Outcome::Finished`] with its final state without running
-    /// anything. Use a new execution id for a new run.
+    /// With a checkpointer, an execution id that already has checkpoints is **continued**:
+    /// - when its latest checkpoint did not finish (a crash, a failure, a pause), the run goes
+    ///   on from there (like [`CompiledGraph::resume_latest`]; `input` is then ignored), so
+    ///   invoking again after a crash picks up where the run stopped;
+    /// - when it finished, a **new run of the same execution** starts (a new turn of a chat):
+    ///   `input` is merged into the last state ([`super::Reducible::merge_input`] for a graph
+    ///   with reducers; otherwise it replaces the state), saved as a new input checkpoint after
+    ///   the last one, and the graph runs from its entry point. The history stays one log;
+    ///   every checkpoint's metadata names the run that saved it (`run_id`).
     pub async fn invoke(&self, input: S, config: RunConfig) -> Result<Outcome<S>, GraphError> {
         self.invoke_with(input, config, None).await
+    }
+
+    /// Runs execution `config`'s id to its end whatever state it is in: starts it with `input`
+    /// when it has no checkpoint, continues it from its latest checkpoint when it stopped
+    /// (a crash, a failure, a pause), and returns its final state without running anything
+    /// when it finished. The call a worker that may be restarted repeats until it succeeds:
+    /// unlike [`CompiledGraph::invoke`], it never starts a second run of an execution that
+    /// finished just before the worker was killed.
+    pub async fn start_or_resume(
+        &self,
+        input: S,
+        config: RunConfig,
+    ) -> Result<Outcome<S>, GraphError> {
+        if let Some(store) = &self.inner.config.checkpointer {
+            if let Some(cp) = store.latest(&config.execution_id).await? {
+                let cursor = self.position(cp).await?;
+                return self
+                    .run_loop(cursor, &mut RunState::new(config, None))
+                    .await;
+            }
+        }
+        self.invoke(input, config).await
     }
 
     /// Like [`CompiledGraph::invoke`], reporting every step as a [`super::GraphEvent`] on a
@@ -396,14 +472,25 @@ impl<S: GraphState> CompiledGraph<S> {
         let source = self.resolve(source).await?;
         let cursor = self.cursor_from(&source)?;
         let interrupted = cursor.last.as_ref().is_some_and(|(_, _, i)| *i);
-        let mut cp = Checkpoint::new(&source.execution_id, &source.node_name, &state)?
-            .with_metadata("step", cursor.step)
-            .with_metadata("next", self.next_names(&cursor))
-            .with_metadata("source", "update")
+        // The tasks of a step of several follow from the new state.
+        let cursor = match &cursor.tasks {
+            Some(p) => {
+                let ran = p.ran.clone();
+                self.after(ran, cursor.step, state.clone(), cursor.last.clone())?
+            }
+            None => cursor,
+        };
+        let meta = StepMeta {
+            node: source.node_name.clone(),
+            step: cursor.step,
+            next: self.next_names(&cursor),
+            source: "update",
+            interrupted,
+            ran: cursor.tasks.as_ref().map(|p| p.ran.clone()),
+        };
+        let cp = meta
+            .checkpoint(&source.execution_id, &state, None)?
             .with_metadata("updated_from", checkpoint.to_string());
-        if interrupted {
-            cp = cp.with_metadata("interrupted", true);
-        }
         let latest = store.latest(&source.execution_id).await?.map(|c| c.id);
         let saved = fenced_save(store.clone(), cp, Some(source.id.clone()), latest).await?;
         Ok(saved.id)
@@ -429,12 +516,41 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(self.store()?.load(&id).await?)
     }
 
-    /// The node(s) that run after `cur`, as a checkpoint's `next` metadata lists them.
+    /// The node(s) that run after `cur`, as a checkpoint's `next` metadata lists them (a node
+    /// sent several tasks is listed once per task).
     fn next_names(&self, cur: &Cursor<S>) -> Vec<String> {
+        if let Some(p) = &cur.tasks {
+            return p.tasks.iter().map(|t| t.node.clone()).collect();
+        }
         match &cur.fan {
             Some(from) => self.fan_branches(from),
             None => next_list(&cur.next),
         }
+    }
+
+    /// The position after a step of the nodes `ran` left `state`: the step of several tasks
+    /// their edges lead to, or the one node (or [`END`]).
+    fn after(
+        &self,
+        ran: Vec<String>,
+        step: u64,
+        state: S,
+        last: Option<(CheckpointId, String, bool)>,
+    ) -> Result<Cursor<S>, GraphError> {
+        let (next, tasks) = match self.plan(&ran, &state)? {
+            Plan::Node(n) => (n, None),
+            Plan::Tasks(p) => (END.to_owned(), Some(p)),
+        };
+        Ok(Cursor {
+            state,
+            next,
+            fan: None,
+            tasks,
+            step,
+            last,
+            branch_from: None,
+            fence: None,
+        })
     }
 
     fn fan_branches(&self, from: &str) -> Vec<String> {
@@ -457,6 +573,25 @@ impl<S: GraphState> CompiledGraph<S> {
             .ok_or_else(|| {
                 invalid("its metadata has no \"next\" list; it was not saved by a graph".into())
             })?;
+        let step = cp
+            .metadata
+            .get("step")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let interrupted = cp.metadata.get("interrupted") == Some(&serde_json::Value::Bool(true));
+        let last = Some((cp.id.clone(), cp.node_name.clone(), interrupted));
+        if cp.metadata.get("tasks") == Some(&serde_json::Value::Bool(true)) {
+            // A step of several tasks: computed again from the nodes that led to it.
+            let ran = match cp.metadata.get("ran") {
+                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                    invalid("its \"ran\" metadata is not a list of node names".into())
+                })?,
+                None => vec![cp.node_name.clone()],
+            };
+            let mut cursor = self.after(ran, step, cp.state()?, last)?;
+            cursor.fence = Some(cp.id.clone());
+            return Ok(cursor);
+        }
         let fan = match self.inner.edges.get(&cp.node_name) {
             Some(Edge::FanOut { branches, .. }) if !next.is_empty() && *branches == next => {
                 Some(cp.node_name.clone())
@@ -474,18 +609,13 @@ impl<S: GraphState> CompiledGraph<S> {
             }
             _ => return Err(invalid(format!("it has several next nodes {next:?}"))),
         };
-        let step = cp
-            .metadata
-            .get("step")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        let interrupted = cp.metadata.get("interrupted") == Some(&serde_json::Value::Bool(true));
         Ok(Cursor {
             state: cp.state()?,
             next,
             fan,
+            tasks: None,
             step,
-            last: Some((cp.id.clone(), cp.node_name.clone(), interrupted)),
+            last,
             branch_from: None,
             fence: Some(cp.id.clone()),
         })
@@ -502,23 +632,35 @@ impl<S: GraphState> CompiledGraph<S> {
             let cursor = Cursor::start(input, self.inner.entry.clone());
             return self.run_loop(cursor, &mut run).await;
         };
+        let mut start = Cursor::start(input, self.inner.entry.clone());
         if let Some(cp) = store.latest(&run.config.execution_id).await? {
-            let cursor = self.position(cp).await?;
-            return self.run_loop(cursor, &mut run).await;
+            let last = self.position(cp).await?;
+            if !last.finished() {
+                return self.run_loop(last, &mut run).await;
+            }
+            // A new turn: the input merges into where the last run ended, and the new run's
+            // input checkpoint follows it (fenced on it).
+            let mut state = last.state;
+            match &self.inner.merge_input {
+                Some(merge) => merge(&mut state, start.state),
+                None => state = start.state,
+            }
+            start.state = state;
+            start.step = last.step;
+            start.fence = last.fence;
         }
         // The run's input is a checkpoint too: the first step's base (what its tasks and
         // interrupts attach to), and where a replay of the whole run starts. Its save expects
-        // the execution to have none (the cursor's fence).
-        let entry = self.inner.entry.clone();
+        // the execution's latest to be the cursor's fence (none for a fresh execution).
         let input_cp = StepMeta {
             node: INPUT.to_owned(),
-            step: 0,
-            next: next_list(&entry),
+            step: start.step,
+            next: next_list(&start.next),
             source: "input",
-            interrupted: self.inner.config.interrupt_before.contains(&entry),
+            interrupted: self.inner.config.interrupt_before.contains(&start.next),
+            ran: None,
         };
-        let cursor = Cursor::start(input, entry);
-        self.run_saving(cursor, &mut run, Some(input_cp)).await
+        self.run_saving(start, &mut run, Some(input_cp)).await
     }
 
     /// What the step about to run from `cur` finds recorded on its base checkpoint: on the
@@ -658,43 +800,50 @@ impl<S: GraphState> CompiledGraph<S> {
                     settled(cur, saver, run).await?;
                 }
             }
-            if cur.fan.is_none() && cur.next == END {
+            if cur.finished() {
                 if let Some(saver) = saver.as_mut() {
                     saver.settle(&cur.state, run).await?;
                 }
                 return Ok(Stopped::Finished);
             }
-            let node = cur.fan.clone().unwrap_or_else(|| cur.next.clone());
+            let node = match (&cur.fan, &cur.tasks) {
+                (Some(from), _) => from.clone(),
+                (None, Some(p)) => tasks_label(&p.tasks),
+                (None, None) => cur.next.clone(),
+            };
             let honoured = cur.last.as_ref().is_some_and(|(_, _, i)| *i);
             // A replay goes through the recorded run's static pauses.
             let statics = run.track.is_none();
             // Interrupts on fan-out branches are refused at compile time.
-            if statics && cur.fan.is_none() && cfg.interrupt_before.contains(&node) && !honoured {
+            if statics && !honoured && self.pauses_before(cur) {
                 // Make sure a checkpoint records the pause (and that it was honoured).
                 let saver = saver.as_mut().ok_or(GraphError::NoCheckpointer)?;
                 let (node_name, source) = match &cur.last {
                     Some((_, name, _)) => (name.clone(), "interrupt"),
                     None => (INPUT.to_owned(), "input"),
                 };
+                let next = self.next_names(cur);
                 let meta = StepMeta {
                     node: node_name,
                     step: cur.step,
-                    next: next_list(&node),
+                    next: next.clone(),
                     source,
                     interrupted: true,
+                    ran: cur.tasks.as_ref().map(|p| p.ran.clone()),
                 };
                 saver.save(meta, &cur.state, run).await?;
                 let id = settled(cur, saver, run).await?;
-                return Ok(Stopped::interrupted(id, next_list(&node)));
+                return Ok(Stopped::interrupted(id, next));
             }
             if ran >= run.config.recursion_limit {
                 return Err(GraphError::RecursionLimit {
                     limit: run.config.recursion_limit,
                 });
             }
-            // A step that may record to its base (tasks, interrupts, branch results) needs the
-            // base in the store first; so does a replay's, which it compares with.
+            // A step that may record to its base (tasks, interrupts, branch and task results)
+            // needs the base in the store first; so does a replay's, which it compares with.
             let records = cur.fan.is_some()
+                || cur.tasks.is_some()
                 || run.track.is_some()
                 || self.inner.nodes.get(&node).is_some_and(|n| n.context);
             if records && cur.last.is_none() {
@@ -719,16 +868,21 @@ impl<S: GraphState> CompiledGraph<S> {
                 copy_journal,
                 missing: std::sync::Mutex::new(Vec::new()),
             });
-            let result = if cur.fan.is_some() {
-                self.run_fan_out(&node, step, &cur.state, &shared, run)
-                    .await
-            } else {
-                self.run_single(&node, step, &cur.state, &shared, run).await
+            let result = match (&cur.fan, &cur.tasks) {
+                (Some(_), _) => {
+                    self.run_fan_out(&node, step, &cur.state, &shared, run)
+                        .await
+                }
+                (None, Some(p)) => {
+                    let tasks = p.tasks.clone();
+                    self.run_tasks(&tasks, step, &cur.state, &shared, run).await
+                }
+                (None, None) => self.run_single(&node, step, &cur.state, &shared, run).await,
             };
             if let Some(track) = &mut run.track {
                 track.note_missing(&shared);
             }
-            let (state, next, source, pause_after) = match result {
+            let done = match result {
                 Ok(done) => done,
                 Err(Stop::Interrupted(next)) => {
                     let id = base.ok_or(GraphError::NoCheckpointer)?;
@@ -742,35 +896,39 @@ impl<S: GraphState> CompiledGraph<S> {
                 Err(Stop::Failed(e)) => return Err(e),
             };
             let fan = if cur.fan.is_none()
+                && cur.tasks.is_none()
                 && matches!(self.inner.edges.get(&node), Some(Edge::FanOut { .. }))
             {
                 Some(node.clone())
             } else {
                 None
             };
+            let (next, tasks) = match done.next {
+                Plan::Node(n) => (n, None),
+                Plan::Tasks(p) => (END.to_owned(), Some(p)),
+            };
             let next_cur = Cursor {
-                state,
+                state: done.state,
                 next,
                 fan,
+                tasks,
                 step,
                 last: None,
                 branch_from: None,
                 fence: None,
             };
             let next_names = self.next_names(&next_cur);
-            let pause_before = statics
-                && next_cur.fan.is_none()
-                && next_cur.next != END
-                && cfg.interrupt_before.contains(&next_cur.next);
-            let pause = (statics && pause_after) || pause_before;
+            let pause_before = statics && self.pauses_before(&next_cur);
+            let pause = (statics && done.pause_after) || pause_before;
             *cur = next_cur;
             if let Some(saver) = saver.as_mut() {
                 let meta = StepMeta {
                     node: node.clone(),
                     step,
                     next: next_names.clone(),
-                    source,
+                    source: done.source,
                     interrupted: pause,
+                    ran: cur.tasks.as_ref().map(|p| p.ran.clone()),
                 };
                 if let Some(saved) = saver.save(meta, &cur.state, run).await? {
                     if let Some(track) = &mut run.track {
@@ -786,7 +944,19 @@ impl<S: GraphState> CompiledGraph<S> {
         }
     }
 
-    /// One node's step: runs it, and picks the next node from what it returned.
+    /// Whether the step about to run from `cur` has a node that pauses before it runs.
+    fn pauses_before(&self, cur: &Cursor<S>) -> bool {
+        let before = &self.inner.config.interrupt_before;
+        if before.is_empty() || cur.fan.is_some() {
+            return false;
+        }
+        match &cur.tasks {
+            Some(p) => p.tasks.iter().any(|t| before.contains(&t.node)),
+            None => cur.next != END && before.contains(&cur.next),
+        }
+    }
+
+    /// One node's step: runs it, and picks the next step from what it returned.
     async fn run_single(
         &self,
         node: &str,
@@ -795,16 +965,144 @@ impl<S: GraphState> CompiledGraph<S> {
         shared: &Arc<StepShared>,
         run: &RunState<S>,
     ) -> Result<StepDone<S>, Stop> {
-        let state = self
-            .run_node_reported(node, step, state, shared, &run.events)
+        let out = self
+            .run_node_reported(node, node, None, step, state, shared, &run.events)
             .await
             .map_err(|e| Stop::from_node(e, vec![node.to_owned()]))?;
+        let state = match out {
+            Output::State(s) => s,
+            update => {
+                let mut s = state.clone();
+                update.apply_to(&mut s);
+                s
+            }
+        };
         let next = match self.inner.edges.get(node) {
-            Some(Edge::FanOut { .. }) => END.to_owned(),
-            _ => self.route(node, &state).map_err(Stop::Failed)?,
+            Some(Edge::FanOut { .. }) => Plan::Node(END.to_owned()),
+            _ => self
+                .plan(std::slice::from_ref(&node.to_owned()), &state)
+                .map_err(Stop::Failed)?,
         };
         let pause_after = self.inner.config.interrupt_after.contains(node);
-        Ok((state, next, "loop", pause_after))
+        Ok(StepDone {
+            state,
+            next,
+            source: "loop",
+            pause_after,
+        })
+    }
+
+    /// A step of several tasks: runs those without a recorded output concurrently, records
+    /// each output as it finishes (a pending write on the base), and merges them all into the
+    /// state in task order (a whole state first, then the updates).
+    async fn run_tasks(
+        &self,
+        tasks: &[Task],
+        step: u64,
+        state: &S,
+        shared: &Arc<StepShared>,
+        run: &RunState<S>,
+    ) -> Result<StepDone<S>, Stop> {
+        let failed = |e: GraphError| Stop::Failed(e);
+        let mut outputs: Vec<Option<Output<S>>> = Vec::with_capacity(tasks.len());
+        {
+            let record = shared.record();
+            for t in tasks {
+                let recorded = record.tasks.get(&t.key).filter(|w| {
+                    let hash = w.metadata.get("input").and_then(|v| v.as_str());
+                    hash.map(str::to_owned) == t.input_hash()
+                });
+                let out = match (recorded, self.inner.nodes.get(&t.node)) {
+                    (Some(w), Some(spec)) => Some((spec.decode)(w).map_err(|e| failed(e.into()))?),
+                    _ => None,
+                };
+                outputs.push(out);
+            }
+        }
+        let runs = tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| outputs[*i].is_none())
+            .map(|(i, t)| async move {
+                let out = self
+                    .run_node_reported(
+                        &t.node,
+                        &t.key,
+                        t.input.as_ref(),
+                        step,
+                        state,
+                        shared,
+                        &run.events,
+                    )
+                    .await?;
+                if let (Some(store), Some(base)) = (&shared.store, &shared.base) {
+                    // The pending write: this task is not run again on resume.
+                    let mut w = out.write(&t.key, context::TASK)?;
+                    if let Some(hash) = t.input_hash() {
+                        w = w.with_metadata("input", hash);
+                    }
+                    store.put_writes(base, vec![w]).await?;
+                }
+                Ok::<_, GraphError>((i, out))
+            });
+        // Every task runs to its end (and is recorded) even when another fails or pauses.
+        let mut failure = None;
+        let mut paused = false;
+        for res in join_all(runs).await {
+            match res {
+                Ok((i, out)) => outputs[i] = Some(out),
+                Err(e) if is_interrupt_error(&e) => paused = true,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(Stop::Failed(e));
+        }
+        if paused {
+            return Err(Stop::Interrupted(
+                tasks.iter().map(|t| t.node.clone()).collect(),
+            ));
+        }
+        let outputs: Vec<Output<S>> = outputs.into_iter().flatten().collect();
+        let whole: Vec<&str> = tasks
+            .iter()
+            .zip(&outputs)
+            .filter(|(_, o)| matches!(o, Output::State(_)))
+            .map(|(t, _)| t.key.as_str())
+            .collect();
+        if whole.len() > 1 {
+            return Err(failed(GraphError::InvalidUpdate {
+                step,
+                reason: format!(
+                    "tasks {} each returned a whole state; tasks that run in the same step must return updates (add_update_node, add_send_node) for the state's reducers to merge",
+                    whole.join(", ")
+                ),
+            }));
+        }
+        let mut merged = state.clone();
+        let (wholes, updates): (Vec<_>, Vec<_>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, Output::State(_)));
+        for out in wholes.into_iter().chain(updates) {
+            out.apply_to(&mut merged);
+        }
+        let mut ran: Vec<String> = Vec::new();
+        for t in tasks {
+            if !ran.contains(&t.node) {
+                ran.push(t.node.clone());
+            }
+        }
+        let next = self.plan(&ran, &merged).map_err(failed)?;
+        let after = &self.inner.config.interrupt_after;
+        let pause_after = ran.iter().any(|n| after.contains(n));
+        Ok(StepDone {
+            state: merged,
+            next,
+            source: "loop",
+            pause_after,
+        })
     }
 
     /// A fan-out step: runs the branches that have no recorded result concurrently, records
@@ -842,8 +1140,9 @@ impl<S: GraphState> CompiledGraph<S> {
             .filter(|b| !done.contains_key(*b))
             .map(|branch| async move {
                 let out = self
-                    .run_node_reported(branch, step, state, shared, &run.events)
-                    .await?;
+                    .run_node_reported(branch, branch, None, step, state, shared, &run.events)
+                    .await?
+                    .onto(state);
                 if let (Some(store), Some(base)) = (&shared.store, &shared.base) {
                     // The pending write: this branch is not run again on resume.
                     let w = Write::new(branch, context::BRANCH, &out)?;
@@ -876,7 +1175,12 @@ impl<S: GraphState> CompiledGraph<S> {
             .filter_map(|b| done.remove(b).map(|s| (b.clone(), s)))
             .collect();
         let merged = merge(state.clone(), results);
-        Ok((merged, join.clone(), "join", false))
+        Ok(StepDone {
+            state: merged,
+            next: Plan::Node(join.clone()),
+            source: "join",
+            pause_after: false,
+        })
     }
 
     /// Writes the interrupts raised in this step that the log does not hold yet, and returns
@@ -900,17 +1204,21 @@ impl<S: GraphState> CompiledGraph<S> {
         Ok(pending)
     }
 
-    /// Runs one node, reporting its start and (with the state it returned) its end to a stream.
+    /// Runs one task (node `node`, keyed `key`; given `sent`, a send's input, or else `state`),
+    /// reporting its start and (with the state it makes of `state`) its end to a stream.
+    #[allow(clippy::too_many_arguments)]
     async fn run_node_reported(
         &self,
         node: &str,
+        key: &str,
+        sent: Option<&Arc<[u8]>>,
         step: u64,
         state: &S,
         shared: &Arc<StepShared>,
         events: &Option<EventTx<S>>,
-    ) -> Result<S, GraphError> {
+    ) -> Result<Output<S>, GraphError> {
         let Some(tx) = events else {
-            return self.run_node(node, state, shared).await;
+            return self.run_node(node, key, sent, state, shared).await;
         };
         // A dropped stream does not stop the run.
         let _ = tx
@@ -919,26 +1227,29 @@ impl<S: GraphState> CompiledGraph<S> {
                 step,
             }))
             .await;
-        let out = self.run_node(node, state, shared).await?;
+        let out = self.run_node(node, key, sent, state, shared).await?;
         let _ = tx
             .send(Ok(GraphEvent::NodeEnd {
                 node: node.to_owned(),
                 step,
-                state: out.clone(),
+                state: out.onto(state),
             }))
             .await;
         Ok(out)
     }
 
-    /// Runs one node with its retry policy (an interrupt, or a task a replay cannot answer, is
-    /// not retried). Each attempt gets a fresh context over the step's shared record, so a
-    /// retry finds what earlier attempts journaled.
+    /// Runs one task with its node's retry policy (an interrupt, or a task a replay cannot
+    /// answer, is not retried). Each attempt gets a fresh context over the step's shared
+    /// record, so a retry finds what earlier attempts journaled. A node's failure is reported
+    /// under the task's key.
     async fn run_node(
         &self,
         node: &str,
+        key: &str,
+        sent: Option<&Arc<[u8]>>,
         state: &S,
         shared: &Arc<StepShared>,
-    ) -> Result<S, GraphError> {
+    ) -> Result<Output<S>, GraphError> {
         let NodeSpec { f, retry, .. } =
             self.inner
                 .nodes
@@ -949,12 +1260,16 @@ impl<S: GraphState> CompiledGraph<S> {
                 })?;
         let mut attempt = 1;
         loop {
-            let ctx = NodeContext::new(shared.clone(), node);
-            match f(state.clone(), ctx).await {
-                Ok(s) => return Ok(s),
+            let ctx = NodeContext::for_task(shared.clone(), node, key);
+            let input = match sent {
+                Some(bytes) => NodeInput::Sent(bytes.clone()),
+                None => NodeInput::State(state.clone()),
+            };
+            match f(input, ctx).await {
+                Ok(out) => return Ok(out),
                 Err(source) if attempt >= retry.attempts() || !retriable(&source) => {
                     return Err(GraphError::Node {
-                        node: node.to_owned(),
+                        node: key.to_owned(),
                         source,
                     })
                 }
@@ -966,12 +1281,91 @@ impl<S: GraphState> CompiledGraph<S> {
         }
     }
 
+    /// The step after the nodes `ran` (in order) left `state`: each one's edge gives a node
+    /// (run once, however many lead to it) or sends (one task each); [`END`] adds nothing.
+    /// Nothing to run is [`END`]; one node reached by an edge runs alone; anything else is a
+    /// step of several tasks.
+    fn plan(&self, ran: &[String], state: &S) -> Result<Plan, GraphError> {
+        let mut tasks: Vec<Task> = Vec::new();
+        let mut sends = false;
+        for node in ran {
+            match self.inner.edges.get(node) {
+                Some(Edge::Sends(f)) => {
+                    for send in f(state) {
+                        let input = self.checked_send(node, send.node.as_str(), send.input)?;
+                        let key = format!("{}[{}]", send.node, tasks.len());
+                        tasks.push(Task {
+                            node: send.node,
+                            input: Some(input),
+                            key,
+                        });
+                        sends = true;
+                    }
+                }
+                Some(Edge::FanOut { .. }) if ran.len() > 1 => {
+                    return Err(GraphError::InvalidFanOut {
+                        from: node.clone(),
+                        reason: "it ran as one of several tasks of a step (sends, or parallel edges); a fan-out (add_fan_out) must follow a node that runs alone".into(),
+                    });
+                }
+                _ => {
+                    let to = self.route(node, state)?;
+                    if to != END && !tasks.iter().any(|t| t.input.is_none() && t.node == to) {
+                        tasks.push(Task {
+                            key: to.clone(),
+                            node: to,
+                            input: None,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(match tasks.as_slice() {
+            [] => Plan::Node(END.to_owned()),
+            [one] if !sends => Plan::Node(one.node.clone()),
+            _ => Plan::Tasks(Pending {
+                ran: ran.to_vec(),
+                tasks: Arc::new(tasks),
+            }),
+        })
+    }
+
+    /// A send's input, if it names a node a send may run.
+    fn checked_send(
+        &self,
+        from: &str,
+        to: &str,
+        input: Result<Arc<[u8]>, String>,
+    ) -> Result<Arc<[u8]>, GraphError> {
+        let invalid = |reason: String| GraphError::InvalidSend {
+            from: from.to_owned(),
+            reason,
+        };
+        if !self.inner.nodes.contains_key(to) {
+            return Err(invalid(format!(
+                "it names node {to:?}, which is not in this graph"
+            )));
+        }
+        if self.inner.branches.contains(to) {
+            return Err(invalid(format!(
+                "it names node {to:?}, a branch of a fan-out (add_fan_out), which only its fan-out runs"
+            )));
+        }
+        input.map_err(|e| invalid(format!("its input for node {to:?} cannot be encoded: {e}")))
+    }
+
     /// The node after `node`, given the state it returned.
     fn route(&self, node: &str, state: &S) -> Result<String, GraphError> {
         match self.inner.edges.get(node) {
             Some(Edge::To(to)) => Ok(to.clone()),
             Some(Edge::Conditional(f)) => {
                 let to = f(state);
+                if self.inner.nodes.get(&to).is_some_and(|n| n.sent_only) {
+                    return Err(GraphError::SentOnly {
+                        node: to,
+                        context: format!("the conditional edge of node {node:?}"),
+                    });
+                }
                 // A fan-out branch is only reached through its fan-out.
                 if to == END
                     || (self.inner.nodes.contains_key(&to) && !self.inner.branches.contains(&to))
@@ -984,7 +1378,9 @@ impl<S: GraphState> CompiledGraph<S> {
                     })
                 }
             }
-            Some(Edge::FanOut { .. }) | None => Err(GraphError::NoOutgoingEdge(node.to_owned())),
+            Some(Edge::FanOut { .. } | Edge::Sends(_)) | None => {
+                Err(GraphError::NoOutgoingEdge(node.to_owned()))
+            }
         }
     }
 }
@@ -1038,16 +1434,31 @@ struct StepMeta {
     next: Vec<String>,
     source: &'static str,
     interrupted: bool,
+    /// When the next step runs several tasks: the nodes that led to it (`ran`), from which a
+    /// resume computes the tasks again.
+    ran: Option<Vec<String>>,
 }
 
 impl StepMeta {
-    fn checkpoint<S: GraphState>(self, exec: &str, state: &S) -> Result<Checkpoint, GraphError> {
+    /// The checkpoint, saved by run `run_id` when given.
+    fn checkpoint<S: GraphState>(
+        self,
+        exec: &str,
+        state: &S,
+        run_id: Option<&str>,
+    ) -> Result<Checkpoint, GraphError> {
         let mut cp = Checkpoint::new(exec, &self.node, state)?
             .with_metadata("step", self.step)
             .with_metadata("next", self.next)
             .with_metadata("source", self.source);
+        if let Some(run_id) = run_id {
+            cp = cp.with_metadata("run_id", run_id);
+        }
         if self.interrupted {
             cp = cp.with_metadata("interrupted", true);
+        }
+        if let Some(ran) = self.ran {
+            cp = cp.with_metadata("tasks", true).with_metadata("ran", ran);
         }
         Ok(cp)
     }
@@ -1081,7 +1492,7 @@ impl Saver {
     ) -> Result<Option<Checkpoint>, GraphError> {
         match self.mode {
             Durability::Sync => {
-                let cp = meta.checkpoint(&self.execution_id, state)?;
+                let cp = meta.checkpoint(&self.execution_id, state, Some(&run.run_id))?;
                 let saved = fenced_save(
                     self.store.clone(),
                     cp,
@@ -1098,8 +1509,9 @@ impl Saver {
                 let (parent, fence) = (self.branch_from.take(), self.fence.take());
                 // Encoding the state is part of the save: off the step's critical path too.
                 let state = state.clone();
+                let run_id = run.run_id.clone();
                 self.in_flight = Some(tokio::spawn(async move {
-                    let cp = meta.checkpoint(&exec, &state)?;
+                    let cp = meta.checkpoint(&exec, &state, Some(&run_id))?;
                     fenced_save(store, cp, parent, fence).await
                 }));
                 Ok(None)
@@ -1121,7 +1533,7 @@ impl Saver {
         let saved = if let Some(task) = self.in_flight.take() {
             task.await.map_err(|e| GraphError::Task(e.to_string()))??
         } else if let Some(meta) = self.held.take() {
-            let cp = meta.checkpoint(&self.execution_id, state)?;
+            let cp = meta.checkpoint(&self.execution_id, state, Some(&run.run_id))?;
             fenced_save(
                 self.store.clone(),
                 cp,
@@ -1213,9 +1625,34 @@ async fn record_failure(store: &Arc<dyn CheckpointStore>, base: &CheckpointId, e
     }
 }
 
-/// What a step produced: the new state, the next node, the checkpoint's `source`, and whether
-/// to pause after it.
-type StepDone<S> = (S, String, &'static str, bool);
+/// What a step produced.
+struct StepDone<S> {
+    /// The new state.
+    state: S,
+    /// What runs next.
+    next: Plan,
+    /// The checkpoint's `source`.
+    source: &'static str,
+    /// Whether to pause after it.
+    pause_after: bool,
+}
+
+/// The checkpoint node name of a step of several tasks: its nodes (each once), or the first
+/// and how many others when they do not fit a name.
+fn tasks_label(tasks: &[Task]) -> String {
+    let mut nodes: Vec<&str> = Vec::new();
+    for t in tasks {
+        if !nodes.contains(&t.node.as_str()) {
+            nodes.push(&t.node);
+        }
+    }
+    let all = nodes.join(",");
+    if all.len() <= crate::checkpoint::MAX_NAME_LEN {
+        all
+    } else {
+        format!("{}+{}", nodes[0], nodes.len() - 1)
+    }
+}
 
 /// Why a step did not produce a state.
 enum Stop {

@@ -40,7 +40,10 @@ pub struct StateSnapshot<S> {
 pub struct PendingTask {
     /// The node.
     pub node: String,
-    /// A fan-out branch whose result is recorded: a resume does not run it again.
+    /// The task's name: the node, or for a send `node[index]` (its place among the step's
+    /// tasks), as errors and interrupts name it.
+    pub task: String,
+    /// A fan-out branch or a task whose result is recorded: a resume does not run it again.
     pub finished: bool,
     /// The error its last attempt from this checkpoint failed with (retries used up), with its
     /// causes, if it failed.
@@ -132,17 +135,27 @@ impl<S: GraphState> CompiledGraph<S> {
                 })
             }
         };
-        let tasks = next
-            .iter()
-            .map(|node| PendingTask {
-                node: node.clone(),
-                finished: record.branches.contains_key(node),
-                error: record.errors.get(node).cloned(),
+        // A step of several tasks lists each (sends are keyed by their place).
+        let keyed: Vec<(String, String)> = match self.cursor_from(&cp).ok().and_then(|c| c.tasks) {
+            Some(p) => p
+                .tasks
+                .iter()
+                .map(|t| (t.node.clone(), t.key.clone()))
+                .collect(),
+            None => next.iter().map(|n| (n.clone(), n.clone())).collect(),
+        };
+        let tasks = keyed
+            .into_iter()
+            .map(|(node, task)| PendingTask {
+                finished: record.branches.contains_key(&node) || record.tasks.contains_key(&task),
+                error: record.errors.get(&task).cloned(),
                 interrupts: interrupts
                     .iter()
-                    .filter(|i| i.node == *node)
+                    .filter(|i| i.node == task)
                     .cloned()
                     .collect(),
+                node,
+                task,
             })
             .collect();
         Ok(StateSnapshot {

@@ -6,14 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{AgentConfig, ChatModel, Message, Role, Tool, Toolbox};
 use crate::error::BoxError;
-use crate::graph::{CompiledGraph, GraphError, NodeContext, StateGraph, END};
+use crate::graph::{CompiledGraph, GraphError, NodeContext, Reducible, StateGraph, END};
 
 /// The state of a ReAct agent ([`create_react_agent`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct AgentState {
     /// The conversation (without the system prompt).
     pub messages: Vec<Message>,
-    /// Model calls made so far.
+    /// Model calls made so far in this turn.
     pub iterations: usize,
     /// Whether the agent stopped (answered, or hit the iteration limit).
     pub done: bool,
@@ -43,6 +43,25 @@ impl AgentState {
     }
 }
 
+/// A conversation goes on turn after turn in one execution: invoking the agent again on an
+/// execution that finished appends the new input's messages to the conversation and starts the
+/// turn's count of model calls afresh.
+impl Reducible for AgentState {
+    /// Messages to append.
+    type Update = Vec<Message>;
+
+    fn apply(&mut self, messages: Vec<Message>) {
+        self.messages.extend(messages);
+    }
+
+    fn merge_input(&mut self, input: AgentState) {
+        self.apply(input.messages);
+        self.iterations = 0;
+        self.done = false;
+        self.error = None;
+    }
+}
+
 /// Builds the ReAct agent graph: node `"agent"` (one model call, appending its message), then
 /// `"tools"` (running the tool calls it asked for, appending one [`Role::Tool`] message each) and
 /// back to `"agent"`, until the model replies without tool calls ([`END`], `done`). After
@@ -51,6 +70,9 @@ impl AgentState {
 ///
 /// The model call and each tool call are journaled tasks (see [the module](super)), and with
 /// [`AgentConfig::approve_tool_calls`] node `"tools"` asks before each tool call.
+///
+/// Invoked again on an execution that finished, it runs a new turn of the same conversation
+/// (see [`AgentState`]'s [`Reducible`] impl): `app.invoke(AgentState::new("and then?"), ...)`.
 ///
 /// A run takes up to `2 * max_iterations` steps: raise
 /// [`crate::graph::RunConfig::recursion_limit`] (100 by default) for more than 50 iterations.
@@ -63,7 +85,7 @@ pub fn create_react_agent(
 ) -> Result<CompiledGraph<AgentState>, GraphError> {
     let toolbox = Toolbox::new(model, tools, &config);
     let max = config.max_iterations;
-    let mut g = StateGraph::<AgentState>::new();
+    let mut g = StateGraph::<AgentState>::with_reducers();
     let tb = toolbox.clone();
     g.add_node_with_context("agent", move |mut s: AgentState, ctx: NodeContext| {
         let tb = tb.clone();
