@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::GraphError;
+use futures_util::future::BoxFuture;
+
+use super::{GraphError, StreamMode, StreamModes};
 use crate::checkpoint::{CheckpointId, Write};
 use crate::error::BoxError;
 use crate::store::CheckpointStore;
@@ -211,6 +213,22 @@ impl StepRecord {
     }
 }
 
+/// What a node emitted for the stream ([`NodeContext::emit`], [`NodeContext::emit_token`]).
+pub(crate) struct Emitted {
+    pub node: String,
+    pub task: String,
+    pub step: u64,
+    pub what: EmittedKind,
+}
+
+pub(crate) enum EmittedKind {
+    Custom(serde_json::Value),
+    Token(String),
+}
+
+/// Sends what nodes emit to the run's stream (waiting while its buffer is full).
+pub(crate) type EmitFn = Arc<dyn Fn(Emitted) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// What the nodes of one step share: where they write, what the base already holds, and how
 /// tasks behave.
 pub(crate) struct StepShared {
@@ -227,6 +245,9 @@ pub(crate) struct StepShared {
     pub copy_journal: bool,
     /// In a recorded replay: the tasks the journal did not hold.
     pub missing: Mutex<Vec<NotRecorded>>,
+    /// Where emitted values and tokens go, and which of them the stream wants.
+    pub emit: Option<EmitFn>,
+    pub modes: StreamModes,
 }
 
 impl StepShared {
@@ -324,6 +345,60 @@ impl NodeContext {
     /// to); `None` without a checkpointer.
     pub fn base(&self) -> Option<&CheckpointId> {
         self.shared.base.as_ref()
+    }
+
+    /// Sends `value` (anything `Serialize`, as JSON) to the run's stream as a
+    /// [`super::GraphEvent::Custom`] event, when the stream carries [`StreamMode::Custom`];
+    /// otherwise does nothing. Waits while the stream's buffer is full.
+    pub fn emit<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let event = self.wants(StreamMode::Custom).map(|emit| {
+            let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+            (emit, self.emitted(EmittedKind::Custom(value)))
+        });
+        async move {
+            if let Some((emit, event)) = event {
+                emit(event).await;
+            }
+        }
+    }
+
+    /// Sends a piece of a model's reply to the run's stream as a [`super::GraphEvent::Token`]
+    /// event, when the stream carries [`StreamMode::Tokens`]; otherwise does nothing.
+    pub fn emit_token(&self, text: &str) -> impl Future<Output = ()> + Send + 'static {
+        let event = self
+            .wants(StreamMode::Tokens)
+            .map(|emit| (emit, self.emitted(EmittedKind::Token(text.to_owned()))));
+        async move {
+            if let Some((emit, event)) = event {
+                emit(event).await;
+            }
+        }
+    }
+
+    /// Whether the run's stream carries model tokens ([`StreamMode::Tokens`]): a node may then
+    /// ask its model to stream.
+    pub fn streams_tokens(&self) -> bool {
+        self.wants(StreamMode::Tokens).is_some()
+    }
+
+    fn wants(&self, mode: StreamMode) -> Option<EmitFn> {
+        self.shared
+            .emit
+            .as_ref()
+            .filter(|_| self.shared.modes.has(mode))
+            .cloned()
+    }
+
+    fn emitted(&self, what: EmittedKind) -> Emitted {
+        Emitted {
+            node: self.node.to_string(),
+            task: self.task.to_string(),
+            step: self.shared.step,
+            what,
+        }
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {

@@ -463,6 +463,47 @@ pub struct RunConfig {
     pub(crate) buffer: usize,
     pub(crate) run_id: Option<String>,
     pub(crate) durability: Durability,
+    pub(crate) stream: StreamModes,
+}
+
+/// What a [`CompiledGraph::stream`] carries ([`RunConfig::stream_modes`]). Whatever the
+/// modes, the stream ends with [`GraphEvent::Finished`], [`GraphEvent::Interrupted`] or an
+/// error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamMode {
+    /// The run's steps as they happen: [`GraphEvent::NodeStart`], [`GraphEvent::NodeEnd`],
+    /// [`GraphEvent::CheckpointSaved`]. The default.
+    Debug,
+    /// The whole state after each step, and the input first: [`GraphEvent::Values`].
+    Values,
+    /// What each node (or task) returned, as JSON, as soon as it returns: an update, or a
+    /// whole state ([`GraphEvent::Update`]).
+    Updates,
+    /// What nodes emit through [`NodeContext::emit`] ([`GraphEvent::Custom`]).
+    Custom,
+    /// Model tokens as they are generated ([`NodeContext::emit_token`]; the prebuilt agents
+    /// stream their model's reply when this is on): [`GraphEvent::Token`].
+    Tokens,
+}
+
+/// A set of [`StreamMode`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StreamModes(u8);
+
+impl StreamModes {
+    fn bit(mode: StreamMode) -> u8 {
+        1 << (mode as u8)
+    }
+
+    pub(crate) fn has(self, mode: StreamMode) -> bool {
+        self.0 & Self::bit(mode) != 0
+    }
+}
+
+impl Default for StreamModes {
+    fn default() -> Self {
+        StreamModes(Self::bit(StreamMode::Debug))
+    }
 }
 
 impl RunConfig {
@@ -475,7 +516,43 @@ impl RunConfig {
             buffer: 64,
             run_id: None,
             durability: Durability::Sync,
+            stream: StreamModes::default(),
         }
+    }
+
+    /// What [`CompiledGraph::stream`] carries: any mix of [`StreamMode`]s (by default
+    /// [`StreamMode::Debug`] alone). The channel stays bounded by [`RunConfig::buffer`]: a
+    /// slow consumer slows the run, and nothing is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ckpt::graph::{CompileConfig, GraphEvent, NodeContext, RunConfig, StateGraph, StreamMode, END};
+    /// use futures_util::StreamExt;
+    ///
+    /// let mut g = StateGraph::<u32>::new();
+    /// g.add_node_with_context("double", |n: u32, ctx: NodeContext| async move {
+    ///     ctx.emit(&format!("doubling {n}")).await;
+    ///     Ok::<_, std::io::Error>(n * 2)
+    /// });
+    /// g.add_edge("double", END).set_entry_point("double");
+    /// let app = g.compile(CompileConfig::default())?;
+    /// let config = RunConfig::execution_id("s").stream_modes([StreamMode::Values, StreamMode::Custom]);
+    /// let events: Vec<_> = app.stream(21, config).collect().await;
+    /// let events: Vec<GraphEvent<u32>> = events.into_iter().collect::<Result<_, _>>()?;
+    /// assert!(matches!(events[0], GraphEvent::Values { step: 0, state: 21 }));
+    /// assert!(matches!(&events[1], GraphEvent::Custom { value, .. } if value == "doubling 21"));
+    /// assert!(matches!(events[2], GraphEvent::Values { step: 1, state: 42 }));
+    /// assert!(matches!(events[3], GraphEvent::Finished { state: 42 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_modes(mut self, modes: impl IntoIterator<Item = StreamMode>) -> Self {
+        self.stream = StreamModes(
+            modes
+                .into_iter()
+                .fold(0, |bits, m| bits | StreamModes::bit(m)),
+        );
+        self
     }
 
     /// When this run's checkpoints are saved: after every step before the next one
@@ -584,6 +661,48 @@ pub enum GraphEvent<S> {
         step: u64,
         /// The state it returned.
         state: S,
+    },
+    /// [`StreamMode::Values`]: the whole state after step `step` (step 0, or the step the run
+    /// started from: its input or where it resumed).
+    Values {
+        /// The step.
+        step: u64,
+        /// The state.
+        state: S,
+    },
+    /// [`StreamMode::Updates`]: what a node (or task) returned.
+    Update {
+        /// The node.
+        node: String,
+        /// The task: the node, or a send's `node[index]`.
+        task: String,
+        /// Its step.
+        step: u64,
+        /// The update as JSON (for a node that returns whole states: the state).
+        update: serde_json::Value,
+    },
+    /// [`StreamMode::Custom`]: a value a node emitted ([`NodeContext::emit`]).
+    Custom {
+        /// The node.
+        node: String,
+        /// The task.
+        task: String,
+        /// Its step.
+        step: u64,
+        /// The value.
+        value: serde_json::Value,
+    },
+    /// [`StreamMode::Tokens`]: a piece of a model's reply, as generated
+    /// ([`NodeContext::emit_token`]).
+    Token {
+        /// The node.
+        node: String,
+        /// The task.
+        task: String,
+        /// Its step.
+        step: u64,
+        /// The text.
+        text: String,
     },
     /// A checkpoint was saved (and is durable).
     CheckpointSaved {

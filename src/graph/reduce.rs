@@ -208,7 +208,6 @@ impl<S: GraphState> Output<S> {
     }
 
     /// The output as JSON (an update's own fields, or the whole state).
-    #[allow(dead_code)] // for the stream's updates mode, which comes next
     pub(crate) fn json(&self) -> serde_json::Value {
         match self {
             Output::State(s) => serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
@@ -221,7 +220,6 @@ impl<S: GraphState> Output<S> {
 pub(crate) trait Patch<S>: Send + Sync {
     fn apply(&self, state: &mut S);
     fn write(&self, task: &str, channel: &str) -> Result<Write, crate::Error>;
-    #[allow(dead_code)] // for the stream's updates mode, which comes next
     fn json(&self) -> serde_json::Value;
 }
 

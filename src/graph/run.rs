@@ -10,14 +10,14 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use super::context::{
-    self, is_interrupt, Command, Interrupt, NodeContext, NotRecorded, StepRecord, StepShared,
-    TaskMode,
+    self, is_interrupt, Command, EmitFn, Emitted, EmittedKind, Interrupt, NodeContext, NotRecorded,
+    StepRecord, StepShared, TaskMode,
 };
 use super::reduce::{NodeInput, Output};
 use super::replay::Track;
 use super::{
     CompileConfig, Durability, Edge, GraphError, GraphEvent, GraphState, InputFn, NodeSpec,
-    Outcome, RunConfig, END, INPUT,
+    Outcome, RunConfig, StreamMode, END, INPUT,
 };
 use crate::checkpoint::{Checkpoint, CheckpointId, Write};
 use crate::error::BoxError;
@@ -792,6 +792,8 @@ impl<S: GraphState> CompiledGraph<S> {
                 return Ok(Stopped::interrupted(id, next));
             }
         }
+        run.emit_values(cur.step, &cur.state).await;
+        let emit = run.emitter();
         let mut ran = 0usize;
         loop {
             if let Some(saver) = saver.as_mut() {
@@ -867,6 +869,8 @@ impl<S: GraphState> CompiledGraph<S> {
                 mode,
                 copy_journal,
                 missing: std::sync::Mutex::new(Vec::new()),
+                emit: emit.clone(),
+                modes: run.config.stream,
             });
             let result = match (&cur.fan, &cur.tasks) {
                 (Some(_), _) => {
@@ -917,6 +921,7 @@ impl<S: GraphState> CompiledGraph<S> {
                 branch_from: None,
                 fence: None,
             };
+            run.emit_values(step, &next_cur.state).await;
             let next_names = self.next_names(&next_cur);
             let pause_before = statics && self.pauses_before(&next_cur);
             let pause = (statics && done.pause_after) || pause_before;
@@ -1220,21 +1225,36 @@ impl<S: GraphState> CompiledGraph<S> {
         let Some(tx) = events else {
             return self.run_node(node, key, sent, state, shared).await;
         };
+        let debug = shared.modes.has(StreamMode::Debug);
         // A dropped stream does not stop the run.
-        let _ = tx
-            .send(Ok(GraphEvent::NodeStart {
-                node: node.to_owned(),
-                step,
-            }))
-            .await;
+        if debug {
+            let _ = tx
+                .send(Ok(GraphEvent::NodeStart {
+                    node: node.to_owned(),
+                    step,
+                }))
+                .await;
+        }
         let out = self.run_node(node, key, sent, state, shared).await?;
-        let _ = tx
-            .send(Ok(GraphEvent::NodeEnd {
-                node: node.to_owned(),
-                step,
-                state: out.onto(state),
-            }))
-            .await;
+        if shared.modes.has(StreamMode::Updates) {
+            let _ = tx
+                .send(Ok(GraphEvent::Update {
+                    node: node.to_owned(),
+                    task: key.to_owned(),
+                    step,
+                    update: out.json(),
+                }))
+                .await;
+        }
+        if debug {
+            let _ = tx
+                .send(Ok(GraphEvent::NodeEnd {
+                    node: node.to_owned(),
+                    step,
+                    state: out.onto(state),
+                }))
+                .await;
+        }
         Ok(out)
     }
 
@@ -1555,11 +1575,13 @@ impl Saver {
 
     async fn landed<S: GraphState>(&mut self, saved: &Checkpoint, run: &RunState<S>) {
         self.fence = Some(saved.id.clone());
-        run.emit(GraphEvent::CheckpointSaved {
-            id: saved.id.clone(),
-            version: saved.version,
-        })
-        .await;
+        if run.wants(StreamMode::Debug) {
+            run.emit(GraphEvent::CheckpointSaved {
+                id: saved.id.clone(),
+                version: saved.version,
+            })
+            .await;
+        }
     }
 }
 
@@ -1706,6 +1728,52 @@ impl<S: GraphState> RunState<S> {
             // A dropped stream does not stop the run.
             let _ = tx.send(Ok(ev)).await;
         }
+    }
+
+    /// Whether this run streams and its stream carries `mode`.
+    fn wants(&self, mode: StreamMode) -> bool {
+        self.events.is_some() && self.config.stream.has(mode)
+    }
+
+    /// [`StreamMode::Values`]: the state after `step`.
+    async fn emit_values(&self, step: u64, state: &S) {
+        if self.wants(StreamMode::Values) {
+            self.emit(GraphEvent::Values {
+                step,
+                state: state.clone(),
+            })
+            .await;
+        }
+    }
+
+    /// Where nodes' emitted values and tokens go (`None`: the stream carries neither).
+    fn emitter(&self) -> Option<EmitFn> {
+        let tx = self.events.clone()?;
+        if !(self.wants(StreamMode::Custom) || self.wants(StreamMode::Tokens)) {
+            return None;
+        }
+        Some(Arc::new(move |e: Emitted| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let (node, task, step) = (e.node, e.task, e.step);
+                let ev = match e.what {
+                    EmittedKind::Custom(value) => GraphEvent::Custom {
+                        node,
+                        task,
+                        step,
+                        value,
+                    },
+                    EmittedKind::Token(text) => GraphEvent::Token {
+                        node,
+                        task,
+                        step,
+                        text,
+                    },
+                };
+                // A dropped stream does not stop the run.
+                let _ = tx.send(Ok(ev)).await;
+            })
+        }))
     }
 
     async fn interrupted(

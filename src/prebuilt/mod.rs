@@ -551,13 +551,33 @@ impl Toolbox {
             all.push(Message::system(p.as_ref()));
         }
         all.extend_from_slice(messages);
-        let turn: AssistantTurn = ctx
-            .task(MODEL_TASK, async move {
-                let specs: &[ToolSpec] = specs.as_deref().map_or(&[], Vec::as_slice);
-                model.complete(&all, specs).await
-            })
-            .await?;
-        Ok(turn.into_message())
+        if !ctx.streams_tokens() {
+            let turn: AssistantTurn = ctx
+                .task(MODEL_TASK, async move {
+                    let specs: &[ToolSpec] = specs.as_deref().map_or(&[], Vec::as_slice);
+                    model.complete(&all, specs).await
+                })
+                .await?;
+            return Ok(turn.into_message());
+        }
+        // The model streams: its tokens reach the run's stream as they come (a recorded reply
+        // is returned whole, without tokens). The model's callback cannot wait, so tokens pass
+        // through an unbounded queue to a forwarder that waits on the bounded stream.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let call = ctx.task(MODEL_TASK, async move {
+            let specs: &[ToolSpec] = specs.as_deref().map_or(&[], Vec::as_slice);
+            let mut on_token = |t: &str| {
+                let _ = tx.send(t.to_owned());
+            };
+            model.complete_streaming(&all, specs, &mut on_token).await
+        });
+        let forward = async {
+            while let Some(t) = rx.recv().await {
+                ctx.emit_token(&t).await;
+            }
+        };
+        let (turn, ()) = tokio::join!(call, forward);
+        Ok(turn?.into_message())
     }
 
     /// Runs every tool call of `calls`, in order, and returns one [`Role::Tool`] message per call.
