@@ -384,6 +384,11 @@ impl NodeContext {
         self.wants(StreamMode::Tokens).is_some()
     }
 
+    /// The run's checkpointer, if it has one.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn CheckpointStore>> {
+        self.shared.store.as_ref()
+    }
+
     fn wants(&self, mode: StreamMode) -> Option<EmitFn> {
         self.shared
             .emit
@@ -447,6 +452,29 @@ impl NodeContext {
             calls.interrupts += 1;
             calls.interrupts - 1
         };
+        self.interrupt_at(index, value)
+    }
+
+    /// [`NodeContext::interrupt`] keyed by `key` instead of the call's place in the node (a
+    /// subgraph's interrupts, keyed by their own ids): the same key finds the same answer
+    /// however many interrupts came before it.
+    pub(crate) fn interrupt_keyed<Q: Serialize + ?Sized, A: DeserializeOwned>(
+        &self,
+        key: &str,
+        value: &Q,
+    ) -> Result<A, BoxError> {
+        let hash = blake3::hash(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        // The top bit set: never the place of an ordinary call.
+        self.interrupt_at(u64::from_le_bytes(first) | 1 << 63, value)
+    }
+
+    fn interrupt_at<Q: Serialize + ?Sized, A: DeserializeOwned>(
+        &self,
+        index: u64,
+        value: &Q,
+    ) -> Result<A, BoxError> {
         let key = (self.task.to_string(), index);
         let mut record = self.shared.record();
         if let Some(answer) = record.answers.get(&key) {

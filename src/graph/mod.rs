@@ -92,6 +92,7 @@ pub mod reduce;
 mod replay;
 mod run;
 mod snapshot;
+mod subgraph;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::future::Future;
@@ -464,6 +465,9 @@ pub struct RunConfig {
     pub(crate) run_id: Option<String>,
     pub(crate) durability: Durability,
     pub(crate) stream: StreamModes,
+    /// A subgraph's run: the parent's checkpoint its step started from, recorded in every
+    /// checkpoint of the run (metadata `parent_checkpoint`).
+    pub(crate) parent_checkpoint: Option<String>,
 }
 
 /// What a [`CompiledGraph::stream`] carries ([`RunConfig::stream_modes`]). Whatever the
@@ -517,6 +521,7 @@ impl RunConfig {
             run_id: None,
             durability: Durability::Sync,
             stream: StreamModes::default(),
+            parent_checkpoint: None,
         }
     }
 

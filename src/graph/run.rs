@@ -444,7 +444,7 @@ impl<S: GraphState> CompiledGraph<S> {
 
     /// The run position of `latest`, an execution's latest checkpoint, with the run fenced on
     /// it.
-    async fn position(&self, latest: Checkpoint) -> Result<Cursor<S>, GraphError> {
+    pub(super) async fn position(&self, latest: Checkpoint) -> Result<Cursor<S>, GraphError> {
         let fence = latest.id.clone();
         let cp = self.resolve(latest).await?;
         let mut cursor = self.cursor_from(&cp)?;
@@ -627,6 +627,19 @@ impl<S: GraphState> CompiledGraph<S> {
         config: RunConfig,
         events: Option<EventTx<S>>,
     ) -> Result<Outcome<S>, GraphError> {
+        self.start_with(input, config, events, false).await
+    }
+
+    /// [`CompiledGraph::invoke`]; with `replace`, a new run always starts, from `input` alone
+    /// (a subgraph's next run), whatever the graph's reducers and wherever the execution
+    /// stands.
+    pub(super) async fn start_with(
+        &self,
+        input: S,
+        config: RunConfig,
+        events: Option<EventTx<S>>,
+        replace: bool,
+    ) -> Result<Outcome<S>, GraphError> {
         let mut run = RunState::new(config, events);
         let Some(store) = &self.inner.config.checkpointer else {
             let cursor = Cursor::start(input, self.inner.entry.clone());
@@ -635,15 +648,15 @@ impl<S: GraphState> CompiledGraph<S> {
         let mut start = Cursor::start(input, self.inner.entry.clone());
         if let Some(cp) = store.latest(&run.config.execution_id).await? {
             let last = self.position(cp).await?;
-            if !last.finished() {
+            if !last.finished() && !replace {
                 return self.run_loop(last, &mut run).await;
             }
             // A new turn: the input merges into where the last run ended, and the new run's
             // input checkpoint follows it (fenced on it).
             let mut state = last.state;
             match &self.inner.merge_input {
-                Some(merge) => merge(&mut state, start.state),
-                None => state = start.state,
+                Some(merge) if !replace => merge(&mut state, start.state),
+                _ => state = start.state,
             }
             start.state = state;
             start.step = last.step;
@@ -1465,14 +1478,17 @@ impl StepMeta {
         self,
         exec: &str,
         state: &S,
-        run_id: Option<&str>,
+        run: Option<&RunTags>,
     ) -> Result<Checkpoint, GraphError> {
         let mut cp = Checkpoint::new(exec, &self.node, state)?
             .with_metadata("step", self.step)
             .with_metadata("next", self.next)
             .with_metadata("source", self.source);
-        if let Some(run_id) = run_id {
-            cp = cp.with_metadata("run_id", run_id);
+        if let Some(run) = run {
+            cp = cp.with_metadata("run_id", run.run_id.as_str());
+            if let Some(parent) = &run.parent_checkpoint {
+                cp = cp.with_metadata("parent_checkpoint", parent.as_str());
+            }
         }
         if self.interrupted {
             cp = cp.with_metadata("interrupted", true);
@@ -1482,6 +1498,13 @@ impl StepMeta {
         }
         Ok(cp)
     }
+}
+
+/// What every checkpoint of a run records about it: the run's id, and for a subgraph's run the
+/// parent's checkpoint its step started from.
+struct RunTags {
+    run_id: String,
+    parent_checkpoint: Option<String>,
 }
 
 /// How a run's positions reach the store ([`Durability`]), each save fenced on the one before.
@@ -1512,7 +1535,7 @@ impl Saver {
     ) -> Result<Option<Checkpoint>, GraphError> {
         match self.mode {
             Durability::Sync => {
-                let cp = meta.checkpoint(&self.execution_id, state, Some(&run.run_id))?;
+                let cp = meta.checkpoint(&self.execution_id, state, Some(&run.tags()))?;
                 let saved = fenced_save(
                     self.store.clone(),
                     cp,
@@ -1529,9 +1552,9 @@ impl Saver {
                 let (parent, fence) = (self.branch_from.take(), self.fence.take());
                 // Encoding the state is part of the save: off the step's critical path too.
                 let state = state.clone();
-                let run_id = run.run_id.clone();
+                let tags = run.tags();
                 self.in_flight = Some(tokio::spawn(async move {
-                    let cp = meta.checkpoint(&exec, &state, Some(&run_id))?;
+                    let cp = meta.checkpoint(&exec, &state, Some(&tags))?;
                     fenced_save(store, cp, parent, fence).await
                 }));
                 Ok(None)
@@ -1553,7 +1576,7 @@ impl Saver {
         let saved = if let Some(task) = self.in_flight.take() {
             task.await.map_err(|e| GraphError::Task(e.to_string()))??
         } else if let Some(meta) = self.held.take() {
-            let cp = meta.checkpoint(&self.execution_id, state, Some(&run.run_id))?;
+            let cp = meta.checkpoint(&self.execution_id, state, Some(&run.tags()))?;
             fenced_save(
                 self.store.clone(),
                 cp,
@@ -1727,6 +1750,14 @@ impl<S: GraphState> RunState<S> {
         if let Some(tx) = &self.events {
             // A dropped stream does not stop the run.
             let _ = tx.send(Ok(ev)).await;
+        }
+    }
+
+    /// What every checkpoint of this run records about it.
+    fn tags(&self) -> RunTags {
+        RunTags {
+            run_id: self.run_id.clone(),
+            parent_checkpoint: self.config.parent_checkpoint.clone(),
         }
     }
 
