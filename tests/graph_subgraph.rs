@@ -148,6 +148,7 @@ on_both_stores!(
     a_failure_inside_resumes_the_child_where_it_stopped,
     a_static_pause_inside_pauses_the_parent,
     the_child_is_an_execution_of_its_own,
+    an_interrupt_at_an_old_checkpoint_is_answered_where_it_waits,
 );
 
 async fn a_subgraph_saves_under_the_parents_name(store: Arc<dyn CheckpointStore>) {
@@ -338,9 +339,89 @@ async fn the_child_is_an_execution_of_its_own(store: Arc<dyn CheckpointStore>) {
     let edit = store.load(&id).await.unwrap();
     assert_eq!(edit.parent.as_ref(), Some(&research.checkpoint));
 
-    // Time travel in the parent: resuming from before the subgraph runs a new child run.
+    // Time travel in the parent. From the checkpoint the subgraph's step started from, the
+    // step finds its child run (older than the child's latest now) and takes its result.
     let parent_cps = store.list("own").await.unwrap();
     let before = counts.research.load(SeqCst);
-    app.resume("own", &parent_cps[1].id).await.unwrap();
+    let out = app.resume("own", &parent_cps[1].id).await.unwrap();
+    assert_eq!(counts.research.load(SeqCst), before);
+    assert_eq!(out.state().log[1..], ["facts about owls #1", "draft (ok)"]);
+    // From the parent's input, `plan` runs again, and the subgraph's step is a new one: a
+    // new child run.
+    app.resume("own", &parent_cps[0].id).await.unwrap();
     assert_eq!(counts.research.load(SeqCst), before + 1);
+}
+
+/// A run resumed from an old checkpoint that pauses at its first step waits at that old
+/// checkpoint, not at the execution's latest: `resume_with_command_at` answers it there, and
+/// the run goes on as a new branch (what a subgraph's step re-run from an old parent
+/// checkpoint relies on).
+async fn an_interrupt_at_an_old_checkpoint_is_answered_where_it_waits(
+    store: Arc<dyn CheckpointStore>,
+) {
+    let counts = Arc::new(Counts::default());
+    let app = child(
+        counts,
+        false,
+        true,
+        CompileConfig::default().checkpointer(store.clone()),
+    );
+    let start = Child {
+        topic: "bats".into(),
+        notes: vec![],
+    };
+    let exec = RunConfig::execution_id("old");
+    let Outcome::Interrupted { checkpoint, .. } = app.invoke(start, exec.clone()).await.unwrap()
+    else {
+        panic!("no pause")
+    };
+    let done = app
+        .resume_with_command("old", Command::resume("first"))
+        .await
+        .unwrap();
+    assert_eq!(done.state().notes[1], "draft (first)");
+    // Back to the checkpoint before `write`: the same step from the same checkpoint finds
+    // its answer there, and finishes without asking.
+    let again = app.resume("old", &checkpoint).await.unwrap();
+    assert_eq!(again.state().notes[1], "draft (first)");
+
+    // A checkpoint whose step never ran: an edit of `research`'s checkpoint.
+    let edited = app
+        .update_state(
+            &checkpoint,
+            Child {
+                topic: "moths".into(),
+                notes: vec!["edited".into()],
+            },
+        )
+        .await
+        .unwrap();
+    // Another run moves the latest on; the edit is old now.
+    app.resume("old", &checkpoint).await.unwrap();
+    let Outcome::Interrupted {
+        checkpoint: waits_at,
+        ..
+    } = app.resume("old", &edited).await.unwrap()
+    else {
+        panic!("no pause at the edit")
+    };
+    assert_eq!(waits_at, edited);
+    let latest = store.latest("old").await.unwrap().unwrap().id;
+    assert_ne!(latest, edited);
+    let err = app
+        .resume_with_command("old", Command::resume("no"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no interrupt is waiting"), "{err}");
+    let out = app
+        .resume_with_command_at(exec, &edited, Command::resume("second"))
+        .await
+        .unwrap();
+    assert_eq!(out.state().notes, ["edited", "draft (second)"]);
+    let last = store.latest("old").await.unwrap().unwrap();
+    assert_eq!(
+        last.parent.as_ref(),
+        Some(&edited),
+        "a new branch from the edit"
+    );
 }

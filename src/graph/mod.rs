@@ -1,8 +1,9 @@
 //! A durable graph-execution runtime on top of a [`CheckpointStore`].
 //!
-//! Build a [`StateGraph`] of async nodes (each takes the state and returns the new state), connect
-//! them with static or conditional edges, [`StateGraph::compile`] it, then run it with
-//! [`CompiledGraph::invoke`] or [`CompiledGraph::stream`]. With a checkpointer configured, a run's
+//! Build a [`StateGraph`] of async nodes (each takes the state and returns the new state, or an
+//! update the state's reducers merge), connect them with static or conditional edges,
+//! [`StateGraph::compile`] it, then run it with [`CompiledGraph::invoke`] or
+//! [`CompiledGraph::stream`]. With a checkpointer configured, a run's
 //! input is saved as its first checkpoint (node [`INPUT`]) and a checkpoint is saved after every
 //! node (metadata `step`, `next`, `source`), so a run that crashed or failed can be continued with
 //! [`CompiledGraph::resume_latest`], paused with interrupts, edited with
@@ -26,6 +27,24 @@
 //!   [`CompiledGraph::get_state_history`] read a checkpoint as a [`StateSnapshot`]: values, next
 //!   nodes, pending tasks with their recorded results and errors, pending interrupts, ids and
 //!   metadata.
+//!
+//! Agent shapes:
+//! - **Partial updates and reducers.** A state that implements [`Reducible`] says how an update
+//!   merges into it, field by field ([`reduce::append`], [`reduce::add`], [`reduce::replace`],
+//!   or any function); [`StateGraph::add_update_node`] adds a node that returns an update.
+//! - **Dynamic fan-out.** [`StateGraph::add_send_edges`] returns a [`SendTo`] per item, known
+//!   only at run time; the tasks run concurrently in one step (a send node may send again),
+//!   each output is recorded as a pending write as it finishes, and the updates merge in send
+//!   order. A resume runs only the tasks without a recorded output.
+//! - **Subgraphs.** [`StateGraph::add_subgraph`] makes a compiled graph a node; its checkpoints
+//!   are the execution `PARENT/NODE` in the same store, and its interrupts pause the parent.
+//! - **Multi-turn executions.** [`CompiledGraph::invoke`] on an execution that finished starts
+//!   a new run of it, its input merged into the last state ([`Reducible::merge_input`]): one
+//!   conversation, one log, each checkpoint naming its run (`run_id`).
+//!   [`CompiledGraph::start_or_resume`] is the call for a worker that may be restarted.
+//! - **Streaming modes.** [`RunConfig::stream_modes`]: the steps ([`StreamMode::Debug`]), the
+//!   state after each step, each task's update, custom events ([`NodeContext::emit`]) and model
+//!   tokens, on one bounded channel.
 //!
 //! Interrupts, answers, task results, node errors and fan-out branch results are [`crate::Write`]s attached to
 //! the checkpoint their step started from, not checkpoints: `list`, `history` and `executions`

@@ -355,22 +355,90 @@ impl<S: GraphState> CompiledGraph<S> {
         config: RunConfig,
         command: Command,
     ) -> Result<Outcome<S>, GraphError> {
-        let store = self.store()?;
         let execution_id = config.execution_id.clone();
         let (latest, cp, pending) = self
             .latest_pending(&execution_id)
             .await?
             .ok_or_else(|| GraphError::NoCheckpoint(execution_id.clone()))?;
+        if pending.is_empty() {
+            return Err(GraphError::InvalidCommand {
+                execution: execution_id,
+                reason: format!(
+                    "no interrupt is waiting for an answer at its latest checkpoint {}",
+                    cp.id
+                ),
+            });
+        }
+        self.answer_and_run(config, latest, cp, pending, command, false)
+            .await
+    }
+
+    /// [`CompiledGraph::resume_with_command`] at `checkpoint`, any checkpoint of the execution
+    /// `config` names that has interrupts waiting (the one an [`Outcome::Interrupted`] names,
+    /// even when the execution has moved on since: a run resumed from an old checkpoint that
+    /// paused at its first step): the answers are written there, and the run continues from
+    /// it, as a new branch when it is not the latest.
+    pub async fn resume_with_command_at(
+        &self,
+        config: RunConfig,
+        checkpoint: &CheckpointId,
+        command: Command,
+    ) -> Result<Outcome<S>, GraphError> {
+        let store = self.store()?;
+        let execution_id = config.execution_id.clone();
+        if checkpoint.execution_id() != execution_id {
+            return Err(GraphError::InvalidCheckpoint {
+                id: checkpoint.clone(),
+                reason: format!("it is not a checkpoint of execution {execution_id:?}"),
+            });
+        }
+        let latest = store
+            .latest(&execution_id)
+            .await?
+            .ok_or_else(|| GraphError::NoCheckpoint(execution_id.clone()))?
+            .id;
+        let given = store.load(checkpoint).await?;
+        let branches = !is_pending_write(&given) && given.id != latest;
+        let cp = self.resolve(given).await?;
+        let pending = StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts();
+        if pending.is_empty() {
+            return Err(GraphError::InvalidCommand {
+                execution: execution_id,
+                reason: format!("no interrupt is waiting for an answer at checkpoint {checkpoint}"),
+            });
+        }
+        self.answer_and_run(config, latest, cp, pending, command, branches)
+            .await
+    }
+
+    /// The interrupts waiting for an answer at `checkpoint` (of any execution).
+    pub(super) async fn interrupts_at(
+        &self,
+        checkpoint: &CheckpointId,
+    ) -> Result<Vec<Interrupt>, GraphError> {
+        let store = self.store()?;
+        let cp = self.resolve(store.load(checkpoint).await?).await?;
+        Ok(StepRecord::from_writes(store.writes(&cp.id).await?).pending_interrupts())
+    }
+
+    /// Writes the answers `command` gives to the `pending` interrupts of `cp` and runs on from
+    /// `cp` (as a new branch of the execution's tree when `branches`), fenced on `latest`,
+    /// the execution's latest.
+    async fn answer_and_run(
+        &self,
+        config: RunConfig,
+        latest: CheckpointId,
+        cp: Checkpoint,
+        pending: Vec<Interrupt>,
+        command: Command,
+        branches: bool,
+    ) -> Result<Outcome<S>, GraphError> {
+        let store = self.store()?;
+        let execution_id = config.execution_id.clone();
         let invalid = |reason: String| GraphError::InvalidCommand {
             execution: execution_id.clone(),
             reason,
         };
-        if pending.is_empty() {
-            return Err(invalid(format!(
-                "no interrupt is waiting for an answer at its latest checkpoint {}",
-                cp.id
-            )));
-        }
         let answers: Vec<(&Interrupt, serde_json::Value)> = match command {
             Command::Resume(answer) => match pending.as_slice() {
                 [one] => vec![(one, answer)],
@@ -409,6 +477,9 @@ impl<S: GraphState> CompiledGraph<S> {
             .collect::<Result<Vec<_>, _>>()?;
         store.put_writes(&cp.id, writes).await?;
         let mut cursor = self.cursor_from(&cp)?;
+        if branches {
+            cursor.branch_from = Some(cp.id.clone());
+        }
         cursor.fence = Some(latest);
         self.run_loop(cursor, &mut RunState::new(config, None))
             .await

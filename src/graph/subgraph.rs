@@ -20,16 +20,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::context::NodeContext;
-use super::run::RunState;
 use super::{Command, CompiledGraph, GraphState, Interrupt, Outcome, RunConfig, StateGraph};
 use crate::checkpoint::{Checkpoint, CheckpointId};
 use crate::error::BoxError;
+use crate::store::{CheckpointStore, HistoryQuery};
 
 impl<S: GraphState> StateGraph<S> {
     /// Adds `child`, a compiled graph over state `C`, as node `name`: `input` maps the parent's
     /// state to the child's input, the child runs to its end (with the parent's checkpointer),
-    /// and `output` merges its final state into the parent's state. See [the
-    /// module](self) for where its checkpoints go and how its interrupts pause the parent.
+    /// and `output` merges its final state into the parent's state.
+    ///
+    /// The child runs as execution `PARENT/NAME` (for a send task `PARENT/NAME[i]`) in the
+    /// parent's store, one run per entry of the node, each of its checkpoints naming the
+    /// parent's checkpoint the step started from (metadata `parent_checkpoint`): a step run
+    /// again (after a crash, a failure, an answer) continues that run or takes its result. An
+    /// interrupt inside the child is raised again by the node, pausing the parent; answering
+    /// the parent ([`super::CompiledGraph::resume_with_command`]) resumes the child with that
+    /// answer. A static pause inside the child pauses the parent the same way (its value names
+    /// the child's checkpoint); any answer continues it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -83,12 +91,33 @@ impl<S: GraphState> StateGraph<S> {
     }
 }
 
-/// Whether `cp` belongs to the child run started from the parent's checkpoint `tag`.
-fn started_from(cp: &Checkpoint, tag: &str) -> bool {
-    cp.metadata
-        .get("parent_checkpoint")
-        .and_then(|v| v.as_str())
-        == Some(tag)
+/// The newest checkpoint of the child's run started from the parent's checkpoint `tag`, if
+/// the step ran before: usually the child's latest; an older one when the parent travelled
+/// back in time to a step whose child run was followed by others.
+async fn this_steps_run(
+    store: &Arc<dyn CheckpointStore>,
+    exec: &str,
+    tag: &str,
+) -> Result<Option<Checkpoint>, BoxError> {
+    let started_here = |cp: &Checkpoint| {
+        cp.metadata
+            .get("parent_checkpoint")
+            .and_then(|v| v.as_str())
+            == Some(tag)
+    };
+    match store.latest(exec).await? {
+        None => Ok(None),
+        Some(cp) if started_here(&cp) => Ok(Some(cp)),
+        Some(_) => {
+            let query = HistoryQuery::default()
+                .metadata("parent_checkpoint", tag)
+                .limit(1);
+            match store.history(exec, query).await?.first() {
+                Some(h) => Ok(Some(store.load(&h.id).await?)),
+                None => Ok(None),
+            }
+        }
+    }
 }
 
 /// Runs the child to its end for the node running in `ctx`: continues the run this step
@@ -115,20 +144,17 @@ async fn run_child<C: GraphState>(
     let tag = ctx.base().map(ToString::to_string).unwrap_or_default();
     let mut config = RunConfig::execution_id(&exec);
     config.parent_checkpoint = Some(tag.clone());
-    let latest = store.latest(&exec).await?;
-    let mut waiting = match latest {
-        Some(cp) if started_from(&cp, &tag) => {
-            let pending = child.pending_interrupts(&exec).await?;
+    let mut waiting = match this_steps_run(&store, &exec, &tag).await? {
+        Some(cp) => {
+            let pending = child.interrupts_at(&cp.id).await?;
             if !pending.is_empty() || paused_at(&cp) {
                 Waiting::On(cp.id, pending)
             } else {
                 // This step's run: continue it (a finished one returns its result).
-                let cursor = child.position(cp).await?;
-                let run = &mut RunState::new(config.clone(), None);
-                Waiting::from(child.run_loop(cursor, run).await?)
+                Waiting::from(child.resume_with(&exec, &cp.id, config.clone()).await?)
             }
         }
-        _ => Waiting::from(child.start_with(input, config.clone(), None, true).await?),
+        None => Waiting::from(child.start_with(input, config.clone(), None, true).await?),
     };
     loop {
         let (checkpoint, interrupts) = match waiting {
@@ -141,11 +167,9 @@ async fn run_child<C: GraphState>(
                 &checkpoint.to_string(),
                 &serde_json::json!({ "subgraph": exec, "paused_at": checkpoint.to_string() }),
             )?;
-            let cp = store.load(&checkpoint).await?;
-            let mut cursor = child.position(cp).await?;
-            cursor.honour_interrupt();
+            // Resuming from a pause goes past it.
             child
-                .run_loop(cursor, &mut RunState::new(config.clone(), None))
+                .resume_with(&exec, &checkpoint, config.clone())
                 .await?
         } else {
             let mut answers = BTreeMap::new();
@@ -154,7 +178,7 @@ async fn run_child<C: GraphState>(
                 answers.insert(i.id.clone(), answer);
             }
             child
-                .resume_with_command_config(config.clone(), Command::ResumeById(answers))
+                .resume_with_command_at(config.clone(), &checkpoint, Command::ResumeById(answers))
                 .await?
         };
         waiting = Waiting::from(outcome);
