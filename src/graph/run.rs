@@ -769,6 +769,7 @@ impl<S: GraphState> CompiledGraph<S> {
             let elsewhere = recorded_base.as_ref() != cur.last.as_ref().map(|(id, _, _)| id);
             // A replay runs every node again: only tasks (when recorded) and answers carry over.
             record.branches.clear();
+            record.tasks.clear();
             let mode = match track.mode {
                 super::ReplayMode::Recorded => TaskMode::Recorded,
                 super::ReplayMode::Live => {
@@ -1068,9 +1069,11 @@ impl<S: GraphState> CompiledGraph<S> {
         };
         let next = match self.inner.edges.get(node) {
             Some(Edge::FanOut { .. }) => Plan::Node(END.to_owned()),
-            _ => self
-                .plan(std::slice::from_ref(&node.to_owned()), &state)
+            // Only sends make a step of several tasks after one node.
+            Some(Edge::Sends(_)) => self
+                .plan(&[node.to_owned()], &state)
                 .map_err(Stop::Failed)?,
+            _ => Plan::Node(self.route(node, &state).map_err(Stop::Failed)?),
         };
         let pause_after = self.inner.config.interrupt_after.contains(node);
         Ok(StepDone {
