@@ -41,9 +41,7 @@ mod demo {
         type Update = JokesUpdate;
         fn apply(&mut self, u: JokesUpdate) {
             reduce::append(&mut self.jokes, u.jokes);
-            if u.best.is_some() {
-                reduce::replace(&mut self.best, Some(u.best));
-            }
+            reduce::set(&mut self.best, u.best);
         }
     }
 

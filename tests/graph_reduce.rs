@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ckpt::graph::{
-    reduce, Command, CompileConfig, GraphError, NodeContext, Outcome, Reducible, RunConfig, SendTo,
-    StateGraph, END,
+    reduce, Command, CompileConfig, GraphError, NodeContext, Outcome, Reducible, ReplayOptions,
+    RunConfig, SendTo, StateGraph, END,
 };
 use ckpt::{Checkpoint, CheckpointStore};
 use serde::{Deserialize, Serialize};
@@ -36,9 +36,7 @@ impl Reducible for Doc {
     fn apply(&mut self, u: DocUpdate) {
         reduce::append(&mut self.results, u.results);
         reduce::add(&mut self.count, u.count);
-        if u.summary.is_some() {
-            reduce::replace(&mut self.summary, Some(u.summary));
-        }
+        reduce::set(&mut self.summary, u.summary);
     }
     fn merge_input(&mut self, input: Doc) {
         self.items.extend(input.items);

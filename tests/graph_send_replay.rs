@@ -1,13 +1,6 @@
 //! A replay runs every node again, send tasks included (as it does fan-out branches): a
 //! replay of a map-reduce run with changed `upper` code must run the `upper` tasks and report
 //! the divergence.
-//!
-//! Ignored: it fails. `CompiledGraph::step_record` (src/graph/run.rs) clears the recorded
-//! fan-out branch results (`record.branches`) for a replay but not the recorded send-task
-//! outputs (`record.tasks`, channel `__task__`), so `run_tasks` reuses the outputs recorded on
-//! the original run's base checkpoint: the `upper` tasks never run, and the replay of changed
-//! code is reported faithful. Run it with `cargo test --all-features --test graph_send_replay
-//! -- --ignored`.
 #![cfg(feature = "graph")]
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -64,7 +57,6 @@ fn app(
 }
 
 #[tokio::test]
-#[ignore = "bug: a replay reuses the recorded send-task outputs instead of running the tasks"]
 async fn a_replay_runs_send_tasks_again() {
     let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
     let calls = Arc::new(AtomicUsize::new(0));

@@ -74,10 +74,18 @@ pub trait Reducible: GraphState {
     }
 }
 
-/// Replaces `field` with `update` when there is one (a field most nodes leave alone).
+/// Replaces `field` with `update` when there is one (a field most nodes leave alone; for an
+/// `Option` field, [`set`]).
 pub fn replace<T>(field: &mut T, update: Option<T>) {
     if let Some(v) = update {
         *field = v;
+    }
+}
+
+/// Sets an optional `field` to `update` when there is one, and keeps it otherwise.
+pub fn set<T>(field: &mut Option<T>, update: Option<T>) {
+    if update.is_some() {
+        *field = update;
     }
 }
 
