@@ -224,6 +224,39 @@ impl<S: GraphState> CompiledGraph<S> {
     ///   with reducers; otherwise it replaces the state), saved as a new input checkpoint after
     ///   the last one, and the graph runs from its entry point. The history stays one log;
     ///   every checkpoint's metadata names the run that saved it (`run_id`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use ckpt::graph::{reduce, CompileConfig, Reducible, RunConfig, StateGraph, END};
+    /// use ckpt::{CheckpointStore, Store};
+    ///
+    /// #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+    /// struct Chat { messages: Vec<String> }
+    ///
+    /// impl Reducible for Chat {
+    ///     type Update = Vec<String>;
+    ///     fn apply(&mut self, new: Vec<String>) { reduce::append(&mut self.messages, new) }
+    ///     fn merge_input(&mut self, input: Chat) { self.apply(input.messages) }
+    /// }
+    ///
+    /// let mut g = StateGraph::<Chat>::new();
+    /// g.add_update_node("echo", |c: Chat| async move {
+    ///     let last = c.messages.last().cloned().unwrap_or_default();
+    ///     Ok::<_, std::io::Error>(vec![format!("echo: {last}")])
+    /// });
+    /// g.add_edge("echo", END).set_entry_point("echo");
+    /// let store: Arc<dyn CheckpointStore> = Arc::new(Store::memory());
+    /// let app = g.compile(CompileConfig::default().checkpointer(store.clone()))?;
+    ///
+    /// let turn = |text: &str| Chat { messages: vec![text.to_owned()] };
+    /// app.invoke(turn("hi"), RunConfig::execution_id("chat")).await?;
+    /// let out = app.invoke(turn("bye"), RunConfig::execution_id("chat")).await?;
+    /// assert_eq!(out.state().messages, ["hi", "echo: hi", "bye", "echo: bye"]);
+    /// assert_eq!(store.list("chat").await?.len(), 4); // two turns: an input and a step each
+    /// # Ok(()) }
+    /// ```
     pub async fn invoke(&self, input: S, config: RunConfig) -> Result<Outcome<S>, GraphError> {
         self.invoke_with(input, config, None).await
     }
