@@ -22,20 +22,20 @@ use crate::error::BoxError;
 use crate::store::CheckpointStore;
 
 /// The channel of a fan-out branch's result (task: the branch).
-pub(crate) const BRANCH: &str = "__branch__";
+pub const BRANCH: &str = "__branch__";
 /// The channel of a journaled task's result (task: the node; metadata `key`, `n`).
-pub(crate) const JOURNAL: &str = "__journal__";
+pub const JOURNAL: &str = "__journal__";
 /// The channel of an interrupt a node raised (task: the node; metadata `id`, `index`).
-pub(crate) const INTERRUPT: &str = "__interrupt__";
+pub const INTERRUPT: &str = "__interrupt__";
 /// The channel of an interrupt's answer (task: the node; metadata `id`, `index`).
-pub(crate) const RESUME: &str = "__resume__";
+pub const RESUME: &str = "__resume__";
 /// The channel of the output of one task of a step that ran several (a send, or nodes reached
 /// from several tasks): task the task's key; metadata `kind` (`state` or `update`) and, for a
 /// send, `input` (a hash of its input).
-pub(crate) const TASK: &str = "__task__";
+pub const TASK: &str = "__task__";
 /// The channel of the error a node failed with, its retries used up (task: the node; value: the
 /// error and its causes, as text).
-pub(crate) const ERROR: &str = "__error__";
+pub const ERROR: &str = "__error__";
 
 /// An interrupt a node raised and nobody answered yet: what [`super::Outcome::Interrupted`]
 /// lists. Answer it with [`Command::resume`] (the only one) or [`Command::resume_by_id`].

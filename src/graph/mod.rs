@@ -135,6 +135,12 @@ pub use replay::{
 pub use run::{CompiledGraph, GraphStream};
 pub use snapshot::{PendingTask, StateSnapshot};
 
+/// The channels of the [`crate::Write`]s the runtime attaches to a step's base checkpoint
+/// (what [`crate::Store::writes`] and `ckpt show` list): for tools that read a run's log.
+pub mod channels {
+    pub use super::context::{BRANCH, ERROR, INTERRUPT, JOURNAL, RESUME, TASK};
+}
+
 /// The name of the virtual node that ends a run: route to it to finish.
 pub const END: &str = "__end__";
 
