@@ -384,6 +384,77 @@ fn grep_finds_the_first_version_a_text_appeared() {
 }
 
 #[test]
+fn search_finds_checkpoints_across_executions() {
+    let (_dir, store) = fixture();
+    // Newest first across executions; the deleted version 4 is not there.
+    let out = ok(&store, &["search", "needle"]);
+    let ids: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids, ["exec-1@5", "exec-1@3", "exec-1@2"], "{out}");
+    assert!(out.contains("messages.1"), "{out}");
+    // exec-2@1 and exec-1@1 were read too, and did not match.
+    assert!(out.contains("3 results (scan: 5 states read)"), "{out}");
+
+    let doc = json_of(&ok(
+        &store,
+        &[
+            "search", "hay", "--where", "step>=3", "--node", "answer", "--json",
+        ],
+    ));
+    assert_eq!(doc["method"], "scan");
+    let hits = doc["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{doc}");
+    assert_eq!(hits[0]["id"], "exec-1@3");
+    assert_eq!(hits[0]["path"], "messages.1");
+    assert!(hits[0]["snippet"].as_str().unwrap().contains("haystack"));
+
+    // Without text: metadata alone, two pages of two.
+    let first = json_of(&ok(
+        &store,
+        &["search", "--where", "source=loop", "--limit", "2", "--json"],
+    ));
+    let ids: Vec<&str> = first["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["exec-1@5", "exec-1@2"], "{first}");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let next = json_of(&ok(
+        &store,
+        &[
+            "search",
+            "--where",
+            "source=loop",
+            "--limit",
+            "2",
+            "--cursor",
+            cursor,
+            "--json",
+        ],
+    ));
+    assert_eq!(next["hits"][0]["id"], "exec-1@1", "{next}");
+    assert_eq!(next["next_cursor"], Value::Null);
+    let doc = json_of(&ok(
+        &store,
+        &["search", "--exec-prefix", "exec-2", "--json"],
+    ));
+    assert_eq!(doc["hits"][0]["id"], "exec-2@1");
+
+    let err = fails(&store, &["search", "zebra"]);
+    assert!(err.contains("no checkpoint matches"), "{err}");
+    let err = fails(&store, &["search", "--where", "nooperator"]);
+    assert!(err.contains("has no operator"), "{err}");
+    let err = fails(&store, &["search", "x", "--cursor", "garbage"]);
+    assert!(err.contains("is not one a search returned"), "{err}");
+}
+
+#[test]
 fn watch_help_and_count_zero() {
     // sled admits one process at a time, so a second process cannot save while `watch` runs;
     // the live behaviour is covered by the library's watch tests.

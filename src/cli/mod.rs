@@ -26,6 +26,7 @@ mod log;
 mod progress;
 mod prune;
 mod salvage;
+mod search;
 mod show;
 mod stats;
 mod verify;
@@ -140,6 +141,9 @@ pub enum Command {
     Log(log::LogArgs),
     /// Find the versions whose state contains a text (or matches PATH=VALUE), and the first.
     Grep(grep::GrepArgs),
+    /// Find checkpoints of every execution by text in their state, metadata (step>10), node,
+    /// time and execution-id prefix; newest first, a page at a time.
+    Search(search::SearchArgs),
     /// Print checkpoints of an execution as they are saved (a live tail).
     Watch(watch::WatchArgs),
     /// Start a new execution from a copy of a checkpoint.
@@ -248,6 +252,7 @@ impl Command {
             Command::Diff(args) => diff::run(args, global).await,
             Command::Log(args) => log::run(args, global).await,
             Command::Grep(args) => grep::run(args, global).await,
+            Command::Search(args) => search::run(args, global).await,
             Command::Watch(args) => watch::run(args, global).await,
             Command::Fork(args) => fork::run(args, global).await,
             Command::Delete(args) => delete::run(args, global).await,

@@ -30,6 +30,7 @@ mod read;
 pub(crate) mod reclaim;
 mod retention;
 mod save;
+mod search;
 mod stats;
 mod transcode;
 mod transfer;
@@ -57,6 +58,7 @@ pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
+pub use search::{SearchHit, SearchMethod, SearchPage, SearchQuery};
 pub use stats::{ExecutionStats, StatsReport, StatsTotals};
 pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
 pub use types::{

@@ -19,6 +19,7 @@ mod invalid_input;
 mod rekey;
 mod reopen;
 mod round_trips;
+mod search;
 mod storage;
 mod tree;
 mod versions;
@@ -37,6 +38,7 @@ pub use invalid_input::*;
 pub use rekey::*;
 pub use reopen::*;
 pub use round_trips::*;
+pub use search::*;
 pub use storage::*;
 pub use tree::*;
 pub use versions::*;
@@ -132,6 +134,9 @@ macro_rules! __conformance_scenario_list {
             any save_batch_is_all_or_nothing_under_faults,
             // damage.rs
             any damage_is_contained,
+            // search.rs
+            any search_finds_text_metadata_and_nodes,
+            any search_follows_delete_clear_fork_and_gc,
         }
     };
 }
