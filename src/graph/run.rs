@@ -1762,16 +1762,7 @@ async fn record_failure(store: &Arc<dyn CheckpointStore>, base: &CheckpointId, e
         return;
     };
     // The causes a message does not already include (a node's error names its source).
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
+    let text = crate::error::cause_chain(error);
     if let Ok(write) = Write::new(task, super::context::ERROR, &text) {
         let _ = store.put_writes(base, vec![write]).await;
     }
