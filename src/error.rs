@@ -144,6 +144,54 @@ impl Error {
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
     }
+
+    /// The variant as a short stable word (`not_found`, `conflict`, `corrupt`, `decrypt`,
+    /// `busy`, `invalid_url`, `invalid_input`, `not_supported`, `codec`, `backend`): what spans
+    /// record as an operation's `outcome` and what a metrics label can group by, where the
+    /// message itself names executions and differs every time.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict { .. } => "conflict",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Decrypt { .. } => "decrypt",
+            Error::Busy { .. } => "busy",
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::NotSupported { .. } => "not_supported",
+            Error::Codec { .. } => "codec",
+            Error::Backend { .. } => "backend",
+        }
+    }
+}
+
+/// An error and its causes on one line, `error: cause: cause's cause`, leaving out a cause
+/// whose text the line already holds (many messages repeat their source's). What a log line
+/// or a recorded failure shows, where `Display` shows only the outermost message.
+///
+/// ```
+/// let e = ckpt::Error::Backend {
+///     backend: "sled",
+///     context: "appending to \"run-1\"".into(),
+///     source: "disk full".into(),
+/// };
+/// assert_eq!(
+///     ckpt::error::cause_chain(&e),
+///     "sled backend failed: appending to \"run-1\": disk full"
+/// );
+/// ```
+pub fn cause_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The crate's result type.

@@ -594,3 +594,53 @@ fn show_lists_the_writes_of_a_checkpoint() {
     let all = json_of(&ok(&path, &["history", "w", "--json"]));
     assert_eq!(all.as_array().map(Vec::len), Some(5));
 }
+
+#[test]
+fn verbose_prints_spans_and_metrics_on_stderr_only() {
+    let (_dir, store) = fixture();
+    let args = ["show", "exec-1@3"];
+    let quiet = ckpt(&store, &args);
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "{:?}", quiet.stderr);
+    let stderr_of = |flag: &str| {
+        let mut with_flag = vec![flag];
+        with_flag.extend(args);
+        let out = ckpt(&store, &with_flag);
+        assert!(out.status.success());
+        // Whatever -v prints, a script reading stdout sees the same thing.
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&quiet.stdout),
+            "ckpt {flag} changed stdout"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let verbose = stderr_of("-v");
+    let load = verbose
+        .lines()
+        .find(|l| l.contains("ckpt.load{"))
+        .unwrap_or_else(|| panic!("no ckpt.load span:\n{verbose}"));
+    for field in [
+        "execution_id=\"exec-1\"",
+        "version=3",
+        "backend=\"sled\"",
+        "outcome=\"ok\"",
+        "close time.busy=",
+    ] {
+        assert!(load.contains(field), "{field} missing from {load}");
+    }
+    let metrics = verbose
+        .lines()
+        .find(|l| l.starts_with("ckpt metrics for "))
+        .unwrap_or_else(|| panic!("no metrics:\n{verbose}"));
+    assert!(metrics.contains(" loads=1 "), "{metrics}");
+    assert!(metrics.contains(" saves=0 "), "{metrics}");
+    // The checkpoint's state is on stdout, and only there.
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("forty-two"));
+    assert!(!verbose.contains("forty-two"), "{verbose}");
+    assert!(!verbose.contains("ckpt.backend."), "{verbose}");
+    // -vv: the backend calls too.
+    let very = stderr_of("-vv");
+    assert!(very.contains("ckpt.backend.scan{"), "{very}");
+    assert!(!very.contains("forty-two"), "{very}");
+}

@@ -69,6 +69,31 @@ impl Backoff {
     }
 }
 
+tokio::task_local! {
+    /// The transient retries made so far inside the backend call in progress: set by
+    /// [`counting_retries`] around each call the store makes, bumped by [`note_retry`].
+    static RETRIES: std::cell::Cell<u32>;
+}
+
+/// Notes one transient retry inside the backend call in progress (a no-op outside one): the
+/// store records the count on the call's span (`retries`) and in its metrics. Every retry loop
+/// of a backend calls it once per retry, after its pause.
+pub(crate) fn note_retry() {
+    let _ = RETRIES.try_with(|n| n.set(n.get().saturating_add(1)));
+}
+
+/// Runs `call`, a backend call, and returns its output with the transient retries noted
+/// inside it ([`note_retry`]). A retry made on another task or thread than the call's (the
+/// SQLite writer thread) is not seen.
+pub(crate) async fn counting_retries<T>(call: impl std::future::Future<Output = T>) -> (T, u32) {
+    RETRIES
+        .scope(std::cell::Cell::new(0), async {
+            let out = call.await;
+            (out, RETRIES.try_with(std::cell::Cell::get).unwrap_or(0))
+        })
+        .await
+}
+
 /// Why [`retrying`] gave up.
 #[derive(Debug)]
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
@@ -104,6 +129,7 @@ where
                     return Err(GaveUp::Failed(e));
                 }
                 tokio::time::sleep(delay).await;
+                note_retry();
                 attempt += 1;
             }
             Ok(Err(e)) => return Err(GaveUp::Failed(e)),

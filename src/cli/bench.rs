@@ -179,6 +179,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
         builder = builder.encryption(ckpt::crypto::Key::generate());
     }
     let store = builder.open().await?;
+    super::watch_metrics(&url, &store);
     let stamp = unix_millis();
     let executions: Vec<String> = (1..=threads)
         .map(|n| format!("bench-{n}-{stamp}"))
@@ -230,6 +231,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> CliResult {
     // The same from a store that has cached nothing (as after a restart): each execution's index
     // is built from its log and its latest state rebuilt from a snapshot and deltas.
     let cold = store.reopened();
+    super::watch_metrics(&url, &cold);
     let mut latest_cold = Vec::with_capacity(executions.len());
     for exec in &executions {
         let t = Instant::now();

@@ -141,6 +141,9 @@ async fn first_run(
     run_agent(&store, execution, &mut state, steps, Some(crash_at)).await?;
     say!("  !! crash after step {crash_at}: the process loses everything in memory")?;
     let keep = is_memory.then(|| store.reopened());
+    if let Some(reopened) = &keep {
+        super::watch_metrics(url, reopened);
+    }
     Ok((store.write_stats(), keep))
 }
 
@@ -167,7 +170,11 @@ pub async fn run(args: DemoArgs, global: &Global) -> CliResult {
     let store = match memory_store {
         // memory:// is gone with its store: reattach to the same in-process data instead.
         Some(reopened) => reopened,
-        None => Store::open(url).await?,
+        None => {
+            let store = Store::open(url).await?;
+            super::watch_metrics(url, &store);
+            store
+        }
     };
     let mut state = match store.latest(&execution).await? {
         Some(latest) => {

@@ -29,12 +29,13 @@ mod salvage;
 mod search;
 mod show;
 mod stats;
+mod verbose;
 mod verify;
 mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 pub use error::{CliResult, Context, Failure};
 
@@ -86,6 +87,12 @@ pub struct Global {
     /// temporary directory]
     #[arg(long, global = true, env = "CKPT_STORE", value_name = "URL")]
     pub store: Option<String>,
+
+    /// Print the store's spans on stderr as they close (operations with their execution,
+    /// version, bytes, outcome and time; -vv adds every backend call), and its metrics when
+    /// the command ends. stdout is unchanged
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
 }
 
 impl Global {
@@ -112,12 +119,21 @@ pub(crate) async fn open_or_create(url: &str) -> CliResult<Store> {
     opened(url, Store::open(url).await)
 }
 
+/// Remembers a store the command opened (other than through [`open_existing`] and
+/// [`open_or_create`]), so that `-v` prints its metrics when the command ends.
+pub(crate) fn watch_metrics(url: &str, store: &Store) {
+    verbose::opened(url, store);
+}
+
 /// The outcome of opening `url`, its error saying which store (without its password) and, for
 /// a missing store, what to do.
 fn opened(url: &str, outcome: ckpt::Result<Store>) -> CliResult<Store> {
     let shown = ckpt::url::redact(url);
     match outcome {
-        Ok(store) => Ok(store),
+        Ok(store) => {
+            verbose::opened(url, &store);
+            Ok(store)
+        }
         Err(e) if e.is_not_found() => Err(e).context(format!(
             "no store at {shown}: create one with `ckpt demo` or `ckpt import`, or check \
              --store / CKPT_STORE"
@@ -289,11 +305,13 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    verbose::install(cli.global.verbose);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
         .and_then(|runtime| runtime.block_on(cli.command.run(&cli.global)));
+    verbose::report();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`ckpt demo | head`) is the reader's choice, not a failure to report.

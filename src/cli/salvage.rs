@@ -43,6 +43,8 @@ pub async fn run(args: SalvageArgs, global: &Global) -> CliResult {
     let target = Store::open(&args.to)
         .await
         .with_context(|| format!("opening the target {}", redact(&args.to)))?;
+    super::watch_metrics(from, &source);
+    super::watch_metrics(&args.to, &target);
     let report = source
         .salvage_to(&target)
         .await

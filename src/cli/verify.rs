@@ -64,6 +64,7 @@ pub async fn run(args: VerifyArgs, global: &Global) -> CliResult {
             };
             classified(what, e)
         })?;
+    super::watch_metrics(url, &store);
     let report = store
         .verify()
         .await

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use futures_util::future::join_all;
 use futures_util::Stream;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::context::{
     self, is_interrupt, Command, EmitFn, Emitted, EmittedKind, Interrupt, NodeContext, NotRecorded,
@@ -975,8 +976,13 @@ impl<S: GraphState> CompiledGraph<S> {
             let index = ran;
             ran += 1;
             let step = cur.step + 1;
+            // Every await of the step runs in its span, the save after it included.
+            let mut trace = StepSpan::new(exec, step, &node);
             let base = cur.last.as_ref().map(|(id, _, _)| id.clone());
-            let (record, mode, copy_journal) = self.step_record(cur, run, resuming, index).await?;
+            let (record, mode, copy_journal) = self
+                .step_record(cur, run, resuming, index)
+                .instrument(trace.span.clone())
+                .await?;
             let shared = Arc::new(StepShared {
                 execution_id: exec.to_owned(),
                 step,
@@ -990,17 +996,21 @@ impl<S: GraphState> CompiledGraph<S> {
                 emit: emit.clone(),
                 modes: run.config.stream,
             });
-            let result = match (&cur.fan, &cur.tasks) {
-                (Some(_), _) => {
-                    self.run_fan_out(&node, step, &cur.state, &shared, run)
-                        .await
+            let result = async {
+                match (&cur.fan, &cur.tasks) {
+                    (Some(_), _) => {
+                        self.run_fan_out(&node, step, &cur.state, &shared, run)
+                            .await
+                    }
+                    (None, Some(p)) => {
+                        let tasks = p.tasks.clone();
+                        self.run_tasks(&tasks, step, &cur.state, &shared, run).await
+                    }
+                    (None, None) => self.run_single(&node, step, &cur.state, &shared, run).await,
                 }
-                (None, Some(p)) => {
-                    let tasks = p.tasks.clone();
-                    self.run_tasks(&tasks, step, &cur.state, &shared, run).await
-                }
-                (None, None) => self.run_single(&node, step, &cur.state, &shared, run).await,
-            };
+            }
+            .instrument(trace.span.clone())
+            .await;
             if let Some(track) = &mut run.track {
                 track.note_missing(&shared);
             }
@@ -1008,7 +1018,11 @@ impl<S: GraphState> CompiledGraph<S> {
                 Ok(done) => done,
                 Err(Stop::Interrupted(next)) => {
                     let id = base.ok_or(GraphError::NoCheckpointer)?;
-                    let pending = self.record_interrupts(&shared, &id).await?;
+                    let pending = self
+                        .record_interrupts(&shared, &id)
+                        .instrument(trace.span.clone())
+                        .await?;
+                    trace.outcome = "interrupted";
                     return Ok(Stopped::Interrupted {
                         checkpoint: id,
                         next,
@@ -1053,17 +1067,26 @@ impl<S: GraphState> CompiledGraph<S> {
                     interrupted: pause,
                     ran: cur.tasks.as_ref().map(|p| p.ran.clone()),
                 };
-                if let Some(saved) = saver.save(meta, &cur.state, run).await? {
+                let saved = saver
+                    .save(meta, &cur.state, run)
+                    .instrument(trace.span.clone())
+                    .await?;
+                if let Some(saved) = saved {
+                    trace.span.record("version", saved.version);
                     if let Some(track) = &mut run.track {
                         track.record_step(index, &node, &saved)?;
                     }
                     cur.last = Some(position_of(&saved));
                 }
                 if pause {
-                    let id = settled(cur, saver, run).await?;
+                    let id = settled(cur, saver, run)
+                        .instrument(trace.span.clone())
+                        .await?;
+                    trace.outcome = "ok";
                     return Ok(Stopped::interrupted(id, next_names));
                 }
             }
+            trace.outcome = "ok";
         }
     }
 
@@ -1615,6 +1638,53 @@ struct RunTags {
 }
 
 /// How a run's positions reach the store ([`Durability`]), each save fenced on the one before.
+/// A graph step's span, `ckpt.graph.step` (debug level): the execution, the step's number, its
+/// node (or tasks), the version of the checkpoint saved after it when it is saved at once
+/// ([`Durability::Sync`]), and its `outcome`, recorded when the step ends: `ok`,
+/// `interrupted`, or `failed` for any other end (an error returned from the step's middle).
+/// Never the state, nor what the node returned.
+struct StepSpan {
+    span: tracing::Span,
+    outcome: &'static str,
+    /// When the step began, for `elapsed_us` (read only when the span is enabled).
+    start: Option<std::time::Instant>,
+}
+
+impl StepSpan {
+    fn new(execution_id: &str, step: u64, node: &str) -> Self {
+        // Nothing built when nobody listens: see `store::trace::wanted`.
+        let span = if crate::store::trace::wanted(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "ckpt.graph.step",
+                execution_id,
+                step,
+                node,
+                version = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                elapsed_us = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let start = (!span.is_disabled()).then(std::time::Instant::now);
+        StepSpan {
+            span,
+            outcome: "failed",
+            start,
+        }
+    }
+}
+
+impl Drop for StepSpan {
+    fn drop(&mut self) {
+        if let Some(start) = self.start {
+            self.span.record("outcome", self.outcome);
+            let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.span.record("elapsed_us", us);
+        }
+    }
+}
+
 struct Saver {
     store: Arc<dyn CheckpointStore>,
     mode: Durability,
@@ -1660,10 +1730,14 @@ impl Saver {
                 // Encoding the state is part of the save: off the step's critical path too.
                 let state = state.clone();
                 let tags = run.tags();
-                self.in_flight = Some(tokio::spawn(async move {
-                    let cp = meta.checkpoint(&exec, &state, Some(&tags))?;
-                    fenced_save(store, cp, parent, fence).await
-                }));
+                // In the step's span (the caller's), which stays open until the save lands.
+                self.in_flight = Some(tokio::spawn(
+                    async move {
+                        let cp = meta.checkpoint(&exec, &state, Some(&tags))?;
+                        fenced_save(store, cp, parent, fence).await
+                    }
+                    .in_current_span(),
+                ));
                 Ok(None)
             }
             Durability::Exit => {
@@ -1762,16 +1836,7 @@ async fn record_failure(store: &Arc<dyn CheckpointStore>, base: &CheckpointId, e
         return;
     };
     // The causes a message does not already include (a node's error names its source).
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
+    let text = crate::error::cause_chain(error);
     if let Ok(write) = Write::new(task, super::context::ERROR, &text) {
         let _ = store.put_writes(base, vec![write]).await;
     }

@@ -127,6 +127,28 @@ impl StoreBuilder {
     /// separated by commas: the first writes, all decrypt); the keys themselves never appear in
     /// a URL. Keys given in code come before keys from the URL.
     pub async fn open(self) -> Result<Store> {
+        // The URL as messages show it (no password; `key_env` names variables, never keys).
+        let span = if super::trace::wanted(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "ckpt.open",
+                url = tracing::field::Empty,
+                backend = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                elapsed_us = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if !span.is_disabled() {
+            span.record("url", crate::url::redact(&self.url).as_str());
+        }
+        let store = super::trace::in_span(&span, self.open_untraced()).await?;
+        span.record("backend", store.backend().name());
+        Ok(store)
+    }
+
+    /// [`StoreBuilder::open`] outside its span.
+    async fn open_untraced(self) -> Result<Store> {
         let (url, key_vars) = take_key_env(&self.url)?;
         let mut keys = self.keys;
         for var in key_vars {

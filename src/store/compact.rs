@@ -8,6 +8,7 @@
 //! [`Store::compact_offline`] does the same for a store no process has open (sled, whose
 //! compaction rewrites its directory).
 
+use super::trace::op_span;
 use super::Store;
 use crate::backend::CompactReport;
 use crate::error::{Error, Result};
@@ -27,20 +28,24 @@ impl Store {
     /// each table it rewrites). sled compacts offline only: there it returns
     /// [`crate::Error::InvalidInput`]; close the store and run `ckpt compact`.
     pub async fn compact(&self) -> Result<CompactReport> {
-        let backend = &self.inner.backend;
-        backend.flush().await?;
-        match backend.capabilities().maintain {
-            Some(maintain) => maintain.compact().await,
-            None => {
-                let mut report = CompactReport::new(backend.name());
-                report.caveat(format!(
-                    "the {} backend cannot compact: deleted data may remain in its storage until \
-                     it reuses the space",
-                    backend.name()
-                ));
-                Ok(report)
+        let span = op_span!("ckpt.compact", self);
+        let op = async {
+            let backend = &self.inner.traced;
+            backend.flush().await?;
+            match backend.capabilities().maintain {
+                Some(maintain) => maintain.compact().await,
+                None => {
+                    let mut report = CompactReport::new(backend.name());
+                    report.caveat(format!(
+                        "the {} backend cannot compact: deleted data may remain in its storage until \
+                         it reuses the space",
+                        backend.name()
+                    ));
+                    Ok(report)
+                }
             }
-        }
+        };
+        self.traced(&span, op).await
     }
 
     /// Compacts the store `url` names while no process has it open, as [`Store::compact`] does
@@ -51,20 +56,34 @@ impl Store {
     /// Other URLs are refused with [`Error::InvalidInput`]: open the store and call
     /// [`Store::compact`]. So is a sled URL in a build without the `sled` feature.
     pub async fn compact_offline(url: &str) -> Result<CompactReport> {
-        let url = strip_key_env(url);
-        match StoreUrl::parse(&url)? {
-            StoreUrl::Sled { path, .. } => tokio::task::spawn_blocking(move || compact_sled(&path))
-                .await
-                .map_err(|e| Error::Backend {
-                    backend: "sled",
-                    context: "compacting".into(),
-                    source: e.into(),
-                })?,
-            _ => Err(Error::InvalidInput(format!(
-                "offline compaction is for sled stores only; open {} and call Store::compact",
-                redact(&url)
-            ))),
-        }
+        let span = if super::trace::wanted(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "ckpt.compact_offline",
+                outcome = tracing::field::Empty,
+                elapsed_us = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let op = async {
+            let url = strip_key_env(url);
+            match StoreUrl::parse(&url)? {
+                StoreUrl::Sled { path, .. } => {
+                    tokio::task::spawn_blocking(move || compact_sled(&path))
+                        .await
+                        .map_err(|e| Error::Backend {
+                            backend: "sled",
+                            context: "compacting".into(),
+                            source: e.into(),
+                        })?
+                }
+                _ => Err(Error::InvalidInput(format!(
+                    "offline compaction is for sled stores only; open {} and call Store::compact",
+                    redact(&url)
+                ))),
+            }
+        };
+        super::trace::in_span(&span, op).await
     }
 }
 

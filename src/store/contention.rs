@@ -128,7 +128,7 @@ impl crate::Store {
     /// The next sequence number of `log`, read after this process's appends in flight to it.
     pub(crate) async fn tail(&self, log: &str) -> Result<u64> {
         self.inner.contention.settled(log).await;
-        self.inner.backend.next_seq(log).await
+        self.inner.traced.next_seq(log).await
     }
 
     /// [`Backend::commit`] under the store's contention policy (see the module docs). Boxed
@@ -140,7 +140,7 @@ impl crate::Store {
     ) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
-            let backend = &self.inner.backend;
+            let backend = &self.inner.traced;
             self.inner
                 .contention
                 .commit(&logs, backend.commit(appends, blobs))

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::reclaim::{is_reserved_log, DEFAULT_LEASE};
+use super::trace::op_span;
 use super::transcode::{BlobSource, Transcoder};
 use super::Store;
 use crate::backend::LogAppend;
@@ -17,6 +18,7 @@ use crate::codec::seal::Seal;
 use crate::codec::Codec;
 use crate::crypto::{Key, Keyring, StoreCipher};
 use crate::error::{Error, Result};
+use tracing::field::Empty;
 
 /// The reserved log holding the descriptor of an encrypted store (none for a plaintext store).
 pub(crate) const STORE_LOG: &str = "\u{1}store";
@@ -108,23 +110,30 @@ impl Store {
     /// reads again. Interrupted, or past half its lease ([`Error::Busy`]), it can simply run
     /// again: it carries on where it stopped.
     pub async fn rekey(&self) -> Result<RekeyReport> {
-        let (cipher, codec) = match self.crypto().await? {
-            Crypto::Sealed(c, codec) => (c.clone(), codec.clone()),
-            Crypto::Plain => {
-                return Err(Error::InvalidInput(
-                    "the store is not encrypted: there is nothing to rekey".into(),
-                ))
-            }
-            Crypto::Locked => return Err(locked()),
+        let span = op_span!("ckpt.rekey", self; frames = Empty, blobs = Empty);
+        let op = async {
+            let (cipher, codec) = match self.crypto().await? {
+                Crypto::Sealed(c, codec) => (c.clone(), codec.clone()),
+                Crypto::Plain => {
+                    return Err(Error::InvalidInput(
+                        "the store is not encrypted: there is nothing to rekey".into(),
+                    ))
+                }
+                Crypto::Locked => return Err(locked()),
+            };
+            let _exclusive = self.inner.gc_lock.write().await;
+            let started = std::time::Instant::now();
+            let begin = self.begin_gc(DEFAULT_LEASE).await?;
+            let result = self.reseal_everything(&cipher, &codec, started).await;
+            self.forget_stored_states().await;
+            let ended = self.end_gc(begin + 1).await;
+            let report = result?;
+            ended?;
+            Ok(report)
         };
-        let _exclusive = self.inner.gc_lock.write().await;
-        let started = std::time::Instant::now();
-        let begin = self.begin_gc(DEFAULT_LEASE).await?;
-        let result = self.reseal_everything(&cipher, &codec, started).await;
-        self.forget_stored_states().await;
-        let ended = self.end_gc(begin + 1).await;
-        let report = result?;
-        ended?;
+        let report: RekeyReport = self.traced(&span, op).await?;
+        span.record("frames", report.frames);
+        span.record("blobs", report.blobs);
         Ok(report)
     }
 
@@ -134,7 +143,7 @@ impl Store {
         codec: &Codec,
         started: std::time::Instant,
     ) -> Result<RekeyReport> {
-        let backend = &*self.inner.backend;
+        let backend = &*self.inner.traced;
         let rewrite = backend.capabilities().rewrite.ok_or(Error::NotSupported {
             operation: "re-sealing in place (rekey)",
             backend: backend.name(),
@@ -250,30 +259,40 @@ impl Store {
 
     /// Whether the store is encrypted (whether or not it was opened with its key).
     pub async fn is_encrypted(&self) -> Result<bool> {
-        Ok(!matches!(self.crypto().await?, Crypto::Plain))
+        let span = op_span!("ckpt.is_encrypted", self);
+        let op = async { Ok(!matches!(self.crypto().await?, Crypto::Plain)) };
+        self.traced(&span, op).await
     }
 
     /// Verifies a frame of this store as stored at `seq` of `log`: its checksum, its seal (in
     /// an encrypted store) and its encoding, body included.
     pub async fn verify_frame(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<()> {
-        let decoded = self
-            .crypto()
-            .await?
-            .codec()
-            .frames
-            .decode(log, seq, bytes)?;
-        decoded.body(log, seq).map(drop)
+        let span = op_span!("ckpt.verify_frame", self; log, seq, bytes = bytes.len());
+        let op = async {
+            let decoded = self
+                .crypto()
+                .await?
+                .codec()
+                .frames
+                .decode(log, seq, bytes)?;
+            decoded.body(log, seq).map(drop)
+        };
+        self.traced(&span, op).await
     }
 
     /// Verifies a blob of this store stored under `hash`: its seal (in an encrypted store) or
     /// its content hash, and its encoding.
     pub async fn verify_blob(&self, hash: &crate::backend::BlobHash, bytes: &[u8]) -> Result<()> {
-        self.crypto()
-            .await?
-            .codec()
-            .blobs
-            .decode(hash, bytes)
-            .map(drop)
+        let span = op_span!("ckpt.verify_blob", self; bytes = bytes.len());
+        let op = async {
+            self.crypto()
+                .await?
+                .codec()
+                .blobs
+                .decode(hash, bytes)
+                .map(drop)
+        };
+        self.traced(&span, op).await
     }
 
     async fn find_crypto(&self) -> Result<Crypto> {
@@ -284,7 +303,7 @@ impl Store {
                 (Some(_), None) => return Ok(Crypto::Locked),
                 (None, None) => return Ok(Crypto::Plain),
                 (None, Some(ring)) => {
-                    let logs = self.inner.backend.list_logs().await?;
+                    let logs = self.inner.traced.list_logs().await?;
                     let has_executions = logs.iter().any(|l| !is_reserved_log(l));
                     // Executions may have appeared after a descriptor another store just
                     // wrote (and we did not see): look again before calling this plaintext.
@@ -314,7 +333,7 @@ impl Store {
 
     /// The newest descriptor, if the store is encrypted.
     async fn read_descriptor(&self) -> Result<Option<StoreDescriptor>> {
-        let frames = self.inner.backend.scan(STORE_LOG, 1, usize::MAX).await?;
+        let frames = self.inner.traced.scan(STORE_LOG, 1, usize::MAX).await?;
         let Some((seq, bytes)) = frames.last() else {
             return Ok(None);
         };

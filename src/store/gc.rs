@@ -7,10 +7,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::index::ExecIndex;
+use super::metrics::add;
+use super::trace::op_span;
 use super::{reclaim, BlobCache, GcReport, Store};
 use crate::backend::BlobHash;
 use crate::codec::tree;
 use crate::error::{Error, Result};
+use tracing::field::Empty;
 
 impl Store {
     /// Reclaims space: removes log frames of cleared and deleted checkpoints that no live
@@ -20,13 +23,31 @@ impl Store {
     /// fenced off and redone (see the `reclaim` module; on Redis Cluster, repaired after the
     /// fact). Returns [`Error::Busy`] while another gc runs.
     pub async fn gc(&self) -> Result<GcReport> {
-        let _exclusive = self.inner.gc_lock.write().await;
-        let started = std::time::Instant::now();
-        let begin = self.begin_gc(reclaim::DEFAULT_LEASE).await?;
-        let result = self.collect_garbage(started, reclaim::DEFAULT_LEASE).await;
-        let ended = self.end_gc(begin + 1).await;
-        let report = result?;
-        ended?;
+        let span = op_span!(
+            "ckpt.gc", self;
+            frames_removed = Empty,
+            blobs_removed = Empty,
+            bytes = Empty
+        );
+        let op = async {
+            let _exclusive = self.inner.gc_lock.write().await;
+            let started = std::time::Instant::now();
+            let begin = self.begin_gc(reclaim::DEFAULT_LEASE).await?;
+            let result = self.collect_garbage(started, reclaim::DEFAULT_LEASE).await;
+            let ended = self.end_gc(begin + 1).await;
+            let report = result?;
+            ended?;
+            Ok(report)
+        };
+        let (report, bytes) = self.traced(&span, op).await?;
+        let metrics = &self.inner.metrics;
+        add(&metrics.gc_runs, 1);
+        add(&metrics.gc_frames_reclaimed, report.frames_removed);
+        add(&metrics.gc_bytes_reclaimed, bytes);
+        add(&metrics.gc_blobs_reclaimed, report.blobs_removed);
+        span.record("frames_removed", report.frames_removed);
+        span.record("blobs_removed", report.blobs_removed);
+        span.record("bytes", bytes);
         Ok(report)
     }
 
@@ -45,7 +66,7 @@ impl Store {
         let mut refs = HashSet::new();
         tree::collect_refs(&cached.stored, &mut refs);
         let hashes: Vec<BlobHash> = refs.iter().map(|r| r.hash()).collect();
-        if hashes.is_empty() || self.inner.backend.missing_blobs(&hashes).await?.is_empty() {
+        if hashes.is_empty() || self.inner.traced.missing_blobs(&hashes).await?.is_empty() {
             idx.stored_epoch = epoch;
         } else {
             idx.newest_state = None;
@@ -66,14 +87,16 @@ impl Store {
         }
     }
 
-    /// gc's work, between its begin and end marks.
+    /// gc's work, between its begin and end marks; with the report, the bytes of the frames
+    /// it removed.
     pub(super) async fn collect_garbage(
         &self,
         started: std::time::Instant,
         lease: Duration,
-    ) -> Result<GcReport> {
-        let backend = &self.inner.backend;
+    ) -> Result<(GcReport, u64)> {
+        let backend = &self.inner.traced;
         let mut report = GcReport::default();
+        let mut frame_bytes = 0u64;
         let mut referenced = HashSet::new();
         for log in self.execution_logs().await? {
             let handle = self.handle(&log);
@@ -95,6 +118,7 @@ impl Store {
             for (seq, bytes) in &frames {
                 if *seq < keep_from {
                     report.frames_removed += 1;
+                    frame_bytes += bytes.len() as u64;
                     continue;
                 }
                 if idx.saves.contains_key(seq) {
@@ -144,7 +168,7 @@ impl Store {
         if let Ok(mut cache) = self.inner.blob_cache.lock() {
             *cache = BlobCache::default();
         }
-        Ok(report)
+        Ok((report, frame_bytes))
     }
 
     /// The blobs `refs` name, with the chunks of every chunked leaf among them (for gc's mark).

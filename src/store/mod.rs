@@ -15,7 +15,8 @@
 //! conflict); `write` the other events (delete, clear, fork); `read` the way out (projection
 //! refresh, state rebuild, blob fetch); `query` the answers read from projections alone
 //! (history, executions, damage); `gc` and `reclaim` the sweep and its fence across processes;
-//! `verify`, `stats` and `compact` the whole-store projections and maintenance the CLI calls.
+//! `verify`, `stats` and `compact` the whole-store projections and maintenance the CLI calls;
+//! `trace` the spans on every operation and backend call, `metrics` the counters they keep.
 
 mod builder;
 mod compact;
@@ -23,6 +24,7 @@ mod contention;
 mod encryption;
 mod gc;
 mod index;
+mod metrics;
 mod persist;
 pub(crate) use persist::decode_record;
 mod query;
@@ -32,6 +34,7 @@ mod retention;
 mod save;
 mod search;
 mod stats;
+pub(crate) mod trace;
 mod transcode;
 mod transfer;
 mod tree;
@@ -53,10 +56,12 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, BlobHash};
 use crate::error::{Error, Result};
 use index::ExecIndex;
+use trace::op_span;
 
 pub use crate::backend::CompactReport;
 pub use builder::StoreBuilder;
 pub use encryption::RekeyReport;
+pub use metrics::{Metrics, MetricsSnapshot};
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use search::{SearchHit, SearchMethod, SearchPage, SearchQuery};
 pub use stats::{ExecutionStats, StatsReport, StatsTotals};
@@ -111,7 +116,13 @@ pub struct Store {
 }
 
 struct Inner {
+    /// The backend as the store calls it: every call in a span, counted (see `trace`). Every
+    /// call the store makes goes through it.
+    traced: Arc<dyn Backend>,
+    /// The backend as it was given ([`Store::backend`]), shared with other stores on it.
     backend: Arc<dyn Backend>,
+    /// What this store and its clones did (see `metrics`).
+    metrics: Arc<Metrics>,
     executions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ExecIndex>>>>,
     blob_cache: Mutex<BlobCache>,
     /// Saves hold it shared from their first blob put to their append; gc holds it exclusively,
@@ -230,6 +241,11 @@ impl Store {
         let (saved, _) = broadcast::channel(1024);
         // The gc lock and the contention state are the backend's, in this process.
         let contention = contention::Contention::of(&backend);
+        let metrics = Arc::new(Metrics::default());
+        let traced: Arc<dyn Backend> = Arc::new(trace::Traced {
+            inner: backend.clone(),
+            metrics: metrics.clone(),
+        });
         Store {
             inner: Arc::new(Inner {
                 gc_lock: contention.gc_lock.clone(),
@@ -237,7 +253,9 @@ impl Store {
                 gc_next: AtomicU64::new(0),
                 keys,
                 crypto: tokio::sync::OnceCell::new(),
+                traced,
                 backend,
+                metrics,
                 executions: Mutex::new(HashMap::new()),
                 blob_cache: Mutex::new(BlobCache::default()),
                 saved,
@@ -251,27 +269,41 @@ impl Store {
 
     /// Damage the backend recorded in its own files (none when it cannot record any).
     pub async fn recorded_damage(&self) -> Result<Vec<crate::backend::RecordedDamage>> {
-        match self.inner.backend.capabilities().inspect {
-            Some(inspect) => inspect.recorded_damage().await,
-            None => Ok(Vec::new()),
-        }
+        let span = op_span!("ckpt.recorded_damage", self; count = tracing::field::Empty);
+        let op = async {
+            match self.inner.traced.capabilities().inspect {
+                Some(inspect) => inspect.recorded_damage().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let found: Vec<_> = self.traced(&span, op).await?;
+        span.record("count", found.len());
+        Ok(found)
     }
 
     /// Bytes the backend occupies on its medium, when it can tell.
     pub async fn stored_bytes(&self) -> Result<Option<u64>> {
-        match self.inner.backend.capabilities().maintain {
-            Some(maintain) => maintain.stored_bytes().await,
-            None => Ok(None),
-        }
+        let span = op_span!("ckpt.stored_bytes", self);
+        let op = async {
+            match self.inner.traced.capabilities().maintain {
+                Some(maintain) => maintain.stored_bytes().await,
+                None => Ok(None),
+            }
+        };
+        self.traced(&span, op).await
     }
 
     /// Memory the backend's server uses, when it keeps everything in memory (Redis); `None`
     /// for the others.
     pub async fn server_memory(&self) -> Result<Option<u64>> {
-        match self.inner.backend.capabilities().maintain {
-            Some(maintain) => maintain.server_memory().await,
-            None => Ok(None),
-        }
+        let span = op_span!("ckpt.server_memory", self);
+        let op = async {
+            match self.inner.traced.capabilities().maintain {
+                Some(maintain) => maintain.server_memory().await,
+                None => Ok(None),
+            }
+        };
+        self.traced(&span, op).await
     }
 
     /// The backend this store writes to.
@@ -315,9 +347,13 @@ impl Store {
 
     /// Makes everything written durable (saves already are, unless durability was relaxed).
     pub async fn flush(&self) -> Result<()> {
-        // Persisted projections are a cache: one that cannot be written is no reason to fail.
-        let _ = self.write_dirty_records().await;
-        self.inner.backend.flush().await
+        let span = op_span!("ckpt.flush", self);
+        let op = async {
+            // Persisted projections are a cache: one that cannot be written is no reason to fail.
+            let _ = self.write_dirty_records().await;
+            self.inner.traced.flush().await
+        };
+        self.traced(&span, op).await
     }
 }
 

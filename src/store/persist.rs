@@ -352,7 +352,7 @@ fn read_window(cursor: &mut Cursor<&[u8]>) -> std::result::Result<Window, String
 
 impl Store {
     fn side_table(&self) -> Option<&dyn crate::backend::SideTable> {
-        self.inner.backend.capabilities().side_table
+        self.inner.traced.capabilities().side_table
     }
 
     /// Opens `exec`'s record: `None` when it does not verify or open (it is then ignored).
@@ -420,7 +420,7 @@ impl Store {
         } else if head.tail_sum.is_some() {
             return Ok(None);
         } else {
-            self.inner.backend.scan(&exec, 1, SCAN_PAGE).await?
+            self.inner.traced.scan(&exec, 1, SCAN_PAGE).await?
         };
         idx.reset();
         idx.next_seq = head.position;

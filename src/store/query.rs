@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use super::persist::{RecordHead, SUMMARY_PREFIX};
+use super::trace::op_span;
 use super::{from_micros, reclaim, ExecutionDamage, ExecutionSummary, HistoryQuery, Store};
 use crate::backend::SideTable;
 use crate::checkpoint::{validate_execution_id, CheckpointHeader};
 use crate::error::Result;
+use tracing::field::Empty;
 
 impl Store {
     /// Headers of live checkpoints, newest first, filtered by `query`. No state is read, so this
@@ -22,24 +24,30 @@ impl Store {
         execution_id: &str,
         query: HistoryQuery,
     ) -> Result<Vec<CheckpointHeader>> {
-        validate_execution_id(execution_id)?;
-        let mut idx = self.recent_index(execution_id).await?;
-        let limit = query.limit.unwrap_or(usize::MAX);
-        let matching = |idx: &super::index::ExecIndex| -> Vec<CheckpointHeader> {
-            idx.readable()
-                .rev()
-                .filter(|(v, e)| query.matches(*v, &e.header))
-                .take(limit)
-                .map(|(v, e)| self.header(&idx.log, v, e))
-                .collect()
+        let span = op_span!("ckpt.history", self; execution_id, count = Empty);
+        let op = async {
+            validate_execution_id(execution_id)?;
+            let mut idx = self.recent_index(execution_id).await?;
+            let limit = query.limit.unwrap_or(usize::MAX);
+            let matching = |idx: &super::index::ExecIndex| -> Vec<CheckpointHeader> {
+                idx.readable()
+                    .rev()
+                    .filter(|(v, e)| query.matches(*v, &e.header))
+                    .take(limit)
+                    .map(|(v, e)| self.header(&idx.log, v, e))
+                    .collect()
+            };
+            let found = matching(&idx);
+            // A partial projection answers when it has found enough; older matches need the rest.
+            if found.len() >= limit || idx.is_complete() {
+                return Ok(found);
+            }
+            self.refresh(&mut idx).await?;
+            Ok(matching(&idx))
         };
-        let found = matching(&idx);
-        // A partial projection answers when it has found enough; older matches need the rest.
-        if found.len() >= limit || idx.is_complete() {
-            return Ok(found);
-        }
-        self.refresh(&mut idx).await?;
-        Ok(matching(&idx))
+        let found = self.traced(&span, op).await?;
+        span.record("count", found.len());
+        Ok(found)
     }
 
     /// Every execution with at least one live checkpoint, or with damaged frames, by id.
@@ -48,26 +56,32 @@ impl Store {
     /// the newest of them; version 0, no node and the Unix epoch when none is readable) and
     /// marked with its damaged frames and unreadable versions; the others are untouched by it.
     pub async fn executions(&self) -> Result<Vec<ExecutionSummary>> {
-        // This store's own projections that have no record yet are current: write them first.
-        let _ = self.write_dirty_records().await;
-        let (mut logs, heads) = self.logs_and_records().await?;
-        logs.sort();
-        let mut out = Vec::new();
-        for (log, tail) in logs {
-            // A record made at the log's tail is the summary: nothing to read. Unless this
-            // store has found damage in the log (records are written only without it).
-            let head = heads
-                .get(&log)
-                .filter(|h| tail == Some(h.position) && !self.known_damaged(&log));
-            let summary = match head {
-                Some(h) => summary_of_record(&log, h),
-                None => self.summary_of_log(&log).await?,
-            };
-            out.extend(summary);
-        }
-        // The summaries folded above become records, so the next listing reads them.
-        let _ = self.write_dirty_records().await;
-        Ok(out)
+        let span = op_span!("ckpt.executions", self; count = Empty);
+        let op = async {
+            // This store's own projections that have no record yet are current: write them first.
+            let _ = self.write_dirty_records().await;
+            let (mut logs, heads) = self.logs_and_records().await?;
+            logs.sort();
+            let mut out = Vec::new();
+            for (log, tail) in logs {
+                // A record made at the log's tail is the summary: nothing to read. Unless this
+                // store has found damage in the log (records are written only without it).
+                let head = heads
+                    .get(&log)
+                    .filter(|h| tail == Some(h.position) && !self.known_damaged(&log));
+                let summary = match head {
+                    Some(h) => summary_of_record(&log, h),
+                    None => self.summary_of_log(&log).await?,
+                };
+                out.extend(summary);
+            }
+            // The summaries folded above become records, so the next listing reads them.
+            let _ = self.write_dirty_records().await;
+            Ok(out)
+        };
+        let found = self.traced(&span, op).await?;
+        span.record("count", found.len());
+        Ok(found)
     }
 
     /// Every execution's log with its tail (when the backend tells it in the same call) and
@@ -75,7 +89,7 @@ impl Store {
     async fn logs_and_records(
         &self,
     ) -> Result<(Vec<(String, Option<u64>)>, HashMap<String, RecordHead>)> {
-        let Some(side) = self.inner.backend.capabilities().side_table else {
+        let Some(side) = self.inner.traced.capabilities().side_table else {
             let logs = self.execution_logs().await?;
             return Ok((
                 logs.into_iter().map(|l| (l, None)).collect(),
@@ -140,23 +154,35 @@ impl Store {
     /// The damaged frames of an execution and the live versions that cannot be read because of
     /// them (empty when the execution is healthy, or unknown).
     pub async fn damage(&self, execution_id: &str) -> Result<ExecutionDamage> {
-        validate_execution_id(execution_id)?;
-        let idx = self.index(execution_id).await?;
-        Ok(ExecutionDamage {
-            frames: idx.damaged.iter().map(|(s, r)| (*s, r.clone())).collect(),
-            unreadable: idx
-                .live()
-                .filter_map(|(v, _)| idx.unreadable_because(v).map(|d| (v, d)))
-                .collect(),
-        })
+        let span = op_span!("ckpt.damage", self; execution_id, count = Empty);
+        let op = async {
+            validate_execution_id(execution_id)?;
+            let idx = self.index(execution_id).await?;
+            Ok(ExecutionDamage {
+                frames: idx.damaged.iter().map(|(s, r)| (*s, r.clone())).collect(),
+                unreadable: idx
+                    .live()
+                    .filter_map(|(v, _)| idx.unreadable_because(v).map(|d| (v, d)))
+                    .collect(),
+            })
+        };
+        let found = self.traced(&span, op).await?;
+        span.record("count", found.frames.len());
+        Ok(found)
     }
 
     /// Every execution that has a log in the backend, live checkpoints or not, in no particular
     /// order (the backend's logs, less the store's own).
     pub async fn execution_logs(&self) -> Result<Vec<String>> {
-        let mut logs = self.inner.backend.list_logs().await?;
-        logs.retain(|log| !reclaim::is_reserved_log(log));
-        Ok(logs)
+        let span = op_span!("ckpt.execution_logs", self; count = Empty);
+        let op = async {
+            let mut logs = self.inner.traced.list_logs().await?;
+            logs.retain(|log| !reclaim::is_reserved_log(log));
+            Ok(logs)
+        };
+        let found = self.traced(&span, op).await?;
+        span.record("count", found.len());
+        Ok(found)
     }
 }
 

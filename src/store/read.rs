@@ -12,6 +12,7 @@ use rmpv::Value;
 use tokio::sync::{broadcast, OwnedMutexGuard};
 
 use super::index::{CachedState, ExecIndex, SaveEntry};
+use super::trace::{load_span, op_span};
 use super::{encryption, from_micros, poisoned, seq_list, Store, FETCH_BATCH, SCAN_PAGE};
 use crate::backend::{BackendExt, BlobHash};
 use crate::checkpoint::{validate_execution_id, Checkpoint, CheckpointHeader, CheckpointId};
@@ -27,14 +28,32 @@ impl Store {
     /// Loads one checkpoint with its state. [`Error::NotFound`] if it never existed, was
     /// deleted, or its execution was cleared.
     pub async fn load(&self, id: &CheckpointId) -> Result<Checkpoint> {
-        self.at_version(id.execution_id(), id.version()).await
+        let span = load_span!("ckpt.load", self, id.execution_id(), id.version());
+        self.read_version(&span, id.execution_id(), id.version())
+            .await
     }
 
     /// The checkpoint of `execution_id` at `version`.
     pub async fn at_version(&self, execution_id: &str, version: u64) -> Result<Checkpoint> {
-        validate_execution_id(execution_id)?;
-        self.read_consistent(|| self.at_version_once(execution_id, version))
-            .await
+        let span = load_span!("ckpt.at_version", self, execution_id, version);
+        self.read_version(&span, execution_id, version).await
+    }
+
+    /// [`Store::at_version`] in `span`.
+    async fn read_version(
+        &self,
+        span: &tracing::Span,
+        execution_id: &str,
+        version: u64,
+    ) -> Result<Checkpoint> {
+        let read = async {
+            validate_execution_id(execution_id)?;
+            self.read_consistent(|| self.at_version_once(execution_id, version))
+                .await
+        };
+        let cp = self.traced(span, read).await?;
+        self.note_loaded(span, [&cp]);
+        Ok(cp)
     }
 
     pub(super) async fn at_version_once(
@@ -173,9 +192,23 @@ impl Store {
 
     /// The newest live checkpoint of an execution, if any.
     pub async fn latest(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
-        validate_execution_id(execution_id)?;
-        self.read_consistent(|| self.latest_once(execution_id))
-            .await
+        let span = op_span!(
+            "ckpt.latest", self;
+            execution_id,
+            version = tracing::field::Empty,
+            bytes = tracing::field::Empty
+        );
+        let read = async {
+            validate_execution_id(execution_id)?;
+            self.read_consistent(|| self.latest_once(execution_id))
+                .await
+        };
+        let latest = self.traced(&span, read).await?;
+        if let Some(cp) = &latest {
+            span.record("version", cp.version);
+        }
+        self.note_loaded(&span, &latest);
+        Ok(latest)
     }
 
     pub(super) async fn latest_once(&self, execution_id: &str) -> Result<Option<Checkpoint>> {
@@ -207,8 +240,20 @@ impl Store {
 
     /// Every live checkpoint of an execution with its state, oldest first (empty if none).
     pub async fn list(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
-        validate_execution_id(execution_id)?;
-        self.read_consistent(|| self.list_once(execution_id)).await
+        let span = op_span!(
+            "ckpt.list", self;
+            execution_id,
+            count = tracing::field::Empty,
+            bytes = tracing::field::Empty
+        );
+        let read = async {
+            validate_execution_id(execution_id)?;
+            self.read_consistent(|| self.list_once(execution_id)).await
+        };
+        let list = self.traced(&span, read).await?;
+        span.record("count", list.len());
+        self.note_loaded(&span, &list);
+        Ok(list)
     }
 
     pub(super) async fn list_once(&self, execution_id: &str) -> Result<Vec<Checkpoint>> {
@@ -388,7 +433,7 @@ impl Store {
             let from = idx.next_seq;
             let page = match first_page.take() {
                 Some(page) => page,
-                None => self.inner.backend.scan(&idx.log, from, SCAN_PAGE).await?,
+                None => self.inner.traced.scan(&idx.log, from, SCAN_PAGE).await?,
             };
             let gap = page.first().map_or(from < tail, |(s, _)| *s != from);
             if gap && !rebuilt {
@@ -472,7 +517,7 @@ impl Store {
         let mut next = from;
         while next < to {
             let want = ((to - next) as usize).min(SCAN_PAGE);
-            let page = self.inner.backend.scan(log, next, want).await?;
+            let page = self.inner.traced.scan(log, next, want).await?;
             let Some((last, _)) = page.last() else { break };
             next = last + 1;
             out.extend(page.into_iter().filter(|(s, _)| *s < to));
@@ -634,7 +679,7 @@ impl Store {
     /// Reads and verifies blob `hash`, which `referrer` needs.
     pub(super) async fn fetch_blob(&self, referrer: &str, hash: &BlobHash) -> Result<Vec<u8>> {
         let codec = self.crypto().await?.codec();
-        let stored = self.inner.backend.get_blob(hash).await?.ok_or_else(|| {
+        let stored = self.inner.traced.get_blob(hash).await?.ok_or_else(|| {
             Error::corrupt(
                 format!("blob {}", blob::hex(hash)),
                 format!("missing, but referenced by {referrer}"),
@@ -650,10 +695,10 @@ impl Store {
         hashes: &[BlobHash],
     ) -> Result<Vec<Vec<u8>>> {
         let codec = self.crypto().await?.codec();
-        let stored = self.inner.backend.get_blobs(hashes).await?;
+        let stored = self.inner.traced.get_blobs(hashes).await?;
         if stored.len() != hashes.len() {
             return Err(Error::Backend {
-                backend: self.inner.backend.name(),
+                backend: self.inner.traced.name(),
                 context: format!("reading {} blobs", hashes.len()),
                 source: format!("{} came back (a bug in the backend)", stored.len()).into(),
             });

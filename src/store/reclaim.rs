@@ -57,7 +57,7 @@ impl Store {
     /// The fence a save appends with: an empty append to the gc log at its current next
     /// sequence number, read while no gc runs. `None` when the backend cannot fence.
     pub(super) async fn gc_fence(&self) -> Result<Option<LogAppend>> {
-        if !self.inner.backend.capabilities().atomic_across_logs {
+        if !self.inner.traced.capabilities().atomic_across_logs {
             return Ok(None);
         }
         let cached = self.inner.gc_next.load(Ordering::Acquire);
@@ -73,7 +73,7 @@ impl Store {
     /// For a backend that cannot fence: the gc log's position, read while no gc runs, before a
     /// save checks or writes blobs (`None` where saves are fenced instead).
     pub(super) async fn gc_position_unfenced(&self) -> Result<Option<u64>> {
-        if self.inner.backend.capabilities().atomic_across_logs {
+        if self.inner.traced.capabilities().atomic_across_logs {
             return Ok(None);
         }
         self.wait_for_no_gc().await.map(Some)
@@ -87,7 +87,7 @@ impl Store {
         lifted: &[crate::codec::tree::Lifted],
         codec: &crate::codec::Codec,
     ) -> Result<()> {
-        let backend = &self.inner.backend;
+        let backend = &self.inner.traced;
         for _ in 0..super::MAX_CONFLICT_RETRIES {
             if self.tail(GC_LOG).await? == position {
                 return Ok(());
@@ -193,7 +193,7 @@ impl Store {
     /// The begin mark of the gc that is running (the gc log's last frame).
     async fn running_gc(&self, next: u64) -> Result<GcMark> {
         let seq = next - 1;
-        let frames = self.inner.backend.scan(GC_LOG, seq, 1).await?;
+        let frames = self.inner.traced.scan(GC_LOG, seq, 1).await?;
         let Some((_, bytes)) = frames.into_iter().find(|(s, _)| *s == seq) else {
             // Truncated or missing: treat it as a gc whose lease ran out.
             return Ok(GcMark {
@@ -302,8 +302,7 @@ impl Store {
     /// that process has exited (a gc killed part way must not stall every save for its lease).
     fn is_dead(&self, mark: &GcMark) -> bool {
         lease_ended(mark)
-            || (self.inner.backend.capabilities().single_process
-                && mark.owner != Some(process_id()))
+            || (self.inner.traced.capabilities().single_process && mark.owner != Some(process_id()))
     }
 }
 

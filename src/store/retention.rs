@@ -10,11 +10,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::trace::op_span;
 use super::write::Marker;
 use super::Store;
 use crate::checkpoint::CheckpointHeader;
 use crate::error::{Error, Result};
 use crate::HistoryQuery;
+use tracing::field::Empty;
 
 /// What to keep. With no rule set, nothing is pruned.
 ///
@@ -163,7 +165,11 @@ impl Store {
     /// What `policy` would prune now, per execution with live checkpoints (by id), changing
     /// nothing: a dry run of [`Store::prune`].
     pub async fn retention_plan(&self, policy: &RetentionPolicy) -> Result<Vec<ExecutionPlan>> {
-        self.retention_plan_at(policy, SystemTime::now()).await
+        let span = op_span!("ckpt.retention_plan", self; count = Empty);
+        let op = async { self.retention_plan_at(policy, SystemTime::now()).await };
+        let plans: Vec<_> = self.traced(&span, op).await?;
+        span.record("count", plans.len());
+        Ok(plans)
     }
 
     /// [`Store::retention_plan`] as of `now` (ages are measured from it).
@@ -172,16 +178,22 @@ impl Store {
         policy: &RetentionPolicy,
         now: SystemTime,
     ) -> Result<Vec<ExecutionPlan>> {
-        policy.check()?;
-        let mut logs = self.execution_logs().await?;
-        logs.sort();
-        let mut plans = Vec::new();
-        for exec in logs {
-            let headers = self.history(&exec, HistoryQuery::default()).await?;
-            if !headers.is_empty() {
-                plans.push(plan_execution(&exec, headers, policy, now));
+        let span = op_span!("ckpt.retention_plan_at", self; count = Empty);
+        let op = async {
+            policy.check()?;
+            let mut logs = self.execution_logs().await?;
+            logs.sort();
+            let mut plans = Vec::new();
+            for exec in logs {
+                let headers = self.history(&exec, HistoryQuery::default()).await?;
+                if !headers.is_empty() {
+                    plans.push(plan_execution(&exec, headers, policy, now));
+                }
             }
-        }
+            Ok(plans)
+        };
+        let plans: Vec<_> = self.traced(&span, op).await?;
+        span.record("count", plans.len());
         Ok(plans)
     }
 
@@ -191,10 +203,18 @@ impl Store {
         execution_id: &str,
         policy: &RetentionPolicy,
     ) -> Result<Option<ExecutionPlan>> {
-        policy.check()?;
-        let headers = self.history(execution_id, HistoryQuery::default()).await?;
-        Ok((!headers.is_empty())
-            .then(|| plan_execution(execution_id, headers, policy, SystemTime::now())))
+        let span = op_span!("ckpt.retention_plan_for", self; execution_id, count = Empty);
+        let op = async {
+            policy.check()?;
+            let headers = self.history(execution_id, HistoryQuery::default()).await?;
+            Ok((!headers.is_empty())
+                .then(|| plan_execution(execution_id, headers, policy, SystemTime::now())))
+        };
+        let plan: Option<ExecutionPlan> = self.traced(&span, op).await?;
+        if let Some(p) = &plan {
+            span.record("count", p.delete.len());
+        }
+        Ok(plan)
     }
 
     /// Applies `policy`: deletes the checkpoints it lets go and drops untouched executions (see
@@ -215,32 +235,47 @@ impl Store {
     /// # }).unwrap();
     /// ```
     pub async fn prune(&self, policy: &RetentionPolicy) -> Result<PruneReport> {
-        let plans = self.retention_plan(policy).await?;
-        self.apply_retention(&plans).await
+        let span = op_span!("ckpt.prune", self; count = Empty, executions_dropped = Empty);
+        let op = async {
+            let plans = self.retention_plan(policy).await?;
+            self.apply_retention(&plans).await
+        };
+        let report: PruneReport = self.traced(&span, op).await?;
+        span.record("count", report.checkpoints_deleted);
+        span.record("executions_dropped", report.executions_dropped);
+        Ok(report)
     }
 
     /// Carries out plans made by [`Store::retention_plan`].
     pub async fn apply_retention(&self, plans: &[ExecutionPlan]) -> Result<PruneReport> {
-        let mut report = PruneReport::default();
-        for plan in plans {
-            if plan.drop {
-                let marker = Marker::ClearIfLatest(plan.latest_version);
-                if self.append_marker(&plan.execution_id, marker).await? {
-                    report.executions_dropped += 1;
-                } else {
-                    report.executions_spared += 1;
+        let span =
+            op_span!("ckpt.apply_retention", self; count = Empty, executions_dropped = Empty);
+        let op = async {
+            let mut report = PruneReport::default();
+            for plan in plans {
+                if plan.drop {
+                    let marker = Marker::ClearIfLatest(plan.latest_version);
+                    if self.append_marker(&plan.execution_id, marker).await? {
+                        report.executions_dropped += 1;
+                    } else {
+                        report.executions_spared += 1;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            for h in &plan.delete {
-                match self.delete(&h.id).await {
-                    Ok(()) => report.checkpoints_deleted += 1,
-                    // Deleted meanwhile by someone else: the goal is reached.
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
+                for h in &plan.delete {
+                    match self.delete(&h.id).await {
+                        Ok(()) => report.checkpoints_deleted += 1,
+                        // Deleted meanwhile by someone else: the goal is reached.
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-        }
+            Ok(report)
+        };
+        let report: PruneReport = self.traced(&span, op).await?;
+        span.record("count", report.checkpoints_deleted);
+        span.record("executions_dropped", report.executions_dropped);
         Ok(report)
     }
 

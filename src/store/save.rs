@@ -22,6 +22,7 @@ use rmpv::Value;
 use tokio::sync::OwnedMutexGuard;
 
 use super::index::{CachedState, Chain, ExecIndex};
+use super::trace::save_span;
 use super::{from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
 use crate::backend::{BlobHash, LogAppend};
 use crate::checkpoint::{Checkpoint, CheckpointId};
@@ -29,6 +30,7 @@ use crate::codec::frame::{ParentRef, SaveHeader};
 use crate::codec::tree::{self, Lifted};
 use crate::codec::{value, Codec};
 use crate::error::{Error, Result};
+use futures_util::FutureExt as _;
 
 /// Longest run of deltas before a snapshot is forced; bounds the work of loading an old version.
 const MAX_CHAIN: u32 = 100;
@@ -138,6 +140,8 @@ pub(super) struct Attempts {
     fenced_off: u32,
     /// Retries because another writer appended first (see [`Attempts::may_retry`]).
     conflicts: u32,
+    /// Every time the attempt was prepared again, whatever the reason.
+    pub(super) retries: u32,
     patient_until: Instant,
     /// A projection this store keeps up to date is trusted for the first try: the
     /// compare-and-append tells if the log moved, and saves it is current for skip a round trip.
@@ -153,6 +157,7 @@ impl Attempts {
             expect,
             fenced_off: 0,
             conflicts: 0,
+            retries: 0,
             patient_until: Instant::now() + CONFLICT_PATIENCE,
             trust_cache: true,
         }
@@ -172,12 +177,17 @@ impl Store {
     /// A save that races another writer of the same execution is retried on top of it, so both
     /// are kept; use [`Store::save_after`] to fail instead.
     pub async fn save(&self, checkpoint: Checkpoint) -> Result<Checkpoint> {
-        let mut saved = self
-            .save_pending(vec![Pending::plain(checkpoint)], Expect::Any)
-            .await?;
-        saved
-            .pop()
-            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        let span = save_span!("ckpt.save", self, checkpoint.execution_id.as_str());
+        let exec = failure_names(&checkpoint);
+        let pending = vec![Pending::plain(checkpoint)];
+        // Built in place: see `trace::in_span` on the size of futures.
+        self.save_one(
+            &span,
+            "save",
+            exec.as_deref(),
+            self.save_pending_in(pending, Expect::Any, &span),
+        )
+        .await
     }
 
     /// Saves a checkpoint as a child of `parent`, any live checkpoint of the same execution: a
@@ -208,14 +218,25 @@ impl Store {
         checkpoint: Checkpoint,
         parent: &CheckpointId,
     ) -> Result<Checkpoint> {
-        if parent.execution_id() != checkpoint.execution_id {
-            return Err(Error::InvalidInput(format!(
-                "the parent {parent} is a checkpoint of another execution than {:?}; a save's \
-                 parent must be in its own execution (fork to start a new execution from it)",
-                checkpoint.execution_id
-            )));
-        }
-        self.save_one(Pending::child_of(checkpoint, parent), Expect::Any)
+        let span = save_span!(
+            "ckpt.save_with_parent",
+            self,
+            checkpoint.execution_id.as_str()
+        );
+        let exec = failure_names(&checkpoint);
+        let saved = async {
+            if parent.execution_id() != checkpoint.execution_id {
+                return Err(Error::InvalidInput(format!(
+                    "the parent {parent} is a checkpoint of another execution than {:?}; a \
+                     save's parent must be in its own execution (fork to start a new execution \
+                     from it)",
+                    checkpoint.execution_id
+                )));
+            }
+            let pending = vec![Pending::child_of(checkpoint, parent)];
+            self.save_pending_in(pending, Expect::Any, &span).await
+        };
+        self.save_one(&span, "save_with_parent", exec.as_deref(), saved)
             .await
     }
 
@@ -227,16 +248,23 @@ impl Store {
         checkpoint: Checkpoint,
         parent: Option<&CheckpointId>,
     ) -> Result<Checkpoint> {
-        if let Some(p) = parent {
-            if p.execution_id() != checkpoint.execution_id {
-                return Err(Error::InvalidInput(format!(
-                    "save_after: parent {p} is not in execution {:?}",
-                    checkpoint.execution_id
-                )));
+        let span = save_span!("ckpt.save_after", self, checkpoint.execution_id.as_str());
+        let exec = failure_names(&checkpoint);
+        let saved = async {
+            if let Some(p) = parent {
+                if p.execution_id() != checkpoint.execution_id {
+                    return Err(Error::InvalidInput(format!(
+                        "save_after: parent {p} is not in execution {:?}",
+                        checkpoint.execution_id
+                    )));
+                }
             }
-        }
-        let expect = Expect::Latest(parent.map(CheckpointId::version));
-        self.save_one(Pending::plain(checkpoint), expect).await
+            let expect = Expect::Latest(parent.map(CheckpointId::version));
+            self.save_pending_in(vec![Pending::plain(checkpoint)], expect, &span)
+                .await
+        };
+        self.save_one(&span, "save_after", exec.as_deref(), saved)
+            .await
     }
 
     /// Saves a checkpoint as a child of `parent` (like [`Store::save_with_parent`]) only if the
@@ -270,49 +298,87 @@ impl Store {
         parent: &CheckpointId,
         expected_latest: Option<&CheckpointId>,
     ) -> Result<Checkpoint> {
-        for (what, id) in [
-            ("parent", Some(parent)),
-            ("expected latest", expected_latest),
-        ] {
-            if let Some(id) = id {
-                if id.execution_id() != checkpoint.execution_id {
-                    return Err(Error::InvalidInput(format!(
-                        "save_with_parent_after: the {what} {id} is not a checkpoint of \
-                         execution {:?}",
-                        checkpoint.execution_id
-                    )));
+        let span = save_span!(
+            "ckpt.save_with_parent_after",
+            self,
+            checkpoint.execution_id.as_str()
+        );
+        let exec = failure_names(&checkpoint);
+        let saved = async {
+            for (what, id) in [
+                ("parent", Some(parent)),
+                ("expected latest", expected_latest),
+            ] {
+                if let Some(id) = id {
+                    if id.execution_id() != checkpoint.execution_id {
+                        return Err(Error::InvalidInput(format!(
+                            "save_with_parent_after: the {what} {id} is not a checkpoint of \
+                             execution {:?}",
+                            checkpoint.execution_id
+                        )));
+                    }
                 }
             }
-        }
-        let expect = Expect::Latest(expected_latest.map(CheckpointId::version));
-        self.save_one(Pending::child_of(checkpoint, parent), expect)
+            let expect = Expect::Latest(expected_latest.map(CheckpointId::version));
+            let pending = vec![Pending::child_of(checkpoint, parent)];
+            self.save_pending_in(pending, expect, &span).await
+        };
+        self.save_one(&span, "save_with_parent_after", exec.as_deref(), saved)
             .await
     }
 
-    /// Saves one pending checkpoint under `expect`.
-    async fn save_one(&self, pending: Pending, expect: Expect) -> Result<Checkpoint> {
-        let mut saved = self.save_pending(vec![pending], expect).await?;
-        saved
-            .pop()
-            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+    /// `saved`, a save of one checkpoint, as save operation `operation` (see
+    /// [`Store::traced_save`]; not an `async fn`, see `trace::in_span`).
+    fn save_one<'a>(
+        &'a self,
+        span: &'a tracing::Span,
+        operation: &'static str,
+        execution_id: Option<&'a str>,
+        saved: impl std::future::Future<Output = Result<Vec<Checkpoint>>> + 'a,
+    ) -> impl std::future::Future<Output = Result<Checkpoint>> + 'a {
+        self.traced_save(span, operation, execution_id, saved)
+            .map(|saved| {
+                saved?
+                    .pop()
+                    .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+            })
     }
 
     /// Saves several checkpoints (of one or more executions) atomically: after an error, none of
     /// them is stored. Returned in the order given.
     pub async fn save_batch(&self, checkpoints: Vec<Checkpoint>) -> Result<Vec<Checkpoint>> {
-        self.save_pending(
-            checkpoints.into_iter().map(Pending::plain).collect(),
-            Expect::Any,
-        )
-        .await
+        // A batch names its execution when it has only one (and someone may listen).
+        let exec = match checkpoints.split_first() {
+            Some((first, rest)) if rest.iter().all(|c| c.execution_id == first.execution_id) => {
+                failure_names(first)
+            }
+            _ => None,
+        };
+        let span = save_span!("ckpt.save_batch", self, exec.as_deref());
+        let pending = checkpoints.into_iter().map(Pending::plain).collect();
+        let saved = self.save_pending_in(pending, Expect::Any, &span);
+        self.traced_save(&span, "save_batch", exec.as_deref(), saved)
+            .await
     }
 
-    /// Saves `pending` (grouped by execution, each group in order) atomically, as one backend
-    /// call, retrying per [`Attempts`]; returns the checkpoints as stored, in the order given.
+    /// [`Store::save_pending_in`] outside any save span (a fork, a salvaged checkpoint).
     pub(super) async fn save_pending(
         &self,
         pending: Vec<Pending>,
         expect: Expect,
+    ) -> Result<Vec<Checkpoint>> {
+        self.save_pending_in(pending, expect, &tracing::Span::none())
+            .await
+    }
+
+    /// Saves `pending` (grouped by execution, each group in order) atomically, as one backend
+    /// call, retrying per [`Attempts`]; returns the checkpoints as stored, in the order given.
+    /// Records the bytes written and the retries in `span`.
+    pub(super) async fn save_pending_in(
+        &self,
+        pending: Vec<Pending>,
+        expect: Expect,
+        span: &tracing::Span,
     ) -> Result<Vec<Checkpoint>> {
         if pending.is_empty() {
             return Ok(Vec::new());
@@ -344,8 +410,13 @@ impl Store {
                 .await?;
             let mut appends = batch.appends;
             appends.extend(fence.append);
+            let blob_bytes: u64 = batch.blobs.iter().map(|(_, b)| b.len() as u64).sum();
             match self.commit(appends, batch.blobs).await {
                 Ok(()) => {
+                    span.record("bytes", batch.bytes + blob_bytes);
+                    if attempts.retries > 0 {
+                        span.record("retries", attempts.retries);
+                    }
                     if let Some(position) = fence.unfenced {
                         self.repair_after_gc(position, &batch.needed, codec).await?;
                     }
@@ -509,6 +580,21 @@ impl Store {
         attempts: &mut Attempts,
         exec: &str,
     ) -> Result<()> {
+        let again = self.decide_on_conflict(e, attempts, exec).await;
+        if again.is_ok() {
+            attempts.retries += 1;
+            self.note_retry();
+        }
+        again
+    }
+
+    /// [`Store::on_conflict`]'s decision.
+    async fn decide_on_conflict(
+        &self,
+        e: Error,
+        attempts: &mut Attempts,
+        exec: &str,
+    ) -> Result<()> {
         match e {
             // A gc began elsewhere: prepare again once it has ended, whatever `expect`.
             e if reclaim::is_fence_conflict(&e) && attempts.fenced_off < MAX_FENCE_RETRIES => {
@@ -656,7 +742,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let bytes: usize = lifted.iter().map(|(_, c)| c.len()).sum();
-        if self.inner.backend.capabilities().blobs_with_append
+        if self.inner.traced.capabilities().blobs_with_append
             && lifted.len() <= BLIND_PUT_BLOBS
             && bytes <= BLIND_PUT_BYTES
         {
@@ -708,13 +794,19 @@ impl Store {
 
     pub(super) fn gave_up(&self, log: &str) -> Error {
         Error::Backend {
-            backend: self.inner.backend.name(),
+            backend: self.inner.traced.name(),
             context: format!(
                 "execution {log:?}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends from other writers"
             ),
             source: "too much contention".into(),
         }
     }
+}
+
+/// The execution id a failed save of `checkpoint` is logged with, kept only when a subscriber
+/// may log it (the checkpoint itself is gone into the save by then).
+fn failure_names(checkpoint: &Checkpoint) -> Option<String> {
+    super::trace::wanted(tracing::Level::ERROR).then(|| checkpoint.execution_id.clone())
 }
 
 /// Refuses a save whose named parent (in its own execution) is not a live checkpoint there.

@@ -15,6 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use tracing::field::Empty;
+
+use super::trace::op_span;
 use super::{HistoryQuery, Store};
 use crate::checkpoint::{CheckpointHeader, CheckpointId};
 use crate::error::{Error, Result};
@@ -457,6 +460,14 @@ impl Store {
     /// are read, newest first, until the page is full. It works alike on every backend and on
     /// encrypted stores (states are decrypted in memory; nothing is written).
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let span = op_span!("ckpt.search", self; count = Empty, states_read = Empty);
+        let page = self.traced(&span, self.search_scan(query)).await?;
+        span.record("count", page.hits.len());
+        span.record("states_read", page.states_read);
+        Ok(page)
+    }
+
+    async fn search_scan(&self, query: &SearchQuery) -> Result<SearchPage> {
         let mut candidates = Vec::new();
         for summary in self.executions().await? {
             let exec = summary.execution_id;

@@ -5,8 +5,10 @@
 
 use serde::Serialize;
 
+use super::trace::op_span;
 use super::{HistoryQuery, Store, FETCH_BATCH};
 use crate::error::{Error, Result};
+use tracing::field::Empty;
 
 /// What [`Store::stats`] found. Serialises as `ckpt stats --json` prints it:
 /// `{"executions": [...], "totals": {...}}`.
@@ -58,40 +60,46 @@ impl Store {
     /// Logical bytes (what was offered) against bytes stored, per execution and in total.
     /// Reads every execution's projection and the size of every stored blob, but no state.
     pub async fn stats(&self) -> Result<StatsReport> {
-        let mut executions = Vec::new();
-        for summary in self.executions().await? {
-            let exec = summary.execution_id;
-            let headers = self.history(&exec, HistoryQuery::default()).await?;
-            executions.push(ExecutionStats {
-                checkpoints: headers.len(),
-                logical_bytes: headers.iter().map(|h| h.state_size).sum(),
-                log_bytes: summary.log_bytes,
-                execution: exec,
-                damaged_frames: summary.damaged_frames,
-                unreadable_versions: summary.unreadable_versions,
-            });
-        }
-        let (blobs, blob_bytes) = self.blob_sizes().await?;
-        let stored_bytes = self.stored_bytes().await?;
-        let logical_bytes: u64 = executions.iter().map(|e| e.logical_bytes).sum();
-        let log_bytes: u64 = executions.iter().map(|e| e.log_bytes).sum();
-        let kept = log_bytes + blob_bytes;
-        let totals = StatsTotals {
-            checkpoints: executions.iter().map(|e| e.checkpoints).sum(),
-            logical_bytes,
-            log_bytes,
-            blobs,
-            blob_bytes,
-            stored_bytes,
-            ratio: (kept > 0).then(|| logical_bytes as f64 / kept as f64),
+        let span = op_span!("ckpt.stats", self; count = Empty);
+        let op = async {
+            let mut executions = Vec::new();
+            for summary in self.executions().await? {
+                let exec = summary.execution_id;
+                let headers = self.history(&exec, HistoryQuery::default()).await?;
+                executions.push(ExecutionStats {
+                    checkpoints: headers.len(),
+                    logical_bytes: headers.iter().map(|h| h.state_size).sum(),
+                    log_bytes: summary.log_bytes,
+                    execution: exec,
+                    damaged_frames: summary.damaged_frames,
+                    unreadable_versions: summary.unreadable_versions,
+                });
+            }
+            let (blobs, blob_bytes) = self.blob_sizes().await?;
+            let stored_bytes = self.stored_bytes().await?;
+            let logical_bytes: u64 = executions.iter().map(|e| e.logical_bytes).sum();
+            let log_bytes: u64 = executions.iter().map(|e| e.log_bytes).sum();
+            let kept = log_bytes + blob_bytes;
+            let totals = StatsTotals {
+                checkpoints: executions.iter().map(|e| e.checkpoints).sum(),
+                logical_bytes,
+                log_bytes,
+                blobs,
+                blob_bytes,
+                stored_bytes,
+                ratio: (kept > 0).then(|| logical_bytes as f64 / kept as f64),
+            };
+            Ok(StatsReport { executions, totals })
         };
-        Ok(StatsReport { executions, totals })
+        let report: StatsReport = self.traced(&span, op).await?;
+        span.record("count", report.executions.len());
+        Ok(report)
     }
 
     /// How many blobs are stored and their bytes as stored. A blob listed but gone by the time
     /// it is read (a gc elsewhere) is not counted.
     async fn blob_sizes(&self) -> Result<(u64, u64)> {
-        let backend = &self.inner.backend;
+        let backend = &self.inner.traced;
         let (mut blobs, mut blob_bytes) = (0u64, 0u64);
         let hashes = backend.list_blobs().await?;
         for group in hashes.chunks(FETCH_BATCH) {

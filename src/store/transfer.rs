@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::save::{Expect, Pending};
+use super::trace::op_span;
 use super::transcode::{BlobSource, Transcoder};
 use super::{reclaim, Store};
 use crate::backend::memory::MemoryBackend;
@@ -26,6 +27,7 @@ use crate::codec::frame::ParentRef;
 use crate::codec::{blob, Codec};
 use crate::crypto::StoreCipher;
 use crate::error::{Error, Result};
+use tracing::field::Empty;
 
 /// Frames appended per backend call on import.
 const IMPORT_PAGE: usize = 256;
@@ -82,48 +84,59 @@ impl Store {
     /// Damage is refused, not bundled: a frame or a blob that fails verification is
     /// [`Error::Corrupt`] naming it ([`Store::salvage_to`] copies what is readable instead).
     pub async fn export(&self, executions: &[String]) -> Result<Bundle> {
-        let crypto = self.crypto().await?;
-        crypto.check_writable()?;
-        let (cipher, codec) = (crypto.cipher(), crypto.codec());
-        let backend = self.backend();
-        let mut bundle = Bundle {
-            sealed_for: cipher.map(|c| c.store_id()),
-            ..Bundle::default()
-        };
-        let mut refs = HashSet::new();
-        for exec in executions {
-            validate_execution_id(exec)?;
-            let next_seq = self.tail(exec).await?;
-            if next_seq == 1 {
-                return Err(Error::not_found(format!("execution {exec}")));
-            }
-            let frames = self.scan_range(exec, 1, next_seq).await?;
-            for (seq, bytes) in &frames {
-                let decoded = codec.frames.decode(exec, *seq, bytes)?;
-                if let Some(body) = decoded.body(exec, *seq)? {
-                    body.collect_refs(&mut refs);
+        let span =
+            op_span!("ckpt.export", self; count = executions.len(), frames = Empty, blobs = Empty);
+        let op = async {
+            let crypto = self.crypto().await?;
+            crypto.check_writable()?;
+            let (cipher, codec) = (crypto.cipher(), crypto.codec());
+            let backend = &self.inner.traced;
+            let mut bundle = Bundle {
+                sealed_for: cipher.map(|c| c.store_id()),
+                ..Bundle::default()
+            };
+            let mut refs = HashSet::new();
+            for exec in executions {
+                validate_execution_id(exec)?;
+                let next_seq = self.tail(exec).await?;
+                if next_seq == 1 {
+                    return Err(Error::not_found(format!("execution {exec}")));
                 }
+                let frames = self.scan_range(exec, 1, next_seq).await?;
+                for (seq, bytes) in &frames {
+                    let decoded = codec.frames.decode(exec, *seq, bytes)?;
+                    if let Some(body) = decoded.body(exec, *seq)? {
+                        body.collect_refs(&mut refs);
+                    }
+                }
+                bundle.logs.push(BundleLog {
+                    name: exec.clone(),
+                    first_seq: frames.first().map_or(next_seq, |(s, _)| *s),
+                    next_seq,
+                    frames,
+                });
             }
-            bundle.logs.push(BundleLog {
-                name: exec.clone(),
-                first_seq: frames.first().map_or(next_seq, |(s, _)| *s),
-                next_seq,
-                frames,
-            });
-        }
-        let mut hashes: Vec<_> = self.with_chunks(refs).await?.into_iter().collect();
-        hashes.sort_unstable();
-        for hash in hashes {
-            let stored = backend.get_blob(&hash).await?.ok_or_else(|| {
-                Error::corrupt(
-                    format!("blob {}", blob::hex(&hash)),
-                    "missing, but referenced by an exported execution",
-                )
-            })?;
-            // A bundle carries only what verifies: its importer could not tell damage from data.
-            codec.blobs.decode(&hash, &stored)?;
-            bundle.blobs.push((hash, stored));
-        }
+            let mut hashes: Vec<_> = self.with_chunks(refs).await?.into_iter().collect();
+            hashes.sort_unstable();
+            for hash in hashes {
+                let stored = backend.get_blob(&hash).await?.ok_or_else(|| {
+                    Error::corrupt(
+                        format!("blob {}", blob::hex(&hash)),
+                        "missing, but referenced by an exported execution",
+                    )
+                })?;
+                // A bundle carries only what verifies: its importer could not tell damage from data.
+                codec.blobs.decode(&hash, &stored)?;
+                bundle.blobs.push((hash, stored));
+            }
+            Ok(bundle)
+        };
+        let bundle: Bundle = self.traced(&span, op).await?;
+        span.record(
+            "frames",
+            bundle.logs.iter().map(|l| l.frames.len()).sum::<usize>(),
+        );
+        span.record("blobs", bundle.blobs.len());
         Ok(bundle)
     }
 
@@ -140,33 +153,44 @@ impl Store {
     /// Refuses ([`Error::InvalidInput`]) before writing anything when an execution already
     /// exists in the target. Keys work as for [`Store::copy_to`].
     pub async fn salvage_to(&self, target: &Store) -> Result<SalvageReport> {
-        self.crypto().await?.check_writable()?;
-        let mut logs = self.execution_logs().await?;
-        logs.sort();
-        for log in &logs {
-            if target.tail(log).await? > 1 {
-                return Err(Error::InvalidInput(format!(
-                    "execution {log:?} already exists in the target store; salvage into an \
-                     empty store (nothing was written)"
-                )));
+        let span =
+            op_span!("ckpt.salvage_to", self; target = target.backend().name(), count = Empty);
+        let op = async {
+            self.crypto().await?.check_writable()?;
+            let mut logs = self.execution_logs().await?;
+            logs.sort();
+            for log in &logs {
+                if target.tail(log).await? > 1 {
+                    return Err(Error::InvalidInput(format!(
+                        "execution {log:?} already exists in the target store; salvage into an \
+                         empty store (nothing was written)"
+                    )));
+                }
             }
-        }
-        let mut report = SalvageReport::default();
-        for log in logs {
-            report
-                .executions
-                .push(self.salvage_one(target, &log).await?);
-        }
+            let mut report = SalvageReport::default();
+            for log in logs {
+                report
+                    .executions
+                    .push(self.salvage_one(target, &log).await?);
+            }
+            Ok(report)
+        };
+        let report: SalvageReport = self.traced(&span, op).await?;
+        span.record("count", report.executions.len());
         Ok(report)
     }
 
     /// [`Store::salvage_to`] into a bundle: every readable checkpoint, through a store in
     /// memory with this store's keys (so an encrypted store's bundle stays sealed).
     pub async fn salvage_bundle(&self) -> Result<(Bundle, SalvageReport)> {
-        let staging = self.with_same_keys(Arc::new(MemoryBackend::new()));
-        let report = self.salvage_to(&staging).await?;
-        let bundle = staging.export_all().await?;
-        Ok((bundle, report))
+        let span = op_span!("ckpt.salvage_bundle", self);
+        let op = async {
+            let staging = self.with_same_keys(Arc::new(MemoryBackend::new()));
+            let report = self.salvage_to(&staging).await?;
+            let bundle = staging.export_all().await?;
+            Ok((bundle, report))
+        };
+        self.traced(&span, op).await
     }
 
     async fn salvage_one(&self, target: &Store, log: &str) -> Result<SalvagedExecution> {
@@ -262,9 +286,19 @@ impl Store {
 
     /// Bundles every execution that has a log in this store (see [`Store::export`]).
     pub async fn export_all(&self) -> Result<Bundle> {
-        let mut logs = self.execution_logs().await?;
-        logs.sort();
-        self.export(&logs).await
+        let span = op_span!("ckpt.export_all", self; frames = Empty, blobs = Empty);
+        let op = async {
+            let mut logs = self.execution_logs().await?;
+            logs.sort();
+            self.export(&logs).await
+        };
+        let bundle: Bundle = self.traced(&span, op).await?;
+        span.record(
+            "frames",
+            bundle.logs.iter().map(|l| l.frames.len()).sum::<usize>(),
+        );
+        span.record("blobs", bundle.blobs.len());
+        Ok(bundle)
     }
 
     /// Writes a bundle's executions into this store, keeping their ids, versions, timestamps,
@@ -294,11 +328,19 @@ impl Store {
     /// # }).unwrap();
     /// ```
     pub async fn import(&self, bundle: &Bundle) -> Result<ImportReport> {
-        let from = match (bundle.sealed_for, self.crypto().await?.cipher()) {
-            (Some(id), Some(own)) => Some(Arc::new(own.for_store(id))),
-            _ => None,
+        let span = op_span!("ckpt.import", self; count = Empty, frames = Empty, blobs = Empty);
+        let op = async {
+            let from = match (bundle.sealed_for, self.crypto().await?.cipher()) {
+                (Some(id), Some(own)) => Some(Arc::new(own.for_store(id))),
+                _ => None,
+            };
+            self.import_from(bundle, from.as_ref()).await
         };
-        self.import_from(bundle, from.as_ref()).await
+        let report: ImportReport = self.traced(&span, op).await?;
+        span.record("count", report.executions);
+        span.record("frames", report.frames);
+        span.record("blobs", report.blobs);
+        Ok(report)
     }
 
     /// Copies executions from this store into `target` (any backend), as
@@ -306,9 +348,23 @@ impl Store {
     /// this store's keys: what is sealed here is opened here and sealed again for the target.
     /// An encrypted source refuses a plaintext target.
     pub async fn copy_to(&self, target: &Store, executions: &[String]) -> Result<ImportReport> {
-        let bundle = self.export(executions).await?;
-        let from = self.crypto().await?.cipher();
-        target.import_from(&bundle, from).await
+        let span = op_span!(
+            "ckpt.copy_to", self;
+            target = target.backend().name(),
+            count = Empty,
+            frames = Empty,
+            blobs = Empty
+        );
+        let op = async {
+            let bundle = self.export(executions).await?;
+            let from = self.crypto().await?.cipher();
+            target.import_from(&bundle, from).await
+        };
+        let report: ImportReport = self.traced(&span, op).await?;
+        span.record("count", report.executions);
+        span.record("frames", report.frames);
+        span.record("blobs", report.blobs);
+        Ok(report)
     }
 
     /// Checks, before anything is copied, that [`Store::copy_to`] of `executions` into
@@ -318,45 +374,49 @@ impl Store {
     /// makes. A caller copying one execution at a time checks them all first, so that it copies
     /// all of them or none.
     pub async fn check_copy(&self, target: &Store, executions: &[String]) -> Result<()> {
-        let mut taken = Vec::new();
-        for exec in executions {
-            validate_execution_id(exec)?;
-            let backend = self.backend();
-            let next_seq = self.tail(exec).await?;
-            if next_seq == 1 {
-                return Err(Error::not_found(format!(
-                    "execution {} in the source",
-                    quote_name(exec)
-                )));
+        let span = op_span!("ckpt.check_copy", self; target = target.backend().name(), count = executions.len());
+        let op = async {
+            let mut taken = Vec::new();
+            for exec in executions {
+                validate_execution_id(exec)?;
+                let backend = &self.inner.traced;
+                let next_seq = self.tail(exec).await?;
+                if next_seq == 1 {
+                    return Err(Error::not_found(format!(
+                        "execution {} in the source",
+                        quote_name(exec)
+                    )));
+                }
+                let first_seq = match backend.scan(exec, 1, 1).await?.first() {
+                    Some((seq, _)) => *seq,
+                    None => next_seq,
+                };
+                if let Some(here) = target.import_conflict(exec, first_seq).await? {
+                    taken.push(format!("{} (at {here})", quote_name(exec)));
+                }
             }
-            let first_seq = match backend.scan(exec, 1, 1).await?.first() {
-                Some((seq, _)) => *seq,
-                None => next_seq,
-            };
-            if let Some(here) = target.import_conflict(exec, first_seq).await? {
-                taken.push(format!("{} (at {here})", quote_name(exec)));
+            if taken.is_empty() {
+                return Ok(());
             }
-        }
-        if taken.is_empty() {
-            return Ok(());
-        }
-        const SHOWN: usize = 10;
-        let more = taken.len().saturating_sub(SHOWN);
-        taken.truncate(SHOWN);
-        let mut list = taken.join(", ");
-        if more > 0 {
-            list.push_str(&format!(" and {more} more"));
-        }
-        Err(Error::InvalidInput(format!(
-            "these executions already exist in the target store: {list}; clear them there (and \
-             run gc), leave them out, or copy into another store"
-        )))
+            const SHOWN: usize = 10;
+            let more = taken.len().saturating_sub(SHOWN);
+            taken.truncate(SHOWN);
+            let mut list = taken.join(", ");
+            if more > 0 {
+                list.push_str(&format!(" and {more} more"));
+            }
+            Err(Error::InvalidInput(format!(
+                "these executions already exist in the target store: {list}; clear them there (and \
+                 run gc), leave them out, or copy into another store"
+            )))
+        };
+        self.traced(&span, op).await
     }
 
     /// `Some(the log's next sequence number)` when this store has a log `name` that an import
     /// of a log starting at `first_seq` would overwrite or run into.
     async fn import_conflict(&self, name: &str, first_seq: u64) -> Result<Option<u64>> {
-        let backend = self.backend();
+        let backend = &self.inner.traced;
         let here = self.tail(name).await?;
         let has_frames = !backend.scan(name, 1, 1).await?.is_empty();
         Ok((has_frames || here > first_seq).then_some(here))
@@ -394,7 +454,7 @@ impl Store {
     /// `codec` reads.
     async fn write_bundle(&self, bundle: &Bundle, codec: &Codec) -> Result<ImportReport> {
         verify_bundle(bundle, codec)?;
-        let backend = self.backend();
+        let backend = &self.inner.traced;
         for log in &bundle.logs {
             if let Some(here) = self.import_conflict(&log.name, log.first_seq).await? {
                 return Err(Error::InvalidInput(format!(
@@ -447,7 +507,7 @@ impl Store {
 impl Store {
     /// Puts the bundle's blobs the backend does not have; returns how many.
     async fn put_missing_blobs(&self, bundle: &Bundle) -> Result<u64> {
-        let backend = self.backend();
+        let backend = &self.inner.traced;
         let hashes: Vec<_> = bundle.blobs.iter().map(|(h, _)| *h).collect();
         let missing: HashSet<_> = backend.missing_blobs(&hashes).await?.into_iter().collect();
         let new_blobs: Vec<_> = bundle

@@ -10,12 +10,14 @@
 use super::index::ExecIndex;
 use super::persist::RecordCheck;
 use super::read::{check_base, damage_reason, maybe_deleted, needs_damaged};
+use super::trace::op_span;
 use super::{Store, FETCH_BATCH, SCAN_PAGE};
 use crate::backend::BlobHash;
 use crate::codec::blob;
 use crate::codec::frame::Body;
 use crate::error::{Error, Result};
 use rmpv::Value;
+use tracing::field::Empty;
 
 /// What [`Store::verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,24 +138,39 @@ impl Store {
     /// is missing or wrong (nothing could be checked: a configuration problem, not damage), and
     /// backend failures.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        self.crypto().await?.check_writable()?;
-        let mut logs = self.execution_logs().await?;
-        logs.sort();
-        let mut report = VerifyReport::default();
-        for log in logs {
-            let exec = self.verify_execution(&log).await?;
-            report.frames_checked += exec.frames;
-            report.checkpoints_checked += exec.readable.len() as u64;
-            report.executions.push(exec);
-        }
-        let (checked, damaged) = self.verify_blobs().await?;
-        report.blobs_checked = checked;
-        report.damaged_blobs = damaged;
-        report.recorded_damage = self.recorded_damage().await?;
-        report.storage_problems = match self.backend().capabilities().inspect {
-            Some(inspect) => inspect.check_storage().await?,
-            None => Vec::new(),
+        let span = op_span!(
+            "ckpt.verify", self;
+            count = Empty,
+            frames = Empty,
+            blobs = Empty,
+            damaged = Empty
+        );
+        let op = async {
+            self.crypto().await?.check_writable()?;
+            let mut logs = self.execution_logs().await?;
+            logs.sort();
+            let mut report = VerifyReport::default();
+            for log in logs {
+                let exec = self.verify_execution(&log).await?;
+                report.frames_checked += exec.frames;
+                report.checkpoints_checked += exec.readable.len() as u64;
+                report.executions.push(exec);
+            }
+            let (checked, damaged) = self.verify_blobs().await?;
+            report.blobs_checked = checked;
+            report.damaged_blobs = damaged;
+            report.recorded_damage = self.recorded_damage().await?;
+            report.storage_problems = match self.backend().capabilities().inspect {
+                Some(inspect) => inspect.check_storage().await?,
+                None => Vec::new(),
+            };
+            Ok(report)
         };
+        let report: VerifyReport = self.traced(&span, op).await?;
+        span.record("count", report.executions.len());
+        span.record("frames", report.frames_checked);
+        span.record("blobs", report.blobs_checked);
+        span.record("damaged", !report.is_ok());
         Ok(report)
     }
 
@@ -167,7 +184,7 @@ impl Store {
         let mut frames = Vec::new();
         let mut from = 0;
         loop {
-            let page = self.backend().scan(log, from, SCAN_PAGE).await?;
+            let page = self.inner.traced.scan(log, from, SCAN_PAGE).await?;
             let Some(&(last, _)) = page.last() else { break };
             let full = page.len() == SCAN_PAGE;
             frames.extend(page);
@@ -335,10 +352,10 @@ impl Store {
 
     /// Every stored blob checked; returns how many, and those that fail.
     async fn verify_blobs(&self) -> Result<(u64, Vec<DamagedBlob>)> {
-        let hashes = self.backend().list_blobs().await?;
+        let hashes = self.inner.traced.list_blobs().await?;
         let mut damaged = Vec::new();
         for group in hashes.chunks(FETCH_BATCH) {
-            let stored = self.backend().get_blobs(group).await?;
+            let stored = self.inner.traced.get_blobs(group).await?;
             for (hash, bytes) in group.iter().zip(stored) {
                 let reason = match bytes {
                     None => Some("listed but could not be read (removed while verifying?)".into()),

@@ -4,10 +4,13 @@
 //! another writer appended first.
 
 use super::save::{Expect, Pending};
+use super::trace::op_span;
 use super::{Store, MAX_CONFLICT_RETRIES};
 use crate::checkpoint::{validate_execution_id, Checkpoint, CheckpointId};
 use crate::codec::frame::ParentRef;
 use crate::error::{Error, Result};
+use tracing::field::Empty;
+use tracing::Span;
 
 /// An event that marks checkpoints gone.
 #[derive(Clone, Copy)]
@@ -21,23 +24,38 @@ pub(super) enum Marker {
 impl Store {
     /// Deletes one checkpoint (a tombstone in the log); the others are untouched.
     pub async fn delete(&self, id: &CheckpointId) -> Result<()> {
-        self.append_marker(id.execution_id(), Marker::Delete(id.version()))
-            .await
-            .map(drop)
+        let span = op_span!(
+            "ckpt.delete", self;
+            execution_id = id.execution_id(),
+            version = id.version(),
+            retries = Empty
+        );
+        let marker = Marker::Delete(id.version());
+        let op = self.append_marker_in(id.execution_id(), marker, &span);
+        self.traced(&span, op).await.map(drop)
     }
 
     /// Removes every checkpoint of an execution from every projection. Versions are never
     /// reused: a later save continues above the cleared ones.
     pub async fn clear(&self, execution_id: &str) -> Result<()> {
-        validate_execution_id(execution_id)?;
-        self.append_marker(execution_id, Marker::Clear)
-            .await
-            .map(drop)
+        let span = op_span!("ckpt.clear", self; execution_id, retries = Empty);
+        let op = async {
+            validate_execution_id(execution_id)?;
+            self.append_marker_in(execution_id, Marker::Clear, &span)
+                .await
+        };
+        self.traced(&span, op).await.map(drop)
     }
 
     /// Appends a delete or clear event on top of the execution's current projection, retrying
     /// when another writer appended first. Returns whether an event was appended.
     pub(super) async fn append_marker(&self, exec: &str, marker: Marker) -> Result<bool> {
+        self.append_marker_in(exec, marker, &tracing::Span::none())
+            .await
+    }
+
+    /// [`Store::append_marker`], recording its retries in `span`.
+    async fn append_marker_in(&self, exec: &str, marker: Marker, span: &Span) -> Result<bool> {
         let crypto = self.crypto().await?;
         crypto.check_writable()?;
         let codec = crypto.codec();
@@ -69,10 +87,13 @@ impl Store {
                     idx.tail_sum = sum.map(|s| (seq, s));
                     self.after_move(&mut idx).await;
                     self.note_tail(&idx);
+                    self.note_deleted();
                     return Ok(true);
                 }
                 Err(Error::Conflict { .. }) => {
-                    crate::backend::retry::STORE_CONFLICT.pause(attempt).await
+                    crate::backend::retry::STORE_CONFLICT.pause(attempt).await;
+                    self.note_retry();
+                    span.record("retries", attempt + 1);
                 }
                 Err(e) => return Err(e),
             }
@@ -83,41 +104,56 @@ impl Store {
     /// Starts execution `new_execution` from a copy of checkpoint `id` (its state, node and
     /// metadata); the copy's parent is `id`. `new_execution` must have no live checkpoints.
     pub async fn fork(&self, id: &CheckpointId, new_execution: &str) -> Result<Checkpoint> {
-        validate_execution_id(new_execution)?;
-        if new_execution == id.execution_id() {
-            return Err(Error::InvalidInput(format!(
-                "cannot fork {id} into its own execution; name a new execution id"
-            )));
-        }
-        let source = self.load(id).await?;
-        let copy = Checkpoint {
-            id: CheckpointId::new_unchecked(new_execution.into(), 0),
-            execution_id: new_execution.to_owned(),
-            version: 0,
-            parent: None,
-            ..source
+        let span = op_span!(
+            "ckpt.fork", self;
+            execution_id = id.execution_id(),
+            version = id.version(),
+            new_execution,
+            new_version = Empty,
+            bytes = Empty,
+            retries = Empty
+        );
+        let op = async {
+            validate_execution_id(new_execution)?;
+            if new_execution == id.execution_id() {
+                return Err(Error::InvalidInput(format!(
+                    "cannot fork {id} into its own execution; name a new execution id"
+                )));
+            }
+            let source = self.load(id).await?;
+            let copy = Checkpoint {
+                id: CheckpointId::new_unchecked(new_execution.into(), 0),
+                execution_id: new_execution.to_owned(),
+                version: 0,
+                parent: None,
+                ..source
+            };
+            let pending = Pending {
+                checkpoint: copy,
+                parent: Some(ParentRef {
+                    execution: Some(id.execution_id().to_owned()),
+                    version: id.version(),
+                }),
+                parent_must_be_live: false,
+                force_snapshot: true,
+                timestamp_us: None,
+            };
+            let mut saved = self
+                .save_pending_in(vec![pending], Expect::Latest(None), &span)
+                .await
+                .map_err(|e| match e {
+                    Error::Conflict { .. } => Error::InvalidInput(format!(
+                        "cannot fork {id} into {new_execution:?}: that execution already has \
+                         checkpoints"
+                    )),
+                    other => other,
+                })?;
+            saved
+                .pop()
+                .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
         };
-        let pending = Pending {
-            checkpoint: copy,
-            parent: Some(ParentRef {
-                execution: Some(id.execution_id().to_owned()),
-                version: id.version(),
-            }),
-            parent_must_be_live: false,
-            force_snapshot: true,
-            timestamp_us: None,
-        };
-        let mut saved = self
-            .save_pending(vec![pending], Expect::Latest(None))
-            .await
-            .map_err(|e| match e {
-                Error::Conflict { .. } => Error::InvalidInput(format!(
-                "cannot fork {id} into {new_execution:?}: that execution already has checkpoints"
-            )),
-                other => other,
-            })?;
-        saved
-            .pop()
-            .ok_or_else(|| Error::InvalidInput("nothing to save".into()))
+        let forked = self.traced(&span, op).await?;
+        span.record("new_version", forked.version);
+        Ok(forked)
     }
 }

@@ -9,13 +9,16 @@ use std::collections::BTreeMap;
 use tokio::sync::OwnedMutexGuard;
 
 use super::index::{ExecIndex, WriteEntry};
+use super::metrics::add;
 use super::save::{Attempts, Expect};
+use super::trace::op_span;
 use super::{from_micros, now_micros, Store};
 use crate::backend::LogAppend;
 use crate::checkpoint::{CheckpointId, Write};
 use crate::codec::frame::{Body, WriteHeader};
 use crate::codec::{tree, value};
 use crate::error::{Error, Result};
+use tracing::field::Empty;
 
 impl Store {
     /// Appends `writes` to live checkpoint `checkpoint`, atomically (after an error none of
@@ -27,99 +30,126 @@ impl Store {
         checkpoint: &CheckpointId,
         writes: Vec<Write>,
     ) -> Result<Vec<Write>> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        for w in &writes {
-            w.validate()?;
-        }
-        let crypto = self.crypto().await?;
-        crypto.check_writable()?;
-        let codec = crypto.codec();
-        let _shared = self.inner.gc_lock.read().await;
-        let mut guards: Vec<OwnedMutexGuard<ExecIndex>> =
-            vec![self.handle(checkpoint.execution_id()).lock_owned().await];
-        let mut attempts = Attempts::new(Expect::Any);
-        loop {
-            let fence = self.fence(&mut guards).await?;
-            let idx = &mut guards[0];
-            if !(attempts.trust_cache && idx.synced) {
-                self.refresh_recent(idx).await?;
+        let span = op_span!(
+            "ckpt.put_writes", self;
+            execution_id = checkpoint.execution_id(),
+            version = checkpoint.version(),
+            count = writes.len(),
+            bytes = Empty,
+            retries = Empty
+        );
+        let op = async {
+            if writes.is_empty() {
+                return Ok(Vec::new());
             }
-            if idx.before_horizon(checkpoint.version()) {
-                self.refresh(idx).await?;
+            for w in &writes {
+                w.validate()?;
             }
-            if idx.live_entry(checkpoint.version()).is_none() {
-                return Err(Error::not_found(format!(
-                    "checkpoint {checkpoint}, which writes were attached to (it was never \
-                     saved, or was deleted or cleared)"
-                )));
-            }
-            let log = idx.log.clone();
-            let mut lifted = codec.lifting();
-            let mut frames = Vec::with_capacity(writes.len());
-            let mut landed = Vec::with_capacity(writes.len());
-            let timestamp_us = now_micros();
-            for (seq, w) in (idx.next_seq..).zip(&writes) {
-                let stored = tree::externalize(&w.value, &mut lifted);
-                let header = WriteHeader {
-                    checkpoint: checkpoint.version(),
-                    task: w.task.clone(),
-                    channel: w.channel.clone(),
-                    metadata: w.metadata.clone(),
-                    timestamp_us,
-                    value_size: w.value_size,
+            let crypto = self.crypto().await?;
+            crypto.check_writable()?;
+            let codec = crypto.codec();
+            let _shared = self.inner.gc_lock.read().await;
+            let mut guards: Vec<OwnedMutexGuard<ExecIndex>> =
+                vec![self.handle(checkpoint.execution_id()).lock_owned().await];
+            let mut attempts = Attempts::new(Expect::Any);
+            loop {
+                let fence = self.fence(&mut guards).await?;
+                let idx = &mut guards[0];
+                if !(attempts.trust_cache && idx.synced) {
+                    self.refresh_recent(idx).await?;
+                }
+                if idx.before_horizon(checkpoint.version()) {
+                    self.refresh(idx).await?;
+                }
+                if idx.live_entry(checkpoint.version()).is_none() {
+                    return Err(Error::not_found(format!(
+                        "checkpoint {checkpoint}, which writes were attached to (it was never \
+                         saved, or was deleted or cleared)"
+                    )));
+                }
+                let log = idx.log.clone();
+                let mut lifted = codec.lifting();
+                let mut frames = Vec::with_capacity(writes.len());
+                let mut landed = Vec::with_capacity(writes.len());
+                let timestamp_us = now_micros();
+                for (seq, w) in (idx.next_seq..).zip(&writes) {
+                    let stored = tree::externalize(&w.value, &mut lifted);
+                    let header = WriteHeader {
+                        checkpoint: checkpoint.version(),
+                        task: w.task.clone(),
+                        channel: w.channel.clone(),
+                        metadata: w.metadata.clone(),
+                        timestamp_us,
+                        value_size: w.value_size,
+                    };
+                    let frame =
+                        codec
+                            .frames
+                            .encode_write(&log, seq, &header, &value::encode(&stored))?;
+                    landed.push((seq, header, frame.len() as u64));
+                    frames.push(frame);
+                }
+                let needed = match fence.unfenced {
+                    Some(_) => lifted.blobs.clone(),
+                    None => Vec::new(),
                 };
-                let frame =
-                    codec
-                        .frames
-                        .encode_write(&log, seq, &header, &value::encode(&stored))?;
-                landed.push((seq, header, frame.len() as u64));
-                frames.push(frame);
-            }
-            let needed = match fence.unfenced {
-                Some(_) => lifted.blobs.clone(),
-                None => Vec::new(),
-            };
-            let blobs = self.encode_blobs(lifted.blobs, codec).await?;
-            self.count_blobs(&blobs);
-            let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-            let tail_sum = frames.last().and_then(|f| super::persist::frame_sum(f));
-            let mut appends = vec![LogAppend::new(log.to_string(), idx.next_seq, frames)];
-            appends.extend(fence.append);
-            match self.commit(appends, blobs).await {
-                Ok(()) => {
-                    if let Some(position) = fence.unfenced {
-                        self.repair_after_gc(position, &needed, codec).await?;
+                let blobs = self.encode_blobs(lifted.blobs, codec).await?;
+                self.count_blobs(&blobs);
+                let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+                let tail_sum = frames.last().and_then(|f| super::persist::frame_sum(f));
+                let mut appends = vec![LogAppend::new(log.to_string(), idx.next_seq, frames)];
+                appends.extend(fence.append);
+                let blob_bytes: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+                match self.commit(appends, blobs).await {
+                    Ok(()) => {
+                        span.record("bytes", bytes + blob_bytes);
+                        if attempts.retries > 0 {
+                            span.record("retries", attempts.retries);
+                        }
+                        if let Some(position) = fence.unfenced {
+                            self.repair_after_gc(position, &needed, codec).await?;
+                        }
+                        self.count_frames(landed.len() as u64, bytes);
+                        let idx = &mut guards[0];
+                        let mut out = Vec::with_capacity(writes.len());
+                        for ((seq, header, frame_len), mut w) in landed.into_iter().zip(writes) {
+                            idx.apply_write(seq, header, frame_len);
+                            w.seq = seq;
+                            w.timestamp = from_micros(timestamp_us);
+                            out.push(w);
+                            idx.next_seq = seq + 1;
+                        }
+                        idx.tail_sum = tail_sum.map(|s| (idx.next_seq - 1, s));
+                        self.note_tail(idx);
+                        self.after_move(idx).await;
+                        return Ok(out);
                     }
-                    self.count_frames(landed.len() as u64, bytes);
-                    let idx = &mut guards[0];
-                    let mut out = Vec::with_capacity(writes.len());
-                    for ((seq, header, frame_len), mut w) in landed.into_iter().zip(writes) {
-                        idx.apply_write(seq, header, frame_len);
-                        w.seq = seq;
-                        w.timestamp = from_micros(timestamp_us);
-                        out.push(w);
-                        idx.next_seq = seq + 1;
+                    Err(e) => {
+                        self.on_conflict(e, &mut attempts, checkpoint.execution_id())
+                            .await?
                     }
-                    idx.tail_sum = tail_sum.map(|s| (idx.next_seq - 1, s));
-                    self.note_tail(idx);
-                    self.after_move(idx).await;
-                    return Ok(out);
-                }
-                Err(e) => {
-                    self.on_conflict(e, &mut attempts, checkpoint.execution_id())
-                        .await?
                 }
             }
-        }
+        };
+        let landed = self.traced(&span, op).await?;
+        add(&self.inner.metrics.writes_saved, landed.len() as u64);
+        Ok(landed)
     }
 
     /// The writes attached to live checkpoint `checkpoint`, oldest first, or
     /// [`Error::NotFound`] when it is not live. A write whose frame or value fails verification
     /// is [`Error::Corrupt`] naming it.
     pub async fn writes(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>> {
-        self.read_consistent(|| self.writes_once(checkpoint)).await
+        let span = op_span!(
+            "ckpt.writes", self;
+            execution_id = checkpoint.execution_id(),
+            version = checkpoint.version(),
+            count = Empty
+        );
+        let op = async { self.read_consistent(|| self.writes_once(checkpoint)).await };
+        let found: Vec<_> = self.traced(&span, op).await?;
+        span.record("count", found.len());
+        Ok(found)
     }
 
     async fn writes_once(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>> {

@@ -295,6 +295,7 @@ impl RedisBackend {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) && Instant::now() < deadline => {
                     retry::REDIS.pause_until(attempt, deadline).await;
+                    retry::note_retry();
                     attempt += 1;
                 }
                 Err(e) => return Err(backend_error(format!("{} on {}", what(), self.url), e)),

@@ -220,6 +220,7 @@ impl RedisBackend {
                 return self.give_up(appends, maybe_applied, err).await;
             }
             retry::REDIS.pause_until(attempt, deadline).await;
+            retry::note_retry();
             attempt += 1;
         }
     }

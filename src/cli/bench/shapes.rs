@@ -118,7 +118,9 @@ impl Opener {
         if let Some(key) = &self.key {
             builder = builder.encryption(key.clone());
         }
-        builder.open().await
+        let store = builder.open().await?;
+        super::super::watch_metrics(&self.url, &store);
+        Ok(store)
     }
 
     /// Closes `store` and opens its storage again, as a new process would; returns the new
@@ -127,6 +129,7 @@ impl Opener {
         let started = Instant::now();
         if self.memory {
             let fresh = store.reopened();
+            super::super::watch_metrics(&self.url, &fresh);
             return Ok((fresh, started.elapsed()));
         }
         // Closed before the clock starts: sled flushes on close, and holds a lock on its

@@ -297,6 +297,7 @@ impl PostgresBackend {
                 return Err(self.error(what, &e));
             }
             tokio::time::sleep(delay).await;
+            retry::note_retry();
             attempt += 1;
         }
     }
