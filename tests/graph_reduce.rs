@@ -2,6 +2,9 @@
 //! executions of the graph runtime, on the memory and sled stores.
 #![cfg(all(feature = "graph", feature = "sled"))]
 
+#[macro_use]
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -127,34 +130,6 @@ fn map_reduce(
 
 fn next_of(cp: &Checkpoint) -> Vec<String> {
     serde_json::from_value(cp.metadata["next"].clone()).unwrap()
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> =
-                        std::sync::Arc::new(ckpt::Store::memory());
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::TempDir::new().expect("temp dir");
-                    let store = ckpt::Store::open(dir.path().to_str().expect("utf-8 path"))
-                        .await
-                        .expect("open sled");
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> = std::sync::Arc::new(store);
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -3,6 +3,9 @@
 //! channel, on the memory and sled stores.
 #![cfg(all(feature = "graph", feature = "sled"))]
 
+#[macro_use]
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,34 +63,6 @@ async fn collect<S: Clone + Send + 'static>(
         .map(|e| e.expect("no error"))
         .collect::<Vec<_>>()
         .await
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> =
-                        std::sync::Arc::new(ckpt::Store::memory());
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::TempDir::new().expect("temp dir");
-                    let store = ckpt::Store::open(dir.path().to_str().expect("utf-8 path"))
-                        .await
-                        .expect("open sled");
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> = std::sync::Arc::new(store);
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -3,6 +3,9 @@
 //! where the child stopped, on the memory and sled stores.
 #![cfg(all(feature = "graph", feature = "sled"))]
 
+#[macro_use]
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
@@ -112,34 +115,6 @@ fn input() -> Parent {
         topic: "owls".into(),
         ..Parent::default()
     }
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> =
-                        std::sync::Arc::new(ckpt::Store::memory());
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::TempDir::new().expect("temp dir");
-                    let store = ckpt::Store::open(dir.path().to_str().expect("utf-8 path"))
-                        .await
-                        .expect("open sled");
-                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> = std::sync::Arc::new(store);
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -193,3 +193,35 @@ impl Drop for PgCluster {
 fn pg_script() -> String {
     format!("{}/scripts/postgres-server.sh", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// One test module per store, `memory` and `sled` (a temporary directory), each running every
+/// scenario named (an `async fn(Arc<dyn CheckpointStore>)` of the calling file) on a
+/// two-thread runtime.
+#[allow(unused_macros)] // each test binary uses a part of this module
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> =
+                        std::sync::Arc::new(ckpt::Store::memory());
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::TempDir::new().expect("temp dir");
+                    let store = ckpt::Store::open(dir.path().to_str().expect("utf-8 path"))
+                        .await
+                        .expect("open sled");
+                    let store: std::sync::Arc<dyn ckpt::CheckpointStore> = std::sync::Arc::new(store);
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
