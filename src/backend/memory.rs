@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    Backend, Blob, BlobHash, Capabilities, CompactReport, LogAppend, Maintain, Rewrite, SideTable,
+    Backend, Blob, BlobHash, Capabilities, CompactReport, LogAppend, Maintain, Rewrite,
+    SearchTable, SideTable,
 };
 use crate::error::{Error, Result};
 
@@ -34,6 +35,7 @@ struct State {
     logs: HashMap<String, Log>,
     blobs: HashMap<BlobHash, Vec<u8>>,
     records: HashMap<String, Vec<u8>>,
+    index: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// One log: its high-water mark and the frames not truncated away.
@@ -115,6 +117,7 @@ impl Backend for MemoryBackend {
         caps.rewrite = Some(self);
         caps.maintain = Some(self);
         caps.side_table = Some(self);
+        caps.search_table = Some(self);
         caps
     }
 
@@ -247,6 +250,59 @@ impl SideTable for MemoryBackend {
             .iter()
             .map(|(name, log)| (name.clone(), log.next_seq))
             .collect())
+    }
+}
+
+#[async_trait]
+impl SearchTable for MemoryBackend {
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
+        let mut state = self.state();
+        for key in delete {
+            state.index.remove(&key);
+        }
+        state.index.extend(put);
+        Ok(())
+    }
+
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let state = self.state();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        Ok(state
+            .index
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.state();
+        Ok(keys.iter().map(|k| state.index.get(k).cloned()).collect())
+    }
+
+    async fn clear_index(&self) -> Result<()> {
+        self.state().index.clear();
+        Ok(())
+    }
+
+    async fn index_size(&self) -> Result<(u64, u64)> {
+        let state = self.state();
+        let bytes = state
+            .index
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        Ok((state.index.len() as u64, bytes))
     }
 }
 

@@ -194,6 +194,9 @@ pub struct Capabilities<'a> {
     /// projection so that a reopen does not fold the whole log; `None`: every projection is
     /// folded from its log.
     pub side_table: Option<&'a dyn SideTable>,
+    /// An ordered table of byte keys where the store keeps its search index (see
+    /// `store::search_index`); `None`: search always scans.
+    pub search_table: Option<&'a dyn SearchTable>,
 }
 
 impl Capabilities<'_> {
@@ -208,6 +211,7 @@ impl Capabilities<'_> {
             maintain: None,
             inspect: None,
             side_table: None,
+            search_table: None,
         }
     }
 }
@@ -229,6 +233,7 @@ impl fmt::Debug for Capabilities<'_> {
             .field("maintain", &self.maintain.is_some())
             .field("inspect", &self.inspect.is_some())
             .field("side_table", &self.side_table.is_some())
+            .field("search_table", &self.search_table.is_some())
             .finish()
     }
 }
@@ -461,4 +466,61 @@ pub trait SideTable: Send + Sync {
     fn gets_beat_scans(&self) -> bool {
         false
     }
+}
+
+/// An ordered table of byte keys and values beside the logs ([`Capabilities::search_table`]),
+/// where the store keeps its search index: postings, checkpoint headers in time order, and per
+/// execution the log position the index covers. What the keys mean is the store's business
+/// (`store::search_index`); the backend only keeps them in order.
+///
+/// The index is derived from the logs and checked against them before every search (each
+/// execution's entry names the log position it was made at), so a lost write costs time, never
+/// a wrong answer. An implementation:
+/// - **must** apply one [`SearchTable::write_index`] call all or nothing (deletes, then puts),
+///   and calls from one task in the order they were made: a crash may lose the newest calls,
+///   never half of one, nor an older call while keeping a newer;
+/// - **must** order keys by their bytes (`memcmp`, shorter first on a tie) in
+///   [`SearchTable::scan_index`];
+/// - **may** keep writes in memory until [`Backend::flush`] (they need not be durable when the
+///   call returns);
+/// - **must** keep the entries out of the logs, blobs and side records: they are never
+///   returned by [`Backend::scan`], [`Backend::list_blobs`] or [`SideTable::scan_records`];
+/// - **must** store no more than it is given: the store never puts state text into the table
+///   of an encrypted store, and the table must not add any.
+#[async_trait]
+pub trait SearchTable: Send + Sync {
+    /// Deletes the keys in `delete`, then stores `put`, each replacing any value under its key,
+    /// all or nothing.
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()>;
+
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after` (when
+    /// given), in ascending key order.
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The values under `keys`, in the same order (`None` where there is none).
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Deletes every entry of the table.
+    async fn clear_index(&self) -> Result<()>;
+
+    /// Entries and bytes (keys plus values) the table holds, for figures and `ckpt stats`.
+    async fn index_size(&self) -> Result<(u64, u64)>;
+}
+
+/// The smallest byte string greater than every string that starts with `prefix` (`None` when
+/// there is none: `prefix` is empty or all `0xff`), for backends that scan a prefix as a range.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }

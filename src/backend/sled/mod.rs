@@ -49,7 +49,8 @@ use self::open::{open_error, open_sled, OpenFailure, ReadOnlyCopy};
 use self::recover::{recover, Witness};
 use self::wal::{Wal, WalRecord};
 use super::{
-    Backend, Blob, BlobHash, Capabilities, Inspect, LogAppend, RecordedDamage, Rewrite, SideTable,
+    Backend, Blob, BlobHash, Capabilities, Inspect, LogAppend, RecordedDamage, Rewrite,
+    SearchTable, SideTable,
 };
 use crate::error::{Error, Result};
 use crate::hash::hex;
@@ -94,6 +95,8 @@ const LOG: u8 = b'l';
 const BLOB: u8 = b'b';
 /// Key prefix of a derived record ([`SideTable`]).
 const RECORD: u8 = b'r';
+/// Key prefix of a search index entry ([`SearchTable`]).
+const SEARCH: u8 = b's';
 /// Key prefix of damage found at an open (acknowledged frames lost), kept to be reported by
 /// every later open and `verify`.
 const DAMAGE: u8 = b'x';
@@ -482,6 +485,7 @@ impl Backend for SledBackend {
         caps.maintain = Some(self);
         caps.inspect = Some(self);
         caps.side_table = Some(self);
+        caps.search_table = Some(self);
         caps
     }
 
@@ -891,6 +895,86 @@ impl SideTable for SledBackend {
                 Ok((log, next))
             })
             .collect()
+    }
+}
+
+fn search_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(SEARCH);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Search index entries live in sled's tree beside the frames, outside the write-ahead log
+/// like derived records: one call is one atomic sled batch, durable at sled's next flush.
+#[async_trait]
+impl SearchTable for SledBackend {
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in delete {
+            batch.remove(search_key(&key));
+        }
+        for (key, value) in put {
+            batch.insert(search_key(&key), value);
+        }
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| backend_error("writing the search index", e))
+    }
+
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let full = search_key(prefix);
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(search_key(a)),
+            _ => Bound::Included(full.clone()),
+        };
+        let mut out = Vec::new();
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (key, value) = item.map_err(|e| backend_error("reading the search index", e))?;
+            if !key.starts_with(&full) || out.len() == limit {
+                break;
+            }
+            out.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|key| {
+                self.db
+                    .get(search_key(key))
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| backend_error("reading the search index", e))
+            })
+            .collect()
+    }
+
+    async fn clear_index(&self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.db.scan_prefix([SEARCH]) {
+            let (key, _) = item.map_err(|e| backend_error("reading the search index", e))?;
+            batch.remove(key);
+        }
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| backend_error("clearing the search index", e))
+    }
+
+    async fn index_size(&self) -> Result<(u64, u64)> {
+        let (mut entries, mut bytes) = (0, 0);
+        for item in self.db.scan_prefix([SEARCH]) {
+            let (key, value) = item.map_err(|e| backend_error("reading the search index", e))?;
+            entries += 1;
+            bytes += (key.len() - 1 + value.len()) as u64;
+        }
+        Ok((entries, bytes))
     }
 }
 
