@@ -52,7 +52,7 @@ pub use checkpoint::{Checkpoint, CheckpointHeader, CheckpointId, Metadata, Write
 pub use error::{BoxError, Error, Result};
 pub use store::{
     CheckpointStore, CompactReport, ExecutionPlan, ExecutionSummary, GcReport, HistoryQuery,
-    MetricsSnapshot, PruneReport, ReadStats, RekeyReport, RetentionPolicy, RetentionTask,
-    SearchHit, SearchMethod, SearchPage, SearchQuery, StatsReport, Store, StoreBuilder, Watch,
-    WriteStats,
+    MetricsSnapshot, PruneReport, ReadStats, ReindexReport, RekeyReport, RetentionPolicy,
+    RetentionTask, SearchHit, SearchMethod, SearchPage, SearchQuery, StatsReport, Store,
+    StoreBuilder, Watch, WriteStats,
 };

@@ -40,6 +40,9 @@ impl Store {
             Ok(report)
         };
         let (report, bytes) = self.traced(&span, op).await?;
+        // The search index entries of deleted checkpoints go with them (off the gc lock: this
+        // reads states).
+        self.reclaim_index().await?;
         let metrics = &self.inner.metrics;
         add(&metrics.gc_runs, 1);
         add(&metrics.gc_frames_reclaimed, report.frames_removed);

@@ -33,6 +33,7 @@ pub(crate) mod reclaim;
 mod retention;
 mod save;
 mod search;
+mod search_index;
 mod stats;
 pub(crate) mod trace;
 mod transcode;
@@ -64,6 +65,7 @@ pub use encryption::RekeyReport;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use search::{SearchHit, SearchMethod, SearchPage, SearchQuery};
+pub use search_index::ReindexReport;
 pub use stats::{ExecutionStats, StatsReport, StatsTotals};
 pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};
 pub use types::{
@@ -149,6 +151,8 @@ struct Inner {
     /// not written yet and folding their logs.
     summary_writes: tokio::sync::Mutex<()>,
     stats: Stats,
+    /// The search index's writer and caches (see `search_index`).
+    search_index: search_index::IndexState,
 }
 
 #[derive(Default)]
@@ -263,6 +267,7 @@ impl Store {
                 dirty_records: Mutex::new(std::collections::HashSet::new()),
                 summary_writes: tokio::sync::Mutex::new(()),
                 stats: Stats::default(),
+                search_index: Default::default(),
             }),
         }
     }

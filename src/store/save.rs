@@ -102,6 +102,8 @@ struct Prepared {
     /// Per save: header, body length, frame length, the checkpoint as stored.
     saves: Vec<(SaveHeader, u64, u64, Checkpoint)>,
     newest_state: Option<CachedState>,
+    /// Per save, when the store is indexed: the words of the strings it adds.
+    words: Vec<std::collections::BTreeSet<String>>,
 }
 
 /// Where one attempt stands against gc (step 1), read before any blob is checked or written:
@@ -403,7 +405,12 @@ impl Store {
             guards.push(self.handle(exec).lock_owned().await);
         }
         let mut attempts = Attempts::new(expect);
+        // Read once per store: whether saves feed a search index.
+        if self.search_index_unknown() {
+            self.index_on().await?;
+        }
         loop {
+            let mut indexed = Vec::new();
             let fence = self.fence(&mut guards).await?;
             let batch = self
                 .prepare_batch(&mut guards, &groups, &attempts, &fence, codec)
@@ -427,10 +434,15 @@ impl Store {
                         batch.prepared,
                         batch.tails,
                         fence.epoch,
+                        &mut indexed,
                     );
                     for idx in guards.iter_mut() {
                         self.after_move(idx).await;
                     }
+                    // Off the execution locks: the indexer may be busy.
+                    drop(guards);
+                    drop(_shared);
+                    self.index_saved(indexed).await;
                     return Ok(saved);
                 }
                 Err(e) => {
@@ -544,6 +556,7 @@ impl Store {
         prepared: Vec<Prepared>,
         tails: Vec<(u64, Option<[u8; 8]>)>,
         epoch: Option<u64>,
+        indexed: &mut Vec<super::search_index::SavedWords>,
     ) -> Vec<Checkpoint> {
         let total: usize = groups.values().map(Vec::len).sum();
         let mut out: Vec<(usize, Checkpoint)> = Vec::with_capacity(total);
@@ -554,8 +567,12 @@ impl Store {
             .zip(tails)
         {
             let log = idx.log.clone();
+            let mut words = p.words.into_iter();
             for ((header, body_len, frame_len, cp), (i, _)) in p.saves.into_iter().zip(group) {
                 let version = cp.version;
+                if let Some(words) = words.next() {
+                    indexed.push(super::search_index::SavedWords::new(&cp, &header, words));
+                }
                 idx.apply_save(version, header, body_len, frame_len);
                 let _ = self.inner.saved.send((log.clone(), version));
                 out.push((*i, cp));
@@ -654,6 +671,8 @@ impl Store {
         };
         let mut frames = Vec::with_capacity(group.len());
         let mut saves = Vec::with_capacity(group.len());
+        let indexing = self.indexing_saves();
+        let mut words = Vec::new();
         for (_, p) in group {
             let cp = &p.checkpoint;
             if p.parent_must_be_live {
@@ -661,7 +680,11 @@ impl Store {
             }
             let (stored, body, delta_base, chain) = match &base {
                 Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
-                    let ops = tree::externalize_ops(&tree::diff(&b.logical, &cp.state), lifted);
+                    let raw = tree::diff(&b.logical, &cp.state);
+                    if indexing {
+                        words.push(super::search_index::words_of_ops(&raw));
+                    }
+                    let ops = tree::externalize_ops(&raw, lifted);
                     let mut stored = Value::clone(&b.stored);
                     tree::apply(&mut stored, &ops).map_err(|e| {
                         Error::corrupt(
@@ -685,6 +708,11 @@ impl Store {
                     }
                 }
                 _ => {
+                    if indexing {
+                        let mut all = std::collections::BTreeSet::new();
+                        super::search_index::words_of(&cp.state, &mut all);
+                        words.push(all);
+                    }
                     let stored = tree::externalize(&cp.state, lifted);
                     let snapshot = value::encode(&stored);
                     let chain = Chain::snapshot(seq, snapshot.len() as u64);
@@ -724,6 +752,7 @@ impl Store {
             append: LogAppend::new(log.to_string(), idx.next_seq, frames),
             newest_state: base.map(|(s, _)| s),
             saves,
+            words,
         })
     }
 

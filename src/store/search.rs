@@ -47,19 +47,19 @@ const SNIPPET_CONTEXT: usize = 40;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchQuery {
     text: Option<String>,
-    terms: Vec<Term>,
-    metadata: Vec<Condition>,
-    node: Option<String>,
-    since: Option<SystemTime>,
-    until: Option<SystemTime>,
-    execution_prefix: Option<String>,
+    pub(super) terms: Vec<Term>,
+    pub(super) metadata: Vec<Condition>,
+    pub(super) node: Option<String>,
+    pub(super) since: Option<SystemTime>,
+    pub(super) until: Option<SystemTime>,
+    pub(super) execution_prefix: Option<String>,
     limit: Option<usize>,
-    cursor: Option<Position>,
+    pub(super) cursor: Option<Position>,
 }
 
 /// One part of a text query: all must match.
 #[derive(Debug, Clone, PartialEq)]
-enum Term {
+pub(super) enum Term {
     /// A word: a prefix of a word of some string in the state.
     Word(String),
     /// Consecutive words in one string (the last one a prefix).
@@ -68,14 +68,14 @@ enum Term {
 
 /// A metadata condition: `key` compared with `value`.
 #[derive(Debug, Clone, PartialEq)]
-struct Condition {
-    key: String,
-    op: Op,
-    value: Value,
+pub(super) struct Condition {
+    pub(super) key: String,
+    pub(super) op: Op,
+    pub(super) value: Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(super) enum Op {
     Eq,
     Ne,
     Lt,
@@ -87,10 +87,10 @@ enum Op {
 /// Where a page ended: results are ordered by time (newest first), then execution id, then
 /// version (newest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Position {
-    nanos: u128,
-    execution_id: String,
-    version: u64,
+pub(super) struct Position {
+    pub(super) nanos: u128,
+    pub(super) execution_id: String,
+    pub(super) version: u64,
 }
 
 /// How a search was answered.
@@ -100,6 +100,9 @@ pub enum SearchMethod {
     /// Every candidate state was read (decrypted when the store is encrypted): correct on
     /// every backend, slower than an index on large stores.
     Scan,
+    /// The store's search index ([`Store::reindex`]) chose the candidates: only their states
+    /// were read, to check the text and show where it matched.
+    Index,
 }
 
 /// One checkpoint that matched.
@@ -196,18 +199,23 @@ impl SearchQuery {
         Ok(self)
     }
 
-    fn page_size(&self) -> usize {
+    pub(super) fn page_size(&self) -> usize {
         self.limit.unwrap_or(20)
     }
 
     /// Whether a checkpoint's header passes the conditions that need no state.
-    fn header_matches(&self, h: &CheckpointHeader) -> bool {
-        self.since.is_none_or(|t| h.timestamp >= t)
-            && self.until.is_none_or(|t| h.timestamp < t)
-            && self
-                .metadata
-                .iter()
-                .all(|c| c.holds(h.metadata.get(&c.key)))
+    pub(super) fn header_matches(&self, h: &CheckpointHeader) -> bool {
+        self.time_matches(h.timestamp) && self.metadata_matches(&h.metadata)
+    }
+
+    /// Whether `t` is in the query's time range.
+    pub(super) fn time_matches(&self, t: SystemTime) -> bool {
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
+
+    /// Whether `metadata` passes every metadata condition.
+    pub(super) fn metadata_matches(&self, metadata: &crate::checkpoint::Metadata) -> bool {
+        self.metadata.iter().all(|c| c.holds(metadata.get(&c.key)))
     }
 
     /// Where the text matches `state` (its first term's path and a snippet); `Some(None)` with
@@ -244,6 +252,14 @@ impl SearchQuery {
 }
 
 impl Term {
+    /// The words a matching string must hold (as prefixes).
+    pub(super) fn words(&self) -> Vec<&str> {
+        match self {
+            Term::Word(w) => vec![w.as_str()],
+            Term::Phrase(ws) => ws.iter().map(String::as_str).collect(),
+        }
+    }
+
     /// The byte offset in `s` where this term matches.
     fn find(&self, s: &str) -> Option<usize> {
         let words = words(s);
@@ -328,7 +344,7 @@ fn parse_condition(text: &str) -> Result<Condition> {
 }
 
 /// Lowercase words (runs of letters and digits) with their byte offsets.
-fn words(s: &str) -> Vec<(usize, String)> {
+pub(super) fn words(s: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, c) in s.char_indices() {
@@ -408,11 +424,11 @@ fn snippet(text: &str, at: usize) -> String {
     out
 }
 
-fn nanos(t: SystemTime) -> u128 {
+pub(super) fn nanos(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
-fn position(h: &CheckpointHeader) -> Position {
+pub(super) fn position(h: &CheckpointHeader) -> Position {
     Position {
         nanos: nanos(h.timestamp),
         execution_id: h.execution_id.clone(),
@@ -421,14 +437,14 @@ fn position(h: &CheckpointHeader) -> Position {
 }
 
 /// The results' order: newest first, then by execution id, then newest version first.
-fn order(a: &Position, b: &Position) -> Ordering {
+pub(super) fn order(a: &Position, b: &Position) -> Ordering {
     b.nanos
         .cmp(&a.nanos)
         .then_with(|| a.execution_id.cmp(&b.execution_id))
         .then_with(|| b.version.cmp(&a.version))
 }
 
-fn format_cursor(p: &Position) -> String {
+pub(super) fn format_cursor(p: &Position) -> String {
     format!("{}:{}:{}", p.nanos, p.version, p.execution_id)
 }
 
@@ -461,7 +477,13 @@ impl Store {
     /// encrypted stores (states are decrypted in memory; nothing is written).
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let span = op_span!("ckpt.search", self; count = Empty, states_read = Empty);
-        let page = self.traced(&span, self.search_scan(query)).await?;
+        let op = async {
+            match self.search_indexed(query).await? {
+                Some(page) => Ok(page),
+                None => self.search_scan(query).await,
+            }
+        };
+        let page = self.traced(&span, op).await?;
         span.record("count", page.hits.len());
         span.record("states_read", page.states_read);
         Ok(page)
@@ -489,6 +511,16 @@ impl Store {
             }
         }
         candidates.sort_by(|(a, _), (b, _)| order(a, b));
+        self.check_candidates(query, candidates).await
+    }
+
+    /// Reads the states of `candidates` (sorted in result order), past the query's cursor,
+    /// until a page of those matching the text is full.
+    pub(super) async fn check_candidates(
+        &self,
+        query: &SearchQuery,
+        candidates: Vec<(Position, CheckpointHeader)>,
+    ) -> Result<SearchPage> {
         let after = |p: &Position| {
             query
                 .cursor

@@ -39,6 +39,9 @@ pub struct VerifyReport {
     /// What the storage engine's own consistency check found (see
     /// [`crate::backend::Inspect::check_storage`]).
     pub storage_problems: Vec<String>,
+    /// Executions whose search index entries differ from what their logs give (see
+    /// [`Store::reindex`]): the data is intact, searches may miss or return stale headers.
+    pub index_problems: Vec<String>,
 }
 
 /// One execution, as [`Store::verify`] found it.
@@ -92,12 +95,13 @@ impl VerifyReport {
         self.damaged_blobs.is_empty()
             && self.recorded_damage.is_empty()
             && self.storage_problems.is_empty()
+            && self.index_problems.is_empty()
             && !self.executions.iter().any(|e| e.is_damaged())
     }
 
     /// Every damaged place, one line each, with its kind (`frame`, `log`, `checkpoint`, `blob`
-    /// `lost`: what the backend recorded as lost, or `storage`: what the storage engine's own
-    /// check found): `("frame", "execution \"a\" seq 4: checksum mismatch")`.
+    /// `lost`: what the backend recorded as lost, `storage`: what the storage engine's own
+    /// check found, or `index`: a search index that differs from the logs): `("frame", "execution \"a\" seq 4: checksum mismatch")`.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         for e in &self.executions {
@@ -123,6 +127,9 @@ impl VerifyReport {
         }
         for p in &self.storage_problems {
             out.push(("storage", p.clone()));
+        }
+        for p in &self.index_problems {
+            out.push(("index", p.clone()));
         }
         out
     }
@@ -164,6 +171,7 @@ impl Store {
                 Some(inspect) => inspect.check_storage().await?,
                 None => Vec::new(),
             };
+            report.index_problems = self.index_problems().await?;
             Ok(report)
         };
         let report: VerifyReport = self.traced(&span, op).await?;

@@ -1,0 +1,1324 @@
+//! The search index: a projection of the logs kept in the backend's [`SearchTable`], so that
+//! [`Store::search`] answers from postings instead of reading every state.
+//!
+//! This module owns the index's keys, how a save's delta becomes entries, how the index is
+//! brought up to date with the logs, rebuilt and dropped, and how a query is answered from it.
+//!
+//! # What is indexed
+//! For every live checkpoint: its header in time order (`t`), by node (`n`) and by each metadata
+//! value (`m`), and per execution where its headers are (`h`). For text, per execution, every
+//! word (as [`super::search`] splits strings) with the **first version** whose save added a
+//! string holding it (`w` by word, `d` by execution): a save indexes only the words of the
+//! strings its delta adds that the execution has not had before, so a growing conversation
+//! costs the words of its new message, not its whole state.
+//!
+//! A word's first version is a lower bound: every checkpoint whose state holds the word is at or
+//! above it. So the postings give candidates, and each candidate's state is read to check the
+//! text (and to show where it matched) before it is returned, as a database rechecks a lossy
+//! index. A word removed later, or held only on another branch, costs a read, never a wrong hit.
+//!
+//! # Kept true
+//! Each execution's entry `c` names the log position the index covers and how many live
+//! checkpoints were below it. Before every search the index is compared with the logs' tails:
+//! an execution that moved is indexed from where the index stopped, and one that lost a
+//! checkpoint (delete, clear, prune) is indexed again from its live checkpoints, which also
+//! reclaims the entries of what it lost. Saves of this process feed the index as they land (a
+//! background task writes them in batches, off the save's path); whatever that misses (a crash,
+//! another process's saves) the next search catches up. `verify` rebuilds every execution's
+//! entries in memory and compares.
+//!
+//! Encrypted stores are never indexed: their search decrypts while scanning.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::search::{self, Op, Position, SearchHit, SearchMethod, SearchPage, SearchQuery};
+use super::{from_micros, HistoryQuery, Store};
+use crate::backend::SearchTable;
+use crate::checkpoint::{CheckpointHeader, CheckpointId, Metadata};
+use crate::error::{Error, Result};
+
+/// Marks a store as indexed; its value is the format version.
+const ON_KEY: &[u8] = b"!on";
+const FORMAT: u8 = 1;
+/// `c` EXEC → next sequence covered, live checkpoints below it.
+const COVERED: u8 = b'c';
+/// `d` EXEC WORD → first version.
+const DICT: u8 = b'd';
+/// `w` WORD EXEC → first version.
+const WORD: u8 = b'w';
+/// `h` EXEC VERSION → micros.
+const HEAD: u8 = b'h';
+/// `t` POSITION → node and metadata.
+const TIME: u8 = b't';
+/// `n` NODE POSITION.
+const NODE: u8 = b'n';
+/// `m` KEY VALUE POSITION.
+const META: u8 = b'm';
+
+/// Entries read per scan call.
+const SCAN_CHUNK: usize = 4096;
+/// A word matching more postings than this does not drive a search (a rarer one does).
+const MAX_WORD_POSTINGS: usize = 200_000;
+/// A metadata range matching more checkpoints than this is filtered in time order instead.
+const MAX_RANGE_POSTINGS: usize = 20_000;
+/// Executions whose word sets the indexer keeps in memory.
+const CACHED_EXECUTIONS: usize = 64;
+/// Saves waiting for the indexer before savers wait for it.
+const QUEUE: usize = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Appends `s` so that the encodings sort as the strings do and end unambiguously: `0x00`
+/// becomes `0x00 0xff`, and `0x00 0x01` ends it.
+fn push_str(buf: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        if b == 0 {
+            buf.extend([0, 0xff]);
+        } else {
+            buf.push(b);
+        }
+    }
+    buf.extend([0, 1]);
+}
+
+/// The string [`push_str`] wrote at the start of `bytes`, and what follows it.
+fn read_str(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        match *bytes.get(i)? {
+            0 => match *bytes.get(i + 1)? {
+                0xff => out.push(0),
+                1 => return Some((String::from_utf8(out).ok()?, &bytes[i + 2..])),
+                _ => return None,
+            },
+            b => out.push(b),
+        }
+        i += if bytes[i] == 0 { 2 } else { 1 };
+    }
+}
+
+fn push_varint(buf: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((n, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn read_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*head), rest))
+}
+
+/// Where a checkpoint sorts in results: newest first, then execution id, then newest version.
+fn push_position(buf: &mut Vec<u8>, micros: u64, exec: &str, version: u64) {
+    buf.extend((u64::MAX - micros).to_be_bytes());
+    push_str(buf, exec);
+    buf.extend((u64::MAX - version).to_be_bytes());
+}
+
+fn read_position(bytes: &[u8]) -> Option<(u64, String, u64)> {
+    let (inv_time, rest) = read_u64(bytes)?;
+    let (exec, rest) = read_str(rest)?;
+    let (inv_version, rest) = read_u64(rest)?;
+    rest.is_empty()
+        .then(|| (u64::MAX - inv_time, exec, u64::MAX - inv_version))
+}
+
+fn key(family: u8) -> Vec<u8> {
+    vec![family]
+}
+
+fn covered_key(exec: &str) -> Vec<u8> {
+    let mut k = key(COVERED);
+    push_str(&mut k, exec);
+    k
+}
+
+fn dict_key(exec: &str, word: &str) -> Vec<u8> {
+    let mut k = key(DICT);
+    push_str(&mut k, exec);
+    push_str(&mut k, word);
+    k
+}
+
+fn word_key(word: &str, exec: &str) -> Vec<u8> {
+    let mut k = key(WORD);
+    push_str(&mut k, word);
+    push_str(&mut k, exec);
+    k
+}
+
+fn head_key(exec: &str, version: u64) -> Vec<u8> {
+    let mut k = key(HEAD);
+    push_str(&mut k, exec);
+    k.extend(version.to_be_bytes());
+    k
+}
+
+fn time_key(micros: u64, exec: &str, version: u64) -> Vec<u8> {
+    let mut k = key(TIME);
+    push_position(&mut k, micros, exec, version);
+    k
+}
+
+fn node_prefix(node: &str) -> Vec<u8> {
+    let mut k = key(NODE);
+    push_str(&mut k, node);
+    k
+}
+
+fn meta_prefix(name: &str) -> Vec<u8> {
+    let mut k = key(META);
+    push_str(&mut k, name);
+    k
+}
+
+/// A metadata value in an order that keeps numbers, and strings, in their own order.
+fn push_value(buf: &mut Vec<u8>, v: &serde_json::Value) {
+    use serde_json::Value as J;
+    match v {
+        J::Null => buf.push(0),
+        J::Bool(b) => buf.extend([1, u8::from(*b)]),
+        J::Number(n) => {
+            buf.push(2);
+            buf.extend(sortable_f64(n.as_f64().unwrap_or(0.0)));
+        }
+        J::String(s) => {
+            buf.push(3);
+            push_str(buf, s);
+        }
+        other => {
+            buf.push(4);
+            push_str(buf, &other.to_string());
+        }
+    }
+}
+
+fn sortable_f64(x: f64) -> [u8; 8] {
+    let bits = x.to_bits();
+    let flipped = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    flipped.to_be_bytes()
+}
+
+/// One checkpoint's header as the index keeps it.
+#[derive(Debug, Clone, PartialEq)]
+struct Head {
+    exec: String,
+    version: u64,
+    micros: u64,
+    node: String,
+    metadata: Metadata,
+}
+
+impl Head {
+    fn of(h: &CheckpointHeader) -> Self {
+        Head {
+            exec: h.execution_id.clone(),
+            version: h.version,
+            micros: micros(h.timestamp),
+            node: h.node_name.clone(),
+            metadata: h.metadata.clone(),
+        }
+    }
+
+    /// Every entry of this header: `h`, `t`, `n` and one `m` per metadata key.
+    fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut pos = Vec::new();
+        push_position(&mut pos, self.micros, &self.exec, self.version);
+        let body = rmp_serde::to_vec(&(&self.node, &self.metadata))
+            .map_err(|e| Error::codec("encoding a search index entry", e))?;
+        let mut out = vec![
+            (
+                head_key(&self.exec, self.version),
+                self.micros.to_be_bytes().to_vec(),
+            ),
+            ([&[TIME][..], &pos].concat(), body),
+            ([node_prefix(&self.node), pos.clone()].concat(), Vec::new()),
+        ];
+        for (name, value) in &self.metadata {
+            let mut k = meta_prefix(name);
+            push_value(&mut k, value);
+            k.extend(&pos);
+            out.push((k, Vec::new()));
+        }
+        Ok(out)
+    }
+
+    fn from_time_entry(key: &[u8], value: &[u8]) -> Option<Self> {
+        let (micros, exec, version) = read_position(key.strip_prefix(&[TIME])?)?;
+        let (node, metadata): (String, Metadata) = rmp_serde::from_slice(value).ok()?;
+        Some(Head {
+            exec,
+            version,
+            micros,
+            node,
+            metadata,
+        })
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            nanos: u128::from(self.micros) * 1000,
+            execution_id: self.exec.clone(),
+            version: self.version,
+        }
+    }
+
+    fn hit(self) -> SearchHit {
+        SearchHit {
+            id: CheckpointId::new_unchecked(self.exec.as_str().into(), self.version),
+            node_name: self.node,
+            timestamp: from_micros(self.micros),
+            path: None,
+            snippet: None,
+        }
+    }
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Where the index stands for one execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Covered {
+    /// The log's next sequence number when it was last indexed.
+    next: u64,
+    /// Live checkpoints below `next` then.
+    live: u64,
+}
+
+impl Default for Covered {
+    /// Nothing indexed: a log's first frame is 1.
+    fn default() -> Self {
+        Covered { next: 1, live: 0 }
+    }
+}
+
+impl Covered {
+    fn encode(self) -> Vec<u8> {
+        let mut v = Vec::new();
+        push_varint(&mut v, self.next);
+        push_varint(&mut v, self.live);
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (next, rest) = read_varint(bytes)?;
+        let (live, _) = read_varint(rest)?;
+        Some(Covered { next, live })
+    }
+}
+
+/// The words of every string in `value` (map keys excepted, as the scan does).
+pub(super) fn words_of(value: &rmpv::Value, out: &mut BTreeSet<String>) {
+    match value {
+        rmpv::Value::String(s) => {
+            let text = String::from_utf8_lossy(s.as_bytes());
+            out.extend(search::words(&text).into_iter().map(|(_, w)| w));
+        }
+        rmpv::Value::Array(items) => items.iter().for_each(|v| words_of(v, out)),
+        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| words_of(v, out)),
+        _ => {}
+    }
+}
+
+/// The words of the strings a delta adds.
+pub(super) fn words_of_ops(ops: &[crate::codec::tree::Op]) -> BTreeSet<String> {
+    use crate::codec::tree::Op;
+    let mut out = BTreeSet::new();
+    for op in ops {
+        match op {
+            Op::Set(_, v) => words_of(v, &mut out),
+            Op::Splice(_, _, items) => items.iter().for_each(|v| words_of(v, &mut out)),
+            Op::Remove(_) => {}
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maintenance
+
+/// A landed save, as the indexer takes it: its header and the words of the strings it added.
+pub(super) struct SavedWords {
+    head: Head,
+    words: BTreeSet<String>,
+}
+
+impl SavedWords {
+    pub(super) fn new(
+        cp: &crate::Checkpoint,
+        header: &crate::codec::frame::SaveHeader,
+        words: BTreeSet<String>,
+    ) -> Self {
+        SavedWords {
+            head: Head {
+                exec: cp.execution_id.clone(),
+                version: cp.version,
+                micros: header.timestamp_us,
+                node: header.node.clone(),
+                metadata: header.metadata.clone(),
+            },
+            words,
+        }
+    }
+}
+
+enum Job {
+    Saved(Vec<SavedWords>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What one execution's indexing knows: where it stands and the words it has.
+struct ExecWords {
+    covered: Covered,
+    words: HashSet<String>,
+}
+
+/// The index's state in one store (shared by its clones).
+#[derive(Default)]
+pub(super) struct IndexState {
+    /// `None` until read from the table; then whether the store is indexed.
+    on: std::sync::Mutex<Option<bool>>,
+    queue: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    /// Held while entries are computed and written, so the background writer and a catch-up
+    /// never interleave on one execution.
+    writing: tokio::sync::Mutex<HashMap<String, ExecWords>>,
+}
+
+/// What [`Store::reindex`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReindexReport {
+    /// Executions indexed.
+    pub executions: u64,
+    /// Checkpoints indexed.
+    pub checkpoints: u64,
+    /// Entries the index holds afterwards.
+    pub entries: u64,
+    /// Bytes (keys and values) the index holds afterwards.
+    pub bytes: u64,
+}
+
+impl Store {
+    fn search_table(&self) -> Option<&dyn SearchTable> {
+        self.inner.traced.capabilities().search_table
+    }
+
+    /// Whether this store keeps a search index: read from the backend once, then known.
+    pub(super) async fn index_on(&self) -> Result<bool> {
+        if let Some(on) = *lock(&self.inner.search_index.on) {
+            return Ok(on);
+        }
+        let on = match self.search_table() {
+            Some(table) => table.get_index(&[ON_KEY.to_vec()]).await?[0].is_some(),
+            None => false,
+        };
+        *lock(&self.inner.search_index.on) = Some(on);
+        Ok(on)
+    }
+
+    /// Whether this store has not yet read whether it is indexed.
+    pub(super) fn search_index_unknown(&self) -> bool {
+        lock(&self.inner.search_index.on).is_none()
+    }
+
+    /// Whether saves should compute the words they add (the store is known to be indexed).
+    pub(super) fn indexing_saves(&self) -> bool {
+        lock(&self.inner.search_index.on).unwrap_or(false)
+    }
+
+    /// Builds the search index from every execution's log (dropping any index there was), and
+    /// marks the store as indexed, so that every store opening it keeps the index up to date
+    /// and [`Store::search`] answers from it ([`SearchMethod::Index`]).
+    ///
+    /// Fails with [`Error::InvalidInput`] on an encrypted store (its search scans: an index
+    /// would hold its words in plaintext) and on a backend without a search table.
+    pub async fn reindex(&self) -> Result<ReindexReport> {
+        let table = self.indexable_table().await?;
+        self.flush_index().await;
+        let mut cache = self.inner.search_index.writing.lock().await;
+        cache.clear();
+        table.clear_index().await?;
+        table
+            .write_index(vec![(ON_KEY.to_vec(), vec![FORMAT])], Vec::new())
+            .await?;
+        *lock(&self.inner.search_index.on) = Some(true);
+        let mut report = ReindexReport::default();
+        for exec in self.execution_logs().await? {
+            report.checkpoints += self.index_execution(table, &exec, &mut cache).await?;
+            report.executions += 1;
+        }
+        drop(cache);
+        (report.entries, report.bytes) = table.index_size().await?;
+        Ok(report)
+    }
+
+    /// Removes the search index: searches scan again, and saves stop feeding it.
+    pub async fn drop_index(&self) -> Result<()> {
+        let Some(table) = self.search_table() else {
+            return Ok(());
+        };
+        self.flush_index().await;
+        let mut cache = self.inner.search_index.writing.lock().await;
+        cache.clear();
+        table.clear_index().await?;
+        *lock(&self.inner.search_index.on) = Some(false);
+        Ok(())
+    }
+
+    /// Entries and bytes of the search index (`None` when the store is not indexed).
+    pub async fn index_size(&self) -> Result<Option<(u64, u64)>> {
+        match self.search_table() {
+            Some(table) if self.index_on().await? => Ok(Some(table.index_size().await?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn indexable_table(&self) -> Result<&dyn SearchTable> {
+        if self.crypto().await?.cipher().is_some() {
+            return Err(Error::InvalidInput(
+                "this store is encrypted: its search decrypts states while scanning, and keeps \
+                 no index (an index would hold the words of its states in plaintext)"
+                    .into(),
+            ));
+        }
+        self.search_table().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the {} backend keeps no search index; its search scans",
+                self.inner.traced.name()
+            ))
+        })
+    }
+
+    /// Hands landed saves to the background indexer (started on first use).
+    pub(super) async fn index_saved(&self, saved: Vec<SavedWords>) {
+        if !saved.is_empty() {
+            self.send_job(Job::Saved(saved)).await;
+        }
+    }
+
+    /// Waits until the indexer has written everything handed to it so far.
+    async fn flush_index(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send_job(Job::Flush(tx)).await {
+            let _ = rx.await;
+        }
+    }
+
+    /// Sends a job, starting the indexer if there is none (or its runtime went away). Returns
+    /// whether it was sent.
+    async fn send_job(&self, job: Job) -> bool {
+        let sender = {
+            let mut queue = lock(&self.inner.search_index.queue);
+            match &*queue {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let store = Store {
+                        inner: self.inner.clone(),
+                    };
+                    // The indexer holds the store only weakly, so dropping the last store ends it.
+                    let weak = Arc::downgrade(&store.inner);
+                    drop(store);
+                    tokio::spawn(run_indexer(weak, rx));
+                    *queue = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        sender.send(job).await.is_ok()
+    }
+
+    /// Indexes the saves of one batch where the index stands just below them; leaves the rest
+    /// to the next catch-up.
+    async fn write_saved(&self, table: &dyn SearchTable, saved: Vec<SavedWords>) -> Result<()> {
+        let mut cache = self.inner.search_index.writing.lock().await;
+        let execs: BTreeSet<&str> = saved.iter().map(|s| s.head.exec.as_str()).collect();
+        // Another process may have moved the index: read where it stands unless none can.
+        let single = self.inner.traced.capabilities().single_process;
+        let missing: Vec<&str> = execs
+            .iter()
+            .copied()
+            .filter(|e| !single || !cache.contains_key(*e))
+            .collect();
+        let keys: Vec<Vec<u8>> = missing.iter().map(|e| covered_key(e)).collect();
+        let found = table.get_index(&keys).await?;
+        for (exec, covered) in missing.into_iter().zip(found) {
+            let covered = covered
+                .as_deref()
+                .and_then(Covered::decode)
+                .unwrap_or_default();
+            let stale = cache.get(exec).is_none_or(|c| c.covered != covered);
+            if stale {
+                let words = self.read_words(table, exec).await?;
+                remember(&mut cache, exec, ExecWords { covered, words });
+            }
+        }
+        let mut puts = Vec::new();
+        let mut touched = Vec::new();
+        for s in saved {
+            let Some(entry) = cache.get_mut(&s.head.exec) else {
+                continue;
+            };
+            if entry.covered.next != s.head.version {
+                continue;
+            }
+            let h = &s.head;
+            puts.extend(h.entries()?);
+            for w in s.words {
+                if !entry.words.contains(&w) {
+                    puts.extend(word_entries(&h.exec, &w, h.version));
+                    entry.words.insert(w);
+                }
+            }
+            entry.covered = Covered {
+                next: h.version + 1,
+                live: entry.covered.live + 1,
+            };
+            puts.push((covered_key(&h.exec), entry.covered.encode()));
+            touched.push(h.exec.clone());
+        }
+        if puts.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = table.write_index(puts, Vec::new()).await {
+            // What this process believes was written is not: read it again next time.
+            for exec in touched {
+                cache.remove(&exec);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn read_words(&self, table: &dyn SearchTable, exec: &str) -> Result<HashSet<String>> {
+        let mut prefix = key(DICT);
+        push_str(&mut prefix, exec);
+        let mut words = HashSet::new();
+        for (k, _) in scan_all(table, &prefix).await? {
+            if let Some((w, _)) = read_str(&k[prefix.len()..]) {
+                words.insert(w);
+            }
+        }
+        Ok(words)
+    }
+
+    /// Brings the index up to date with every log: executions that moved are indexed from
+    /// where the index stopped (or again, when they lost checkpoints), those gone are dropped.
+    async fn catch_up(&self, table: &dyn SearchTable) -> Result<()> {
+        self.flush_index().await;
+        let tails = self.log_tails().await?;
+        let covered: HashMap<String, Covered> = scan_all(table, &[COVERED])
+            .await?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (exec, _) = read_str(&k[1..])?;
+                Some((exec, Covered::decode(&v)?))
+            })
+            .collect();
+        let behind: Vec<&String> = tails
+            .iter()
+            .filter(|(exec, tail)| covered.get(*exec).is_none_or(|c| c.next != **tail))
+            .map(|(exec, _)| exec)
+            .collect();
+        let gone: Vec<&String> = covered.keys().filter(|e| !tails.contains_key(*e)).collect();
+        if behind.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.inner.search_index.writing.lock().await;
+        for exec in behind {
+            self.index_execution(table, exec, &mut cache).await?;
+        }
+        for exec in gone {
+            let deletes = self.entries_of(table, exec).await?;
+            table.write_index(Vec::new(), deletes).await?;
+            cache.remove(exec.as_str());
+        }
+        Ok(())
+    }
+
+    /// Every execution's log tail.
+    async fn log_tails(&self) -> Result<HashMap<String, u64>> {
+        let mut tails: HashMap<String, u64> = match self.inner.traced.capabilities().side_table {
+            Some(side) => side.log_tails().await?.into_iter().collect(),
+            None => {
+                let mut out = HashMap::new();
+                for log in self.inner.traced.list_logs().await? {
+                    let next = self.inner.traced.next_seq(&log).await?;
+                    out.insert(log, next);
+                }
+                out
+            }
+        };
+        tails.retain(|log, _| !super::reclaim::is_reserved_log(log));
+        Ok(tails)
+    }
+
+    /// Indexes `exec` from where the index stands, or from scratch when it lost checkpoints
+    /// below that; returns the checkpoints indexed.
+    async fn index_execution(
+        &self,
+        table: &dyn SearchTable,
+        exec: &str,
+        cache: &mut HashMap<String, ExecWords>,
+    ) -> Result<u64> {
+        let next = self.inner.traced.next_seq(exec).await?;
+        let stored = table.get_index(&[covered_key(exec)]).await?[0]
+            .as_deref()
+            .and_then(Covered::decode);
+        let heads = self.live_heads(exec).await?;
+        let live_below = |n: u64| heads.iter().filter(|h| h.version < n).count() as u64;
+        let (mut covered, mut words, mut deletes) = match stored {
+            Some(c) if c.next <= next && live_below(c.next) == c.live => {
+                (c, self.read_words(table, exec).await?, Vec::new())
+            }
+            _ => (
+                Covered::default(),
+                HashSet::new(),
+                self.entries_of(table, exec).await?,
+            ),
+        };
+        let mut puts = Vec::new();
+        let mut indexed = 0;
+        let mut new: Vec<&CheckpointHeader> =
+            heads.iter().filter(|h| h.version >= covered.next).collect();
+        new.sort_by_key(|h| h.version);
+        for h in new {
+            let cp = self.load(&h.id).await?;
+            let mut found = BTreeSet::new();
+            words_of(cp.state_value(), &mut found);
+            for w in found {
+                if words.insert(w.clone()) {
+                    puts.extend(word_entries(exec, &w, h.version));
+                }
+            }
+            puts.extend(Head::of(h).entries()?);
+            covered.live += 1;
+            indexed += 1;
+            if puts.len() >= SCAN_CHUNK {
+                // Bound memory on long executions: what is written stays valid, since `c` is
+                // written last.
+                table
+                    .write_index(std::mem::take(&mut puts), std::mem::take(&mut deletes))
+                    .await?;
+            }
+        }
+        covered.next = next;
+        puts.push((covered_key(exec), covered.encode()));
+        table.write_index(puts, deletes).await?;
+        remember(cache, exec, ExecWords { covered, words });
+        Ok(indexed)
+    }
+
+    /// The live checkpoints of `exec` (none when it has none, or no log).
+    async fn live_heads(&self, exec: &str) -> Result<Vec<CheckpointHeader>> {
+        match self.history(exec, HistoryQuery::default()).await {
+            Ok(heads) => Ok(heads),
+            Err(Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings the search index up to date with the logs, when the store is indexed: what gc
+    /// runs so that the entries of deleted checkpoints go with them.
+    pub(super) async fn reclaim_index(&self) -> Result<()> {
+        match self.search_table() {
+            Some(table) if self.index_on().await? => self.catch_up(table).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Every entry of `exec`'s: its words both ways, its headers in every order, its `c`.
+    async fn entries_of(&self, table: &dyn SearchTable, exec: &str) -> Result<Vec<Vec<u8>>> {
+        let mut out = vec![covered_key(exec)];
+        let mut dict = key(DICT);
+        push_str(&mut dict, exec);
+        for (k, _) in scan_all(table, &dict).await? {
+            if let Some((w, _)) = read_str(&k[dict.len()..]) {
+                out.push(word_key(&w, exec));
+            }
+            out.push(k);
+        }
+        let mut head = key(HEAD);
+        push_str(&mut head, exec);
+        let heads = scan_all(table, &head).await?;
+        let times: Vec<Vec<u8>> = heads
+            .iter()
+            .filter_map(|(k, v)| {
+                let (version, _) = read_u64(&k[head.len()..])?;
+                let (micros, _) = read_u64(v)?;
+                Some(time_key(micros, exec, version))
+            })
+            .collect();
+        let bodies = table.get_index(&times).await?;
+        for ((time, body), (head_key, _)) in times.into_iter().zip(bodies).zip(heads) {
+            if let Some(h) = body.and_then(|b| Head::from_time_entry(&time, &b)) {
+                out.extend(h.entries()?.into_iter().map(|(k, _)| k));
+            }
+            out.push(time);
+            out.push(head_key);
+        }
+        Ok(out)
+    }
+
+    /// The entries every execution should have, rebuilt from its log, compared with those the
+    /// index holds: one sentence per execution that differs (for `verify`).
+    pub(super) async fn index_problems(&self) -> Result<Vec<String>> {
+        let Some(table) = self.search_table() else {
+            return Ok(Vec::new());
+        };
+        if !self.index_on().await? {
+            return Ok(Vec::new());
+        }
+        self.flush_index().await;
+        let mut problems = Vec::new();
+        let tails = self.log_tails().await?;
+        for (exec, tail) in &tails {
+            let stored = table.get_index(&[covered_key(exec)]).await?[0]
+                .as_deref()
+                .and_then(Covered::decode);
+            // An execution the index has not caught up with yet is not wrong: the next
+            // search indexes it.
+            if stored.is_none_or(|c| c.next != *tail) {
+                continue;
+            }
+            let expected = self.expected_entries(exec).await?;
+            let mut held: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for k in self.entries_of(table, exec).await? {
+                held.insert(k, Vec::new());
+            }
+            let keys: Vec<Vec<u8>> = held.keys().cloned().collect();
+            for (k, v) in keys.iter().zip(table.get_index(&keys).await?) {
+                held.insert(k.clone(), v.unwrap_or_default());
+            }
+            held.remove(&covered_key(exec));
+            if held != expected {
+                let missing = expected.keys().filter(|k| !held.contains_key(*k)).count();
+                let extra = held.keys().filter(|k| !expected.contains_key(*k)).count();
+                let wrong = expected
+                    .iter()
+                    .filter(|(k, v)| held.get(*k).is_some_and(|h| h != *v))
+                    .count();
+                problems.push(format!(
+                    "the search index of execution {exec:?} differs from its log ({missing} \
+                     entries missing, {extra} extra, {wrong} wrong): run `ckpt reindex`"
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The entries of `exec` a rebuild would write (less its `c`).
+    async fn expected_entries(&self, exec: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut heads = self.live_heads(exec).await?;
+        heads.sort_by_key(|h| h.version);
+        let mut out = BTreeMap::new();
+        let mut words = HashSet::new();
+        for h in &heads {
+            let cp = self.load(&h.id).await?;
+            let mut found = BTreeSet::new();
+            words_of(cp.state_value(), &mut found);
+            for w in found {
+                if words.insert(w.clone()) {
+                    out.extend(word_entries(exec, &w, h.version));
+                }
+            }
+            out.extend(Head::of(h).entries()?);
+        }
+        Ok(out)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Queries
+
+    /// Answers `query` from the index, or `None` when the store keeps none.
+    pub(super) async fn search_indexed(&self, query: &SearchQuery) -> Result<Option<SearchPage>> {
+        let Some(table) = self.search_table() else {
+            return Ok(None);
+        };
+        if !self.index_on().await? || self.crypto().await?.cipher().is_some() {
+            return Ok(None);
+        }
+        self.catch_up(table).await?;
+        let page = if query.terms.is_empty() {
+            self.search_headers(table, query).await?
+        } else {
+            match self.text_candidates(table, query).await? {
+                Some(candidates) => self.search_text(query, candidates).await?,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(page))
+    }
+
+    /// Per execution, the lowest version whose state can hold every word of the query; `None`
+    /// when no word is selective enough to drive the search.
+    async fn text_candidates(
+        &self,
+        table: &dyn SearchTable,
+        query: &SearchQuery,
+    ) -> Result<Option<HashMap<String, u64>>> {
+        let mut words: Vec<&str> = query.terms.iter().flat_map(|t| t.words()).collect();
+        words.sort_unstable();
+        words.dedup();
+        let mut sets: Vec<HashMap<String, u64>> = Vec::new();
+        for w in words {
+            let mut prefix = key(WORD);
+            prefix.extend(w.as_bytes());
+            let mut firsts: HashMap<String, u64> = HashMap::new();
+            let mut seen = 0;
+            let mut after: Option<Vec<u8>> = None;
+            let mut too_many = false;
+            loop {
+                let chunk = table
+                    .scan_index(&prefix, after.as_deref(), SCAN_CHUNK)
+                    .await?;
+                let done = chunk.len() < SCAN_CHUNK;
+                for (k, v) in &chunk {
+                    let Some((_, rest)) = read_str(&k[1..]) else {
+                        continue;
+                    };
+                    let (Some((exec, _)), Some((version, _))) = (read_str(rest), read_varint(v))
+                    else {
+                        continue;
+                    };
+                    if query
+                        .execution_prefix
+                        .as_ref()
+                        .is_some_and(|p| !exec.starts_with(p.as_str()))
+                    {
+                        continue;
+                    }
+                    let first = firsts.entry(exec).or_insert(version);
+                    *first = (*first).min(version);
+                }
+                seen += chunk.len();
+                after = chunk.last().map(|(k, _)| k.clone());
+                if done {
+                    break;
+                }
+                if seen > MAX_WORD_POSTINGS {
+                    too_many = true;
+                    break;
+                }
+            }
+            if !too_many {
+                sets.push(firsts);
+            }
+        }
+        let Some((first, rest)) = sets.split_first() else {
+            return Ok(None);
+        };
+        let mut out = first.clone();
+        for set in rest {
+            out.retain(|exec, v| match set.get(exec) {
+                Some(w) => {
+                    *v = (*v).max(*w);
+                    true
+                }
+                None => false,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Reads the candidates' states, newest first, until a page of matches is full.
+    async fn search_text(
+        &self,
+        query: &SearchQuery,
+        candidates: HashMap<String, u64>,
+    ) -> Result<SearchPage> {
+        let mut heads = Vec::new();
+        for (exec, first) in candidates {
+            let mut history = HistoryQuery::default();
+            if let Some(node) = &query.node {
+                history = history.node(node.clone());
+            }
+            let found = match self.history(&exec, history).await {
+                Ok(found) => found,
+                // Gone since the index was brought up to date.
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            heads.extend(
+                found
+                    .into_iter()
+                    .filter(|h| h.version >= first && query.header_matches(h))
+                    .map(|h| (search::position(&h), h)),
+            );
+        }
+        heads.sort_by(|(a, _), (b, _)| search::order(a, b));
+        let mut page = self.check_candidates(query, heads).await?;
+        page.method = SearchMethod::Index;
+        Ok(page)
+    }
+
+    /// A page of checkpoints that pass the header conditions, from the headers the index keeps
+    /// in time order, by node or by a metadata value.
+    async fn search_headers(
+        &self,
+        table: &dyn SearchTable,
+        query: &SearchQuery,
+    ) -> Result<SearchPage> {
+        let limit = query.page_size();
+        let mut hits: Vec<Head> = Vec::new();
+        let keep = |h: &Head| self.head_passes(query, h);
+        // A range on a metadata value, when it is selective, is read whole and sorted.
+        if let Some(heads) = self.by_metadata_range(table, query).await? {
+            let mut heads: Vec<Head> = heads.into_iter().filter(|h| keep(h)).collect();
+            heads.sort_by(|a, b| search::order(&a.position(), &b.position()));
+            let more = heads.len() > limit;
+            heads.truncate(limit);
+            return Ok(header_page(heads, more));
+        }
+        // Otherwise walk an order that is newest first: by node or by a metadata equality
+        // when there is one, else every checkpoint.
+        let prefix = self.ordered_prefix(query);
+        let mut after = self.start_after(query, &prefix);
+        let mut more = false;
+        'walk: loop {
+            let chunk = table
+                .scan_index(&prefix, after.as_deref(), SCAN_CHUNK.min(limit * 8 + 8))
+                .await?;
+            let done = chunk.is_empty();
+            after = chunk.last().map(|(k, _)| k.clone());
+            let heads = self.heads_of(table, &prefix, chunk).await?;
+            for h in heads {
+                if query
+                    .since
+                    .is_some_and(|t| u128::from(h.micros) * 1000 < search::nanos(t))
+                {
+                    break 'walk;
+                }
+                if !keep(&h) {
+                    continue;
+                }
+                if hits.len() == limit {
+                    more = true;
+                    break 'walk;
+                }
+                hits.push(h);
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(header_page(hits, more))
+    }
+
+    /// Whether a header from the index passes every condition of `query` but the text.
+    fn head_passes(&self, query: &SearchQuery, h: &Head) -> bool {
+        let pos = h.position();
+        query
+            .cursor
+            .as_ref()
+            .is_none_or(|c| search::order(&pos, c) == std::cmp::Ordering::Greater)
+            && query
+                .execution_prefix
+                .as_ref()
+                .is_none_or(|p| h.exec.starts_with(p.as_str()))
+            && query.node.as_ref().is_none_or(|n| *n == h.node)
+            && query.time_matches(from_micros(h.micros))
+            && query.metadata_matches(&h.metadata)
+    }
+
+    /// The key prefix whose entries list, newest first, a superset of the matches.
+    fn ordered_prefix(&self, query: &SearchQuery) -> Vec<u8> {
+        if let Some(node) = &query.node {
+            return node_prefix(node);
+        }
+        if let Some(c) = query.metadata.iter().find(|c| c.op == Op::Eq) {
+            let mut k = meta_prefix(&c.key);
+            push_value(&mut k, &c.value);
+            return k;
+        }
+        key(TIME)
+    }
+
+    /// Where to start walking `prefix`: after the cursor, or at the `until` bound.
+    fn start_after(&self, query: &SearchQuery, prefix: &[u8]) -> Option<Vec<u8>> {
+        if let Some(c) = &query.cursor {
+            let mut k = prefix.to_vec();
+            push_position(&mut k, (c.nanos / 1000) as u64, &c.execution_id, c.version);
+            return Some(k);
+        }
+        query.until.map(|t| {
+            // Every key at or after `until` sorts before this one (an id never starts 0xff).
+            let mut k = prefix.to_vec();
+            k.extend((u64::MAX - micros(t)).to_be_bytes());
+            k.push(0xff);
+            k
+        })
+    }
+
+    /// The headers behind entries of an ordered prefix (read from `t` unless they are `t`).
+    async fn heads_of(
+        &self,
+        table: &dyn SearchTable,
+        prefix: &[u8],
+        chunk: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<Head>> {
+        if prefix == [TIME] {
+            return Ok(chunk
+                .iter()
+                .filter_map(|(k, v)| Head::from_time_entry(k, v))
+                .collect());
+        }
+        let times: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|(k, _)| [&[TIME][..], &k[prefix.len()..]].concat())
+            .collect();
+        let bodies = table.get_index(&times).await?;
+        Ok(times
+            .iter()
+            .zip(bodies)
+            .filter_map(|(k, v)| Head::from_time_entry(k, &v?))
+            .collect())
+    }
+
+    /// The headers whose metadata falls in the query's first range, when there are few
+    /// enough of them (no equality or node condition, which walk in order instead).
+    async fn by_metadata_range(
+        &self,
+        table: &dyn SearchTable,
+        query: &SearchQuery,
+    ) -> Result<Option<Vec<Head>>> {
+        if query.node.is_some() || query.metadata.iter().any(|c| c.op == Op::Eq) {
+            return Ok(None);
+        }
+        let Some(c) = query
+            .metadata
+            .iter()
+            .find(|c| matches!(c.op, Op::Lt | Op::Le | Op::Gt | Op::Ge))
+        else {
+            return Ok(None);
+        };
+        let tag = match &c.value {
+            serde_json::Value::Number(_) => 2,
+            serde_json::Value::String(_) => 3,
+            _ => return Ok(None),
+        };
+        let mut prefix = meta_prefix(&c.key);
+        prefix.push(tag);
+        let mut bound = meta_prefix(&c.key);
+        push_value(&mut bound, &c.value);
+        let after = matches!(c.op, Op::Gt | Op::Ge).then(|| {
+            // Just below every entry with the bound's value.
+            let mut k = bound.clone();
+            decrement(&mut k);
+            k
+        });
+        let below = matches!(c.op, Op::Lt | Op::Le);
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let chunk = table
+                .scan_index(&prefix, after.as_deref(), SCAN_CHUNK)
+                .await?;
+            let done = chunk.len() < SCAN_CHUNK;
+            after = chunk.last().map(|(k, _)| k.clone());
+            let mut past = false;
+            let mut times = Vec::new();
+            for (k, _) in &chunk {
+                if below && k.as_slice() > bound.as_slice() && !k.starts_with(&bound) {
+                    past = true;
+                    break;
+                }
+                // The position is the key's last part: find it after the value.
+                if let Some(pos) = position_after_value(&k[prefix.len() - 1..]) {
+                    times.push([&[TIME][..], pos].concat());
+                }
+            }
+            let bodies = table.get_index(&times).await?;
+            out.extend(
+                times
+                    .iter()
+                    .zip(bodies)
+                    .filter_map(|(k, v)| Head::from_time_entry(k, &v?)),
+            );
+            if out.len() > MAX_RANGE_POSTINGS {
+                return Ok(None);
+            }
+            if done || past {
+                break;
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The position bytes after an encoded metadata value (tags 2 and 3).
+fn position_after_value(value_and_pos: &[u8]) -> Option<&[u8]> {
+    let (tag, rest) = value_and_pos.split_first()?;
+    match tag {
+        2 => rest.get(8..),
+        3 => read_str(rest).map(|(_, r)| r),
+        _ => None,
+    }
+}
+
+/// The greatest key below `k` that still precedes every extension of `k` (for an exclusive
+/// start): `k` less one in its last byte, followed by `0xff`s.
+fn decrement(k: &mut Vec<u8>) {
+    while let Some(last) = k.pop() {
+        if last > 0 {
+            k.push(last - 1);
+            k.extend([0xff; 16]);
+            return;
+        }
+    }
+}
+
+fn header_page(hits: Vec<Head>, more: bool) -> SearchPage {
+    let next_cursor = (more && !hits.is_empty())
+        .then(|| hits.last().map(|h| search::format_cursor(&h.position())))
+        .flatten();
+    SearchPage {
+        states_read: 0,
+        hits: hits.into_iter().map(Head::hit).collect(),
+        next_cursor,
+        method: SearchMethod::Index,
+    }
+}
+
+fn word_entries(exec: &str, word: &str, version: u64) -> [(Vec<u8>, Vec<u8>); 2] {
+    let mut v = Vec::new();
+    push_varint(&mut v, version);
+    [(dict_key(exec, word), v.clone()), (word_key(word, exec), v)]
+}
+
+fn remember(cache: &mut HashMap<String, ExecWords>, exec: &str, words: ExecWords) {
+    if cache.len() >= CACHED_EXECUTIONS && !cache.contains_key(exec) {
+        cache.clear();
+    }
+    cache.insert(exec.to_owned(), words);
+}
+
+async fn scan_all(table: &dyn SearchTable, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = table
+            .scan_index(prefix, after.as_deref(), SCAN_CHUNK)
+            .await?;
+        let done = chunk.len() < SCAN_CHUNK;
+        after = chunk.last().map(|(k, _)| k.clone());
+        out.extend(chunk);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The background indexer: writes the saves handed to it in batches, until the store is gone.
+async fn run_indexer(store: std::sync::Weak<super::Inner>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        let mut jobs = vec![job];
+        while jobs.len() < 256 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let store = Store { inner };
+        let mut saved = Vec::new();
+        let mut flushes = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Saved(s) => saved.extend(s),
+                Job::Flush(tx) => flushes.push(tx),
+            }
+        }
+        if let Some(table) = store.search_table() {
+            if let Err(e) = store.write_saved(table, saved).await {
+                tracing::warn!(
+                    error = %e,
+                    "ckpt: the search index missed saves; the next search catches up"
+                );
+            }
+        }
+        for tx in flushes {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_sort_as_encoded_and_read_back() {
+        let names = ["", "a", "a\0", "a\0b", "ab", "b", "é"];
+        let mut encoded: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| {
+                let mut k = Vec::new();
+                push_str(&mut k, n);
+                k.push(7);
+                k
+            })
+            .collect();
+        let sorted = encoded.clone();
+        encoded.sort();
+        assert_eq!(encoded, sorted, "encodings keep the strings' order");
+        for (n, k) in names.iter().zip(&sorted) {
+            let (back, rest) = read_str(k).expect("reads back");
+            assert_eq!((back.as_str(), rest), (*n, &[7u8][..]));
+        }
+        assert_eq!(read_str(&[b'a', 0, 2]), None, "a bad escape is refused");
+        assert_eq!(read_str(b"abc"), None, "an unterminated string is refused");
+    }
+
+    #[test]
+    fn numbers_and_positions_sort_as_results_do() {
+        let xs = [-1e9, -2.5, -0.0, 0.0, 1.0, 1.5, 10.0, 1e12];
+        let keys: Vec<[u8; 8]> = xs.iter().map(|x| sortable_f64(*x)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        let mut a = Vec::new();
+        push_position(&mut a, 2_000, "x", 1);
+        let mut b = Vec::new();
+        push_position(&mut b, 1_000, "a", 9);
+        assert!(a < b, "newer first whatever the execution");
+        assert_eq!(read_position(&a), Some((2_000, "x".into(), 1)));
+        for n in [0, 1, 127, 128, 300, u64::MAX] {
+            let mut v = Vec::new();
+            push_varint(&mut v, n);
+            assert_eq!(read_varint(&v), Some((n, &[][..])));
+        }
+        assert_eq!(read_varint(&[0x80; 11]), None);
+    }
+}
