@@ -55,6 +55,7 @@ pub struct SearchQuery {
     pub(super) execution_prefix: Option<String>,
     limit: Option<usize>,
     pub(super) cursor: Option<Position>,
+    pub(super) scan_only: bool,
 }
 
 /// One part of a text query: all must match.
@@ -197,6 +198,13 @@ impl SearchQuery {
     pub fn cursor(mut self, cursor: &str) -> Result<Self> {
         self.cursor = Some(parse_cursor(cursor)?);
         Ok(self)
+    }
+
+    /// Answers by scanning even when the store keeps a search index: to check the index, or
+    /// to search while it is rebuilt.
+    pub fn without_index(mut self) -> Self {
+        self.scan_only = true;
+        self
     }
 
     pub(super) fn page_size(&self) -> usize {

@@ -860,7 +860,7 @@ impl Store {
         let Some(table) = self.search_table() else {
             return Ok(None);
         };
-        if !self.index_on().await? || self.crypto().await?.cipher().is_some() {
+        if query.scan_only || !self.index_on().await? || self.crypto().await?.cipher().is_some() {
             return Ok(None);
         }
         self.catch_up(table).await?;

@@ -137,6 +137,7 @@ macro_rules! __conformance_scenario_list {
             // search.rs
             any search_finds_text_metadata_and_nodes,
             any search_follows_delete_clear_fork_and_gc,
+            any indexed_search_agrees_with_scan,
         }
     };
 }

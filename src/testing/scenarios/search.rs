@@ -202,3 +202,245 @@ pub async fn search_follows_delete_clear_fork_and_gc(h: &dyn Harness) {
         .collect();
     assert_eq!(imported, expected, "[{name}] import");
 }
+
+/// The queries [`indexed_search_agrees_with_scan`] asks after every change.
+fn probe_queries(since: std::time::SystemTime) -> Vec<(&'static str, SearchQuery)> {
+    let meta = |c: &str| must(SearchQuery::new().metadata(c), "condition");
+    vec![
+        ("word", SearchQuery::text("order")),
+        ("prefix", SearchQuery::text("a-7")),
+        ("two words", SearchQuery::text("shipped a-77")),
+        ("phrase", SearchQuery::text("\"order a\"")),
+        ("branch word", SearchQuery::text("refund")),
+        ("absent word", SearchQuery::text("zzyzx")),
+        ("equality", meta("user=alice")),
+        ("range", meta("step>=2")),
+        ("below", meta("step<2")),
+        ("not equal", meta("user!=bob")),
+        ("node", SearchQuery::new().node("tools")),
+        ("prefix only", SearchQuery::new().execution_prefix("ix-a")),
+        ("everything", SearchQuery::new()),
+        ("since", SearchQuery::new().since(since)),
+        ("until", SearchQuery::new().until(since)),
+        (
+            "text and metadata",
+            must(SearchQuery::text("order").metadata("user=alice"), "q"),
+        ),
+        ("text and node", SearchQuery::text("anything").node("agent")),
+    ]
+}
+
+/// Pages through `q` (two hits a page) and returns every page.
+async fn all_pages(store: &Store, q: &SearchQuery, what: &str) -> Vec<crate::SearchPage> {
+    let mut pages = Vec::new();
+    let mut q = q.clone().limit(2);
+    loop {
+        let page = must(store.search(&q).await, what);
+        let next = page.next_cursor.clone();
+        pages.push(page);
+        match next {
+            Some(c) if pages.len() < 100 => q = must(q.cursor(&c), "cursor"),
+            _ => return pages,
+        }
+    }
+}
+
+/// Every query answers the same from the index as by scanning: the same first page, and the
+/// same hits over all pages. (A page may end with a cursor where a scan had candidates left
+/// that turn out not to match, so the page breaks may differ.)
+async fn agrees(store: &Store, name: &str, when: &str, since: std::time::SystemTime) {
+    for (what, q) in probe_queries(since) {
+        let indexed = all_pages(store, &q, what).await;
+        let scanned = all_pages(store, &q.clone().without_index(), what).await;
+        for (i, page) in indexed.iter().enumerate() {
+            assert_eq!(
+                page.method,
+                crate::SearchMethod::Index,
+                "[{name}] {when}: {what} page {i} not from the index"
+            );
+        }
+        assert_eq!(
+            indexed[0].hits, scanned[0].hits,
+            "[{name}] {when}: {what}: the first page differs from the scan"
+        );
+        let every = |pages: &[crate::SearchPage]| -> Vec<crate::SearchHit> {
+            pages.iter().flat_map(|p| p.hits.clone()).collect()
+        };
+        assert_eq!(
+            every(&indexed),
+            every(&scanned),
+            "[{name}] {when}: {what}: the hits over all pages differ from the scan"
+        );
+    }
+}
+
+/// Every byte the backend holds: frames, blobs, derived records and search entries.
+async fn everything_stored(store: &Store) -> Vec<Vec<u8>> {
+    let backend = store.backend();
+    let mut out = Vec::new();
+    for log in must(backend.list_logs().await, "logs") {
+        for (_, frame) in must(backend.scan(&log, 0, usize::MAX).await, "frames") {
+            out.push(frame);
+        }
+    }
+    let hashes = must(backend.list_blobs().await, "blobs");
+    out.extend(
+        must(backend.get_blobs(&hashes).await, "blobs")
+            .into_iter()
+            .flatten(),
+    );
+    let caps = backend.capabilities();
+    if let Some(side) = caps.side_table {
+        for (k, v) in must(side.scan_records("").await, "records") {
+            out.push(k.into_bytes());
+            out.push(v);
+        }
+    }
+    if let Some(table) = caps.search_table {
+        for (k, v) in must(table.scan_index(b"", None, usize::MAX).await, "index") {
+            out.push(k);
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn holds(haystack: &[Vec<u8>], needle: &[u8]) -> bool {
+    haystack
+        .iter()
+        .any(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+/// The search index ([`Store::reindex`]) answers every query as the scan does, page by page,
+/// after saves (its own and another store's), a branch, delete, fork, clear, gc, a reopen and
+/// a rebuild; gc takes the entries of what was deleted; verify finds a damaged index. An
+/// encrypted store refuses an index and holds no plaintext word anywhere.
+pub async fn indexed_search_agrees_with_scan(h: &dyn Harness) {
+    let name = h.name();
+    let store = h.open().await;
+    let a = chat(&store, "ix-a", "alice", "A-77").await;
+    chat(&store, "ix-b", "bob", "B-88").await;
+    let since = a[1].timestamp;
+
+    if must(store.is_encrypted().await, "is_encrypted") {
+        match store.reindex().await {
+            Err(crate::Error::InvalidInput(why)) => assert!(
+                why.contains("encrypted"),
+                "[{name}] the refusal says why: {why}"
+            ),
+            other => panic!("[{name}] an encrypted store was indexed: {other:?}"),
+        }
+        let page = must(store.search(&SearchQuery::text("a-77")).await, "search");
+        assert_eq!(page.method, crate::SearchMethod::Scan, "[{name}]");
+        assert_eq!(ids(&page), ["ix-a@3", "ix-a@2"], "[{name}] encrypted scan");
+        let stored = everything_stored(&store).await;
+        for word in [&b"A-77"[..], b"shipped", b"alice", b"hello"] {
+            assert!(
+                !holds(&stored, word),
+                "[{name}] {:?} is stored in plaintext",
+                String::from_utf8_lossy(word)
+            );
+        }
+        return;
+    }
+
+    let report = must(store.reindex().await, "reindex");
+    assert_eq!(
+        (report.executions, report.checkpoints),
+        (2, 6),
+        "[{name}] reindex: {report:?}"
+    );
+    assert!(
+        report.entries > 0 && report.bytes > 0,
+        "[{name}] {report:?}"
+    );
+    agrees(&store, name, "after reindex", since).await;
+
+    // Saves after the index exists feed it (the words of their deltas only).
+    let c = chat(&store, "ix-c", "carol", "A-7799").await;
+    agrees(&store, name, "after saves", since).await;
+
+    // A branch from version 1, adding a word the first branch never had.
+    let branch = must(
+        Checkpoint::new(
+            "ix-a",
+            "agent",
+            &json!({"messages": [{"role": "agent", "content": "refund issued for A-77"}]}),
+        ),
+        "checkpoint",
+    )
+    .with_metadata("user", "alice")
+    .with_metadata("step", 2);
+    must(store.save_with_parent(branch, &a[0].id).await, "branch");
+    agrees(&store, name, "after a branch", since).await;
+
+    // Another store on the same backend saves: this one catches up at its next search.
+    let other = store.reopened();
+    chat(&other, "ix-d", "dave", "D-5").await;
+    agrees(&store, name, "after another store's saves", since).await;
+    agrees(&other, name, "in the other store", since).await;
+
+    must(store.delete(&a[2].id).await, "delete");
+    must(store.fork(&a[1].id, "ix-fork").await, "fork");
+    must(store.clear("ix-c").await, "clear");
+    agrees(&store, name, "after delete, fork and clear", since).await;
+
+    // gc takes the entries of what was deleted: none names the cleared execution.
+    must(store.gc().await, "gc");
+    agrees(&store, name, "after gc", since).await;
+    let table = store
+        .backend()
+        .capabilities()
+        .search_table
+        .unwrap_or_else(|| panic!("[{name}] an indexed store has a search table"));
+    let entries = must(table.scan_index(b"", None, usize::MAX).await, "entries");
+    // Keys but the per-execution position entries (`c`, which a cleared log keeps).
+    let keys: Vec<Vec<u8>> = entries
+        .iter()
+        .filter(|(k, _)| k.first() != Some(&b'c'))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        !holds(&keys, c[0].execution_id.as_bytes()),
+        "[{name}] the cleared execution's entries survived gc"
+    );
+    assert!(
+        !holds(&keys, b"7799"),
+        "[{name}] the cleared execution's words survived gc"
+    );
+    let verified = must(store.verify().await, "verify");
+    assert!(
+        verified.index_problems.is_empty(),
+        "[{name}] {:?}",
+        verified.index_problems
+    );
+
+    // A damaged index (an entry lost) is found by verify, and a rebuild mends it.
+    let word = entries
+        .iter()
+        .find(|(k, _)| k.first() == Some(&b'w') && holds(&[k.clone()], b"shipped"))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| panic!("[{name}] a posting for \"shipped\""));
+    must(table.write_index(Vec::new(), vec![word]).await, "damage");
+    let verified = must(store.verify().await, "verify");
+    assert_eq!(
+        verified.index_problems.len(),
+        1,
+        "[{name}] verify finds the lost entry: {:?}",
+        verified.index_problems
+    );
+    assert!(!verified.is_ok(), "[{name}] a damaged index is a problem");
+    must(store.reindex().await, "reindex");
+    assert!(must(store.verify().await, "verify").is_ok(), "[{name}]");
+    agrees(&store.reopened(), name, "reopened after a rebuild", since).await;
+
+    // Dropped, the store scans again.
+    must(store.drop_index().await, "drop");
+    let page = must(store.search(&SearchQuery::text("order")).await, "search");
+    assert_eq!(page.method, crate::SearchMethod::Scan, "[{name}] dropped");
+    assert_eq!(
+        must(store.index_size().await, "size"),
+        None,
+        "[{name}] dropped"
+    );
+}
