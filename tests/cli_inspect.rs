@@ -455,6 +455,39 @@ fn search_finds_checkpoints_across_executions() {
 }
 
 #[test]
+fn reindex_makes_search_answer_from_the_index() {
+    let (_dir, store) = fixture();
+    let scanned = json_of(&ok(&store, &["search", "needle", "--json"]));
+    assert_eq!(scanned["method"], "scan");
+
+    let report = json_of(&ok(&store, &["reindex", "--json"]));
+    assert_eq!(report["executions"], 2, "{report}");
+    assert_eq!(report["checkpoints"], 5, "{report}");
+    assert!(report["entries"].as_u64().unwrap() > 0, "{report}");
+
+    // The same hits, now from the index, reading only the states of real candidates.
+    let indexed = json_of(&ok(&store, &["search", "needle", "--json"]));
+    assert_eq!(indexed["method"], "index", "{indexed}");
+    assert_eq!(indexed["hits"], scanned["hits"]);
+    assert_eq!(indexed["states_read"], 3, "{indexed}");
+    let out = ok(&store, &["search", "needle"]);
+    assert!(out.contains("3 results (index: 3 states read)"), "{out}");
+    let meta = json_of(&ok(&store, &["search", "--where", "step>=3", "--json"]));
+    assert_eq!((&meta["method"], &meta["states_read"]), (&json!("index"), &json!(0)));
+
+    // verify checks it; --drop returns to scanning.
+    let out = ok(&store, &["verify"]);
+    assert!(!out.contains("index"), "{out}");
+    let human = ok(&store, &["reindex", "--drop"]);
+    assert!(human.contains("dropped"), "{human}");
+    let dropped = json_of(&ok(&store, &["search", "needle", "--json"]));
+    assert_eq!(dropped["method"], "scan");
+    assert_eq!(dropped["hits"], scanned["hits"]);
+    let help = ok(&store, &["reindex", "--help"]);
+    assert!(help.contains("--drop") && help.contains("--json"), "{help}");
+}
+
+#[test]
 fn watch_help_and_count_zero() {
     // sled admits one process at a time, so a second process cannot save while `watch` runs;
     // the live behaviour is covered by the library's watch tests.

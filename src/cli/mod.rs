@@ -18,6 +18,7 @@ mod export;
 mod fmt;
 mod fork;
 mod gc;
+mod reindex;
 mod grep;
 mod history;
 mod import;
@@ -172,6 +173,9 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Reclaim the space of deleted and cleared checkpoints; report what was freed.
     Gc(gc::GcArgs),
+    /// Build (or rebuild) the search index that answers `ckpt search` without reading every
+    /// state; --drop removes it.
+    Reindex(reindex::ReindexArgs),
     /// Check every frame, blob and live checkpoint; list what is damaged and what is readable
     /// (exit 1 on damage, 3 on a missing or wrong key).
     Verify(verify::VerifyArgs),
@@ -275,6 +279,7 @@ impl Command {
             Command::Clear(args) => clear::run(args, global).await,
             Command::Prune(args) => prune::run(args, global).await,
             Command::Gc(args) => gc::run(args, global).await,
+            Command::Reindex(args) => reindex::run(args, global).await,
             Command::Verify(args) => verify::run(args, global).await,
             Command::Stats(args) => stats::run(args, global).await,
         }

@@ -46,7 +46,8 @@ pub struct SearchArgs {
     /// Continue after a page: the cursor it printed
     #[arg(long)]
     pub cursor: Option<String>,
-    /// Print one JSON document instead: {"query", "method" ("scan"), "states_read", "hits":
+    /// Print one JSON document instead: {"query", "method" ("scan", or "index" on a store
+    /// `ckpt reindex` indexed), "states_read", "hits":
     /// [{"id", "execution", "version", "node", "time", "path", "snippet"}], "next_cursor"}
     #[arg(long)]
     pub json: bool,

@@ -418,7 +418,7 @@ pub async fn indexed_search_agrees_with_scan(h: &dyn Harness) {
     // A damaged index (an entry lost) is found by verify, and a rebuild mends it.
     let word = entries
         .iter()
-        .find(|(k, _)| k.first() == Some(&b'w') && holds(&[k.clone()], b"shipped"))
+        .find(|(k, _)| k.first() == Some(&b'w') && holds(std::slice::from_ref(k), b"shipped"))
         .map(|(k, _)| k.clone())
         .unwrap_or_else(|| panic!("[{name}] a posting for \"shipped\""));
     must(table.write_index(Vec::new(), vec![word]).await, "damage");
