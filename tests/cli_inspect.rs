@@ -473,7 +473,10 @@ fn reindex_makes_search_answer_from_the_index() {
     let out = ok(&store, &["search", "needle"]);
     assert!(out.contains("3 results (index: 3 states read)"), "{out}");
     let meta = json_of(&ok(&store, &["search", "--where", "step>=3", "--json"]));
-    assert_eq!((&meta["method"], &meta["states_read"]), (&json!("index"), &json!(0)));
+    assert_eq!(
+        (&meta["method"], &meta["states_read"]),
+        (&json!("index"), &json!(0))
+    );
 
     // verify checks it; --drop returns to scanning.
     let out = ok(&store, &["verify"]);

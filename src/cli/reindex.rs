@@ -30,7 +30,10 @@ pub struct ReindexArgs {
 pub async fn run(args: ReindexArgs, global: &Global) -> CliResult {
     let store = open_store(global).await?;
     if args.drop {
-        store.drop_index().await.context("dropping the search index")?;
+        store
+            .drop_index()
+            .await
+            .context("dropping the search index")?;
         store.flush().await.context("flushing the store")?;
         if args.json {
             say!("{}", json!({ "dropped": true }))?;
