@@ -123,6 +123,50 @@ async fn two_processes_worth_of_opens_create_the_schema_once() {
     }
 }
 
+/// Writes an entry to the store's search table and reads it back.
+async fn search_table_works(store: &Store, what: &str) {
+    let table = store
+        .backend()
+        .capabilities()
+        .search_table
+        .unwrap_or_else(|| panic!("{what}: no search table"));
+    table
+        .write_index(vec![(b"k\x00".to_vec(), b"v".to_vec())], Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: write_index: {e}"));
+    let got = table.scan_index(b"k", None, 10).await.unwrap();
+    assert_eq!(got, [(b"k\x00".to_vec(), b"v".to_vec())], "{what}");
+}
+
+/// A store made before the search index's table existed (dropped here) gains it at its next
+/// open, without a schema version change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_the_search_table_gains_it_at_open() {
+    let h = SqliteHarness::new();
+    save(&h.open().await, "e", 1).await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", h.path().display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE search_index")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    search_table_works(&h.open().await, "sqlite").await;
+
+    let h = PostgresHarness::new();
+    save(&h.open().await, "e", 1).await;
+    let mut conn = sqlx::PgConnection::connect(&ckpt::testing::postgres_test_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP TABLE {}.search_index", h.schema()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    search_table_works(&h.open().await, "postgres").await;
+}
+
 // ---- passwords and URL options ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

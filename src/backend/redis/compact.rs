@@ -38,7 +38,7 @@ impl Maintain for RedisBackend {
         used_memory(self).await.map(Some)
     }
 
-    /// The sum of `MEMORY USAGE` over every key of this store (its logs and blobs).
+    /// The sum of `MEMORY USAGE` over every key of this store (its logs, blobs and search index).
     async fn stored_bytes(&self) -> Result<Option<u64>> {
         let mut blob_pattern = self.blob_key_prefix();
         blob_pattern.push(b'*');
@@ -53,6 +53,11 @@ impl Maintain for RedisBackend {
             self.retrying(|| "listing keys".into(), || self.scan_keys(&blob_pattern))
                 .await?,
         );
+        // The search index's keys (a `shard=execution` log pattern matches them already).
+        let (zset, hash) = self.index_keys();
+        keys.extend([zset.into_bytes(), hash.into_bytes()]);
+        keys.sort();
+        keys.dedup();
         let cmds: Vec<Cmd> = keys
             .iter()
             .map(|k| {

@@ -17,6 +17,13 @@
 //! | `{P}:L:n` | string | the log's next sequence number (kept by truncate; exists iff the log does) |
 //! | `P:b:<32 raw hash bytes>` | string | one blob (no hash tag: blobs spread over the Cluster) |
 //! | `P:r:<key>` | string | a derived record ([`SideTable`]: an execution's persisted projection), with the store's `ttl` |
+//! | `{P:s}:z` | sorted set | the search index's keys ([`SearchTable`]), all at score 0, so ordered bytewise |
+//! | `{P:s}:h` | hash | the search index's values, by key |
+//!
+//! The search index's two keys share the hash tag `{P:s}` in both Cluster layouts, so one Lua
+//! script writes (or reads) both atomically; no log's key has that form with a `:z` or `:h`
+//! ending, and `list_logs` only matches `:n` keys. They never expire: the store checks every
+//! entry against the logs, and `ttl` would expire them apart from the logs anyway.
 //!
 //! The entry id `<seq>-1` makes `XRANGE key <from> + COUNT n` exactly "frames `>= from`", and
 //! `XREAD ... <seq-1>-1` exactly "frames `>= seq`".
@@ -114,10 +121,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, RedisError, Script, Value};
 
 use self::options::{ParsedUrl, Settings, Shard};
-use self::scripts::{APPEND_LUA, RAISE_LUA, REWRITE_LUA};
+use self::scripts::{
+    APPEND_LUA, INDEX_SCAN_LUA, INDEX_SIZE_LUA, INDEX_WRITE_LUA, RAISE_LUA, REWRITE_LUA,
+};
 use self::topology::connect;
 use super::retry;
-use super::{Backend, Blob, BlobHash, Capabilities, ConnectOptions, LogAppend, Rewrite, SideTable};
+use super::{
+    prefix_end, Backend, Blob, BlobHash, Capabilities, ConnectOptions, LogAppend, Rewrite,
+    SearchTable, SideTable,
+};
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
 
@@ -162,6 +174,9 @@ pub struct RedisBackend {
     append_script: Script,
     raise_script: Script,
     rewrite_script: Script,
+    index_write_script: Script,
+    index_scan_script: Script,
+    index_size_script: Script,
     /// Idle dedicated connections for `wait_for_append`.
     waiters: Mutex<Vec<Waiter>>,
     /// How to reach one Cluster node directly (compaction visits each): the driver URL before
@@ -200,6 +215,9 @@ impl RedisBackend {
             append_script: Script::new(APPEND_LUA),
             raise_script: Script::new(RAISE_LUA),
             rewrite_script: Script::new(REWRITE_LUA),
+            index_write_script: Script::new(INDEX_WRITE_LUA),
+            index_scan_script: Script::new(INDEX_SCAN_LUA),
+            index_size_script: Script::new(INDEX_SIZE_LUA),
             waiters: Mutex::new(Vec::new()),
             node_url: parsed.node_url.clone(),
         })
@@ -564,6 +582,7 @@ impl Backend for RedisBackend {
         caps.notify = Some(self);
         caps.maintain = Some(self);
         caps.side_table = Some(self);
+        caps.search_table = Some(self);
         caps
     }
 }
@@ -688,6 +707,162 @@ impl SideTable for RedisBackend {
             .zip(tails)
             .filter_map(|(log, tail)| Some((log, tail?)))
             .collect())
+    }
+}
+
+/// Keys of the search index fetched per `HMGET`.
+const INDEX_GET_CHUNK: usize = 1000;
+
+impl RedisBackend {
+    /// The search index's sorted set of keys and hash of values: one hash tag, `{P:s}`, in both
+    /// layouts, so that one script reaches both on a Cluster.
+    pub(super) fn index_keys(&self) -> (String, String) {
+        let p = &self.settings.prefix;
+        (format!("{{{p}:s}}:z"), format!("{{{p}:s}}:h"))
+    }
+}
+
+/// `ZRANGEBYLEX` bounds: `mark` (`[` inclusive, `(` exclusive) then the key's bytes.
+fn lex_bound(mark: u8, key: &[u8]) -> Vec<u8> {
+    let mut bound = Vec::with_capacity(1 + key.len());
+    bound.push(mark);
+    bound.extend_from_slice(key);
+    bound
+}
+
+/// The index is a sorted set of its keys (all at score 0: members then sort bytewise, shorter
+/// first on a tie) beside a hash of their values, both under the hash tag `{P:s}`; writes and
+/// scans are Lua scripts, so each sees and leaves the two consistent. Entries never expire.
+#[async_trait]
+impl SearchTable for RedisBackend {
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
+        if put.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        let (zset, hash) = self.index_keys();
+        let mut inv = self.index_write_script.prepare_invoke();
+        inv.key(&zset).key(&hash).arg(delete.len());
+        for key in &delete {
+            inv.arg(key.as_slice());
+        }
+        for (key, value) in &put {
+            inv.arg(key.as_slice()).arg(value.as_slice());
+        }
+        // Idempotent: a retry after an unheard success leaves the same entries.
+        self.run_script(&inv, || {
+            format!(
+                "writing the search index ({} entries put, {} deleted)",
+                put.len(),
+                delete.len()
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let min = match after {
+            Some(a) if a >= prefix => lex_bound(b'(', a),
+            _ => lex_bound(b'[', prefix),
+        };
+        let max = prefix_end(prefix).map_or_else(|| b"+".to_vec(), |end| lex_bound(b'(', &end));
+        let (zset, hash) = self.index_keys();
+        let mut inv = self.index_scan_script.prepare_invoke();
+        inv.key(&zset)
+            .key(&hash)
+            .arg(min)
+            .arg(max)
+            .arg(limit.min(i64::MAX as usize));
+        let reply = self
+            .run_script(&inv, || "reading the search index".into())
+            .await?;
+        let flat: Vec<Option<Vec<u8>>> =
+            redis::FromRedisValue::from_redis_value(reply).map_err(|e| {
+                backend_error(
+                    format!("reading the search index on {}", self.url),
+                    e.into(),
+                )
+            })?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut items = flat.into_iter();
+        while let (Some(key), Some(value)) = (items.next(), items.next()) {
+            // Both are written by one script: a key without a value was not written by ckpt
+            // (and the store checks every entry anyway): skipped.
+            if let (Some(key), Some(value)) = (key, value) {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `HMGET`s of 1000 keys, pipelined.
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let (_, hash) = self.index_keys();
+        let cmds: Vec<Cmd> = keys
+            .chunks(INDEX_GET_CHUNK)
+            .map(|chunk| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&hash);
+                for key in chunk {
+                    cmd.arg(key.as_slice());
+                }
+                cmd
+            })
+            .collect();
+        let values: Vec<Vec<Option<Vec<u8>>>> = self
+            .retrying(
+                || format!("reading {} search index entries", keys.len()),
+                || self.query_many(&cmds),
+            )
+            .await?;
+        Ok(values.into_iter().flatten().collect())
+    }
+
+    async fn clear_index(&self) -> Result<()> {
+        let (zset, hash) = self.index_keys();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&zset).arg(&hash);
+        let _: Value = self
+            .retrying(|| "clearing the search index".into(), || self.query(&cmd))
+            .await?;
+        Ok(())
+    }
+
+    /// Walks the hash with `HSCAN` in a script step by step (values stay on the server, and no
+    /// step blocks the server for long); a write during the walk may be counted twice or not
+    /// at all.
+    async fn index_size(&self) -> Result<(u64, u64)> {
+        let (_, hash) = self.index_keys();
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let mut cursor = "0".to_owned();
+        loop {
+            let mut inv = self.index_size_script.prepare_invoke();
+            inv.key(&hash).arg(&cursor);
+            let reply = self
+                .run_script(&inv, || "measuring the search index".into())
+                .await?;
+            let (next, n, b): (String, u64, u64) = redis::FromRedisValue::from_redis_value(reply)
+                .map_err(|e| {
+                backend_error(
+                    format!("measuring the search index on {}", self.url),
+                    e.into(),
+                )
+            })?;
+            entries += n;
+            bytes += b;
+            if next == "0" {
+                return Ok((entries, bytes));
+            }
+            cursor = next;
+        }
     }
 }
 

@@ -105,6 +105,46 @@ if pttl > 0 then redis.call('PEXPIRE', KEYS[1], pttl) end
 return n
 ";
 
+/// One [`crate::backend::SearchTable::write_index`] call, atomically. KEYS: the index's sorted
+/// set and hash. ARGV: the number of keys to delete, those keys, then key and value of each
+/// entry to put. Deletes first, then puts (a key in both ends up put). Returns 0.
+pub(super) const INDEX_WRITE_LUA: &str = r"
+local deletes = tonumber(ARGV[1])
+for i = 2, deletes + 1 do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+for i = deletes + 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 0
+";
+
+/// A range of the search index with its values, read at one point in time. KEYS: the sorted set
+/// and the hash. ARGV: `ZRANGEBYLEX` min and max, and the most entries. Returns key, value, key,
+/// value, ... in key order (all scores are 0, so the set orders its members bytewise).
+pub(super) const INDEX_SCAN_LUA: &str = r"
+local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for i, k in ipairs(keys) do
+  out[2 * i - 1] = k
+  out[2 * i] = redis.call('HGET', KEYS[2], k)
+end
+return out
+";
+
+/// One step of measuring the search index without sending its values: `HSCAN` from the cursor
+/// in ARGV[1] over the hash KEYS[1]. Returns the next cursor, the entries seen and their bytes
+/// (keys plus values).
+pub(super) const INDEX_SIZE_LUA: &str = r"
+local step = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', 1000)
+local kv = step[2]
+local bytes = 0
+for i = 1, #kv, 2 do bytes = bytes + #kv[i] + #kv[i + 1] end
+return {step[1], #kv / 2, bytes}
+";
+
 /// The append script's reply: `None` when applied, else the conflicting part (0-based) and the
 /// log's actual next sequence number.
 fn append_reply(reply: Value) -> redis::RedisResult<Option<(usize, u64)>> {

@@ -7,7 +7,10 @@
 //! `(log, seq)`; SQLite: one integer made of the log's id and the sequence number) fences
 //! concurrent appends and serves every scan; and `blobs (hash, data)`. A `ckpt_schema` table
 //! holds the schema version, so that a store written by a newer ckpt is refused instead of being
-//! written to.
+//! written to. Beside them, without a version change (an older store gains them at its next
+//! open, older code ignores them): `records (key, value)` ([`SideTable`](super::SideTable)) and
+//! `search_index (key, value)` ([`SearchTable`](super::SearchTable)), whose binary keys both
+//! databases order bytewise.
 //!
 //! # URL options
 //!

@@ -20,6 +20,7 @@ mod rekey;
 mod reopen;
 mod round_trips;
 mod search;
+mod search_table;
 mod storage;
 mod tree;
 mod versions;
@@ -39,6 +40,7 @@ pub use rekey::*;
 pub use reopen::*;
 pub use round_trips::*;
 pub use search::*;
+pub use search_table::*;
 pub use storage::*;
 pub use tree::*;
 pub use versions::*;
@@ -138,6 +140,8 @@ macro_rules! __conformance_scenario_list {
             any search_finds_text_metadata_and_nodes,
             any search_follows_delete_clear_fork_and_gc,
             any indexed_search_agrees_with_scan,
+            // search_table.rs
+            any search_table_keeps_keys_in_order,
         }
     };
 }

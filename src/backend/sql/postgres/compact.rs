@@ -8,8 +8,9 @@ use super::{PostgresBackend, NAME};
 use crate::backend::{CompactReport, Maintain};
 use crate::error::Result;
 
-/// The tables of a store's schema, which [`Maintain::compact`] rewrites.
-const TABLES: [&str; 4] = ["logs", "frames", "blobs", "ckpt_schema"];
+/// The tables of a store's schema, which [`Maintain::compact`] rewrites (the search index too:
+/// its entries may hold words of deleted checkpoints).
+const TABLES: [&str; 5] = ["logs", "frames", "blobs", "ckpt_schema", "search_index"];
 /// The SQLSTATE of a refused privilege.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 

@@ -80,12 +80,12 @@ use tokio::time::Instant;
 use self::connections::Connections;
 use self::listen::Listener;
 use self::options::{driver_url, secrets_of, DRIVER_OPTIONS};
-use self::schema::{valid_schema, Queries};
+use self::schema::{scan_index_slot, valid_schema, Queries};
 use super::{frames_of, from_db_seq, parse_options, to_db_seq, to_hash, DriverError};
 use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
-    Backend, Blob, BlobHash, Capabilities, ConnectOptions, Inspect, LogAppend, RecordedDamage,
-    Rewrite, SideTable,
+    prefix_end, Backend, Blob, BlobHash, Capabilities, ConnectOptions, Inspect, LogAppend,
+    RecordedDamage, Rewrite, SearchTable, SideTable,
 };
 use crate::error::{Error, Result};
 use crate::url::RawUrl;
@@ -514,6 +514,7 @@ impl Backend for PostgresBackend {
         caps.maintain = Some(self);
         caps.inspect = Some(self);
         caps.side_table = Some(self);
+        caps.search_table = Some(self);
         caps
     }
 }
@@ -595,6 +596,101 @@ impl SideTable for PostgresBackend {
                 Ok((from_db_seq(next, &format!("log {log:?}"))?, log)).map(|(n, l)| (l, n))
             })
             .collect()
+    }
+}
+
+/// The search index is the table `search_index` of the schema; each write is one statement
+/// (one transaction), retried on transient failures (it is idempotent).
+#[async_trait]
+impl SearchTable for PostgresBackend {
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
+        if put.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        let mut put = put;
+        // One row per key (the last wins: an upsert may not touch a row twice), in key order
+        // so concurrent writes lock rows alike.
+        put.reverse();
+        put.sort_by(|a, b| a.0.cmp(&b.0));
+        put.dedup_by(|later, earlier| later.0 == earlier.0);
+        // A key also put needs no delete (the upsert replaces it), and must not get one: the
+        // statement's delete and insert see the same snapshot.
+        let mut delete = delete;
+        delete.sort();
+        delete.dedup();
+        delete.retain(|k| put.binary_search_by(|(p, _)| p.cmp(k)).is_err());
+        let keys: Vec<&[u8]> = put.iter().map(|(k, _)| k.as_slice()).collect();
+        let values: Vec<&[u8]> = put.iter().map(|(_, v)| v.as_slice()).collect();
+        let deleted: Vec<&[u8]> = delete.iter().map(Vec::as_slice).collect();
+        self.retry("writing the search index", || {
+            sqlx::query(&self.sql.write_index)
+                .bind(&deleted)
+                .bind(&keys)
+                .bind(&values)
+                .execute(&self.db)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (from, exclusive) = match after {
+            Some(a) if a >= prefix => (a, true),
+            _ => (prefix, false),
+        };
+        let end = prefix_end(prefix);
+        let sql = &self.sql.scan_index[scan_index_slot(exclusive, end.is_some())];
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.retry("reading the search index", || {
+            let query = sqlx::query_as(sql).bind(from);
+            let query = match &end {
+                Some(end) => query.bind(end.as_slice()),
+                None => query,
+            };
+            query.bind(limit).fetch_all(&self.db)
+        })
+        .await
+    }
+
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .retry("reading the search index", || {
+                sqlx::query_as(&self.sql.get_index)
+                    .bind(&wanted)
+                    .fetch_all(&self.db)
+            })
+            .await?;
+        let found: HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn clear_index(&self) -> Result<()> {
+        self.retry("clearing the search index", || {
+            sqlx::query(&self.sql.clear_index).execute(&self.db)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn index_size(&self) -> Result<(u64, u64)> {
+        let (entries, bytes): (i64, i64) = self
+            .retry("measuring the search index", || {
+                sqlx::query_as(&self.sql.index_size).fetch_one(&self.db)
+            })
+            .await?;
+        Ok((entries.max(0) as u64, bytes.max(0) as u64))
     }
 }
 

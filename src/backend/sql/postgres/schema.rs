@@ -33,6 +33,33 @@ pub(super) struct Queries {
     pub(super) scan_records: String,
     pub(super) delete_records: String,
     pub(super) log_tails: String,
+    pub(super) write_index: String,
+    pub(super) get_index: String,
+    /// By [`scan_index_slot`].
+    pub(super) scan_index: [String; 4],
+    pub(super) clear_index: String,
+    pub(super) index_size: String,
+}
+
+/// Which of [`Queries::scan_index`] scans from an exclusive start (`after`) and which stops
+/// below the prefix's end (see [`crate::backend::prefix_end`]).
+pub(super) fn scan_index_slot(exclusive: bool, bounded: bool) -> usize {
+    usize::from(exclusive) * 2 + usize::from(bounded)
+}
+
+/// The range scan of the search index (`$1` the start, then the end when `bounded`, then the
+/// limit): a range of the primary key, so it reads only the rows it returns. `bytea` compares
+/// bytewise (`memcmp`, shorter first on a tie), whatever the collation.
+fn scan_index_sql(s: &str, exclusive: bool, bounded: bool) -> String {
+    let from = if exclusive { ">" } else { ">=" };
+    if bounded {
+        format!(
+            "SELECT key, value FROM {s}.search_index WHERE key {from} $1 AND key < $2 \
+             ORDER BY key LIMIT $3"
+        )
+    } else {
+        format!("SELECT key, value FROM {s}.search_index WHERE key {from} $1 ORDER BY key LIMIT $2")
+    }
 }
 
 impl Queries {
@@ -70,6 +97,26 @@ impl Queries {
                 "SELECT l.log, GREATEST(l.next_seq, \
                  COALESCE((SELECT MAX(seq) + 1 FROM {s}.frames f WHERE f.log = l.log), 1)) \
                  FROM {s}.logs l"
+            ),
+            // One statement, so one transaction: the deletes (the caller leaves out keys it also
+            // puts, which the upsert replaces anyway) and the upsert touch different rows.
+            write_index: format!(
+                "WITH deleted AS (DELETE FROM {s}.search_index WHERE key = ANY($1::bytea[])) \
+                 INSERT INTO {s}.search_index (key, value) \
+                 SELECT * FROM UNNEST($2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            get_index: format!("SELECT key, value FROM {s}.search_index WHERE key = ANY($1)"),
+            scan_index: [
+                scan_index_sql(s, false, false),
+                scan_index_sql(s, false, true),
+                scan_index_sql(s, true, false),
+                scan_index_sql(s, true, true),
+            ],
+            clear_index: format!("DELETE FROM {s}.search_index"),
+            index_size: format!(
+                "SELECT COUNT(*), COALESCE(SUM(length(key) + length(value)), 0)::BIGINT \
+                 FROM {s}.search_index"
             ),
             raise: format!(
                 "INSERT INTO {s}.logs (log, next_seq) VALUES ($1, $2) ON CONFLICT (log) \
@@ -224,11 +271,12 @@ impl PostgresBackend {
     /// open but a store's first pays only this): [`Migration::Ready`] when it is at this
     /// version with every table, [`Migration::Newer`] when a newer ckpt wrote it, `None` when
     /// the migration must look (no schema or version table yet, an older version, no records
-    /// table). Sent as a simple query: no statement to prepare first.
+    /// or search index table). Sent as a simple query: no statement to prepare first.
     async fn ready_schema(&self) -> std::result::Result<Option<Migration>, sqlx::Error> {
         let s = self.schema.as_str();
         let sql = format!(
-            "SELECT MAX(version), to_regclass('{s}.records') IS NOT NULL FROM {s}.ckpt_schema"
+            "SELECT MAX(version), to_regclass('{s}.records') IS NOT NULL \
+             AND to_regclass('{s}.search_index') IS NOT NULL FROM {s}.ckpt_schema"
         );
         // (`RawSql::fetch_optional` fails on no row: the executor's is called instead.)
         let row = match (&self.db).fetch_optional(sqlx::raw_sql(&sql)).await {
@@ -239,10 +287,10 @@ impl PostgresBackend {
         };
         let Some(row) = row else { return Ok(None) };
         let version: Option<i32> = row.try_get(0)?;
-        let records: bool = row.try_get(1)?;
+        let side_tables: bool = row.try_get(1)?;
         Ok(match version {
             Some(v) if v > SCHEMA_VERSION => Some(Migration::Newer(v)),
-            Some(SCHEMA_VERSION) if records => Some(Migration::Ready),
+            Some(SCHEMA_VERSION) if side_tables => Some(Migration::Ready),
             _ => None,
         })
     }
@@ -322,6 +370,14 @@ impl PostgresBackend {
                  (key TEXT PRIMARY KEY, value BYTEA NOT NULL)"
             );
             (&mut *tx).execute(records.as_str()).await?;
+            // The search index (`SearchTable`): beside version 1 too, for the same reasons. Not
+            // unlogged: a crash would empty it, and the store may count on entries written
+            // before a flush surviving one (rebuilding a large index costs a full scan).
+            let search = format!(
+                "CREATE TABLE IF NOT EXISTS {s}.search_index \
+                 (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)"
+            );
+            (&mut *tx).execute(search.as_str()).await?;
             tx.commit().await?;
             Ok(Migration::Ready)
         })

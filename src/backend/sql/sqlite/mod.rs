@@ -12,6 +12,7 @@
 //! | `frames` | `id` = the log's id × 2³² + the frame's sequence number (the rowid) | the frame |
 //! | `blobs` | `hash` | the blob |
 //! | `records` | `key` | a derived record ([`SideTable`]) |
+//! | `search_index` | `key` (a BLOB) | a search index entry ([`SearchTable`]) |
 //! | `ckpt_schema` | | the schema version |
 //!
 //! A frame's key is one integer instead of version 1's `(log name, seq)`: a row no longer repeats
@@ -52,8 +53,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{frames_of, from_db_seq, parse_options, to_hash, DriverError};
 use crate::backend::retry::{self, GaveUp};
 use crate::backend::{
-    Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect, LogAppend,
-    Maintain, RecordedDamage, Rewrite, SideTable,
+    prefix_end, Backend, Blob, BlobHash, Capabilities, CompactReport, ConnectOptions, Inspect,
+    LogAppend, Maintain, RecordedDamage, Rewrite, SearchTable, SideTable,
 };
 use writer::{Job, WriteOp};
 
@@ -490,6 +491,7 @@ impl Backend for SqliteBackend {
         caps.maintain = Some(self);
         caps.inspect = Some(self);
         caps.side_table = Some(self);
+        caps.search_table = Some(self);
         caps
     }
 }
@@ -562,6 +564,102 @@ impl SideTable for SqliteBackend {
                 Ok((log, next))
             })
             .collect()
+    }
+}
+
+/// The statement [`SearchTable::scan_index`] runs: a range of keys from ?1 (inclusive, or
+/// exclusive when `after` gave it), below ?2 when `bounded` (the end of the prefix), at most ?3
+/// (?2 when unbounded) rows. A range, not a filter, so it reads only the rows it returns.
+fn scan_index_sql(exclusive: bool, bounded: bool) -> String {
+    let from = if exclusive { ">" } else { ">=" };
+    if bounded {
+        format!(
+            "SELECT key, value FROM search_index WHERE key {from} ?1 AND key < ?2 \
+             ORDER BY key LIMIT ?3"
+        )
+    } else {
+        format!("SELECT key, value FROM search_index WHERE key {from} ?1 ORDER BY key LIMIT ?2")
+    }
+}
+
+/// Index writes go through the writer like every write, so they ride in the next group commit
+/// (each call in a savepoint of its own: all or nothing, in the order the calls were made).
+#[async_trait]
+impl SearchTable for SqliteBackend {
+    async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
+        if put.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        self.write(
+            WriteOp::WriteIndex { put, delete },
+            "writing the search index",
+        )
+        .await
+    }
+
+    async fn scan_index(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (from, exclusive) = match after {
+            Some(a) if a >= prefix => (a, true),
+            _ => (prefix, false),
+        };
+        let end = prefix_end(prefix);
+        let sql = scan_index_sql(exclusive, end.is_some());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("reading the search index", || {
+            let query = sqlx::query_as(&sql).bind(from);
+            let query = match &end {
+                Some(end) => query.bind(end.as_slice()),
+                None => query,
+            };
+            query.bind(limit).fetch_all(&self.readers)
+        })
+        .await
+    }
+
+    /// One query per 500 keys.
+    async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(HASH_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT key, value FROM search_index WHERE key IN ({placeholders})");
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+                .read("reading the search index", || {
+                    let mut query = sqlx::query_as(&sql);
+                    for key in chunk {
+                        query = query.bind(key.as_slice());
+                    }
+                    query.fetch_all(&self.readers)
+                })
+                .await?;
+            found.extend(rows);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn clear_index(&self) -> Result<()> {
+        self.write(WriteOp::ClearIndex, "clearing the search index")
+            .await
+    }
+
+    async fn index_size(&self) -> Result<(u64, u64)> {
+        let (entries, bytes): (i64, i64) = self
+            .read("measuring the search index", || {
+                sqlx::query_as(
+                    "SELECT COUNT(*), COALESCE(SUM(length(key) + length(value)), 0) \
+                     FROM search_index",
+                )
+                .fetch_one(&self.readers)
+            })
+            .await?;
+        Ok((entries.max(0) as u64, bytes.max(0) as u64))
     }
 }
 

@@ -59,6 +59,13 @@ const SET_NEXT_SEQ_SQL: &str = "INSERT INTO logs (log, next_seq) VALUES (?1, ?2)
 const RECORDS_TABLE: &str = "CREATE TABLE IF NOT EXISTS records \
      (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
 
+/// The search index's table ([`crate::backend::SearchTable`]), beside schema version 2 like the
+/// records: a store written before it gains it at its next open, and older code ignores it.
+/// Keys are BLOBs, which SQLite compares with `memcmp` (shorter first on a tie), the order the
+/// table must keep.
+const SEARCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS search_index \
+     (key BLOB NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID";
+
 /// The schema, version 2 (see the [module documentation](super) for its keys).
 const SCHEMA_V2: &str = "
 CREATE TABLE logs (id INTEGER PRIMARY KEY, log TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
@@ -123,6 +130,14 @@ pub(super) enum WriteOp {
     PutRecords(Vec<(String, Vec<u8>)>),
     /// Deletes derived records.
     DeleteRecords(Vec<String>),
+    /// Deletes search index entries, then stores others (one call of
+    /// [`crate::backend::SearchTable::write_index`]: one savepoint, all or nothing).
+    WriteIndex {
+        put: Vec<(Vec<u8>, Vec<u8>)>,
+        delete: Vec<Vec<u8>>,
+    },
+    /// Deletes every search index entry.
+    ClearIndex,
     /// Moves the WAL into the database file and empties it (outside any transaction).
     Checkpoint,
     /// `VACUUM`, then a checkpoint that must empty the WAL (outside any transaction).
@@ -258,6 +273,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<Result<()>> {
             Some(_) => {}
         }
         conn.execute_batch(RECORDS_TABLE)?;
+        conn.execute_batch(SEARCH_TABLE)?;
         Ok(Ok(()))
     })();
     match outcome {
@@ -470,6 +486,27 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<()> {
                     .and_then(|mut s| s.execute(params![key]))
                     .map_err(|e| sql_error("deleting derived records", &e))?;
             }
+            Ok(())
+        }
+        WriteOp::WriteIndex { put, delete } => {
+            for key in delete {
+                conn.prepare_cached("DELETE FROM search_index WHERE key = ?1")
+                    .and_then(|mut s| s.execute(params![key]))
+                    .map_err(|e| sql_error("writing the search index: deleting entries", &e))?;
+            }
+            for (key, value) in put {
+                conn.prepare_cached(
+                    "INSERT INTO search_index (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute(params![key, value]))
+                .map_err(|e| sql_error("writing the search index: storing entries", &e))?;
+            }
+            Ok(())
+        }
+        WriteOp::ClearIndex => {
+            exec(conn, "DELETE FROM search_index")
+                .map_err(|e| sql_error("clearing the search index", &e))?;
             Ok(())
         }
         WriteOp::Checkpoint | WriteOp::Compact => Ok(()),
