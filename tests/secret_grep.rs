@@ -302,3 +302,101 @@ async fn redis_clear_gc_and_compact_leave_no_trace_of_a_secret() {
     );
     assert!(store.list("secret").await.unwrap().is_empty());
 }
+
+/// A word only the cleared execution held, as the search index keeps words (lower case).
+const WORD: &str = "xylophonist7731";
+
+/// Saves `keep` and three checkpoints of `secret` whose states hold [`WORD`] (in a short string
+/// and in a long one); flushes.
+async fn save_words(store: &Store) {
+    store
+        .save(Checkpoint::new("keep", "n", &json!({ "doc": "unrelated words" })).unwrap())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let state = json!({
+            "short": format!("the {WORD} called {i}"),
+            "long": format!("{} {WORD}", "z".repeat(500 + i)),
+        });
+        store
+            .save(Checkpoint::new("secret", "n", &state).unwrap())
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+}
+
+/// The search index holds the words of the states (that is its job); clear and gc take them
+/// with the checkpoints, so after compaction no file holds the word; the index still answers
+/// for what is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_stores_words_leave_with_clear_gc_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        dir.path().join("sled").display().to_string(),
+        format!("sqlite://{}", dir.path().join("ckpt.db").display()),
+    ] {
+        let store = open(&url).await;
+        store.reindex().await.unwrap();
+        save_words(&store).await;
+        let page = store.search(&ckpt::SearchQuery::text(WORD)).await.unwrap();
+        assert_eq!(page.method, ckpt::SearchMethod::Index, "{url}");
+        assert_eq!(page.hits.len(), 3, "{url}");
+        store.flush().await.unwrap();
+        assert!(
+            !grep_dir(dir.path(), WORD.as_bytes()).is_empty(),
+            "{url}: the grep does not find the indexed word"
+        );
+        store.clear("secret").await.unwrap();
+        store.gc().await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ckpt_compact(&url);
+        let hits = grep_dir(dir.path(), WORD.as_bytes());
+        assert!(hits.is_empty(), "{url}: the word survives in {hits:?}");
+        let store = open(&url).await;
+        let page = store
+            .search(&ckpt::SearchQuery::text("unrelated"))
+            .await
+            .unwrap();
+        assert_eq!(page.method, ckpt::SearchMethod::Index, "{url}");
+        assert_eq!(page.hits.len(), 1, "{url}");
+        assert!(store.verify().await.unwrap().is_ok(), "{url}");
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An encrypted store refuses a search index and searches by decrypting; no file of it holds
+/// a word of its states in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_store_writes_no_plaintext_word() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("sled://{}", dir.path().join("sled").display()),
+        format!("sqlite://{}", dir.path().join("ckpt.db").display()),
+    ] {
+        let store = Store::builder(&url)
+            .encryption(ckpt::crypto::Key::generate())
+            .open()
+            .await
+            .unwrap();
+        let refused = store.reindex().await.unwrap_err();
+        assert!(
+            matches!(&refused, ckpt::Error::InvalidInput(m) if m.contains("encrypted")),
+            "{refused}"
+        );
+        save_words(&store).await;
+        let page = store.search(&ckpt::SearchQuery::text(WORD)).await.unwrap();
+        assert_eq!(page.method, ckpt::SearchMethod::Scan, "{url}");
+        assert_eq!(page.hits.len(), 3, "{url}");
+        store.flush().await.unwrap();
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let hits = grep_dir(dir.path(), WORD.as_bytes());
+        assert!(hits.is_empty(), "{url}: a plaintext word in {hits:?}");
+        let hits = grep_dir(dir.path(), b"unrelated");
+        assert!(hits.is_empty(), "{url}: a plaintext word in {hits:?}");
+    }
+}
