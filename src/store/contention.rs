@@ -141,10 +141,14 @@ impl crate::Store {
         Box::pin(async move {
             let logs: Vec<String> = appends.iter().map(|a| a.log.clone()).collect();
             let backend = &self.inner.traced;
-            self.inner
+            let result = self
+                .inner
                 .contention
                 .commit(&logs, backend.commit(appends, blobs))
-                .await
+                .await;
+            // Whatever moved a log, the search index looks at it before the next search.
+            self.note_moved_for_index(&logs);
+            result
         })
     }
 

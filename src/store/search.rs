@@ -519,6 +519,19 @@ impl Store {
             }
         }
         candidates.sort_by(|(a, _), (b, _)| order(a, b));
+        let candidates = candidates
+            .into_iter()
+            .map(|(p, h)| {
+                let hit = SearchHit {
+                    id: h.id,
+                    node_name: h.node_name,
+                    timestamp: h.timestamp,
+                    path: None,
+                    snippet: None,
+                };
+                (p, hit)
+            })
+            .collect();
         self.check_candidates(query, candidates).await
     }
 
@@ -527,7 +540,7 @@ impl Store {
     pub(super) async fn check_candidates(
         &self,
         query: &SearchQuery,
-        candidates: Vec<(Position, CheckpointHeader)>,
+        candidates: Vec<(Position, SearchHit)>,
     ) -> Result<SearchPage> {
         let after = |p: &Position| {
             query
@@ -550,13 +563,7 @@ impl Store {
             };
             let Some(place) = matched else { continue };
             let (path, snippet) = place.map_or((None, None), |(p, s)| (Some(p), Some(s)));
-            hits.push(SearchHit {
-                id: h.id,
-                node_name: h.node_name,
-                timestamp: h.timestamp,
-                path,
-                snippet,
-            });
+            hits.push(SearchHit { path, snippet, ..h });
             if hits.len() == limit {
                 if rest.peek().is_some() {
                     next_cursor = Some(format_cursor(&pos));

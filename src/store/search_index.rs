@@ -69,6 +69,14 @@ const MAX_RANGE_POSTINGS: usize = 20_000;
 const CACHED_EXECUTIONS: usize = 64;
 /// Saves waiting for the indexer before savers wait for it.
 const QUEUE: usize = 4096;
+/// Most saves the indexer writes in one backend call.
+const BATCH: usize = 1024;
+/// On a backend where listing the logs is costly (Redis: a `SCAN` of every key), how long a
+/// search trusts the last comparison of every log with the index; the logs this store moved
+/// are compared at every search.
+const FULL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the indexer gathers saves before it writes them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------------
 // Keys
@@ -408,6 +416,11 @@ pub(super) struct IndexState {
     /// Held while entries are computed and written, so the background writer and a catch-up
     /// never interleave on one execution.
     writing: tokio::sync::Mutex<HashMap<String, ExecWords>>,
+    /// Logs this store appended to since the last catch-up: checked by every catch-up, when
+    /// the others are checked less often (see [`Store::needs_full_check`]).
+    moved: std::sync::Mutex<HashSet<String>>,
+    /// When every log was last compared with the index.
+    last_full_check: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What [`Store::reindex`] did.
@@ -627,10 +640,75 @@ impl Store {
         Ok(words)
     }
 
-    /// Brings the index up to date with every log: executions that moved are indexed from
+    /// Notes logs this store appended to, for the next catch-up (indexed stores only).
+    pub(super) fn note_moved_for_index(&self, logs: &[String]) {
+        if self.indexing_saves() {
+            lock(&self.inner.search_index.moved).extend(
+                logs.iter()
+                    .filter(|l| !super::reclaim::is_reserved_log(l))
+                    .cloned(),
+            );
+        }
+    }
+
+    /// Whether the next catch-up compares every log with the index, or only those this store
+    /// moved: every time where listing the logs is cheap (other stores, in this process or
+    /// others, may have written); at most every [`FULL_CHECK_EVERY`] where listing is costly
+    /// (Redis), so another store's changes show within that time.
+    fn needs_full_check(&self) -> bool {
+        let caps = self.inner.traced.capabilities();
+        let last = *lock(&self.inner.search_index.last_full_check);
+        match last {
+            Some(t) if caps.side_table.is_some_and(|s| s.gets_beat_scans()) => {
+                t.elapsed() >= FULL_CHECK_EVERY
+            }
+            _ => true,
+        }
+    }
+
+    /// Brings the index up to date with the logs: executions that moved are indexed from
     /// where the index stopped (or again, when they lost checkpoints), those gone are dropped.
     async fn catch_up(&self, table: &dyn SearchTable) -> Result<()> {
         self.flush_index().await;
+        let moved: HashSet<String> = std::mem::take(&mut *lock(&self.inner.search_index.moved));
+        let result = if self.needs_full_check() {
+            let started = std::time::Instant::now();
+            let done = self.catch_up_all(table).await;
+            if done.is_ok() {
+                *lock(&self.inner.search_index.last_full_check) = Some(started);
+            }
+            done
+        } else {
+            self.catch_up_moved(table, &moved).await
+        };
+        if result.is_err() {
+            lock(&self.inner.search_index.moved).extend(moved);
+        }
+        result
+    }
+
+    /// Compares the executions in `moved` with the index and catches up those behind.
+    async fn catch_up_moved(&self, table: &dyn SearchTable, moved: &HashSet<String>) -> Result<()> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let execs: Vec<&String> = moved.iter().collect();
+        let keys: Vec<Vec<u8>> = execs.iter().map(|e| covered_key(e)).collect();
+        let covered = table.get_index(&keys).await?;
+        let mut cache = self.inner.search_index.writing.lock().await;
+        for (exec, c) in execs.into_iter().zip(covered) {
+            let tail = self.inner.traced.next_seq(exec).await?;
+            let c = c.as_deref().and_then(Covered::decode);
+            if c.is_none_or(|c| c.next != tail) {
+                self.index_execution(table, exec, &mut cache).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares every log with the index and catches up those behind; drops the entries of
+    /// executions whose log is gone.
+    async fn catch_up_all(&self, table: &dyn SearchTable) -> Result<()> {
         let tails = self.log_tails().await?;
         let covered: HashMap<String, Covered> = scan_all(table, &[COVERED])
             .await?
@@ -868,7 +946,7 @@ impl Store {
             self.search_headers(table, query).await?
         } else {
             match self.text_candidates(table, query).await? {
-                Some(candidates) => self.search_text(query, candidates).await?,
+                Some(candidates) => self.search_text(table, query, candidates).await?,
                 None => return Ok(None),
             }
         };
@@ -949,30 +1027,51 @@ impl Store {
     /// Reads the candidates' states, newest first, until a page of matches is full.
     async fn search_text(
         &self,
+        table: &dyn SearchTable,
         query: &SearchQuery,
         candidates: HashMap<String, u64>,
     ) -> Result<SearchPage> {
+        // The candidates' headers from the index (no projection is folded), past each one's
+        // lowest possible version.
         let mut heads = Vec::new();
         for (exec, first) in candidates {
-            let mut history = HistoryQuery::default();
-            if let Some(node) = &query.node {
-                history = history.node(node.clone());
+            let mut prefix = key(HEAD);
+            push_str(&mut prefix, &exec);
+            let after = first.checked_sub(1).map(|v| {
+                let mut k = prefix.clone();
+                k.extend(v.to_be_bytes());
+                k
+            });
+            let mut times = Vec::new();
+            let mut after = after;
+            loop {
+                let chunk = table
+                    .scan_index(&prefix, after.as_deref(), SCAN_CHUNK)
+                    .await?;
+                let done = chunk.len() < SCAN_CHUNK;
+                after = chunk.last().map(|(k, _)| k.clone());
+                times.extend(chunk.iter().filter_map(|(k, v)| {
+                    let (version, _) = read_u64(&k[prefix.len()..])?;
+                    let (micros, _) = read_u64(v)?;
+                    Some(time_key(micros, &exec, version))
+                }));
+                if done {
+                    break;
+                }
             }
-            let found = match self.history(&exec, history).await {
-                Ok(found) => found,
-                // Gone since the index was brought up to date.
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
+            let bodies = table.get_index(&times).await?;
             heads.extend(
-                found
-                    .into_iter()
-                    .filter(|h| h.version >= first && query.header_matches(h))
-                    .map(|h| (search::position(&h), h)),
+                times
+                    .iter()
+                    .zip(bodies)
+                    .filter_map(|(k, v)| Head::from_time_entry(k, &v?))
+                    .filter(|h| self.head_passes(query, h)),
             );
         }
-        heads.sort_by(|(a, _), (b, _)| search::order(a, b));
-        let mut page = self.check_candidates(query, heads).await?;
+        let mut candidates: Vec<(Position, SearchHit)> =
+            heads.into_iter().map(|h| (h.position(), h.hit())).collect();
+        candidates.sort_by(|(a, _), (b, _)| search::order(a, b));
+        let mut page = self.check_candidates(query, candidates).await?;
         page.method = SearchMethod::Index;
         Ok(page)
     }
@@ -1048,13 +1147,14 @@ impl Store {
 
     /// The key prefix whose entries list, newest first, a superset of the matches.
     fn ordered_prefix(&self, query: &SearchQuery) -> Vec<u8> {
-        if let Some(node) = &query.node {
-            return node_prefix(node);
-        }
+        // A metadata value is usually rarer than a node (a graph has few nodes).
         if let Some(c) = query.metadata.iter().find(|c| c.op == Op::Eq) {
             let mut k = meta_prefix(&c.key);
             push_value(&mut k, &c.value);
             return k;
+        }
+        if let Some(node) = &query.node {
+            return node_prefix(node);
         }
         key(TIME)
     }
@@ -1241,8 +1341,21 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The background indexer: writes the saves handed to it in batches, until the store is gone.
 async fn run_indexer(store: std::sync::Weak<super::Inner>, mut rx: mpsc::Receiver<Job>) {
     while let Some(job) = rx.recv().await {
+        // Saves arrive one by one: gather them for a moment, so that one backend write (one
+        // transaction, one sled batch) carries many. A search's flush does not wait.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut flushing = matches!(job, Job::Flush(_));
         let mut jobs = vec![job];
-        while jobs.len() < 256 {
+        while jobs.len() < BATCH && !flushing {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(j)) => {
+                    flushing = matches!(j, Job::Flush(_));
+                    jobs.push(j);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while jobs.len() < BATCH {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
