@@ -46,7 +46,7 @@ const ON_KEY: &[u8] = b"!on";
 const FORMAT: u8 = 1;
 /// `c` EXEC → next sequence covered, live checkpoints below it.
 const COVERED: u8 = b'c';
-/// `d` EXEC WORD → first version.
+/// `d` EXEC VERSION → the words that version was the first to hold, `0`-separated.
 const DICT: u8 = b'd';
 /// `w` WORD EXEC → first version.
 const WORD: u8 = b'w';
@@ -160,11 +160,19 @@ fn covered_key(exec: &str) -> Vec<u8> {
     k
 }
 
-fn dict_key(exec: &str, word: &str) -> Vec<u8> {
+fn dict_key(exec: &str, version: u64) -> Vec<u8> {
     let mut k = key(DICT);
     push_str(&mut k, exec);
-    push_str(&mut k, word);
+    k.extend(version.to_be_bytes());
     k
+}
+
+/// The words of a `d` entry's value.
+fn dict_words(value: &[u8]) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| std::str::from_utf8(w).ok().map(str::to_owned))
 }
 
 fn word_key(word: &str, exec: &str) -> Vec<u8> {
@@ -602,12 +610,14 @@ impl Store {
             }
             let h = &s.head;
             puts.extend(h.entries()?);
+            let mut first = Vec::new();
             for w in s.words {
                 if !entry.words.contains(&w) {
-                    puts.extend(word_entries(&h.exec, &w, h.version));
-                    entry.words.insert(w);
+                    entry.words.insert(w.clone());
+                    first.push(w);
                 }
             }
+            puts.extend(word_entries(&h.exec, &first, h.version));
             entry.covered = Covered {
                 next: h.version + 1,
                 live: entry.covered.live + 1,
@@ -632,10 +642,8 @@ impl Store {
         let mut prefix = key(DICT);
         push_str(&mut prefix, exec);
         let mut words = HashSet::new();
-        for (k, _) in scan_all(table, &prefix).await? {
-            if let Some((w, _)) = read_str(&k[prefix.len()..]) {
-                words.insert(w);
-            }
+        for (_, v) in scan_all(table, &prefix).await? {
+            words.extend(dict_words(&v));
         }
         Ok(words)
     }
@@ -789,11 +797,11 @@ impl Store {
             let cp = self.load(&h.id).await?;
             let mut found = BTreeSet::new();
             words_of(cp.state_value(), &mut found);
-            for w in found {
-                if words.insert(w.clone()) {
-                    puts.extend(word_entries(exec, &w, h.version));
-                }
-            }
+            let first: Vec<String> = found
+                .into_iter()
+                .filter(|w| words.insert(w.clone()))
+                .collect();
+            puts.extend(word_entries(exec, &first, h.version));
             puts.extend(Head::of(h).entries()?);
             covered.live += 1;
             indexed += 1;
@@ -835,10 +843,8 @@ impl Store {
         let mut out = vec![covered_key(exec)];
         let mut dict = key(DICT);
         push_str(&mut dict, exec);
-        for (k, _) in scan_all(table, &dict).await? {
-            if let Some((w, _)) = read_str(&k[dict.len()..]) {
-                out.push(word_key(&w, exec));
-            }
+        for (k, v) in scan_all(table, &dict).await? {
+            out.extend(dict_words(&v).map(|w| word_key(&w, exec)));
             out.push(k);
         }
         let mut head = key(HEAD);
@@ -920,11 +926,11 @@ impl Store {
             let cp = self.load(&h.id).await?;
             let mut found = BTreeSet::new();
             words_of(cp.state_value(), &mut found);
-            for w in found {
-                if words.insert(w.clone()) {
-                    out.extend(word_entries(exec, &w, h.version));
-                }
-            }
+            let first: Vec<String> = found
+                .into_iter()
+                .filter(|w| words.insert(w.clone()))
+                .collect();
+            out.extend(word_entries(exec, &first, h.version));
             out.extend(Head::of(h).entries()?);
         }
         Ok(out)
@@ -1305,10 +1311,20 @@ fn header_page(hits: Vec<Head>, more: bool) -> SearchPage {
     }
 }
 
-fn word_entries(exec: &str, word: &str, version: u64) -> [(Vec<u8>, Vec<u8>); 2] {
+/// The entries of the words `version` of `exec` was the first to hold: one `w` each, and one
+/// `d` listing them (none when there are none).
+fn word_entries(exec: &str, words: &[String], version: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if words.is_empty() {
+        return Vec::new();
+    }
     let mut v = Vec::new();
     push_varint(&mut v, version);
-    [(dict_key(exec, word), v.clone()), (word_key(word, exec), v)]
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = words
+        .iter()
+        .map(|w| (word_key(w, exec), v.clone()))
+        .collect();
+    out.push((dict_key(exec, version), words.join("\0").into_bytes()));
+    out
 }
 
 fn remember(cache: &mut HashMap<String, ExecWords>, exec: &str, words: ExecWords) {
