@@ -312,8 +312,8 @@ fn holds(haystack: &[Vec<u8>], needle: &[u8]) -> bool {
 }
 
 /// The search index ([`Store::reindex`]) answers every query as the scan does, page by page,
-/// after saves (its own and another store's), a branch, delete, fork, clear, gc, a reopen and
-/// a rebuild; gc takes the entries of what was deleted; verify finds a damaged index. An
+/// after saves (its own and another store's), a branch, delete, fork, clear, gc, a reopen, a
+/// rebuild and an import; gc takes the entries of what was deleted; verify finds a damaged index. An
 /// encrypted store refuses an index and holds no plaintext word anywhere.
 pub async fn indexed_search_agrees_with_scan(h: &dyn Harness) {
     let name = h.name();
@@ -435,6 +435,17 @@ pub async fn indexed_search_agrees_with_scan(h: &dyn Harness) {
     must(store.reindex().await, "reindex");
     assert!(must(store.verify().await, "verify").is_ok(), "[{name}]");
     agrees(&store.reopened(), name, "reopened after a rebuild", since).await;
+
+    // An imported copy, in an indexed store of its own, answers as its scan does.
+    let execs: Vec<String> = ["ix-a", "ix-fork"].map(String::from).to_vec();
+    let bytes = must(store.export(&execs).await, "export").encode();
+    let bundle = must(crate::bundle::Bundle::decode(&bytes), "decode");
+    let copy = store.with_same_keys(Arc::new(crate::backend::memory::MemoryBackend::new()));
+    must(copy.reindex().await, "index the copy");
+    must(copy.import(&bundle).await, "import");
+    agrees(&copy, name, "in an imported copy", since).await;
+    let found = must(copy.search(&SearchQuery::text("refund")).await, "copy");
+    assert_eq!(ids(&found), ["ix-a@4"], "[{name}] the branch came along");
 
     // Dropped, the store scans again.
     must(store.drop_index().await, "drop");
