@@ -41,6 +41,35 @@ fn state_for(writer: &str, step: u64) -> serde_json::Value {
 
 // ---- schema versions ----
 
+/// One damaged byte in the schema's text can still parse: `id INTEGER$PRIMARY KEY` makes `id`
+/// an ordinary column, no longer the row id, and every log's id reads NULL, so its frames are
+/// silently not found while SQLite's integrity check passes. The open refuses such a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_schema_whose_text_was_damaged() {
+    let h = SqliteHarness::new();
+    let store = h.open().await;
+    save(&store, "e", 1).await;
+    store.flush().await.unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut bytes = std::fs::read(h.path()).unwrap();
+    let needle = b"logs (id INTEGER PRIMARY KEY";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the schema text in the file")
+        + b"logs (id INTEGER".len();
+    bytes[at] = b'$';
+    std::fs::write(h.path(), &bytes).unwrap();
+    let err = Store::open(&h.url()).await.unwrap_err();
+    assert!(matches!(err, ckpt::Error::Corrupt { .. }), "{err}");
+    let text = chain(&err);
+    assert!(
+        text.contains("schema") && text.contains("INTEGER$PRIMARY"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_refuses_a_newer_schema() {
     let h = SqliteHarness::new();

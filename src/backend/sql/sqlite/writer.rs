@@ -274,7 +274,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<Result<()>> {
         }
         conn.execute_batch(RECORDS_TABLE)?;
         conn.execute_batch(SEARCH_TABLE)?;
-        Ok(Ok(()))
+        Ok(check_shape(conn))
     })();
     match outcome {
         Ok(Ok(())) => {
@@ -614,6 +614,102 @@ fn check_log_id_limit(log_id: i64) -> Result<()> {
         "a SQLite store holds at most {MAX_LOG_ID} logs and this one has no id left (log id \
          {log_id}); start a new store, or use PostgreSQL"
     )))
+}
+
+/// The tables this backend makes, whose shape [`check_shape`] compares.
+const TABLES: [&str; 6] = [
+    "ckpt_schema",
+    "logs",
+    "frames",
+    "blobs",
+    "records",
+    "search_index",
+];
+
+/// How SQLite describes `conn`'s tables: per table whether it exists and has a rowid, its
+/// columns (name, type, not null, primary key position) and its indexes (unique, origin).
+fn shape(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let mut kind =
+            conn.prepare_cached("SELECT type, ncol, wr FROM pragma_table_list WHERE name = ?1")?;
+        let rows = kind.query_map([table], |r| {
+            Ok(format!(
+                "{table}: {} of {} columns, without rowid {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?
+            ))
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+        let mut columns = conn.prepare_cached(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid",
+        )?;
+        let rows = columns.query_map([table], |r| {
+            Ok(format!(
+                "{table}.{} {} not null {} key {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?
+            ))
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+        let mut indexes = conn.prepare_cached(
+            "SELECT name, \"unique\", origin FROM pragma_index_list(?1) ORDER BY name",
+        )?;
+        let rows = indexes.query_map([table], |r| {
+            Ok(format!(
+                "{table} index {} unique {} from {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a file whose tables are not shaped as this code makes them. A damaged byte in the
+/// schema's text can still parse (`id INTEGER PRIMARY KEY` read as a column of type
+/// `INTEGER$PRIMARY`, no longer the row id), and SQLite's integrity check does not look at it:
+/// every row would then read wrong, silently.
+fn check_shape(conn: &Connection) -> Result<()> {
+    let expected = (|| {
+        let fresh = Connection::open_in_memory()?;
+        fresh.execute_batch("CREATE TABLE ckpt_schema (version INTEGER NOT NULL)")?;
+        fresh.execute_batch(SCHEMA_V2)?;
+        fresh.execute_batch(RECORDS_TABLE)?;
+        fresh.execute_batch(SEARCH_TABLE)?;
+        shape(&fresh)
+    })();
+    let found = shape(conn);
+    match (expected, found) {
+        (Ok(expected), Ok(found)) if expected == found => Ok(()),
+        (Ok(expected), Ok(found)) => {
+            let wrong: Vec<&String> = found.iter().filter(|f| !expected.contains(f)).collect();
+            let missing: Vec<&String> = expected.iter().filter(|e| !found.contains(e)).collect();
+            Err(Error::corrupt(
+                "the SQLite file's schema",
+                format!(
+                    "its tables are not shaped as ckpt makes them (found {wrong:?} where \
+                     {missing:?} was expected): the file is damaged; restore it from a backup \
+                     (nothing was written)"
+                ),
+            ))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(Error::corrupt(
+            "the SQLite file's schema",
+            format!("its tables cannot be described: {e}"),
+        )),
+    }
 }
 
 /// The refusal to migrate a version 1 database holding frames version 2 cannot key.
