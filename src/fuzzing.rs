@@ -42,6 +42,17 @@ pub fn decode_projection_record(bytes: &[u8]) -> std::result::Result<(), String>
     crate::store::decode_record(LOG, bytes)
 }
 
+/// Decodes a search index entry as the store reads it from the backend's search table: the
+/// first byte says how many of the next bytes are the key (modulo their count), the rest is
+/// the value. Returns how many parts decoded; must never panic.
+pub fn decode_search_entry(data: &[u8]) -> usize {
+    let Some((len, rest)) = data.split_first() else {
+        return 0;
+    };
+    let split = usize::from(*len).min(rest.len());
+    crate::store::decode_index_entry(&rest[..split], &rest[split..])
+}
+
 /// Opens and decodes a blob as an encrypted store reads it under `hash`.
 pub fn decode_sealed_blob(hash: &[u8; 32], bytes: &[u8]) -> Result<()> {
     let content = codec().blobs.decode(hash, bytes)?;

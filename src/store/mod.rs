@@ -65,6 +65,7 @@ pub use encryption::RekeyReport;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use retention::{ExecutionPlan, PruneReport, RetentionPolicy, RetentionTask};
 pub use search::{SearchHit, SearchMethod, SearchPage, SearchQuery};
+pub(crate) use search_index::decode_index_entry;
 pub use search_index::ReindexReport;
 pub use stats::{ExecutionStats, StatsReport, StatsTotals};
 pub use transfer::{ImportReport, SalvageReport, SalvagedExecution};

@@ -1403,6 +1403,57 @@ async fn run_indexer(store: std::sync::Weak<super::Inner>, mut rx: mpsc::Receive
     }
 }
 
+/// Decodes an entry as the index reads it from its table, by the family its key names: what
+/// the fuzz target `search_index` feeds. Bytes that are not an entry decode to nothing (the
+/// index is checked against the logs, never trusted); it must never panic. Returns how many
+/// parts decoded.
+pub(crate) fn decode_index_entry(key: &[u8], value: &[u8]) -> usize {
+    let Some((family, rest)) = key.split_first() else {
+        return 0;
+    };
+    let mut parts = 0;
+    let mut count = |ok: bool| parts += usize::from(ok);
+    match *family {
+        COVERED => {
+            count(read_str(rest).is_some());
+            count(Covered::decode(value).is_some());
+        }
+        DICT => {
+            if let Some((_, version)) = read_str(rest) {
+                count(read_u64(version).is_some());
+            }
+            count(dict_words(value).count() > 0);
+        }
+        WORD => {
+            if let Some((_, exec)) = read_str(rest) {
+                count(read_str(exec).is_some());
+            }
+            count(read_varint(value).is_some());
+        }
+        HEAD => {
+            if let Some((_, version)) = read_str(rest) {
+                count(read_u64(version).is_some());
+            }
+            count(read_u64(value).is_some());
+        }
+        TIME => count(Head::from_time_entry(key, value).is_some()),
+        NODE => {
+            if let Some((_, pos)) = read_str(rest) {
+                count(read_position(pos).is_some());
+            }
+        }
+        META => {
+            if let Some((_, value_and_pos)) = read_str(rest) {
+                if let Some(pos) = position_after_value(value_and_pos) {
+                    count(read_position(pos).is_some());
+                }
+            }
+        }
+        _ => {}
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1449,5 +1500,39 @@ mod tests {
             assert_eq!(read_varint(&v), Some((n, &[][..])));
         }
         assert_eq!(read_varint(&[0x80; 11]), None);
+    }
+
+    #[test]
+    fn entries_decode_and_garbage_decodes_to_nothing() {
+        let head = Head {
+            exec: "e\0x".into(),
+            version: 3,
+            micros: 99,
+            node: "n".into(),
+            metadata: [("step".to_owned(), serde_json::json!(2))].into(),
+        };
+        for (k, v) in head.entries().expect("entries") {
+            assert!(decode_index_entry(&k, &v) > 0, "{k:?}");
+        }
+        for (k, v) in word_entries("e", &["ab".into(), "cd".into()], 4) {
+            assert!(decode_index_entry(&k, &v) > 0, "{k:?}");
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let split = if len == 0 { 0 } else { (next() as usize) % len };
+            let mut key = bytes[..split].to_vec();
+            if let Some(first) = key.first_mut() {
+                *first = b"cdwhtnm"[(*first as usize) % 7];
+            }
+            decode_index_entry(&key, &bytes[split..]);
+        }
     }
 }
