@@ -794,15 +794,7 @@ impl Store {
             heads.iter().filter(|h| h.version >= covered.next).collect();
         new.sort_by_key(|h| h.version);
         for h in new {
-            let cp = self.load(&h.id).await?;
-            let mut found = BTreeSet::new();
-            words_of(cp.state_value(), &mut found);
-            let first: Vec<String> = found
-                .into_iter()
-                .filter(|w| words.insert(w.clone()))
-                .collect();
-            puts.extend(word_entries(exec, &first, h.version));
-            puts.extend(Head::of(h).entries()?);
+            puts.extend(self.entries_of_checkpoint(h, &mut words).await?);
             covered.live += 1;
             indexed += 1;
             if puts.len() >= SCAN_CHUNK {
@@ -923,16 +915,27 @@ impl Store {
         let mut out = BTreeMap::new();
         let mut words = HashSet::new();
         for h in &heads {
-            let cp = self.load(&h.id).await?;
-            let mut found = BTreeSet::new();
-            words_of(cp.state_value(), &mut found);
-            let first: Vec<String> = found
-                .into_iter()
-                .filter(|w| words.insert(w.clone()))
-                .collect();
-            out.extend(word_entries(exec, &first, h.version));
-            out.extend(Head::of(h).entries()?);
+            out.extend(self.entries_of_checkpoint(h, &mut words).await?);
         }
+        Ok(out)
+    }
+
+    /// The entries of one checkpoint, read from its state: its header, and the words its
+    /// execution had not held before (`words`, which it extends).
+    async fn entries_of_checkpoint(
+        &self,
+        h: &CheckpointHeader,
+        words: &mut HashSet<String>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cp = self.load(&h.id).await?;
+        let mut found = BTreeSet::new();
+        words_of(cp.state_value(), &mut found);
+        let first: Vec<String> = found
+            .into_iter()
+            .filter(|w| words.insert(w.clone()))
+            .collect();
+        let mut out = word_entries(&h.execution_id, &first, h.version);
+        out.extend(Head::of(h).entries()?);
         Ok(out)
     }
 
