@@ -842,21 +842,15 @@ impl Store {
         let mut head = key(HEAD);
         push_str(&mut head, exec);
         let heads = scan_all(table, &head).await?;
-        let times: Vec<Vec<u8>> = heads
-            .iter()
-            .filter_map(|(k, v)| {
-                let (version, _) = read_u64(&k[head.len()..])?;
-                let (micros, _) = read_u64(v)?;
-                Some(time_key(micros, exec, version))
-            })
-            .collect();
+        // Every `h` key goes, even one that does not decode.
+        out.extend(heads.iter().map(|(k, _)| k.clone()));
+        let times = time_keys(exec, head.len(), &heads);
         let bodies = table.get_index(&times).await?;
-        for ((time, body), (head_key, _)) in times.into_iter().zip(bodies).zip(heads) {
+        for (time, body) in times.into_iter().zip(bodies) {
             if let Some(h) = body.and_then(|b| Head::from_time_entry(&time, &b)) {
                 out.extend(h.entries()?.into_iter().map(|(k, _)| k));
             }
             out.push(time);
-            out.push(head_key);
         }
         Ok(out)
     }
@@ -1051,23 +1045,8 @@ impl Store {
                 k.extend(v.to_be_bytes());
                 k
             });
-            let mut times = Vec::new();
-            let mut after = after;
-            loop {
-                let chunk = table
-                    .scan_index(&prefix, after.as_deref(), SCAN_CHUNK)
-                    .await?;
-                let done = chunk.len() < SCAN_CHUNK;
-                after = chunk.last().map(|(k, _)| k.clone());
-                times.extend(chunk.iter().filter_map(|(k, v)| {
-                    let (version, _) = read_u64(&k[prefix.len()..])?;
-                    let (micros, _) = read_u64(v)?;
-                    Some(time_key(micros, &exec, version))
-                }));
-                if done {
-                    break;
-                }
-            }
+            let found = scan_from(table, &prefix, after).await?;
+            let times = time_keys(&exec, prefix.len(), &found);
             let bodies = table.get_index(&times).await?;
             heads.extend(
                 times
@@ -1337,9 +1316,30 @@ fn remember(cache: &mut HashMap<String, ExecWords>, exec: &str, words: ExecWords
     cache.insert(exec.to_owned(), words);
 }
 
+/// The `t` keys that `exec`'s `h` entries (keys `head_len` bytes of prefix, then the version)
+/// point at; entries that do not decode are left out.
+fn time_keys(exec: &str, head_len: usize, heads: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    heads
+        .iter()
+        .filter_map(|(k, v)| {
+            let (version, _) = read_u64(k.get(head_len..)?)?;
+            let (micros, _) = read_u64(v)?;
+            Some(time_key(micros, exec, version))
+        })
+        .collect()
+}
+
 async fn scan_all(table: &dyn SearchTable, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    scan_from(table, prefix, None).await
+}
+
+/// Every entry under `prefix` after `after` (from the start of the prefix without one).
+async fn scan_from(
+    table: &dyn SearchTable,
+    prefix: &[u8],
+    mut after: Option<Vec<u8>>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
     loop {
         let chunk = table
             .scan_index(prefix, after.as_deref(), SCAN_CHUNK)
