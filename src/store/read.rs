@@ -572,6 +572,60 @@ impl Store {
         Ok(state)
     }
 
+    /// The logical states of several versions of one execution, rebuilt in one pass over its
+    /// log: a chain the versions share is read and applied once (a search checks runs of
+    /// candidates of one execution, each of which a load would rebuild from its snapshot).
+    /// Only versions that read cleanly are returned; the caller loads any other one by one, so
+    /// that it gets the error a load gives.
+    pub(super) async fn states_along(
+        &self,
+        exec: &str,
+        versions: &std::collections::BTreeSet<u64>,
+    ) -> Result<HashMap<u64, Arc<Value>>> {
+        let mut idx = self.recent_index(exec).await?;
+        if versions.first().is_some_and(|v| idx.before_horizon(*v)) {
+            self.refresh(&mut idx).await?;
+        }
+        let wanted: Vec<(u64, u64)> = versions
+            .iter()
+            .filter_map(|&v| {
+                let entry = idx.live_entry(v)?;
+                let clean = !idx.damaged.contains_key(&v) && idx.unreadable_because(v).is_none();
+                clean.then_some((v, entry.chain.start))
+            })
+            .collect();
+        let (Some(start), Some(&(last, _))) = (wanted.iter().map(|(_, s)| *s).min(), wanted.last())
+        else {
+            return Ok(HashMap::new());
+        };
+        let frames = self.scan_range(&idx.log, start, last + 1).await?;
+        let mut out = HashMap::new();
+        let mut state = None;
+        let mut applied = None;
+        // Saves follow one another in the log (each delta is on the save before it), so one
+        // pass from the oldest chain's snapshot passes through every wanted version.
+        for (seq, bytes) in &frames {
+            if !idx.saves.contains_key(seq) {
+                continue;
+            }
+            let step = self.decode_body(&idx.log, *seq, bytes).and_then(|body| {
+                check_base(&idx.log, *seq, &body, applied)?;
+                self.apply_body(&idx.log, *seq, state.take(), body)
+            });
+            let Ok(next) = step else {
+                // A frame between the versions does not read: what was rebuilt stands, the
+                // rest is loaded one by one.
+                break;
+            };
+            applied = Some(*seq);
+            if wanted.binary_search_by_key(seq, |(v, _)| *v).is_ok() {
+                out.insert(*seq, Arc::new(self.resolve(&idx.log, *seq, &next).await?));
+            }
+            state = Some(next);
+        }
+        Ok(out)
+    }
+
     pub(super) fn decode_body(&self, log: &str, seq: u64, bytes: &[u8]) -> Result<Body> {
         let decoded = self.codec()?.frames.decode(log, seq, bytes)?;
         match decoded.event {

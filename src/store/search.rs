@@ -11,6 +11,8 @@
 //! reading states are the next step; they will keep this API.
 
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -249,7 +251,7 @@ impl SearchQuery {
             })
             .fold(
                 None,
-                |best: Option<(usize, &String, &String, usize)>, c| match best {
+                |best: Option<(usize, &String, &&str, usize)>, c| match best {
                     Some(b) if b.0 >= c.0 => Some(b),
                     _ => Some(c),
                 },
@@ -270,24 +272,71 @@ impl Term {
 
     /// The byte offset in `s` where this term matches.
     fn find(&self, s: &str) -> Option<usize> {
-        let words = words(s);
         match self {
-            Term::Word(w) => words
-                .iter()
-                .find(|(_, word)| word.starts_with(w.as_str()))
-                .map(|(at, _)| *at),
-            Term::Phrase(phrase) => words.windows(phrase.len()).find_map(|win| {
+            Term::Word(w) if s.is_ascii() => find_ascii_word(s, w),
+            Term::Word(w) => word_spans(s)
+                .find(|&(st, en)| lowered_starts_with(&s[st..en], w))
+                .map(|(st, _)| st),
+            Term::Phrase(phrase) => {
+                let spans: Vec<(usize, usize)> = word_spans(s).collect();
                 let last = phrase.len() - 1;
-                let all = win.iter().zip(phrase).enumerate().all(|(i, ((_, w), p))| {
-                    if i == last {
-                        w.starts_with(p.as_str())
-                    } else {
-                        w == p
-                    }
-                });
-                all.then(|| win[0].0)
-            }),
+                spans.windows(phrase.len()).find_map(|win| {
+                    let all = win
+                        .iter()
+                        .zip(phrase)
+                        .enumerate()
+                        .all(|(i, (&(a, b), p))| lowered_is(&s[a..b], p, i == last));
+                    all.then(|| win[0].0)
+                })
+            }
         }
+    }
+}
+
+/// Where the first word of the ASCII string `s` that starts with `w` (lowercase) begins: a
+/// jump from one occurrence of `w`'s first letter (either case) to the next, rather than
+/// splitting every word (in ASCII, lowercasing keeps byte positions, and a word is a run of
+/// ASCII letters and digits).
+fn find_ascii_word(s: &str, w: &str) -> Option<usize> {
+    let (bytes, w) = (s.as_bytes(), w.as_bytes());
+    let first = *w.first()?;
+    let mut from = 0;
+    while let Some(found) = memchr::memchr2(first, first.to_ascii_uppercase(), &bytes[from..]) {
+        let at = from + found;
+        let starts_word = at == 0 || !bytes[at - 1].is_ascii_alphanumeric();
+        if starts_word
+            && bytes.len() - at >= w.len()
+            && bytes[at..at + w.len()].eq_ignore_ascii_case(w)
+        {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether `word`, lowercased as [`words`] does, equals `w` (or starts with it, for a prefix).
+fn lowered_is(word: &str, w: &str, prefix: bool) -> bool {
+    if prefix {
+        lowered_starts_with(word, w)
+    } else if word.is_ascii() {
+        word.len() == w.len() && lowered_starts_with(word, w)
+    } else {
+        word.to_lowercase() == w
+    }
+}
+
+/// Whether `word`, lowercased as [`words`] does, starts with `prefix` (already lowercase),
+/// without allocating for ASCII words (the common case of a scan).
+fn lowered_starts_with(word: &str, prefix: &str) -> bool {
+    if word.is_ascii() {
+        word.len() >= prefix.len()
+            && word.as_bytes()[..prefix.len()]
+                .iter()
+                .zip(prefix.as_bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+    } else {
+        word.to_lowercase().starts_with(prefix)
     }
 }
 
@@ -353,22 +402,31 @@ fn parse_condition(text: &str) -> Result<Condition> {
 
 /// Lowercase words (runs of letters and digits) with their byte offsets.
 pub(super) fn words(s: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in s.char_indices() {
-        match (c.is_alphanumeric(), start) {
-            (true, None) => start = Some(i),
-            (false, Some(st)) => {
-                out.push((st, s[st..i].to_lowercase()));
-                start = None;
+    word_spans(s)
+        .map(|(st, en)| (st, s[st..en].to_lowercase()))
+        .collect()
+}
+
+/// The byte ranges of the words (runs of letters and digits) of `s`, in order.
+pub(super) fn word_spans(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut chars = s.char_indices().peekable();
+    std::iter::from_fn(move || {
+        let start = loop {
+            let (i, c) = chars.next()?;
+            if c.is_alphanumeric() {
+                break i;
             }
-            _ => {}
+        };
+        let mut end = s.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if !c.is_alphanumeric() {
+                end = i;
+                break;
+            }
+            chars.next();
         }
-    }
-    if let Some(st) = start {
-        out.push((st, s[st..].to_lowercase()));
-    }
-    out
+        Some((start, end))
+    })
 }
 
 fn parse_terms(text: &str) -> Vec<Term> {
@@ -385,8 +443,8 @@ fn parse_terms(text: &str) -> Vec<Term> {
 }
 
 /// Every string of `v` (values, and map keys as their own path) with its dot path.
-fn collect_strings(v: &Value, path: &mut String, out: &mut Vec<(String, String)>) {
-    let mut child = |path: &mut String, key: &str, v: &Value| {
+fn collect_strings<'a>(v: &'a Value, path: &mut String, out: &mut Vec<(String, &'a str)>) {
+    let mut child = |path: &mut String, key: &str, v: &'a Value| {
         let len = path.len();
         if !path.is_empty() {
             path.push('.');
@@ -396,7 +454,7 @@ fn collect_strings(v: &Value, path: &mut String, out: &mut Vec<(String, String)>
         path.truncate(len);
     };
     match v {
-        Value::String(s) => out.push((path.clone(), s.clone())),
+        Value::String(s) => out.push((path.clone(), s.as_str())),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 child(path, &i.to_string(), item);
@@ -552,21 +610,35 @@ impl Store {
         let mut hits = Vec::new();
         let mut states_read = 0;
         let mut next_cursor = None;
-        let mut rest = candidates.into_iter().filter(|(p, _)| after(p)).peekable();
-        while let Some((pos, h)) = rest.next() {
+        let rest: Vec<(Position, SearchHit)> =
+            candidates.into_iter().filter(|(p, _)| after(p)).collect();
+        let mut states = HashMap::new();
+        for (i, (pos, h)) in rest.iter().enumerate() {
             let matched = if query.terms.is_empty() {
                 Some(None)
             } else {
+                if !states.contains_key(&(pos.execution_id.as_str(), pos.version)) {
+                    // The next candidates, as many as the page still needs, are read together.
+                    let ahead = &rest[i..rest.len().min(i + limit - hits.len())];
+                    states = self.states_ahead(ahead).await?;
+                }
                 states_read += 1;
-                let state = self.load(&h.id).await?.state_json()?;
+                let state = match states.get(&(pos.execution_id.as_str(), pos.version)) {
+                    Some(Some(s)) => crate::codec::value::to_json(s),
+                    _ => self.load(&h.id).await?.state_json()?,
+                };
                 query.text_match(&state)
             };
             let Some(place) = matched else { continue };
             let (path, snippet) = place.map_or((None, None), |(p, s)| (Some(p), Some(s)));
-            hits.push(SearchHit { path, snippet, ..h });
+            hits.push(SearchHit {
+                path,
+                snippet,
+                ..h.clone()
+            });
             if hits.len() == limit {
-                if rest.peek().is_some() {
-                    next_cursor = Some(format_cursor(&pos));
+                if i + 1 < rest.len() {
+                    next_cursor = Some(format_cursor(pos));
                 }
                 break;
             }
@@ -577,6 +649,29 @@ impl Store {
             method: SearchMethod::Scan,
             states_read,
         })
+    }
+
+    /// The states of `candidates`, read execution by execution in one pass each (`None` for a
+    /// candidate that did not read so: the caller loads it by itself).
+    #[allow(clippy::type_complexity)]
+    async fn states_ahead<'a>(
+        &self,
+        candidates: &'a [(Position, SearchHit)],
+    ) -> Result<HashMap<(&'a str, u64), Option<Arc<rmpv::Value>>>> {
+        let mut by_exec: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+        for (p, _) in candidates {
+            by_exec
+                .entry(p.execution_id.as_str())
+                .or_default()
+                .insert(p.version);
+        }
+        let mut out = HashMap::new();
+        for (exec, versions) in by_exec {
+            // On an error, the one-by-one loads say what is wrong.
+            let mut found = self.states_along(exec, &versions).await.unwrap_or_default();
+            out.extend(versions.into_iter().map(|v| ((exec, v), found.remove(&v))));
+        }
+        Ok(out)
     }
 
     /// The first (oldest) checkpoint of `execution_id` that matches `query` (its other
@@ -637,6 +732,80 @@ mod tests {
             .text_match(&state)
             .is_none());
         assert_eq!(SearchQuery::new().text_match(&state), Some(None));
+    }
+
+    /// The allocation-free matcher agrees with matching on [`words`] (what the index uses),
+    /// non-ASCII words and a final sigma included.
+    #[test]
+    fn find_agrees_with_the_lowercased_words() {
+        fn reference(term: &Term, s: &str) -> Option<usize> {
+            let ws = words(s);
+            match term {
+                Term::Word(w) => ws
+                    .iter()
+                    .find(|(_, x)| x.starts_with(w.as_str()))
+                    .map(|x| x.0),
+                Term::Phrase(p) => ws.windows(p.len()).find_map(|win| {
+                    let last = p.len() - 1;
+                    win.iter()
+                        .zip(p)
+                        .enumerate()
+                        .all(|(i, ((_, w), q))| {
+                            if i == last {
+                                w.starts_with(q.as_str())
+                            } else {
+                                w == q
+                            }
+                        })
+                        .then(|| win[0].0)
+                }),
+            }
+        }
+        let strings = [
+            "Where is Order A-1077? order is here",
+            "ΟΔΟΣ οδος Οδός and STRASSE Straße İstanbul",
+            "x",
+            "",
+            "a b a b c, ABC abcd",
+            "naïve café ÇA ça",
+            "order-7,ORDER7 xorder 7order Order",
+            "Kelvin \u{212A}ELVIN İSTANBUL",
+        ];
+        let queries = [
+            "order",
+            "ORD",
+            "a",
+            "\"is order\"",
+            "\"order is\"",
+            "οδος",
+            "οδοσ",
+            "οδ",
+            "straße",
+            "stras",
+            "i̇stanbul",
+            "istanbul",
+            "\"a b c\"",
+            "\"b a b\"",
+            "abc",
+            "\"naïve café\"",
+            "ça",
+            "zebra",
+            "\"order a\"",
+            "\"ord is\"",
+            "\"ab abcd\"",
+            "7",
+            "7o",
+            "x",
+            "kel",
+            "i",
+        ];
+        for q in queries {
+            for term in parse_terms(q) {
+                for s in strings {
+                    assert_eq!(term.find(s), reference(&term, s), "{q:?} in {s:?}");
+                }
+            }
+        }
     }
 
     #[test]
