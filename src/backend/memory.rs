@@ -27,6 +27,9 @@ const BLOB_KEY_LEN: u64 = 32;
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<State>,
+    /// The search table, under a lock of its own: the indexer's batch writes must not hold
+    /// up appends.
+    index: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 /// Everything the backend holds.
@@ -35,7 +38,6 @@ struct State {
     logs: HashMap<String, Log>,
     blobs: HashMap<BlobHash, Vec<u8>>,
     records: HashMap<String, Vec<u8>>,
-    index: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// One log: its high-water mark and the frames not truncated away.
@@ -65,6 +67,11 @@ impl MemoryBackend {
     /// taken as it is rather than turned into a panic here.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the search table (poison taken as it is, as [`MemoryBackend::state`] does).
+    fn index(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -256,11 +263,11 @@ impl SideTable for MemoryBackend {
 #[async_trait]
 impl SearchTable for MemoryBackend {
     async fn write_index(&self, put: Vec<(Vec<u8>, Vec<u8>)>, delete: Vec<Vec<u8>>) -> Result<()> {
-        let mut state = self.state();
+        let mut index = self.index();
         for key in delete {
-            state.index.remove(&key);
+            index.remove(&key);
         }
-        state.index.extend(put);
+        index.extend(put);
         Ok(())
     }
 
@@ -271,13 +278,12 @@ impl SearchTable for MemoryBackend {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         use std::ops::Bound;
-        let state = self.state();
+        let index = self.index();
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
             _ => Bound::Included(prefix.to_vec()),
         };
-        Ok(state
-            .index
+        Ok(index
             .range((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
@@ -286,23 +292,19 @@ impl SearchTable for MemoryBackend {
     }
 
     async fn get_index(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        let state = self.state();
-        Ok(keys.iter().map(|k| state.index.get(k).cloned()).collect())
+        let index = self.index();
+        Ok(keys.iter().map(|k| index.get(k).cloned()).collect())
     }
 
     async fn clear_index(&self) -> Result<()> {
-        self.state().index.clear();
+        self.index().clear();
         Ok(())
     }
 
     async fn index_size(&self) -> Result<(u64, u64)> {
-        let state = self.state();
-        let bytes = state
-            .index
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum();
-        Ok((state.index.len() as u64, bytes))
+        let index = self.index();
+        let bytes = index.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        Ok((index.len() as u64, bytes))
     }
 }
 

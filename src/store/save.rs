@@ -709,9 +709,19 @@ impl Store {
                 }
                 _ => {
                     if indexing {
-                        let mut all = std::collections::BTreeSet::new();
-                        super::search_index::words_of(&cp.state, &mut all);
-                        words.push(all);
+                        words.push(match &base {
+                            // A snapshot after others (a chain ran long) adds only what differs
+                            // from its base; tokenizing the whole state would cost as much as
+                            // the save.
+                            Some((b, _)) => super::search_index::words_of_ops(&tree::diff(
+                                &b.logical, &cp.state,
+                            )),
+                            None => {
+                                let mut all = std::collections::BTreeSet::new();
+                                super::search_index::words_of(&cp.state, &mut all);
+                                all
+                            }
+                        });
                     }
                     let stored = tree::externalize(&cp.state, lifted);
                     let snapshot = value::encode(&stored);

@@ -352,13 +352,28 @@ impl Covered {
 /// The words of every string in `value` (map keys excepted, as the scan does).
 pub(super) fn words_of(value: &rmpv::Value, out: &mut BTreeSet<String>) {
     match value {
-        rmpv::Value::String(s) => {
-            let text = String::from_utf8_lossy(s.as_bytes());
-            out.extend(search::words(&text).into_iter().map(|(_, w)| w));
-        }
+        rmpv::Value::String(s) => add_words(&String::from_utf8_lossy(s.as_bytes()), out),
         rmpv::Value::Array(items) => items.iter().for_each(|v| words_of(v, out)),
         rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| words_of(v, out)),
         _ => {}
+    }
+}
+
+/// Adds the words of `text` (as [`search::words`] lowercases them), allocating only for a word
+/// not yet in `out` (most words of a message are).
+fn add_words(text: &str, out: &mut BTreeSet<String>) {
+    for (start, end) in search::word_spans(text) {
+        let word = &text[start..end];
+        if word
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        {
+            if !out.contains(word) {
+                out.insert(word.to_owned());
+            }
+        } else {
+            out.insert(word.to_lowercase());
+        }
     }
 }
 
@@ -421,6 +436,8 @@ pub(super) struct IndexState {
     /// `None` until read from the table; then whether the store is indexed.
     on: std::sync::Mutex<Option<bool>>,
     queue: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    /// Wakes the indexer from its gathering when a search waits for it.
+    flush_now: Arc<tokio::sync::Notify>,
     /// Held while entries are computed and written, so the background writer and a catch-up
     /// never interleave on one execution.
     writing: tokio::sync::Mutex<HashMap<String, ExecWords>>,
@@ -546,6 +563,7 @@ impl Store {
     async fn flush_index(&self) {
         let (tx, rx) = oneshot::channel();
         if self.send_job(Job::Flush(tx)).await {
+            self.inner.search_index.flush_now.notify_one();
             let _ = rx.await;
         }
     }
@@ -565,7 +583,8 @@ impl Store {
                     // The indexer holds the store only weakly, so dropping the last store ends it.
                     let weak = Arc::downgrade(&store.inner);
                     drop(store);
-                    tokio::spawn(run_indexer(weak, rx));
+                    let flush_now = self.inner.search_index.flush_now.clone();
+                    tokio::spawn(run_indexer(weak, rx, flush_now));
                     *queue = Some(tx.clone());
                     tx
                 }
@@ -1074,13 +1093,26 @@ impl Store {
         let limit = query.page_size();
         let mut hits: Vec<Head> = Vec::new();
         let keep = |h: &Head| self.head_passes(query, h);
-        // A range on a metadata value, when it is selective, is read whole and sorted.
-        if let Some(heads) = self.by_metadata_range(table, query).await? {
-            let mut heads: Vec<Head> = heads.into_iter().filter(|h| keep(h)).collect();
-            heads.sort_by(|a, b| search::order(&a.position(), &b.position()));
-            let more = heads.len() > limit;
-            heads.truncate(limit);
-            return Ok(header_page(heads, more));
+        // A range on a metadata value, when it is selective, is read whole (keys only) and
+        // sorted; headers are read in that order until the page is full.
+        if let Some(mut times) = self.range_times(table, query).await? {
+            times.sort_unstable();
+            let mut more = false;
+            'pages: for chunk in times.chunks(limit * 2 + 8) {
+                let bodies = table.get_index(chunk).await?;
+                let heads = chunk
+                    .iter()
+                    .zip(bodies)
+                    .filter_map(|(k, v)| Head::from_time_entry(k, &v?));
+                for h in heads.filter(|h| keep(h)) {
+                    if hits.len() == limit {
+                        more = true;
+                        break 'pages;
+                    }
+                    hits.push(h);
+                }
+            }
+            return Ok(header_page(hits, more));
         }
         // Otherwise walk an order that is newest first: by node or by a metadata equality
         // when there is one, else every checkpoint.
@@ -1188,13 +1220,14 @@ impl Store {
             .collect())
     }
 
-    /// The headers whose metadata falls in the query's first range, when there are few
-    /// enough of them (no equality or node condition, which walk in order instead).
-    async fn by_metadata_range(
+    /// The `t` keys (in result order when sorted) of the checkpoints whose metadata falls in
+    /// the query's first range, when there are few enough of them (no equality or node
+    /// condition, which walk in order instead).
+    async fn range_times(
         &self,
         table: &dyn SearchTable,
         query: &SearchQuery,
-    ) -> Result<Option<Vec<Head>>> {
+    ) -> Result<Option<Vec<Vec<u8>>>> {
         if query.node.is_some() || query.metadata.iter().any(|c| c.op == Op::Eq) {
             return Ok(None);
         }
@@ -1230,7 +1263,6 @@ impl Store {
             let done = chunk.len() < SCAN_CHUNK;
             after = chunk.last().map(|(k, _)| k.clone());
             let mut past = false;
-            let mut times = Vec::new();
             for (k, _) in &chunk {
                 if below && k.as_slice() > bound.as_slice() && !k.starts_with(&bound) {
                     past = true;
@@ -1238,16 +1270,9 @@ impl Store {
                 }
                 // The position is the key's last part: find it after the value.
                 if let Some(pos) = position_after_value(&k[prefix.len() - 1..]) {
-                    times.push([&[TIME][..], pos].concat());
+                    out.push([&[TIME][..], pos].concat());
                 }
             }
-            let bodies = table.get_index(&times).await?;
-            out.extend(
-                times
-                    .iter()
-                    .zip(bodies)
-                    .filter_map(|(k, v)| Head::from_time_entry(k, &v?)),
-            );
             if out.len() > MAX_RANGE_POSTINGS {
                 return Ok(None);
             }
@@ -1358,20 +1383,21 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The background indexer: writes the saves handed to it in batches, until the store is gone.
-async fn run_indexer(store: std::sync::Weak<super::Inner>, mut rx: mpsc::Receiver<Job>) {
+async fn run_indexer(
+    store: std::sync::Weak<super::Inner>,
+    mut rx: mpsc::Receiver<Job>,
+    flush_now: Arc<tokio::sync::Notify>,
+) {
     while let Some(job) = rx.recv().await {
         // Saves arrive one by one: gather them for a moment, so that one backend write (one
-        // transaction, one sled batch) carries many. A search's flush does not wait.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        let mut flushing = matches!(job, Job::Flush(_));
+        // transaction, one sled batch) carries many. The indexer sleeps meanwhile rather than
+        // taking each save as it comes (a wake-up per save costs the saver as much as the
+        // entries); a search's flush wakes it at once.
         let mut jobs = vec![job];
-        while jobs.len() < BATCH && !flushing {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => {
-                    flushing = matches!(j, Job::Flush(_));
-                    jobs.push(j);
-                }
-                Ok(None) | Err(_) => break,
+        if !matches!(jobs[0], Job::Flush(_)) {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = flush_now.notified() => {}
             }
         }
         while jobs.len() < BATCH {
