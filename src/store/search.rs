@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
 
 use tracing::field::Empty;
@@ -665,11 +666,19 @@ impl Store {
                 .or_default()
                 .insert(p.version);
         }
-        let mut out = HashMap::new();
-        for (exec, versions) in by_exec {
-            // On an error, the one-by-one loads say what is wrong.
+        // A few executions at a time (each holds only its own projection's lock). On an
+        // error, the one-by-one loads say what is wrong.
+        let read = |(exec, versions): (&'a str, BTreeSet<u64>)| async move {
             let mut found = self.states_along(exec, &versions).await.unwrap_or_default();
-            out.extend(versions.into_iter().map(|v| ((exec, v), found.remove(&v))));
+            versions
+                .into_iter()
+                .map(|v| ((exec, v), found.remove(&v)))
+                .collect::<Vec<_>>()
+        };
+        let mut reads = stream::iter(by_exec).map(read).buffer_unordered(4);
+        let mut out = HashMap::new();
+        while let Some(found) = reads.next().await {
+            out.extend(found);
         }
         Ok(out)
     }

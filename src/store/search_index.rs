@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::search::{self, Op, Position, SearchHit, SearchMethod, SearchPage, SearchQuery};
@@ -59,6 +60,8 @@ const NODE: u8 = b'n';
 /// `m` KEY VALUE POSITION.
 const META: u8 = b'm';
 
+/// Executions whose entries a text search reads at once.
+const PARALLEL_READS: usize = 16;
 /// Entries read per scan call.
 const SCAN_CHUNK: usize = 4096;
 /// A word matching more postings than this does not drive a search (a rarer one does).
@@ -1054,9 +1057,9 @@ impl Store {
         candidates: HashMap<String, u64>,
     ) -> Result<SearchPage> {
         // The candidates' headers from the index (no projection is folded), past each one's
-        // lowest possible version.
-        let mut heads = Vec::new();
-        for (exec, first) in candidates {
+        // lowest possible version; several executions at a time, since each is a round trip
+        // to a server backend.
+        let heads_of = |(exec, first): (String, u64)| async move {
             let mut prefix = key(HEAD);
             push_str(&mut prefix, &exec);
             let after = first.checked_sub(1).map(|v| {
@@ -1067,13 +1070,21 @@ impl Store {
             let found = scan_from(table, &prefix, after).await?;
             let times = time_keys(&exec, prefix.len(), &found);
             let bodies = table.get_index(&times).await?;
-            heads.extend(
+            Ok::<_, Error>(
                 times
                     .iter()
                     .zip(bodies)
                     .filter_map(|(k, v)| Head::from_time_entry(k, &v?))
-                    .filter(|h| self.head_passes(query, h)),
-            );
+                    .filter(|h| self.head_passes(query, h))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut heads = Vec::new();
+        let mut reads = stream::iter(candidates)
+            .map(heads_of)
+            .buffer_unordered(PARALLEL_READS);
+        while let Some(found) = reads.next().await {
+            heads.extend(found?);
         }
         let mut candidates: Vec<(Position, SearchHit)> =
             heads.into_iter().map(|h| (h.position(), h.hit())).collect();
