@@ -351,12 +351,16 @@ impl Store {
         Watch::new(self.clone(), execution_id, Duration::from_millis(50))
     }
 
-    /// Makes everything written durable (saves already are, unless durability was relaxed).
+    /// Makes everything written durable (saves already are, unless durability was relaxed),
+    /// and on an indexed store waits until the saves handed to the search indexer are written.
     pub async fn flush(&self) -> Result<()> {
         let span = op_span!("ckpt.flush", self);
         let op = async {
             // Persisted projections are a cache: one that cannot be written is no reason to fail.
             let _ = self.write_dirty_records().await;
+            if self.indexing_saves() {
+                self.flush_index().await;
+            }
             self.inner.traced.flush().await
         };
         self.traced(&span, op).await

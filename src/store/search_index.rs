@@ -482,6 +482,18 @@ impl Store {
         Ok(on)
     }
 
+    /// Whether the store is indexed now, read again from the backend: another store (in this
+    /// process or another) may have built or dropped the index since. A search and gc ask
+    /// this; saves go by [`Store::index_on`], and the indexer checks before it writes.
+    async fn index_on_now(&self) -> Result<bool> {
+        let on = match self.search_table() {
+            Some(table) => table.get_index(&[ON_KEY.to_vec()]).await?[0].is_some(),
+            None => false,
+        };
+        *lock(&self.inner.search_index.on) = Some(on);
+        Ok(on)
+    }
+
     /// Whether this store has not yet read whether it is indexed.
     pub(super) fn search_index_unknown(&self) -> bool {
         lock(&self.inner.search_index.on).is_none()
@@ -563,7 +575,7 @@ impl Store {
     }
 
     /// Waits until the indexer has written everything handed to it so far.
-    async fn flush_index(&self) {
+    pub(super) async fn flush_index(&self) {
         let (tx, rx) = oneshot::channel();
         if self.send_job(Job::Flush(tx)).await {
             self.inner.search_index.flush_now.notify_one();
@@ -608,8 +620,16 @@ impl Store {
             .copied()
             .filter(|e| !single || !cache.contains_key(*e))
             .collect();
-        let keys: Vec<Vec<u8>> = missing.iter().map(|e| covered_key(e)).collect();
-        let found = table.get_index(&keys).await?;
+        let mut keys: Vec<Vec<u8>> = missing.iter().map(|e| covered_key(e)).collect();
+        // Another store may have dropped the index (`ckpt reindex --drop`): then this one
+        // stops feeding it, rather than leave entries in a store that keeps none.
+        keys.push(ON_KEY.to_vec());
+        let mut found = table.get_index(&keys).await?;
+        if found.pop().flatten().is_none() {
+            *lock(&self.inner.search_index.on) = Some(false);
+            cache.clear();
+            return Ok(());
+        }
         for (exec, covered) in missing.into_iter().zip(found) {
             let covered = covered
                 .as_deref()
@@ -847,7 +867,7 @@ impl Store {
     /// runs so that the entries of deleted checkpoints go with them.
     pub(super) async fn reclaim_index(&self) -> Result<()> {
         match self.search_table() {
-            Some(table) if self.index_on().await? => self.catch_up(table).await,
+            Some(table) if self.index_on_now().await? => self.catch_up(table).await,
             _ => Ok(()),
         }
     }
@@ -963,7 +983,8 @@ impl Store {
         let Some(table) = self.search_table() else {
             return Ok(None);
         };
-        if query.scan_only || !self.index_on().await? || self.crypto().await?.cipher().is_some() {
+        if query.scan_only || !self.index_on_now().await? || self.crypto().await?.cipher().is_some()
+        {
             return Ok(None);
         }
         self.catch_up(table).await?;

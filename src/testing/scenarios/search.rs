@@ -447,6 +447,34 @@ pub async fn indexed_search_agrees_with_scan(h: &dyn Harness) {
     let found = must(copy.search(&SearchQuery::text("refund")).await, "copy");
     assert_eq!(ids(&found), ["ix-a@4"], "[{name}] the branch came along");
 
+    // Dropped by another store, the index is neither fed nor read by this one any more.
+    let feeding = store.reopened();
+    chat(&feeding, "ix-e", "erin", "E-3").await;
+    must(feeding.flush().await, "flush");
+    let fed = must(table.scan_index(b"", None, usize::MAX).await, "entries");
+    assert!(
+        fed.iter()
+            .any(|(k, _)| holds(std::slice::from_ref(k), b"erin")),
+        "[{name}] a reopened store feeds the index"
+    );
+    must(store.drop_index().await, "drop");
+    chat(&feeding, "ix-f", "fay", "F-4").await;
+    must(feeding.flush().await, "flush");
+    let left = must(table.scan_index(b"", None, usize::MAX).await, "entries");
+    assert!(
+        left.is_empty(),
+        "[{name}] a store kept feeding a dropped index: {} entries",
+        left.len()
+    );
+    let fay = must(SearchQuery::new().metadata("user=fay"), "query");
+    let page = must(feeding.search(&fay).await, "search");
+    assert_eq!(
+        page.method,
+        crate::SearchMethod::Scan,
+        "[{name}] dropped elsewhere"
+    );
+    assert_eq!(ids(&page), ["ix-f@3", "ix-f@2", "ix-f@1"], "[{name}]");
+
     // Dropped, the store scans again.
     must(store.drop_index().await, "drop");
     let page = must(store.search(&SearchQuery::text("order")).await, "search");
