@@ -785,3 +785,65 @@ async fn write_seed_corpus() {
         write("url", name, text.as_bytes());
     }
 }
+
+// ---- search_index ----
+
+/// The `search_index` target's input: the first byte is the key's length, then the key, then
+/// the value.
+fn search_entry_input(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let len = u8::try_from(key.len()).expect("a seed key under 256 bytes");
+    [&[len][..], key, value].concat()
+}
+
+#[test]
+fn search_index_corpus() {
+    run_corpus(
+        "search_index",
+        |_, data| match ckpt::fuzzing::decode_search_entry(data) {
+            0 => Err("no part of the entry decodes".into()),
+            _ => Ok(()),
+        },
+    );
+}
+
+/// Writes the search index seeds: the first two entries of every family of a small indexed
+/// store, and garbage.
+#[test]
+#[ignore = "writes fuzz/corpus/search_index; run by hand to regenerate the seeds"]
+fn write_search_index_seeds() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let entries = rt.block_on(async {
+        let store = ckpt::Store::memory();
+        store.reindex().await.unwrap();
+        for step in 1..=3u64 {
+            let state = serde_json::json!({ "messages": ["where is order A-1077?", format!("step {step}")] });
+            let cp = ckpt::Checkpoint::new("search-seed", "chat", &state)
+                .unwrap()
+                .with_metadata("user", "alice")
+                .with_metadata("step", step);
+            store.save(cp).await.unwrap();
+        }
+        let page = store
+            .search(&ckpt::SearchQuery::text("order"))
+            .await
+            .unwrap();
+        assert_eq!(page.method, ckpt::SearchMethod::Index);
+        let table = store.backend().capabilities().search_table.unwrap();
+        table.scan_index(b"", None, usize::MAX).await.unwrap()
+    });
+    let out = corpus_dir("search_index");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut per_family = std::collections::BTreeMap::<u8, usize>::new();
+    for (key, value) in entries {
+        let family = key[0];
+        let n = per_family.entry(family).or_default();
+        if *n < 2 && family.is_ascii_lowercase() {
+            let name = format!("valid-{}-{n}", family as char);
+            std::fs::write(out.join(name), search_entry_input(&key, &value)).unwrap();
+            *n += 1;
+        }
+    }
+    std::fs::write(out.join("invalid-empty"), b"").unwrap();
+    std::fs::write(out.join("invalid-unknown-family"), b"\x03zzzvalue").unwrap();
+    std::fs::write(out.join("invalid-word-key-unterminated"), b"\x04wabc").unwrap();
+}
