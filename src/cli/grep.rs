@@ -30,7 +30,7 @@ pub struct GrepArgs {
 }
 
 /// What to look for.
-enum Pattern {
+pub(crate) enum Pattern {
     /// A substring of string values, keys, or the serialized state.
     Text(String),
     /// The value at a dot path.
@@ -38,7 +38,7 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(pattern: &str) -> Pattern {
+    pub(crate) fn parse(pattern: &str) -> Pattern {
         if let Some((path, value)) = pattern.split_once('=') {
             let is_dot_path = !path.is_empty()
                 && path.split('.').all(|seg| {
@@ -59,7 +59,7 @@ impl Pattern {
 
     /// Where in `state` this pattern matches (paths; an empty list when it matches only the
     /// serialized state as a whole), or `None` when it does not.
-    fn matches(&self, state: &Value) -> Option<Vec<String>> {
+    pub(crate) fn matches(&self, state: &Value) -> Option<Vec<String>> {
         match self {
             Pattern::Path { path, value } => {
                 (select(state, path).ok() == Some(value)).then(|| vec![path.clone()])

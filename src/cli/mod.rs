@@ -30,6 +30,7 @@ mod salvage;
 mod search;
 mod show;
 mod stats;
+mod ui;
 mod verbose;
 mod verify;
 mod watch;
@@ -195,6 +196,9 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Copy every readable checkpoint of a damaged store into another store; report what was left.
     Salvage(salvage::SalvageArgs),
+    /// Serve a local web time-travel debugger over the store: executions, timelines with
+    /// branches, states, diffs, grep, live updates. Prints the URL (with its access token)
+    Ui(ui::UiArgs),
     /// Run a small research agent that saves a checkpoint after every step, crashes half way,
     /// and resumes from its latest checkpoint; then print its history.
     Demo(demo::DemoArgs),
@@ -282,6 +286,7 @@ impl Command {
             Command::Reindex(args) => reindex::run(args, global).await,
             Command::Verify(args) => verify::run(args, global).await,
             Command::Stats(args) => stats::run(args, global).await,
+            Command::Ui(args) => ui::run(args, global).await,
         }
     }
 }

@@ -152,6 +152,24 @@ impl Store {
         Ok(found)
     }
 
+    /// The writes of every live checkpoint of `execution_id`, without their values: (the
+    /// checkpoint's version, the write's task, its channel), by version, oldest first. Read
+    /// from the projection alone (no value is read), so a timeline can mark the checkpoints that
+    /// have writes (an interrupted or failed step) without a read per checkpoint.
+    pub async fn write_heads(&self, execution_id: &str) -> Result<Vec<(u64, String, String)>> {
+        crate::checkpoint::validate_execution_id(execution_id)?;
+        let mut idx = self.recent_index(execution_id).await?;
+        if !idx.is_complete() {
+            self.refresh(&mut idx).await?;
+        }
+        Ok(idx
+            .writes
+            .iter()
+            .filter(|((version, _), _)| idx.live_entry(*version).is_some())
+            .map(|((version, _), e)| (*version, e.header.task.clone(), e.header.channel.clone()))
+            .collect())
+    }
+
     async fn writes_once(&self, checkpoint: &CheckpointId) -> Result<Vec<Write>> {
         let mut idx = self.recent_index(checkpoint.execution_id()).await?;
         if idx.before_horizon(checkpoint.version()) {

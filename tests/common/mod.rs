@@ -5,6 +5,9 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod http;
+#[cfg(feature = "cli")]
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
