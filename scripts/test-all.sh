@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "headless browser for the ckpt ui tests: chromium and chromedriver (installed when missing)"
+scripts/browser.sh
+
 step "test servers: PostgreSQL, redis-server, Redis Cluster (127.0.0.1, stopped on exit)"
 trap 'scripts/servers.sh stop' EXIT
 eval "$(scripts/servers.sh start)"

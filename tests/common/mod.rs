@@ -8,6 +8,8 @@ pub mod cli;
 pub mod http;
 #[cfg(feature = "cli")]
 pub mod ui;
+#[cfg(feature = "cli")]
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
