@@ -418,3 +418,37 @@ fn streams_checkpoints_saved_by_another_process() {
     assert_eq!(event["version"], 7, "{event}");
     assert_eq!(event["node"], "live");
 }
+
+#[test]
+fn opens_an_encrypted_store_and_never_shows_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ckpt::crypto::Key::generate().to_hex();
+    std::env::set_var("CKPT_UI_TEST_KEY", &key);
+    let url = format!(
+        "sled://{}?key_env=CKPT_UI_TEST_KEY",
+        dir.path().join("store").display()
+    );
+    runtime().block_on(fill(&url));
+    assert!(
+        common::grep_dir(dir.path(), SCRIPT.as_bytes()).is_empty(),
+        "the fixture is sealed on disk"
+    );
+    let ui = Ui::start(&url, &[]);
+    let cp = ui.get(&format!("/api/checkpoints/{RUN}/3")).json();
+    assert_eq!(
+        cp["state"]["messages"][2]["content"], SCRIPT,
+        "the server decrypts"
+    );
+    for path in [
+        "/".to_owned(),
+        "/app.js".to_owned(),
+        "/api/info".to_owned(),
+        "/api/executions".to_owned(),
+        format!("/api/executions/{RUN}/timeline"),
+        format!("/api/checkpoints/{RUN}/3"),
+    ] {
+        let r = ui.get(&path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.text().contains(&key), "{path} shows the key");
+    }
+}
