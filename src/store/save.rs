@@ -22,6 +22,7 @@ use rmpv::Value;
 use tokio::sync::OwnedMutexGuard;
 
 use super::index::{CachedState, Chain, ExecIndex};
+use super::search_index::Added;
 use super::trace::save_span;
 use super::{from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
 use crate::backend::{BlobHash, LogAppend};
@@ -102,8 +103,8 @@ struct Prepared {
     /// Per save: header, body length, frame length, the checkpoint as stored.
     saves: Vec<(SaveHeader, u64, u64, Checkpoint)>,
     newest_state: Option<CachedState>,
-    /// Per save, when the store is indexed: the words of the strings it adds.
-    words: Vec<std::collections::BTreeSet<String>>,
+    /// Per save, when the store is indexed: what it adds, for the indexer.
+    words: Vec<Added>,
 }
 
 /// Where one attempt stands against gc (step 1), read before any blob is checked or written:
@@ -681,10 +682,11 @@ impl Store {
             let (stored, body, delta_base, chain) = match &base {
                 Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
                     let raw = tree::diff(&b.logical, &cp.state);
-                    if indexing {
-                        words.push(super::search_index::words_of_ops(&raw));
-                    }
                     let ops = tree::externalize_ops(&raw, lifted);
+                    if indexing {
+                        // The indexer splits the delta's strings into words, off this path.
+                        words.push(Added::Ops(raw));
+                    }
                     let mut stored = Value::clone(&b.stored);
                     tree::apply(&mut stored, &ops).map_err(|e| {
                         Error::corrupt(
@@ -713,14 +715,8 @@ impl Store {
                             // A snapshot after others (a chain ran long) adds only what differs
                             // from its base; tokenizing the whole state would cost as much as
                             // the save.
-                            Some((b, _)) => super::search_index::words_of_ops(&tree::diff(
-                                &b.logical, &cp.state,
-                            )),
-                            None => {
-                                let mut all = std::collections::BTreeSet::new();
-                                super::search_index::words_of(&cp.state, &mut all);
-                                all
-                            }
+                            Some((b, _)) => Added::Ops(tree::diff(&b.logical, &cp.state)),
+                            None => Added::State(cp.state.clone()),
                         });
                     }
                     let stored = tree::externalize(&cp.state, lifted);

@@ -397,17 +397,39 @@ pub(super) fn words_of_ops(ops: &[crate::codec::tree::Op]) -> BTreeSet<String> {
 // ---------------------------------------------------------------------------------------------
 // Maintenance
 
-/// A landed save, as the indexer takes it: its header and the words of the strings it added.
+/// What a save added, as the save hands it to the indexer, which splits its strings into
+/// words off the save's path.
+pub(super) enum Added {
+    /// The operations of its delta on the state before it.
+    Ops(Vec<crate::codec::tree::Op>),
+    /// Its whole state (an execution's first save).
+    State(Arc<rmpv::Value>),
+}
+
+impl Added {
+    fn words(&self) -> BTreeSet<String> {
+        match self {
+            Added::Ops(ops) => words_of_ops(ops),
+            Added::State(state) => {
+                let mut out = BTreeSet::new();
+                words_of(state, &mut out);
+                out
+            }
+        }
+    }
+}
+
+/// A landed save, as the indexer takes it: its header and what it added.
 pub(super) struct SavedWords {
     head: Head,
-    words: BTreeSet<String>,
+    added: Added,
 }
 
 impl SavedWords {
     pub(super) fn new(
         cp: &crate::Checkpoint,
         header: &crate::codec::frame::SaveHeader,
-        words: BTreeSet<String>,
+        added: Added,
     ) -> Self {
         SavedWords {
             head: Head {
@@ -417,7 +439,7 @@ impl SavedWords {
                 node: header.node.clone(),
                 metadata: header.metadata.clone(),
             },
-            words,
+            added,
         }
     }
 }
@@ -653,7 +675,7 @@ impl Store {
             let h = &s.head;
             puts.extend(h.entries()?);
             let mut first = Vec::new();
-            for w in s.words {
+            for w in s.added.words() {
                 if !entry.words.contains(&w) {
                     entry.words.insert(w.clone());
                     first.push(w);
