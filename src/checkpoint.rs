@@ -229,6 +229,25 @@ impl Checkpoint {
         })
     }
 
+    /// A new, unsaved checkpoint whose state is one MessagePack value given as bytes (from
+    /// another language's serializer: Python's, for the LangGraph saver), kept as the value tree
+    /// it encodes, so that it is diffed and deduplicated like any state.
+    ///
+    /// Fails with [`Error::InvalidInput`] on a bad name, bytes that are not one MessagePack
+    /// value, nesting deeper than a state may be, or an extension type ckpt reserves.
+    pub fn from_msgpack(execution_id: &str, node_name: &str, state: &[u8]) -> Result<Self> {
+        let mut cp = Checkpoint::new(execution_id, node_name, &())?;
+        let (state, state_size) = value::from_msgpack(state)?;
+        cp.state = Arc::new(state);
+        cp.state_size = state_size;
+        Ok(cp)
+    }
+
+    /// The state as MessagePack bytes (what [`Checkpoint::from_msgpack`] takes).
+    pub fn state_msgpack(&self) -> Vec<u8> {
+        value::encode(&self.state)
+    }
+
     /// Adds (or replaces) a metadata entry.
     pub fn with_metadata(
         mut self,
@@ -365,6 +384,21 @@ impl Write {
     ) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
+    }
+
+    /// A new, unstored write whose value is one MessagePack value given as bytes (see
+    /// [`Checkpoint::from_msgpack`]).
+    pub fn from_msgpack(task: &str, channel: &str, value: &[u8]) -> Result<Self> {
+        let mut w = Write::new(task, channel, &())?;
+        let (value, value_size) = value::from_msgpack(value)?;
+        w.value = Arc::new(value);
+        w.value_size = value_size;
+        Ok(w)
+    }
+
+    /// The value as MessagePack bytes.
+    pub fn value_msgpack(&self) -> Vec<u8> {
+        value::encode(&self.value)
     }
 
     /// Decodes the value into `T`.

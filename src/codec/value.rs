@@ -41,6 +41,24 @@ pub fn from_serialize<S: Serialize + ?Sized>(state: &S) -> Result<(Value, u64)> 
     Ok((value, bytes.len() as u64))
 }
 
+/// Decodes a user value given as MessagePack bytes (from another language's serializer) into a
+/// value tree, with the checks [`from_serialize`] makes: one value, no trailing bytes, at most
+/// [`MAX_DEPTH`] levels, no extension type ckpt reserves. Returns it with its size.
+pub fn from_msgpack(bytes: &[u8]) -> Result<(Value, u64)> {
+    let value = decode_with_levels(bytes, MAX_DEPTH).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the value cannot be stored: {e} (is it one MessagePack value, nested at most \
+             {MAX_DEPTH} levels?)"
+        ))
+    })?;
+    if contains_reserved_ext(&value) {
+        return Err(Error::InvalidInput(format!(
+            "the value contains a MessagePack extension of type {REF_EXT_TYPE} or {CHUNKED_EXT_TYPE}, which ckpt reserves for its own references"
+        )));
+    }
+    Ok((value, bytes.len() as u64))
+}
+
 fn contains_reserved_ext(value: &Value) -> bool {
     match value {
         Value::Ext(t, _) => is_reserved_ext(*t),
@@ -218,6 +236,19 @@ mod tests {
     fn trailing_bytes_are_refused() {
         assert!(decode(&[0xc0, 0xc0]).is_err());
         assert_eq!(decode(&[0xc0]).unwrap(), Value::Nil);
+    }
+
+    #[test]
+    fn msgpack_from_elsewhere_is_checked() {
+        let v = Value::Array(vec![Value::Ext(5, vec![1, 2]), Value::from("x")]);
+        let bytes = encode(&v);
+        assert_eq!(from_msgpack(&bytes).unwrap(), (v, bytes.len() as u64));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(from_msgpack(&trailing).is_err());
+        assert!(from_msgpack(&[0x92, 0x01]).is_err(), "a truncated array");
+        let reserved = encode(&Value::Ext(REF_EXT_TYPE, vec![0; 32]));
+        assert!(from_msgpack(&reserved).is_err());
     }
 
     #[test]
