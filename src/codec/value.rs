@@ -126,7 +126,10 @@ fn decode_with_levels(bytes: &[u8], levels: usize) -> Result<Value, String> {
 }
 
 /// The value as JSON: binary becomes an array of numbers, non-string map keys their JSON text,
-/// non-finite floats null, extensions `{"ext": type, "data": [...]}`.
+/// non-finite floats null, extensions `{"ext": type, "data": [...]}`, or `{"ext": type,
+/// "value": ...}` when their bytes are one MessagePack array or map (as the extensions of
+/// Python's LangGraph serializer are: a message is `[module, class, fields]`), so that what
+/// they hold can be read, diffed and grepped.
 pub fn to_json(value: &Value) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
@@ -152,7 +155,12 @@ pub fn to_json(value: &Value) -> serde_json::Value {
                 .map(|(k, v)| (json_key(k), to_json(v)))
                 .collect(),
         ),
-        Value::Ext(t, data) => serde_json::json!({ "ext": t, "data": data }),
+        Value::Ext(t, data) => match decode(data) {
+            Ok(inner @ (Value::Array(_) | Value::Map(_))) => {
+                serde_json::json!({ "ext": t, "value": to_json(&inner) })
+            }
+            _ => serde_json::json!({ "ext": t, "data": data }),
+        },
     }
 }
 
@@ -236,6 +244,23 @@ mod tests {
     fn trailing_bytes_are_refused() {
         assert!(decode(&[0xc0, 0xc0]).is_err());
         assert_eq!(decode(&[0xc0]).unwrap(), Value::Nil);
+    }
+
+    #[test]
+    fn an_extension_holding_a_container_shows_it() {
+        let inner = Value::Array(vec![
+            Value::from("langchain_core.messages"),
+            Value::from("AIMessage"),
+        ]);
+        let shown = to_json(&Value::Ext(5, encode(&inner)));
+        assert_eq!(shown["ext"], 5);
+        assert_eq!(shown["value"][1], "AIMessage");
+        let opaque = to_json(&Value::Ext(1, vec![0x05]));
+        assert_eq!(
+            opaque,
+            serde_json::json!({"ext": 1, "data": [5]}),
+            "a scalar stays bytes"
+        );
     }
 
     #[test]
