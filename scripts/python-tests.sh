@@ -15,11 +15,15 @@ py="$venv/bin/python"
 if [ ! -x "$py" ]; then
   python3 -m venv "$venv"
 fi
+# maturin's build hook runs `maturin` from PATH.
+export PATH="$PWD/$venv/bin:$PATH"
 "$py" -m pip install -q --disable-pip-version-check -r python/requirements.txt
-# The extension's build shares nothing with the crate's (other features, a cdylib): its own
-# target directory under target/.
-CARGO_TARGET_DIR="$PWD/target/python-ext" "$py" -m pip install -q --disable-pip-version-check \
-  --no-build-isolation --force-reinstall --no-deps ./python
+# The extension is built in the crate's target directory with the dev profile (dependencies at
+# opt-level 2, as the crate's tests build them): what `cargo test` built is reused. A user's
+# `pip install ./python` builds a release wheel.
+CARGO_TARGET_DIR="$PWD/target" MATURIN_PEP517_ARGS="--profile dev" \
+  "$py" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall \
+  --no-deps ./python
 
 # `URL` with `key=value` added to its query.
 with_param() { case "$1" in *\?*) echo "$1&$2" ;; *) echo "$1?$2" ;; esac; }
