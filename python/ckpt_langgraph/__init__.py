@@ -129,6 +129,17 @@ class CkptSaver(BaseCheckpointSaver[str]):
             url += ("&" if "?" in url else "?") + "key_env=" + quote(key_env, safe="")
         return cls(Store.open(url), serde=serde)
 
+    def close(self) -> None:
+        """Flushes and closes the store (a sled store can then be opened again, by this
+        process or another)."""
+        self.store.close()
+
+    def __enter__(self) -> "CkptSaver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---------------------------------------------------------------- values
 
     def _typed(self, value: Any) -> list:

@@ -45,3 +45,5 @@ class Store:
         """Executions with live checkpoints (starting with ``prefix``), sorted."""
     def flush(self) -> None:
         """Waits until everything saved is durable and background work is done."""
+    def close(self) -> None:
+        """Flushes and closes the store; later calls raise CkptError."""

@@ -82,7 +82,19 @@ type WriteRow<'py> = (String, String, String, Bound<'py, PyBytes>, u64);
 /// `postgres://...`, `redis://...`, `memory://`; `?key_env=VAR` for an encrypted store).
 #[pyclass(frozen, module = "ckpt_langgraph._native")]
 struct Store {
-    inner: ckpt::Store,
+    /// None once closed.
+    inner: std::sync::RwLock<Option<ckpt::Store>>,
+}
+
+impl Store {
+    /// The open store (a cheap handle), or an error saying it was closed.
+    fn store(&self) -> PyResult<ckpt::Store> {
+        self.inner
+            .read()
+            .map_err(|_| CkptError::new_err("the store's lock was poisoned by a panic"))?
+            .clone()
+            .ok_or_else(|| CkptError::new_err("the store is closed: open it again"))
+    }
 }
 
 #[pymethods]
@@ -91,7 +103,9 @@ impl Store {
     #[staticmethod]
     fn open(py: Python<'_>, url: &str) -> PyResult<Store> {
         let inner = wait(py, ckpt::Store::open(url))?;
-        Ok(Store { inner })
+        Ok(Store {
+            inner: std::sync::RwLock::new(Some(inner)),
+        })
     }
 
     /// Saves a checkpoint of `execution` whose state is the MessagePack `state`; its parent is
@@ -109,7 +123,7 @@ impl Store {
     ) -> PyResult<u64> {
         let mut cp = Checkpoint::from_msgpack(execution, node, state).map_err(raised)?;
         cp.metadata = metadata_of(metadata_json)?;
-        let store = &self.inner;
+        let store = &self.store()?;
         let saved = match parent_version {
             Some(v) => {
                 let parent = id(execution, v)?;
@@ -128,7 +142,7 @@ impl Store {
         execution: &str,
         version: u64,
     ) -> PyResult<(String, String, Bound<'py, PyBytes>, Option<u64>)> {
-        let cp = wait(py, self.inner.at_version(execution, version))?;
+        let cp = wait(py, self.store()?.at_version(execution, version))?;
         let parent = cp
             .parent
             .as_ref()
@@ -167,7 +181,7 @@ impl Store {
         if let Some(n) = limit {
             q = q.limit(n);
         }
-        let headers = wait(py, self.inner.history(execution, q))?;
+        let headers = wait(py, self.store()?.history(execution, q))?;
         let list: Vec<Value> = headers
             .iter()
             .map(|h| {
@@ -199,7 +213,8 @@ impl Store {
             out.push(w);
         }
         let cp = id(execution, version)?;
-        wait(py, async move { self.inner.put_writes(&cp, out).await })?;
+        let store = self.store()?;
+        wait(py, async move { store.put_writes(&cp, out).await })?;
         Ok(())
     }
 
@@ -212,7 +227,8 @@ impl Store {
         version: u64,
     ) -> PyResult<Vec<WriteRow<'py>>> {
         let cp = id(execution, version)?;
-        let found = wait(py, async move { self.inner.writes(&cp).await })?;
+        let store = self.store()?;
+        let found = wait(py, async move { store.writes(&cp).await })?;
         Ok(found
             .iter()
             .map(|w| {
@@ -230,19 +246,20 @@ impl Store {
     /// Deletes live checkpoint `version` (its writes with it).
     fn delete(&self, py: Python<'_>, execution: &str, version: u64) -> PyResult<()> {
         let cp = id(execution, version)?;
-        wait(py, async move { self.inner.delete(&cp).await })
+        let store = self.store()?;
+        wait(py, async move { store.delete(&cp).await })
     }
 
     /// Deletes every checkpoint of `execution`.
     fn clear(&self, py: Python<'_>, execution: &str) -> PyResult<()> {
-        wait(py, self.inner.clear(execution))
+        wait(py, self.store()?.clear(execution))
     }
 
     /// The ids of the executions with live checkpoints, sorted; those starting with `prefix`
     /// when given.
     #[pyo3(signature = (prefix=None))]
     fn executions(&self, py: Python<'_>, prefix: Option<&str>) -> PyResult<Vec<String>> {
-        let all = wait(py, self.inner.executions())?;
+        let all = wait(py, self.store()?.executions())?;
         Ok(all
             .into_iter()
             .filter(|s| s.checkpoints > 0)
@@ -254,7 +271,21 @@ impl Store {
     /// Waits until everything saved is durable and background work (the search indexer) is
     /// done.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        wait(py, self.inner.flush())
+        wait(py, self.store()?.flush())
+    }
+
+    /// Flushes and closes the store: a sled store's files are released (another process, or
+    /// this one, may open it again) once no call is running. Later calls raise CkptError.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self
+            .inner
+            .write()
+            .map_err(|_| CkptError::new_err("the store's lock was poisoned by a panic"))?
+            .take();
+        match taken {
+            Some(store) => wait(py, async move { store.flush().await }),
+            None => Ok(()),
+        }
     }
 }
 

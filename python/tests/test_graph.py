@@ -722,3 +722,35 @@ def test_long_conversation_is_stored_as_deltas(tmp_path):
     )
     assert db.exists()
     assert stored < 0.20 * full
+
+
+def test_a_closed_sled_store_opens_again(tmp_path):
+    """close() releases a sled store's files: the same process opens it again and reads what
+    was saved; calls on the closed saver raise CkptError."""
+    from ckpt_langgraph import CkptError
+
+    url = f"sled://{tmp_path}/store"
+    with CkptSaver.from_url(url) as saver:
+        graph = _build_closed_check_graph(saver)
+        graph.invoke({"n": 1}, {"configurable": {"thread_id": "t"}})
+    with pytest.raises(CkptError, match="closed"):
+        saver.store.executions()
+    again = CkptSaver.from_url(url)
+    graph = _build_closed_check_graph(again)
+    assert graph.get_state({"configurable": {"thread_id": "t"}}).values == {"n": 2}
+    again.close()
+
+
+def _build_closed_check_graph(saver):
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class S(TypedDict):
+        n: int
+
+    b = StateGraph(S)
+    b.add_node("inc", lambda s: {"n": s["n"] + 1})
+    b.add_edge(START, "inc")
+    b.add_edge("inc", END)
+    return b.compile(checkpointer=saver)
