@@ -26,6 +26,9 @@ eval "$(scripts/servers.sh start)"
 step "cargo test (all features)"
 cargo test --all-features --no-fail-fast 2>&1 | tee target/test-all.log
 
+step "the Python package: LangGraph's conformance suite on every backend, pytest on real graphs, the benchmark (quick)"
+scripts/python-tests.sh
+
 step "examples (each must run to completion)"
 for example in examples/*.rs; do
   name=$(basename "$example" .rs)
