@@ -68,6 +68,12 @@ fn check_reads(ui: &Ui) {
     assert_eq!(v6["metadata"]["source"], "update");
     assert_eq!(first["versions"][2]["interrupted"], true);
     assert_eq!(first["versions"][1]["interrupted"], false);
+    assert_eq!(first["versions"][1]["failed"], true, "v5's step failed");
+    assert_eq!(first["versions"][1]["writes"], 1);
+    assert_eq!(first["versions"][2]["failed"], false);
+    let v5 = ui.get(&format!("/api/checkpoints/{RUN}/5")).json();
+    assert_eq!(v5["pending_writes"][0]["channel"], "__error__");
+    assert_eq!(v5["pending_writes"][0]["value"], "the model timed out");
     let rest = ui
         .get(&format!("/api/executions/{RUN}/timeline?limit=4&before=3"))
         .json();
@@ -400,10 +406,10 @@ fn streams_checkpoints_saved_by_another_process() {
     );
     // The server subscribes when the request arrives; a save a moment later is after it.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    rt.block_on(async {
+    let saved = rt.block_on(async {
         let store = ckpt::Store::open(&url).await.unwrap();
         let cp = ckpt::Checkpoint::new(RUN, "live", &json!({"n": 1})).unwrap();
-        store.save(cp).await.unwrap();
+        store.save(cp).await.unwrap()
     });
     let mut line = String::new();
     let mut event = None;
@@ -415,7 +421,7 @@ fn streams_checkpoints_saved_by_another_process() {
         line.clear();
     }
     let event = event.expect("an event");
-    assert_eq!(event["version"], 7, "{event}");
+    assert_eq!(event["version"], saved.version, "{event}");
     assert_eq!(event["node"], "live");
 }
 

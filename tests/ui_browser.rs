@@ -155,14 +155,21 @@ fn a_user_travels_through_an_execution() {
     // Live: a checkpoint saved by another process appears without a reload.
     b.wait_for_text("#live", "live");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let saved = rt.block_on(async {
         let store = ckpt::Store::open(&url).await.unwrap();
         let cp = ckpt::Checkpoint::new(RUN, "live-step", &json!({"n": 7})).unwrap();
-        store.save(cp).await.unwrap();
+        store.save(cp).await.unwrap()
     });
-    let fresh = b.wait_for("#timeline li.version[data-version='7']");
+    let fresh = b.wait_for(&format!(
+        "#timeline li.version[data-version='{}']",
+        saved.version
+    ));
     assert!(b.text(&fresh).contains("live-step"));
-    assert_eq!(listed_versions(&b)[0], 7, "the new version is listed first");
+    assert_eq!(
+        listed_versions(&b)[0],
+        saved.version,
+        "the new version is listed first"
+    );
     b.screenshot(&shot("live"));
 }
 

@@ -55,6 +55,13 @@ pub async fn fill(url: &str) -> (CheckpointId, CheckpointId) {
         .expect("save the branch")
         .id;
     store.fork(&ids[2], FORK).await.expect("fork");
+    // The step after v5 failed (written last: a write takes a log position, and the
+    // tests name the versions before it): the graph runtime writes its error to `__error__`.
+    let failure = ckpt::Write::new("agent", "__error__", &"the model timed out").expect("write");
+    store
+        .put_writes(&ids[4], vec![failure])
+        .await
+        .expect("put the failure");
     store.flush().await.expect("flush");
     (v2, v6)
 }
