@@ -167,7 +167,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
         return None
 
     def _tuple(self, ex: str, version: int) -> CheckpointTuple:
-        _node, ck_md, state_bytes, _parent = self.store.at_version(ex, version)
+        _node, ck_md, state_bytes, _parent, writes = self.store.checkpoint(ex, version)
         state = ormsgpack.unpackb(state_bytes, ext_hook=_passthrough, option=_OPT)
         thread_id, ns = state["thread_id"], state["checkpoint_ns"]
         checkpoint = self._untyped(state["checkpoint"])
@@ -175,7 +175,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
         metadata = self._untyped(state["metadata"])
         parent = json.loads(ck_md).get(PARENT)
         chosen: dict[tuple[str, int], tuple] = {}
-        for task, channel, w_md, value, seq in self.store.writes(ex, version):
+        for task, channel, w_md, value, _seq in writes:
             m = json.loads(w_md)
             key = (task, m["idx"])
             if key[1] < 0 or key not in chosen:

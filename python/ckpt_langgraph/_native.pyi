@@ -25,6 +25,11 @@ class Store:
         """Saves a checkpoint whose state is one MessagePack value; returns its version."""
     def at_version(self, execution: str, version: int) -> tuple[str, str, bytes, Optional[int]]:
         """(node, metadata JSON, state MessagePack, parent version) of a live checkpoint."""
+    def checkpoint(
+        self, execution: str, version: int
+    ) -> tuple[str, str, bytes, Optional[int], list[tuple[str, str, str, bytes, int]]]:
+        """A live checkpoint and its writes in one call: (node, metadata JSON, state
+        MessagePack, parent version, writes as ``writes`` gives them)."""
     def history(
         self,
         execution: str,

@@ -78,6 +78,26 @@ fn id(exec: &str, version: u64) -> PyResult<CheckpointId> {
 /// sequence number.
 type WriteRow<'py> = (String, String, String, Bound<'py, PyBytes>, u64);
 
+/// A checkpoint with its writes: node, metadata as JSON, state as MessagePack bytes, parent
+/// version, writes.
+type CheckpointRow<'py> = (
+    String,
+    String,
+    Bound<'py, PyBytes>,
+    Option<u64>,
+    Vec<WriteRow<'py>>,
+);
+
+fn write_row<'py>(py: Python<'py>, w: &Write) -> WriteRow<'py> {
+    (
+        w.task.clone(),
+        w.channel.clone(),
+        json!(w.metadata).to_string(),
+        PyBytes::new(py, &w.value_msgpack()),
+        w.seq,
+    )
+}
+
 /// A ckpt store, opened from any URL `ckpt` takes (`sled://PATH`, `sqlite://PATH`,
 /// `postgres://...`, `redis://...`, `memory://`; `?key_env=VAR` for an encrypted store).
 #[pyclass(frozen, module = "ckpt_langgraph._native")]
@@ -156,6 +176,37 @@ impl Store {
         ))
     }
 
+    /// A live checkpoint and its writes in one call (what a LangGraph `get_tuple` needs):
+    /// (node, metadata as JSON, state as MessagePack bytes, parent version or None, writes as
+    /// [`Store::writes`] gives them). Raises NotFoundError when it is not live.
+    fn checkpoint<'py>(
+        &self,
+        py: Python<'py>,
+        execution: &str,
+        version: u64,
+    ) -> PyResult<CheckpointRow<'py>> {
+        let store = self.store()?;
+        let cp_id = id(execution, version)?;
+        let (cp, writes) = wait(py, async move {
+            let cp = store.at_version(execution, version).await?;
+            let writes = store.writes(&cp_id).await?;
+            Ok((cp, writes))
+        })?;
+        let parent = cp
+            .parent
+            .as_ref()
+            .filter(|p| p.execution_id() == execution)
+            .map(CheckpointId::version);
+        let rows = writes.iter().map(|w| write_row(py, w)).collect();
+        Ok((
+            cp.node_name.clone(),
+            json!(cp.metadata).to_string(),
+            PyBytes::new(py, &cp.state_msgpack()),
+            parent,
+            rows,
+        ))
+    }
+
     /// Headers of live checkpoints, newest first, as JSON text: a list of `{"version", "node",
     /// "metadata", "parent" (a version of this execution or null), "ts" (seconds)}`, filtered
     /// by metadata equality (`metadata_json`, an object), below version `before`, at most
@@ -229,18 +280,7 @@ impl Store {
         let cp = id(execution, version)?;
         let store = self.store()?;
         let found = wait(py, async move { store.writes(&cp).await })?;
-        Ok(found
-            .iter()
-            .map(|w| {
-                (
-                    w.task.clone(),
-                    w.channel.clone(),
-                    json!(w.metadata).to_string(),
-                    PyBytes::new(py, &w.value_msgpack()),
-                    w.seq,
-                )
-            })
-            .collect())
+        Ok(found.iter().map(|w| write_row(py, w)).collect())
     }
 
     /// Deletes live checkpoint `version` (its writes with it).
