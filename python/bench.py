@@ -86,6 +86,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Optional
 
+# Run as `python python/bench.py`, the script's directory (python/) comes first on sys.path, and
+# its ckpt_langgraph/ (the sources, without the built extension) would hide the installed package.
+_here = os.path.dirname(os.path.abspath(__file__))
+if not os.path.exists(os.path.join(_here, "ckpt_langgraph", "_native.abi3.so")):
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
