@@ -79,6 +79,11 @@ def _passthrough(code: int, data: bytes) -> ormsgpack.Ext:
     return ormsgpack.Ext(code, data)
 
 
+def _unpack(b: bytes) -> Any:
+    """MessagePack bytes as Python values, extensions kept as they are (not decoded)."""
+    return ormsgpack.unpackb(b, ext_hook=_passthrough, option=_OPT)
+
+
 def _json_safe(v: Any) -> bool:
     if v is None or isinstance(v, (str, bool, int)):
         return True
@@ -145,7 +150,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
     def _typed(self, value: Any) -> list:
         t, b = self.serde.dumps_typed(value)
         if t == "msgpack":
-            return [t, ormsgpack.unpackb(b, ext_hook=_passthrough, option=_OPT)]
+            return [t, _unpack(b)]
         return [t, b]
 
     def _untyped(self, tb: list) -> Any:
@@ -156,11 +161,15 @@ class CkptSaver(BaseCheckpointSaver[str]):
 
     # ---------------------------------------------------------------- lookups
 
+    def _headers(self, ex: str, metadata: Optional[dict] = None, limit: Optional[int] = None) -> list[dict]:
+        """Headers of ``ex``'s live checkpoints, newest first, whose metadata has ``metadata``."""
+        return json.loads(self.store.history(ex, json.dumps(metadata) if metadata else None, None, limit))
+
     def _version_of(self, ex: str, cid: str) -> Optional[int]:
         v = self._ids.get((ex, cid))
         if v is not None:
             return v
-        found = json.loads(self.store.history(ex, json.dumps({ID: cid}), None, 1))
+        found = self._headers(ex, {ID: cid}, 1)
         if found:
             self._ids[(ex, cid)] = found[0]["version"]
             return found[0]["version"]
@@ -168,7 +177,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
 
     def _tuple(self, ex: str, version: int) -> CheckpointTuple:
         _node, ck_md, state_bytes, _parent, writes = self.store.checkpoint(ex, version)
-        state = ormsgpack.unpackb(state_bytes, ext_hook=_passthrough, option=_OPT)
+        state = _unpack(state_bytes)
         thread_id, ns = state["thread_id"], state["checkpoint_ns"]
         checkpoint = self._untyped(state["checkpoint"])
         checkpoint["channel_values"] = {k: self._untyped(v) for k, v in state["values"].items()}
@@ -181,7 +190,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
             if key[1] < 0 or key not in chosen:
                 chosen[key] = (m.get("task_path", ""), task, m["idx"], channel, value)
         pending = [
-            (task, channel, self._untyped(ormsgpack.unpackb(value, ext_hook=_passthrough, option=_OPT)))
+            (task, channel, self._untyped(_unpack(value)))
             for _path, task, _idx, channel, value in sorted(chosen.values(), key=lambda w: writes_sort_key(w[0], w[1], w[2]))
         ]
         conf = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -280,7 +289,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
             except NotFoundError:
                 self._ids.pop((ex, cid), None)
                 return None
-        latest = json.loads(self.store.history(ex, None, None, 1))
+        latest = self._headers(ex, limit=1)
         return self._tuple(ex, latest[0]["version"]) if latest else None
 
     def list(
@@ -298,7 +307,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
             pushed[ID] = cid
         streams = []
         for ex in self._executions(config):
-            headers = json.loads(self.store.history(ex, json.dumps(pushed) if pushed else None, None, None))
+            headers = self._headers(ex, pushed)
             streams.append(
                 [
                     (h["metadata"][ID], ex, h["version"])
@@ -328,9 +337,9 @@ class CkptSaver(BaseCheckpointSaver[str]):
         metadata, order and writes (unchanged values are shared, not copied, by ckpt)."""
         target = str(target_thread_id)
         for ex in self.store.executions(_thread_prefix(str(source_thread_id))):
-            for h in reversed(json.loads(self.store.history(ex, None, None, None))):
+            for h in reversed(self._headers(ex)):
                 node, ck_md, state_bytes, _ = self.store.at_version(ex, h["version"])
-                state = ormsgpack.unpackb(state_bytes, ext_hook=_passthrough, option=_OPT)
+                state = _unpack(state_bytes)
                 state["thread_id"] = target
                 tex = execution_id(target, state["checkpoint_ns"])
                 md = json.loads(ck_md)
@@ -352,7 +361,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
                 if strategy == "delete":
                     self.store.clear(ex)
                     continue
-                for h in json.loads(self.store.history(ex, None, None, None))[1:]:
+                for h in self._headers(ex)[1:]:
                     self.store.delete(ex, h["version"])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -360,7 +369,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
         thread."""
         for ex in self.store.executions("lg:"):
             for run in run_ids:
-                for h in json.loads(self.store.history(ex, json.dumps({"run_id": run}), None, None)):
+                for h in self._headers(ex, {"run_id": run}):
                     self.store.delete(ex, h["version"])
 
     def get_next_version(self, current: Optional[str], channel: None = None) -> str:
