@@ -350,13 +350,19 @@ fn diff_into(old: &Value, new: &Value, path: &mut Vec<Value>, ops: &mut Vec<Op>)
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
             let mut element_ops = Vec::new();
+            let mut changed = 0;
             for (i, (va, vb)) in a.iter().zip(b).enumerate() {
-                path.push(Value::from(i as u64));
-                diff_into(va, vb, path, &mut element_ops);
-                path.pop();
+                if va != vb {
+                    changed += 1;
+                    path.push(Value::from(i as u64));
+                    diff_into(va, vb, path, &mut element_ops);
+                    path.pop();
+                }
             }
-            // Many scattered changes cost less as one replacement.
-            if element_ops.len() > 1 + b.len() / 2 {
+            // Many changed elements cost less as one replacement. Counted in elements, not ops:
+            // one element with many changes inside (a tagged `[type, payload]` pair) is still
+            // one element's worth of paths.
+            if changed > 1 + b.len() / 2 {
                 ops.push(Op::Set(path.clone(), new.clone()));
             } else {
                 ops.extend(element_ops);
@@ -588,6 +594,24 @@ mod tests {
         );
         assert_eq!(ops.len(), 2);
         assert!(matches!(&ops[0], Op::Splice(_, 2, items) if items.len() == 1));
+    }
+
+    #[test]
+    fn many_changes_inside_one_element_stay_paths() {
+        use serde_json::json;
+        // A tagged pair `[type, payload]` whose payload changes in several places is one
+        // changed element: its paths are recorded, not the whole pair again.
+        let ops = check(
+            json!({"cp": ["msgpack", {"id": "a", "ts": "1", "v": {"x": "1", "y": "1"}, "big": "k"}]}),
+            json!({"cp": ["msgpack", {"id": "b", "ts": "2", "v": {"x": "2", "y": "2"}, "big": "k"}]}),
+        );
+        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert!(ops
+            .iter()
+            .all(|op| matches!(op, Op::Set(p, _) if p.len() >= 3)));
+        // Most elements changed: one replacement.
+        let ops = check(json!([1, 2, 3, 4]), json!([5, 6, 7, 8]));
+        assert_eq!(ops.len(), 1);
     }
 
     #[test]
