@@ -3,7 +3,10 @@
 //! ```text
 //! frame   = [format: 1 or 2][flags][payload][checksum: 8 bytes]
 //! payload = header, then (saves and writes) body value
-//!           zstd-compressed, prefixed by its length as u32 LE, when flags & 1
+//!           zstd-compressed, prefixed by its length as u32 LE, when flags = 1 (read, no
+//!           longer written)
+//!           zstd-compressed with the built-in dictionary ([`super::dict`]), prefixed by its
+//!           length as a varint, when flags = 4
 //! header  = format 1: a MessagePack value (below)
 //!           format 2 (saves): the compact save header (below)
 //! checksum = first 8 bytes of blake3(len(log) as u32 LE, log, seq as u64 LE, format, flags, payload)
@@ -43,7 +46,7 @@ use rmpv::Value;
 
 use super::seal::Seal;
 use super::tree::{self, Op};
-use super::{blob, value};
+use super::{blob, dict, value};
 use crate::error::{Error, Result};
 
 /// A checkpoint's metadata: the same type as [`crate::checkpoint::Metadata`] (an alias), named
@@ -63,12 +66,16 @@ const HAS_METADATA: u64 = 8;
 const VERSIONS_AS_THEY_ARE: u64 = 16;
 const KNOWN_FIELDS: u64 =
     HAS_PARENT | PARENT_ELSEWHERE | IS_DELTA | HAS_METADATA | VERSIONS_AS_THEY_ARE;
+/// zstd without a dictionary, a u32 LE length before it: frames written before the dictionary.
 const FLAG_ZSTD: u8 = 1;
 /// The rest of the frame is sealed ([`Seal`]): it opens to `[flags][payload]`.
 const FLAG_SEALED: u8 = 2;
 const CHECKSUM_LEN: usize = 8;
-/// Payloads at least this long are compressed when that pays.
-const COMPRESS_MIN: usize = 512;
+/// zstd with the built-in frame dictionary ([`super::dict`]), a varint length before it.
+const FLAG_ZSTD_DICT: u8 = 4;
+/// Payloads at least this long are compressed when that pays (with the dictionary, a
+/// 60-byte write value already shrinks).
+const COMPRESS_MIN: usize = 48;
 
 const KIND_SAVE: u64 = 1;
 const KIND_DELETE: u64 = 2;
@@ -590,20 +597,22 @@ fn seal(
     Ok(frame)
 }
 
-/// `[flags][payload]`, the payload compressed when that pays.
+/// `[flags][payload]`, the payload compressed with the frame dictionary when that pays.
 fn inner_bytes(payload: Vec<u8>) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 5);
+    let mut length = Vec::with_capacity(5);
+    put_varint(&mut length, payload.len() as u64);
     let compressed = if payload.len() >= COMPRESS_MIN {
-        blob::compress(&payload)
+        dict::compress(&payload)
             .ok()
-            .filter(|c| c.len() + 4 < payload.len())
+            .filter(|c| c.len() + length.len() < payload.len())
     } else {
         None
     };
     match compressed {
         Some(c) => {
-            frame.push(FLAG_ZSTD);
-            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.push(FLAG_ZSTD_DICT);
+            frame.extend_from_slice(&length);
             frame.extend_from_slice(&c);
         }
         None => {
@@ -707,9 +716,33 @@ fn open_payload(
             }
             out
         }
-        flags => return Err(corrupt(format!("unknown frame flags {flags:#x}"))),
+        FLAG_ZSTD_DICT => {
+            let mut rest = rest;
+            let len = take_varint(&mut rest, "compressed length").map_err(&corrupt)?;
+            let len =
+                usize::try_from(len).map_err(|_| corrupt("compressed length overflows".into()))?;
+            let out = dict::decompress_bounded(rest, len).map_err(&corrupt)?;
+            if out.len() != len {
+                return Err(corrupt(
+                    "decompressed length differs from the header".into(),
+                ));
+            }
+            out
+        }
+        flags => {
+            return Err(corrupt(format!(
+                "unknown frame flags {flags:#x} (a newer ckpt may have written it: upgrade ckpt)"
+            )))
+        }
     };
     Ok((body[0], payload))
+}
+
+/// The verified, decompressed payload (header and body, still encoded) of the plaintext frame
+/// stored at `seq` of `log`: for tools that study frames, such as the trainer of the frame
+/// dictionary (`examples/train_frame_dict.rs`).
+pub fn payload(log: &str, seq: u64, frame: &[u8]) -> Result<Vec<u8>> {
+    open_payload(log, seq, frame, None).map(|(_, payload)| payload)
 }
 
 /// [`decode`], opening a sealed frame with `sealer` (see [`FrameCodec::decode`]).
@@ -1126,6 +1159,120 @@ mod tests {
             panic!("not a save")
         };
         assert_eq!(decode_body("exec", 1, &h2, &d.body).unwrap(), body);
+    }
+
+    /// `[format][inner][checksum]` for `inner` = `[flags][payload]` exactly as given.
+    fn raw_frame(log: &str, seq: u64, inner: &[u8]) -> Vec<u8> {
+        let mut frame = vec![FORMAT_COMPACT];
+        frame.extend_from_slice(inner);
+        let sum = checksum(log, seq, &frame);
+        frame.extend_from_slice(&sum);
+        frame
+    }
+
+    /// A delta as `ckpt_langgraph` saves one: a few paths of a checkpoint, metadata and an id.
+    fn langgraph_like_payload() -> Vec<u8> {
+        let mut h = header();
+        h.delta_base = Some(3);
+        h.metadata.insert(
+            "lg:id".into(),
+            "1f1f0201-5565-6c07-81f4-b69e447405e3".into(),
+        );
+        let ops = vec![
+            Op::Set(
+                vec!["checkpoint".into(), 1.into(), "ts".into()],
+                "2026-12-04T20:20:01.279686+00:00".into(),
+            ),
+            Op::Set(
+                vec![
+                    "checkpoint".into(),
+                    1.into(),
+                    "channel_versions".into(),
+                    "__start__".into(),
+                ],
+                "00000000000000000000000000000502.0.44541672319477843".into(),
+            ),
+            Op::Set(
+                vec!["metadata".into(), 1.into(), "step".into()],
+                Value::from(500),
+            ),
+        ];
+        save_payload(5, &h, &Body::Delta { base: 3, ops }.encode())
+    }
+
+    #[test]
+    fn small_frames_are_compressed_with_the_dictionary() {
+        let payload = langgraph_like_payload();
+        let frame = seal("exec", 5, FORMAT_COMPACT, payload.clone(), None).unwrap();
+        assert_eq!(frame[1], FLAG_ZSTD_DICT);
+        // Plain zstd saves little on a payload this small; the dictionary more.
+        let plain = blob::compress(&payload).unwrap().len() + 4;
+        let primed = frame.len() - 2 - CHECKSUM_LEN;
+        assert!(
+            primed < plain && primed < payload.len(),
+            "{} bytes: plain zstd {plain}, with the dictionary {primed}",
+            payload.len(),
+        );
+        assert_eq!(open_payload("exec", 5, &frame, None).unwrap().1, payload);
+        // Too short to gain: stored as it is.
+        let tiny = seal("exec", 5, FORMAT_COMPACT, vec![1, 2, 3], None).unwrap();
+        assert_eq!(tiny[1], 0);
+    }
+
+    /// Frames compressed without the dictionary (every store before it) are still read.
+    #[test]
+    fn frames_compressed_without_the_dictionary_are_still_read() {
+        let payload = langgraph_like_payload();
+        let mut inner = vec![FLAG_ZSTD];
+        inner.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        inner.extend_from_slice(&blob::compress(&payload).unwrap());
+        let frame = raw_frame("exec", 5, &inner);
+        assert_eq!(open_payload("exec", 5, &frame, None).unwrap().1, payload);
+        let d = decode("exec", 5, &frame).unwrap();
+        assert!(matches!(d.event, Event::Save(ref h) if h.delta_base == Some(3)));
+    }
+
+    /// A dictionary frame whose length or data is damaged (with a valid checksum, as a bug
+    /// or a hostile writer would make it) is corrupt; unknown flags say to upgrade.
+    #[test]
+    fn damaged_dictionary_frames_are_corrupt() {
+        let payload = langgraph_like_payload();
+        let good = seal("exec", 5, FORMAT_COMPACT, payload.clone(), None).unwrap();
+        let inner = &good[1..good.len() - CHECKSUM_LEN];
+        let mut longer = vec![FLAG_ZSTD_DICT];
+        put_varint(&mut longer, payload.len() as u64 + 1);
+        longer.extend_from_slice(&inner[1 + varint_len(payload.len() as u64)..]);
+        let cut = &inner[..inner.len() - 3];
+        for bad in [
+            longer,
+            cut.to_vec(),
+            vec![FLAG_ZSTD_DICT, 0xff, 0xff],
+            vec![FLAG_ZSTD_DICT],
+            vec![
+                FLAG_ZSTD_DICT,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x01,
+            ],
+        ] {
+            let err = decode("exec", 5, &raw_frame("exec", 5, &bad)).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+        }
+        let err = decode("exec", 5, &raw_frame("exec", 5, &[8, 1, 2])).unwrap_err();
+        assert!(err.to_string().contains("upgrade ckpt"), "{err}");
+    }
+
+    fn varint_len(v: u64) -> usize {
+        let mut out = Vec::new();
+        put_varint(&mut out, v);
+        out.len()
     }
 
     #[test]

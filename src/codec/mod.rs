@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 pub mod blob;
+mod dict;
 pub mod ext;
 pub mod frame;
 pub mod seal;
