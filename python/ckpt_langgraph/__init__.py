@@ -15,9 +15,12 @@ The mapping (see the README's Python section):
   in the ckpt metadata under ``lg:id`` and ``lg:parent`` (removed from what LangGraph reads),
   and a checkpoint whose LangGraph parent is live in the same execution is saved with it as
   its ckpt parent, so ckpt's tree of branches is LangGraph's;
-- the state is ``{"checkpoint", "values", "metadata", "thread_id", "checkpoint_ns"}``, each
-  LangGraph value as ``[serde type, payload]`` where a ``msgpack`` payload is embedded as the
-  MessagePack tree it is (diffed and deduplicated by ckpt), any other as bytes;
+- the state is ``{"checkpoint", "values", "thread_id", "checkpoint_ns"}``, each LangGraph
+  value as ``[serde type, payload]`` where a ``msgpack`` payload is embedded as the MessagePack
+  tree it is (diffed and deduplicated by ckpt), any other as bytes; the checkpoint's id is not
+  repeated there (it is ``lg:id``), and LangGraph's metadata is the ckpt metadata, unless the
+  latter cannot give it back exactly (a value JSON cannot hold), when the state keeps a copy
+  under ``"metadata"``;
 - pending writes are ckpt writes (task, channel, value) with ``idx`` and ``task_path`` in their
   metadata; writes are appended and collapsed on read as LangGraph's savers do (per task and
   index the first, or the last for the special channels).
@@ -104,6 +107,28 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _exact_json(v: Any) -> bool:
+    """Whether ``v`` comes back from ckpt's JSON metadata as it went in: JSON types only (no
+    tuples), integers that fit 64 bits, strings that are UTF-8."""
+    if v is None or isinstance(v, bool):
+        return True
+    if isinstance(v, int):
+        return -(2**63) <= v < 2**64
+    if isinstance(v, float):
+        return v == v and v not in (float("inf"), float("-inf"))
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(v, list):
+        return all(map(_exact_json, v))
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _exact_json(k) and _exact_json(x) for k, x in v.items())
+    return False
+
+
 def _pushable(v: Any) -> bool:
     """Whether a filter value can be matched by the store (JSON equality agrees with Python's
     ``==``): no None (a missing key is None in Python), no floats (1 == 1.0)."""
@@ -179,10 +204,15 @@ class CkptSaver(BaseCheckpointSaver[str]):
         _node, ck_md, state_bytes, _parent, writes = self.store.checkpoint(ex, version)
         state = _unpack(state_bytes)
         thread_id, ns = state["thread_id"], state["checkpoint_ns"]
+        ck_md = json.loads(ck_md)
         checkpoint = self._untyped(state["checkpoint"])
+        checkpoint.setdefault("id", ck_md[ID])
         checkpoint["channel_values"] = {k: self._untyped(v) for k, v in state["values"].items()}
-        metadata = self._untyped(state["metadata"])
-        parent = json.loads(ck_md).get(PARENT)
+        if "metadata" in state:
+            metadata = self._untyped(state["metadata"])
+        else:
+            metadata = {k: v for k, v in ck_md.items() if k not in (ID, PARENT)}
+        parent = ck_md.get(PARENT)
         chosen: dict[tuple[str, int], tuple] = {}
         for task, channel, w_md, value, _seq in writes:
             m = json.loads(w_md)
@@ -225,16 +255,21 @@ class CkptSaver(BaseCheckpointSaver[str]):
         parent_id = c.get("checkpoint_id")
         cp = checkpoint.copy()
         values = cp.pop("channel_values", {})
+        # The id is in the ckpt metadata (lg:id); stored once, put back on read.
+        cp.pop("id", None)
         versions = cp.get("channel_versions", {})
         md = get_checkpoint_metadata(config, metadata)
         state = {
             "checkpoint": self._typed(cp),
             "values": {k: self._typed(v) for k, v in values.items() if k in versions},
-            "metadata": self._typed(md),
             "thread_id": thread_id,
             "checkpoint_ns": ns,
         }
         ck_md = {k: _jsonable(v) for k, v in md.items() if _json_safe(_jsonable(v))}
+        if not (_exact_json(md) and ID not in md and PARENT not in md):
+            # The ckpt metadata cannot give it back exactly: LangGraph's own copy goes in the
+            # state (otherwise the metadata is stored once, in the ckpt metadata).
+            state["metadata"] = self._typed(md)
         ck_md[ID] = checkpoint["id"]
         ck_md[PARENT] = parent_id
         node = str(md.get("source") or "checkpoint")
