@@ -29,6 +29,14 @@ pub(crate) struct Chain {
     pub needs: Option<u64>,
 }
 
+/// What a save adds to its delta chain's budget (or costs as a snapshot): its body as stored,
+/// approximated by the smaller of the body's encoding and the whole frame. A delta that the
+/// frame dictionary compresses (most of a LangGraph checkpoint's) counts its compressed size; one
+/// that does not compress (a new message's blob reference) its body, not the header around it.
+pub(crate) fn chain_cost(body_len: u64, frame_len: u64) -> u64 {
+    body_len.min(frame_len)
+}
+
 impl Chain {
     pub fn snapshot(seq: u64, bytes: u64) -> Self {
         Chain {
@@ -260,25 +268,27 @@ impl ExecIndex {
         self.next_seq = self.next_seq.max(to);
     }
 
+    /// Folds a save whose body is `body_len` bytes in a frame of `frame_len` (see [`chain_cost`]).
     pub fn apply_save(&mut self, seq: u64, header: SaveHeader, body_len: u64, frame_len: u64) {
+        let cost = chain_cost(body_len, frame_len);
         if header.delta_base.is_some_and(|base| base < self.horizon) {
             self.needs_complete = true;
             return;
         }
         let chain = match header.delta_base {
-            None => Chain::snapshot(seq, body_len),
+            None => Chain::snapshot(seq, cost),
             Some(base) => match self.saves.get(&base) {
-                Some(b) => b.chain.extend(body_len),
+                Some(b) => b.chain.extend(cost),
                 None if self.damaged.contains_key(&base) => {
                     self.damaged_saves.insert(base);
-                    Chain::broken(base, body_len)
+                    Chain::broken(base, cost)
                 }
                 // Its base lies before the first frame the log still holds: gc never removes a
                 // frame a kept delta needs, so the frames from the base on were lost.
                 None if self.first_folded.is_some_and(|first| base < first) => {
                     let first = self.first_folded.unwrap_or(base + 1);
                     self.apply_missing(base, first);
-                    Chain::broken(base, body_len)
+                    Chain::broken(base, cost)
                 }
                 None => {
                     self.damaged.insert(

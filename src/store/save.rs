@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rmpv::Value;
 use tokio::sync::OwnedMutexGuard;
 
-use super::index::{CachedState, Chain, ExecIndex};
+use super::index::{chain_cost, CachedState, Chain, ExecIndex};
 use super::search_index::Added;
 use super::trace::save_span;
 use super::{from_micros, now_micros, reclaim, Store, MAX_CONFLICT_RETRIES};
@@ -679,7 +679,25 @@ impl Store {
             if p.parent_must_be_live {
                 check_parent_is_live(idx, p.parent.as_ref())?;
             }
-            let (stored, body, delta_base, chain) = match &base {
+            let timestamp_us = p.timestamp_us.unwrap_or_else(now_micros);
+            let header = |delta_base: Option<u64>| SaveHeader {
+                node: cp.node_name.clone(),
+                metadata: cp.metadata.clone(),
+                timestamp_us,
+                parent: p.parent.clone().or(parent.map(|version| ParentRef {
+                    execution: None,
+                    version,
+                })),
+                state_size: cp.state_size,
+                delta_base,
+            };
+            let snapshot = |body: Vec<u8>| -> Result<(SaveHeader, u64, Vec<u8>, Chain)> {
+                let header = header(None);
+                let frame = codec.frames.encode_save(&log, seq, &header, &body)?;
+                let cost = chain_cost(body.len() as u64, frame.len() as u64);
+                Ok((header, body.len() as u64, frame, Chain::snapshot(seq, cost)))
+            };
+            let (stored, header, body_len, frame, chain) = match &base {
                 Some((b, chain)) if !p.force_snapshot && chain.len < MAX_CHAIN => {
                     let raw = tree::diff(&b.logical, &cp.state);
                     let ops = tree::externalize_ops(&raw, lifted);
@@ -695,17 +713,32 @@ impl Store {
                         )
                     })?;
                     let delta = value::encode(&tree::ops_to_value(&ops));
-                    let len = delta.len() as u64;
-                    let within_budget =
-                        chain.delta_bytes + len <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET);
-                    match smaller_snapshot(&stored, len, cp.state_size()) {
-                        None if within_budget => {
-                            (stored, delta, Some(b.version), chain.extend(len))
+                    match smaller_snapshot(&stored, delta.len() as u64, cp.state_size()) {
+                        Some(body) => {
+                            let (header, body_len, frame, chain) = snapshot(body)?;
+                            (stored, header, body_len, frame, chain)
                         }
-                        smaller => {
-                            let snapshot = smaller.unwrap_or_else(|| value::encode(&stored));
-                            let chain = Chain::snapshot(seq, snapshot.len() as u64);
-                            (stored, snapshot, None, chain)
+                        None => {
+                            let header = header(Some(b.version));
+                            let frame = codec.frames.encode_save(&log, seq, &header, &delta)?;
+                            // The budget counts bytes as stored: a LangGraph delta compresses to
+                            // a third, a snapshot of blob references hardly at all.
+                            let cost = chain_cost(delta.len() as u64, frame.len() as u64);
+                            if chain.delta_bytes + cost
+                                <= chain.snapshot_bytes.max(MIN_DELTA_BUDGET)
+                            {
+                                (
+                                    stored,
+                                    header,
+                                    delta.len() as u64,
+                                    frame,
+                                    chain.extend(cost),
+                                )
+                            } else {
+                                let (header, body_len, frame, chain) =
+                                    snapshot(value::encode(&stored))?;
+                                (stored, header, body_len, frame, chain)
+                            }
                         }
                     }
                 }
@@ -720,30 +753,16 @@ impl Store {
                         });
                     }
                     let stored = tree::externalize(&cp.state, lifted);
-                    let snapshot = value::encode(&stored);
-                    let chain = Chain::snapshot(seq, snapshot.len() as u64);
-                    (stored, snapshot, None, chain)
+                    let (header, body_len, frame, chain) = snapshot(value::encode(&stored))?;
+                    (stored, header, body_len, frame, chain)
                 }
             };
-            let timestamp_us = p.timestamp_us.unwrap_or_else(now_micros);
-            let header = SaveHeader {
-                node: cp.node_name.clone(),
-                metadata: cp.metadata.clone(),
-                timestamp_us,
-                parent: p.parent.clone().or(parent.map(|version| ParentRef {
-                    execution: None,
-                    version,
-                })),
-                state_size: cp.state_size,
-                delta_base,
-            };
-            let frame = codec.frames.encode_save(&log, seq, &header, &body)?;
             let mut saved = cp.clone();
             saved.version = seq;
             saved.id = CheckpointId::new_unchecked(log.clone(), seq);
             saved.timestamp = from_micros(timestamp_us);
             saved.parent = self.parent_id(&log, &header.parent);
-            saves.push((header, body.len() as u64, frame.len() as u64, saved));
+            saves.push((header, body_len, frame.len() as u64, saved));
             frames.push(frame);
             let state = CachedState {
                 version: seq,
