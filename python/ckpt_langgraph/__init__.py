@@ -29,6 +29,7 @@ The mapping (see the README's Python section):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import json
@@ -129,6 +130,25 @@ def _exact_json(v: Any) -> bool:
     return False
 
 
+def _settle(fut: asyncio.Future, err: Optional[BaseException], value: Any) -> None:
+    if fut.cancelled():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)
+
+
+def _native_call(method: Any, *args: Any) -> asyncio.Future:
+    """Starts a native ``*_async`` call and returns an asyncio future of its outcome: the store
+    runs it on its own threads and settles the future through the loop, so the loop never
+    blocks and no worker thread is borrowed."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    method(*args, functools.partial(loop.call_soon_threadsafe, _settle, fut))
+    return fut
+
+
 def _pushable(v: Any) -> bool:
     """Whether a filter value can be matched by the store (JSON equality agrees with Python's
     ``==``): no None (a missing key is None in Python), no floats (1 == 1.0)."""
@@ -200,8 +220,26 @@ class CkptSaver(BaseCheckpointSaver[str]):
             return found[0]["version"]
         return None
 
+    async def _aheaders(self, ex: str, metadata: Optional[dict] = None, limit: Optional[int] = None) -> list[dict]:
+        text = await _native_call(self.store.history_async, ex, json.dumps(metadata) if metadata else None, None, limit)
+        return json.loads(text)
+
+    async def _aversion_of(self, ex: str, cid: str) -> Optional[int]:
+        v = self._ids.get((ex, cid))
+        if v is not None:
+            return v
+        found = await self._aheaders(ex, {ID: cid}, 1)
+        if found:
+            self._ids[(ex, cid)] = found[0]["version"]
+            return found[0]["version"]
+        return None
+
     def _tuple(self, ex: str, version: int) -> CheckpointTuple:
-        _node, ck_md, state_bytes, _parent, writes = self.store.checkpoint(ex, version)
+        return self._tuple_from(self.store.checkpoint(ex, version))
+
+    def _tuple_from(self, row: tuple) -> CheckpointTuple:
+        """A checkpoint tuple from ``Store.checkpoint``'s row."""
+        _node, ck_md, state_bytes, _parent, writes = row
         state = _unpack(state_bytes)
         thread_id, ns = state["thread_id"], state["checkpoint_ns"]
         ck_md = json.loads(ck_md)
@@ -417,11 +455,29 @@ class CkptSaver(BaseCheckpointSaver[str]):
         return f"{cur + 1:032}.{random.random():016}"
 
     # ---------------------------------------------------------------- async faces
-    # Each runs the blocking call in a worker thread (the native calls release the GIL), so
-    # the event loop never waits on the store.
+    # aget_tuple awaits native async calls; the others run the blocking call in a worker
+    # thread (the native calls release the GIL). Either way the event loop never waits on the
+    # store.
 
     async def aget_tuple(self, config: RunnableConfig) -> Optional[CheckpointTuple]:
-        return await asyncio.to_thread(self.get_tuple, config)
+        # Native async calls (no worker thread): this is on the path of every graph step.
+        c = config["configurable"]
+        ex = execution_id(str(c["thread_id"]), c.get("checkpoint_ns", ""))
+        cid = get_checkpoint_id(config)
+        if cid:
+            version = await self._aversion_of(ex, cid)
+            if version is None:
+                return None
+            try:
+                row = await _native_call(self.store.checkpoint_async, ex, version)
+            except NotFoundError:
+                self._ids.pop((ex, cid), None)
+                return None
+            return self._tuple_from(row)
+        latest = await self._aheaders(ex, limit=1)
+        if not latest:
+            return None
+        return self._tuple_from(await _native_call(self.store.checkpoint_async, ex, latest[0]["version"]))
 
     async def alist(
         self,

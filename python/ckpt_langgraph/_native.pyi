@@ -1,6 +1,6 @@
 """Type hints of the native module: ckpt's Store for Python (see src/lib.rs)."""
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 class CkptError(Exception):
     """An error of the ckpt store (its message says what failed and where)."""
@@ -38,6 +38,18 @@ class Store:
         limit: Optional[int] = None,
     ) -> str:
         """Headers newest first, as JSON: [{version, node, metadata, parent, ts}]."""
+    def checkpoint_async(self, execution: str, version: int, done: Callable[[Optional[BaseException], Any], None]) -> None:
+        """``checkpoint`` without waiting: returns at once and calls ``done(error, row)`` from
+        the store's thread when the read ends."""
+    def history_async(
+        self,
+        execution: str,
+        metadata_json: Optional[str],
+        before: Optional[int],
+        limit: Optional[int],
+        done: Callable[[Optional[BaseException], Any], None],
+    ) -> None:
+        """``history`` without waiting: calls ``done(error, json_text)`` when it ends."""
     def put_writes(self, execution: str, version: int, writes: list[tuple[str, str, str, bytes]]) -> None:
         """Appends (task, channel, metadata JSON, value MessagePack) writes to a live checkpoint."""
     def writes(self, execution: str, version: int) -> list[tuple[str, str, str, bytes, int]]:

@@ -2,8 +2,10 @@
 //! saver (`ckpt_langgraph.CkptSaver`, in Python) is built on.
 //!
 //! Every call releases the GIL while it waits on the store (one tokio runtime per process
-//! runs the store's futures), so other Python threads run, and the saver's async methods run
-//! these calls in worker threads without blocking the event loop. States and write values
+//! runs the store's futures), so other Python threads run. The `*_async` calls return at once:
+//! their future runs on that runtime and hands its outcome to a callback (the saver's async
+//! methods pass one that settles an asyncio future through `loop.call_soon_threadsafe`), so the
+//! event loop never waits and no worker thread is borrowed. States and write values
 //! cross as MessagePack bytes, kept by the store as the value trees they encode (diffed and
 //! deduplicated); metadata and headers cross as JSON text.
 
@@ -65,6 +67,30 @@ fn wait<T: Send>(
     py.detach(|| runtime().block_on(fut)).map_err(raised)
 }
 
+/// Runs `fut` on the runtime without waiting for it; when it ends, calls `done(error, value)`
+/// (with the GIL): `error` None and `value` the outcome made Python by `convert`, or `error`
+/// the exception. `done` must be safe to call from any thread (the saver passes
+/// `functools.partial(loop.call_soon_threadsafe, settle, future)`).
+fn spawn_settled<T: Send + 'static>(
+    fut: impl std::future::Future<Output = ckpt::Result<T>> + Send + 'static,
+    done: Py<PyAny>,
+    convert: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) {
+    runtime().spawn(async move {
+        let outcome = fut.await;
+        Python::attach(|py| {
+            let called = match outcome.map_err(raised).and_then(|v| convert(py, v)) {
+                Ok(value) => done.call1(py, (py.None(), value)),
+                Err(e) => done.call1(py, (e.into_value(py), py.None())),
+            };
+            // The event loop was closed before the call ended: nobody is waiting.
+            if let Err(e) = called {
+                e.write_unraisable(py, None);
+            }
+        });
+    });
+}
+
 fn metadata_of(json_text: &str) -> PyResult<Metadata> {
     serde_json::from_str(json_text)
         .map_err(|e| CkptError::new_err(format!("metadata must be a JSON object: {e}")))
@@ -87,6 +113,86 @@ type CheckpointRow<'py> = (
     Option<u64>,
     Vec<WriteRow<'py>>,
 );
+
+/// A checkpoint and its writes as the store returned them, before they become Python objects.
+struct Loaded {
+    checkpoint: Checkpoint,
+    writes: Vec<Write>,
+}
+
+/// A live checkpoint of `execution` and its writes (what a LangGraph `get_tuple` needs).
+async fn load(store: ckpt::Store, execution: String, version: u64) -> ckpt::Result<Loaded> {
+    let checkpoint = store.at_version(&execution, version).await?;
+    let writes = store.writes(&checkpoint.id).await?;
+    Ok(Loaded { checkpoint, writes })
+}
+
+fn loaded_row<'py>(py: Python<'py>, loaded: &Loaded) -> CheckpointRow<'py> {
+    let cp = &loaded.checkpoint;
+    let parent = cp
+        .parent
+        .as_ref()
+        .filter(|p| p.execution_id() == cp.execution_id)
+        .map(CheckpointId::version);
+    (
+        cp.node_name.clone(),
+        json!(cp.metadata).to_string(),
+        PyBytes::new(py, &cp.state_msgpack()),
+        parent,
+        loaded.writes.iter().map(|w| write_row(py, w)).collect(),
+    )
+}
+
+fn loaded_object(py: Python<'_>, loaded: Loaded) -> PyResult<Py<PyAny>> {
+    Ok(loaded_row(py, &loaded).into_pyobject(py)?.into_any().unbind())
+}
+
+/// The store's query for `history`'s arguments.
+fn history_query(
+    metadata_json: Option<&str>,
+    before: Option<u64>,
+    limit: Option<usize>,
+) -> PyResult<HistoryQuery> {
+    let mut q = HistoryQuery::default();
+    if let Some(m) = metadata_json {
+        for (k, v) in metadata_of(m)? {
+            q = q.metadata(k, v);
+        }
+    }
+    if let Some(b) = before {
+        q = q.before(b);
+    }
+    if let Some(n) = limit {
+        q = q.limit(n);
+    }
+    Ok(q)
+}
+
+/// `execution`'s headers for `q`, as `history` returns them (JSON text).
+async fn headers_json(
+    store: ckpt::Store,
+    execution: String,
+    q: HistoryQuery,
+) -> ckpt::Result<String> {
+    let headers = store.history(&execution, q).await?;
+    let list: Vec<Value> = headers
+        .iter()
+        .map(|h| {
+            json!({
+                "version": h.version,
+                "node": h.node_name,
+                "metadata": h.metadata,
+                "parent": h.parent.as_ref().filter(|p| p.execution_id() == execution).map(CheckpointId::version),
+                "ts": h.timestamp.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    Ok(Value::Array(list).to_string())
+}
+
+fn text_object(py: Python<'_>, text: String) -> PyResult<Py<PyAny>> {
+    Ok(text.into_pyobject(py)?.into_any().unbind())
+}
 
 fn write_row<'py>(py: Python<'py>, w: &Write) -> WriteRow<'py> {
     (
@@ -185,26 +291,15 @@ impl Store {
         execution: &str,
         version: u64,
     ) -> PyResult<CheckpointRow<'py>> {
-        let store = self.store()?;
-        let cp_id = id(execution, version)?;
-        let (cp, writes) = wait(py, async move {
-            let cp = store.at_version(execution, version).await?;
-            let writes = store.writes(&cp_id).await?;
-            Ok((cp, writes))
-        })?;
-        let parent = cp
-            .parent
-            .as_ref()
-            .filter(|p| p.execution_id() == execution)
-            .map(CheckpointId::version);
-        let rows = writes.iter().map(|w| write_row(py, w)).collect();
-        Ok((
-            cp.node_name.clone(),
-            json!(cp.metadata).to_string(),
-            PyBytes::new(py, &cp.state_msgpack()),
-            parent,
-            rows,
-        ))
+        let loaded = wait(py, load(self.store()?, execution.to_owned(), version))?;
+        Ok(loaded_row(py, &loaded))
+    }
+
+    /// [`Store::checkpoint`] without waiting: returns at once, and calls `done(error, row)`
+    /// from the store's thread when the read ends (see the module docs).
+    fn checkpoint_async(&self, execution: String, version: u64, done: Py<PyAny>) -> PyResult<()> {
+        spawn_settled(load(self.store()?, execution, version), done, loaded_object);
+        Ok(())
     }
 
     /// Headers of live checkpoints, newest first, as JSON text: a list of `{"version", "node",
@@ -220,32 +315,23 @@ impl Store {
         before: Option<u64>,
         limit: Option<usize>,
     ) -> PyResult<String> {
-        let mut q = HistoryQuery::default();
-        if let Some(m) = metadata_json {
-            for (k, v) in metadata_of(m)? {
-                q = q.metadata(k, v);
-            }
-        }
-        if let Some(b) = before {
-            q = q.before(b);
-        }
-        if let Some(n) = limit {
-            q = q.limit(n);
-        }
-        let headers = wait(py, self.store()?.history(execution, q))?;
-        let list: Vec<Value> = headers
-            .iter()
-            .map(|h| {
-                json!({
-                    "version": h.version,
-                    "node": h.node_name,
-                    "metadata": h.metadata,
-                    "parent": h.parent.as_ref().filter(|p| p.execution_id() == execution).map(CheckpointId::version),
-                    "ts": h.timestamp.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-                })
-            })
-            .collect();
-        Ok(Value::Array(list).to_string())
+        let q = history_query(metadata_json, before, limit)?;
+        wait(py, headers_json(self.store()?, execution.to_owned(), q))
+    }
+
+    /// [`Store::history`] without waiting: calls `done(error, json_text)` when it ends.
+    #[pyo3(signature = (execution, metadata_json, before, limit, done))]
+    fn history_async(
+        &self,
+        execution: String,
+        metadata_json: Option<&str>,
+        before: Option<u64>,
+        limit: Option<usize>,
+        done: Py<PyAny>,
+    ) -> PyResult<()> {
+        let q = history_query(metadata_json, before, limit)?;
+        spawn_settled(headers_json(self.store()?, execution, q), done, text_object);
+        Ok(())
     }
 
     /// Appends writes to live checkpoint `version`, atomically: each (task, channel, metadata

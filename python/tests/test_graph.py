@@ -754,3 +754,38 @@ def _build_closed_check_graph(saver):
     b.add_edge(START, "inc")
     b.add_edge("inc", END)
     return b.compile(checkpointer=saver)
+
+
+def test_async_reads_settle_errors_and_survive_cancellation(tmp_path):
+    """aget_tuple runs on the store's threads (native async calls): a cancelled read leaves the
+    saver usable, a missing id is None, and a closed store raises CkptError, all through the
+    event loop."""
+    import asyncio
+
+    from ckpt_langgraph import CkptError
+
+    saver = CkptSaver.from_url(store_url("sled", tmp_path))
+    graph = build_agent(saver)
+    graph.invoke({"messages": [HumanMessage(content=QUESTION)]}, conf("a"))
+
+    async def run() -> None:
+        latest = await saver.aget_tuple(conf("a"))
+        assert latest is not None and latest.metadata["step"] == 3
+        reads = [asyncio.ensure_future(saver.aget_tuple(conf("a", cid(latest.config)))) for _ in range(20)]
+        reads[0].cancel()
+        done = await asyncio.gather(*reads[1:])
+        assert all(t.checkpoint["id"] == latest.checkpoint["id"] for t in done)
+        assert reads[0].cancelled()
+        assert await saver.aget_tuple(conf("a", "1f000000-0000-6000-8000-000000000000")) is None
+        assert await saver.aget_tuple(conf("nobody")) is None
+        # The saver knows this id's version; deleted underneath, the native read fails and the
+        # error comes back through the loop: None, as for any id that is gone.
+        first = [t async for t in saver.alist(conf("a"))][-1]
+        ex = execution_id("a")
+        saver.store.delete(ex, saver._ids[(ex, cid(first.config))])
+        assert await saver.aget_tuple(conf("a", cid(first.config))) is None
+        saver.close()
+        with pytest.raises(CkptError):
+            await saver.aget_tuple(conf("a"))
+
+    asyncio.run(run())
