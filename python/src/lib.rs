@@ -144,7 +144,10 @@ fn loaded_row<'py>(py: Python<'py>, loaded: &Loaded) -> CheckpointRow<'py> {
 }
 
 fn loaded_object(py: Python<'_>, loaded: Loaded) -> PyResult<Py<PyAny>> {
-    Ok(loaded_row(py, &loaded).into_pyobject(py)?.into_any().unbind())
+    Ok(loaded_row(py, &loaded)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
 }
 
 /// The store's query for `history`'s arguments.
