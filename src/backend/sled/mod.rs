@@ -133,6 +133,8 @@ pub struct SledBackend {
     /// For a store whose directory cannot be written: the private copy it was opened from
     /// (removed when the backend is dropped: declared last, so the database closes first).
     read_only: Option<ReadOnlyCopy>,
+    /// This directory in [`OPEN_HERE`], removed on drop.
+    registered: Option<PathBuf>,
 }
 
 impl fmt::Debug for SledBackend {
@@ -232,6 +234,10 @@ impl SledBackend {
         };
         let recover_in = copy.as_ref().map_or(path, |c| c.dir.as_path());
         let (wal, witness) = recover(&db, recover_in, sync)?;
+        let registered = match copy {
+            Some(_) => None,
+            None => register_open_here(path),
+        };
         Ok(SledBackend {
             db,
             path: path.to_path_buf(),
@@ -247,6 +253,7 @@ impl SledBackend {
             #[cfg(test)]
             flushes: AtomicU64::new(0),
             read_only: copy,
+            registered,
         })
     }
 
@@ -822,7 +829,28 @@ impl Drop for SledBackend {
         if let (true, Some(wal)) = (sealed, &self.wal) {
             let _ = lock(wal).restart();
         }
+        if let Some(dir) = &self.registered {
+            lock(&OPEN_HERE).remove(dir);
+        }
     }
+}
+
+/// The directories this process has open (canonical paths). sled's lock cannot tell this
+/// process from another, so a second open here would be blamed on "another process".
+static OPEN_HERE: Mutex<std::collections::BTreeSet<PathBuf>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Records `path` as open in this process; returns what to remove when it closes.
+fn register_open_here(path: &Path) -> Option<PathBuf> {
+    let dir = path.canonicalize().ok()?;
+    lock(&OPEN_HERE).insert(dir.clone());
+    Some(dir)
+}
+
+/// Whether this process has the directory `path` open.
+pub(super) fn is_open_here(path: &Path) -> bool {
+    path.canonicalize()
+        .is_ok_and(|dir| lock(&OPEN_HERE).contains(&dir))
 }
 
 /// Takes a mutex whose data stays consistent however a holder ended (nothing is left half-done

@@ -98,6 +98,15 @@ pub(super) fn open_error(path: &Path, doing: &str, failure: OpenFailure) -> Erro
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => format!(
                 "no space left on the device holding {shown}; free some space and open it again"
             ),
+            _ if e.to_string().contains("could not acquire lock") && super::is_open_here(path) => {
+                return Error::Busy {
+                    what: format!(
+                        "this process already has the sled store at {shown} open (sled lets a \
+                         directory be opened once): share that Store (a clone is a cheap handle \
+                         to the same store) or drop it, and its clones, before opening it again"
+                    ),
+                }
+            }
             _ if e.to_string().contains("could not acquire lock") => {
                 return Error::Busy {
                     what: format!(
