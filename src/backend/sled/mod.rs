@@ -212,7 +212,7 @@ impl SledBackend {
     /// [`heads`]): acknowledged frames that sled's files lost are recorded as damage
     /// ([`Inspect::recorded_damage`]) and their sequence numbers are never handed out again.
     ///
-    /// Fails with [`Error::Busy`] when another process has the directory open,
+    /// Fails with [`Error::Busy`] when another process (or this one) has the directory open,
     /// [`Error::Corrupt`] when sled cannot read its own files (a panic inside sled included),
     /// and [`Error::Backend`] saying which of permission denied, read-only file system, no space
     /// left or an unsupported format stopped it, with what to do.
@@ -1335,7 +1335,7 @@ mod tests {
         let (dir, _b) = open(false);
         match SledBackend::open(&dir.path().join("db"), false) {
             Err(Error::Busy { what }) => {
-                assert!(what.contains("another process"), "{what}");
+                assert!(what.contains("this process already has"), "{what}");
                 assert!(what.contains(&dir.path().display().to_string()), "{what}");
             }
             other => panic!("expected Busy, got {other:?}"),
