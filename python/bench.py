@@ -236,24 +236,13 @@ class Timed:
 
 
 def native_build() -> str:
-    """Which cargo profile built the installed ``ckpt_langgraph._native`` (an editable install
-    links or copies ``target/<profile>/lib_native.so``): "release", "debug" or "unknown". A debug
-    build's figures are not the project's (see pyproject's and Cargo.toml's notes)."""
-    import filecmp
-
+    """Which cargo profile built the installed ``ckpt_langgraph._native``: "release" or
+    "debug" (the module says, ``_native.BUILD_PROFILE``), or "unknown" for a build older than
+    that. A debug build's figures are not the project's (see pyproject's and Cargo.toml's
+    notes)."""
     from ckpt_langgraph import _native
 
-    so = os.path.abspath(_native.__file__)
-    root = os.path.dirname(os.path.dirname(so))  # the crate (python/)
-    targets = [os.path.join(root, "target"), os.path.join(os.path.dirname(root), "target")]
-    for target, profile in [(t, p) for t in targets for p in ("release", "debug")]:
-        built = os.path.join(target, profile, "lib_native.so")
-        if os.path.exists(built) and (
-            os.path.samefile(built, so)
-            or (os.path.getsize(built) == os.path.getsize(so) and filecmp.cmp(built, so, shallow=False))
-        ):
-            return profile
-    return "unknown"
+    return getattr(_native, "BUILD_PROFILE", "unknown")
 
 
 def disk_bytes(paths: list[str]) -> tuple[int, int]:

@@ -2,6 +2,9 @@
 
 from typing import Any, Callable, Optional
 
+#: The cargo profile that built this module: "release" or "debug".
+BUILD_PROFILE: str
+
 class CkptError(Exception):
     """An error of the ckpt store (its message says what failed and where)."""
 

@@ -423,5 +423,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add("CkptError", m.py().get_type::<CkptError>())?;
     m.add("NotFoundError", m.py().get_type::<NotFoundError>())?;
+    // Which profile built this module (the dev profile keeps debug assertions on): a benchmark
+    // of a debug build says so.
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }
