@@ -182,19 +182,35 @@ fn decode_unchecked(hash: &BlobHash, stored: &[u8]) -> Result<Vec<u8>> {
     Ok(content)
 }
 
+/// A zstd context kept per thread (a `thread_local!` slot), made on first use.
+pub(crate) type ContextSlot<T> = std::thread::LocalKey<RefCell<Option<T>>>;
+type Compressor = zstd::bulk::Compressor<'static>;
+type Decompressor = zstd::bulk::Decompressor<'static>;
+/// A streaming decoder over a payload, for outputs too large to decompress in one call.
+type Stream<'p> = zstd::stream::read::Decoder<'static, std::io::BufReader<&'p [u8]>>;
+
 thread_local! {
     // Creating a zstd context costs more than compressing a 600-byte message: reuse one per thread.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
 }
 
 /// zstd-compresses `data` at [`ZSTD_LEVEL`] with this thread's context.
 pub(crate) fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
+    compress_in(&COMPRESSOR, || Compressor::new(ZSTD_LEVEL), data)
+}
+
+/// Compresses `data` with this thread's context in `slot`, made by `new` on first use.
+pub(crate) fn compress_in(
+    slot: &'static ContextSlot<Compressor>,
+    new: impl FnOnce() -> std::io::Result<Compressor>,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    slot.with(|cell| {
         let mut slot = cell.borrow_mut();
         let compressor = match slot.as_mut() {
             Some(c) => c,
-            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            None => slot.insert(new()?),
         };
         compressor.compress(data)
     })
@@ -207,17 +223,33 @@ const BULK_DECOMPRESS_MAX: usize = 1 << 20;
 /// Decompresses zstd `payload` expected to hold `len` bytes, never allocating much more than it
 /// actually decodes (plus one byte to detect overlong output).
 pub(crate) fn decompress_bounded(payload: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    decompress_bounded_in(
+        &DECOMPRESSOR,
+        Decompressor::new,
+        |p| zstd::stream::read::Decoder::new(p),
+        payload,
+        len,
+    )
+}
+
+/// [`decompress_bounded`] with this thread's context in `slot` (made by `new` on first use), or
+/// for large outputs a stream made by `stream`.
+pub(crate) fn decompress_bounded_in(
+    slot: &'static ContextSlot<Decompressor>,
+    new: impl FnOnce() -> std::io::Result<Decompressor>,
+    stream: impl for<'p> FnOnce(&'p [u8]) -> std::io::Result<Stream<'p>>,
+    payload: &[u8],
+    len: usize,
+) -> Result<Vec<u8>, String> {
     if len > MAX_BLOB_LEN {
         return Err(format!("declared length {len} exceeds the limit"));
     }
     if len <= BULK_DECOMPRESS_MAX {
-        return DECOMPRESSOR.with(|cell| {
+        return slot.with(|cell| {
             let mut slot = cell.borrow_mut();
             let decompressor = match slot.as_mut() {
                 Some(d) => d,
-                None => {
-                    slot.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?)
-                }
+                None => slot.insert(new().map_err(|e| format!("zstd: {e}"))?),
             };
             // One spare byte, so output longer than declared is detected, not truncated.
             let mut out = Vec::with_capacity(len + 1);
@@ -227,7 +259,7 @@ pub(crate) fn decompress_bounded(payload: &[u8], len: usize) -> Result<Vec<u8>, 
             Ok(out)
         });
     }
-    let decoder = zstd::stream::read::Decoder::new(payload).map_err(|e| format!("zstd: {e}"))?;
+    let decoder = stream(payload).map_err(|e| format!("zstd: {e}"))?;
     let mut out = Vec::with_capacity(len.min(1 << 20));
     decoder
         .take(len as u64 + 1)

@@ -23,13 +23,12 @@
 //! run, so a new run trains a slightly different dictionary: this file is the reference.
 
 use std::cell::RefCell;
-use std::io::Read;
 use std::sync::LazyLock;
 
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
 use zstd::zstd_safe::CParameter;
 
-use super::blob::{MAX_BLOB_LEN, ZSTD_LEVEL};
+use super::blob::{self, ZSTD_LEVEL};
 
 /// The dictionary's bytes (a zstd dictionary, as zstd's trainer writes it).
 pub(crate) const FRAMES_1: &[u8] = include_bytes!("frames-1.dict");
@@ -49,56 +48,33 @@ thread_local! {
 /// Compresses `data` with the dictionary. The zstd frame carries neither the dictionary's id nor
 /// the content size: the frame's flags name the dictionary and its header the length.
 pub(crate) fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(c) => c,
-            None => {
-                let mut c = zstd::bulk::Compressor::with_prepared_dictionary(&ENCODER)?;
-                c.set_parameter(CParameter::DictIdFlag(false))?;
-                c.set_parameter(CParameter::ContentSizeFlag(false))?;
-                slot.insert(c)
-            }
-        };
-        compressor.compress(data)
-    })
+    blob::compress_in(
+        &COMPRESSOR,
+        || {
+            let mut c = zstd::bulk::Compressor::with_prepared_dictionary(&ENCODER)?;
+            c.set_parameter(CParameter::DictIdFlag(false))?;
+            c.set_parameter(CParameter::ContentSizeFlag(false))?;
+            Ok(c)
+        },
+        data,
+    )
 }
-
-/// Outputs up to this size are decompressed in one call into a buffer of the declared size;
-/// larger ones stream, so a damaged length cannot make us allocate much before failing.
-const BULK_DECOMPRESS_MAX: usize = 1 << 20;
 
 /// Decompresses `payload` (from [`compress`]) expected to hold `len` bytes, never allocating much
 /// more than it actually decodes (plus one byte, to detect overlong output).
 pub(crate) fn decompress_bounded(payload: &[u8], len: usize) -> Result<Vec<u8>, String> {
-    if len > MAX_BLOB_LEN {
-        return Err(format!("declared length {len} exceeds the limit"));
-    }
-    if len <= BULK_DECOMPRESS_MAX {
-        return DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let decompressor = match slot.as_mut() {
-                Some(d) => d,
-                None => slot.insert(
-                    zstd::bulk::Decompressor::with_prepared_dictionary(&DECODER)
-                        .map_err(|e| format!("zstd: {e}"))?,
-                ),
-            };
-            let mut out = Vec::with_capacity(len + 1);
-            decompressor
-                .decompress_to_buffer(payload, &mut out)
-                .map_err(|e| format!("zstd: {e}"))?;
-            Ok(out)
-        });
-    }
-    let decoder = zstd::stream::read::Decoder::with_prepared_dictionary(payload, &DECODER)
-        .map_err(|e| format!("zstd: {e}"))?;
-    let mut out = Vec::with_capacity(len.min(1 << 20));
-    decoder
-        .take(len as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("zstd: {e}"))?;
-    Ok(out)
+    blob::decompress_bounded_in(
+        &DECOMPRESSOR,
+        || zstd::bulk::Decompressor::with_prepared_dictionary(&DECODER),
+        |p| {
+            zstd::stream::read::Decoder::with_prepared_dictionary(
+                std::io::BufReader::new(p),
+                &DECODER,
+            )
+        },
+        payload,
+        len,
+    )
 }
 
 #[cfg(test)]
@@ -135,6 +111,6 @@ mod tests {
         let c = compress(&data).unwrap();
         // A cut stream decodes to less (the frame decoder checks the length) or fails.
         assert!(decompress_bounded(&c[..c.len() / 2], data.len()).map_or(true, |out| out != data));
-        assert!(decompress_bounded(&c, MAX_BLOB_LEN + 1).is_err());
+        assert!(decompress_bounded(&c, blob::MAX_BLOB_LEN + 1).is_err());
     }
 }
