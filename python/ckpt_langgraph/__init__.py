@@ -88,16 +88,31 @@ def _unpack(b: bytes) -> Any:
     return ormsgpack.unpackb(b, ext_hook=_passthrough, option=_OPT)
 
 
-def _json_safe(v: Any) -> bool:
-    if v is None or isinstance(v, (str, bool, int)):
+def _json_safe(v: Any, exact: bool = False) -> bool:
+    """Whether ``v`` is JSON: None, a bool, an int, a finite float, a str, a list, a dict with
+    str keys. With ``exact``, whether it also comes back from ckpt's JSON metadata as it went in:
+    integers that fit 64 bits, strings (keys too) that are UTF-8."""
+    if v is None or isinstance(v, bool):
         return True
+    if isinstance(v, int):
+        return not exact or -(2**63) <= v < 2**64
     if isinstance(v, float):
         return v == v and v not in (float("inf"), float("-inf"))
+    if isinstance(v, str):
+        return not exact or _utf8(v)
     if isinstance(v, list):
-        return all(map(_json_safe, v))
+        return all(_json_safe(x, exact) for x in v)
     if isinstance(v, dict):
-        return all(isinstance(k, str) and _json_safe(x) for k, x in v.items())
+        return all(isinstance(k, str) and (not exact or _utf8(k)) and _json_safe(x, exact) for k, x in v.items())
     return False
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jsonable(v: Any) -> Any:
@@ -106,28 +121,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     return v
-
-
-def _exact_json(v: Any) -> bool:
-    """Whether ``v`` comes back from ckpt's JSON metadata as it went in: JSON types only (no
-    tuples), integers that fit 64 bits, strings that are UTF-8."""
-    if v is None or isinstance(v, bool):
-        return True
-    if isinstance(v, int):
-        return -(2**63) <= v < 2**64
-    if isinstance(v, float):
-        return v == v and v not in (float("inf"), float("-inf"))
-    if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(v, list):
-        return all(map(_exact_json, v))
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _exact_json(k) and _exact_json(x) for k, x in v.items())
-    return False
 
 
 def _settle(fut: asyncio.Future, err: Optional[BaseException], value: Any) -> None:
@@ -304,7 +297,7 @@ class CkptSaver(BaseCheckpointSaver[str]):
             "checkpoint_ns": ns,
         }
         ck_md = {k: _jsonable(v) for k, v in md.items() if _json_safe(_jsonable(v))}
-        if not (_exact_json(md) and ID not in md and PARENT not in md):
+        if not (_json_safe(md, exact=True) and ID not in md and PARENT not in md):
             # The ckpt metadata cannot give it back exactly: LangGraph's own copy goes in the
             # state (otherwise the metadata is stored once, in the ckpt metadata).
             state["metadata"] = self._typed(md)
