@@ -829,16 +829,24 @@ fn write_search_index_seeds() {
             .unwrap();
         assert_eq!(page.method, ckpt::SearchMethod::Index);
         let table = store.backend().capabilities().search_table.unwrap();
-        table.scan_index(b"", None, usize::MAX).await.unwrap()
+        // The tail's segments, then (after gc folds them) the main index's blocks.
+        let mut entries = table.scan_index(b"", None, usize::MAX).await.unwrap();
+        store.gc().await.unwrap();
+        entries.extend(table.scan_index(b"", None, usize::MAX).await.unwrap());
+        entries
     });
     let out = corpus_dir("search_index");
     std::fs::create_dir_all(&out).unwrap();
-    let mut per_family = std::collections::BTreeMap::<u8, usize>::new();
+    let mut per_family = std::collections::BTreeMap::<String, usize>::new();
     for (key, value) in entries {
-        let family = key[0];
-        let n = per_family.entry(family).or_default();
-        if *n < 2 && family.is_ascii_lowercase() {
-            let name = format!("valid-{}-{n}", family as char);
+        // A main index's entries by their part (`Mx`, `Mw`, `Mt`), after its number.
+        let family = match key[0] {
+            b'M' => format!("M{}", key[9] as char),
+            b => (b as char).to_string(),
+        };
+        let n = per_family.entry(family.clone()).or_default();
+        if *n < 2 && key[0] != b'!' {
+            let name = format!("valid-{family}-{n}");
             std::fs::write(out.join(name), search_entry_input(&key, &value)).unwrap();
             *n += 1;
         }
