@@ -662,6 +662,9 @@ impl Store {
             .newest_save()
             .filter(|(_, e)| parent.is_some() && e.chain.needs.is_none())
             .map(|(v, e)| (v, e.chain));
+        // Whether the base's words are all in the search index: not when it was deleted (its
+        // words went with it), so a save on it hands the indexer its whole state.
+        let mut base_indexed = newest.is_some_and(|(v, _)| idx.live_entry(v).is_some());
         let mut base: Option<(CachedState, Chain)> = match newest {
             Some((v, chain)) => match self.state_of(idx, v).await {
                 Ok(state) => Some((state, chain)),
@@ -703,7 +706,11 @@ impl Store {
                     let ops = tree::externalize_ops(&raw, lifted);
                     if indexing {
                         // The indexer splits the delta's strings into words, off this path.
-                        words.push(Added::Ops(raw));
+                        words.push(if base_indexed {
+                            Added::Ops(raw)
+                        } else {
+                            Added::State(cp.state.clone())
+                        });
                     }
                     let mut stored = Value::clone(&b.stored);
                     tree::apply(&mut stored, &ops).map_err(|e| {
@@ -748,8 +755,10 @@ impl Store {
                             // A snapshot after others (a chain ran long) adds only what differs
                             // from its base; tokenizing the whole state would cost as much as
                             // the save.
-                            Some((b, _)) => Added::Ops(tree::diff(&b.logical, &cp.state)),
-                            None => Added::State(cp.state.clone()),
+                            Some((b, _)) if base_indexed => {
+                                Added::Ops(tree::diff(&b.logical, &cp.state))
+                            }
+                            _ => Added::State(cp.state.clone()),
                         });
                     }
                     let stored = tree::externalize(&cp.state, lifted);
@@ -770,6 +779,7 @@ impl Store {
                 stored: Arc::new(stored),
             };
             base = Some((state, chain));
+            base_indexed = true;
             parent = Some(seq);
             seq += 1;
         }
