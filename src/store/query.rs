@@ -32,6 +32,7 @@ impl Store {
             let matching = |idx: &super::index::ExecIndex| -> Vec<CheckpointHeader> {
                 idx.readable()
                     .rev()
+                    .take_while(|(v, _)| query.from.is_none_or(|f| *v >= f))
                     .filter(|(v, e)| query.matches(*v, &e.header))
                     .take(limit)
                     .map(|(v, e)| self.header(&idx.log, v, e))

@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistoryQuery {
     before: Option<u64>,
+    /// Only versions at or above this (the search index's candidates; not public).
+    pub(super) from: Option<u64>,
     pub(super) limit: Option<usize>,
     metadata: Vec<(String, serde_json::Value)>,
     node: Option<String>,
@@ -29,6 +31,12 @@ impl HistoryQuery {
     /// Only versions strictly below `version`.
     pub fn before(mut self, version: u64) -> Self {
         self.before = Some(version);
+        self
+    }
+
+    /// Only versions at or above `version` (newest first, the walk stops below it).
+    pub(super) fn from_version(mut self, version: u64) -> Self {
+        self.from = Some(version);
         self
     }
 

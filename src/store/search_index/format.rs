@@ -282,7 +282,7 @@ pub(super) struct SegHead {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn varint(&mut self) -> Option<u64> {
         let (n, rest) = read_varint(self.0)?;
         self.0 = rest;
@@ -294,7 +294,7 @@ impl Reader<'_> {
         (n < bound as u64).then_some(n as u32)
     }
 
-    fn bytes(&mut self) -> Option<&[u8]> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.varint()?).ok()?;
         if len > self.0.len() {
             return None;
@@ -502,6 +502,168 @@ impl SegmentBuilder {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Header blocks
+
+/// What a main index's header block holds, in brief: read before the block is decompressed, so
+/// that a walk for a node or a metadata value skips blocks that cannot hold it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Summary {
+    /// The nodes of its headers (`None`: too many to list).
+    pub nodes: Option<Vec<String>>,
+    /// Per metadata key held by any of its headers, the values' range.
+    pub keys: Vec<(String, KeyRange)>,
+}
+
+/// The values of one metadata key in a block.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct KeyRange {
+    /// Some value is neither a number nor a string (or a string too long to keep).
+    pub other: bool,
+    /// The least and greatest number.
+    pub numbers: Option<(f64, f64)>,
+    /// The least and greatest string.
+    pub strings: Option<(String, String)>,
+}
+
+/// Nodes listed in a summary at most; more are "any".
+const SUMMARY_NODES: usize = 16;
+/// Strings kept in a summary at most this long; a longer value is "other".
+const SUMMARY_STRING: usize = 64;
+const HEAD_BLOCK_TAG: u8 = b'Z';
+
+impl Summary {
+    pub(super) fn of(heads: &[SegHead]) -> Self {
+        let mut nodes: Vec<String> = heads.iter().map(|h| h.node.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        let mut keys: std::collections::BTreeMap<&str, KeyRange> = Default::default();
+        for h in heads {
+            for (k, v) in &h.metadata {
+                let r = keys.entry(k.as_str()).or_default();
+                match v {
+                    serde_json::Value::Number(n) => match n.as_f64() {
+                        Some(x) => {
+                            let (lo, hi) = r.numbers.get_or_insert((x, x));
+                            *lo = lo.min(x);
+                            *hi = hi.max(x);
+                        }
+                        None => r.other = true,
+                    },
+                    serde_json::Value::String(s) if s.len() <= SUMMARY_STRING => {
+                        match &mut r.strings {
+                            Some((lo, hi)) => {
+                                if s < lo {
+                                    *lo = s.clone();
+                                }
+                                if s > hi {
+                                    *hi = s.clone();
+                                }
+                            }
+                            None => r.strings = Some((s.clone(), s.clone())),
+                        }
+                    }
+                    _ => r.other = true,
+                }
+            }
+        }
+        Summary {
+            nodes: (nodes.len() <= SUMMARY_NODES).then_some(nodes),
+            keys: keys.into_iter().map(|(k, r)| (k.to_owned(), r)).collect(),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        match &self.nodes {
+            Some(nodes) => {
+                push_varint(out, nodes.len() as u64 + 1);
+                nodes.iter().for_each(|n| push_bytes(out, n.as_bytes()));
+            }
+            None => push_varint(out, 0),
+        }
+        push_varint(out, self.keys.len() as u64);
+        for (k, r) in &self.keys {
+            push_bytes(out, k.as_bytes());
+            let flags = u8::from(r.other)
+                | u8::from(r.numbers.is_some()) << 1
+                | u8::from(r.strings.is_some()) << 2;
+            out.push(flags);
+            if let Some((lo, hi)) = r.numbers {
+                out.extend(lo.to_be_bytes());
+                out.extend(hi.to_be_bytes());
+            }
+            if let Some((lo, hi)) = &r.strings {
+                push_bytes(out, lo.as_bytes());
+                push_bytes(out, hi.as_bytes());
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Option<Self> {
+        let nodes = match r.varint()? {
+            0 => None,
+            n => {
+                let n = usize::try_from(n - 1).ok()?;
+                if n > r.0.len() {
+                    return None;
+                }
+                Some((0..n).map(|_| r.string()).collect::<Option<Vec<_>>>()?)
+            }
+        };
+        let mut keys = Vec::new();
+        for _ in 0..r.count(2)? {
+            let key = r.string()?;
+            let (&flags, rest) = r.0.split_first()?;
+            r.0 = rest;
+            let mut range = KeyRange {
+                other: flags & 1 != 0,
+                ..KeyRange::default()
+            };
+            if flags & 2 != 0 {
+                let (lo, rest) = r.0.split_first_chunk::<8>()?;
+                let (hi, rest) = rest.split_first_chunk::<8>()?;
+                range.numbers = Some((f64::from_be_bytes(*lo), f64::from_be_bytes(*hi)));
+                r.0 = rest;
+            }
+            if flags & 4 != 0 {
+                range.strings = Some((r.string()?, r.string()?));
+            }
+            keys.push((key, range));
+        }
+        Some(Summary { nodes, keys })
+    }
+
+    pub(super) fn range(&self, key: &str) -> Option<&KeyRange> {
+        self.keys.iter().find(|(k, _)| k == key).map(|(_, r)| r)
+    }
+}
+
+/// A main index's header block: its summary, then the segment holding its headers.
+pub(super) fn encode_head_block(seg: &Segment) -> Result<Vec<u8>> {
+    let mut summary = Vec::new();
+    Summary::of(&seg.heads).encode(&mut summary);
+    let mut out = vec![HEAD_BLOCK_TAG];
+    push_bytes(&mut out, &summary);
+    out.extend(seg.encode()?);
+    Ok(out)
+}
+
+/// The summary of a header block and the bytes of its segment.
+pub(super) fn head_block_parts(bytes: &[u8]) -> Option<(Summary, &[u8])> {
+    let rest = bytes.strip_prefix(&[HEAD_BLOCK_TAG])?;
+    let mut r = Reader(rest);
+    let summary = r.bytes()?;
+    let seg = r.0;
+    let mut s = Reader(summary);
+    let decoded = Summary::decode(&mut s)?;
+    s.0.is_empty().then_some((decoded, seg))
+}
+
+/// The headers of a header block.
+pub(super) fn decode_head_block(bytes: &[u8]) -> Option<Segment> {
+    Segment::decode(head_block_parts(bytes)?.1, None)
+}
+
 /// Decodes an entry as the index reads it from its table, by the family its key names: what
 /// the fuzz target `search_index` feeds. Bytes that are not an entry decode to nothing (the
 /// index is checked against the logs, never trusted); it must never panic. Returns how many
@@ -533,7 +695,8 @@ pub(crate) fn decode_index_entry(key: &[u8], value: &[u8]) -> usize {
                 }
                 Some((&MAIN_HEADS, pos)) => {
                     count(read_position(pos).is_some());
-                    count(Segment::decode(value, None).is_some());
+                    count(head_block_parts(value).is_some());
+                    count(decode_head_block(value).is_some());
                 }
                 _ => {}
             }

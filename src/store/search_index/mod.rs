@@ -234,6 +234,9 @@ pub(super) struct IndexState {
     moved: std::sync::Mutex<HashSet<String>>,
     /// When every log was last compared with the index.
     last_full_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Every log's tail when the index was last found to cover them all: while the logs stay
+    /// there, a catch-up need not read the index's coverage entries again.
+    covered_tails: std::sync::Mutex<Option<HashMap<String, u64>>>,
     /// Tail bytes this store wrote since it last folded (or saw the tail).
     tail_bytes: AtomicU64,
     /// The main index's size when this store last read or wrote it.
@@ -614,6 +617,20 @@ impl Store {
     /// log is gone.
     async fn catch_up_all(&self, table: &dyn SearchTable) -> Result<()> {
         let tails = self.log_tails().await?;
+        if lock(&self.search_state().covered_tails).as_ref() == Some(&tails) {
+            return Ok(());
+        }
+        self.catch_up_tails(table, &tails).await?;
+        *lock(&self.search_state().covered_tails) = Some(tails);
+        Ok(())
+    }
+
+    /// Catches up every execution of `tails` the index does not cover.
+    async fn catch_up_tails(
+        &self,
+        table: &dyn SearchTable,
+        tails: &HashMap<String, u64>,
+    ) -> Result<()> {
         let covered: HashMap<String, Covered> = scan_all(table, &[COVERED])
             .await?
             .into_iter()
@@ -1060,7 +1077,7 @@ impl Store {
         candidates: HashMap<String, u64>,
     ) -> Result<SearchPage> {
         let heads_of = |(exec, first): (String, u64)| async move {
-            let mut history = HistoryQuery::default();
+            let mut history = HistoryQuery::default().from_version(first);
             if let Some(node) = &query.node {
                 history = history.node(node.clone());
             }
@@ -1104,7 +1121,8 @@ impl Store {
     ) -> Result<SearchPage> {
         let limit = query.page_size();
         let start = self.start_after(query);
-        let mut walk = view::HeadWalk::new(table, main, overlay, start);
+        let wanted = |s: &format::Summary| block_may_match(query, s);
+        let mut walk = view::HeadWalk::new(table, main, overlay, start).only(&wanted);
         let mut hits: Vec<Head> = Vec::new();
         let mut more = false;
         while let Some(h) = walk.next().await? {
@@ -1157,6 +1175,53 @@ impl Store {
             k
         })
     }
+}
+
+/// Whether a block of headers with summary `s` may hold one that passes the node and metadata
+/// conditions of `query` (false only when none can).
+fn block_may_match(query: &SearchQuery, s: &format::Summary) -> bool {
+    use serde_json::Value;
+    if let (Some(node), Some(nodes)) = (&query.node, &s.nodes) {
+        if !nodes.contains(node) {
+            return false;
+        }
+    }
+    query.metadata.iter().all(|c| {
+        if c.op == search::Op::Ne {
+            return true;
+        }
+        // Only `!=` holds for a header without the key.
+        let Some(r) = s.range(&c.key) else {
+            return false;
+        };
+        if r.other {
+            return true;
+        }
+        let within = |lo: Option<std::cmp::Ordering>, hi: Option<std::cmp::Ordering>| {
+            use std::cmp::Ordering::*;
+            // `lo`: the block's least value against the bound; `hi`: its greatest.
+            match c.op {
+                search::Op::Eq => lo != Some(Greater) && hi != Some(Less),
+                search::Op::Lt => lo == Some(Less),
+                search::Op::Le => lo != Some(Greater),
+                search::Op::Gt => hi == Some(Greater),
+                search::Op::Ge => hi != Some(Less),
+                search::Op::Ne => true,
+            }
+        };
+        match &c.value {
+            Value::Number(n) => match (n.as_f64(), r.numbers) {
+                (Some(x), Some((lo, hi))) => within(lo.partial_cmp(&x), hi.partial_cmp(&x)),
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
+            Value::String(x) => match &r.strings {
+                Some((lo, hi)) => within(Some(lo.as_str().cmp(x)), Some(hi.as_str().cmp(x))),
+                None => false,
+            },
+            _ => true,
+        }
+    })
 }
 
 fn busy_folding() -> Error {

@@ -356,7 +356,7 @@ pub(super) async fn main_contents(
         }
     }
     for (_, v) in super::scan_all(table, &key.part(MAIN_HEADS)).await? {
-        let Some(seg) = Segment::decode(&v, None) else {
+        let Some(seg) = format::decode_head_block(&v) else {
             damaged += 1;
             continue;
         };
@@ -388,6 +388,8 @@ pub(super) struct HeadWalk<'a> {
     tail_at: usize,
     start: Option<Vec<u8>>,
     last: Option<(String, u64)>,
+    /// Whether a main block with this summary may hold a header the walk wants.
+    wanted: Option<&'a (dyn Fn(&format::Summary) -> bool + Sync)>,
 }
 
 impl<'a> HeadWalk<'a> {
@@ -415,7 +417,14 @@ impl<'a> HeadWalk<'a> {
             tail_at,
             start,
             last: None,
+            wanted: None,
         }
+    }
+
+    /// Skips main blocks whose summary says they hold no header `wanted` accepts.
+    pub(super) fn only(mut self, wanted: &'a (dyn Fn(&format::Summary) -> bool + Sync)) -> Self {
+        self.wanted = Some(wanted);
+        self
     }
 
     async fn fill(&mut self) -> Result<()> {
@@ -435,7 +444,13 @@ impl<'a> HeadWalk<'a> {
                 *after = Some(k.clone());
             }
             for (_, v) in blocks {
-                let Some(seg) = Segment::decode(&v, None) else {
+                let Some((summary, seg)) = format::head_block_parts(&v) else {
+                    continue;
+                };
+                if self.wanted.is_some_and(|w| !w(&summary)) {
+                    continue;
+                }
+                let Some(seg) = Segment::decode(seg, None) else {
                     continue;
                 };
                 for h in &seg.heads {
@@ -641,14 +656,16 @@ async fn fold_heads(
         last = Some(h);
         if count == HEAD_BLOCK {
             if let Some(l) = last.take() {
-                out.put(new.heads(&l), std::mem::take(&mut block).build().encode()?)
+                let seg = std::mem::take(&mut block).build();
+                out.put(new.heads(&l), format::encode_head_block(&seg)?)
                     .await?;
             }
             count = 0;
         }
     }
     if let Some(l) = last {
-        out.put(new.heads(&l), block.build().encode()?).await?;
+        out.put(new.heads(&l), format::encode_head_block(&block.build())?)
+            .await?;
     }
     Ok(())
 }
