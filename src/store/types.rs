@@ -35,7 +35,7 @@ impl HistoryQuery {
     }
 
     /// Only versions at or above `version` (newest first, the walk stops below it).
-    pub(super) fn from_version(mut self, version: u64) -> Self {
+    pub(super) fn at_or_above(mut self, version: u64) -> Self {
         self.from = Some(version);
         self
     }

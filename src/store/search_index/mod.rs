@@ -1077,7 +1077,7 @@ impl Store {
         candidates: HashMap<String, u64>,
     ) -> Result<SearchPage> {
         let heads_of = |(exec, first): (String, u64)| async move {
-            let mut history = HistoryQuery::default().from_version(first);
+            let mut history = HistoryQuery::default().at_or_above(first);
             if let Some(node) = &query.node {
                 history = history.node(node.clone());
             }
