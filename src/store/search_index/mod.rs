@@ -112,46 +112,30 @@ fn fold_due(tail: u64, main: u64) -> bool {
     tail >= (main / 8).clamp(FOLD_MIN, FOLD_MAX)
 }
 
-/// The words of every string in `value` (map keys excepted, as the scan does).
-pub(super) fn words_of(value: &rmpv::Value, out: &mut BTreeSet<String>) {
+/// Calls `f` with the words of every string in `value` (map keys excepted, as the scan does),
+/// lowercased as [`search::words`] does.
+fn each_word(value: &rmpv::Value, f: &mut dyn FnMut(&str)) {
     match value {
-        rmpv::Value::String(s) => add_words(&String::from_utf8_lossy(s.as_bytes()), out),
-        rmpv::Value::Array(items) => items.iter().for_each(|v| words_of(v, out)),
-        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| words_of(v, out)),
+        rmpv::Value::String(s) => each_word_in(&String::from_utf8_lossy(s.as_bytes()), f),
+        rmpv::Value::Array(items) => items.iter().for_each(|v| each_word(v, f)),
+        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| each_word(v, f)),
         _ => {}
     }
 }
 
-/// Adds the words of `text` (as [`search::words`] lowercases them), allocating only for a word
-/// not yet in `out` (most words of a message are).
-fn add_words(text: &str, out: &mut BTreeSet<String>) {
+/// Calls `f` with the words of `text`, allocating only for a word that needs lowercasing.
+fn each_word_in(text: &str, f: &mut dyn FnMut(&str)) {
     for (start, end) in search::word_spans(text) {
         let word = &text[start..end];
         if word
             .bytes()
             .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
         {
-            if !out.contains(word) {
-                out.insert(word.to_owned());
-            }
+            f(word);
         } else {
-            out.insert(word.to_lowercase());
+            f(&word.to_lowercase());
         }
     }
-}
-
-/// The words of the strings a delta adds.
-pub(super) fn words_of_ops(ops: &[crate::codec::tree::Op]) -> BTreeSet<String> {
-    use crate::codec::tree::Op;
-    let mut out = BTreeSet::new();
-    for op in ops {
-        match op {
-            Op::Set(_, v) => words_of(v, &mut out),
-            Op::Splice(_, _, items) => items.iter().for_each(|v| words_of(v, &mut out)),
-            Op::Remove(_) => {}
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,14 +151,20 @@ pub(super) enum Added {
 }
 
 impl Added {
-    fn words(&self) -> BTreeSet<String> {
+    /// Calls `f` with every word of the strings it adds (a word may come more than once).
+    fn each_word(&self, f: &mut dyn FnMut(&str)) {
+        use crate::codec::tree::Op;
         match self {
-            Added::Ops(ops) => words_of_ops(ops),
-            Added::State(state) => {
-                let mut out = BTreeSet::new();
-                words_of(state, &mut out);
-                out
+            Added::Ops(ops) => {
+                for op in ops {
+                    match op {
+                        Op::Set(_, v) => each_word(v, f),
+                        Op::Splice(_, _, items) => items.iter().for_each(|v| each_word(v, f)),
+                        Op::Remove(_) => {}
+                    }
+                }
             }
+            Added::State(state) => each_word(state, f),
         }
     }
 }
@@ -519,12 +509,13 @@ impl Store {
             }
             let h = &s.head;
             segment.head(h);
-            for w in s.added.words() {
-                if !entry.words.contains(&w) {
-                    segment.word(&w, &h.exec, h.version);
-                    entry.words.insert(w);
+            let known = &mut entry.words;
+            s.added.each_word(&mut |w| {
+                if !known.contains(w) {
+                    segment.word(w, &h.exec, h.version);
+                    known.insert(w.to_owned());
                 }
-            }
+            });
             entry.covered = Covered {
                 next: h.version + 1,
                 live: entry.covered.live + 1,
@@ -751,14 +742,12 @@ impl Store {
         words: &mut HashSet<String>,
     ) -> Result<()> {
         let cp = self.load(&h.id).await?;
-        let mut found = BTreeSet::new();
-        words_of(cp.state_value(), &mut found);
-        for w in found {
-            if !words.contains(&w) {
-                segment.word(&w, &h.execution_id, h.version);
-                words.insert(w);
+        each_word(cp.state_value(), &mut |w| {
+            if !words.contains(w) {
+                segment.word(w, &h.execution_id, h.version);
+                words.insert(w.to_owned());
             }
-        }
+        });
         segment.head(&Head::of(h));
         Ok(())
     }
