@@ -1078,7 +1078,7 @@ impl Store {
             Ok::<_, Error>(
                 found
                     .into_iter()
-                    .filter(|h| h.version >= first && query.header_matches(h))
+                    .filter(|h| h.version >= first)
                     .map(|h| Head::of(&h))
                     .filter(|h| self.head_passes(query, h))
                     .collect::<Vec<_>>(),
