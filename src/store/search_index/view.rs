@@ -84,14 +84,7 @@ impl Cache {
                 return Ok(execs.clone());
             }
         }
-        let found = table.get_index(&[m.key().execs()]).await?;
-        let execs = Arc::new(
-            found[0]
-                .as_deref()
-                .and_then(|v| Segment::decode(v, None))
-                .map(|s| s.execs)
-                .unwrap_or_default(),
-        );
+        let execs = Arc::new(read_execs(table, m).await?.0);
         *lock(&self.execs) = Some((m.nonce, execs.clone()));
         Ok(execs)
     }
@@ -314,6 +307,20 @@ pub(super) async fn main_postings(
     }
 }
 
+/// The execution table of main index `m` (empty when it has none), and whether it was there
+/// but did not decode.
+async fn read_execs(table: &dyn SearchTable, m: &MainRef) -> Result<(Vec<String>, bool)> {
+    Ok(
+        match table.get_index(&[m.key().execs()]).await?[0].as_deref() {
+            Some(v) => match Segment::decode(v, None) {
+                Some(s) => (s.execs, false),
+                None => (Vec::new(), true),
+            },
+            None => (Vec::new(), false),
+        },
+    )
+}
+
 /// Every key of main index `m`.
 pub(super) async fn main_keys(table: &dyn SearchTable, m: &MainRef) -> Result<Vec<Vec<u8>>> {
     scan_keys(table, &m.key().prefix()).await
@@ -327,17 +334,8 @@ pub(super) async fn main_contents(
     overlay: &Overlay,
 ) -> Result<(BTreeMap<String, ExecEntries>, usize)> {
     let key = m.key();
-    let mut damaged = 0;
-    let execs = match table.get_index(&[key.execs()]).await?[0].as_deref() {
-        Some(v) => match Segment::decode(v, None) {
-            Some(s) => s.execs,
-            None => {
-                damaged += 1;
-                Vec::new()
-            }
-        },
-        None => Vec::new(),
-    };
+    let (execs, undecodable) = read_execs(table, m).await?;
+    let mut damaged = usize::from(undecodable);
     let mut out: BTreeMap<String, ExecEntries> = BTreeMap::new();
     for (_, v) in super::scan_all(table, &key.part(MAIN_WORDS)).await? {
         let Some(seg) = Segment::decode(&v, Some(execs.len())) else {
@@ -531,11 +529,7 @@ pub(super) async fn fold(
     };
     // The execution table: the current one's executions not reset, and the tail's.
     let old_execs: Vec<String> = match current {
-        Some(m) => table.get_index(&[m.key().execs()]).await?[0]
-            .as_deref()
-            .and_then(|v| Segment::decode(v, None))
-            .map(|s| s.execs)
-            .unwrap_or_default(),
+        Some(m) => read_execs(table, m).await?.0,
         None => Vec::new(),
     };
     let mut execs: Vec<String> = old_execs
