@@ -50,7 +50,9 @@ fn graph(effects: PathBuf, store: Option<Arc<dyn CheckpointStore>>) -> CompiledG
                 .create(true)
                 .append(true)
                 .open(&effects)?;
-            writeln!(f, "{}", s.n)?;
+            // One write: `writeln!` may split the line in two, and a kill between them would
+            // leave "30" that the resumed run's "30\n" extends to "3030".
+            f.write_all(format!("{}\n", s.n).as_bytes())?;
             f.flush()?;
             drop(f);
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -47,7 +47,8 @@ fn node(
                 .create(true)
                 .append(true)
                 .open(&effects)?;
-            writeln!(f, "{name}")?;
+            // One write, so a kill cannot leave half a line for the next run to extend.
+            f.write_all(format!("{name}\n").as_bytes())?;
             f.flush()?;
             drop(f);
             s.log.push(name.to_owned());
