@@ -69,6 +69,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -117,6 +118,8 @@ pub struct PostgresBackend {
     listener: OnceCell<Listener>,
     /// Dropped with the backend, which stops the listener task.
     stop: watch::Sender<()>,
+    /// A search index write committed since the last `flush` (not yet durable, perhaps).
+    index_unflushed: AtomicBool,
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -248,6 +251,7 @@ impl PostgresBackend {
             timeout: parsed.pool.timeout,
             listener: OnceCell::new(),
             stop,
+            index_unflushed: AtomicBool::new(false),
         };
         let first = backend
             .check_reachable(&connect, parsed.pool.acquire_timeout)
@@ -501,7 +505,20 @@ impl Backend for PostgresBackend {
     }
 
     /// Every append is durable when its commit returns: nothing to do.
+    /// Saves are durable when they return; search index writes may not be (see
+    /// `Queries::write_index`): one durable commit makes them so.
     async fn flush(&self) -> Result<()> {
+        if self.index_unflushed.swap(false, Ordering::AcqRel) {
+            let flushed = self
+                .retry("flushing the search index", || {
+                    sqlx::query(&self.sql.flush_index).execute(&self.db)
+                })
+                .await;
+            if flushed.is_err() {
+                self.index_unflushed.store(true, Ordering::Release);
+            }
+            flushed?;
+        }
         Ok(())
     }
 
@@ -622,6 +639,9 @@ impl SearchTable for PostgresBackend {
         let keys: Vec<&[u8]> = put.iter().map(|(k, _)| k.as_slice()).collect();
         let values: Vec<&[u8]> = put.iter().map(|(_, v)| v.as_slice()).collect();
         let deleted: Vec<&[u8]> = delete.iter().map(Vec::as_slice).collect();
+        if !put.is_empty() {
+            self.index_unflushed.store(true, Ordering::Release);
+        }
         self.retry("writing the search index", || {
             sqlx::query(&self.sql.write_index)
                 .bind(&deleted)

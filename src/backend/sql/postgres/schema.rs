@@ -34,6 +34,7 @@ pub(super) struct Queries {
     pub(super) delete_records: String,
     pub(super) log_tails: String,
     pub(super) write_index: String,
+    pub(super) flush_index: String,
     pub(super) get_index: String,
     /// By [`scan_index_slot`].
     pub(super) scan_index: [String; 4],
@@ -100,12 +101,23 @@ impl Queries {
             ),
             // One statement, so one transaction: the deletes (the caller leaves out keys it also
             // puts, which the upsert replaces anyway) and the upsert touch different rows.
+            //
+            // A write that puts anything commits without waiting for its WAL to reach the disk
+            // (`synchronous_commit` off for this transaction alone, set as its rows are read):
+            // the index may lose its newest writes in a server crash, as `SearchTable` allows,
+            // and the next search catches up. Waiting cost the saves an fsync's wait whenever
+            // one committed beside it. The WAL keeps order, so a later durable commit (any
+            // save) makes the earlier index writes durable too; `flush` forces one.
             write_index: format!(
                 "WITH deleted AS (DELETE FROM {s}.search_index WHERE key = ANY($1::bytea[])) \
                  INSERT INTO {s}.search_index (key, value) \
-                 SELECT * FROM UNNEST($2::bytea[], $3::bytea[]) \
+                 SELECT k, v FROM UNNEST($2::bytea[], $3::bytea[]) AS u(k, v) \
+                 WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             ),
+            // Assigning a transaction id makes its commit write (and wait for) a commit record,
+            // which flushes every earlier commit's WAL with it.
+            flush_index: "SELECT txid_current()".to_owned(),
             get_index: format!("SELECT key, value FROM {s}.search_index WHERE key = ANY($1)"),
             scan_index: [
                 scan_index_sql(s, false, false),
