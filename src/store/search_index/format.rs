@@ -280,10 +280,20 @@ pub(super) struct SegHead {
     pub metadata: Metadata,
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads what `push_varint` and `push_bytes` wrote.
+pub(super) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
+
+    /// What is left to read.
+    pub(super) fn rest(&self) -> &'a [u8] {
+        self.0
+    }
+
+    pub(super) fn varint(&mut self) -> Option<u64> {
         let (n, rest) = read_varint(self.0)?;
         self.0 = rest;
         Some(n)
@@ -294,7 +304,7 @@ impl<'a> Reader<'a> {
         (n < bound as u64).then_some(n as u32)
     }
 
-    fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.varint()?).ok()?;
         if len > self.0.len() {
             return None;
@@ -304,7 +314,7 @@ impl<'a> Reader<'a> {
         Some(b)
     }
 
-    fn string(&mut self) -> Option<String> {
+    pub(super) fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
 
@@ -315,7 +325,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+/// Appends `b` after its length.
+pub(super) fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     push_varint(buf, b.len() as u64);
     buf.extend(b);
 }
