@@ -595,7 +595,8 @@ async fn fold_words(
             let done = blocks.len() < BLOCKS_PER_FOLD;
             after = blocks.last().map(|(k, _)| k.clone());
             for (_, v) in blocks {
-                // A block is some milliseconds of work: let the runtime poll between them.
+                // Decoding and merging every block of a main index is tens of milliseconds of
+                // CPU: the fold lets the runtime run other tasks between blocks.
                 tokio::task::yield_now().await;
                 let Some(seg) = Segment::decode(&v, Some(old_execs.len())) else {
                     continue;
@@ -726,7 +727,7 @@ struct BlockWriter<'a> {
 
 impl BlockWriter<'_> {
     async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        // Each block was encoded and compressed just now: let the runtime poll in between.
+        // Each block was just encoded and compressed: let other tasks run between blocks.
         tokio::task::yield_now().await;
         self.bytes += (key.len() + value.len()) as u64;
         self.keys.push(key.clone());
