@@ -177,11 +177,13 @@ impl SavedWords {
         format::push_varint(&mut packed, header.timestamp_us);
         format::push_bytes(&mut packed, header.node.as_bytes());
         // Written in place: it is read back by `rmp_serde`, which finds its own end. A map of
-        // JSON values always encodes; should it not, the header goes without its metadata.
-        let mark = packed.len();
+        // JSON values always encodes; should it not, nothing is packed: the indexer skips the
+        // save (and its execution's next ones) and the next search indexes them from the log.
         if rmp_serde::encode::write(&mut packed, &header.metadata).is_err() {
-            packed.truncate(mark);
-            let _ = rmp_serde::encode::write(&mut packed, &crate::checkpoint::Metadata::new());
+            return SavedWords {
+                packed: Vec::new(),
+                state: None,
+            };
         }
         let state = match added {
             Added::Ops(ops) => {
