@@ -504,7 +504,6 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    /// Every append is durable when its commit returns: nothing to do.
     /// Saves are durable when they return; search index writes may not be (see
     /// `Queries::write_index`): one durable commit makes them so.
     async fn flush(&self) -> Result<()> {
