@@ -112,15 +112,21 @@ fn fold_due(tail: u64, main: u64) -> bool {
     tail >= (main / 8).clamp(FOLD_MIN, FOLD_MAX)
 }
 
-/// Calls `f` with the words of every string in `value` (map keys excepted, as the scan does),
-/// lowercased as [`search::words`] does.
-fn each_word(value: &rmpv::Value, f: &mut dyn FnMut(&str)) {
+/// Calls `f` with the bytes of every string in `value` that is indexed: map keys excepted, as
+/// the scan does.
+fn each_string(value: &rmpv::Value, f: &mut dyn FnMut(&[u8])) {
     match value {
-        rmpv::Value::String(s) => each_word_in(&String::from_utf8_lossy(s.as_bytes()), f),
-        rmpv::Value::Array(items) => items.iter().for_each(|v| each_word(v, f)),
-        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| each_word(v, f)),
+        rmpv::Value::String(s) => f(s.as_bytes()),
+        rmpv::Value::Array(items) => items.iter().for_each(|v| each_string(v, f)),
+        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| each_string(v, f)),
         _ => {}
     }
+}
+
+/// Calls `f` with the words of every indexed string in `value`, lowercased as
+/// [`search::words`] does.
+fn each_word(value: &rmpv::Value, f: &mut dyn FnMut(&str)) {
+    each_string(value, &mut |s| each_word_in(&String::from_utf8_lossy(s), f));
 }
 
 /// Calls `f` with the words of `text`, allocating only for a word that needs lowercasing.
@@ -237,14 +243,9 @@ impl SavedWords {
     }
 }
 
-/// Appends the strings of `value` (map keys excepted, as the scan does) as lengths and bytes.
+/// Appends the indexed strings of `value` as lengths and bytes.
 fn pack_strings(buf: &mut Vec<u8>, value: &rmpv::Value) {
-    match value {
-        rmpv::Value::String(s) => format::push_bytes(buf, s.as_bytes()),
-        rmpv::Value::Array(items) => items.iter().for_each(|v| pack_strings(buf, v)),
-        rmpv::Value::Map(entries) => entries.iter().for_each(|(_, v)| pack_strings(buf, v)),
-        _ => {}
-    }
+    each_string(value, &mut |s| format::push_bytes(buf, s));
 }
 
 enum Job {
